@@ -1,0 +1,1 @@
+//! Kubernetes API simulator (owned by the simulator work; see issue 2).
