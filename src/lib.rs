@@ -3,6 +3,10 @@
 //! Modules follow the data: config -> host/cluster observations -> gates ->
 //! lease -> drain -> reboot/upgrade -> verify -> report. `agent` drives them;
 //! nothing below `agent` imports it. `sim` is the Kubernetes API simulator
-//! used by tests and `drydock simulate`.
+//! used by tests and `drydock simulate`; `cli` is the command line.
 
+pub mod cli;
+pub mod config;
+pub mod logging;
 pub mod sim;
+pub mod store;

@@ -1,1 +1,33 @@
-fn main() {}
+//! drydock's entry point: parse the command line, set up logging, dispatch.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use drydock::cli::{self, Cli};
+use drydock::logging;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let target = logging::choose_target(
+        std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        cli.log_format,
+    );
+    logging::init(target, cli::default_log_level(&cli.command));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drydock: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drydock: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

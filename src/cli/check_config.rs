@@ -1,0 +1,48 @@
+//! `drydock check-config`: validate the merged configuration.
+
+use std::process::ExitCode;
+
+use super::Cli;
+use crate::config;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print nothing on success.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let (path, explicit) = cli.config_path();
+    let files = match config::config_files(&path, explicit) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("drydock: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match config::load(&path, explicit) {
+        Ok(settings) => {
+            if !args.quiet {
+                if files.is_empty() {
+                    println!("no config files found; using built-in defaults");
+                }
+                for file in &files {
+                    println!("read {}", file.display());
+                }
+                println!(
+                    "configuration OK: {} protected package patterns, {} maintenance windows, lease group {:?} with {} slot(s)",
+                    settings.packages.protect.len(),
+                    settings.maintenance.windows.len(),
+                    settings.lease.group,
+                    settings.lease.concurrency
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("drydock: invalid configuration: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

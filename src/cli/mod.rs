@@ -1,0 +1,79 @@
+//! The command line: one file per subcommand. Each returns an exit code;
+//! errors reach `main` as `anyhow` with their context.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Settings};
+use crate::logging::LogFormat;
+
+pub mod check_config;
+pub mod sim;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drydock",
+    version,
+    about = "Patches kubeadm cluster nodes one at a time: holds runtime packages, waits for safety gates, takes a Lease, drains, reboots, verifies",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Main configuration file; drop-ins are read from PATH.d/*.toml.
+    #[arg(long, global = true, value_name = "PATH", env = "DRYDOCK_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr (under systemd, logs go to journald).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the merged configuration and print what is wrong.
+    CheckConfig(check_config::Args),
+    /// The Kubernetes API simulator used by tests and demos.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Serve a simulated cluster on 127.0.0.1 and write a kubeconfig for it.
+    Serve(sim::SimServeArgs),
+}
+
+impl Cli {
+    pub fn config_path(&self) -> (PathBuf, bool) {
+        match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(config::DEFAULT_CONFIG), false),
+        }
+    }
+
+    pub fn load_settings(&self) -> Result<Settings, config::ConfigError> {
+        let (path, explicit) = self.config_path();
+        config::load(&path, explicit)
+    }
+}
+
+/// Commands that only print a short answer log at warn level.
+pub fn default_log_level(command: &Command) -> &'static str {
+    match command {
+        Command::CheckConfig(_) => "warn",
+        Command::Sim(_) => "info",
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::CheckConfig(args) => check_config::run(&cli, args),
+        Command::Sim(SimCommand::Serve(args)) => sim::serve(args.clone())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,292 @@
+//! Reading the main file and its drop-ins, merging them in lexical order
+//! (later keys win), and pointing every error at file, line, column and key.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::raw::RawConfig;
+use super::settings::Settings;
+
+pub const DEFAULT_CONFIG: &str = "/etc/drydock/drydock.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listing config drop-ins in {dir}: {source}")]
+    DropIns {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: TOML syntax error: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}:{line}:{column}: key `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// Where a key and its value sit in one file.
+#[derive(Debug, Clone)]
+struct KeySpan {
+    path: String,
+    key: Range<usize>,
+    value: Range<usize>,
+}
+
+/// One parsed file, kept with its text so errors can be located later.
+struct SourceFile {
+    path: PathBuf,
+    text: String,
+    keys: Vec<KeySpan>,
+    table: toml::Table,
+}
+
+impl SourceFile {
+    fn parse(path: PathBuf, text: String) -> Result<SourceFile, ConfigError> {
+        let doc = toml_edit::ImDocument::parse(text.as_str()).map_err(|e| {
+            let (line, column) = line_col(&text, e.span().map_or(0, |s| s.start));
+            ConfigError::Syntax {
+                path: path.clone(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let mut keys = Vec::new();
+        collect_keys(doc.as_table(), "", &mut keys);
+        // Unknown keys and wrong types, located in this file.
+        if let Err(e) = toml::from_str::<RawConfig>(&text) {
+            let span = e.span().unwrap_or(0..0);
+            let key = innermost_key(&keys, &span).unwrap_or_else(|| "(top level)".into());
+            let (line, column) = line_col(&text, span.start);
+            return Err(ConfigError::Invalid {
+                path,
+                line,
+                column,
+                key,
+                message: e.message().trim().to_string(),
+            });
+        }
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.clone(),
+            line: 1,
+            column: 1,
+            message: e.message().to_string(),
+        })?;
+        Ok(SourceFile {
+            path,
+            text,
+            keys,
+            table,
+        })
+    }
+}
+
+fn collect_keys(table: &toml_edit::Table, prefix: &str, out: &mut Vec<KeySpan>) {
+    for (name, item) in table.iter() {
+        let path = join(prefix, name);
+        let key_span = table
+            .key(name)
+            .and_then(|k| k.span())
+            .unwrap_or(0..0);
+        collect_item(item, &path, key_span, out);
+    }
+}
+
+fn collect_item(item: &toml_edit::Item, path: &str, key: Range<usize>, out: &mut Vec<KeySpan>) {
+    match item {
+        toml_edit::Item::Table(t) => {
+            out.push(KeySpan {
+                path: path.to_string(),
+                key: key.clone(),
+                value: t.span().unwrap_or(key),
+            });
+            collect_keys(t, path, out);
+        }
+        toml_edit::Item::Value(v) => {
+            out.push(KeySpan {
+                path: path.to_string(),
+                key: key.clone(),
+                value: v.span().unwrap_or(key.clone()),
+            });
+            collect_value(v, path, out);
+        }
+        toml_edit::Item::ArrayOfTables(array) => {
+            for (i, t) in array.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                out.push(KeySpan {
+                    path: p.clone(),
+                    key: key.clone(),
+                    value: t.span().unwrap_or(key.clone()),
+                });
+                collect_keys(t, &p, out);
+            }
+        }
+        toml_edit::Item::None => {}
+    }
+}
+
+fn collect_value(value: &toml_edit::Value, path: &str, out: &mut Vec<KeySpan>) {
+    match value {
+        toml_edit::Value::Array(array) => {
+            for (i, v) in array.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                let span = v.span().unwrap_or(0..0);
+                out.push(KeySpan {
+                    path: p.clone(),
+                    key: span.clone(),
+                    value: span,
+                });
+                collect_value(v, &p, out);
+            }
+        }
+        toml_edit::Value::InlineTable(t) => {
+            for (name, v) in t.iter() {
+                let p = join(path, name);
+                let key = t.key(name).and_then(|k| k.span()).unwrap_or(0..0);
+                out.push(KeySpan {
+                    path: p.clone(),
+                    key,
+                    value: v.span().unwrap_or(0..0),
+                });
+                collect_value(v, &p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// The deepest key whose key or value span covers the error position.
+fn innermost_key(keys: &[KeySpan], span: &Range<usize>) -> Option<String> {
+    let covers = |r: &Range<usize>| r.start <= span.start && span.start < r.end.max(r.start + 1);
+    keys.iter()
+        .filter(|k| covers(&k.key) || covers(&k.value))
+        .max_by_key(|k| k.path.len())
+        .map(|k| k.path.clone())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => {
+                merge(existing, incoming)
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// The drop-in directory that belongs to a main config file.
+pub fn drop_in_dir(main: &Path) -> PathBuf {
+    let mut dir = main.as_os_str().to_owned();
+    dir.push(".d");
+    PathBuf::from(dir)
+}
+
+/// The files that make up the configuration, in merge order.
+pub fn config_files(main: &Path, main_required: bool) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut files = Vec::new();
+    if main.exists() || main_required {
+        files.push(main.to_path_buf());
+    }
+    let dir = drop_in_dir(main);
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            let mut drop_ins = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|source| ConfigError::DropIns {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+                    drop_ins.push(path);
+                }
+            }
+            drop_ins.sort();
+            files.extend(drop_ins);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(ConfigError::DropIns { dir, source }),
+    }
+    Ok(files)
+}
+
+/// Loads and validates the configuration. `explicit` is true when the user
+/// named the main file, which then must exist.
+pub fn load(main: &Path, explicit: bool) -> Result<Settings, ConfigError> {
+    let mut sources = Vec::new();
+    for path in config_files(main, explicit)? {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        sources.push(SourceFile::parse(path, text)?);
+    }
+    let mut merged = toml::Table::new();
+    for source in &sources {
+        merge(&mut merged, source.table.clone());
+    }
+    let raw = RawConfig::deserialize(toml::Value::Table(merged)).map_err(|e| {
+        ConfigError::Invalid {
+            path: main.to_path_buf(),
+            line: 1,
+            column: 1,
+            key: "(merged)".into(),
+            message: e.message().to_string(),
+        }
+    })?;
+    Settings::from_raw(raw).map_err(|e| {
+        // The last file that set the key is the one that counts.
+        let found = sources.iter().rev().find_map(|s| {
+            s.keys
+                .iter()
+                .find(|k| k.path == e.key || e.key.starts_with(&format!("{}[", k.path)))
+                .map(|k| (s, k.value.start))
+        });
+        let (path, (line, column)) = match found {
+            Some((s, offset)) => (s.path.clone(), line_col(&s.text, offset)),
+            None => (main.to_path_buf(), (1, 1)),
+        };
+        ConfigError::Invalid {
+            path,
+            line,
+            column,
+            key: e.key,
+            message: e.error.to_string(),
+        }
+    })
+}

@@ -1,0 +1,11 @@
+//! Configuration: TOML main file and drop-ins -> merged raw values ->
+//! validated [`Settings`].
+
+mod load;
+mod raw;
+mod settings;
+pub mod values;
+
+pub use load::{ConfigError, DEFAULT_CONFIG, config_files, drop_in_dir, load};
+pub use raw::RawConfig;
+pub use settings::*;

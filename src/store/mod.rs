@@ -1,0 +1,533 @@
+//! The state store: one SQLite file holding the agent's current state, an
+//! append-only history, small local settings (pause, requests) and the
+//! package authorizations the APT hook honours.
+//!
+//! The store knows nothing of the agent's types: states are serialized by
+//! the caller. A file that is not ours, or is damaged, is never replaced or
+//! repaired: opening fails and says how to recover.
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// "DRYD": marks the file as drydock's in the SQLite header.
+const APPLICATION_ID: i64 = 0x4452_5944;
+
+/// Schema migrations, applied in order; `user_version` counts those done.
+const MIGRATIONS: &[&str] = &[
+    // 1: state, history, local settings, package authorizations.
+    "CREATE TABLE state (
+         id INTEGER PRIMARY KEY CHECK (id = 1),
+         json TEXT NOT NULL,
+         updated_at TEXT NOT NULL
+     );
+     CREATE TABLE history (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         at TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         detail TEXT NOT NULL
+     );
+     CREATE INDEX history_kind ON history (kind, id);
+     CREATE TRIGGER history_no_update BEFORE UPDATE ON history
+         BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+     CREATE TRIGGER history_no_delete BEFORE DELETE ON history
+         BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+     CREATE TABLE kv (
+         key TEXT PRIMARY KEY,
+         json TEXT NOT NULL,
+         updated_at TEXT NOT NULL
+     );
+     CREATE TABLE authorizations (
+         package TEXT NOT NULL,
+         version TEXT NOT NULL,
+         expires_at TEXT NOT NULL,
+         PRIMARY KEY (package, version)
+     );",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("creating state directory {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is not an SQLite database; drydock will not touch it. Move it aside (e.g. `mv {} {}.bad`) and restart drydock to start with a fresh state",
+        path.display(), path.display(), path.display()
+    )]
+    NotSqlite { path: PathBuf },
+    #[error(
+        "{} is an SQLite database that does not belong to drydock (application_id {found:#x}); drydock will not touch it. Point node.state-db elsewhere or move the file aside",
+        path.display()
+    )]
+    Foreign { path: PathBuf, found: i64 },
+    #[error(
+        "{} is damaged ({detail}); drydock refuses to act on it. Keep it for inspection (`mv {} {}.corrupt`) and restart drydock to start with a fresh state; check the node's cordon and Lease by hand",
+        path.display(), path.display(), path.display()
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "{} has schema version {found}, newer than this drydock understands ({known}); install a newer drydock",
+        path.display()
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("state database {}: {action}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        action: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("state database {}: {action}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        action: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("reading {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One line of history.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistoryRecord {
+    pub id: i64,
+    pub at: Timestamp,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+/// A package version the daemon allows the APT hook to let through.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Authorization {
+    pub package: String,
+    pub version: String,
+    pub expires_at: Timestamp,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses anything whose header is not SQLite's, before SQLite touches it.
+fn check_header(path: &Path) -> Result<bool, StoreError> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    let mut header = [0u8; 16];
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.into(),
+                    source,
+                });
+            }
+        }
+    }
+    if read == 0 {
+        return Ok(false); // empty file: SQLite treats it as a new database
+    }
+    if read < 16 || &header != SQLITE_MAGIC {
+        return Err(StoreError::NotSqlite { path: path.into() });
+    }
+    Ok(true)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store for writing, and migrates it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir)?;
+        }
+        let existed = check_header(path)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| sqlite(path, "opening", source))?;
+        restrict_permissions(path)?;
+        let store = Store {
+            conn,
+            path: path.into(),
+        };
+        store.verify(existed)?;
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only (for `drydock status`, the APT hook).
+    /// `Ok(None)` when there is no store yet.
+    pub fn open_read_only(path: &Path) -> Result<Option<Store>, StoreError> {
+        if !check_header(path)? {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| sqlite(path, "opening read-only", source))?;
+        let store = Store {
+            conn,
+            path: path.into(),
+        };
+        store.verify(true)?;
+        store
+            .conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|source| sqlite(path, "setting busy timeout", source))?;
+        Ok(Some(store))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks identity and integrity without writing anything.
+    fn verify(&self, existed: bool) -> Result<(), StoreError> {
+        let corrupt = |e: rusqlite::Error| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::NotADatabase =>
+            {
+                StoreError::NotSqlite {
+                    path: self.path.clone(),
+                }
+            }
+            other => StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: other.to_string(),
+            },
+        };
+        let app_id: i64 = self
+            .conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        let tables: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
+            return Err(StoreError::Foreign {
+                path: self.path.clone(),
+                found: app_id,
+            });
+        }
+        if existed {
+            let check: String = self
+                .conn
+                .query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .map_err(corrupt)?;
+            if check != "ok" {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: check,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn configure(&self) -> Result<(), StoreError> {
+        let p = &self.path;
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| sqlite(p, "setting busy timeout", e))?;
+        self.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(|e| sqlite(p, "enabling WAL", e))?;
+        self.conn
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(|e| sqlite(p, "setting synchronous=FULL", e))
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sqlite(&self.path, "reading schema version", e))
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let current = self.schema_version()?;
+        let known = MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: current,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = i as i64 + 1;
+            let batch = format!(
+                "BEGIN IMMEDIATE; {sql}; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {version}; COMMIT;"
+            );
+            if let Err(e) = self.conn.execute_batch(&batch) {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(sqlite(&self.path, "applying schema migration", e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The persisted agent state and when it was written.
+    pub fn current_state<T: DeserializeOwned>(&self) -> Result<Option<(T, Timestamp)>, StoreError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row("SELECT json, updated_at FROM state WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(|e| sqlite(&self.path, "reading current state", e))?;
+        let Some((json, at)) = row else {
+            return Ok(None);
+        };
+        let state = serde_json::from_str(&json).map_err(|source| StoreError::Json {
+            path: self.path.clone(),
+            action: "decoding current state",
+            source,
+        })?;
+        Ok(Some((state, parse_time(&self.path, &at)?)))
+    }
+
+    /// Writes the new state and its history line in one durable transaction.
+    pub fn transition<T: Serialize>(
+        &mut self,
+        state: &T,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let json = to_json(&self.path, state)?;
+        let now = Timestamp::now().to_string();
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sqlite(&path, "starting state transition", e))?;
+        tx.execute(
+            "INSERT INTO state (id, json, updated_at) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at",
+            params![json, now],
+        )
+        .map_err(|e| sqlite(&path, "writing current state", e))?;
+        tx.execute(
+            "INSERT INTO history (at, kind, detail) VALUES (?1, ?2, ?3)",
+            params![now, kind, detail.to_string()],
+        )
+        .map_err(|e| sqlite(&path, "appending history", e))?;
+        let id = tx.last_insert_rowid();
+        tx.commit()
+            .map_err(|e| sqlite(&path, "committing state transition", e))?;
+        Ok(id)
+    }
+
+    pub fn append_history(&self, kind: &str, detail: &serde_json::Value) -> Result<i64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO history (at, kind, detail) VALUES (?1, ?2, ?3)",
+                params![Timestamp::now().to_string(), kind, detail.to_string()],
+            )
+            .map_err(|e| sqlite(&self.path, "appending history", e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// History, newest last; `kinds` empty means every kind.
+    pub fn history(&self, kinds: &[&str], limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, at, kind, detail FROM (
+                     SELECT id, at, kind, detail FROM history
+                     WHERE (?1 = '' OR instr(?1, ',' || kind || ',') > 0)
+                     ORDER BY id DESC LIMIT ?2
+                 ) ORDER BY id ASC",
+            )
+            .map_err(|e| sqlite(&self.path, "reading history", e))?;
+        let filter = if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(",{},", kinds.join(","))
+        };
+        let rows = stmt
+            .query_map(params![filter, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(|e| sqlite(&self.path, "reading history", e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at, kind, detail) = row.map_err(|e| sqlite(&self.path, "reading history", e))?;
+            out.push(HistoryRecord {
+                id,
+                at: parse_time(&self.path, &at)?,
+                kind,
+                detail: serde_json::from_str(&detail).map_err(|source| StoreError::Json {
+                    path: self.path.clone(),
+                    action: "decoding history",
+                    source,
+                })?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT json FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| sqlite(&self.path, "reading local setting", e))?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|source| StoreError::Json {
+                path: self.path.clone(),
+                action: "decoding local setting",
+                source,
+            })
+        })
+        .transpose()
+    }
+
+    pub fn set<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let json = to_json(&self.path, value)?;
+        self.conn
+            .execute(
+                "INSERT INTO kv (key, json, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at",
+                params![key, json, Timestamp::now().to_string()],
+            )
+            .map_err(|e| sqlite(&self.path, "writing local setting", e))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM kv WHERE key = ?1", [key])
+            .map_err(|e| sqlite(&self.path, "removing local setting", e))?;
+        Ok(n > 0)
+    }
+
+    pub fn authorize(&self, auth: &Authorization) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO authorizations (package, version, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (package, version) DO UPDATE SET expires_at = excluded.expires_at",
+                params![auth.package, auth.version, auth.expires_at.to_string()],
+            )
+            .map_err(|e| sqlite(&self.path, "writing package authorization", e))?;
+        Ok(())
+    }
+
+    pub fn revoke_authorizations(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM authorizations", [])
+            .map_err(|e| sqlite(&self.path, "revoking package authorizations", e))?;
+        Ok(())
+    }
+
+    /// Authorizations that have not expired at `now`.
+    pub fn authorizations(&self, now: Timestamp) -> Result<Vec<Authorization>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT package, version, expires_at FROM authorizations")
+            .map_err(|e| sqlite(&self.path, "reading package authorizations", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .map_err(|e| sqlite(&self.path, "reading package authorizations", e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (package, version, expires) =
+                row.map_err(|e| sqlite(&self.path, "reading package authorizations", e))?;
+            let expires_at = parse_time(&self.path, &expires)?;
+            if expires_at > now {
+                out.push(Authorization {
+                    package,
+                    version,
+                    expires_at,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn sqlite(path: &Path, action: &'static str, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.into(),
+        action,
+        source,
+    }
+}
+
+fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Json {
+        path: path.into(),
+        action: "encoding",
+        source,
+    })
+}
+
+fn parse_time(path: &Path, text: &str) -> Result<Timestamp, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt {
+        path: path.into(),
+        detail: format!("unreadable timestamp {text:?}"),
+    })
+}
+
+/// State is root's alone: the directory is 0700 and the database 0600.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::CreateDir {
+            dir: dir.into(),
+            source,
+        })
+}
+
+fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
+    })
+}
