@@ -100,10 +100,7 @@ impl SourceFile {
 fn collect_keys(table: &toml_edit::Table, prefix: &str, out: &mut Vec<KeySpan>) {
     for (name, item) in table.iter() {
         let path = join(prefix, name);
-        let key_span = table
-            .key(name)
-            .and_then(|k| k.span())
-            .unwrap_or(0..0);
+        let key_span = table.key(name).and_then(|k| k.span()).unwrap_or(0..0);
         collect_item(item, &path, key_span, out);
     }
 }
@@ -260,22 +257,26 @@ pub fn load(main: &Path, explicit: bool) -> Result<Settings, ConfigError> {
     for source in &sources {
         merge(&mut merged, source.table.clone());
     }
-    let raw = RawConfig::deserialize(toml::Value::Table(merged)).map_err(|e| {
-        ConfigError::Invalid {
+    let raw =
+        RawConfig::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Invalid {
             path: main.to_path_buf(),
             line: 1,
             column: 1,
             key: "(merged)".into(),
             message: e.message().to_string(),
-        }
-    })?;
+        })?;
     Settings::from_raw(raw).map_err(|e| {
         // The last file that set the key is the one that counts.
         let found = sources.iter().rev().find_map(|s| {
-            s.keys
-                .iter()
-                .find(|k| k.path == e.key || e.key.starts_with(&format!("{}[", k.path)))
-                .map(|k| (s, k.value.start))
+            let exact = s.keys.iter().find(|k| k.path == e.key);
+            // An element's key like `list[2]` falls back to the list itself.
+            let within = || {
+                s.keys
+                    .iter()
+                    .filter(|k| e.key.starts_with(&format!("{}[", k.path)))
+                    .max_by_key(|k| k.path.len())
+            };
+            exact.or_else(within).map(|k| (s, k.value.start))
         });
         let (path, (line, column)) = match found {
             Some((s, offset)) => (s.path.clone(), line_col(&s.text, offset)),
