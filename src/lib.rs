@@ -5,6 +5,7 @@
 //! nothing below `agent` imports it. `sim` is the Kubernetes API simulator
 //! used by tests and `drydock simulate`; `cli` is the command line.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod logging;
