@@ -344,17 +344,12 @@ async fn graceful_deletion_honours_grace_periods() -> TestResult {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let still = pods.get("slow").await?;
     assert!(still.metadata.deletion_timestamp.is_some());
-    loop {
-        match pods.get_opt("slow").await? {
-            Some(_) => {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(4),
-                    "not deleted after its grace period"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            None => break,
-        }
+    while pods.get_opt("slow").await?.is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "not deleted after its grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
         t0.elapsed() >= Duration::from_millis(1900),

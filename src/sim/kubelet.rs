@@ -96,9 +96,6 @@ pub fn node_object(spec: &NodeSpec, index: usize, kubelet_version: &str) -> Valu
     });
     if spec.unschedulable {
         node["spec"]["unschedulable"] = json!(true);
-        node["spec"]["taints"].as_array_mut().map(|t| {
-            t.push(json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}))
-        });
     }
     if !spec.ready {
         apply_health(&mut node, NodeHealth::NotReady);

@@ -148,7 +148,7 @@ impl Params {
     }
 }
 
-fn header<'a>(h: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn header(h: &HeaderMap, name: header::HeaderName) -> &str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
@@ -256,7 +256,12 @@ async fn resource(
             if table::wants_table(accept) {
                 let meta = json!({"resourceVersion": st.store.rv().to_string()});
                 let include = params.get("includeObject").unwrap_or("Metadata");
-                return Ok(ok_json(&table::table(kind, &[obj.clone()], meta, include)));
+                return Ok(ok_json(&table::table(
+                    kind,
+                    std::slice::from_ref(obj),
+                    meta,
+                    include,
+                )));
             }
             Ok(ok_json(obj))
         }
@@ -334,7 +339,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -491,7 +496,7 @@ mod tests {
         assert!(target("/api/v1/namespaces/d/leases").is_none());
         assert!(target("/api/v1/nodes/n1/eviction").is_none());
         assert!(target("/api/v1/watch/nodes").is_some_and(|t| t.legacy_watch));
-        assert_eq!(parse_path("/version"), Ok(Route::Version));
+        assert!(matches!(parse_path("/version"), Ok(Route::Version)));
         assert!(parse_path("/foo").is_err());
         assert_eq!(unhex(&hex("ns\u{0}name")).as_deref(), Some("ns\u{0}name"));
     }

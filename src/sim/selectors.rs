@@ -285,13 +285,11 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
-                if let Some(n) = chars.next() {
-                    if let Some(last) = out.last_mut() {
-                        if n != sep {
-                            last.push('\\');
-                        }
-                        last.push(n);
+                if let (Some(n), Some(last)) = (chars.next(), out.last_mut()) {
+                    if n != sep {
+                        last.push('\\');
                     }
+                    last.push(n);
                 }
             }
             c if c == sep => out.push(String::new()),
