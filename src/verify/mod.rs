@@ -92,6 +92,8 @@ pub struct DaemonSetPod {
     pub name: String,
     pub phase: Option<String>,
     pub ready: bool,
+    /// `lastTransitionTime` of its Ready condition.
+    pub ready_since: Option<Timestamp>,
     /// Earliest `startedAt` of its running containers; `None` when the
     /// status does not say.
     pub containers_started: Option<Timestamp>,
@@ -100,12 +102,16 @@ pub struct DaemonSetPod {
 impl DaemonSetPod {
     pub fn of(pod: &Pod) -> Self {
         let status = pod.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
         DaemonSetPod {
             name: pod.name_any(),
             phase: status.and_then(|s| s.phase.clone()),
-            ready: status
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            ready: ready.is_some_and(|c| c.status == "True"),
+            ready_since: ready
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0),
             containers_started: status
                 .and_then(|s| s.container_statuses.as_ref())
                 .and_then(|cs| {
@@ -328,7 +334,14 @@ fn daemonset_problem(ds: &DaemonSetObservation, boot_started: Timestamp) -> Opti
         DaemonSetState::NotForThisNode => return None,
         DaemonSetState::Pods { pods } => pods,
     };
-    let fresh = |p: &DaemonSetPod| p.containers_started.is_none_or(|t| t >= boot_started);
+    // Either proves the status was written by this boot's kubelet: its
+    // containers started after the boot, or it became Ready after the boot.
+    let fresh = |p: &DaemonSetPod| match (p.containers_started, p.ready_since) {
+        (None, None) => true,
+        (started, since) => {
+            started.is_some_and(|t| t >= boot_started) || since.is_some_and(|t| t >= boot_started)
+        }
+    };
     let healthy = |p: &DaemonSetPod| p.phase.as_deref() == Some("Running") && p.ready;
     if pods.iter().any(|p| healthy(p) && fresh(p)) {
         return None;
@@ -506,6 +519,7 @@ mod tests {
             name: "calico-node-x".into(),
             phase: Some("Running".into()),
             ready: true,
+            ready_since: Some(ts("2025-01-01T09:00:00Z")),
             containers_started: Some(ts("2025-01-01T10:01:00Z")),
         }
     }
@@ -631,8 +645,19 @@ mod tests {
             })),
             VerifyOutcome::Passed
         );
+        // Containers from before the boot, but Ready again since the boot.
+        let mut ready_again = healthy_pod();
+        ready_again.containers_started = Some(ts("2025-01-01T09:00:00Z"));
+        ready_again.ready_since = Some(ts("2025-01-01T10:03:00Z"));
+        assert_eq!(
+            evaluate(&set(DaemonSetState::Pods {
+                pods: vec![ready_again]
+            })),
+            VerifyOutcome::Passed
+        );
         let mut unknown_start = healthy_pod();
         unknown_start.containers_started = None;
+        unknown_start.ready_since = None;
         assert_eq!(
             evaluate(&set(DaemonSetState::Pods {
                 pods: vec![unknown_start]
