@@ -57,7 +57,7 @@ pub enum RebootError {
     Connect {
         bus: Bus,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("rebooting: systemd-logind is not on {bus} ({name}: {message})")]
     LogindAbsent {
@@ -85,7 +85,7 @@ pub enum RebootError {
     BadReply {
         method: &'static str,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 
@@ -186,7 +186,7 @@ impl Rebooter for LogindRebooter {
                 .await
                 .map_err(|source| RebootError::Connect {
                     bus: self.bus.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let reply = self.call(&conn, "CanReboot", &()).await?;
             let answer: String =
@@ -195,7 +195,7 @@ impl Rebooter for LogindRebooter {
                     .deserialize()
                     .map_err(|source| RebootError::BadReply {
                         method: "CanReboot",
-                        source,
+                        source: Box::new(source),
                     })?;
             if answer != "yes" {
                 warn!(answer = %answer, "logind does not allow a non-interactive reboot");
