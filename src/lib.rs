@@ -7,7 +7,10 @@
 
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod host;
 pub mod logging;
 pub mod sim;
 pub mod store;
+pub mod verify;

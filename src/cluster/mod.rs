@@ -1,0 +1,2 @@
+pub mod drain;
+pub mod node;

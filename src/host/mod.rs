@@ -1,0 +1,4 @@
+pub mod boot;
+pub mod checks;
+pub mod logind;
+pub mod systemd;
