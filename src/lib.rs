@@ -6,7 +6,10 @@
 //! used by tests and `drydock simulate`; `cli` is the command line.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod gates;
+pub mod host;
 pub mod logging;
 pub mod sim;
 pub mod store;

@@ -74,6 +74,9 @@ pub struct GateSettings {
     pub soak: Duration,
     pub node_selector: String,
     pub required_daemonsets: Vec<NamespacedName>,
+    /// The list came from the configuration: a missing DaemonSet blocks.
+    /// The built-in default applies only when the DaemonSet exists.
+    pub required_daemonsets_configured: bool,
     pub blocking_pod_selectors: Vec<String>,
 }
 
@@ -209,6 +212,7 @@ impl Default for Settings {
                     namespace: "kube-system".into(),
                     name: "calico-node".into(),
                 }],
+                required_daemonsets_configured: false,
                 blocking_pod_selectors: Vec::new(),
             },
             alerts: AlertSettings {
@@ -260,6 +264,8 @@ impl PartialEq for Settings {
             && self.gates.soak == other.gates.soak
             && self.gates.node_selector == other.gates.node_selector
             && self.gates.required_daemonsets == other.gates.required_daemonsets
+            && self.gates.required_daemonsets_configured
+                == other.gates.required_daemonsets_configured
             && self.gates.blocking_pod_selectors == other.gates.blocking_pod_selectors
             && self.alerts.prometheus_url == other.alerts.prometheus_url
             && self.alerts.alertmanager_url == other.alerts.alertmanager_url
@@ -359,6 +365,7 @@ impl Settings {
         };
         let g = raw.gates;
         let gates = GateSettings {
+            required_daemonsets_configured: g.required_daemonsets.is_some(),
             soak: dur("gates.soak", g.soak, d.gates.soak)?,
             node_selector: match g.node_selector {
                 Some(s) => at("gates.node-selector", values::label_selector(&s))?,
@@ -404,7 +411,9 @@ impl Settings {
                 Some(re) => at("alerts.ignore", values::regex(&re))?,
                 None => d.alerts.ignore,
             },
-            match_only: optional(a.match_only, |re| at("alerts.match-only", values::regex(&re)))?,
+            match_only: optional(a.match_only, |re| {
+                at("alerts.match-only", values::regex(&re))
+            })?,
             timeout: dur("alerts.timeout", a.timeout, d.alerts.timeout)?,
         };
         let dr = raw.drain;
@@ -421,7 +430,11 @@ impl Settings {
                     values::duration(text),
                 )?),
             },
-            pre_drain_wait: dur("drain.pre-drain-wait", dr.pre_drain_wait, d.drain.pre_drain_wait)?,
+            pre_drain_wait: dur(
+                "drain.pre-drain-wait",
+                dr.pre_drain_wait,
+                d.drain.pre_drain_wait,
+            )?,
             pod_selector: match dr.pod_selector {
                 Some(s) => at("drain.pod-selector", values::label_selector(&s))?,
                 None => d.drain.pod_selector,
@@ -436,7 +449,11 @@ impl Settings {
         let verify = VerifySettings {
             timeout: dur("verify.timeout", v.timeout, d.verify.timeout)?,
             checks_dir: path(v.checks_dir, d.verify.checks_dir),
-            check_timeout: dur("verify.check-timeout", v.check_timeout, d.verify.check_timeout)?,
+            check_timeout: dur(
+                "verify.check-timeout",
+                v.check_timeout,
+                d.verify.check_timeout,
+            )?,
         };
         let p = raw.packages;
         let packages = PackageSettings {
