@@ -21,9 +21,14 @@ pub fn evaluate(
     let soak_sd = SignedDuration::try_from(soak).unwrap_or(SignedDuration::MAX);
     // A time in the future (clock skew) counts as recent: fail closed.
     let recent = |t: Timestamp| now.duration_since(t) < soak_sd;
+    // Rounded up to the minute: "ends in 50m", not 49m at 49m59s.
     let ends = |t: Timestamp| {
         let left = soak_sd.saturating_sub(now.duration_since(t));
-        human(left)
+        if left >= SignedDuration::from_mins(1) {
+            human(left.saturating_add(SignedDuration::from_secs(59)))
+        } else {
+            human(left)
+        }
     };
     let mut problems = Vec::new();
     match &control.last_reboot_finished {
