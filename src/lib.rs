@@ -9,6 +9,7 @@ pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod gates;
 pub mod host;
 pub mod logging;
 pub mod sim;

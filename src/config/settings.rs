@@ -74,6 +74,9 @@ pub struct GateSettings {
     pub soak: Duration,
     pub node_selector: String,
     pub required_daemonsets: Vec<NamespacedName>,
+    /// The list came from the configuration: a missing DaemonSet blocks.
+    /// The built-in default applies only when the DaemonSet exists.
+    pub required_daemonsets_configured: bool,
     pub blocking_pod_selectors: Vec<String>,
 }
 
@@ -209,6 +212,7 @@ impl Default for Settings {
                     namespace: "kube-system".into(),
                     name: "calico-node".into(),
                 }],
+                required_daemonsets_configured: false,
                 blocking_pod_selectors: Vec::new(),
             },
             alerts: AlertSettings {
@@ -260,6 +264,8 @@ impl PartialEq for Settings {
             && self.gates.soak == other.gates.soak
             && self.gates.node_selector == other.gates.node_selector
             && self.gates.required_daemonsets == other.gates.required_daemonsets
+            && self.gates.required_daemonsets_configured
+                == other.gates.required_daemonsets_configured
             && self.gates.blocking_pod_selectors == other.gates.blocking_pod_selectors
             && self.alerts.prometheus_url == other.alerts.prometheus_url
             && self.alerts.alertmanager_url == other.alerts.alertmanager_url
@@ -359,6 +365,7 @@ impl Settings {
         };
         let g = raw.gates;
         let gates = GateSettings {
+            required_daemonsets_configured: g.required_daemonsets.is_some(),
             soak: dur("gates.soak", g.soak, d.gates.soak)?,
             node_selector: match g.node_selector {
                 Some(s) => at("gates.node-selector", values::label_selector(&s))?,

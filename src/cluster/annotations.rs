@@ -1,0 +1,268 @@
+//! Cluster-wide control through annotations on the drydock Namespace: the
+//! names, how their values are read, and the few writers. Operators can use
+//! `kubectl annotate namespace drydock drydock.dev/paused="reason"` too.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+/// Set (to a reason) to pause every drydock in the cluster.
+pub const PAUSED: &str = "drydock.dev/paused";
+/// Set by a node that failed its post-reboot verification: the fleet stops
+/// until an operator removes it.
+pub const HALTED: &str = "drydock.dev/halted";
+/// `<RFC 3339 time> <node>` of the latest finished drydock reboot; the soak
+/// gate waits this long after it.
+pub const LAST_REBOOT_FINISHED: &str = "drydock.dev/last-reboot-finished";
+/// Target Kubernetes version for the upgrade rollout.
+pub const KUBERNETES_VERSION: &str = "drydock.dev/kubernetes-version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnnotationError {
+    #[error("reading Namespace {namespace}: {source}")]
+    Get {
+        namespace: String,
+        source: kube::Error,
+    },
+    #[error("setting annotation {key} on Namespace {namespace}: {source}")]
+    Patch {
+        namespace: String,
+        key: &'static str,
+        source: kube::Error,
+    },
+    #[error(
+        "setting annotation {key} on Namespace {namespace}: still conflicting after {attempts} attempts"
+    )]
+    Conflict {
+        namespace: String,
+        key: &'static str,
+        attempts: u32,
+    },
+}
+
+/// A finished drydock reboot, as recorded cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedReboot {
+    pub at: Timestamp,
+    pub node: String,
+}
+
+impl FinishedReboot {
+    pub fn to_annotation(&self) -> String {
+        format!("{} {}", self.at, self.node)
+    }
+
+    pub fn parse(value: &str) -> Option<FinishedReboot> {
+        let (at, node) = value.trim().split_once(' ')?;
+        Some(FinishedReboot {
+            at: at.parse().ok()?,
+            node: node.trim().to_string(),
+        })
+    }
+}
+
+/// What the Namespace annotations say, read once per evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterControl {
+    /// Paused cluster-wide, with the reason (empty value: "no reason given").
+    pub paused: Option<String>,
+    pub halted: Option<String>,
+    /// `Err(raw value)` when the annotation is there but unreadable; the
+    /// soak gate then blocks rather than guess.
+    pub last_reboot_finished: Result<Option<FinishedReboot>, String>,
+}
+
+impl Default for ClusterControl {
+    fn default() -> Self {
+        ClusterControl {
+            paused: None,
+            halted: None,
+            last_reboot_finished: Ok(None),
+        }
+    }
+}
+
+impl ClusterControl {
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> ClusterControl {
+        let reason = |key: &str| {
+            annotations.get(key).map(|v| {
+                let v = v.trim();
+                if v.is_empty() {
+                    "no reason given".to_string()
+                } else {
+                    v.to_string()
+                }
+            })
+        };
+        ClusterControl {
+            paused: reason(PAUSED),
+            halted: reason(HALTED),
+            last_reboot_finished: match annotations.get(LAST_REBOOT_FINISHED) {
+                None => Ok(None),
+                Some(v) => FinishedReboot::parse(v).map(Some).ok_or_else(|| v.clone()),
+            },
+        }
+    }
+}
+
+fn api(client: &kube::Client) -> Api<Namespace> {
+    Api::all(client.clone())
+}
+
+/// Sets (`Some`) or removes (`None`) one annotation on the Namespace.
+pub async fn set(
+    client: &kube::Client,
+    namespace: &str,
+    key: &'static str,
+    value: Option<&str>,
+) -> Result<(), AnnotationError> {
+    let patch = json!({ "metadata": { "annotations": { key: value } } });
+    api(client)
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| AnnotationError::Patch {
+            namespace: namespace.to_string(),
+            key,
+            source,
+        })?;
+    Ok(())
+}
+
+/// `drydock cluster pause --reason`.
+pub async fn pause_cluster(
+    client: &kube::Client,
+    namespace: &str,
+    reason: &str,
+) -> Result<(), AnnotationError> {
+    set(client, namespace, PAUSED, Some(reason)).await
+}
+
+pub async fn resume_cluster(client: &kube::Client, namespace: &str) -> Result<(), AnnotationError> {
+    set(client, namespace, PAUSED, None).await
+}
+
+/// Stops the fleet: every node's halted gate blocks with `reason`.
+pub async fn halt(
+    client: &kube::Client,
+    namespace: &str,
+    reason: &str,
+) -> Result<(), AnnotationError> {
+    set(client, namespace, HALTED, Some(reason)).await
+}
+
+pub async fn clear_halt(client: &kube::Client, namespace: &str) -> Result<(), AnnotationError> {
+    set(client, namespace, HALTED, None).await
+}
+
+/// Records that `node` finished a reboot at `at`, unless a later one is
+/// already recorded (with concurrency > 1 two nodes may finish together).
+/// The patch carries the resourceVersion read, so a concurrent writer makes
+/// it retry instead of overwriting a newer time.
+pub async fn record_reboot_finished(
+    client: &kube::Client,
+    namespace: &str,
+    node: &str,
+    at: Timestamp,
+) -> Result<(), AnnotationError> {
+    const ATTEMPTS: u32 = 5;
+    let value = FinishedReboot {
+        at,
+        node: node.to_string(),
+    }
+    .to_annotation();
+    for _ in 0..ATTEMPTS {
+        let ns = api(client)
+            .get(namespace)
+            .await
+            .map_err(|source| AnnotationError::Get {
+                namespace: namespace.to_string(),
+                source,
+            })?;
+        let current = ns
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LAST_REBOOT_FINISHED))
+            .and_then(|v| FinishedReboot::parse(v));
+        if current.is_some_and(|c| c.at > at) {
+            return Ok(());
+        }
+        let patch = json!({ "metadata": {
+            "resourceVersion": ns.metadata.resource_version,
+            "annotations": { LAST_REBOOT_FINISHED: value },
+        } });
+        match api(client)
+            .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(source) => {
+                return Err(AnnotationError::Patch {
+                    namespace: namespace.to_string(),
+                    key: LAST_REBOOT_FINISHED,
+                    source,
+                });
+            }
+        }
+    }
+    Err(AnnotationError::Conflict {
+        namespace: namespace.to_string(),
+        key: LAST_REBOOT_FINISHED,
+        attempts: ATTEMPTS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn annotations_are_read() {
+        let c = ClusterControl::from_annotations(&map(&[
+            (PAUSED, "  "),
+            (HALTED, "node-3 failed verification: kubelet not Ready"),
+            (LAST_REBOOT_FINISHED, "2025-03-30T01:02:03Z node-2"),
+        ]));
+        assert_eq!(c.paused.as_deref(), Some("no reason given"));
+        assert_eq!(
+            c.halted.as_deref(),
+            Some("node-3 failed verification: kubelet not Ready")
+        );
+        assert_eq!(
+            c.last_reboot_finished,
+            Ok(Some(FinishedReboot {
+                at: "2025-03-30T01:02:03Z".parse().unwrap(),
+                node: "node-2".into()
+            }))
+        );
+        let none = ClusterControl::from_annotations(&BTreeMap::new());
+        assert_eq!(none.paused, None);
+        assert_eq!(none.last_reboot_finished, Ok(None));
+    }
+
+    #[test]
+    fn unreadable_finished_reboot_is_kept_as_an_error() {
+        let c = ClusterControl::from_annotations(&map(&[(LAST_REBOOT_FINISHED, "yesterday")]));
+        assert_eq!(c.last_reboot_finished, Err("yesterday".to_string()));
+    }
+
+    #[test]
+    fn finished_reboot_round_trips() {
+        let f = FinishedReboot {
+            at: "2025-10-26T01:30:00.5Z".parse().unwrap(),
+            node: "worker-1".into(),
+        };
+        assert_eq!(FinishedReboot::parse(&f.to_annotation()), Some(f));
+    }
+}

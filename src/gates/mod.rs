@@ -1,0 +1,261 @@
+//! The safety gates: pure functions of settings, observations and the
+//! current time, each passing or blocking with a specific reason (shown as
+//! `waiting: <reason>`).
+//!
+//! Cheap first, for scale: [`evaluate_local`] needs no API call; the agent
+//! then looks at the Lease slots, and only a node that could take a slot
+//! gathers a [`ClusterObservation`] and runs [`evaluate_cluster`].
+
+pub mod alerts;
+pub mod blocking_pods;
+pub mod daemonsets;
+pub mod nodes_ready;
+pub mod paused;
+pub mod soak;
+pub mod window;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+pub use alerts::AlertObservation;
+pub use paused::LocalPause;
+
+use crate::cluster::observe::ClusterObservation;
+use crate::config::Settings;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", content = "reason", rename_all = "kebab-case")]
+pub enum Verdict {
+    Pass,
+    Block(String),
+}
+
+impl Verdict {
+    pub fn passes(&self) -> bool {
+        matches!(self, Verdict::Pass)
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Pass => None,
+            Verdict::Block(r) => Some(r),
+        }
+    }
+}
+
+/// One gate's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GateReport {
+    pub gate: &'static str,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+impl GateReport {
+    fn new(gate: &'static str, verdict: Verdict) -> GateReport {
+        GateReport { gate, verdict }
+    }
+}
+
+/// Whether every gate passed.
+pub fn all_pass(reports: &[GateReport]) -> bool {
+    reports.iter().all(|r| r.verdict.passes())
+}
+
+/// The first blocking gate, in evaluation order (the one to show).
+pub fn first_block(reports: &[GateReport]) -> Option<&GateReport> {
+    reports.iter().find(|r| !r.verdict.passes())
+}
+
+/// What the local gates look at (read from the store by the caller).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalObservation {
+    pub pause: Option<LocalPause>,
+}
+
+/// Gates that need no API call: the local pause, then the maintenance window.
+pub fn evaluate_local(
+    settings: &Settings,
+    local: &LocalObservation,
+    now: Timestamp,
+) -> Vec<GateReport> {
+    vec![
+        GateReport::new(paused::LOCAL, paused::evaluate_local(local.pause.as_ref())),
+        GateReport::new(
+            window::NAME,
+            window::evaluate(&settings.maintenance.windows, now),
+        ),
+    ]
+}
+
+/// The cluster-wide gates, in order: halted, paused, nodes Ready, required
+/// DaemonSets, soak, alerts, blocking pods. Every gate is evaluated (so
+/// `drydock status` can explain each), even after one blocks.
+pub fn evaluate_cluster(
+    settings: &Settings,
+    cluster: &ClusterObservation,
+    alert_observation: &AlertObservation,
+    now: Timestamp,
+) -> Vec<GateReport> {
+    let ns = &settings.lease.namespace;
+    vec![
+        GateReport::new(
+            paused::HALTED,
+            paused::evaluate_halted(&cluster.control, ns),
+        ),
+        GateReport::new(
+            paused::CLUSTER,
+            paused::evaluate_cluster(&cluster.control, ns),
+        ),
+        GateReport::new(
+            nodes_ready::NAME,
+            nodes_ready::evaluate(&cluster.nodes, &settings.gates.node_selector, now),
+        ),
+        GateReport::new(
+            daemonsets::NAME,
+            daemonsets::evaluate(
+                &cluster.daemonsets,
+                settings.gates.required_daemonsets_configured,
+            ),
+        ),
+        GateReport::new(
+            soak::NAME,
+            soak::evaluate(&cluster.nodes, &cluster.control, settings.gates.soak, now),
+        ),
+        GateReport::new(
+            alerts::NAME,
+            alerts::evaluate(&settings.alerts, alert_observation),
+        ),
+        GateReport::new(
+            blocking_pods::NAME,
+            blocking_pods::evaluate(&cluster.blocking_pods),
+        ),
+    ]
+}
+
+/// `3h12m`, `21h`, `1d2h`, `45s`: short and rounded down.
+pub fn human(d: SignedDuration) -> String {
+    let s = d.as_secs().max(0);
+    let (days, hours, minutes) = (s / 86_400, (s % 86_400) / 3_600, (s % 3_600) / 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, 0) => format!("{h}h"),
+        (0, h, m) => format!("{h}h{m}m"),
+        (d, 0, _) => format!("{d}d"),
+        (d, h, _) => format!("{d}d{h}h"),
+    }
+}
+
+/// How long ago `then` was, as [`human`] (0s for the future).
+pub fn ago(now: Timestamp, then: Timestamp) -> String {
+    human(now.duration_since(then))
+}
+
+/// `a, b, c, d, e and 2 more`.
+fn list_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    const SHOWN: usize = 5;
+    let names: Vec<&str> = names.collect();
+    if names.len() <= SHOWN {
+        names.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            names[..SHOWN].join(", "),
+            names.len() - SHOWN
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::annotations::ClusterControl;
+    use crate::cluster::observe::{NodeView, ReadyStatus};
+
+    #[test]
+    fn durations_read_well() {
+        let h = |s: i64| human(SignedDuration::from_secs(s));
+        assert_eq!(h(45), "45s");
+        assert_eq!(h(300), "5m");
+        assert_eq!(h(3 * 3600 + 12 * 60 + 5), "3h12m");
+        assert_eq!(h(21 * 3600), "21h");
+        assert_eq!(h(86_400), "1d");
+        assert_eq!(h(26 * 3600 + 60), "1d2h");
+        assert_eq!(h(-5), "0s");
+    }
+
+    #[test]
+    fn local_gates_report_pause_then_window() {
+        let s = Settings::default();
+        let now: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let r = evaluate_local(&s, &LocalObservation::default(), now);
+        assert_eq!(
+            r.iter().map(|r| r.gate).collect::<Vec<_>>(),
+            ["paused", "window"]
+        );
+        assert!(all_pass(&r));
+        let local = LocalObservation {
+            pause: Some(LocalPause {
+                reason: "disk swap".into(),
+                since: now,
+            }),
+        };
+        let r = evaluate_local(&s, &local, now);
+        assert_eq!(first_block(&r).unwrap().gate, "paused");
+    }
+
+    fn quiet_cluster() -> ClusterObservation {
+        ClusterObservation {
+            node_name: "n1".into(),
+            nodes: vec![NodeView {
+                name: "n1".into(),
+                ready: ReadyStatus::True,
+                ready_changed_at: Some("2024-01-01T00:00:00Z".parse().unwrap()),
+            }],
+            daemonsets: vec![],
+            blocking_pods: vec![],
+            control: ClusterControl::default(),
+        }
+    }
+
+    #[test]
+    fn cluster_gates_all_evaluated_in_order() {
+        let s = Settings::default();
+        let now: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let mut c = quiet_cluster();
+        let r = evaluate_cluster(&s, &c, &AlertObservation::NotConfigured, now);
+        assert_eq!(
+            r.iter().map(|r| r.gate).collect::<Vec<_>>(),
+            [
+                "halted",
+                "cluster-paused",
+                "nodes-ready",
+                "daemonsets",
+                "soak",
+                "alerts",
+                "blocking-pods"
+            ]
+        );
+        assert!(all_pass(&r), "{r:?}");
+        c.nodes[0].ready = ReadyStatus::False;
+        c.control.paused = Some("freeze".into());
+        let r = evaluate_cluster(&s, &c, &AlertObservation::NotConfigured, now);
+        assert_eq!(first_block(&r).unwrap().gate, "cluster-paused");
+        assert_eq!(r.iter().filter(|r| !r.verdict.passes()).count(), 2);
+    }
+
+    #[test]
+    fn reports_serialize_for_status_json() {
+        let r = GateReport::new("alerts", Verdict::Block("alert X firing".into()));
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({"gate": "alerts", "verdict": "block", "reason": "alert X firing"})
+        );
+        let r = GateReport::new("soak", Verdict::Pass);
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({"gate": "soak", "verdict": "pass"})
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! The cluster-wide gates end to end: `observe()` against the simulator
+//! through the real kube client, then `evaluate_cluster()`. Each test
+//! changes one thing in the cluster and checks the gate that must notice it.
+
+use std::time::Duration;
+
+use drydock::cluster::annotations;
+use drydock::cluster::observe::{ObserveError, observe};
+use drydock::config::{NamespacedName, Settings};
+use drydock::gates::{self, AlertObservation, GateReport};
+use drydock::sim::{NodeSpec, PodSpec, Scenario, SimHandle};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn settings() -> Settings {
+    let mut s = Settings::default();
+    s.gates.soak = Duration::ZERO;
+    s
+}
+
+async fn evaluate(sim: &SimHandle, s: &Settings, node: &str) -> Vec<GateReport> {
+    let obs = observe(&sim.client().expect("client"), s, node)
+        .await
+        .expect("observe");
+    gates::evaluate_cluster(s, &obs, &AlertObservation::NotConfigured, Timestamp::now())
+}
+
+fn blocked<'a>(reports: &'a [GateReport], gate: &str) -> Option<&'a str> {
+    reports
+        .iter()
+        .find(|r| r.gate == gate)
+        .unwrap_or_else(|| panic!("no gate {gate} in {reports:?}"))
+        .verdict
+        .reason()
+}
+
+fn only_block(reports: &[GateReport]) -> (&'static str, String) {
+    let blocks: Vec<_> = reports.iter().filter(|r| !r.verdict.passes()).collect();
+    assert_eq!(blocks.len(), 1, "{reports:#?}");
+    (
+        blocks[0].gate,
+        blocks[0].verdict.reason().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn healthy_cluster_passes_with_a_fixed_number_of_requests() -> TestResult {
+    let sim = Scenario::standard(6, 1).start().await?;
+    let mut s = settings();
+    s.gates.required_daemonsets = vec![
+        NamespacedName {
+            namespace: "kube-system".into(),
+            name: "calico-node".into(),
+        },
+        NamespacedName {
+            namespace: "kube-system".into(),
+            name: "kube-proxy".into(),
+        },
+    ];
+    s.gates.required_daemonsets_configured = true;
+    s.gates.blocking_pod_selectors = vec!["app=backup".into()];
+    // Let the DaemonSet pods start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.reset_stats();
+    let reports = evaluate(&sim, &s, "worker-1").await;
+    assert!(gates::all_pass(&reports), "{reports:#?}");
+    let stats = sim.stats();
+    // 1 node list, 1 namespace get, 2 x (DaemonSet get + pod list), 1 pod
+    // list for the blocking selector: 7, whatever the cluster size.
+    assert_eq!(stats.get("list", "nodes").requests, 1, "{stats}");
+    assert_eq!(stats.get("get", "namespaces").requests, 1, "{stats}");
+    assert_eq!(stats.get("get", "daemonsets").requests, 2, "{stats}");
+    assert_eq!(stats.get("list", "pods").requests, 3, "{stats}");
+    assert_eq!(stats.total.requests, 7, "{stats}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn not_ready_node_blocks_and_node_selector_limits_it() -> TestResult {
+    let sim = Scenario::new()
+        .node(NodeSpec::worker("a-1").label("pool", "a"))
+        .node(NodeSpec::worker("a-2").label("pool", "a"))
+        .node(NodeSpec::worker("b-1").label("pool", "b"))
+        .start()
+        .await?;
+    let mut s = settings();
+    assert!(gates::all_pass(&evaluate(&sim, &s, "a-1").await));
+    sim.set_node_ready("b-1", false)?;
+    let (gate, reason) = only_block(&evaluate(&sim, &s, "a-1").await);
+    assert_eq!(gate, "nodes-ready");
+    assert!(reason.starts_with("node b-1 NotReady for "), "{reason}");
+    s.gates.node_selector = "pool=a".into();
+    assert!(gates::all_pass(&evaluate(&sim, &s, "a-1").await));
+    s.gates.node_selector = "pool=c".into();
+    let (gate, reason) = only_block(&evaluate(&sim, &s, "a-1").await);
+    assert_eq!(gate, "nodes-ready");
+    assert_eq!(reason, "no nodes match gates.node-selector \"pool=c\"");
+    Ok(())
+}
+
+#[tokio::test]
+async fn daemonset_pod_not_ready_blocks_missing_configured_one_too() -> TestResult {
+    let sim = Scenario::standard(3, 0).start().await?;
+    let s = settings();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gates::all_pass(&evaluate(&sim, &s, "worker-1").await));
+    let pod = sim
+        .pods_on_node("worker-2")
+        .into_iter()
+        .find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("calico-node")
+        })
+        .expect("calico pod on worker-2");
+    let pod_name = pod.metadata.name.clone().unwrap();
+    sim.set_pod_ready("kube-system", &pod_name, false)?;
+    let (gate, reason) = only_block(&evaluate(&sim, &s, "worker-1").await);
+    assert_eq!(gate, "daemonsets");
+    // The DaemonSet status may or may not have caught up; either way the
+    // reason names calico-node, and the pod when the status lags.
+    assert!(
+        reason.starts_with("DaemonSet kube-system/calico-node: "),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("of 3 pods ready")
+            || reason.contains(&format!("pod {pod_name} on worker-2 not Ready")),
+        "{reason}"
+    );
+
+    // Default list, no such DaemonSet: passes ("when present")...
+    let bare = Scenario::cluster(1, 1).start().await?;
+    assert!(gates::all_pass(&evaluate(&bare, &s, "worker-1").await));
+    // ...but one the operator listed must exist.
+    let mut configured = settings();
+    configured.gates.required_daemonsets_configured = true;
+    let (gate, reason) = only_block(&evaluate(&bare, &configured, "worker-1").await);
+    assert_eq!(gate, "daemonsets");
+    assert_eq!(reason, "DaemonSet kube-system/calico-node not found");
+    Ok(())
+}
+
+#[tokio::test]
+async fn cluster_pause_halt_and_finished_reboot_annotations() -> TestResult {
+    let sim = Scenario::cluster(0, 2).start().await?;
+    let client = sim.client()?;
+    let mut s = settings();
+
+    annotations::pause_cluster(&client, "drydock", "change freeze until Monday").await?;
+    let (gate, reason) = only_block(&evaluate(&sim, &s, "worker-1").await);
+    assert_eq!(gate, "cluster-paused");
+    assert!(
+        reason.starts_with("paused cluster-wide: change freeze until Monday"),
+        "{reason}"
+    );
+    annotations::resume_cluster(&client, "drydock").await?;
+    assert!(gates::all_pass(&evaluate(&sim, &s, "worker-1").await));
+
+    annotations::halt(
+        &client,
+        "drydock",
+        "worker-2 failed verification: kubelet not Ready",
+    )
+    .await?;
+    let reports = evaluate(&sim, &s, "worker-1").await;
+    assert_eq!(gates::first_block(&reports).unwrap().gate, "halted");
+    assert!(
+        blocked(&reports, "halted")
+            .unwrap()
+            .contains("worker-2 failed verification"),
+        "{reports:?}"
+    );
+    annotations::clear_halt(&client, "drydock").await?;
+
+    // A reboot finished 10 minutes ago; soak 1h blocks, soak 5m passes.
+    let ten_min_ago = Timestamp::now() - jiff::SignedDuration::from_mins(10);
+    annotations::record_reboot_finished(&client, "drydock", "worker-2", ten_min_ago).await?;
+    // An older record does not overwrite the newer one.
+    let older = ten_min_ago - jiff::SignedDuration::from_hours(5);
+    annotations::record_reboot_finished(&client, "drydock", "worker-1", older).await?;
+    let ns: Namespace = Api::all(client.clone()).get("drydock").await?;
+    let value = ns.metadata.annotations.unwrap()[annotations::LAST_REBOOT_FINISHED].clone();
+    assert!(value.ends_with(" worker-2"), "{value}");
+
+    s.gates.soak = Duration::from_secs(3600);
+    // (The fresh nodes' Ready transitions are within the soak as well.)
+    let reports = evaluate(&sim, &s, "worker-1").await;
+    let reason = blocked(&reports, "soak").expect("soak blocks");
+    assert!(
+        reason.contains("drydock reboot of worker-2 finished 10m ago; soak (1h) ends in 50m"),
+        "{reason}"
+    );
+    s.gates.soak = Duration::from_secs(300);
+    let reports = evaluate(&sim, &s, "worker-1").await;
+    let reason = blocked(&reports, "soak").unwrap_or_default();
+    assert!(!reason.contains("drydock reboot"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn recent_ready_transition_blocks_the_soak() -> TestResult {
+    let sim = Scenario::cluster(0, 2).start().await?;
+    let mut s = settings();
+    s.gates.soak = Duration::from_secs(3600);
+    // Fresh nodes just became Ready: within the soak.
+    let reports = evaluate(&sim, &s, "worker-1").await;
+    let reason = blocked(&reports, "soak").expect("soak blocks");
+    assert!(
+        reason.starts_with("2 nodes changed Ready condition within the soak (1h): "),
+        "{reason}"
+    );
+    // Condition times have whole seconds: keep clear of that rounding.
+    s.gates.soak = Duration::from_secs(2);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(gates::all_pass(&evaluate(&sim, &s, "worker-1").await));
+    sim.set_node_ready("worker-2", false)?;
+    sim.set_node_ready("worker-2", true)?;
+    let (gate, reason) = only_block(&evaluate(&sim, &s, "worker-1").await);
+    assert_eq!(gate, "soak");
+    assert!(
+        reason.starts_with("node worker-2 Ready condition changed "),
+        "{reason}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn blocking_pods_only_on_this_node_and_only_while_running() -> TestResult {
+    let sim = Scenario::cluster(0, 2).namespace("batch").start().await?;
+    let mut s = settings();
+    s.gates.blocking_pod_selectors = vec!["app=backup".into(), "drydock.dev/block".into()];
+    sim.add_pod(PodSpec::new("batch", "nightly-backup", "worker-1").label("app", "backup"))?;
+    let (gate, reason) = only_block(&evaluate(&sim, &s, "worker-1").await);
+    assert_eq!(gate, "blocking-pods");
+    assert_eq!(
+        reason,
+        "blocking pod batch/nightly-backup on this node (selector \"app=backup\")"
+    );
+    // Another node is not blocked by it.
+    assert!(gates::all_pass(&evaluate(&sim, &s, "worker-2").await));
+    // A finished pod no longer blocks.
+    sim.set_pod_phase("batch", "nightly-backup", "Succeeded")?;
+    assert!(gates::all_pass(&evaluate(&sim, &s, "worker-1").await));
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_namespace_or_unreachable_api_is_an_error_not_a_pass() -> TestResult {
+    let sim = Scenario::cluster(0, 1).start().await?;
+    let client = sim.client()?;
+    let mut s = settings();
+    s.lease.namespace = "elsewhere".into();
+    match observe(&client, &s, "worker-1").await {
+        Err(e @ ObserveError::NamespaceMissing { .. }) => {
+            assert!(
+                e.to_string().contains("kubectl create namespace elsewhere"),
+                "{e}"
+            )
+        }
+        other => panic!("expected NamespaceMissing, got {other:?}"),
+    }
+    sim.stop().await;
+    let err = observe(&client, &settings(), "worker-1")
+        .await
+        .expect_err("API down");
+    assert!(err.to_string().starts_with("listing nodes: "), "{err}");
+    Ok(())
+}
