@@ -8,5 +8,6 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod report;
 pub mod sim;
 pub mod store;

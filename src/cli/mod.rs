@@ -72,8 +72,8 @@ pub fn default_log_level(command: &Command) -> &'static str {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig(args) => check_config::run(&cli, args),
-        Command::Sim(SimCommand::Serve(args)) => sim::serve(args.clone())
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        Command::Sim(SimCommand::Serve(args)) => {
+            sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
+        }
     }
 }

@@ -404,7 +404,9 @@ impl Settings {
                 Some(re) => at("alerts.ignore", values::regex(&re))?,
                 None => d.alerts.ignore,
             },
-            match_only: optional(a.match_only, |re| at("alerts.match-only", values::regex(&re)))?,
+            match_only: optional(a.match_only, |re| {
+                at("alerts.match-only", values::regex(&re))
+            })?,
             timeout: dur("alerts.timeout", a.timeout, d.alerts.timeout)?,
         };
         let dr = raw.drain;
@@ -421,7 +423,11 @@ impl Settings {
                     values::duration(text),
                 )?),
             },
-            pre_drain_wait: dur("drain.pre-drain-wait", dr.pre_drain_wait, d.drain.pre_drain_wait)?,
+            pre_drain_wait: dur(
+                "drain.pre-drain-wait",
+                dr.pre_drain_wait,
+                d.drain.pre_drain_wait,
+            )?,
             pod_selector: match dr.pod_selector {
                 Some(s) => at("drain.pod-selector", values::label_selector(&s))?,
                 None => d.drain.pod_selector,
@@ -436,7 +442,11 @@ impl Settings {
         let verify = VerifySettings {
             timeout: dur("verify.timeout", v.timeout, d.verify.timeout)?,
             checks_dir: path(v.checks_dir, d.verify.checks_dir),
-            check_timeout: dur("verify.check-timeout", v.check_timeout, d.verify.check_timeout)?,
+            check_timeout: dur(
+                "verify.check-timeout",
+                v.check_timeout,
+                d.verify.check_timeout,
+            )?,
         };
         let p = raw.packages;
         let packages = PackageSettings {
