@@ -268,10 +268,15 @@ pub fn load(main: &Path, explicit: bool) -> Result<Settings, ConfigError> {
     Settings::from_raw(raw).map_err(|e| {
         // The last file that set the key is the one that counts.
         let found = sources.iter().rev().find_map(|s| {
-            s.keys
-                .iter()
-                .find(|k| k.path == e.key || e.key.starts_with(&format!("{}[", k.path)))
-                .map(|k| (s, k.value.start))
+            let exact = s.keys.iter().find(|k| k.path == e.key);
+            // An element's key like `list[2]` falls back to the list itself.
+            let within = || {
+                s.keys
+                    .iter()
+                    .filter(|k| e.key.starts_with(&format!("{}[", k.path)))
+                    .max_by_key(|k| k.path.len())
+            };
+            exact.or_else(within).map(|k| (s, k.value.start))
         });
         let (path, (line, column)) = match found {
             Some((s, offset)) => (s.path.clone(), line_col(&s.text, offset)),

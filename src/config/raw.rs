@@ -4,9 +4,9 @@
 //! so type errors and unknown keys point into the file that has them. Values
 //! are checked and converted into [`super::Settings`] after merging.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawConfig {
     pub node: RawNode,
@@ -21,7 +21,7 @@ pub struct RawConfig {
     pub report: RawReport,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawNode {
     pub name: Option<String>,
@@ -30,7 +30,7 @@ pub struct RawNode {
     pub run_dir: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawLease {
     pub namespace: Option<String>,
@@ -39,7 +39,7 @@ pub struct RawLease {
     pub duration: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawReboot {
     pub sentinel_file: Option<String>,
@@ -50,13 +50,13 @@ pub struct RawReboot {
     pub check_interval: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawMaintenance {
     pub windows: Option<Vec<RawWindow>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawWindow {
     pub days: Vec<String>,
@@ -65,7 +65,7 @@ pub struct RawWindow {
     pub time_zone: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawGates {
     pub soak: Option<String>,
@@ -74,7 +74,7 @@ pub struct RawGates {
     pub blocking_pod_selectors: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawAlerts {
     pub prometheus_url: Option<String>,
@@ -84,7 +84,7 @@ pub struct RawAlerts {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawDrain {
     pub timeout: Option<String>,
@@ -96,7 +96,7 @@ pub struct RawDrain {
     pub retry_interval: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawVerify {
     pub timeout: Option<String>,
@@ -104,14 +104,14 @@ pub struct RawVerify {
     pub check_timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawPackages {
     pub protect: Option<Vec<String>>,
     pub authorization_ttl: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawReport {
     pub textfile_dir: Option<String>,

@@ -1,0 +1,140 @@
+//! `/version` and legacy (unaggregated) discovery documents. Clients that
+//! ask for aggregated discovery (`apidiscovery.k8s.io/v2`) get these plain
+//! `application/json` documents and fall back, as client-go and kube-rs do
+//! against servers without it.
+
+use serde_json::{Value, json};
+
+use super::kinds::Kind;
+
+pub fn version(git_version: &str) -> Value {
+    let v = git_version.trim_start_matches('v');
+    let mut parts = v.split('.');
+    let major = parts.next().unwrap_or("1");
+    let minor = parts.next().unwrap_or("0");
+    let prev_minor = minor
+        .parse::<u32>()
+        .map(|m| m.saturating_sub(1))
+        .unwrap_or(0);
+    json!({
+        "major": major,
+        "minor": minor,
+        "emulationMajor": major,
+        "emulationMinor": minor,
+        "minCompatibilityMajor": major,
+        "minCompatibilityMinor": prev_minor.to_string(),
+        "gitVersion": git_version,
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-09-09T19:44:50Z",
+        "goVersion": "go1.24.6",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+pub fn api_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    })
+}
+
+fn groups() -> Vec<&'static str> {
+    let mut gs: Vec<&'static str> = Vec::new();
+    for k in Kind::ALL {
+        let g = k.info().group;
+        if !g.is_empty() && !gs.contains(&g) {
+            gs.push(g);
+        }
+    }
+    gs
+}
+
+fn group_doc(group: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    json!({
+        "name": group,
+        "versions": [gv.clone()],
+        "preferredVersion": gv,
+    })
+}
+
+pub fn api_group_list() -> Value {
+    let groups: Vec<Value> = groups().into_iter().map(group_doc).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+pub fn api_group(group: &str) -> Option<Value> {
+    groups().contains(&group).then(|| {
+        let mut d = group_doc(group);
+        d["kind"] = json!("APIGroup");
+        d["apiVersion"] = json!("v1");
+        d
+    })
+}
+
+const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
+pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| k.info().group == group && k.info().version == version)
+        .collect();
+    if kinds.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for k in kinds {
+        let i = k.info();
+        let mut r = json!({
+            "name": i.plural,
+            "singularName": i.singular,
+            "namespaced": i.namespaced,
+            "kind": i.kind,
+            "verbs": VERBS,
+        });
+        if !i.short_names.is_empty() {
+            r["shortNames"] = json!(i.short_names);
+        }
+        if !i.categories.is_empty() {
+            r["categories"] = json!(i.categories);
+        }
+        resources.push(r);
+        if i.status_subresource {
+            resources.push(json!({
+                "name": format!("{}/status", i.plural),
+                "singularName": "",
+                "namespaced": i.namespaced,
+                "kind": i.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if k == Kind::Pod {
+            // kubectl drain looks for exactly this entry to choose policy/v1.
+            resources.push(json!({
+                "name": "pods/eviction",
+                "singularName": "",
+                "namespaced": true,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            }));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": gv,
+        "resources": resources,
+    }))
+}

@@ -1,0 +1,100 @@
+//! Shared state of one running simulator: the store, timers of the
+//! simulated kubelets/controllers, options, request statistics and faults.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::stats::StatsState;
+use super::store::Store;
+
+/// Tunables of a simulated cluster.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// How long a new pod stays Pending before it is Running and Ready
+    /// (also how long a node's pods take to become Ready after the node does).
+    pub pod_start_delay: Duration,
+    /// Changes kept for watches; a watch from an older resourceVersion gets 410.
+    pub history_limit: usize,
+    /// `gitVersion` served at `/version`.
+    pub server_version: String,
+    /// `terminationGracePeriodSeconds` of scenario pods.
+    pub default_grace_period: i64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            pod_start_delay: Duration::from_millis(200),
+            history_limit: 1000,
+            server_version: "v1.34.1".to_string(),
+            default_grace_period: 1,
+        }
+    }
+}
+
+/// A failure mode injected into every API request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer every request with this HTTP status and a `Status` body
+    /// (503 makes the API look unavailable; note kube's client retries 503).
+    Status(u16),
+    /// Hold every request this long before serving it.
+    Delay(Duration),
+}
+
+pub struct State {
+    pub store: Store,
+    pub opts: SimOptions,
+    /// Pod uid -> when its graceful deletion completes.
+    pub deletions: HashMap<String, Instant>,
+    /// Pod uid -> when the (simulated) kubelet reports it Running and Ready.
+    pub starts: HashMap<String, Instant>,
+    pub ip_seq: u32,
+}
+
+impl State {
+    pub fn new(opts: SimOptions) -> Self {
+        Self {
+            store: Store::new(opts.history_limit),
+            opts,
+            deletions: HashMap::new(),
+            starts: HashMap::new(),
+            ip_seq: 0,
+        }
+    }
+}
+
+pub struct Shared {
+    pub state: Mutex<State>,
+    /// Wakes the controller loop after a write or a new timer.
+    pub wake: Notify,
+    pub stats: Mutex<StatsState>,
+    pub fault: Mutex<Option<Fault>>,
+    /// `true` while the HTTP server is stopped; ends open watches.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// Locks ignoring poison: a panicking test thread must not wedge the server.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn new(opts: SimOptions) -> Self {
+        Self {
+            state: Mutex::new(State::new(opts)),
+            wake: Notify::new(),
+            stats: Mutex::new(StatsState::default()),
+            fault: Mutex::new(None),
+            shutdown: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
