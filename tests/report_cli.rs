@@ -172,3 +172,42 @@ fn report_completions_and_manpage() {
         assert!(man.contains(sub), "man page lacks {sub}");
     }
 }
+
+/// The drop-ins in examples/cloud-init.yaml are valid drydock configuration.
+#[test]
+fn report_cloud_init_example_config_is_valid() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cloud-init.yaml"),
+    )
+    .unwrap();
+    assert!(text.starts_with("#cloud-config\n"));
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let packages = doc["packages"].as_sequence().unwrap();
+    assert!(packages.iter().any(|p| p.as_str() == Some("drydock")));
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("drydock.toml");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/drydock.toml"),
+        &main,
+    )
+    .unwrap();
+    let drop_ins = dir.path().join("drydock.toml.d");
+    std::fs::create_dir(&drop_ins).unwrap();
+    let mut written = 0;
+    for file in doc["write_files"].as_sequence().unwrap() {
+        let path = file["path"].as_str().unwrap();
+        if let Some(name) = path.strip_prefix("/etc/drydock/drydock.toml.d/") {
+            std::fs::write(drop_ins.join(name), file["content"].as_str().unwrap()).unwrap();
+            written += 1;
+        }
+    }
+    assert_eq!(written, 2);
+    let out = stdout(&["check-config", "--config", main.to_str().unwrap()]);
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(out.contains("1 maintenance windows"), "{out}");
+
+    // And a broken drop-in is caught the same way.
+    std::fs::write(drop_ins.join("50-bad.toml"), "[lease]\nconcurrency = 0\n").unwrap();
+    let bad = drydock(&["check-config", "--config", main.to_str().unwrap()]);
+    assert!(!bad.status.success());
+}
