@@ -12,6 +12,7 @@ pub mod config;
 pub mod gates;
 pub mod host;
 pub mod logging;
+pub mod report;
 pub mod sim;
 pub mod store;
 pub mod verify;

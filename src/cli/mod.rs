@@ -10,6 +10,8 @@ use crate::config::{self, Settings};
 use crate::logging::LogFormat;
 
 pub mod check_config;
+pub mod completions;
+pub mod rbac;
 pub mod sim;
 
 #[derive(Debug, Parser)]
@@ -39,6 +41,12 @@ pub enum Command {
     /// The Kubernetes API simulator used by tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Print the RBAC manifests drydock needs beyond the kubelet's own rights.
+    Rbac(rbac::Args),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+    /// Print the drydock(1) man page (roff).
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,12 +74,16 @@ pub fn default_log_level(command: &Command) -> &'static str {
     match command {
         Command::CheckConfig(_) => "warn",
         Command::Sim(_) => "info",
+        Command::Rbac(_) | Command::Completions(_) | Command::Manpage => "warn",
     }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig(args) => check_config::run(&cli, args),
+        Command::Rbac(args) => rbac::run(&cli, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Manpage => completions::manpage(),
         Command::Sim(SimCommand::Serve(args)) => {
             sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
         }
