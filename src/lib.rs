@@ -5,8 +5,10 @@
 //! nothing below `agent` imports it. `sim` is the Kubernetes API simulator
 //! used by tests and `drydock simulate`; `cli` is the command line.
 
+pub mod aptgate;
 pub mod cli;
 pub mod config;
+pub mod host;
 pub mod logging;
 pub mod sim;
 pub mod store;

@@ -100,10 +100,7 @@ impl SourceFile {
 fn collect_keys(table: &toml_edit::Table, prefix: &str, out: &mut Vec<KeySpan>) {
     for (name, item) in table.iter() {
         let path = join(prefix, name);
-        let key_span = table
-            .key(name)
-            .and_then(|k| k.span())
-            .unwrap_or(0..0);
+        let key_span = table.key(name).and_then(|k| k.span()).unwrap_or(0..0);
         collect_item(item, &path, key_span, out);
     }
 }
@@ -260,15 +257,14 @@ pub fn load(main: &Path, explicit: bool) -> Result<Settings, ConfigError> {
     for source in &sources {
         merge(&mut merged, source.table.clone());
     }
-    let raw = RawConfig::deserialize(toml::Value::Table(merged)).map_err(|e| {
-        ConfigError::Invalid {
+    let raw =
+        RawConfig::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Invalid {
             path: main.to_path_buf(),
             line: 1,
             column: 1,
             key: "(merged)".into(),
             message: e.message().to_string(),
-        }
-    })?;
+        })?;
     Settings::from_raw(raw).map_err(|e| {
         // The last file that set the key is the one that counts.
         let found = sources.iter().rev().find_map(|s| {

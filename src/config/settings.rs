@@ -120,6 +120,9 @@ pub struct VerifySettings {
 pub struct PackageSettings {
     pub protect: Vec<glob::Pattern>,
     pub authorization_ttl: Duration,
+    /// Root of the dpkg database drydock reads and holds (`dpkg --root`);
+    /// "/" on a node, a sandbox in tests.
+    pub dpkg_root: PathBuf,
 }
 
 #[derive(Clone, PartialEq)]
@@ -238,6 +241,7 @@ impl Default for Settings {
                     .map(|p| glob::Pattern::new(p).expect("default pattern is valid"))
                     .collect(),
                 authorization_ttl: Duration::from_secs(15 * 60),
+                dpkg_root: "/".into(),
             },
             report: ReportSettings {
                 textfile_dir: Some("/var/lib/prometheus/node-exporter".into()),
@@ -404,7 +408,9 @@ impl Settings {
                 Some(re) => at("alerts.ignore", values::regex(&re))?,
                 None => d.alerts.ignore,
             },
-            match_only: optional(a.match_only, |re| at("alerts.match-only", values::regex(&re)))?,
+            match_only: optional(a.match_only, |re| {
+                at("alerts.match-only", values::regex(&re))
+            })?,
             timeout: dur("alerts.timeout", a.timeout, d.alerts.timeout)?,
         };
         let dr = raw.drain;
@@ -421,7 +427,11 @@ impl Settings {
                     values::duration(text),
                 )?),
             },
-            pre_drain_wait: dur("drain.pre-drain-wait", dr.pre_drain_wait, d.drain.pre_drain_wait)?,
+            pre_drain_wait: dur(
+                "drain.pre-drain-wait",
+                dr.pre_drain_wait,
+                d.drain.pre_drain_wait,
+            )?,
             pod_selector: match dr.pod_selector {
                 Some(s) => at("drain.pod-selector", values::label_selector(&s))?,
                 None => d.drain.pod_selector,
@@ -436,7 +446,11 @@ impl Settings {
         let verify = VerifySettings {
             timeout: dur("verify.timeout", v.timeout, d.verify.timeout)?,
             checks_dir: path(v.checks_dir, d.verify.checks_dir),
-            check_timeout: dur("verify.check-timeout", v.check_timeout, d.verify.check_timeout)?,
+            check_timeout: dur(
+                "verify.check-timeout",
+                v.check_timeout,
+                d.verify.check_timeout,
+            )?,
         };
         let p = raw.packages;
         let packages = PackageSettings {
@@ -452,6 +466,7 @@ impl Settings {
                 p.authorization_ttl,
                 d.packages.authorization_ttl,
             )?,
+            dpkg_root: path(p.dpkg_root, d.packages.dpkg_root),
         };
         let rp = raw.report;
         let report = ReportSettings {

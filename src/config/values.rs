@@ -31,7 +31,9 @@ pub enum ValueError {
         "invalid name {0:?}: expected a lowercase DNS name (letters, digits, '-', at most 63 characters per part)"
     )]
     DnsName(String),
-    #[error("invalid label selector {0:?}: expected terms like \"key=value\", \"key!=value\", \"key in (a,b)\", \"key\" or \"!key\", separated by commas")]
+    #[error(
+        "invalid label selector {0:?}: expected terms like \"key=value\", \"key!=value\", \"key in (a,b)\", \"key\" or \"!key\", separated by commas"
+    )]
     LabelSelector(String),
     #[error("a blocking-pod selector must not be empty (it would match every pod)")]
     EmptySelector,
@@ -139,7 +141,8 @@ pub fn namespaced_name(s: &str) -> Result<NamespacedName, ValueError> {
 
 /// Checks the syntax of a Kubernetes label selector; the API server applies it.
 pub fn label_selector(s: &str) -> Result<String, ValueError> {
-    let key = r"([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?";
+    let key =
+        r"([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?";
     let value = r"([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?)?";
     let term = format!(
         r"^\s*(!?\s*{key}|{key}\s*(=|==|!=)\s*{value}|{key}\s+(in|notin)\s*\(\s*{value}(\s*,\s*{value})*\s*\))\s*$"
@@ -246,7 +249,10 @@ mod tests {
 
     #[test]
     fn times_and_days() {
-        assert_eq!(time_of_day("02:30").unwrap(), Time::new(2, 30, 0, 0).unwrap());
+        assert_eq!(
+            time_of_day("02:30").unwrap(),
+            Time::new(2, 30, 0, 0).unwrap()
+        );
         for bad in ["2:30", "24:00", "02:60", "0230", "ab:cd"] {
             assert!(time_of_day(bad).is_err(), "{bad}");
         }

@@ -213,9 +213,7 @@ impl Store {
     /// Checks identity and integrity without writing anything.
     fn verify(&self, existed: bool) -> Result<(), StoreError> {
         let corrupt = |e: rusqlite::Error| match e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.code == rusqlite::ErrorCode::NotADatabase =>
-            {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
                 StoreError::NotSqlite {
                     path: self.path.clone(),
                 }
@@ -347,7 +345,11 @@ impl Store {
         Ok(id)
     }
 
-    pub fn append_history(&self, kind: &str, detail: &serde_json::Value) -> Result<i64, StoreError> {
+    pub fn append_history(
+        &self,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
         self.conn
             .execute(
                 "INSERT INTO history (at, kind, detail) VALUES (?1, ?2, ?3)",
@@ -386,7 +388,8 @@ impl Store {
             .map_err(|e| sqlite(&self.path, "reading history", e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, at, kind, detail) = row.map_err(|e| sqlite(&self.path, "reading history", e))?;
+            let (id, at, kind, detail) =
+                row.map_err(|e| sqlite(&self.path, "reading history", e))?;
             out.push(HistoryRecord {
                 id,
                 at: parse_time(&self.path, &at)?,
@@ -463,7 +466,11 @@ impl Store {
             .map_err(|e| sqlite(&self.path, "reading package authorizations", e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })
             .map_err(|e| sqlite(&self.path, "reading package authorizations", e))?;
         let mut out = Vec::new();

@@ -1,0 +1,3 @@
+//! This machine: observations and actions on the local host.
+
+pub mod dpkg;
