@@ -6,6 +6,7 @@
 //! used by tests and `drydock simulate`; `cli` is the command line.
 
 pub mod agent;
+pub mod aptgate;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Settings};
 use crate::logging::LogFormat;
 
+pub mod apt_hook;
 pub mod check_config;
 pub mod completions;
 pub mod rbac;
+pub mod history;
 pub mod sim;
 
 #[derive(Debug, Parser)]
@@ -38,6 +40,11 @@ pub struct Cli {
 pub enum Command {
     /// Validate the merged configuration and print what is wrong.
     CheckConfig(check_config::Args),
+    /// APT hooks, run by apt (wired in /etc/apt/apt.conf.d/50drydock).
+    #[command(subcommand)]
+    AptHook(apt_hook::AptHookCommand),
+    /// List recorded apt runs, reboots and upgrades.
+    History(history::Args),
     /// The Kubernetes API simulator used by tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -72,7 +79,7 @@ impl Cli {
 /// Commands that only print a short answer log at warn level.
 pub fn default_log_level(command: &Command) -> &'static str {
     match command {
-        Command::CheckConfig(_) => "warn",
+        Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) => "warn",
         Command::Sim(_) => "info",
         Command::Rbac(_) | Command::Completions(_) | Command::Manpage => "warn",
     }
@@ -84,6 +91,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rbac(args) => rbac::run(&cli, args),
         Command::Completions(args) => completions::completions(args),
         Command::Manpage => completions::manpage(),
+        Command::AptHook(command) => Ok(apt_hook::run(&cli, command)),
+        Command::History(args) => history::run(&cli, args),
         Command::Sim(SimCommand::Serve(args)) => {
             sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
         }
