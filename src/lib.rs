@@ -15,5 +15,6 @@ pub mod host;
 pub mod logging;
 pub mod report;
 pub mod sim;
+pub mod simulate;
 pub mod store;
 pub mod verify;

@@ -557,8 +557,13 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Err(e) => return self.retry_later("reading boot_id", e),
         };
         if current != left_boot {
+            let booted_at = self.host.booted_at().unwrap_or_else(|e| {
+                warn!(node = %self.node, error = %e, "boot time unknown; verifying from now");
+                Timestamp::now()
+            });
             let next = self.state.clone().on_boot_observed(
                 &current,
+                booted_at,
                 Timestamp::now(),
                 signed(self.settings.verify.timeout),
             );

@@ -2,6 +2,7 @@
 //! ([`driver`]), and the traits through which it sees the world ([`ports`]).
 
 pub mod driver;
+pub mod kube_cluster;
 pub mod ports;
 pub mod state;
 

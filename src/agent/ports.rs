@@ -66,6 +66,8 @@ impl PortError {
 /// This machine.
 pub trait Host: Send + Sync {
     fn boot_id(&self) -> Result<String, PortError>;
+    /// When the current boot started (the kernel's btime).
+    fn booted_at(&self) -> Result<Timestamp, PortError>;
     /// Why a reboot is needed; empty when it is not. `requested` is an
     /// operator's `drydock reboot` reason, read from the store by the driver.
     fn reboot_need(

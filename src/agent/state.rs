@@ -273,6 +273,7 @@ impl AgentState {
     pub fn on_boot_observed(
         self,
         current_boot_id: &str,
+        booted_at: Timestamp,
         now: Timestamp,
         verify_timeout: SignedDuration,
     ) -> AgentState {
@@ -286,7 +287,7 @@ impl AgentState {
             } if boot_id != current_boot_id => AgentState::Verifying {
                 cycle,
                 cordon,
-                booted_at: now,
+                booted_at,
                 deadline: now + verify_timeout,
                 drain_seconds,
                 reboot_seconds: seconds(drained_at, now),
@@ -474,9 +475,9 @@ mod tests {
         assert_eq!(s.name(), "rebooting");
         assert_eq!(s.held_slot(), Some("drydock-default-0"));
         // The same boot: still rebooting.
-        let s = s.on_boot_observed("boot-a", t(50), SignedDuration::from_secs(60));
+        let s = s.on_boot_observed("boot-a", t(45), t(50), SignedDuration::from_secs(60));
         assert_eq!(s.name(), "rebooting");
-        let s = s.on_boot_observed("boot-b", t(101), SignedDuration::from_secs(60));
+        let s = s.on_boot_observed("boot-b", t(101), t(101), SignedDuration::from_secs(60));
         let AgentState::Verifying { deadline, .. } = &s else {
             panic!("{s:?}")
         };
@@ -553,7 +554,7 @@ mod tests {
     #[test]
     fn verify_failure_keeps_slot_and_cordon_and_resume_retries() {
         let s = through_reboot()
-            .on_boot_observed("boot-b", t(100), SignedDuration::from_secs(60))
+            .on_boot_observed("boot-b", t(100), t(100), SignedDuration::from_secs(60))
             .on_failed(Step::Verify, "kubelet not Ready".into(), t(160));
         assert_eq!(s.held_slot(), Some("drydock-default-0"));
         let AgentState::Failed { cordon, .. } = &s else {

@@ -36,6 +36,9 @@ impl Host for Fake {
     fn boot_id(&self) -> Result<String, PortError> {
         Ok(self.0.lock().unwrap().boot_id.clone())
     }
+    fn booted_at(&self) -> Result<Timestamp, PortError> {
+        Ok(Timestamp::now())
+    }
     async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
         let mut need = self.0.lock().unwrap().need.clone();
         need.extend(requested);

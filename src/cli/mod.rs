@@ -12,9 +12,10 @@ use crate::logging::LogFormat;
 pub mod apt_hook;
 pub mod check_config;
 pub mod completions;
-pub mod rbac;
 pub mod history;
+pub mod rbac;
 pub mod sim;
+pub mod simulate;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +46,8 @@ pub enum Command {
     AptHook(apt_hook::AptHookCommand),
     /// List recorded apt runs, reboots and upgrades.
     History(history::Args),
+    /// Run a rolling reboot of a simulated cluster, one agent per node, live.
+    Simulate(simulate::Args),
     /// The Kubernetes API simulator used by tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -81,6 +84,7 @@ pub fn default_log_level(command: &Command) -> &'static str {
     match command {
         Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) => "warn",
         Command::Sim(_) => "info",
+        Command::Simulate(_) => "error",
         Command::Rbac(_) | Command::Completions(_) | Command::Manpage => "warn",
     }
 }
@@ -88,6 +92,7 @@ pub fn default_log_level(command: &Command) -> &'static str {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig(args) => check_config::run(&cli, args),
+        Command::Simulate(args) => simulate::run(args).await,
         Command::Rbac(args) => rbac::run(&cli, args),
         Command::Completions(args) => completions::completions(args),
         Command::Manpage => completions::manpage(),

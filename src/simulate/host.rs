@@ -11,6 +11,7 @@ use crate::agent::ports::{Host, PortError};
 #[derive(Debug, Default)]
 pub struct Machine {
     pub boot_id: String,
+    pub booted_at: jiff::Timestamp,
     pub need: Vec<String>,
     pub reboots: u32,
     /// Post-boot checks fail on this machine.
@@ -25,7 +26,11 @@ pub struct SimHost {
 }
 
 impl SimHost {
-    pub fn new(node: &str, machine: Arc<Mutex<Machine>>, reboots: mpsc::UnboundedSender<String>) -> Self {
+    pub fn new(
+        node: &str,
+        machine: Arc<Mutex<Machine>>,
+        reboots: mpsc::UnboundedSender<String>,
+    ) -> Self {
         SimHost {
             node: node.to_string(),
             machine,
@@ -43,6 +48,10 @@ impl Host for SimHost {
         Ok(self.machine().boot_id.clone())
     }
 
+    fn booted_at(&self) -> Result<jiff::Timestamp, PortError> {
+        Ok(self.machine().booted_at)
+    }
+
     async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
         let mut need = self.machine().need.clone();
         need.extend(requested.map(|r| format!("requested by an operator: {r}")));
@@ -51,9 +60,9 @@ impl Host for SimHost {
 
     async fn reboot(&self, _reason: &str) -> Result<(), PortError> {
         self.machine().reboots += 1;
-        self.reboots
-            .send(self.node.clone())
-            .map_err(|_| PortError::failed("requesting a simulated reboot", "the fleet has stopped"))
+        self.reboots.send(self.node.clone()).map_err(|_| {
+            PortError::failed("requesting a simulated reboot", "the fleet has stopped")
+        })
     }
 
     async fn run_checks(&self) -> Result<(), String> {

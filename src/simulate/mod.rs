@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::agent::ports::{AgentEvent, Reporter};
 use crate::agent::kube_cluster::KubeCluster;
+use crate::agent::ports::{AgentEvent, Reporter};
 use crate::agent::{Agent, AgentError};
 use crate::config::Settings;
 use crate::sim::{Scenario, SimHandle};
@@ -82,7 +82,13 @@ pub struct FleetReport {
     pub finished: bool,
 }
 
-const OUT_OF_SERVICE: &[&str] = &["cordoning", "draining", "rebooting", "verifying", "releasing"];
+const OUT_OF_SERVICE: &[&str] = &[
+    "cordoning",
+    "draining",
+    "rebooting",
+    "verifying",
+    "releasing",
+];
 
 #[derive(Clone)]
 struct Live {
@@ -101,7 +107,10 @@ impl Live {
             what,
         };
         (self.print)(&m);
-        self.moments.lock().unwrap_or_else(|p| p.into_inner()).push(m);
+        self.moments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(m);
     }
 }
 
@@ -112,7 +121,10 @@ struct FleetReporter {
 
 impl Reporter for FleetReporter {
     fn status(&self, line: &str) {
-        if line.starts_with("waiting") || line.starts_with("draining:") || line.starts_with("failed") {
+        if line.starts_with("waiting")
+            || line.starts_with("draining:")
+            || line.starts_with("failed")
+        {
             self.live.note(&self.node, line.to_string());
         }
     }
@@ -222,6 +234,7 @@ pub async fn run(
     for (i, node) in node_names.iter().enumerate() {
         let machine = Arc::new(Mutex::new(Machine {
             boot_id: format!("boot-{i}-0"),
+            booted_at: jiff::Timestamp::now(),
             need: vec!["simulated kernel update (reboot-required)".into()],
             reboots: 0,
             checks_fail: false,
@@ -246,11 +259,15 @@ pub async fn run(
                     let _ = r.task.await;
                 }
                 live.note(&node, "machine rebooting".into());
+                // Whole seconds, like the kernel's btime and Kubernetes times.
+                let boot_started = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+                    .unwrap_or_else(|_| jiff::Timestamp::now());
                 let new_boot = sim.simulate_reboot(&node, opts.downtime).await?;
                 let machine = &machines[&node];
                 {
                     let mut m = machine.lock().unwrap_or_else(|p| p.into_inner());
                     m.boot_id = new_boot;
+                    m.booted_at = boot_started;
                     m.need.clear();
                     m.checks_fail = opts.fail_verify.as_deref() == Some(node.as_str());
                 }
@@ -278,8 +295,16 @@ pub async fn run(
         let _ = r.stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), r.task).await;
     }
-    let states = live.states.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let moments = live.moments.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let states = live
+        .states
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let moments = live
+        .moments
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let halted = sim
         .get::<k8s_openapi::api::core::v1::Namespace>(None, "drydock")
         .and_then(|ns| ns.metadata.annotations)
@@ -300,7 +325,10 @@ pub async fn run(
         nodes.insert(
             node.clone(),
             NodeTimeline {
-                reboots: machines[node].lock().unwrap_or_else(|p| p.into_inner()).reboots,
+                reboots: machines[node]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reboots,
                 final_state: states.get(node).cloned().unwrap_or_else(|| "idle".into()),
                 locked_at: at("-> locked"),
                 released_at: released,
