@@ -1,4 +1,5 @@
-//! Cordon and drain against the simulator, through the real `kube` client.
+//! Cordon, drain and post-reboot verification against the simulator,
+//! through the real `kube` client.
 
 use std::time::{Duration, Instant};
 
@@ -7,9 +8,12 @@ use drydock::cluster::drain::{
     SkipReason,
 };
 use drydock::cluster::node::{NodeClient, STATE_ANNOTATION};
+use drydock::config::NamespacedName;
+use drydock::host::boot::BootId;
 use drydock::sim::{
     DaemonSetSpec, NodeSpec, PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle,
 };
+use drydock::verify::{self, Problem, VerifyInputs, VerifyOutcome};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
@@ -393,5 +397,114 @@ async fn cordon_reports_an_admin_cordon_and_annotations_round_trip() -> TestResu
     assert!(ghost.get_opt().await?.is_none());
     let err = ghost.cordon().await.expect_err("no such node");
     assert_eq!(err.to_string(), "node ghost does not exist");
+    Ok(())
+}
+
+fn inputs_for<'a>(
+    before: &'a BootId,
+    now: &'a BootId,
+    started: jiff::Timestamp,
+    required: &'a [NamespacedName],
+    checks_dir: &'a std::path::Path,
+) -> VerifyInputs<'a> {
+    VerifyInputs {
+        node: "worker-1",
+        boot_id_before: before,
+        boot_id_now: now,
+        boot_started: started,
+        required_daemonsets: required,
+        checks_dir,
+        check_timeout: Duration::from_secs(5),
+    }
+}
+
+fn write_check(dir: &std::path::Path, exit: i32) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("10-exit");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\necho exiting {exit}\nexit {exit}\n"),
+    )
+    .expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[tokio::test]
+async fn verification_after_a_simulated_reboot() -> TestResult {
+    let sim = Scenario::cluster(1, 1)
+        .pod_start_delay(Duration::from_millis(300))
+        .daemon_set(DaemonSetSpec::new("kube-system", "calico-node"))
+        .start()
+        .await?;
+    let c = client(&sim);
+    let reported = |sim: &SimHandle| -> Option<BootId> {
+        let node = sim.get::<Node>(None, "worker-1")?;
+        BootId::parse(drydock::cluster::node::boot_id(&node)?)
+    };
+    let before = reported(&sim).expect("boot id");
+    let checks = tempfile::tempdir()?;
+    write_check(checks.path(), 1);
+    let required = vec![NamespacedName {
+        namespace: "kube-system".into(),
+        name: "calico-node".into(),
+    }];
+    let dir = checks.path();
+    let inputs = |now, started| inputs_for(&before, now, started, &required, dir);
+
+    // Same boot: nothing happened yet.
+    let obs = verify::gather(&c, &inputs(&before, jiff::Timestamp::now())).await?;
+    assert_eq!(verify::evaluate(&obs), VerifyOutcome::NotRebooted);
+
+    let boot_started = jiff::Timestamp::now();
+    let now = BootId::parse(
+        &sim.simulate_reboot("worker-1", Duration::from_millis(200))
+            .await?,
+    )
+    .expect("new boot id");
+    assert_eq!(reported(&sim).as_ref(), Some(&now));
+
+    // Node back, calico pod not Ready yet: waiting, checks not run.
+    let obs = verify::gather(&c, &inputs(&now, boot_started)).await?;
+    let VerifyOutcome::Waiting { problems } = verify::evaluate(&obs) else {
+        panic!("expected Waiting: {obs:?}");
+    };
+    assert!(
+        matches!(
+            problems[..],
+            [Problem::DaemonSetPodNotReady { .. }, Problem::ChecksNotRun]
+        ),
+        "{problems:?}"
+    );
+    assert!(obs.checks.is_none());
+
+    // Pod Ready again: the failing check is what remains.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let problems = loop {
+        let obs = verify::gather(&c, &inputs(&now, boot_started)).await?;
+        match verify::evaluate(&obs) {
+            VerifyOutcome::Waiting { problems } if obs.checks.is_some() => break problems,
+            other => assert!(Instant::now() < deadline, "stuck at {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        verify::describe(&problems),
+        "check 10-exit exited 1: exiting 1"
+    );
+
+    write_check(checks.path(), 0);
+    let obs = verify::gather(&c, &inputs(&now, boot_started)).await?;
+    assert_eq!(verify::evaluate(&obs), VerifyOutcome::Passed, "{obs:?}");
+
+    // A node that goes NotReady again fails verification.
+    sim.set_node_ready("worker-1", false)?;
+    let obs = verify::gather(&c, &inputs(&now, boot_started)).await?;
+    let VerifyOutcome::Waiting { problems } = verify::evaluate(&obs) else {
+        panic!("expected Waiting: {obs:?}");
+    };
+    assert!(
+        matches!(problems[0], Problem::NodeNotReady { .. }),
+        "{problems:?}"
+    );
     Ok(())
 }

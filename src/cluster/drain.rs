@@ -426,6 +426,11 @@ pub async fn pods_on_node(
 /// `progress` (the caller may drop the receiver). On success, every
 /// drainable pod is gone; on [`DrainError::TimedOut`] the error lists the
 /// pods that blocked.
+///
+/// Give it a client built with `default_retry = false`: kube's default
+/// retry layer repeats 429 answers internally for minutes, hiding a
+/// disruption-budget block from the progress report (the timeout still
+/// holds either way).
 pub async fn drain(
     client: &Client,
     node: &str,

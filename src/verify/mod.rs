@@ -285,7 +285,10 @@ pub fn evaluate(obs: &Observation) -> VerifyOutcome {
                     reason: n.ready_reason.clone(),
                     message: n.ready_message.clone(),
                 });
-            } else if n.last_heartbeat.is_none_or(|t| t < obs.boot_started) {
+            } else if !n
+                .last_heartbeat
+                .is_some_and(|t| since_boot(t, obs.boot_started))
+            {
                 problems.push(Problem::HeartbeatBeforeBoot {
                     last_heartbeat: n.last_heartbeat,
                 });
@@ -327,6 +330,12 @@ pub fn evaluate(obs: &Observation) -> VerifyOutcome {
     }
 }
 
+/// `t` is not before the boot, at the whole-second precision of Kubernetes
+/// timestamps (a heartbeat in the boot's own second counts).
+fn since_boot(t: Timestamp, boot_started: Timestamp) -> bool {
+    t.as_second() >= boot_started.as_second()
+}
+
 fn daemonset_problem(ds: &DaemonSetObservation, boot_started: Timestamp) -> Option<Problem> {
     let daemonset = ds.daemonset.clone();
     let pods = match &ds.state {
@@ -339,7 +348,8 @@ fn daemonset_problem(ds: &DaemonSetObservation, boot_started: Timestamp) -> Opti
     let fresh = |p: &DaemonSetPod| match (p.containers_started, p.ready_since) {
         (None, None) => true,
         (started, since) => {
-            started.is_some_and(|t| t >= boot_started) || since.is_some_and(|t| t >= boot_started)
+            started.is_some_and(|t| since_boot(t, boot_started))
+                || since.is_some_and(|t| since_boot(t, boot_started))
         }
     };
     let healthy = |p: &DaemonSetPod| p.phase.as_deref() == Some("Running") && p.ready;
@@ -598,6 +608,16 @@ mod tests {
             ),
             "{p:?}"
         );
+        // Kubernetes times have whole seconds: the boot's own second counts.
+        let mut o = passing();
+        o.boot_started = ts("2025-01-01T10:02:00.700Z");
+        o.daemonsets.clear();
+        assert_eq!(evaluate(&o), VerifyOutcome::Passed);
+        o.boot_started = ts("2025-01-01T10:02:01Z");
+        assert!(matches!(
+            problems(&o)[..],
+            [Problem::HeartbeatBeforeBoot { .. }]
+        ));
         // No boot ID reported at all is not held against the node.
         let mut o = passing();
         o.node.as_mut().expect("node").reported_boot_id = None;
