@@ -27,8 +27,6 @@ pub mod keys {
     pub const LAST_STATUS: &str = "agent.status";
     pub const LAST_GATES: &str = "agent.gates";
     pub const REBOOT_NEED: &str = "agent.reboot-need";
-    /// Set by `drydock reboot`: an operator asked for a reboot.
-    pub const REBOOT_REQUEST: &str = "reboot-requested";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,7 +295,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 if let Err(e) = self.cluster.release(&cycle.slot).await {
                     return self.retry_later("releasing the lease", e);
                 }
-                self.store.remove(keys::REBOOT_REQUEST)?;
+                crate::host::sentinel::clear_reboot_request(&self.store)?;
                 self.store.append_history(
                     "reboot",
                     &serde_json::json!({
@@ -361,7 +359,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     async fn wait_for_turn(&mut self, now: Timestamp) -> Result<Wait, AgentError> {
-        let requested = self.store.get::<String>(keys::REBOOT_REQUEST)?;
+        let requested = crate::host::sentinel::reboot_request(&self.store)?.map(|r| r.reason);
         let reasons = match self.host.reboot_need(requested).await {
             Ok(r) => r,
             Err(e) => return self.retry_later("checking whether a reboot is needed", e),

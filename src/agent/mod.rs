@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod kube_cluster;
+pub mod node_host;
 pub mod ports;
 pub mod state;
 

@@ -369,7 +369,12 @@ impl Settings {
         };
         let g = raw.gates;
         let gates = GateSettings {
-            required_daemonsets_configured: g.required_daemonsets.is_some(),
+            // Listing exactly the default (as the shipped file does) keeps
+            // the default's "when present" meaning.
+            required_daemonsets_configured: g
+                .required_daemonsets
+                .as_ref()
+                .is_some_and(|list| list != &["kube-system/calico-node"]),
             soak: dur("gates.soak", g.soak, d.gates.soak)?,
             node_selector: match g.node_selector {
                 Some(s) => at("gates.node-selector", values::label_selector(&s))?,

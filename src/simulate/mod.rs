@@ -319,8 +319,7 @@ pub async fn run(
         };
         let released = moments
             .iter()
-            .filter(|m| &m.node == node && m.what == "-> idle")
-            .last()
+            .rfind(|m| &m.node == node && m.what == "-> idle")
             .map(|m| m.at);
         nodes.insert(
             node.clone(),
