@@ -133,7 +133,9 @@ pub fn parse(input: &[u8], overflow: bool) -> Result<Request, FrameError> {
     if input.is_empty() {
         return Err(FrameError::Empty);
     }
-    let mut lines = input.split(|&b| b == b'\n').enumerate().peekable();
+    // A final newline ends the last line; it does not start an empty one.
+    let body = input.strip_suffix(b"\n").unwrap_or(input);
+    let mut lines = body.split(|&b| b == b'\n').enumerate();
     let header = lines.next().map(|(_, l)| l).unwrap_or_default();
     let header = trim_cr(header);
     if header != b"VERSION 3" {
@@ -375,6 +377,11 @@ mod tests {
             Err(FrameError::NoHeader(h)) if !h.contains('\0')
         ));
         assert_eq!(parse(b"VERSION 3", false), Err(FrameError::Truncated));
+        assert_eq!(parse(b"VERSION 3\n", false), Err(FrameError::Truncated));
+        assert_eq!(
+            parse(b"VERSION 3\nA=b\n", false),
+            Err(FrameError::Truncated)
+        );
         assert_eq!(
             parse(b"VERSION 3\nA::B=c\nD=e", false),
             Err(FrameError::Truncated)
