@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tracing::{info, warn};
-use zbus::{Connection, DBusError};
+use zbus::Connection;
 
 pub const LOGIND_SERVICE: &str = "org.freedesktop.login1";
 pub const LOGIND_PATH: &str = "/org/freedesktop/login1";
@@ -136,21 +136,12 @@ impl LogindRebooter {
     }
 
     fn classify(&self, method: &'static str, e: zbus::Error) -> RebootError {
-        let (name, message) = match &e {
-            zbus::Error::MethodError(name, detail, _) => {
-                (name.to_string(), detail.clone().unwrap_or_default())
-            }
-            zbus::Error::FDO(f) => (
-                f.name().to_string(),
-                f.description().unwrap_or_default().to_string(),
-            ),
-            _ => {
-                return RebootError::Failed {
-                    method,
-                    name: "transport".into(),
-                    message: e.to_string(),
-                };
-            }
+        let Some((name, message)) = super::dbus::error_parts(&e) else {
+            return RebootError::Failed {
+                method,
+                name: "transport".into(),
+                message: e.to_string(),
+            };
         };
         match name.as_str() {
             "org.freedesktop.DBus.Error.ServiceUnknown"

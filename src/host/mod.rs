@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod checks;
+pub mod dbus;
 pub mod dpkg;
 pub mod kernel;
 pub mod logind;

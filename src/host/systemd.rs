@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tracing::info;
 use zbus::zvariant::OwnedObjectPath;
-use zbus::{Connection, DBusError, MatchRule, MessageStream};
+use zbus::{Connection, MatchRule, MessageStream};
 
 use super::logind::Bus;
 
@@ -163,16 +163,8 @@ where
 }
 
 fn call_error(action: &str, method: &'static str, e: zbus::Error) -> SystemdError {
-    let (name, message) = match &e {
-        zbus::Error::MethodError(name, detail, _) => {
-            (name.to_string(), detail.clone().unwrap_or_default())
-        }
-        zbus::Error::FDO(f) => (
-            f.name().to_string(),
-            f.description().unwrap_or_default().to_string(),
-        ),
-        other => ("transport".to_string(), other.to_string()),
-    };
+    let (name, message) =
+        super::dbus::error_parts(&e).unwrap_or_else(|| ("transport".to_string(), e.to_string()));
     SystemdError::Call {
         action: action.to_string(),
         method,
