@@ -34,11 +34,15 @@ fn main() {
         .unwrap_or(25);
     let sb = Sandbox::new();
     sb.preinstall(&["hello=1.0-1", "containerd=1.0-1", "kubeadm=1.34.1-1.1"]);
-    let configs: [(&str, Option<bool>); 3] = [
+    // None: no hook; Some(None): a trivial hook (apt's own cost of running
+    // any hook: fork, /bin/sh, pipe); Some(Some(pre_only)): drydock's.
+    let configs: [(&str, Option<Option<bool>>); 4] = [
         ("no hook", None),
-        ("pre-install hook only", Some(true)),
-        ("both hooks (shipped 50drydock)", Some(false)),
+        ("trivial hook (cat >/dev/null)", Some(None)),
+        ("drydock pre-install hook only", Some(Some(true))),
+        ("both drydock hooks (50drydock)", Some(Some(false))),
     ];
+    let trivial = sb.root.join("etc/apt/apt.conf.d/50drydock");
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); configs.len()];
     let mut version = ["2.0-1", "1.0-1"].into_iter().cycle();
     // One warm-up run per configuration, not measured.
@@ -46,7 +50,13 @@ fn main() {
         for (c, (_, hook)) in configs.iter().enumerate() {
             match hook {
                 None => sb.remove_hook(),
-                Some(pre_only) => sb.install_hook(*pre_only),
+                Some(None) => std::fs::write(
+                    &trivial,
+                    "DPkg::Pre-Install-Pkgs {\"/bin/cat >/dev/null\";};\n\
+                     DPkg::Tools::Options::/bin/cat::Version \"3\";\n",
+                )
+                .unwrap(),
+                Some(Some(pre_only)) => sb.install_hook(*pre_only),
             }
             let spec = format!("hello={}", version.next().unwrap_or("2.0-1"));
             let start = Instant::now();
@@ -62,6 +72,19 @@ fn main() {
             }
         }
     }
+    // Paired differences (same iteration, adjacent runs) resist load drift.
+    let paired = |c: usize| {
+        let mut d: Vec<f64> = samples[c]
+            .iter()
+            .zip(&samples[0])
+            .map(|(a, b)| (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
+            .collect();
+        d.sort_by(f64::total_cmp);
+        (d[d.len() / 2], d[(d.len() * 9 / 10).min(d.len() - 1)])
+    };
+    let (trivial_median, trivial_p90) = paired(1);
+    let (pre_median, pre_p90) = paired(2);
+    let (both_median, both_p90) = paired(3);
     println!("apt-get install (one package, one dpkg run), {n} runs each, interleaved:");
     let mut medians = Vec::new();
     for ((name, _), s) in configs.iter().zip(samples.iter_mut()) {
@@ -69,10 +92,19 @@ fn main() {
         medians.push(median);
         println!("  {name:<32} median {median:7.2} ms   p90 {p90:7.2} ms");
     }
+    for (name, c, (m, p)) in [
+        ("a trivial hook", 1, (trivial_median, trivial_p90)),
+        ("drydock's pre-install hook", 2, (pre_median, pre_p90)),
+        ("both drydock hooks", 3, (both_median, both_p90)),
+    ] {
+        println!(
+            "  added by {name:<27} {:+7.2} ms (difference of medians); paired per run: median {m:+7.2} ms, p90 {p:+7.2} ms",
+            medians[c] - medians[0],
+        );
+    }
     println!(
-        "  added by pre-install hook: {:+.2} ms (median); by both hooks: {:+.2} ms",
-        medians[1] - medians[0],
-        medians[2] - medians[0]
+        "  drydock's pre-install hook beyond a trivial hook: {:+.2} ms (difference of medians)",
+        medians[2] - medians[1]
     );
 
     // The pre-install hook process alone, on apt's real configuration dump.
