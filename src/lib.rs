@@ -5,11 +5,16 @@
 //! nothing below `agent` imports it. `sim` is the Kubernetes API simulator
 //! used by tests and `drydock simulate`; `cli` is the command line.
 
+pub mod agent;
+pub mod aptgate;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod gates;
 pub mod host;
 pub mod logging;
+pub mod report;
 pub mod sim;
+pub mod simulate;
 pub mod store;
+pub mod verify;

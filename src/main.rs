@@ -13,6 +13,10 @@ fn main() -> ExitCode {
         cli.log_format,
     );
     logging::init(target, cli::default_log_level(&cli.command));
+    // The APT hooks run on every dpkg run: no async runtime to start.
+    if let cli::Command::AptHook(command) = &cli.command {
+        return cli::apt_hook::run(&cli, command);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

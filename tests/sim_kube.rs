@@ -808,3 +808,60 @@ async fn faults_stop_restart_and_request_accounting() -> TestResult {
     up.get("cp-1").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn events_can_be_created_and_listed() -> TestResult {
+    use k8s_openapi::api::core::v1::{Event, ObjectReference};
+    use k8s_openapi::api::events::v1::Event as EventV1;
+    let sim = Scenario::cluster(0, 1).start().await?;
+    let c = client(&sim);
+
+    let core: Api<Event> = Api::namespaced(c.clone(), "drydock");
+    let ev = Event {
+        metadata: ObjectMeta {
+            generate_name: Some("worker-1.".into()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            kind: Some("Node".into()),
+            name: Some("worker-1".into()),
+            ..Default::default()
+        },
+        reason: Some("Draining".into()),
+        message: Some("drydock is draining worker-1".into()),
+        type_: Some("Normal".into()),
+        ..Default::default()
+    };
+    let created = core.create(&PostParams::default(), &ev).await?;
+    assert!(
+        created
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("worker-1."))
+    );
+    let listed = core
+        .list(&ListParams::default().fields("involvedObject.name=worker-1,reason=Draining"))
+        .await?;
+    assert_eq!(listed.items.len(), 1);
+    let all: Api<Event> = Api::all(c.clone());
+    assert_eq!(all.list(&ListParams::default()).await?.items.len(), 1);
+
+    let v1: Api<EventV1> = Api::namespaced(c, "drydock");
+    let ev = serde_json::from_value::<EventV1>(json!({
+        "metadata": {"name": "worker-1.reboot"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "drydock.dev/agent",
+        "reportingInstance": "worker-1",
+        "action": "Reboot",
+        "reason": "Rebooting",
+        "type": "Normal",
+        "regarding": {"kind": "Node", "name": "worker-1"},
+        "note": "rebooting for a new kernel",
+    }))?;
+    v1.create(&PostParams::default(), &ev).await?;
+    let got = v1.get("worker-1.reboot").await?;
+    assert_eq!(got.note.as_deref(), Some("rebooting for a new kernel"));
+    assert_eq!(v1.list(&ListParams::default()).await?.items.len(), 1);
+    Ok(())
+}

@@ -38,6 +38,9 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
                     settings.lease.concurrency
                 );
             }
+            for warning in crate::aptgate::check_apt_config(&settings) {
+                eprintln!("warning: {warning}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -9,8 +9,16 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Settings};
 use crate::logging::LogFormat;
 
+pub mod apt_hook;
 pub mod check_config;
+pub mod completions;
+pub mod control;
+pub mod daemon;
+pub mod history;
+pub mod rbac;
 pub mod sim;
+pub mod simulate;
+pub mod status;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,9 +44,37 @@ pub struct Cli {
 pub enum Command {
     /// Validate the merged configuration and print what is wrong.
     CheckConfig(check_config::Args),
+    /// APT hooks, run by apt (wired in /etc/apt/apt.conf.d/50drydock).
+    #[command(subcommand)]
+    AptHook(apt_hook::AptHookCommand),
+    /// List recorded apt runs, reboots and upgrades.
+    History(history::Args),
+    /// Run the agent (the systemd service).
+    Daemon(daemon::Args),
+    /// Explain what this node is doing and why: reboot need, gates, lease.
+    Status(status::Args),
+    /// Pause drydock on this node.
+    Pause(control::PauseArgs),
+    /// Lift a local pause; retry a failed step.
+    Resume,
+    /// Ask for a reboot of this node (through the gates and the lease).
+    Reboot(control::RebootArgs),
+    /// Give up this node's Lease slot (after a failure).
+    Release(control::ReleaseArgs),
+    /// Cluster-wide pause and resume.
+    #[command(subcommand)]
+    Cluster(control::ClusterCommand),
+    /// Run a rolling reboot of a simulated cluster, one agent per node, live.
+    Simulate(simulate::Args),
     /// The Kubernetes API simulator used by tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Print the RBAC manifests drydock needs beyond the kubelet's own rights.
+    Rbac(rbac::Args),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+    /// Print the drydock(1) man page (roff).
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,14 +100,36 @@ impl Cli {
 /// Commands that only print a short answer log at warn level.
 pub fn default_log_level(command: &Command) -> &'static str {
     match command {
-        Command::CheckConfig(_) => "warn",
+        Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) => "warn",
         Command::Sim(_) => "info",
+        Command::Simulate(_) => "error",
+        Command::Daemon(_) => "info",
+        Command::Status(_)
+        | Command::Pause(_)
+        | Command::Resume
+        | Command::Reboot(_)
+        | Command::Release(_)
+        | Command::Cluster(_) => "error",
+        Command::Rbac(_) | Command::Completions(_) | Command::Manpage => "warn",
     }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig(args) => check_config::run(&cli, args),
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Daemon(args) => daemon::run(&cli, args).await,
+        Command::Status(args) => status::run(&cli, args).await,
+        Command::Pause(args) => control::pause(&cli, args),
+        Command::Resume => control::resume(&cli),
+        Command::Reboot(args) => control::reboot(&cli, args),
+        Command::Release(args) => control::release(&cli, args),
+        Command::Cluster(command) => control::cluster(&cli, command).await,
+        Command::Rbac(args) => rbac::run(&cli, args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Manpage => completions::manpage(),
+        Command::AptHook(command) => Ok(apt_hook::run(&cli, command)),
+        Command::History(args) => history::run(&cli, args),
         Command::Sim(SimCommand::Serve(args)) => {
             sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
         }

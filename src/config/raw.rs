@@ -109,6 +109,7 @@ pub struct RawVerify {
 pub struct RawPackages {
     pub protect: Option<Vec<String>>,
     pub authorization_ttl: Option<String>,
+    pub dpkg_root: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

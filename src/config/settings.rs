@@ -123,6 +123,9 @@ pub struct VerifySettings {
 pub struct PackageSettings {
     pub protect: Vec<glob::Pattern>,
     pub authorization_ttl: Duration,
+    /// Root of the dpkg database drydock reads and holds (`dpkg --root`);
+    /// "/" on a node, a sandbox in tests.
+    pub dpkg_root: PathBuf,
 }
 
 #[derive(Clone, PartialEq)]
@@ -242,6 +245,7 @@ impl Default for Settings {
                     .map(|p| glob::Pattern::new(p).expect("default pattern is valid"))
                     .collect(),
                 authorization_ttl: Duration::from_secs(15 * 60),
+                dpkg_root: "/".into(),
             },
             report: ReportSettings {
                 textfile_dir: Some("/var/lib/prometheus/node-exporter".into()),
@@ -365,7 +369,12 @@ impl Settings {
         };
         let g = raw.gates;
         let gates = GateSettings {
-            required_daemonsets_configured: g.required_daemonsets.is_some(),
+            // Listing exactly the default (as the shipped file does) keeps
+            // the default's "when present" meaning.
+            required_daemonsets_configured: g
+                .required_daemonsets
+                .as_ref()
+                .is_some_and(|list| list != &["kube-system/calico-node"]),
             soak: dur("gates.soak", g.soak, d.gates.soak)?,
             node_selector: match g.node_selector {
                 Some(s) => at("gates.node-selector", values::label_selector(&s))?,
@@ -469,6 +478,7 @@ impl Settings {
                 p.authorization_ttl,
                 d.packages.authorization_ttl,
             )?,
+            dpkg_root: path(p.dpkg_root, d.packages.dpkg_root),
         };
         let rp = raw.report;
         let report = ReportSettings {

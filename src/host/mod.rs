@@ -1,5 +1,10 @@
 //! This machine: reboot sentinels, installed kernels, boot_id, apt/dpkg,
-//! systemd and logind.
+//! systemd and logind, post-boot checks.
 
+pub mod boot;
+pub mod checks;
+pub mod dpkg;
 pub mod kernel;
+pub mod logind;
 pub mod sentinel;
+pub mod systemd;

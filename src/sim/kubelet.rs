@@ -236,10 +236,14 @@ pub fn set_node_health(state: &mut State, name: &str, health: NodeHealth) -> Res
     apply_health(&mut node, health);
     state.write(Kind::Node, node);
     let at = Instant::now() + state.opts.pod_start_delay;
-    for mut pod in state.store.list_owned(Kind::Pod, None) {
-        if node_name_of(&pod) != name || !is_pod_active(&pod) {
-            continue;
-        }
+    let pods: Vec<Value> = state
+        .store
+        .list(Kind::Pod, None)
+        .into_iter()
+        .filter(|p| node_name_of(p) == name && is_pod_active(p))
+        .cloned()
+        .collect();
+    for mut pod in pods {
         if health == NodeHealth::Ready {
             if !is_pod_ready(&pod) {
                 state.starts.insert(uid_of(&pod).to_string(), at);
@@ -362,45 +366,35 @@ pub fn set_pod_ready(pod: &mut Value, ready: bool) {
     pod["status"]["containerStatuses"] = json!(statuses);
 }
 
-/// A pod that is Running on a Ready node but not yet reported: report it.
+/// Reports pods whose start time has come as Running and Ready, if their
+/// node is Ready (otherwise `set_node_health(Ready)` re-arms them).
 pub fn start_due_pods(state: &mut State, now: Instant) {
-    let due: Vec<String> = state
-        .starts
-        .iter()
-        .filter(|(_, at)| **at <= now)
-        .map(|(uid, _)| uid.clone())
-        .collect();
-    if due.is_empty() {
+    if !state.starts.values().any(|at| *at <= now) {
         return;
     }
-    for mut pod in state.store.list_owned(Kind::Pod, None) {
-        let uid = uid_of(&pod).to_string();
-        if !due.contains(&uid) {
+    let mut due: Vec<Value> = vec![];
+    let mut drop = std::collections::HashSet::new();
+    let mut live = std::collections::HashSet::new();
+    for pod in state.store.list(Kind::Pod, None) {
+        let uid = uid_of(pod);
+        live.insert(uid.to_string());
+        if state.starts.get(uid).is_none_or(|at| *at > now) {
             continue;
         }
-        if !is_pod_active(&pod) {
-            state.starts.remove(&uid);
-            continue;
-        }
+        drop.insert(uid.to_string());
         let node_ready = state
             .store
-            .get(Kind::Node, "", node_name_of(&pod))
+            .get(Kind::Node, "", node_name_of(pod))
             .is_some_and(super::model::is_node_ready);
-        if !node_ready {
-            // Waits for the node; `set_node_health(Ready)` re-arms it.
-            state.starts.remove(&uid);
-            continue;
+        if is_pod_active(pod) && node_ready {
+            due.push(pod.clone());
         }
-        state.starts.remove(&uid);
+    }
+    state
+        .starts
+        .retain(|uid, _| live.contains(uid) && !drop.contains(uid));
+    for mut pod in due {
         mark_pod_running(state, &mut pod);
         state.write(Kind::Pod, pod);
     }
-    // Entries whose pod is gone.
-    let live: std::collections::HashSet<String> = state
-        .store
-        .list(Kind::Pod, None)
-        .into_iter()
-        .map(|p| uid_of(p).to_string())
-        .collect();
-    state.starts.retain(|uid, _| live.contains(uid));
 }

@@ -50,13 +50,17 @@
 //! - Kubelets: node conditions and heartbeats, NotReady / unreachable
 //!   taints, bootID and kubeletVersion, pods going unready with their node.
 //! - Discovery (legacy, non-aggregated), `/version`, server-side Table
-//!   printing for kubectl. `/openapi/*` is 404 (kubectl copes).
+//!   printing for kubectl. `/openapi/*` is 404: get, describe, cordon,
+//!   drain, annotate, label, delete and `get -w` work; `create -f` /
+//!   `apply -f` need `--validate=false` (client-side schema validation).
 //! - Request accounting ([`SimHandle::stats`]) and faults
 //!   ([`SimHandle::set_fault`], [`SimHandle::stop`] / [`SimHandle::restart`]).
 //!
 //! # What is not
 //!
-//! TLS and authentication/authorization (no RBAC, no NodeRestriction),
+//! TLS and authentication/authorization (no RBAC, no NodeRestriction, no
+//! `auth can-i`), kubelet node Leases in kube-node-lease, periodic
+//! heartbeats (set them with [`SimHandle::set_node_heartbeat`]),
 //! admission, protobuf, Deployments and other workload kinds, CRDs,
 //! managedFields and apply conflicts, deletecollection, consistent
 //! snapshot reads for paged lists or `resourceVersion` on GET, bookmarks

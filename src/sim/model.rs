@@ -181,13 +181,27 @@ fn tolerates(tol: &Value, taint: &Value) -> bool {
 /// Can a pod with these tolerations be placed on the node (NoSchedule and
 /// NoExecute taints)? `extra` adds implicit tolerations (DaemonSet pods).
 pub fn tolerates_node(tolerations: &[Value], extra: &[Value], node: &Value) -> bool {
-    let taints = value_at(node, "spec.taints")
+    tolerates_taints(tolerations, extra, node_taints(node), false)
+}
+
+pub fn node_taints(node: &Value) -> &[Value] {
+    value_at(node, "spec.taints")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Taint check; `no_execute_only` looks at NoExecute taints alone (may a
+/// running pod stay?).
+pub fn tolerates_taints(
+    tolerations: &[Value],
+    extra: &[Value],
+    taints: &[Value],
+    no_execute_only: bool,
+) -> bool {
     taints.iter().all(|taint| {
         let eff = taint.get("effect").and_then(Value::as_str).unwrap_or("");
         eff == "PreferNoSchedule"
+            || (no_execute_only && eff != "NoExecute")
             || tolerations
                 .iter()
                 .chain(extra.iter())

@@ -2,6 +2,7 @@
 //! (`a=b,c!=d,e in (x,y),f notin (z),g,!h`, `spec.nodeName=x,status.phase!=Running`)
 //! and `metav1.LabelSelector` objects (matchLabels + matchExpressions).
 
+#[cfg(test)]
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -34,19 +35,8 @@ pub struct LabelSelector {
     reqs: Vec<Requirement>,
 }
 
-pub type Labels = BTreeMap<String, String>;
-
-/// Labels of an object (`metadata.labels`), empty when absent.
-pub fn labels_of(obj: &Value) -> Labels {
-    obj.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+#[cfg(test)]
+type Labels = BTreeMap<String, String>;
 
 fn parse_err(sel: &str, why: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!(
@@ -247,14 +237,19 @@ impl LabelSelector {
         self.reqs.is_empty()
     }
 
-    pub fn matches(&self, labels: &Labels) -> bool {
+    #[cfg(test)]
+    fn matches(&self, labels: &Labels) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.reqs.iter().all(|r| {
-            let got = labels.get(&r.key);
+            let got = get(&r.key);
             match &r.op {
-                Op::Eq => got == Some(&r.value),
-                Op::NotEq => got != Some(&r.value),
-                Op::In(vs) => got.is_some_and(|g| vs.contains(g)),
-                Op::NotIn(vs) => got.is_none_or(|g| !vs.contains(g)),
+                Op::Eq => got == Some(r.value.as_str()),
+                Op::NotEq => got != Some(r.value.as_str()),
+                Op::In(vs) => got.is_some_and(|g| vs.iter().any(|v| v == g)),
+                Op::NotIn(vs) => got.is_none_or(|g| !vs.iter().any(|v| v == g)),
                 Op::Exists => got.is_some(),
                 Op::DoesNotExist => got.is_none(),
                 Op::Gt(n) => got
@@ -268,7 +263,9 @@ impl LabelSelector {
     }
 
     pub fn matches_object(&self, obj: &Value) -> bool {
-        self.is_empty() || self.matches(&labels_of(obj))
+        let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+        self.is_empty()
+            || self.matches_with(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
     }
 }
 

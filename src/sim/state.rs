@@ -54,6 +54,8 @@ pub struct State {
     /// Pod uid -> when the (simulated) kubelet reports it Running and Ready.
     pub starts: HashMap<String, Instant>,
     pub ip_seq: u32,
+    /// resourceVersion the controllers last ran at (skip when nothing relevant changed).
+    pub reconciled_rv: u64,
 }
 
 impl State {
@@ -64,6 +66,7 @@ impl State {
             deletions: HashMap::new(),
             starts: HashMap::new(),
             ip_seq: 0,
+            reconciled_rv: 0,
         }
     }
 }

@@ -1,0 +1,303 @@
+//! The [`Cluster`] port over the Kubernetes API: gates, Lease slots, cordon,
+//! drain, verification and the drydock Namespace annotations.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::ports::{Cluster, DrainResult, GateStatus, LeaseOutlook, PortError};
+use crate::cluster::lease::{Held, LeaseClient, LeaseError};
+use crate::cluster::{annotations, drain, node::NodeClient, observe};
+use crate::config::Settings;
+use crate::gates::{self, GateReport, LocalObservation};
+use crate::host::boot::BootId;
+use crate::store::Store;
+use crate::verify;
+
+pub struct KubeCluster {
+    client: kube::Client,
+    settings: Settings,
+    node: String,
+    lease: LeaseClient,
+    held: Mutex<BTreeMap<String, Held>>,
+}
+
+fn status(reports: Vec<GateReport>) -> Vec<GateStatus> {
+    reports
+        .into_iter()
+        .map(|r| GateStatus {
+            gate: r.gate.to_string(),
+            passed: r.verdict.passes(),
+            reason: r.verdict.reason().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+fn lease_error(action: &str, e: LeaseError) -> PortError {
+    match e {
+        LeaseError::Lost { slot, holder, .. } => PortError::LostLease {
+            slot,
+            holder: holder.unwrap_or_else(|| "nobody (released or deleted)".into()),
+        },
+        other => PortError::failed(action, other),
+    }
+}
+
+impl KubeCluster {
+    pub fn new(client: kube::Client, settings: Settings, node: String) -> Self {
+        let lease = LeaseClient::new(client.clone(), &settings, &node);
+        KubeCluster {
+            client,
+            settings,
+            node,
+            lease,
+            held: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Our claim on `slot`: cached, or found again after a restart.
+    async fn find_held(&self, slot: &str) -> Result<Held, PortError> {
+        if let Some(h) = self.held().get(slot).cloned() {
+            return Ok(h);
+        }
+        match self.lease.mine().await {
+            Ok(Some(h)) if h.slot == slot => {
+                self.held().insert(slot.to_string(), h.clone());
+                Ok(h)
+            }
+            Ok(other) => Err(PortError::LostLease {
+                slot: slot.to_string(),
+                holder: other.map_or("nobody".into(), |h| format!("this node, as {}", h.slot)),
+            }),
+            Err(e) => Err(lease_error("finding our Lease", e)),
+        }
+    }
+
+    fn ns(&self) -> &str {
+        &self.settings.lease.namespace
+    }
+}
+
+impl Cluster for KubeCluster {
+    fn local_gates(&self, store: &Store, now: Timestamp) -> Vec<GateStatus> {
+        let pause = match gates::paused::local_pause(store) {
+            Ok(p) => p,
+            Err(e) => {
+                return vec![GateStatus {
+                    gate: gates::paused::LOCAL.into(),
+                    passed: false,
+                    reason: format!("cannot read the local pause: {e}"),
+                }];
+            }
+        };
+        status(gates::evaluate_local(
+            &self.settings,
+            &LocalObservation { pause },
+            now,
+        ))
+    }
+
+    fn next_local_change(&self, now: Timestamp) -> Option<Timestamp> {
+        gates::window::next_opening(&self.settings.maintenance.windows, now).map(|z| z.timestamp())
+    }
+
+    async fn cluster_gates(&self, now: Timestamp) -> Vec<GateStatus> {
+        let observed = observe::observe(&self.client, &self.settings, &self.node).await;
+        let alerts = gates::alerts::fetch(&self.settings.alerts).await;
+        match observed {
+            Ok(obs) => status(gates::evaluate_cluster(&self.settings, &obs, &alerts, now)),
+            Err(e) => vec![GateStatus {
+                gate: "cluster".into(),
+                passed: false,
+                reason: format!("cannot evaluate the cluster gates: {e}"),
+            }],
+        }
+    }
+
+    async fn lease_outlook(&self) -> Result<LeaseOutlook, PortError> {
+        let slots = self
+            .lease
+            .slots()
+            .await
+            .map_err(|e| lease_error("reading the Lease slots", e))?;
+        if let Some(mine) = slots
+            .iter()
+            .find(|s| s.holder.as_deref() == Some(&self.node))
+        {
+            return Ok(LeaseOutlook::Mine(mine.name.clone()));
+        }
+        if slots.iter().any(|s| s.holder.is_none() || s.expired) {
+            return Ok(LeaseOutlook::Available);
+        }
+        Ok(LeaseOutlook::Busy {
+            holders: slots.into_iter().filter_map(|s| s.holder).collect(),
+        })
+    }
+
+    async fn acquire(&self) -> Result<Option<String>, PortError> {
+        // The driver only calls this after the cluster gates passed.
+        match self.lease.acquire(true).await {
+            Ok(Some(held)) => {
+                let slot = held.slot.clone();
+                self.held().insert(slot.clone(), held);
+                Ok(Some(slot))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(lease_error("acquiring a Lease slot", e)),
+        }
+    }
+
+    async fn renew(&self, slot: &str) -> Result<(), PortError> {
+        let mut held = self.find_held(slot).await?;
+        let result = self.lease.renew(&mut held).await;
+        match result {
+            Ok(()) => {
+                self.held().insert(slot.to_string(), held);
+                Ok(())
+            }
+            Err(e) => {
+                self.held().remove(slot);
+                Err(lease_error("renewing the Lease", e))
+            }
+        }
+    }
+
+    async fn release(&self, slot: &str) -> Result<(), PortError> {
+        let held = match self.find_held(slot).await {
+            Ok(h) => h,
+            // Not ours any more: nothing to release.
+            Err(PortError::LostLease { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.lease
+            .release(&held)
+            .await
+            .map_err(|e| lease_error("releasing the Lease", e))?;
+        self.held().remove(slot);
+        Ok(())
+    }
+
+    async fn wait_for_lease_change(&self, timeout: Duration) {
+        if self.lease.wait_for_change(timeout).await.is_err() {
+            // A broken watch must not turn into a busy loop.
+            tokio::time::sleep(timeout.min(Duration::from_secs(5))).await;
+        }
+    }
+
+    async fn node_unschedulable(&self) -> Result<bool, PortError> {
+        NodeClient::new(self.client.clone(), &self.node)
+            .get()
+            .await
+            .map(|n| crate::cluster::node::is_unschedulable(&n))
+            .map_err(|e| PortError::failed("reading this node", e))
+    }
+
+    async fn set_unschedulable(&self, value: bool) -> Result<(), PortError> {
+        let node = NodeClient::new(self.client.clone(), &self.node);
+        if value {
+            node.cordon().await.map(|_| ())
+        } else {
+            node.uncordon().await
+        }
+        .map_err(|e| PortError::failed(if value { "cordoning" } else { "uncordoning" }, e))
+    }
+
+    async fn drain(
+        &self,
+        progress: tokio::sync::watch::Sender<usize>,
+    ) -> Result<DrainResult, PortError> {
+        let opts = drain::DrainOptions::from_settings(&self.settings.drain);
+        let (tx, mut rx) = tokio::sync::watch::channel(drain::DrainProgress::default());
+        let forward = async {
+            while rx.changed().await.is_ok() {
+                let left = rx.borrow_and_update().left;
+                let _ = progress.send(left);
+            }
+        };
+        let run = drain::drain(&self.client, &self.node, &opts, &tx);
+        let result = tokio::select! {
+            r = run => r,
+            _ = forward => unreachable!("the sender outlives the drain"),
+        };
+        match result {
+            Ok(_) => Ok(DrainResult::Drained),
+            Err(drain::DrainError::TimedOut(timeout)) => Ok(DrainResult::TimedOut {
+                blocking: timeout
+                    .blocked
+                    .iter()
+                    .map(|b| format!("{} ({:?})", b.pod, b.reason))
+                    .collect(),
+            }),
+            Err(e) => Err(PortError::failed("draining", e)),
+        }
+    }
+
+    async fn verify_node(&self, booted_at: Timestamp) -> Result<(), String> {
+        // The driver already saw the boot_id change; verify the cluster side.
+        let before = BootId::parse("00000000-0000-0000-0000-000000000000").ok_or("boot id")?;
+        let node = NodeClient::new(self.client.clone(), &self.node)
+            .get_opt()
+            .await
+            .map_err(|e| e.to_string())?;
+        let reported = node
+            .as_ref()
+            .and_then(|n| crate::cluster::node::boot_id(n))
+            .and_then(BootId::parse)
+            .unwrap_or_else(|| before.clone());
+        let inputs = verify::VerifyInputs {
+            node: &self.node,
+            boot_id_before: &before,
+            boot_id_now: &reported,
+            boot_started: booted_at,
+            required_daemonsets: &self.settings.gates.required_daemonsets,
+            // Checks run on the host port.
+            checks_dir: std::path::Path::new("/nonexistent/drydock-checks"),
+            check_timeout: self.settings.verify.check_timeout,
+        };
+        let obs = verify::gather(&self.client, &inputs)
+            .await
+            .map_err(|e| e.to_string())?;
+        match verify::evaluate(&obs) {
+            verify::VerifyOutcome::Passed => Ok(()),
+            verify::VerifyOutcome::NotRebooted => Err("the node still reports its old boot".into()),
+            verify::VerifyOutcome::Waiting { problems } => Err(verify::describe(&problems)),
+        }
+    }
+
+    async fn halt_fleet(&self, reason: &str) -> Result<(), PortError> {
+        annotations::halt(&self.client, self.ns(), reason)
+            .await
+            .map_err(|e| PortError::failed("halting the fleet", e))
+    }
+
+    async fn clear_halt(&self) -> Result<(), PortError> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(self.client.clone());
+        let ns = api
+            .get_opt(self.ns())
+            .await
+            .map_err(|e| PortError::failed("reading the drydock namespace", e))?;
+        let halted_by_us = ns
+            .and_then(|n| n.metadata.annotations)
+            .and_then(|a| a.get(annotations::HALTED).cloned())
+            .is_some_and(|v| v.starts_with(&format!("{} ", self.node)));
+        if halted_by_us {
+            annotations::clear_halt(&self.client, self.ns())
+                .await
+                .map_err(|e| PortError::failed("clearing the fleet halt", e))?;
+        }
+        Ok(())
+    }
+
+    async fn record_reboot_finished(&self, at: Timestamp) -> Result<(), PortError> {
+        annotations::record_reboot_finished(&self.client, self.ns(), &self.node, at)
+            .await
+            .map_err(|e| PortError::failed("recording the finished reboot", e))
+    }
+}

@@ -1,0 +1,14 @@
+//! The agent: one node's state machine ([`state`]), the loop that drives it
+//! ([`driver`]), and the traits through which it sees the world ([`ports`]).
+
+pub mod driver;
+pub mod kube_cluster;
+pub mod node_host;
+pub mod ports;
+pub mod state;
+
+pub use driver::{Agent, AgentError, Wait};
+pub use state::AgentState;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! The [`Host`] port on a real node: /proc for boot identity, the reboot
+//! sentinels, logind over D-Bus, and the checks directory.
+
+use std::path::PathBuf;
+
+use jiff::Timestamp;
+
+use super::ports::{Host, PortError};
+use crate::config::Settings;
+use crate::host::logind::{LogindRebooter, Rebooter};
+use crate::host::{boot, checks, kernel, sentinel};
+
+pub struct NodeHost {
+    settings: Settings,
+    rebooter: LogindRebooter,
+    boot_id_path: PathBuf,
+    proc_stat_path: PathBuf,
+}
+
+impl NodeHost {
+    pub fn new(settings: Settings, rebooter: LogindRebooter) -> Self {
+        NodeHost {
+            settings,
+            rebooter,
+            boot_id_path: boot::DEFAULT_BOOT_ID_PATH.into(),
+            proc_stat_path: boot::DEFAULT_PROC_STAT_PATH.into(),
+        }
+    }
+}
+
+impl Host for NodeHost {
+    fn boot_id(&self) -> Result<String, PortError> {
+        boot::read_boot_id(&self.boot_id_path)
+            .map(|b| b.as_str().to_string())
+            .map_err(|e| PortError::failed("reading boot_id", e))
+    }
+
+    fn booted_at(&self) -> Result<Timestamp, PortError> {
+        boot::boot_time(&self.proc_stat_path).map_err(|e| PortError::failed("reading boot time", e))
+    }
+
+    async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
+        let running = kernel::running_release()
+            .map_err(|e| PortError::failed("reading the running kernel", e))?;
+        let request = requested.map(|reason| sentinel::RebootRequest {
+            reason,
+            at: Timestamp::now(),
+        });
+        let need = sentinel::check(&self.settings.reboot, &running, request).await;
+        for problem in &need.problems {
+            tracing::warn!(error = %problem, "a reboot-needed source could not be checked");
+        }
+        Ok(need.reasons.iter().map(ToString::to_string).collect())
+    }
+
+    async fn reboot(&self, reason: &str) -> Result<(), PortError> {
+        self.rebooter
+            .reboot(reason)
+            .await
+            .map_err(|e| PortError::failed("asking logind to reboot", e))
+    }
+
+    async fn run_checks(&self) -> Result<(), String> {
+        let results = checks::run_checks(
+            &self.settings.verify.checks_dir,
+            self.settings.verify.check_timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        match results.iter().find(|r| !r.passed()) {
+            None => Ok(()),
+            Some(failed) => Err(format!(
+                "check {} failed: {:?}",
+                failed.name, failed.outcome
+            )),
+        }
+    }
+}

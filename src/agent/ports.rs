@@ -1,0 +1,135 @@
+//! The agent's edges: everything it reads from or does to the world goes
+//! through these small traits, so the driver runs the same against a real
+//! node, the simulator, or a test double.
+
+use std::future::Future;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+
+/// One gate's answer, as shown in `drydock status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateStatus {
+    pub gate: String,
+    pub passed: bool,
+    /// Why it blocks; empty when it passes.
+    pub reason: String,
+}
+
+impl GateStatus {
+    pub fn first_block(gates: &[GateStatus]) -> Option<&GateStatus> {
+        gates.iter().find(|g| !g.passed)
+    }
+}
+
+/// What the Lease slots look like from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutlook {
+    /// This node already holds this slot (e.g. after its own reboot).
+    Mine(String),
+    /// A slot is free, or expired and possibly reclaimable.
+    Available,
+    /// Every slot is held by a live holder.
+    Busy { holders: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainResult {
+    Drained,
+    /// Gave up after the drain timeout; these pods were still there.
+    TimedOut {
+        blocking: Vec<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("{action}: {reason}")]
+    Failed { action: String, reason: String },
+    /// Another node holds the slot we thought was ours.
+    #[error("lease {slot} is now held by {holder}")]
+    LostLease { slot: String, holder: String },
+}
+
+impl PortError {
+    pub fn failed(action: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        PortError::Failed {
+            action: action.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// This machine.
+pub trait Host: Send + Sync {
+    fn boot_id(&self) -> Result<String, PortError>;
+    /// When the current boot started (the kernel's btime).
+    fn booted_at(&self) -> Result<Timestamp, PortError>;
+    /// Why a reboot is needed; empty when it is not. `requested` is an
+    /// operator's `drydock reboot` reason, read from the store by the driver.
+    fn reboot_need(
+        &self,
+        requested: Option<String>,
+    ) -> impl Future<Output = Result<Vec<String>, PortError>> + Send;
+    /// Ask logind to reboot. Returns once the request was accepted.
+    fn reboot(&self, reason: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Run the post-boot checks; `Err` names the first failing one.
+    fn run_checks(&self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The cluster, as seen by one node.
+pub trait Cluster: Send + Sync {
+    /// Gates that need nothing from the API (window, local pause).
+    fn local_gates(&self, store: &Store, now: Timestamp) -> Vec<GateStatus>;
+    /// When the local gates will next be worth evaluating (window opening).
+    fn next_local_change(&self, now: Timestamp) -> Option<Timestamp>;
+    fn cluster_gates(&self, now: Timestamp) -> impl Future<Output = Vec<GateStatus>> + Send;
+    fn lease_outlook(&self) -> impl Future<Output = Result<LeaseOutlook, PortError>> + Send;
+    /// Take a slot; `Ok(None)` when another node won.
+    fn acquire(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send;
+    fn renew(&self, slot: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+    fn release(&self, slot: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Returns when a Lease changes or after `timeout`.
+    fn wait_for_lease_change(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
+    fn node_unschedulable(&self) -> impl Future<Output = Result<bool, PortError>> + Send;
+    fn set_unschedulable(&self, value: bool) -> impl Future<Output = Result<(), PortError>> + Send;
+    fn drain(
+        &self,
+        progress: tokio::sync::watch::Sender<usize>,
+    ) -> impl Future<Output = Result<DrainResult, PortError>> + Send;
+    /// Node Ready since the boot, required DaemonSet pods Ready; `Err` says what is not.
+    fn verify_node(&self, booted_at: Timestamp) -> impl Future<Output = Result<(), String>> + Send;
+    /// Stop the whole fleet: other nodes' gates block on it.
+    fn halt_fleet(&self, reason: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Lift a halt this node set, after it recovered.
+    fn clear_halt(&self) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Start the cluster-wide soak.
+    fn record_reboot_finished(
+        &self,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// Something worth telling people.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum AgentEvent {
+    StateChanged { from: String, to: String },
+    RebootNeeded { reasons: Vec<String> },
+    LeaseAcquired { slot: String },
+    DrainTimedOut { blocking: Vec<String> },
+    Rebooting { reason: String },
+    RebootFailed { error: String },
+    Verified { total_seconds: f64 },
+    VerifyFailed { reason: String },
+    Released { slot: String },
+}
+
+pub trait Reporter: Send + Sync {
+    /// The one-line summary (systemd STATUS=, `drydock status`).
+    fn status(&self, line: &str);
+    fn event(&self, node: &str, event: &AgentEvent);
+}

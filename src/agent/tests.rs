@@ -1,0 +1,473 @@
+//! Driver tests against an in-memory world: every step, every failure path,
+//! and a crash (failpoint) after every persisted transition.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::driver::{Agent, AgentError, keys};
+use super::ports::*;
+use super::state::{AgentState, Step};
+use crate::config::Settings;
+use crate::store::Store;
+
+#[derive(Debug, Default)]
+struct World {
+    boot_id: String,
+    need: Vec<String>,
+    reboots: u32,
+    refuse_reboot: bool,
+    unschedulable: bool,
+    lease_holder: Option<String>,
+    drain_times_out: bool,
+    healthy_after_boot: bool,
+    halted: Option<String>,
+    gate_block: Option<String>,
+    finished: u32,
+    /// Pending reboot: the boot_id changes when the agent "restarts".
+    reboot_pending: bool,
+}
+
+#[derive(Clone)]
+struct Fake(Arc<Mutex<World>>);
+
+impl Host for Fake {
+    fn boot_id(&self) -> Result<String, PortError> {
+        Ok(self.0.lock().unwrap().boot_id.clone())
+    }
+    fn booted_at(&self) -> Result<Timestamp, PortError> {
+        Ok(Timestamp::now())
+    }
+    async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
+        let mut need = self.0.lock().unwrap().need.clone();
+        need.extend(requested);
+        Ok(need)
+    }
+    async fn reboot(&self, _reason: &str) -> Result<(), PortError> {
+        let mut w = self.0.lock().unwrap();
+        if w.refuse_reboot {
+            return Err(PortError::failed("calling logind Reboot", "AccessDenied"));
+        }
+        w.reboots += 1;
+        w.reboot_pending = true;
+        Ok(())
+    }
+    async fn run_checks(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Cluster for Fake {
+    fn local_gates(&self, _store: &Store, _now: Timestamp) -> Vec<GateStatus> {
+        vec![GateStatus {
+            gate: "window".into(),
+            passed: true,
+            reason: String::new(),
+        }]
+    }
+    fn next_local_change(&self, _now: Timestamp) -> Option<Timestamp> {
+        None
+    }
+    async fn cluster_gates(&self, _now: Timestamp) -> Vec<GateStatus> {
+        let w = self.0.lock().unwrap();
+        let block = w.gate_block.clone().or(w.halted.clone());
+        vec![GateStatus {
+            gate: "cluster".into(),
+            passed: block.is_none(),
+            reason: block.unwrap_or_default(),
+        }]
+    }
+    async fn lease_outlook(&self) -> Result<LeaseOutlook, PortError> {
+        Ok(match &self.0.lock().unwrap().lease_holder {
+            Some(h) if h == "n1" => LeaseOutlook::Mine("slot-0".into()),
+            Some(h) => LeaseOutlook::Busy {
+                holders: vec![h.clone()],
+            },
+            None => LeaseOutlook::Available,
+        })
+    }
+    async fn acquire(&self) -> Result<Option<String>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        match &w.lease_holder {
+            Some(h) if h != "n1" => Ok(None),
+            _ => {
+                w.lease_holder = Some("n1".into());
+                Ok(Some("slot-0".into()))
+            }
+        }
+    }
+    async fn renew(&self, slot: &str) -> Result<(), PortError> {
+        match &self.0.lock().unwrap().lease_holder {
+            Some(h) if h == "n1" => Ok(()),
+            other => Err(PortError::LostLease {
+                slot: slot.into(),
+                holder: other.clone().unwrap_or_default(),
+            }),
+        }
+    }
+    async fn release(&self, _slot: &str) -> Result<(), PortError> {
+        let mut w = self.0.lock().unwrap();
+        if w.lease_holder.as_deref() == Some("n1") {
+            w.lease_holder = None;
+        }
+        Ok(())
+    }
+    async fn wait_for_lease_change(&self, _timeout: Duration) {}
+    async fn node_unschedulable(&self) -> Result<bool, PortError> {
+        Ok(self.0.lock().unwrap().unschedulable)
+    }
+    async fn set_unschedulable(&self, value: bool) -> Result<(), PortError> {
+        self.0.lock().unwrap().unschedulable = value;
+        Ok(())
+    }
+    async fn drain(
+        &self,
+        progress: tokio::sync::watch::Sender<usize>,
+    ) -> Result<DrainResult, PortError> {
+        let _ = progress.send(0);
+        if self.0.lock().unwrap().drain_times_out {
+            Ok(DrainResult::TimedOut {
+                blocking: vec!["default/db-0".into()],
+            })
+        } else {
+            Ok(DrainResult::Drained)
+        }
+    }
+    async fn verify_node(&self, _booted_at: Timestamp) -> Result<(), String> {
+        if self.0.lock().unwrap().healthy_after_boot {
+            Ok(())
+        } else {
+            Err("node not Ready".into())
+        }
+    }
+    async fn halt_fleet(&self, reason: &str) -> Result<(), PortError> {
+        self.0.lock().unwrap().halted = Some(reason.into());
+        Ok(())
+    }
+    async fn clear_halt(&self) -> Result<(), PortError> {
+        self.0.lock().unwrap().halted = None;
+        Ok(())
+    }
+    async fn record_reboot_finished(&self, _at: Timestamp) -> Result<(), PortError> {
+        let mut w = self.0.lock().unwrap();
+        w.finished += 1;
+        w.need.clear();
+        Ok(())
+    }
+}
+
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Reporter for Lines {
+    fn status(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+    fn event(&self, _node: &str, _event: &AgentEvent) {}
+}
+
+fn settings(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
+    s.node.state_db = dir.join("state.db");
+    s.verify.timeout = Duration::from_millis(300);
+    s.reboot.check_interval = Duration::from_millis(50);
+    s.lease.duration = Duration::from_secs(3);
+    s
+}
+
+fn world() -> Fake {
+    Fake(Arc::new(Mutex::new(World {
+        boot_id: "boot-1".into(),
+        need: vec!["kernel 6.1.0-30 installed".into()],
+        healthy_after_boot: true,
+        ..World::default()
+    })))
+}
+
+fn agent(dir: &std::path::Path, w: &Fake) -> Agent<Fake, Fake, Lines> {
+    let s = settings(dir);
+    let store = Store::open(&s.node.state_db).unwrap();
+    Agent::new(
+        "n1".into(),
+        s,
+        store,
+        w.clone(),
+        w.clone(),
+        Lines::default(),
+    )
+    .unwrap()
+}
+
+/// The "machine" reboots: a new boot_id, as after a real restart.
+fn complete_reboot(w: &Fake) {
+    let mut g = w.0.lock().unwrap();
+    if g.reboot_pending {
+        g.reboot_pending = false;
+        g.boot_id = format!("boot-{}", g.reboots + 1);
+    }
+}
+
+/// Ticks until idle again or `max` steps; reboots happen between agents.
+async fn run_to_rest(dir: &std::path::Path, w: &Fake, max: usize) -> AgentState {
+    let mut a = agent(dir, w);
+    for _ in 0..max {
+        if a.state().name() == "verifying" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        a.tick().await.unwrap();
+        if w.0.lock().unwrap().reboot_pending {
+            complete_reboot(w);
+            a = agent(dir, w);
+        }
+        if matches!(a.state(), AgentState::Idle | AgentState::Failed { .. })
+            && w.0.lock().unwrap().finished > 0
+        {
+            break;
+        }
+        if matches!(a.state(), AgentState::Failed { .. }) {
+            break;
+        }
+    }
+    a.state().clone()
+}
+
+#[tokio::test]
+async fn full_cycle_reboots_once_and_restores_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    let end = run_to_rest(dir.path(), &w, 50).await;
+    let g = w.0.lock().unwrap();
+    assert_eq!(end, AgentState::Idle);
+    assert_eq!(g.reboots, 1);
+    assert!(!g.unschedulable);
+    assert_eq!(g.lease_holder, None);
+    assert_eq!(g.finished, 1);
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let reboots = store.history(&["reboot"], 10).unwrap();
+    assert_eq!(reboots.len(), 1);
+    let states: Vec<String> = store
+        .history(&["state"], 100)
+        .unwrap()
+        .iter()
+        .map(|h| h.detail["to"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "pending",
+            "locked",
+            "cordoning",
+            "draining",
+            "rebooting",
+            "verifying",
+            "releasing",
+            "idle"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn admin_cordon_survives_the_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().unschedulable = true;
+    assert_eq!(run_to_rest(dir.path(), &w, 50).await, AgentState::Idle);
+    assert!(w.0.lock().unwrap().unschedulable, "admin's cordon kept");
+}
+
+#[tokio::test]
+async fn blocked_gate_means_no_lease_and_no_cordon() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().gate_block = Some("alert NodeDiskPressure firing".into());
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..5 {
+        a.tick().await.unwrap();
+    }
+    assert_eq!(a.state().name(), "pending");
+    let g = w.0.lock().unwrap();
+    assert_eq!(g.lease_holder, None);
+    assert!(!g.unschedulable);
+    let status = a
+        .store()
+        .get::<super::driver::StatusRecord>(keys::LAST_STATUS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.line, "waiting: alert NodeDiskPressure firing");
+}
+
+#[tokio::test]
+async fn busy_lease_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().lease_holder = Some("n2".into());
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..3 {
+        a.tick().await.unwrap();
+    }
+    assert_eq!(a.state().name(), "pending");
+    assert!(!w.0.lock().unwrap().unschedulable);
+}
+
+#[tokio::test]
+async fn drain_timeout_restores_node_and_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().drain_times_out = true;
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..6 {
+        a.tick().await.unwrap();
+        if let AgentState::Pending {
+            retry_after: Some(_),
+            ..
+        } = a.state()
+        {
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            a.state(),
+            AgentState::Pending {
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{:?}",
+        a.state()
+    );
+    let g = w.0.lock().unwrap();
+    assert!(!g.unschedulable);
+    assert_eq!(g.lease_holder, None);
+    assert_eq!(g.reboots, 0);
+    assert_eq!(a.store().history(&["drain-failed"], 10).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn verify_failure_halts_keeps_lease_and_cordon_then_resume_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().healthy_after_boot = false;
+    let end = run_to_rest(dir.path(), &w, 200).await;
+    assert!(
+        matches!(
+            end,
+            AgentState::Failed {
+                step: Step::Verify,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    {
+        let g = w.0.lock().unwrap();
+        assert_eq!(g.lease_holder.as_deref(), Some("n1"));
+        assert!(g.unschedulable);
+        assert!(
+            g.halted
+                .as_deref()
+                .unwrap()
+                .contains("n1 failed verification")
+        );
+        assert_eq!(g.reboots, 1);
+    }
+    // A person fixes the node and resumes.
+    w.0.lock().unwrap().healthy_after_boot = true;
+    let mut a = agent(dir.path(), &w);
+    a.store().set(keys::RESUME_REQUESTED, &true).unwrap();
+    for _ in 0..10 {
+        a.tick().await.unwrap();
+        if matches!(a.state(), AgentState::Idle) {
+            break;
+        }
+    }
+    let g = w.0.lock().unwrap();
+    assert_eq!(*a.state(), AgentState::Idle);
+    assert_eq!(
+        (g.reboots, g.halted.is_none(), g.unschedulable),
+        (1, true, false)
+    );
+}
+
+#[tokio::test]
+async fn refused_reboot_fails_clearly_keeping_cordon_and_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().refuse_reboot = true;
+    let end = run_to_rest(dir.path(), &w, 20).await;
+    let AgentState::Failed { step, error, .. } = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(step, Step::Reboot);
+    assert!(error.contains("AccessDenied"));
+    let g = w.0.lock().unwrap();
+    assert!(g.unschedulable && g.lease_holder.as_deref() == Some("n1"));
+}
+
+/// Kill the agent right after each persisted state, restart it from the
+/// store, and check the invariants at the end.
+#[tokio::test]
+async fn crash_after_every_persisted_step_resumes_safely() {
+    for (crash_at, admin_cordoned) in AgentState::ALL_NAMES
+        .iter()
+        .filter(|n| **n != "failed")
+        .flat_map(|n| [(*n, false), (*n, true)])
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let w = world();
+        w.0.lock().unwrap().unschedulable = admin_cordoned;
+        let crashed = Arc::new(Mutex::new(false));
+        let flag = crashed.clone();
+        let mut a = agent(dir.path(), &w).with_failpoint(Arc::new(move |to| {
+            let mut done = flag.lock().unwrap();
+            if to == crash_at && !*done {
+                *done = true;
+                return true;
+            }
+            false
+        }));
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 100, "{crash_at}: no progress");
+            match a.tick().await {
+                Ok(_) => {}
+                Err(AgentError::Failpoint(_)) => {
+                    // kill -9: the process is gone; a new one starts from the store.
+                    a = agent(dir.path(), &w);
+                }
+                Err(e) => panic!("{e}"),
+            }
+            if w.0.lock().unwrap().reboot_pending {
+                complete_reboot(&w);
+                a = agent(dir.path(), &w);
+            }
+            let g = w.0.lock().unwrap();
+            // Never cordoned by drydock with nobody holding the lease.
+            if g.unschedulable && !admin_cordoned {
+                assert_eq!(
+                    g.lease_holder.as_deref(),
+                    Some("n1"),
+                    "{crash_at}: cordoned without lease"
+                );
+            }
+            if g.finished > 0 && matches!(a.state(), AgentState::Idle) {
+                break;
+            }
+        }
+        let g = w.0.lock().unwrap();
+        assert_eq!(g.reboots, 1, "{crash_at}: rebooted exactly once");
+        assert_eq!(
+            g.unschedulable, admin_cordoned,
+            "{crash_at}: cordon restored as found"
+        );
+        assert_eq!(g.lease_holder, None, "{crash_at}: lease released");
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(
+            store.history(&["reboot"], 10).unwrap().len(),
+            1,
+            "{crash_at}: history kept"
+        );
+    }
+}

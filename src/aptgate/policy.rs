@@ -1,0 +1,378 @@
+//! Whether a dpkg run may go ahead (pure: request + grants -> verdict).
+//!
+//! A run is refused when it would unpack (install, upgrade, downgrade,
+//! reinstall) or remove a protected package, unless
+//! - the daemon authorized exactly that package and new version, the
+//!   authorization has not expired, and the daemon's upgrade step is running
+//!   (it holds the step lock, see [`super::step`]); or
+//! - the administrator named the package in `DRYDOCK_APT_ALLOW`.
+//!
+//! `**CONFIGURE**` changes no version and is always allowed: the unpack that
+//! precedes it is what gets decided. A malformed line refuses the run only if
+//! one of the names it might concern is protected.
+
+use jiff::Timestamp;
+
+use super::protocol::{Action, Direction, Malformed, Op, Request};
+use crate::store::Authorization;
+
+/// Environment variable naming packages the administrator lets through.
+pub const ALLOW_ENV: &str = "DRYDOCK_APT_ALLOW";
+
+/// What the daemon has granted, as read by the hook.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub now: Option<Timestamp>,
+    /// The daemon's upgrade step holds its lock right now.
+    pub step_running: bool,
+    pub authorizations: Vec<Authorization>,
+    /// Package names from `DRYDOCK_APT_ALLOW`.
+    pub allow: Vec<String>,
+}
+
+/// How a protected package would change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "change", rename_all = "kebab-case")]
+pub enum Change {
+    Install {
+        new: String,
+    },
+    Upgrade {
+        old: String,
+        new: String,
+    },
+    Downgrade {
+        old: String,
+        new: String,
+    },
+    Reinstall {
+        version: String,
+    },
+    Remove {
+        old: String,
+    },
+    /// A line drydock could not read that may concern this package.
+    Unreadable {
+        line: usize,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Install { new } => write!(f, "install {new}"),
+            Change::Upgrade { old, new } => write!(f, "upgrade {old} -> {new}"),
+            Change::Downgrade { old, new } => write!(f, "downgrade {old} -> {new}"),
+            Change::Reinstall { version } => write!(f, "reinstall {version}"),
+            Change::Remove { old } => write!(f, "remove {old}"),
+            Change::Unreadable { line, reason } => {
+                write!(f, "unreadable hook input line {line} ({reason})")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProtectedChange {
+    pub package: String,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// Protected changes nobody allowed: any makes the run fail.
+    pub refused: Vec<ProtectedChange>,
+    /// Let through by a daemon authorization.
+    pub authorized: Vec<ProtectedChange>,
+    /// Let through by `DRYDOCK_APT_ALLOW`.
+    pub overridden: Vec<ProtectedChange>,
+    /// Malformed lines that concern no protected package (apt goes on).
+    pub ignored: Vec<Malformed>,
+}
+
+impl Verdict {
+    pub fn allows(&self) -> bool {
+        self.refused.is_empty()
+    }
+}
+
+fn bare(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(n, _)| n)
+}
+
+/// How an action changes its package; `None` for configure-only.
+pub fn change_of(action: &Action) -> Option<Change> {
+    let old = action.old.as_ref().map(|v| v.version.clone());
+    let new = action.new.as_ref().map(|v| v.version.clone());
+    match (&action.op, old, new) {
+        (Op::Configure, _, _) => None,
+        (Op::Remove, Some(old), _) => Some(Change::Remove { old }),
+        (Op::Remove, None, _) => Some(Change::Remove { old: "-".into() }),
+        (Op::Unpack(_), None, Some(new)) => Some(Change::Install { new }),
+        (Op::Unpack(_), Some(old), Some(new)) => Some(match action.direction {
+            Direction::Same => Change::Reinstall { version: new },
+            Direction::Down => Change::Downgrade { old, new },
+            Direction::Up | Direction::Unknown => Change::Upgrade { old, new },
+        }),
+        // The parser refuses an unpack without a new version.
+        (Op::Unpack(_), _, None) => Some(Change::Install { new: "-".into() }),
+    }
+}
+
+/// The changes this request makes to protected packages, before any grant.
+pub fn protected_changes(
+    request: &Request,
+    is_protected: impl Fn(&str) -> bool,
+) -> Vec<ProtectedChange> {
+    let mut out = Vec::new();
+    for action in &request.actions {
+        if !is_protected(bare(&action.package)) {
+            continue;
+        }
+        if let Some(change) = change_of(action) {
+            out.push(ProtectedChange {
+                package: action.package.clone(),
+                change,
+            });
+        }
+    }
+    for m in &request.malformed {
+        for name in m.candidates.iter().filter(|n| is_protected(n)) {
+            out.push(ProtectedChange {
+                package: name.clone(),
+                change: Change::Unreadable {
+                    line: m.line,
+                    reason: m.reason.clone(),
+                },
+            });
+        }
+    }
+    out
+}
+
+fn authorized(change: &ProtectedChange, grants: &Grants) -> bool {
+    let Some(now) = grants.now else {
+        return false;
+    };
+    if !grants.step_running {
+        return false;
+    }
+    let version = match &change.change {
+        Change::Install { new } | Change::Upgrade { new, .. } | Change::Downgrade { new, .. } => {
+            new
+        }
+        Change::Reinstall { version } => version,
+        // Removals and unreadable lines are never authorized by the daemon.
+        Change::Remove { .. } | Change::Unreadable { .. } => return false,
+    };
+    grants
+        .authorizations
+        .iter()
+        .any(|a| a.package == bare(&change.package) && &a.version == version && a.expires_at > now)
+}
+
+/// The verdict for a request.
+pub fn decide(request: &Request, is_protected: impl Fn(&str) -> bool, grants: &Grants) -> Verdict {
+    let mut verdict = Verdict::default();
+    for change in protected_changes(request, &is_protected) {
+        if grants.allow.iter().any(|a| a == bare(&change.package)) {
+            verdict.overridden.push(change);
+        } else if authorized(&change, grants) {
+            verdict.authorized.push(change);
+        } else {
+            verdict.refused.push(change);
+        }
+    }
+    verdict.ignored = request
+        .malformed
+        .iter()
+        .filter(|m| !m.candidates.iter().any(|n| is_protected(n)))
+        .cloned()
+        .collect();
+    verdict
+}
+
+/// Parses `DRYDOCK_APT_ALLOW`: package names separated by commas or spaces.
+pub fn parse_allow(value: &str) -> Vec<String> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What apt prints when the run is refused.
+pub fn refusal_message(refused: &[ProtectedChange]) -> String {
+    let mut msg = String::from(
+        "drydock: refusing this dpkg run: it would change packages that drydock protects:\n",
+    );
+    for c in refused {
+        msg.push_str(&format!("  {}: {}\n", c.package, c.change));
+    }
+    let mut names: Vec<&str> = refused.iter().map(|c| bare(&c.package)).collect();
+    names.dedup();
+    let names = names.join(",");
+    msg.push_str(&format!(
+        "Nothing was installed or removed.\n\
+         drydock changes these packages itself, one node at a time under the cluster lease\n\
+         (see `drydock status` and `drydock history`). To change them by hand anyway, name\n\
+         them for this one command (they stay on hold afterwards):\n  \
+         {ALLOW_ENV}={names} apt-get --allow-change-held-packages install ...\n\
+         or remove them from [packages] protect in /etc/drydock/drydock.toml.\n"
+    ));
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aptgate::protocol::parse;
+
+    fn protected(name: &str) -> bool {
+        ["kubelet", "kubeadm", "containerd"].contains(&name) || name.starts_with("calico-")
+    }
+
+    fn req(actions: &str) -> Request {
+        parse(format!("VERSION 3\nA=b\n\n{actions}").as_bytes(), false).unwrap()
+    }
+
+    fn now() -> Timestamp {
+        "2025-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn auth(pkg: &str, ver: &str, expires: &str) -> Authorization {
+        Authorization {
+            package: pkg.into(),
+            version: ver.into(),
+            expires_at: expires.parse().unwrap(),
+        }
+    }
+
+    fn running(auths: Vec<Authorization>) -> Grants {
+        Grants {
+            now: Some(now()),
+            step_running: true,
+            authorizations: auths,
+            allow: vec![],
+        }
+    }
+
+    const UPGRADE_KUBEADM: &str = "kubeadm 1.34.1-1.1 all none < 1.34.2-1.1 all none /r/kubeadm_1.34.2-1.1_all.deb\n\
+         kubeadm 1.34.1-1.1 all none < 1.34.2-1.1 all none **CONFIGURE**\n";
+
+    #[test]
+    fn unprotected_runs_pass() {
+        let r = req(
+            "hello 1.0-1 all none < 2.0-1 all none /r/hello_2.0-1_all.deb\n\
+                     hello 1.0-1 all none < 2.0-1 all none **CONFIGURE**\n\
+                     oldpkg 1 all none > - - none **REMOVE**\n",
+        );
+        let v = decide(&r, protected, &Grants::default());
+        assert!(v.allows());
+        assert!(v.refused.is_empty() && v.authorized.is_empty());
+    }
+
+    #[test]
+    fn every_kind_of_protected_change_is_refused() {
+        let r = req("containerd - - none < 2.0-1 all none /r/c.deb\n\
+                     kubelet 1.0 all none < 2.0 all none /r/k.deb\n\
+                     kubeadm 2.0 all none > 1.0 all none /r/a.deb\n\
+                     calico-node 1 all none = 1 all none /r/n.deb\n\
+                     containerd:amd64 1 all none > - - none **REMOVE**\n\
+                     kubelet 1.0 all none < 2.0 all none **CONFIGURE**\n");
+        let v = decide(&r, protected, &Grants::default());
+        let changes: Vec<String> = v
+            .refused
+            .iter()
+            .map(|c| format!("{}: {}", c.package, c.change))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                "containerd: install 2.0-1",
+                "kubelet: upgrade 1.0 -> 2.0",
+                "kubeadm: downgrade 2.0 -> 1.0",
+                "calico-node: reinstall 1",
+                "containerd:amd64: remove 1",
+            ]
+        );
+        assert!(!v.allows());
+    }
+
+    #[test]
+    fn exact_authorization_lets_exactly_that_through() {
+        let r = req(UPGRADE_KUBEADM);
+        let g = running(vec![auth("kubeadm", "1.34.2-1.1", "2025-01-01T00:10:00Z")]);
+        let v = decide(&r, protected, &g);
+        assert!(v.allows(), "{v:?}");
+        assert_eq!(v.authorized.len(), 1);
+    }
+
+    #[test]
+    fn authorization_does_not_cover_other_packages_versions_or_times() {
+        let g = running(vec![auth("kubeadm", "1.34.2-1.1", "2025-01-01T00:10:00Z")]);
+        let other_pkg = req("kubelet 1.34.1-1.1 all none < 1.34.2-1.1 all none /r/k.deb\n");
+        assert!(!decide(&other_pkg, protected, &g).allows());
+        let other_ver = req("kubeadm 1.34.1-1.1 all none < 1.34.3-1.1 all none /r/k.deb\n");
+        assert!(!decide(&other_ver, protected, &g).allows());
+        let removal = req("kubeadm 1.34.2-1.1 all none > - - none **REMOVE**\n");
+        assert!(!decide(&removal, protected, &g).allows());
+
+        let r = req(UPGRADE_KUBEADM);
+        let expired = running(vec![auth("kubeadm", "1.34.2-1.1", "2024-12-31T23:59:59Z")]);
+        assert!(!decide(&r, protected, &expired).allows());
+        let at_expiry = running(vec![auth("kubeadm", "1.34.2-1.1", "2025-01-01T00:00:00Z")]);
+        assert!(!decide(&r, protected, &at_expiry).allows());
+        let mut not_running = g.clone();
+        not_running.step_running = false;
+        assert!(!decide(&r, protected, &not_running).allows());
+        let mut no_clock = g.clone();
+        no_clock.now = None;
+        assert!(!decide(&r, protected, &no_clock).allows());
+    }
+
+    #[test]
+    fn admin_allow_overrides_named_packages_only() {
+        let r = req("containerd 1.0-1 all none < 2.0-1 all none /r/c.deb\n\
+                     kubelet 1.0 all none < 2.0 all none /r/k.deb\n");
+        let g = Grants {
+            allow: parse_allow("containerd, runc"),
+            ..Grants::default()
+        };
+        let v = decide(&r, protected, &g);
+        assert_eq!(v.overridden.len(), 1);
+        assert_eq!(v.refused.len(), 1);
+        assert_eq!(v.refused[0].package, "kubelet");
+    }
+
+    #[test]
+    fn malformed_lines_fail_closed_only_when_protected() {
+        let r = req("hello 1.0 all none ?? 2.0 all none /r/h.deb\n");
+        let v = decide(&r, protected, &Grants::default());
+        assert!(v.allows());
+        assert_eq!(v.ignored.len(), 1);
+
+        let r = req("garbage /r/pool/containerd_2.0-1_amd64.deb\n");
+        let v = decide(&r, protected, &Grants::default());
+        assert!(!v.allows());
+        assert!(matches!(
+            v.refused[0].change,
+            Change::Unreadable { line: 4, .. }
+        ));
+        // An authorization never covers an unreadable line.
+        let g = running(vec![auth("containerd", "2.0-1", "2025-01-01T00:10:00Z")]);
+        assert!(!decide(&r, protected, &g).allows());
+    }
+
+    #[test]
+    fn message_names_packages_versions_and_the_way_out() {
+        let r = req("containerd 1.0-1 all none < 2.0-1 all none /r/c.deb\n");
+        let v = decide(&r, protected, &Grants::default());
+        let msg = refusal_message(&v.refused);
+        assert!(msg.contains("containerd: upgrade 1.0-1 -> 2.0-1"), "{msg}");
+        assert!(msg.contains("DRYDOCK_APT_ALLOW=containerd"), "{msg}");
+        assert!(msg.contains("drydock status"), "{msg}");
+    }
+}

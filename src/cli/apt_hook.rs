@@ -1,0 +1,246 @@
+//! `drydock apt-hook pre-install | post-invoke`: the APT hooks wired by
+//! /etc/apt/apt.conf.d/50drydock. Messages go to stderr, where apt shows them.
+//!
+//! pre-install fails closed: unreadable input, or a change to a protected
+//! package nobody allowed, exits non-zero and apt installs nothing. It works
+//! with the daemon stopped (it reads the config, and the store read-only
+//! only when a protected package is concerned and the upgrade step runs).
+//! post-invoke never fails apt: it logs its errors and exits 0.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use jiff::Timestamp;
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use super::Cli;
+use crate::aptgate::policy::{self, ALLOW_ENV, Grants};
+use crate::aptgate::record::{self, APT_RUN_KIND, PendingRun};
+use crate::aptgate::{holds, protocol, step, wake};
+use crate::config::Settings;
+use crate::host::dpkg::Dpkg;
+use crate::store::Store;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AptHookCommand {
+    /// DPkg::Pre-Install-Pkgs (protocol version 3 on stdin): refuse changes to protected packages.
+    PreInstall,
+    /// DPkg::Post-Invoke: record the run, re-apply holds, wake the daemon. Always exits 0.
+    PostInvoke,
+}
+
+pub fn run(cli: &Cli, command: &AptHookCommand) -> ExitCode {
+    match command {
+        AptHookCommand::PreInstall => pre_install(cli),
+        AptHookCommand::PostInvoke => {
+            post_invoke(cli);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn pre_install(cli: &Cli) -> ExitCode {
+    // Read everything first: apt must never get EPIPE from us.
+    let (input, overflow) = match protocol::read_all(std::io::stdin().lock()) {
+        Ok(read) => read,
+        Err(e) => {
+            eprintln!("drydock: refusing this dpkg run: reading apt's hook input: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (settings, config_ok) = match cli.load_settings() {
+        Ok(s) => (s, true),
+        Err(e) => {
+            eprintln!(
+                "drydock: warning: invalid configuration ({e}); protecting the built-in default package set and ignoring authorizations"
+            );
+            (Settings::default(), false)
+        }
+    };
+    let request = match protocol::parse(&input, overflow) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drydock: refusing this dpkg run: {e}. Nothing was installed.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let is_protected = |n: &str| settings.is_protected(n);
+    let mut grants = Grants {
+        allow: std::env::var(ALLOW_ENV)
+            .map(|v| policy::parse_allow(&v))
+            .unwrap_or_default(),
+        ..Grants::default()
+    };
+    let touched = policy::protected_changes(&request, is_protected);
+    let needs_grants = touched.iter().any(|c| {
+        !grants
+            .allow
+            .iter()
+            .any(|a| c.package.split(':').next() == Some(a))
+    });
+    if needs_grants && config_ok && step::step_running(&settings) {
+        let now = Timestamp::now();
+        grants.now = Some(now);
+        grants.step_running = true;
+        match Store::open_read_only(&settings.node.state_db) {
+            Ok(Some(store)) => match store.authorizations(now) {
+                Ok(a) => grants.authorizations = a,
+                Err(e) => eprintln!("drydock: warning: reading authorizations: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => eprintln!("drydock: warning: reading authorizations: {e}"),
+        }
+    }
+    let verdict = policy::decide(&request, is_protected, &grants);
+    for m in &verdict.ignored {
+        eprintln!(
+            "drydock: warning: ignoring unreadable hook input line {} ({}): {:?}; it concerns no protected package",
+            m.line, m.reason, m.excerpt
+        );
+    }
+    if !verdict.allows() {
+        eprint!("{}", policy::refusal_message(&verdict.refused));
+        return ExitCode::FAILURE;
+    }
+    for c in &verdict.authorized {
+        eprintln!(
+            "drydock: {}: {} (authorized by drydock's upgrade step)",
+            c.package, c.change
+        );
+    }
+    for c in &verdict.overridden {
+        eprintln!(
+            "drydock: {}: {} (allowed by {ALLOW_ENV})",
+            c.package, c.change
+        );
+    }
+    let pending = PendingRun {
+        started_at: Timestamp::now(),
+        actions: request.actions,
+        authorized: verdict
+            .authorized
+            .iter()
+            .map(|c| format!("{} {}", c.package, c.change))
+            .collect(),
+        overridden: verdict
+            .overridden
+            .iter()
+            .map(|c| format!("{} {}", c.package, c.change))
+            .collect(),
+    };
+    if let Err(e) = save_pending(&settings, &pending) {
+        eprintln!("drydock: warning: saving the run plan for the history: {e}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn save_pending(settings: &Settings, pending: &PendingRun) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = record::pending_path(settings);
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(&serde_json::to_vec(pending).map_err(std::io::Error::other)?)
+}
+
+fn take_pending(settings: &Settings) -> Option<PendingRun> {
+    let path = record::pending_path(settings);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "reading apt run plan");
+            return None;
+        }
+    };
+    if let Err(e) = std::fs::remove_file(&path) {
+        warn!(path = %path.display(), error = %e, "removing apt run plan");
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "apt run plan is unreadable");
+            None
+        }
+    }
+}
+
+fn post_invoke(cli: &Cli) {
+    let settings = match cli.load_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "apt post-invoke: invalid configuration; apt run not recorded");
+            eprintln!("drydock: apt run not recorded: invalid configuration: {e}");
+            return;
+        }
+    };
+    let finished_at = Timestamp::now();
+    let pending = take_pending(&settings);
+    let (origin, command) = record::origin(&record::read_ancestors());
+    let dpkg = Dpkg::new(&settings.packages.dpkg_root);
+    let packages = dpkg
+        .packages()
+        .inspect_err(|e| error!(error = %e, "apt post-invoke: reading dpkg state"))
+        .ok();
+    let (changes, incomplete) = match (&pending, &packages) {
+        (Some(p), Some(after)) => record::outcome(p, after),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let store = match Store::open(&settings.node.state_db) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "apt post-invoke: opening the state store; apt run not recorded");
+            eprintln!("drydock: apt run not recorded: {e}");
+            wake_daemon(&settings);
+            return;
+        }
+    };
+    let holds = match &packages {
+        Some(pkgs) => match holds::reconcile_with(&settings, &store, &dpkg, pkgs) {
+            Ok(plan) => {
+                if !plan.hold.is_empty() || !plan.release.is_empty() {
+                    info!(held = ?plan.hold, released = ?plan.release, "dpkg holds reconciled");
+                }
+                json!({"held": plan.hold, "released": plan.release})
+            }
+            Err(e) => {
+                error!(error = %e, "apt post-invoke: re-applying holds");
+                json!({"error": e.to_string()})
+            }
+        },
+        None => json!({"error": "dpkg state unreadable"}),
+    };
+    let detail = json!({
+        "started_at": pending.as_ref().map(|p| p.started_at),
+        "finished_at": finished_at,
+        "origin": origin,
+        "command": command,
+        "changes": changes,
+        "incomplete": incomplete,
+        "authorized": pending.as_ref().map(|p| p.authorized.clone()).unwrap_or_default(),
+        "overridden": pending.as_ref().map(|p| p.overridden.clone()).unwrap_or_default(),
+        "plan_recorded": pending.is_some(),
+        "holds": holds,
+    });
+    match store.append_history(APT_RUN_KIND, &detail) {
+        Ok(_) => info!(origin = ?origin, changes = changes.len(), "apt run recorded"),
+        Err(e) => error!(error = %e, "apt post-invoke: recording the apt run"),
+    }
+    wake_daemon(&settings);
+}
+
+fn wake_daemon(settings: &Settings) {
+    if let Err(e) = wake::wake_daemon(settings) {
+        warn!(error = %e, "apt post-invoke: waking the daemon");
+    }
+}

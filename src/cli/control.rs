@@ -1,0 +1,118 @@
+//! Operator requests: `pause`, `resume`, `reboot`, `release --force`, and
+//! the cluster-wide `cluster pause|resume`. Local ones are written to the
+//! state store for the daemon to act on (and wake it).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::Cli;
+use crate::agent::driver::keys;
+use crate::cluster::annotations;
+use crate::config::Settings;
+use crate::gates::paused;
+use crate::host::sentinel;
+use crate::store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct PauseArgs {
+    /// Why (shown in `drydock status` and the systemd status line).
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RebootArgs {
+    /// Why this node should reboot.
+    #[arg(long, default_value = "requested with drydock reboot")]
+    pub reason: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    /// Give up the Lease slot even though the node failed (it stays cordoned).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Pause drydock on every node (annotation on the drydock Namespace).
+    Pause(PauseArgs),
+    /// Lift a cluster-wide pause and a fleet halt.
+    Resume,
+}
+
+fn open(settings: &Settings) -> anyhow::Result<Store> {
+    Store::open(&settings.node.state_db).context("opening the state store")
+}
+
+fn nudge(settings: &Settings) {
+    let _ = crate::aptgate::wake_daemon(settings);
+}
+
+pub fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCode> {
+    let settings = cli.load_settings()?;
+    paused::pause(&open(&settings)?, &args.reason)?;
+    nudge(&settings);
+    println!("paused this node: {}", args.reason);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lifts a local pause and asks a failed agent to retry its failed step.
+pub fn resume(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let settings = cli.load_settings()?;
+    let store = open(&settings)?;
+    let was_paused = paused::resume(&store)?;
+    store.set(keys::RESUME_REQUESTED, &jiff::Timestamp::now())?;
+    nudge(&settings);
+    println!(
+        "{}; a failed step, if any, will be retried",
+        if was_paused {
+            "resumed this node"
+        } else {
+            "this node was not paused"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reboot(cli: &Cli, args: &RebootArgs) -> anyhow::Result<ExitCode> {
+    let settings = cli.load_settings()?;
+    sentinel::request_reboot(&open(&settings)?, &args.reason)?;
+    nudge(&settings);
+    println!("reboot requested; it waits for the gates and the lease like any other");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn release(cli: &Cli, args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
+    if !args.force {
+        eprintln!(
+            "drydock: the daemon releases the lease itself; use --force to give it up from a failed node"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let settings = cli.load_settings()?;
+    open(&settings)?.set(keys::FORCE_RELEASE, &jiff::Timestamp::now())?;
+    nudge(&settings);
+    println!("lease release requested; the node stays cordoned until you uncordon it");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<ExitCode> {
+    let settings = cli.load_settings()?;
+    let client = super::daemon::kube_client(&settings.node.kubeconfig).await?;
+    let ns = &settings.lease.namespace;
+    match command {
+        ClusterCommand::Pause(args) => {
+            annotations::pause_cluster(&client, ns, &args.reason).await?;
+            println!("paused drydock cluster-wide: {}", args.reason);
+        }
+        ClusterCommand::Resume => {
+            annotations::resume_cluster(&client, ns).await?;
+            annotations::clear_halt(&client, ns).await?;
+            println!("cluster-wide pause and halt lifted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

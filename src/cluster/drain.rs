@@ -1,0 +1,1119 @@
+//! Draining this node, with kubectl drain's rules.
+//!
+//! Which pods to evict is a pure decision ([`classify`], [`plan`]); the rest
+//! is the eviction loop against the API: policy/v1 Eviction per pod, run
+//! concurrently, 429 (disruption budget) retried every `retry_interval`,
+//! each pod waited for until it is gone (404 or a new UID under its name),
+//! all under one global timeout. Cordoning is not done here (see
+//! [`super::node::NodeClient::cordon`]); the caller cordons first and, on
+//! failure, uncordons if it was the one that cordoned.
+//!
+//! Differences from kubectl, on purpose:
+//! - DaemonSet pods are always skipped (kubectl `--ignore-daemonsets`, as
+//!   kured does), even when their DaemonSet is gone.
+//! - Pods already terminating are waited for, never evicted again, whatever
+//!   their volumes or owner.
+//! - Completed pods (Succeeded/Failed) are deleted rather than evicted: the
+//!   effect is the same (evicting a finished pod ignores budgets).
+//! - 403 NamespaceTerminating: as kubectl, the eviction is retried until the
+//!   namespace controller marks the pod deleted, then the pod is waited for.
+//!   drydock never deletes it itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, ListParams, Preconditions};
+use kube::core::Status;
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::DrainSettings;
+
+/// The annotation the kubelet puts on the API copy of a static pod.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Evictions in flight at once (kubectl has no limit; this keeps a node with
+/// hundreds of pods from flooding the API server).
+const MAX_CONCURRENT: usize = 32;
+
+/// A pod as drain reports it. The UID tells a replacement (same name, new
+/// UID, e.g. a StatefulSet pod) from the pod we evicted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodRef {
+    pub fn of(pod: &Pod) -> Self {
+        PodRef {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Why a pod is left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipReason {
+    /// Managed by a DaemonSet, which ignores cordons and would recreate it.
+    DaemonSet,
+    /// The API copy of a static pod; it cannot be deleted through the API.
+    Mirror,
+}
+
+/// Why a pod stops the drain before anything is evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefuseReason {
+    /// Has an emptyDir volume and `drain.delete-emptydir-data` is off.
+    EmptyDir,
+    /// Has no controller and `drain.evict-unmanaged` is off.
+    Unmanaged,
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RefuseReason::EmptyDir => {
+                "uses emptyDir (local data would be lost; drain.delete-emptydir-data is off)"
+            }
+            RefuseReason::Unmanaged => {
+                "has no controller (it would not come back; drain.evict-unmanaged is off)"
+            }
+        })
+    }
+}
+
+/// What the drain does with one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodAction {
+    Skip(SkipReason),
+    /// Already being deleted: wait until it is gone.
+    AwaitTermination,
+    /// Succeeded or Failed: delete it.
+    DeleteCompleted,
+    Evict,
+    Refuse(Vec<RefuseReason>),
+}
+
+/// The configurable part of kubectl's pod filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainRules {
+    pub delete_emptydir_data: bool,
+    pub evict_unmanaged: bool,
+}
+
+/// Decides what to do with one pod (kubectl's filters, in its order).
+pub fn classify(pod: &Pod, rules: &DrainRules) -> PodAction {
+    let controller = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    if controller.is_some_and(|c| c.kind == "DaemonSet") {
+        return PodAction::Skip(SkipReason::DaemonSet);
+    }
+    if pod.annotations().contains_key(MIRROR_ANNOTATION) {
+        return PodAction::Skip(SkipReason::Mirror);
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodAction::AwaitTermination;
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return PodAction::DeleteCompleted;
+    }
+    let mut refusals = Vec::new();
+    if !rules.delete_emptydir_data && has_empty_dir(pod) {
+        refusals.push(RefuseReason::EmptyDir);
+    }
+    if !rules.evict_unmanaged && controller.is_none() {
+        refusals.push(RefuseReason::Unmanaged);
+    }
+    if refusals.is_empty() {
+        PodAction::Evict
+    } else {
+        PodAction::Refuse(refusals)
+    }
+}
+
+fn has_empty_dir(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|vols| vols.iter().any(|v| v.empty_dir.is_some()))
+}
+
+/// Every pod on the node, sorted into what the drain will do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DrainPlan {
+    pub evict: Vec<PodRef>,
+    pub delete_completed: Vec<PodRef>,
+    pub await_termination: Vec<PodRef>,
+    pub skipped: Vec<(PodRef, SkipReason)>,
+    pub refused: Vec<(PodRef, Vec<RefuseReason>)>,
+}
+
+impl DrainPlan {
+    /// Pods the drain has to see gone.
+    pub fn to_remove(&self) -> usize {
+        self.evict.len() + self.delete_completed.len() + self.await_termination.len()
+    }
+}
+
+pub fn plan(pods: &[Pod], rules: &DrainRules) -> DrainPlan {
+    let mut plan = DrainPlan::default();
+    for pod in pods {
+        let r = PodRef::of(pod);
+        match classify(pod, rules) {
+            PodAction::Skip(why) => plan.skipped.push((r, why)),
+            PodAction::AwaitTermination => plan.await_termination.push(r),
+            PodAction::DeleteCompleted => plan.delete_completed.push(r),
+            PodAction::Evict => plan.evict.push(r),
+            PodAction::Refuse(why) => plan.refused.push((r, why)),
+        }
+    }
+    plan
+}
+
+/// Whether a label selector matches a label set, with the API's meaning:
+/// an empty selector matches everything.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            // An operator we do not know cannot be shown to match.
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// Whether a PodDisruptionBudget covers a pod (same namespace, selector
+/// matches; a budget without a selector covers nothing).
+pub fn pdb_covers(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
+    pdb.namespace() == pod.namespace()
+        && pdb
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .is_some_and(|sel| selector_matches(sel, pod.labels()))
+}
+
+/// Budgets covering a pod that allow no disruption right now.
+pub fn exhausted_pdbs<'a>(pdbs: &'a [PodDisruptionBudget], pod: &Pod) -> Vec<&'a str> {
+    pdbs.iter()
+        .filter(|p| pdb_covers(p, pod))
+        .filter(|p| p.status.as_ref().is_none_or(|s| s.disruptions_allowed <= 0))
+        .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+        .collect()
+}
+
+/// Why a pod is not gone yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BlockReason {
+    /// Eviction answered 429 for a disruption budget.
+    DisruptionBudget {
+        /// The budgets covering the pod that allow no disruption, when known.
+        pdbs: Vec<String>,
+        message: String,
+    },
+    /// Eviction answered 429 for another reason (API server throttling).
+    Throttled { message: String },
+    /// 403: its namespace is being deleted, the pod not yet marked deleted.
+    NamespaceTerminating,
+    /// Evicted or deleted; waiting for it to go away.
+    Terminating,
+    /// The API server failed (5xx or unreachable); retrying.
+    ApiError { message: String },
+}
+
+impl fmt::Display for BlockReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockReason::DisruptionBudget { pdbs, message } if pdbs.is_empty() => {
+                write!(f, "disruption budget: {message}")
+            }
+            BlockReason::DisruptionBudget { pdbs, message } => {
+                write!(f, "disruption budget {}: {message}", pdbs.join(", "))
+            }
+            BlockReason::Throttled { message } => write!(f, "throttled: {message}"),
+            BlockReason::NamespaceTerminating => f.write_str("namespace terminating"),
+            BlockReason::Terminating => f.write_str("still terminating"),
+            BlockReason::ApiError { message } => write!(f, "API error: {message}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockedPod {
+    pub pod: PodRef,
+    pub reason: BlockReason,
+}
+
+/// What the status line shows while draining.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DrainProgress {
+    /// Pods the drain has to see gone.
+    pub total: usize,
+    /// Of those, not gone yet.
+    pub left: usize,
+    /// Pods whose eviction is currently refused or failing, with why.
+    pub blocked: Vec<BlockedPod>,
+}
+
+/// A pod deleted because its budget blocked it for too long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForcedDeletion {
+    pub pod: PodRef,
+    pub pdbs: Vec<String>,
+    pub blocked_for: Duration,
+}
+
+/// What a drain did (also carried, partial, by a timeout).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DrainReport {
+    pub evicted: Vec<PodRef>,
+    pub deleted_completed: Vec<PodRef>,
+    pub deleted_pdb_blocked: Vec<ForcedDeletion>,
+    /// Already terminating when the drain started; waited for.
+    pub awaited: Vec<PodRef>,
+    /// Gone before we got to them.
+    pub vanished: Vec<PodRef>,
+    pub skipped: Vec<(PodRef, SkipReason)>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrainTimeout {
+    pub node: String,
+    pub timeout: Duration,
+    /// Every pod not gone at the deadline, with its last known reason.
+    pub blocked: Vec<BlockedPod>,
+    pub partial: DrainReport,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("listing pods on node {node}: {source}")]
+    ListPods {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("not draining node {node}: {}", describe_refused(.pods))]
+    Refused {
+        node: String,
+        pods: Vec<(PodRef, Vec<RefuseReason>)>,
+    },
+    #[error("draining node {}: timed out after {} with {} pod(s) left: {}",
+        .0.node, humantime::format_duration(.0.timeout), .0.blocked.len(), describe_blocked(&.0.blocked))]
+    TimedOut(Box<DrainTimeout>),
+    #[error("evicting pod {pod}: the API server refused with {code}: {message}")]
+    Evict {
+        pod: PodRef,
+        code: u16,
+        message: String,
+    },
+    #[error("deleting pod {pod}: {source}")]
+    Delete {
+        pod: PodRef,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn describe_refused(pods: &[(PodRef, Vec<RefuseReason>)]) -> String {
+    pods.iter()
+        .map(|(p, why)| {
+            let why: Vec<String> = why.iter().map(ToString::to_string).collect();
+            format!("{p} {}", why.join(" and "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_blocked(pods: &[BlockedPod]) -> String {
+    pods.iter()
+        .map(|b| format!("{} ({})", b.pod, b.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How to drain; usually [`DrainOptions::from_settings`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainOptions {
+    pub rules: DrainRules,
+    pub timeout: Duration,
+    pub retry_interval: Duration,
+    /// How often a pod is checked for being gone.
+    pub poll_interval: Duration,
+    pub delete_pdb_blocked_after: Option<Duration>,
+    pub pre_drain_wait: Duration,
+    /// Label selector; only matching pods are drained. Empty: all.
+    pub pod_selector: String,
+}
+
+impl DrainOptions {
+    pub fn from_settings(s: &DrainSettings) -> Self {
+        DrainOptions {
+            rules: DrainRules {
+                delete_emptydir_data: s.delete_emptydir_data,
+                evict_unmanaged: s.evict_unmanaged,
+            },
+            timeout: s.timeout,
+            retry_interval: s.retry_interval,
+            poll_interval: s.retry_interval.min(Duration::from_secs(1)),
+            delete_pdb_blocked_after: s.delete_pdb_blocked_after,
+            pre_drain_wait: s.pre_drain_wait,
+            pod_selector: s.pod_selector.clone(),
+        }
+    }
+}
+
+/// Lists the pods bound to `node` that match `selector`.
+pub async fn pods_on_node(
+    client: &Client,
+    node: &str,
+    selector: &str,
+) -> Result<Vec<Pod>, DrainError> {
+    let api: Api<Pod> = Api::all(client.clone());
+    let mut lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    if !selector.is_empty() {
+        lp = lp.labels(selector);
+    }
+    let list = api.list(&lp).await.map_err(|source| DrainError::ListPods {
+        node: node.to_string(),
+        source,
+    })?;
+    // Filter again: the field selector is the server's promise, not ours.
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .collect())
+}
+
+/// Drains `node` (already cordoned by the caller). Progress goes to
+/// `progress` (the caller may drop the receiver). On success, every
+/// drainable pod is gone; on [`DrainError::TimedOut`] the error lists the
+/// pods that blocked.
+///
+/// Give it a client built with `default_retry = false`: kube's default
+/// retry layer repeats 429 answers internally for minutes, hiding a
+/// disruption-budget block from the progress report (the timeout still
+/// holds either way).
+pub async fn drain(
+    client: &Client,
+    node: &str,
+    opts: &DrainOptions,
+    progress: &watch::Sender<DrainProgress>,
+) -> Result<DrainReport, DrainError> {
+    if !opts.pre_drain_wait.is_zero() {
+        info!(node, wait = %humantime::format_duration(opts.pre_drain_wait), "waiting before draining");
+        tokio::time::sleep(opts.pre_drain_wait).await;
+    }
+    let started = Instant::now();
+    let pods = pods_on_node(client, node, &opts.pod_selector).await?;
+    let plan = plan(&pods, &opts.rules);
+    for (pod, why) in &plan.skipped {
+        debug!(node, pod = %pod, reason = ?why, "not draining pod");
+    }
+    if !plan.refused.is_empty() {
+        for (pod, why) in &plan.refused {
+            warn!(node, pod = %pod, reason = ?why, "pod prevents the drain");
+        }
+        return Err(DrainError::Refused {
+            node: node.to_string(),
+            pods: plan.refused,
+        });
+    }
+    info!(
+        node,
+        evict = plan.evict.len(),
+        completed = plan.delete_completed.len(),
+        terminating = plan.await_termination.len(),
+        skipped = plan.skipped.len(),
+        "draining"
+    );
+
+    let ctx = Ctx {
+        client,
+        node,
+        opts,
+        progress,
+        tracker: Mutex::new(Tracker {
+            total: plan.to_remove(),
+            left: BTreeSet::new(),
+            blocked: BTreeMap::new(),
+            report: DrainReport {
+                skipped: plan.skipped.clone(),
+                ..DrainReport::default()
+            },
+        }),
+    };
+    let mut jobs = Vec::new();
+    for pod in pods {
+        let job = match classify(&pod, &opts.rules) {
+            PodAction::Evict => Job::Evict,
+            PodAction::DeleteCompleted => Job::DeleteCompleted,
+            PodAction::AwaitTermination => Job::Await,
+            PodAction::Skip(_) | PodAction::Refuse(_) => continue,
+        };
+        ctx.tracker_mut(|t| {
+            t.left.insert(PodRef::of(&pod));
+        });
+        jobs.push((pod, job));
+    }
+    ctx.publish();
+
+    let work = async {
+        let mut results = futures::stream::iter(jobs)
+            .map(|(pod, job)| ctx.run(pod, job))
+            .buffer_unordered(MAX_CONCURRENT);
+        while let Some(result) = results.next().await {
+            result?;
+        }
+        Ok::<(), DrainError>(())
+    };
+    let outcome = tokio::time::timeout(opts.timeout, work).await;
+    let mut t = ctx.tracker.into_inner().unwrap_or_else(|e| e.into_inner());
+    t.report.elapsed = started.elapsed();
+    match outcome {
+        Ok(Ok(())) => {
+            info!(node, evicted = t.report.evicted.len(), elapsed = ?t.report.elapsed, "drain finished");
+            Ok(t.report)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            let blocked = t.blocked_list();
+            warn!(node, left = blocked.len(), pods = %describe_blocked(&blocked), "drain timed out");
+            Err(DrainError::TimedOut(Box::new(DrainTimeout {
+                node: node.to_string(),
+                timeout: opts.timeout,
+                blocked,
+                partial: t.report,
+            })))
+        }
+    }
+}
+
+enum Job {
+    Evict,
+    DeleteCompleted,
+    Await,
+}
+
+struct Tracker {
+    total: usize,
+    left: BTreeSet<PodRef>,
+    blocked: BTreeMap<PodRef, BlockReason>,
+    report: DrainReport,
+}
+
+impl Tracker {
+    /// Every pod not gone, with its reason (terminating when none known).
+    fn blocked_list(&self) -> Vec<BlockedPod> {
+        self.left
+            .iter()
+            .map(|p| BlockedPod {
+                pod: p.clone(),
+                reason: self
+                    .blocked
+                    .get(p)
+                    .cloned()
+                    .unwrap_or(BlockReason::Terminating),
+            })
+            .collect()
+    }
+}
+
+struct Ctx<'a> {
+    client: &'a Client,
+    node: &'a str,
+    opts: &'a DrainOptions,
+    progress: &'a watch::Sender<DrainProgress>,
+    tracker: Mutex<Tracker>,
+}
+
+/// How one pod left.
+enum Gone {
+    Evicted,
+    DeletedCompleted,
+    DeletedPdbBlocked(ForcedDeletion),
+    Awaited,
+    Vanished,
+}
+
+impl Ctx<'_> {
+    fn tracker_mut<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
+        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut t)
+    }
+
+    fn publish(&self) {
+        let snapshot = self.tracker_mut(|t| DrainProgress {
+            total: t.total,
+            left: t.left.len(),
+            blocked: t
+                .blocked
+                .iter()
+                .filter(|(p, _)| t.left.contains(*p))
+                .map(|(p, r)| BlockedPod {
+                    pod: p.clone(),
+                    reason: r.clone(),
+                })
+                .collect(),
+        });
+        self.progress.send_if_modified(|p| {
+            let changed = *p != snapshot;
+            *p = snapshot;
+            changed
+        });
+    }
+
+    /// Records why `pod` is stuck; returns whether the reason changed (to
+    /// log once per change, not once per retry).
+    fn block(&self, pod: &PodRef, reason: BlockReason) -> bool {
+        let changed =
+            self.tracker_mut(|t| t.blocked.insert(pod.clone(), reason.clone()) != Some(reason));
+        if changed {
+            self.publish();
+        }
+        changed
+    }
+
+    fn done(&self, pod: PodRef, how: Gone) {
+        self.tracker_mut(|t| {
+            t.left.remove(&pod);
+            t.blocked.remove(&pod);
+            let r = &mut t.report;
+            match how {
+                Gone::Evicted => r.evicted.push(pod.clone()),
+                Gone::DeletedCompleted => r.deleted_completed.push(pod.clone()),
+                Gone::DeletedPdbBlocked(d) => r.deleted_pdb_blocked.push(d),
+                Gone::Awaited => r.awaited.push(pod.clone()),
+                Gone::Vanished => r.vanished.push(pod.clone()),
+            }
+        });
+        let left = self.tracker_mut(|t| t.left.len());
+        info!(node = self.node, pod = %pod, left, "pod gone");
+        self.publish();
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    async fn run(&self, pod: Pod, job: Job) -> Result<(), DrainError> {
+        let r = PodRef::of(&pod);
+        let how = match job {
+            Job::Await => Gone::Awaited,
+            Job::DeleteCompleted => {
+                if !self.delete(&r).await? {
+                    self.done(r, Gone::Vanished);
+                    return Ok(());
+                }
+                Gone::DeletedCompleted
+            }
+            Job::Evict => match self.evict_until_accepted(&pod).await? {
+                Some(how) => how,
+                None => {
+                    self.done(r, Gone::Vanished);
+                    return Ok(());
+                }
+            },
+        };
+        self.wait_gone(&r).await;
+        self.done(r, how);
+        Ok(())
+    }
+
+    /// Posts the eviction until the API accepts it. `None`: the pod was
+    /// already gone.
+    async fn evict_until_accepted(&self, pod: &Pod) -> Result<Option<Gone>, DrainError> {
+        let r = PodRef::of(pod);
+        let mut blocked_since: Option<Instant> = None;
+        loop {
+            let err = match self.post_eviction(&r).await {
+                Ok(()) => {
+                    info!(node = self.node, pod = %r, "pod evicted");
+                    return Ok(Some(Gone::Evicted));
+                }
+                Err(e) => e,
+            };
+            match classify_eviction_error(&err) {
+                EvictionError::NotFound => return Ok(None),
+                EvictionError::Budget(message) => {
+                    let since = *blocked_since.get_or_insert_with(Instant::now);
+                    let pdbs = self.exhausted_pdbs(pod).await.unwrap_or_default();
+                    if self.block(
+                        &r,
+                        BlockReason::DisruptionBudget {
+                            pdbs: pdbs.clone(),
+                            message: message.clone(),
+                        },
+                    ) {
+                        warn!(node = self.node, pod = %r, pdbs = ?pdbs, %message,
+                            "eviction blocked by a disruption budget; retrying");
+                    }
+                    if let Some(after) = self.opts.delete_pdb_blocked_after
+                        && since.elapsed() >= after
+                        && !pdbs.is_empty()
+                    {
+                        warn!(node = self.node, pod = %r, pdbs = ?pdbs,
+                            blocked_for = ?since.elapsed(),
+                            "deleting pod whose disruption budget blocked it too long");
+                        if !self.delete(&r).await? {
+                            return Ok(None);
+                        }
+                        return Ok(Some(Gone::DeletedPdbBlocked(ForcedDeletion {
+                            pod: r,
+                            pdbs,
+                            blocked_for: since.elapsed(),
+                        })));
+                    }
+                }
+                EvictionError::Throttled(message) => {
+                    self.block(&r, BlockReason::Throttled { message });
+                }
+                EvictionError::NamespaceTerminating => {
+                    if self.block(&r, BlockReason::NamespaceTerminating) {
+                        warn!(node = self.node, pod = %r, "namespace terminating; waiting for the pod to be marked deleted");
+                    }
+                    match self.pods(&r.namespace).get_opt(&r.name).await {
+                        Ok(None) => return Ok(None),
+                        Ok(Some(p)) if p.uid().as_deref() != Some(r.uid.as_str()) => {
+                            return Ok(None);
+                        }
+                        Ok(Some(p)) if p.metadata.deletion_timestamp.is_some() => {
+                            return Ok(Some(Gone::Awaited));
+                        }
+                        _ => {}
+                    }
+                }
+                EvictionError::Transient(message) => {
+                    if self.block(
+                        &r,
+                        BlockReason::ApiError {
+                            message: message.clone(),
+                        },
+                    ) {
+                        warn!(node = self.node, pod = %r, %message, "eviction failed; retrying");
+                    }
+                }
+                EvictionError::Fatal { code, message } => {
+                    return Err(DrainError::Evict {
+                        pod: r,
+                        code,
+                        message,
+                    });
+                }
+            }
+            tokio::time::sleep(self.opts.retry_interval).await;
+        }
+    }
+
+    async fn post_eviction(&self, pod: &PodRef) -> Result<(), kube::Error> {
+        let body = serde_json::json!({
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": { "name": pod.name, "namespace": pod.namespace },
+            // Never evict a replacement that took the same name.
+            "deleteOptions": { "preconditions": { "uid": pod.uid } },
+        });
+        let request = http::Request::post(format!(
+            "/api/v1/namespaces/{}/pods/{}/eviction",
+            pod.namespace, pod.name
+        ))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).unwrap_or_default())
+        .map_err(|e| kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e)))?;
+        self.client.request_text(request).await.map(|_| ())
+    }
+
+    /// Deletes a pod, only if it still has its UID. `false`: already gone.
+    async fn delete(&self, pod: &PodRef) -> Result<bool, DrainError> {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(pod.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.pods(&pod.namespace).delete(&pod.name, &dp).await {
+            Ok(_) => {
+                info!(node = self.node, pod = %pod, "pod deleted");
+                Ok(true)
+            }
+            // 409: the UID precondition failed, so our pod is gone.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+            Err(source) => Err(DrainError::Delete {
+                pod: pod.clone(),
+                source,
+            }),
+        }
+    }
+
+    async fn exhausted_pdbs(&self, pod: &Pod) -> Result<Vec<String>, kube::Error> {
+        let api: Api<PodDisruptionBudget> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let pdbs = api.list(&ListParams::default()).await?.items;
+        Ok(exhausted_pdbs(&pdbs, pod)
+            .into_iter()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Polls until the pod is gone: 404, or its name now has another UID.
+    async fn wait_gone(&self, pod: &PodRef) {
+        let api = self.pods(&pod.namespace);
+        loop {
+            match api.get_opt(&pod.name).await {
+                Ok(None) => return,
+                Ok(Some(p)) if p.uid().as_deref() != Some(pod.uid.as_str()) => return,
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    debug!(node = self.node, pod = %pod, error = %e, "checking whether pod is gone");
+                }
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+        }
+    }
+}
+
+/// What an eviction failure means for the loop.
+#[derive(Debug, PartialEq, Eq)]
+enum EvictionError {
+    NotFound,
+    Budget(String),
+    Throttled(String),
+    NamespaceTerminating,
+    Transient(String),
+    Fatal { code: u16, message: String },
+}
+
+fn classify_eviction_error(err: &kube::Error) -> EvictionError {
+    match err {
+        kube::Error::Api(s) => classify_status(s),
+        // Transport and decoding trouble: the API server may come back.
+        other => EvictionError::Transient(other.to_string()),
+    }
+}
+
+fn classify_status(s: &Status) -> EvictionError {
+    let causes: Vec<_> = s.details.iter().flat_map(|d| d.causes.iter()).collect();
+    match s.code {
+        404 => EvictionError::NotFound,
+        429 => {
+            let budget = causes.iter().any(|c| c.reason == "DisruptionBudget")
+                || s.message.to_lowercase().contains("disruption budget");
+            let mut message = s.message.clone();
+            for c in &causes {
+                if !c.message.is_empty() {
+                    message = format!("{message} {}", c.message);
+                }
+            }
+            if budget {
+                EvictionError::Budget(message)
+            } else {
+                EvictionError::Throttled(message)
+            }
+        }
+        403 if causes.iter().any(|c| c.reason == "NamespaceTerminating") => {
+            EvictionError::NamespaceTerminating
+        }
+        code if code >= 500 => EvictionError::Transient(format!("{code}: {}", s.message)),
+        code => EvictionError::Fatal {
+            code,
+            message: s.message.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(extra: serde_json::Value) -> Pod {
+        let mut base = json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [{"name": "c"}], "nodeName": "n1"},
+            "status": {"phase": "Running"}
+        });
+        merge(&mut base, extra);
+        serde_json::from_value(base).expect("valid pod")
+    }
+
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    fn owned_by(kind: &str) -> serde_json::Value {
+        json!({"metadata": {"ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": kind, "name": "o", "uid": "o1", "controller": true}
+        ]}})
+    }
+
+    const STRICT: DrainRules = DrainRules {
+        delete_emptydir_data: false,
+        evict_unmanaged: false,
+    };
+    const LENIENT: DrainRules = DrainRules {
+        delete_emptydir_data: true,
+        evict_unmanaged: true,
+    };
+
+    #[test]
+    fn daemonset_and_mirror_pods_are_skipped_even_when_strict() {
+        let ds = pod(owned_by("DaemonSet"));
+        assert_eq!(
+            classify(&ds, &STRICT),
+            PodAction::Skip(SkipReason::DaemonSet)
+        );
+        let mirror = pod(json!({"metadata": {"annotations": {MIRROR_ANNOTATION: "abc"}}}));
+        assert_eq!(
+            classify(&mirror, &STRICT),
+            PodAction::Skip(SkipReason::Mirror)
+        );
+        assert_eq!(
+            classify(&mirror, &LENIENT),
+            PodAction::Skip(SkipReason::Mirror)
+        );
+    }
+
+    #[test]
+    fn replicaset_pod_is_evicted() {
+        assert_eq!(
+            classify(&pod(owned_by("ReplicaSet")), &STRICT),
+            PodAction::Evict
+        );
+    }
+
+    #[test]
+    fn non_controller_owner_counts_as_unmanaged() {
+        let p = pod(json!({"metadata": {"ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "o1"}
+        ]}}));
+        assert_eq!(
+            classify(&p, &STRICT),
+            PodAction::Refuse(vec![RefuseReason::Unmanaged])
+        );
+    }
+
+    #[test]
+    fn emptydir_and_unmanaged_refused_unless_configured() {
+        let p = pod(json!({"spec": {"volumes": [{"name": "scratch", "emptyDir": {}}]}}));
+        assert_eq!(
+            classify(&p, &STRICT),
+            PodAction::Refuse(vec![RefuseReason::EmptyDir, RefuseReason::Unmanaged])
+        );
+        assert_eq!(classify(&p, &LENIENT), PodAction::Evict);
+        let only_emptydir = DrainRules {
+            delete_emptydir_data: true,
+            evict_unmanaged: false,
+        };
+        assert_eq!(
+            classify(&p, &only_emptydir),
+            PodAction::Refuse(vec![RefuseReason::Unmanaged])
+        );
+    }
+
+    #[test]
+    fn terminating_and_completed_pods() {
+        let t = pod(json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"}}));
+        assert_eq!(classify(&t, &STRICT), PodAction::AwaitTermination);
+        for phase in ["Succeeded", "Failed"] {
+            let done = pod(
+                json!({"status": {"phase": phase}, "spec": {"volumes": [{"name": "v", "emptyDir": {}}]}}),
+            );
+            assert_eq!(classify(&done, &STRICT), PodAction::DeleteCompleted);
+        }
+        // A terminating DaemonSet pod is still a DaemonSet pod.
+        let mut ds = owned_by("DaemonSet");
+        merge(
+            &mut ds,
+            json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"}}),
+        );
+        assert_eq!(
+            classify(&pod(ds), &STRICT),
+            PodAction::Skip(SkipReason::DaemonSet)
+        );
+    }
+
+    #[test]
+    fn plan_sorts_pods() {
+        let mut a = owned_by("ReplicaSet");
+        merge(&mut a, json!({"metadata": {"name": "a"}}));
+        let mut b = owned_by("DaemonSet");
+        merge(&mut b, json!({"metadata": {"name": "b"}}));
+        let c = json!({"metadata": {"name": "c"}});
+        let p = plan(&[pod(a), pod(b), pod(c)], &STRICT);
+        assert_eq!(
+            p.evict.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(p.skipped.len(), 1);
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].0.name, "c");
+        assert_eq!(p.to_remove(), 1);
+    }
+
+    #[test]
+    fn selectors() {
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "fe".to_string()),
+        ]
+        .into();
+        let sel = |v: serde_json::Value| -> LabelSelector {
+            serde_json::from_value(v).expect("selector")
+        };
+        assert!(selector_matches(&sel(json!({})), &labels));
+        assert!(selector_matches(
+            &sel(json!({"matchLabels": {"app": "web"}})),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(json!({"matchLabels": {"app": "db"}})),
+            &labels
+        ));
+        assert!(selector_matches(
+            &sel(
+                json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe", "be"]}]})
+            ),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(
+                json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["fe"]}]})
+            ),
+            &labels
+        ));
+        assert!(selector_matches(
+            &sel(json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]})),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(json!({"matchExpressions": [{"key": "x", "operator": "Exists"}]})),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(json!({"matchExpressions": [{"key": "app", "operator": "Gt", "values": ["1"]}]})),
+            &labels
+        ));
+    }
+
+    #[test]
+    fn exhausted_budgets_are_found() {
+        let p = pod(json!({"metadata": {"labels": {"app": "web"}}}));
+        let pdb = |name: &str, ns: &str, allowed: i32| -> PodDisruptionBudget {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"selector": {"matchLabels": {"app": "web"}}},
+                "status": {"disruptionsAllowed": allowed, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}
+            }))
+            .expect("pdb")
+        };
+        let no_selector: PodDisruptionBudget = serde_json::from_value(
+            json!({"metadata": {"name": "none", "namespace": "ns"}, "spec": {}}),
+        )
+        .expect("pdb");
+        let pdbs = [
+            pdb("full", "ns", 0),
+            pdb("ok", "ns", 1),
+            pdb("other", "elsewhere", 0),
+            no_selector,
+        ];
+        assert_eq!(exhausted_pdbs(&pdbs, &p), ["full"]);
+    }
+
+    #[test]
+    fn eviction_errors() {
+        let status =
+            |v: serde_json::Value| -> Status { serde_json::from_value(v).expect("status") };
+        assert_eq!(
+            classify_status(&status(json!({"code": 404, "message": "not found"}))),
+            EvictionError::NotFound
+        );
+        let pdb = status(json!({
+            "code": 429, "reason": "TooManyRequests",
+            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "details": {"causes": [{"reason": "DisruptionBudget", "message": "The disruption budget web needs 2 healthy pods and has 2 currently"}]}
+        }));
+        match classify_status(&pdb) {
+            EvictionError::Budget(m) => assert!(m.contains("web needs 2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify_status(&status(json!({"code": 429, "message": "slow down"}))),
+            EvictionError::Throttled(_)
+        ));
+        assert_eq!(
+            classify_status(&status(json!({"code": 403, "message": "forbidden",
+                "details": {"causes": [{"reason": "NamespaceTerminating"}]}}))),
+            EvictionError::NamespaceTerminating
+        );
+        assert!(matches!(
+            classify_status(&status(json!({"code": 403, "message": "RBAC says no"}))),
+            EvictionError::Fatal { code: 403, .. }
+        ));
+        assert!(matches!(
+            classify_status(&status(json!({"code": 503, "message": "etcd"}))),
+            EvictionError::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn refusal_error_lists_pods() {
+        let e = DrainError::Refused {
+            node: "n1".into(),
+            pods: vec![(
+                PodRef {
+                    namespace: "ns".into(),
+                    name: "p".into(),
+                    uid: "u".into(),
+                },
+                vec![RefuseReason::EmptyDir],
+            )],
+        };
+        let text = e.to_string();
+        assert!(text.contains("ns/p uses emptyDir"), "{text}");
+    }
+}

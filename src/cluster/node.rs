@@ -1,0 +1,250 @@
+//! This machine's Node object: read it, cordon/uncordon it, and keep the
+//! drydock annotations on it.
+//!
+//! Cordoning reports whether the node was already unschedulable, so the
+//! caller can persist it and never uncordon a node an admin cordoned.
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info};
+
+/// Where drydock shows its state to `kubectl get node -o yaml`.
+pub const STATE_ANNOTATION: &str = "drydock.dev/state";
+
+/// How often a conflicting cordon (someone else changed the Node between our
+/// read and our write) is retried before giving up.
+const CONFLICT_RETRIES: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {node} does not exist")]
+    NotFound { node: String },
+    #[error("reading node {node}: {source}")]
+    Get {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{action} node {node}: {source}")]
+    Patch {
+        node: String,
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{action} node {node}: it kept changing under us ({CONFLICT_RETRIES} conflicts)")]
+    Conflict { node: String, action: &'static str },
+}
+
+/// What `cordon` found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cordon {
+    /// The node was unschedulable before we touched it (an admin, or an
+    /// earlier run of ours, cordoned it). The caller persists this.
+    pub was_unschedulable: bool,
+}
+
+/// A handle on one Node by name.
+#[derive(Clone)]
+pub struct NodeClient {
+    api: Api<Node>,
+    name: String,
+}
+
+impl NodeClient {
+    pub fn new(client: Client, name: impl Into<String>) -> Self {
+        NodeClient {
+            api: Api::all(client),
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Node, or `None` when it does not exist.
+    pub async fn get_opt(&self) -> Result<Option<Node>, NodeError> {
+        self.api
+            .get_opt(&self.name)
+            .await
+            .map_err(|source| NodeError::Get {
+                node: self.name.clone(),
+                source,
+            })
+    }
+
+    /// The Node; a missing Node is an error.
+    pub async fn get(&self) -> Result<Node, NodeError> {
+        self.get_opt().await?.ok_or_else(|| NodeError::NotFound {
+            node: self.name.clone(),
+        })
+    }
+
+    /// Marks the node unschedulable and says whether it already was. The
+    /// write carries the resourceVersion that was read, so the answer is
+    /// exact even if someone cordons concurrently.
+    pub async fn cordon(&self) -> Result<Cordon, NodeError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let node = self.get().await?;
+            if is_unschedulable(&node) {
+                info!(node = %self.name, "node was already unschedulable; leaving it so");
+                return Ok(Cordon {
+                    was_unschedulable: true,
+                });
+            }
+            let patch = json!({
+                "metadata": { "resourceVersion": node.resource_version() },
+                "spec": { "unschedulable": true },
+            });
+            match self
+                .api
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    info!(node = %self.name, "node cordoned");
+                    return Ok(Cordon {
+                        was_unschedulable: false,
+                    });
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    debug!(node = %self.name, "node changed while cordoning; retrying");
+                }
+                Err(source) => {
+                    return Err(NodeError::Patch {
+                        node: self.name.clone(),
+                        action: "cordoning",
+                        source,
+                    });
+                }
+            }
+        }
+        Err(NodeError::Conflict {
+            node: self.name.clone(),
+            action: "cordoning",
+        })
+    }
+
+    /// Makes the node schedulable. Only call this when `cordon` reported
+    /// `was_unschedulable: false` (the caller's persisted record).
+    pub async fn uncordon(&self) -> Result<(), NodeError> {
+        let patch = json!({ "spec": { "unschedulable": null } });
+        self.patch(&patch, "uncordoning").await?;
+        info!(node = %self.name, "node uncordoned");
+        Ok(())
+    }
+
+    /// Sets one annotation (e.g. [`STATE_ANNOTATION`]).
+    pub async fn set_annotation(&self, key: &str, value: &str) -> Result<(), NodeError> {
+        let patch = json!({ "metadata": { "annotations": { key: value } } });
+        self.patch(&patch, "annotating").await
+    }
+
+    /// Removes one annotation; absent is fine.
+    pub async fn clear_annotation(&self, key: &str) -> Result<(), NodeError> {
+        let patch = json!({ "metadata": { "annotations": { key: null } } });
+        self.patch(&patch, "removing an annotation from").await
+    }
+
+    async fn patch(
+        &self,
+        patch: &serde_json::Value,
+        action: &'static str,
+    ) -> Result<(), NodeError> {
+        match self
+            .api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(NodeError::NotFound {
+                node: self.name.clone(),
+            }),
+            Err(source) => Err(NodeError::Patch {
+                node: self.name.clone(),
+                action,
+                source,
+            }),
+        }
+    }
+}
+
+/// `spec.unschedulable` as Kubernetes reads it (absent = schedulable).
+pub fn is_unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// The node's `Ready` condition, if the kubelet has reported one.
+pub fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+/// Ready=True.
+pub fn is_ready(node: &Node) -> bool {
+    ready_condition(node).is_some_and(|c| c.status == "True")
+}
+
+/// The boot ID the kubelet reports (`status.nodeInfo.bootID`).
+pub fn boot_id(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .node_info
+        .as_ref()
+        .map(|i| i.boot_id.as_str())
+        .filter(|b| !b.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(value: serde_json::Value) -> Node {
+        serde_json::from_value(value).expect("valid node")
+    }
+
+    #[test]
+    fn unschedulable_defaults_to_false() {
+        assert!(!is_unschedulable(&node(json!({"metadata": {"name": "a"}}))));
+        assert!(is_unschedulable(&node(
+            json!({"metadata": {"name": "a"}, "spec": {"unschedulable": true}})
+        )));
+    }
+
+    #[test]
+    fn readiness_and_boot_id() {
+        let n = node(json!({
+            "metadata": {"name": "a"},
+            "status": {
+                "conditions": [
+                    {"type": "MemoryPressure", "status": "False"},
+                    {"type": "Ready", "status": "True"}
+                ],
+                "nodeInfo": {
+                    "bootID": "b1", "architecture": "", "containerRuntimeVersion": "",
+                    "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                    "machineID": "", "operatingSystem": "", "osImage": "", "systemUUID": ""
+                }
+            }
+        }));
+        assert!(is_ready(&n));
+        assert_eq!(boot_id(&n), Some("b1"));
+        let not_ready = node(json!({
+            "metadata": {"name": "a"},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}
+        }));
+        assert!(!is_ready(&not_ready));
+        assert_eq!(boot_id(&not_ready), None);
+        assert!(!is_ready(&node(json!({"metadata": {"name": "a"}}))));
+    }
+}

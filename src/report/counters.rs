@@ -1,0 +1,104 @@
+//! Totals that must survive the reboots they count: kept in the state store
+//! under one kv key, so `drydock_reboots_total` does not restart from zero
+//! every time the node comes back.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::notice::Notice;
+use crate::store::{Store, StoreError};
+
+/// The store key holding [`Counters`].
+pub const COUNTERS_KEY: &str = "report.counters";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub reboots_total: u64,
+    pub drain_failures_total: u64,
+    pub apt_refusals_total: u64,
+    /// Unix seconds of the last reboot drydock started.
+    pub last_reboot_timestamp: Option<i64>,
+    /// The boot counted last, so a resumed `Rebooting` is not counted twice.
+    pub last_counted_boot_id: Option<String>,
+}
+
+impl Counters {
+    /// Folds a notice in; returns whether anything changed (and needs saving).
+    pub fn apply(&mut self, notice: &Notice, now: Timestamp) -> bool {
+        match notice {
+            Notice::Rebooting { boot_id } => {
+                if self.last_counted_boot_id.as_deref() == Some(boot_id.as_str()) {
+                    return false;
+                }
+                self.reboots_total += 1;
+                self.last_reboot_timestamp = Some(now.as_second());
+                self.last_counted_boot_id = Some(boot_id.clone());
+                true
+            }
+            Notice::DrainFailed { .. } => {
+                self.drain_failures_total += 1;
+                true
+            }
+            Notice::AptRun { refused, .. } if !refused.is_empty() => {
+                self.apt_refusals_total += refused.len() as u64;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads the saved totals; zero when the store or key does not exist yet.
+    pub fn load(state_db: &Path) -> Result<Counters, StoreError> {
+        match Store::open_read_only(state_db)? {
+            Some(store) => Ok(store.get(COUNTERS_KEY)?.unwrap_or_default()),
+            None => Ok(Counters::default()),
+        }
+    }
+
+    pub fn save(&self, state_db: &Path) -> Result<(), StoreError> {
+        Store::open(state_db)?.set(COUNTERS_KEY, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_reboot_is_counted_once() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut c = Counters::default();
+        let boot = Notice::Rebooting {
+            boot_id: "b1".into(),
+        };
+        assert!(c.apply(&boot, now));
+        assert!(!c.apply(&boot, now));
+        assert_eq!(c.reboots_total, 1);
+        assert_eq!(c.last_reboot_timestamp, Some(1_700_000_000));
+        assert!(c.apply(
+            &Notice::Rebooting {
+                boot_id: "b2".into()
+            },
+            now
+        ));
+        assert_eq!(c.reboots_total, 2);
+        assert!(!c.apply(&Notice::Idle, now));
+    }
+
+    #[test]
+    fn saved_and_loaded_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        assert_eq!(Counters::load(&db).unwrap(), Counters::default());
+        let c = Counters {
+            reboots_total: 3,
+            drain_failures_total: 1,
+            ..Default::default()
+        };
+        c.save(&db).unwrap();
+        assert_eq!(Counters::load(&db).unwrap(), c);
+    }
+}

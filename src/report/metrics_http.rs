@@ -1,0 +1,33 @@
+//! The optional `/metrics` HTTP endpoint (settings.report.metrics_listen).
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::metrics::Metrics;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn metrics(State(m): State<Arc<Mutex<Metrics>>>) -> impl IntoResponse {
+    let body = m.lock().unwrap_or_else(|p| p.into_inner()).openmetrics();
+    ([(header::CONTENT_TYPE, OPENMETRICS)], body)
+}
+
+/// Serves `/metrics` on an already bound listener until the task is aborted.
+pub fn serve(listener: TcpListener, metrics_model: Arc<Mutex<Metrics>>) -> JoinHandle<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/", get(|| async { "drydock: metrics at /metrics\n" }))
+        .with_state(metrics_model);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics HTTP server stopped");
+        }
+    })
+}

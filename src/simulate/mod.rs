@@ -1,0 +1,347 @@
+//! `drydock simulate`: a whole fleet in one process. The Kubernetes API
+//! simulator plays the cluster; each node runs the real agent (real driver,
+//! real Lease, drain and gate code over HTTP) with a simulated machine whose
+//! reboot takes the node NotReady, changes its boot_id and restarts its agent
+//! from the persisted state.
+
+pub mod host;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::agent::kube_cluster::KubeCluster;
+use crate::agent::ports::{AgentEvent, Reporter};
+use crate::agent::{Agent, AgentError};
+use crate::config::Settings;
+use crate::sim::{Scenario, SimHandle};
+use crate::store::Store;
+use host::{Machine, SimHost};
+
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    pub concurrency: u32,
+    /// This node comes back broken: its post-boot checks fail.
+    pub fail_verify: Option<String>,
+    /// Soak after each reboot (scaled down from hours).
+    pub soak: Duration,
+    /// How long a simulated machine is down.
+    pub downtime: Duration,
+    pub verify_timeout: Duration,
+    /// Give up after this long.
+    pub deadline: Duration,
+    pub state_dir: PathBuf,
+}
+
+impl SimulateOptions {
+    pub fn new(state_dir: PathBuf) -> Self {
+        SimulateOptions {
+            nodes: 5,
+            pods_per_node: 2,
+            concurrency: 1,
+            fail_verify: None,
+            soak: Duration::from_millis(500),
+            downtime: Duration::from_millis(400),
+            verify_timeout: Duration::from_secs(3),
+            deadline: Duration::from_secs(50),
+            state_dir,
+        }
+    }
+}
+
+/// One line of the live view and the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moment {
+    pub at: Duration,
+    pub node: String,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeTimeline {
+    pub reboots: u32,
+    pub final_state: String,
+    pub locked_at: Option<Duration>,
+    pub released_at: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetReport {
+    pub moments: Vec<Moment>,
+    pub nodes: BTreeMap<String, NodeTimeline>,
+    /// Most nodes out of service (cordoning .. releasing) at one instant.
+    pub max_out_of_service: usize,
+    pub halted: Option<String>,
+    pub total: Duration,
+    pub finished: bool,
+}
+
+const OUT_OF_SERVICE: &[&str] = &[
+    "cordoning",
+    "draining",
+    "rebooting",
+    "verifying",
+    "releasing",
+];
+
+#[derive(Clone)]
+struct Live {
+    start: Instant,
+    states: Arc<Mutex<BTreeMap<String, String>>>,
+    moments: Arc<Mutex<Vec<Moment>>>,
+    max_out: Arc<Mutex<usize>>,
+    print: Arc<dyn Fn(&Moment) + Send + Sync>,
+}
+
+impl Live {
+    fn note(&self, node: &str, what: String) {
+        let m = Moment {
+            at: self.start.elapsed(),
+            node: node.to_string(),
+            what,
+        };
+        (self.print)(&m);
+        self.moments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(m);
+    }
+}
+
+struct FleetReporter {
+    node: String,
+    live: Live,
+}
+
+impl Reporter for FleetReporter {
+    fn status(&self, line: &str) {
+        if line.starts_with("waiting")
+            || line.starts_with("draining:")
+            || line.starts_with("failed")
+        {
+            self.live.note(&self.node, line.to_string());
+        }
+    }
+
+    fn event(&self, node: &str, event: &AgentEvent) {
+        if let AgentEvent::StateChanged { to, .. } = event {
+            let mut states = self.live.states.lock().unwrap_or_else(|p| p.into_inner());
+            states.insert(node.to_string(), to.clone());
+            let out = states
+                .values()
+                .filter(|s| OUT_OF_SERVICE.contains(&s.as_str()))
+                .count();
+            let mut max = self.live.max_out.lock().unwrap_or_else(|p| p.into_inner());
+            *max = (*max).max(out);
+            drop(states);
+            drop(max);
+            self.live.note(node, format!("-> {to}"));
+        }
+    }
+}
+
+fn node_settings(opts: &SimulateOptions, node: &str) -> Settings {
+    let mut s = Settings::default();
+    s.node.name = Some(node.to_string());
+    s.node.state_db = opts.state_dir.join(format!("{node}.db"));
+    s.lease.concurrency = opts.concurrency;
+    s.lease.duration = Duration::from_secs(5);
+    s.reboot.check_interval = Duration::from_millis(500);
+    s.gates.soak = opts.soak;
+    s.drain.timeout = Duration::from_secs(20);
+    s.drain.retry_interval = Duration::from_millis(200);
+    s.verify.timeout = opts.verify_timeout;
+    s.report.textfile_dir = None;
+    s.report.kubernetes_events = false;
+    s
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), AgentError>>,
+}
+
+fn start_agent(
+    sim: &SimHandle,
+    opts: &SimulateOptions,
+    node: &str,
+    host: SimHost,
+    live: &Live,
+) -> Result<Running, SimulateError> {
+    let settings = node_settings(opts, node);
+    let store = Store::open(&settings.node.state_db)?;
+    let client = sim.client()?;
+    let cluster = KubeCluster::new(client, settings.clone(), node.to_string());
+    let reporter = FleetReporter {
+        node: node.to_string(),
+        live: live.clone(),
+    };
+    let mut agent = Agent::new(node.to_string(), settings, store, host, cluster, reporter)?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(Running { stop, task })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error("simulated cluster: {0}")]
+    Sim(#[from] crate::sim::SimError),
+    #[error("node state store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("agent: {0}")]
+    Agent(#[from] AgentError),
+}
+
+/// Runs the rollout until every node rebooted once, the fleet halted, or the
+/// deadline passed. `print` sees every moment as it happens.
+pub async fn run(
+    opts: SimulateOptions,
+    print: Arc<dyn Fn(&Moment) + Send + Sync>,
+) -> Result<FleetReport, SimulateError> {
+    let sim = Scenario::standard(opts.nodes, opts.pods_per_node)
+        .namespace("drydock")
+        .pod_start_delay(Duration::from_millis(150))
+        .default_grace_period(0)
+        .start()
+        .await?;
+    let node_names: Vec<String> = sim
+        .list::<k8s_openapi::api::core::v1::Node>(None)
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    let live = Live {
+        start: Instant::now(),
+        states: Arc::default(),
+        moments: Arc::default(),
+        max_out: Arc::default(),
+        print,
+    };
+    let (reboot_tx, mut reboot_rx) = mpsc::unbounded_channel::<String>();
+    let mut machines = BTreeMap::new();
+    let mut running = BTreeMap::new();
+    for (i, node) in node_names.iter().enumerate() {
+        let machine = Arc::new(Mutex::new(Machine {
+            boot_id: format!("boot-{i}-0"),
+            booted_at: jiff::Timestamp::now(),
+            need: vec!["simulated kernel update (reboot-required)".into()],
+            reboots: 0,
+            checks_fail: false,
+        }));
+        sim.set_boot_id(node, &format!("boot-{i}-0"))?;
+        let host = SimHost::new(node, machine.clone(), reboot_tx.clone());
+        running.insert(node.clone(), start_agent(&sim, &opts, node, host, &live)?);
+        machines.insert(node.clone(), machine);
+    }
+
+    let deadline = tokio::time::sleep(opts.deadline);
+    tokio::pin!(deadline);
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    let mut finished = false;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            Some(node) = reboot_rx.recv() => {
+                // The machine goes down: its agent dies with it.
+                if let Some(r) = running.remove(&node) {
+                    r.task.abort();
+                    let _ = r.task.await;
+                }
+                live.note(&node, "machine rebooting".into());
+                // Whole seconds, like the kernel's btime and Kubernetes times.
+                let boot_started = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+                    .unwrap_or_else(|_| jiff::Timestamp::now());
+                let new_boot = sim.simulate_reboot(&node, opts.downtime).await?;
+                let machine = &machines[&node];
+                {
+                    let mut m = machine.lock().unwrap_or_else(|p| p.into_inner());
+                    m.boot_id = new_boot;
+                    m.booted_at = boot_started;
+                    m.need.clear();
+                    m.checks_fail = opts.fail_verify.as_deref() == Some(node.as_str());
+                }
+                live.note(&node, "machine up, agent restarting".into());
+                let host = SimHost::new(&node, machine.clone(), reboot_tx.clone());
+                running.insert(node.clone(), start_agent(&sim, &opts, &node, host, &live)?);
+            }
+            _ = poll.tick() => {
+                let states = live.states.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let all_rebooted = machines.values().all(|m| m.lock().unwrap_or_else(|p| p.into_inner()).reboots > 0);
+                let all_idle = node_names.iter().all(|n| states.get(n).is_some_and(|s| s == "idle"));
+                let failed = states.values().any(|s| s == "failed");
+                if (all_rebooted && all_idle) || failed {
+                    finished = !failed;
+                    if failed {
+                        // Let the others show they are held back by the halt.
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    for (_, r) in std::mem::take(&mut running) {
+        let _ = r.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), r.task).await;
+    }
+    let states = live
+        .states
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let moments = live
+        .moments
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let halted = sim
+        .get::<k8s_openapi::api::core::v1::Namespace>(None, "drydock")
+        .and_then(|ns| ns.metadata.annotations)
+        .and_then(|a| a.get(crate::cluster::annotations::HALTED).cloned());
+    let mut nodes = BTreeMap::new();
+    for node in &node_names {
+        let at = |what: &str| {
+            moments
+                .iter()
+                .find(|m| &m.node == node && m.what == what)
+                .map(|m| m.at)
+        };
+        let released = moments
+            .iter()
+            .rfind(|m| &m.node == node && m.what == "-> idle")
+            .map(|m| m.at);
+        nodes.insert(
+            node.clone(),
+            NodeTimeline {
+                reboots: machines[node]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reboots,
+                final_state: states.get(node).cloned().unwrap_or_else(|| "idle".into()),
+                locked_at: at("-> locked"),
+                released_at: released,
+            },
+        );
+    }
+    let report = FleetReport {
+        moments,
+        nodes,
+        max_out_of_service: *live.max_out.lock().unwrap_or_else(|p| p.into_inner()),
+        halted,
+        total: live.start.elapsed(),
+        finished,
+    };
+    sim.stop().await;
+    Ok(report)
+}

@@ -1,0 +1,555 @@
+//! The reporting layer against real parts: promtool and an HTTP scrape for
+//! metrics, a local HTTP server for webhooks, the Kubernetes API simulator
+//! for Events and annotations, a real unix datagram socket for sd_notify.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use drydock::config::{Secret, Settings};
+use drydock::report::{
+    BlockedGate, Notice, PhaseDurations, REASON_ANNOTATION, Reporter, RetryPolicy, STATE_ANNOTATION,
+};
+use drydock::sim::Scenario;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::Value;
+
+const FLUSH: Duration = Duration::from_secs(10);
+
+fn settings(dir: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.node.state_db = dir.join("state.db");
+    s.report.textfile_dir = None;
+    s.report.metrics_listen = None;
+    s
+}
+
+fn blocked(gate: &str, reason: &str) -> BlockedGate {
+    BlockedGate {
+        gate: gate.into(),
+        reason: reason.into(),
+    }
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        timeout: Duration::from_secs(2),
+        retries: 2,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    }
+}
+
+#[tokio::test]
+async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let textfiles = dir.path().join("node-exporter");
+    std::fs::create_dir(&textfiles).unwrap();
+    let mut s = settings(dir.path());
+    s.report.textfile_dir = Some(textfiles.clone());
+    s.report.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let r = Reporter::start(&s, "worker-1", None).await.unwrap();
+    r.notice(Notice::RebootNeeded {
+        reasons: vec!["newer kernel installed".into()],
+    });
+    r.notice(Notice::Waiting {
+        blocked: vec![blocked("maintenance-window", "closed until Tue 02:00")],
+    });
+    r.notice(Notice::LeaseAcquired {
+        slot: "drydock-default-0".into(),
+    });
+    r.notice(Notice::Draining { pods_left: 2 });
+    r.notice(Notice::Rebooting {
+        boot_id: "boot-a".into(),
+    });
+    assert!(r.flush(FLUSH).await);
+
+    let prom = textfiles.join("drydock.prom");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&prom).unwrap())
+        .output()
+        .expect("promtool (Debian package prometheus) runs");
+    assert!(
+        check.status.success(),
+        "promtool rejected the textfile:\n{}\n{}{}",
+        text,
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(
+        sample(&text, r#"drydock_state{state="rebooting"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"drydock_state{state="draining"}"#),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, "drydock_lease_held"), Some(1.0));
+    assert_eq!(sample(&text, "drydock_reboots_total"), Some(1.0));
+    assert_eq!(
+        sample(&text, r#"drydock_gate_blocked{gate="maintenance-window"}"#),
+        Some(0.0),
+        "the lease was taken, so no gate blocks any more"
+    );
+    let version = format!(
+        r#"drydock_build_info{{version="{}"}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&text, &version), Some(1.0));
+    let last_reboot = sample(&text, "drydock_last_reboot_timestamp_seconds").unwrap();
+    let now = jiff::Timestamp::now().as_second() as f64;
+    assert!((now - last_reboot).abs() < 60.0, "{last_reboot} vs {now}");
+
+    node_exporter_reads(&textfiles).await;
+
+    let addr = r.metrics_addr().expect("metrics served");
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    let body = resp.text().await.unwrap();
+    assert!(body.ends_with("# EOF\n"));
+    assert_eq!(
+        sample(&body, r#"drydock_state{state="rebooting"}"#),
+        Some(1.0)
+    );
+    r.shutdown(FLUSH).await;
+
+    // After the reboot: the totals continue, and resuming with the same
+    // boot_id does not count it again.
+    let r = Reporter::start(&s, "worker-1", None).await.unwrap();
+    r.notice(Notice::Rebooting {
+        boot_id: "boot-a".into(),
+    });
+    r.notice(Notice::Verified {
+        durations: PhaseDurations {
+            drain: Some(Duration::from_secs(42)),
+            total: Some(Duration::from_secs(300)),
+            ..Default::default()
+        },
+    });
+    assert!(r.flush(FLUSH).await);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(sample(&text, "drydock_reboots_total"), Some(1.0));
+    assert_eq!(sample(&text, "drydock_reboot_required"), Some(0.0));
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_last_phase_duration_seconds{phase="drain"}"#
+        ),
+        Some(42.0)
+    );
+    assert_eq!(r.counters().reboots_total, 1);
+    r.shutdown(FLUSH).await;
+
+    // A second daemon on the same port is a clear start error.
+    let mut taken = s.clone();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    taken.report.metrics_listen = Some(busy.local_addr().unwrap());
+    let err = Reporter::start(&taken, "worker-1", None)
+        .await
+        .err()
+        .expect("bind fails");
+    assert!(
+        err.to_string()
+            .starts_with("listening for metrics on 127.0.0.1:"),
+        "{err}"
+    );
+}
+
+/// The real node-exporter (Debian package prometheus-node-exporter) parses
+/// the textfile without error and re-exports drydock's samples.
+async fn node_exporter_reads(dir: &Path) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--collector.disable-defaults")
+        .arg("--collector.textfile")
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus-node-exporter runs");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut body = None;
+    for _ in 0..100 {
+        if let Ok(resp) = reqwest::get(&url).await {
+            body = Some(resp.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill().await;
+    let body = body.expect("node-exporter answered");
+    assert_eq!(
+        sample(&body, "node_textfile_scrape_error"),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "drydock_reboots_total"), Some(1.0), "{body}");
+    assert!(
+        body.contains("# TYPE drydock_reboots_total counter"),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, r#"drydock_state{state="rebooting"}"#),
+        Some(1.0),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn report_missing_textfile_dir_never_fails_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.report.textfile_dir = Some(dir.path().join("absent"));
+    let r = Reporter::start(&s, "worker-1", None).await.unwrap();
+    r.notice(Notice::Idle);
+    assert!(r.flush(FLUSH).await);
+    assert!(!dir.path().join("absent").exists());
+    assert_eq!(r.status_line(), "idle: up to date; nothing to do");
+}
+
+#[derive(Clone, Default)]
+struct Received {
+    posts: Arc<Mutex<Vec<(String, Value)>>>,
+    slack_failures_left: Arc<Mutex<u32>>,
+}
+
+async fn slack(State(rx): State<Received>, body: axum::Json<Value>) -> StatusCode {
+    let mut left = rx.slack_failures_left.lock().unwrap();
+    if *left > 0 {
+        *left -= 1;
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    rx.posts.lock().unwrap().push(("slack".into(), body.0));
+    StatusCode::OK
+}
+
+async fn generic(State(rx): State<Received>, body: axum::Json<Value>) -> StatusCode {
+    rx.posts.lock().unwrap().push(("generic".into(), body.0));
+    StatusCode::NO_CONTENT
+}
+
+async fn webhook_server(rx: Received) -> SocketAddr {
+    let app = Router::new()
+        .route("/services/T0/B0/SECRETSLACKTOKEN", post(slack))
+        .route("/hooks/SECRETHOOKTOKEN", post(generic))
+        .with_state(rx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Collects every log line (all targets, all levels) into a buffer.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+// current_thread: the thread-local log subscriber sees every spawned task.
+#[tokio::test(flavor = "current_thread")]
+async fn report_webhooks_post_retry_and_never_log_the_secret() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let rx = Received::default();
+    *rx.slack_failures_left.lock().unwrap() = 1;
+    let addr = webhook_server(rx.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.report.slack_webhook_url = Some(Secret::new(format!(
+        "http://{addr}/services/T0/B0/SECRETSLACKTOKEN"
+    )));
+    s.report.webhook_url = Some(Secret::new(format!("http://{addr}/hooks/SECRETHOOKTOKEN")));
+    let r = Reporter::start_with(&s, "worker-1", None, fast_retry())
+        .await
+        .unwrap();
+    r.notice(Notice::Draining { pods_left: 4 }); // progress: not posted
+    r.notice(Notice::Rebooting {
+        boot_id: "b".into(),
+    });
+    let halted = Notice::Halted {
+        node: "worker-2".into(),
+        reason: "kubelet not Ready after reboot".into(),
+    };
+    r.notice(halted.clone());
+    r.notice(halted); // repeated verdict: posted once
+    assert!(r.flush(FLUSH).await);
+
+    let posts = rx.posts.lock().unwrap().clone();
+    let slack: Vec<_> = posts.iter().filter(|(k, _)| k == "slack").collect();
+    let generic: Vec<_> = posts.iter().filter(|(k, _)| k == "generic").collect();
+    assert_eq!(slack.len(), 2, "{posts:?}");
+    assert_eq!(slack[0].1["text"], "drydock on `worker-1`: rebooting");
+    assert_eq!(
+        slack[1].1["text"],
+        ":warning: drydock on `worker-1`: cluster HALTED by worker-2: kubelet not Ready after reboot"
+    );
+    assert_eq!(generic.len(), 2, "{posts:?}");
+    assert_eq!(generic[0].1["event"], "rebooting");
+    assert_eq!(generic[0].1["node"], "worker-1");
+    assert_eq!(generic[1].1["event"], "halted");
+    assert_eq!(generic[1].1["severity"], "Warning");
+    assert_eq!(generic[1].1["details"]["node"], "worker-2");
+    assert_eq!(
+        *rx.slack_failures_left.lock().unwrap(),
+        0,
+        "the 500 was retried"
+    );
+    r.shutdown(FLUSH).await;
+
+    // A webhook that cannot be reached: logged with its host, the agent goes on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut s2 = settings(dir.path());
+    s2.report.webhook_url = Some(Secret::new(format!(
+        "http://{closed_addr}/hooks/SECRETHOOKTOKEN"
+    )));
+    let r = Reporter::start_with(&s2, "worker-1", None, fast_retry())
+        .await
+        .unwrap();
+    r.notice(Notice::VerifyFailed {
+        reason: "check 10-dns exited 1".into(),
+    });
+    assert!(r.flush(FLUSH).await);
+    r.shutdown(FLUSH).await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("notification not delivered"), "{text}");
+    assert!(
+        text.contains(&format!("http://{closed_addr}/...")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("SECRET"),
+        "a webhook token reached the log:\n{text}"
+    );
+    assert!(!text.contains("/services/T0"), "{text}");
+}
+
+#[tokio::test]
+async fn report_events_and_annotations_on_the_simulated_node() {
+    let sim = Scenario::cluster(1, 2).start().await.unwrap();
+    let client = sim.client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let r = Reporter::start(&s, "worker-1", Some(client.clone()))
+        .await
+        .unwrap();
+    r.notice(Notice::RebootNeeded {
+        reasons: vec!["/var/run/reboot-required".into()],
+    });
+    let gates = vec![blocked("nodes-ready", "worker-2 is NotReady")];
+    r.notice(Notice::Waiting {
+        blocked: gates.clone(),
+    });
+    r.notice(Notice::Waiting { blocked: gates }); // same verdict: one event
+    r.notice(Notice::LeaseAcquired {
+        slot: "drydock-default-0".into(),
+    });
+    r.notice(Notice::Draining { pods_left: 3 });
+    r.notice(Notice::Draining { pods_left: 2 }); // progress: no new event
+    r.notice(Notice::Rebooting {
+        boot_id: "b1".into(),
+    });
+    assert!(r.flush(FLUSH).await);
+
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let mut list = events.list(&ListParams::default()).await.unwrap().items;
+    list.retain(|e| e.reporting_controller.as_deref() == Some("drydock.dev/drydock"));
+    list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    let reasons: Vec<_> = list.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "RebootRequired",
+            "GatesBlocked",
+            "LeaseAcquired",
+            "Draining",
+            "Rebooting"
+        ]
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get("worker-1").await.unwrap();
+    let regarding = list[0].regarding.as_ref().unwrap();
+    assert_eq!(regarding.kind.as_deref(), Some("Node"));
+    assert_eq!(regarding.name.as_deref(), Some("worker-1"));
+    assert_eq!(regarding.uid, node.metadata.uid);
+    assert_eq!(
+        list[1].note.as_deref(),
+        Some("waiting for nodes-ready: worker-2 is NotReady")
+    );
+    let ann = node.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        ann.get(STATE_ANNOTATION).map(String::as_str),
+        Some("rebooting")
+    );
+    assert_eq!(
+        ann.get(REASON_ANNOTATION).map(String::as_str),
+        Some("rebooting")
+    );
+    r.shutdown(FLUSH).await;
+
+    // Events off: annotations still show the state, no event is written.
+    let mut quiet = settings(dir.path());
+    quiet.report.kubernetes_events = false;
+    let r = Reporter::start(&quiet, "worker-2", Some(client.clone()))
+        .await
+        .unwrap();
+    r.notice(Notice::VerifyFailed {
+        reason: "kubelet not Ready".into(),
+    });
+    assert!(r.flush(FLUSH).await);
+    let node = nodes.get("worker-2").await.unwrap();
+    let ann = node.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        ann.get(STATE_ANNOTATION).map(String::as_str),
+        Some("failed")
+    );
+    assert!(ann[REASON_ANNOTATION].contains("kubelet not Ready"));
+    let about_w2 = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("worker-2"))
+        .count();
+    assert_eq!(about_w2, 0);
+    r.shutdown(FLUSH).await;
+}
+
+/// Runs in a child process (see the parent test below): it owns its
+/// environment there, so setting NOTIFY_SOCKET and WATCHDOG_* is safe.
+#[test]
+#[ignore = "child of report_sd_notify_over_a_real_socket"]
+fn report_sd_notify_child() {
+    if std::env::var_os("DRYDOCK_SD_CHILD").is_none() {
+        return;
+    }
+    // SAFETY: this process runs only this test, single-threaded so far.
+    unsafe {
+        std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
+        std::env::set_var("WATCHDOG_USEC", "100000");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = Reporter::start(&s, "worker-1", None).await.unwrap();
+        r.notice(Notice::RebootNeeded {
+            reasons: vec!["newer kernel installed".into()],
+        });
+        r.ready();
+        r.notice(Notice::RebootNeeded {
+            reasons: vec!["newer kernel installed".into()],
+        });
+        r.notice(Notice::Draining { pods_left: 1 });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        r.shutdown(FLUSH).await;
+    });
+}
+
+#[test]
+fn report_sd_notify_over_a_real_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "report_sd_notify_child",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("NOTIFY_SOCKET", &path)
+        .env("DRYDOCK_SD_CHILD", "1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => messages.push(String::from_utf8_lossy(&buf[..n]).to_string()),
+            Err(_) => {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "child hung");
+            }
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let statuses: Vec<&str> = messages
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter_map(|l| l.strip_prefix("STATUS="))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "pending: reboot needed: newer kernel installed",
+            "pending: reboot needed: newer kernel installed", // with READY=1
+            "draining: draining: 1 pod left",
+            "stopping",
+        ],
+        "{messages:?}"
+    );
+    let ready = messages.iter().position(|m| m.contains("READY=1")).unwrap();
+    assert!(messages[ready].contains("STATUS=pending"), "{messages:?}");
+    let watchdogs = messages.iter().filter(|m| m.trim() == "WATCHDOG=1").count();
+    assert!(watchdogs >= 2, "{messages:?}");
+    let stopping = messages
+        .iter()
+        .position(|m| m.contains("STOPPING=1"))
+        .unwrap();
+    assert!(stopping > ready);
+}
