@@ -270,5 +270,12 @@ async fn missing_namespace_or_unreachable_api_is_an_error_not_a_pass() -> TestRe
         .await
         .expect_err("API down");
     assert!(err.to_string().starts_with("listing nodes: "), "{err}");
+    let reports = gates::cluster_unavailable(&err);
+    assert!(!gates::all_pass(&reports));
+    let reason = reports[0].verdict.reason().unwrap();
+    assert!(
+        reason.starts_with("cannot read the cluster: listing nodes: "),
+        "{reason}"
+    );
     Ok(())
 }

@@ -358,3 +358,42 @@ async fn waiting_node_wakes_when_the_holder_stops_renewing() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn own_expired_lease_after_a_long_reboot_is_resumed() -> TestResult {
+    let sim = Scenario::cluster(0, 2).start().await?;
+    let short = settings(Duration::from_secs(1));
+    let first = client_for(&sim, &short, "worker-1")
+        .acquire(true)
+        .await?
+        .expect("held");
+    // "Rebooting" for longer than the lease lasts, and nobody took it over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = client_for(&sim, &short, "worker-1");
+    assert!(after.slots().await?[0].expired);
+    let resumed = after.acquire(true).await?.expect("still ours");
+    assert!(resumed.resumed);
+    assert_eq!(resumed.acquired_at(), first.acquired_at());
+    assert!(!after.slots().await?[0].expired);
+    Ok(())
+}
+
+#[tokio::test]
+async fn compacted_watch_history_wakes_the_waiter_to_re_list() -> TestResult {
+    let sim = Scenario::cluster(0, 2).history_limit(3).start().await?;
+    let s = settings(Duration::from_secs(120));
+    client_for(&sim, &s, "worker-1")
+        .acquire(true)
+        .await?
+        .expect("held");
+    let waiter = client_for(&sim, &s, "worker-2");
+    assert_eq!(waiter.slots().await?[0].holder.as_deref(), Some("worker-1"));
+    // Unrelated changes push the listed resourceVersion out of the history.
+    for i in 0..6 {
+        sim.set_node_ready("worker-1", i % 2 == 1)?;
+    }
+    let start = Instant::now();
+    assert!(waiter.wait_for_change(Duration::from_secs(10)).await?);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    Ok(())
+}

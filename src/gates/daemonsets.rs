@@ -6,6 +6,10 @@
 //! `gates.required-daemonsets`; the built-in default (`kube-system/
 //! calico-node`) applies only "when present", so clusters with another CNI
 //! work without configuration.
+//!
+//! This gate is cluster-wide: `gates.node-selector` does not narrow it (a
+//! CNI pod down on any node is a broken network), so a DaemonSet pod on a
+//! node outside the selector still blocks.
 
 use super::{Verdict, list_names};
 use crate::cluster::observe::{DaemonSetObservation, DaemonSetState};

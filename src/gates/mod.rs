@@ -23,7 +23,7 @@ pub use paused::LocalPause;
 use crate::cluster::observe::ClusterObservation;
 use crate::config::Settings;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "verdict", content = "reason", rename_all = "kebab-case")]
 pub enum Verdict {
     Pass,
@@ -131,6 +131,19 @@ pub fn evaluate_cluster(
             blocking_pods::evaluate(&cluster.blocking_pods),
         ),
     ]
+}
+
+/// Name of the report standing for every cluster-wide gate when the
+/// cluster could not be read.
+pub const CLUSTER_UNAVAILABLE: &str = "cluster";
+
+/// The cluster-wide gates when [`observe`](crate::cluster::observe::observe)
+/// failed: one blocking report with the error (fail closed).
+pub fn cluster_unavailable(error: &crate::cluster::observe::ObserveError) -> Vec<GateReport> {
+    vec![GateReport::new(
+        CLUSTER_UNAVAILABLE,
+        Verdict::Block(format!("cannot read the cluster: {error}")),
+    )]
 }
 
 /// `3h12m`, `21h`, `1d2h`, `45s`: short and rounded down.
