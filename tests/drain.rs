@@ -409,11 +409,11 @@ fn inputs_for<'a>(
 ) -> VerifyInputs<'a> {
     VerifyInputs {
         node: "worker-1",
-        boot_id_before: before,
+        boot_id_before: Some(before),
         boot_id_now: now,
         boot_started: started,
         required_daemonsets: required,
-        checks_dir,
+        checks_dir: Some(checks_dir),
         check_timeout: Duration::from_secs(5),
     }
 }

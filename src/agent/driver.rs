@@ -127,6 +127,15 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self
     }
 
+    /// New settings (a configuration reload) and the ports built from them.
+    /// The state, and whether a reboot was already requested in this
+    /// process, carry over: a reload never repeats a step.
+    pub fn reconfigure(&mut self, settings: Settings, host: H, cluster: C) {
+        self.settings = settings;
+        self.host = host;
+        self.cluster = cluster;
+    }
+
     pub fn state(&self) -> &AgentState {
         &self.state
     }
@@ -214,6 +223,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     fn record_gates(&self, gates: &[GateStatus]) -> Result<(), AgentError> {
+        self.reporter.gates(gates);
         self.store.set(
             keys::LAST_GATES,
             &GatesRecord {
@@ -289,8 +299,10 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 if let Err(e) = self.cluster.record_reboot_finished(Timestamp::now()).await {
                     return self.retry_later("recording the finished reboot", e);
                 }
-                if let Err(e) = self.cluster.clear_halt().await {
-                    return self.retry_later("clearing the fleet halt", e);
+                match self.cluster.clear_halt().await {
+                    Ok(true) => self.event(AgentEvent::HaltCleared),
+                    Ok(false) => {}
+                    Err(e) => return self.retry_later("clearing the fleet halt", e),
                 }
                 if let Err(e) = self.cluster.release(&cycle.slot).await {
                     return self.retry_later("releasing the lease", e);
@@ -304,10 +316,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                         "durations": durations,
                     }),
                 )?;
-                let total =
-                    durations.drain_seconds + durations.reboot_seconds + durations.verify_seconds;
                 self.event(AgentEvent::Verified {
-                    total_seconds: total,
+                    durations: durations.clone(),
                 });
                 self.event(AgentEvent::Released {
                     slot: cycle.slot.clone(),
@@ -581,7 +591,10 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.status(format!("rebooting: {reason}"))?;
         self.event(AgentEvent::Rebooting {
             reason: reason.clone(),
+            boot_id: left_boot.to_string(),
         });
+        // The reboot may cut the network at any moment after this call.
+        self.reporter.flush().await;
         match self.host.reboot(&reason).await {
             Ok(()) => {
                 info!(node = %self.node, reason = %reason, "reboot requested from logind");
@@ -612,7 +625,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         if let Some(wait) = self.keep_slot(slot).await? {
             return Ok(wait);
         }
-        let outcome = match self.cluster.verify_node(booted_at).await {
+        let boot_id = match self.host.boot_id() {
+            Ok(b) => b,
+            Err(e) => return self.retry_later("reading boot_id", e),
+        };
+        let outcome = match self.cluster.verify_node(booted_at, &boot_id).await {
             Ok(()) => self.host.run_checks().await,
             Err(reason) => Err(reason),
         };
@@ -633,8 +650,13 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Err(reason) => {
                 let why = format!("{} failed verification after reboot: {reason}", self.node);
                 warn!(node = %self.node, reason = %reason, "verification failed; halting the fleet, keeping the lease and the cordon");
-                if let Err(e) = self.cluster.halt_fleet(&why).await {
-                    warn!(node = %self.node, error = %e, "could not set the fleet halt; the kept lease still stops the fleet");
+                match self.cluster.halt_fleet(&why).await {
+                    Ok(()) => self.event(AgentEvent::Halted {
+                        reason: why.clone(),
+                    }),
+                    Err(e) => {
+                        warn!(node = %self.node, error = %e, "could not set the fleet halt; the kept lease still stops the fleet")
+                    }
                 }
                 self.event(AgentEvent::VerifyFailed {
                     reason: reason.clone(),

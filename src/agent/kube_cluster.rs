@@ -238,26 +238,18 @@ impl Cluster for KubeCluster {
         }
     }
 
-    async fn verify_node(&self, booted_at: Timestamp) -> Result<(), String> {
-        // The driver already saw the boot_id change; verify the cluster side.
-        let before = BootId::parse("00000000-0000-0000-0000-000000000000").ok_or("boot id")?;
-        let node = NodeClient::new(self.client.clone(), &self.node)
-            .get_opt()
-            .await
-            .map_err(|e| e.to_string())?;
-        let reported = node
-            .as_ref()
-            .and_then(|n| crate::cluster::node::boot_id(n))
-            .and_then(BootId::parse)
-            .unwrap_or_else(|| before.clone());
+    async fn verify_node(&self, booted_at: Timestamp, boot_id: &str) -> Result<(), String> {
+        let now = BootId::parse(boot_id)
+            .ok_or_else(|| format!("this machine's boot id {boot_id:?} is not a UUID"))?;
         let inputs = verify::VerifyInputs {
             node: &self.node,
-            boot_id_before: &before,
-            boot_id_now: &reported,
+            // The driver entered verification because the boot changed.
+            boot_id_before: None,
+            boot_id_now: &now,
             boot_started: booted_at,
             required_daemonsets: &self.settings.gates.required_daemonsets,
             // Checks run on the host port.
-            checks_dir: std::path::Path::new("/nonexistent/drydock-checks"),
+            checks_dir: None,
             check_timeout: self.settings.verify.check_timeout,
         };
         let obs = verify::gather(&self.client, &inputs)
@@ -276,7 +268,7 @@ impl Cluster for KubeCluster {
             .map_err(|e| PortError::failed("halting the fleet", e))
     }
 
-    async fn clear_halt(&self) -> Result<(), PortError> {
+    async fn clear_halt(&self) -> Result<bool, PortError> {
         let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
             kube::Api::all(self.client.clone());
         let ns = api
@@ -292,7 +284,7 @@ impl Cluster for KubeCluster {
                 .await
                 .map_err(|e| PortError::failed("clearing the fleet halt", e))?;
         }
-        Ok(())
+        Ok(halted_by_us)
     }
 
     async fn record_reboot_finished(&self, at: Timestamp) -> Result<(), PortError> {

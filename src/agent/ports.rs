@@ -8,6 +8,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::state::PhaseDurations;
 use crate::store::Store;
 
 /// One gate's answer, as shown in `drydock status`.
@@ -100,12 +101,18 @@ pub trait Cluster: Send + Sync {
         &self,
         progress: tokio::sync::watch::Sender<usize>,
     ) -> impl Future<Output = Result<DrainResult, PortError>> + Send;
-    /// Node Ready since the boot, required DaemonSet pods Ready; `Err` says what is not.
-    fn verify_node(&self, booted_at: Timestamp) -> impl Future<Output = Result<(), String>> + Send;
+    /// Node Ready since the boot, reporting this boot (`boot_id`, the one the
+    /// driver saw change), required DaemonSet pods Ready; `Err` says what is not.
+    fn verify_node(
+        &self,
+        booted_at: Timestamp,
+        boot_id: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send;
     /// Stop the whole fleet: other nodes' gates block on it.
     fn halt_fleet(&self, reason: &str) -> impl Future<Output = Result<(), PortError>> + Send;
-    /// Lift a halt this node set, after it recovered.
-    fn clear_halt(&self) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Lift a halt this node set, after it recovered; `Ok(true)` when there
+    /// was one to lift.
+    fn clear_halt(&self) -> impl Future<Output = Result<bool, PortError>> + Send;
     /// Start the cluster-wide soak.
     fn record_reboot_finished(
         &self,
@@ -117,19 +124,70 @@ pub trait Cluster: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum AgentEvent {
-    StateChanged { from: String, to: String },
-    RebootNeeded { reasons: Vec<String> },
-    LeaseAcquired { slot: String },
-    DrainTimedOut { blocking: Vec<String> },
-    Rebooting { reason: String },
-    RebootFailed { error: String },
-    Verified { total_seconds: f64 },
-    VerifyFailed { reason: String },
-    Released { slot: String },
+    StateChanged {
+        from: String,
+        to: String,
+    },
+    RebootNeeded {
+        reasons: Vec<String>,
+    },
+    LeaseAcquired {
+        slot: String,
+    },
+    DrainTimedOut {
+        blocking: Vec<String>,
+    },
+    /// About to ask logind; `boot_id` is the boot being left.
+    Rebooting {
+        reason: String,
+        boot_id: String,
+    },
+    RebootFailed {
+        error: String,
+    },
+    Verified {
+        durations: PhaseDurations,
+    },
+    VerifyFailed {
+        reason: String,
+    },
+    /// This node stopped the fleet.
+    Halted {
+        reason: String,
+    },
+    /// This node lifted a halt it had set.
+    HaltCleared,
+    Released {
+        slot: String,
+    },
 }
 
 pub trait Reporter: Send + Sync {
     /// The one-line summary (systemd STATUS=, `drydock status`).
     fn status(&self, line: &str);
     fn event(&self, node: &str, event: &AgentEvent);
+    /// Every gate's answer, each time they are evaluated.
+    fn gates(&self, _gates: &[GateStatus]) {}
+    /// Waits until what was reported has left the machine; called right
+    /// before the reboot request, so the last words are not lost.
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// One reporter shared by successive agents (the daemon builds a new agent
+/// on each configuration reload).
+impl<R: Reporter> Reporter for std::sync::Arc<R> {
+    fn status(&self, line: &str) {
+        (**self).status(line)
+    }
+    fn event(&self, node: &str, event: &AgentEvent) {
+        (**self).event(node, event)
+    }
+    fn gates(&self, gates: &[GateStatus]) {
+        (**self).gates(gates)
+    }
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        (**self).flush()
+    }
 }

@@ -134,7 +134,7 @@ impl Cluster for Fake {
             Ok(DrainResult::Drained)
         }
     }
-    async fn verify_node(&self, _booted_at: Timestamp) -> Result<(), String> {
+    async fn verify_node(&self, _booted_at: Timestamp, _boot_id: &str) -> Result<(), String> {
         if self.0.lock().unwrap().healthy_after_boot {
             Ok(())
         } else {
@@ -145,9 +145,8 @@ impl Cluster for Fake {
         self.0.lock().unwrap().halted = Some(reason.into());
         Ok(())
     }
-    async fn clear_halt(&self) -> Result<(), PortError> {
-        self.0.lock().unwrap().halted = None;
-        Ok(())
+    async fn clear_halt(&self) -> Result<bool, PortError> {
+        Ok(self.0.lock().unwrap().halted.take().is_some())
     }
     async fn record_reboot_finished(&self, _at: Timestamp) -> Result<(), PortError> {
         let mut w = self.0.lock().unwrap();

@@ -1,24 +1,37 @@
-//! `drydock daemon`: the systemd service. Loads the config and state, then
-//! drives this node's agent until SIGTERM.
+//! `drydock daemon`: the systemd service. Loads the config and state, keeps
+//! the protected packages on hold, and drives this node's agent until
+//! SIGTERM. SIGHUP (`systemctl reload drydock`) re-reads the configuration:
+//! a bad file is refused and the running settings stay.
 
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::{info, warn};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
 
 use super::Cli;
 use crate::agent::Agent;
 use crate::agent::kube_cluster::KubeCluster;
 use crate::agent::node_host::NodeHost;
-use crate::agent::ports::{AgentEvent, Reporter as ReporterPort};
-use crate::aptgate::WakeListener;
+use crate::agent::ports::{AgentEvent, GateStatus, Reporter as ReporterPort};
+use crate::agent::state::PhaseDurations as AgentDurations;
+use crate::aptgate::{self, HoldPlan, WakeListener};
+use crate::config::Settings;
+use crate::gates::paused::HALTED;
+use crate::host::dpkg::Dpkg;
 use crate::host::logind::LogindRebooter;
-use crate::report::{BlockedGate, Notice, Reporter};
+use crate::report::{BlockedGate, Notice, PhaseDurations, Reporter};
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
+
+/// How long reporting may take before a reboot or a stop.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the API client from a kubeconfig. kube's own retry is off: a
 /// PDB's 429 must reach the drain logic at once, not after minutes.
@@ -43,25 +56,85 @@ pub fn node_name(configured: Option<&str>) -> anyhow::Result<String> {
 }
 
 /// Feeds the agent's events to the reporting sinks.
-struct DaemonReporter(Reporter);
+struct DaemonReporter {
+    reporter: Reporter,
+    node: String,
+    /// Whether the fleet is known to be halted (by us or another node), so
+    /// Halted / HaltCleared are reported on changes only.
+    halted: AtomicBool,
+    /// The blocked gates last reported, so an unchanged answer is not resent.
+    last_blocked: Mutex<Option<Vec<BlockedGate>>>,
+}
+
+impl DaemonReporter {
+    fn new(reporter: Reporter, node: &str) -> Self {
+        DaemonReporter {
+            reporter,
+            node: node.to_string(),
+            halted: AtomicBool::new(false),
+            last_blocked: Mutex::new(None),
+        }
+    }
+
+    fn set_halted(&self, notice: Notice) {
+        let now = matches!(notice, Notice::Halted { .. });
+        if self.halted.swap(now, Ordering::SeqCst) != now {
+            self.reporter.notice(notice);
+        }
+    }
+}
+
+fn seconds(s: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(s).ok()
+}
+
+/// The agent's cycle durations as the reporter's phases (total: lease taken
+/// to verified, so the wait for the lease is not part of it).
+fn phase_durations(d: &AgentDurations) -> PhaseDurations {
+    PhaseDurations {
+        drain: seconds(d.drain_seconds),
+        reboot: seconds(d.reboot_seconds),
+        verify: seconds(d.verify_seconds),
+        total: seconds(d.drain_seconds + d.reboot_seconds + d.verify_seconds),
+    }
+}
 
 impl ReporterPort for DaemonReporter {
     fn status(&self, line: &str) {
-        if let Some(reason) = line.strip_prefix("waiting: ") {
-            self.0.notice(Notice::Waiting {
-                blocked: vec![BlockedGate {
-                    gate: "gates".into(),
-                    reason: reason.to_string(),
-                }],
-            });
-        } else if let Some(left) = line
+        // systemd's STATUS= is exactly the agent's line.
+        self.reporter.status(line);
+        if let Some(left) = line
             .strip_prefix("draining: ")
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse().ok())
         {
-            self.0.notice(Notice::Draining { pods_left: left });
+            self.reporter.notice(Notice::Draining { pods_left: left });
         } else if line.starts_with("idle") {
-            self.0.notice(Notice::Idle);
+            self.reporter.notice(Notice::Idle);
+        }
+    }
+
+    fn gates(&self, gates: &[GateStatus]) {
+        let blocked: Vec<BlockedGate> = gates
+            .iter()
+            .filter(|g| !g.passed)
+            .map(|g| BlockedGate {
+                gate: g.gate.clone(),
+                reason: g.reason.clone(),
+            })
+            .collect();
+        match gates.iter().find(|g| g.gate == HALTED) {
+            Some(g) if !g.passed => self.set_halted(Notice::Halted {
+                node: "the fleet".into(),
+                reason: g.reason.clone(),
+            }),
+            Some(_) => self.set_halted(Notice::HaltCleared),
+            None => {}
+        }
+        let mut last = self.last_blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() != Some(&blocked) {
+            *last = Some(blocked.clone());
+            self.reporter.notice(Notice::Waiting { blocked });
         }
     }
 
@@ -75,66 +148,204 @@ impl ReporterPort for DaemonReporter {
                 reason: "drain timed out".into(),
                 blocking_pods: blocking.clone(),
             },
-            AgentEvent::Rebooting { reason } => Notice::Rebooting {
-                boot_id: reason.clone(),
+            AgentEvent::Rebooting { boot_id, .. } => Notice::Rebooting {
+                boot_id: boot_id.clone(),
             },
             AgentEvent::RebootFailed { error } => Notice::Failed {
                 step: "reboot".into(),
                 error: error.clone(),
             },
+            AgentEvent::Verified { durations } => Notice::Verified {
+                durations: phase_durations(durations),
+            },
             AgentEvent::VerifyFailed { reason } => Notice::VerifyFailed {
                 reason: reason.clone(),
             },
+            AgentEvent::Halted { reason } => {
+                return self.set_halted(Notice::Halted {
+                    node: self.node.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            AgentEvent::HaltCleared => return self.set_halted(Notice::HaltCleared),
             AgentEvent::Released { .. } => Notice::Released,
             AgentEvent::StateChanged { to, .. } if to == "verifying" => Notice::Verifying,
-            AgentEvent::StateChanged { .. } | AgentEvent::Verified { .. } => return,
+            AgentEvent::StateChanged { .. } => return,
         };
-        self.0.notice(notice);
+        self.reporter.notice(notice);
+    }
+
+    async fn flush(&self) {
+        self.reporter.flush(FLUSH_TIMEOUT).await;
     }
 }
 
-pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
-    let settings = cli.load_settings().context("loading configuration")?;
-    let node = node_name(settings.node.name.as_deref())?;
+/// Keeps every installed protected package on dpkg hold: at start, after
+/// each apt run (the hook's wake-up), on reload and every check interval
+/// (an `apt-mark unhold` by hand is undone). Runs on its own store handle.
+async fn keep_holds(mut settings: Settings, mut wake: mpsc::Receiver<HoldsWake>) {
+    let period = settings.reboot.check_interval;
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            _ = every.tick() => "periodic",
+            w = wake.recv() => match w {
+                None => return,
+                Some(HoldsWake::AptRun) => "apt run",
+                Some(HoldsWake::Reload(new)) => {
+                    settings = *new;
+                    "configuration reload"
+                }
+            },
+        };
+        let s = settings.clone();
+        match tokio::task::spawn_blocking(move || reconcile_holds(&s)).await {
+            Ok(Ok(plan)) => report_holds(&plan, why),
+            Ok(Err(e)) => warn!(trigger = why, error = %e, "dpkg holds not reconciled; will retry"),
+            Err(e) => warn!(trigger = why, error = %e, "dpkg hold task failed; will retry"),
+        }
+    }
+}
+
+enum HoldsWake {
+    AptRun,
+    Reload(Box<Settings>),
+}
+
+fn reconcile_holds(settings: &Settings) -> anyhow::Result<HoldPlan> {
     let store = Store::open(&settings.node.state_db).context("opening the state store")?;
+    let dpkg = Dpkg::new(&settings.packages.dpkg_root);
+    let plan = aptgate::reconcile_holds(settings, &store, &dpkg)?;
+    if !plan.hold.is_empty() || !plan.release.is_empty() {
+        store
+            .append_history(
+                "holds",
+                &serde_json::json!({"held": plan.hold, "released": plan.release,
+                    "held-by-admin": plan.held_by_admin}),
+            )
+            .context("recording the hold changes")?;
+    }
+    Ok(plan)
+}
+
+fn report_holds(plan: &HoldPlan, trigger: &str) {
+    if plan.hold.is_empty() && plan.release.is_empty() {
+        tracing::debug!(trigger, protected = ?plan.protected, "dpkg holds already in place");
+    } else {
+        info!(
+            trigger,
+            held = ?plan.hold,
+            released = ?plan.release,
+            held_by_admin = ?plan.held_by_admin,
+            protected = ?plan.protected,
+            "dpkg holds reconciled"
+        );
+    }
+}
+
+/// Why the agent loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Terminate,
+    Reload,
+}
+
+pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
+    let mut settings = cli.load_settings().context("loading configuration")?;
+    let node = node_name(settings.node.name.as_deref())?;
     let client = kube_client(&settings.node.kubeconfig).await?;
     let reporter = Reporter::start(&settings, &node, Some(client.clone()))
         .await
         .context("starting reporting")?;
-    reporter.ready();
-    let host = NodeHost::new(settings.clone(), LogindRebooter::system());
-    let cluster = KubeCluster::new(client, settings.clone(), node.clone());
-    let mut agent = Agent::new(
-        node.clone(),
-        settings.clone(),
-        store,
-        host,
-        cluster,
-        DaemonReporter(reporter.clone()),
-    )?;
-    // The APT hook's post-invoke nudges us so a new reboot-required is seen at once.
-    let waker = agent.waker();
+
+    // Holds first: they protect the node even while the API is unreachable.
+    let initial = settings.clone();
+    match tokio::task::spawn_blocking(move || reconcile_holds(&initial)).await? {
+        Ok(plan) => report_holds(&plan, "start"),
+        Err(e) => error!(error = %e, "dpkg holds not reconciled at start; will retry"),
+    }
+    let (holds_tx, holds_rx) = mpsc::channel(8);
+    tokio::spawn(keep_holds(settings.clone(), holds_rx));
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // The APT hook's post-invoke nudges us: holds again, and a new
+    // reboot-required is seen at once.
+    let nudge = std::sync::Arc::new(tokio::sync::Notify::new());
     match WakeListener::bind(&settings) {
         Ok(listener) => {
+            let nudge = nudge.clone();
+            let holds = holds_tx.clone();
             tokio::spawn(async move {
                 while listener.recv().await.is_ok() {
-                    waker.notify_one();
+                    let _ = holds.try_send(HoldsWake::AptRun);
+                    nudge.notify_one();
                 }
             });
         }
         Err(e) => warn!(error = %e, "cannot listen for APT wake-ups; polling only"),
     }
-    info!(node = %node, "drydock daemon running");
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+
+    let store = Store::open(&settings.node.state_db).context("opening the state store")?;
+    let mut agent = Agent::new(
+        node.clone(),
+        settings.clone(),
+        store,
+        NodeHost::new(settings.clone(), LogindRebooter::system()),
+        KubeCluster::new(client.clone(), settings.clone(), node.clone()),
+        DaemonReporter::new(reporter.clone(), &node),
+    )?;
+    let waker = agent.waker();
+    tokio::spawn(async move {
+        loop {
+            nudge.notified().await;
+            waker.notify_one();
+        }
+    });
+    reporter.ready();
+    info!(node = %node, state = agent.state().name(), "drydock daemon running");
+    let result = loop {
+        let mut stop = Stop::Terminate;
+        let stopped = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = hup.recv() => stop = Stop::Reload,
+            }
+        };
+        if let Err(e) = agent.run(stopped).await {
+            break Err(e);
+        }
+        if stop == Stop::Terminate {
+            break Ok(());
+        }
+        match cli.load_settings() {
+            Ok(mut new) => {
+                if format!("{:?}{:?}", new.node, new.report)
+                    != format!("{:?}{:?}", settings.node, settings.report)
+                {
+                    warn!("[node] and [report] changes take effect when drydock restarts");
+                }
+                // What the running daemon is bound to stays until a restart.
+                new.node = settings.node.clone();
+                new.report = settings.report.clone();
+                let _ = holds_tx.try_send(HoldsWake::Reload(Box::new(new.clone())));
+                agent.reconfigure(
+                    new.clone(),
+                    NodeHost::new(new.clone(), LogindRebooter::system()),
+                    KubeCluster::new(client.clone(), new.clone(), node.clone()),
+                );
+                settings = new;
+                info!("configuration reloaded");
+            }
+            Err(e) => error!(
+                error = format!("{e:#}"),
+                "configuration reload refused; keeping the running settings"
+            ),
         }
     };
-    let result = agent.run(shutdown).await;
-    reporter.shutdown(Duration::from_secs(5)).await;
+    reporter.shutdown(FLUSH_TIMEOUT).await;
     result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -76,6 +76,9 @@ struct Shared {
     systemd: SystemdNotifier,
     last_event: Mutex<Option<EventSpec>>,
     last_notified: Mutex<Option<Notice>>,
+    /// The agent's own one-line summary; once set, it is systemd's STATUS=
+    /// (so STATUS= and `drydock status` say the same words).
+    agent_line: Mutex<Option<String>>,
 }
 
 struct Queues {
@@ -127,6 +130,7 @@ impl Reporter {
             systemd: SystemdNotifier::new(),
             last_event: Mutex::new(None),
             last_notified: Mutex::new(None),
+            agent_line: Mutex::new(None),
         });
         let mut tasks = Vec::new();
 
@@ -206,7 +210,7 @@ impl Reporter {
     /// publishes the current state. Call once, after the agent has restored
     /// its state and sent the notice for it.
     pub fn ready(&self) {
-        let line = lock(&self.shared.view).status_line();
+        let line = self.status_line();
         self.shared.systemd.ready(&line);
         self.kick_disk();
         self.kick_kube(None);
@@ -229,7 +233,7 @@ impl Reporter {
             }
         }
         debug!(notice = notice.kind(), phase = %view.phase, summary = %notice.summary(), "report");
-        if changed {
+        if changed && lock(&self.shared.agent_line).is_none() {
             self.shared.systemd.status(&view.status_line());
         }
         self.kick_disk();
@@ -263,9 +267,21 @@ impl Reporter {
         }
     }
 
+    /// Publishes the agent's one-line summary as systemd's STATUS= (sent
+    /// only when it changes). From then on it replaces the line derived
+    /// from notices.
+    pub fn status(&self, line: &str) {
+        let line = notice::status_text(line);
+        *lock(&self.shared.agent_line) = Some(line.clone());
+        self.shared.systemd.status(&line);
+    }
+
     /// The line systemd shows (also useful for logs and `drydock status`).
     pub fn status_line(&self) -> String {
-        lock(&self.shared.view).status_line()
+        match lock(&self.shared.agent_line).as_ref() {
+            Some(line) => line.clone(),
+            None => lock(&self.shared.view).status_line(),
+        }
     }
 
     /// The current phase and words.

@@ -443,8 +443,7 @@ impl View {
             ),
             None => format!("{}: {}", self.phase, self.detail),
         };
-        // STATUS= must stay one line and should stay short.
-        truncate(&line.replace('\n', " "), 200)
+        status_text(&line)
     }
 
     /// The node annotation `drydock.dev/state-reason`.
@@ -457,6 +456,11 @@ impl View {
             None => self.detail.clone(),
         }
     }
+}
+
+/// STATUS= must stay one line and should stay short.
+pub fn status_text(line: &str) -> String {
+    truncate(&line.replace('\n', " "), 200)
 }
 
 #[cfg(test)]

@@ -30,8 +30,9 @@ use crate::host::checks::{self, CheckOutcome, CheckResult, ChecksError};
 /// Everything verification looks at, gathered at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Observation {
-    /// Persisted before the reboot.
-    pub boot_id_before: BootId,
+    /// Persisted before the reboot; `None` when the caller already saw the
+    /// boot change (the agent does, before it enters verification).
+    pub boot_id_before: Option<BootId>,
     pub boot_id_now: BootId,
     /// When the current boot started (this machine's clock, as the kubelet's
     /// heartbeats are).
@@ -272,7 +273,7 @@ pub fn describe(problems: &[Problem]) -> String {
 
 /// The pure verdict.
 pub fn evaluate(obs: &Observation) -> VerifyOutcome {
-    if obs.boot_id_now == obs.boot_id_before {
+    if obs.boot_id_before.as_ref() == Some(&obs.boot_id_now) {
         return VerifyOutcome::NotRebooted;
     }
     let mut problems = Vec::new();
@@ -399,11 +400,12 @@ pub enum VerifyError {
 #[derive(Debug, Clone)]
 pub struct VerifyInputs<'a> {
     pub node: &'a str,
-    pub boot_id_before: &'a BootId,
+    pub boot_id_before: Option<&'a BootId>,
     pub boot_id_now: &'a BootId,
     pub boot_started: Timestamp,
     pub required_daemonsets: &'a [NamespacedName],
-    pub checks_dir: &'a Path,
+    /// `None`: the caller runs the checks itself (the agent's host port).
+    pub checks_dir: Option<&'a Path>,
     pub check_timeout: Duration,
 }
 
@@ -425,7 +427,7 @@ pub async fn gather(
         });
     }
     let mut obs = Observation {
-        boot_id_before: inputs.boot_id_before.clone(),
+        boot_id_before: inputs.boot_id_before.cloned(),
         boot_id_now: inputs.boot_id_now.clone(),
         boot_started: inputs.boot_started,
         node: node.as_ref().map(NodeObservation::of),
@@ -435,7 +437,10 @@ pub async fn gather(
     if let VerifyOutcome::Waiting { problems } = evaluate(&obs)
         && problems == [Problem::ChecksNotRun]
     {
-        obs.checks = Some(checks::run_checks(inputs.checks_dir, inputs.check_timeout).await?);
+        obs.checks = Some(match inputs.checks_dir {
+            Some(dir) => checks::run_checks(dir, inputs.check_timeout).await?,
+            None => Vec::new(),
+        });
     }
     Ok(obs)
 }
@@ -536,7 +541,7 @@ mod tests {
 
     fn passing() -> Observation {
         Observation {
-            boot_id_before: BootId::parse(BEFORE).expect("id"),
+            boot_id_before: Some(BootId::parse(BEFORE).expect("id")),
             boot_id_now: BootId::parse(NOW).expect("id"),
             boot_started: ts("2025-01-01T10:00:00Z"),
             node: Some(NodeObservation {
@@ -576,8 +581,20 @@ mod tests {
     #[test]
     fn same_boot_id_is_not_rebooted() {
         let mut o = passing();
-        o.boot_id_now = o.boot_id_before.clone();
+        o.boot_id_now = o.boot_id_before.clone().expect("id");
         assert_eq!(evaluate(&o), VerifyOutcome::NotRebooted);
+    }
+
+    #[test]
+    fn boot_change_seen_by_the_caller_still_checks_the_kubelets_boot_id() {
+        let mut o = passing();
+        o.boot_id_before = None;
+        assert_eq!(evaluate(&o), VerifyOutcome::Passed);
+        o.node.as_mut().expect("node").reported_boot_id = Some(BEFORE.into());
+        let VerifyOutcome::Waiting { problems } = evaluate(&o) else {
+            panic!("a kubelet still on the old boot must not pass");
+        };
+        assert!(matches!(problems[..], [Problem::NodeBootIdMismatch { .. }]));
     }
 
     #[test]

@@ -1,0 +1,268 @@
+//! The real `drydock daemon` binary, end to end: the Kubernetes API
+//! simulator over HTTP, a private D-Bus with a stand-in logind, a real dpkg
+//! database in a sandbox root, and the systemd notify protocol on a socket
+//! of the test's own. It must hold the protected packages, publish its
+//! status, take the lease, cordon, drain, ask logind to reboot, survive a
+//! bad configuration reload, apply a good one, and stop cleanly.
+
+#[path = "support/apt_sandbox.rs"]
+mod apt_sandbox;
+#[path = "support/bus.rs"]
+mod bus;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apt_sandbox::{DRYDOCK, Sandbox, missing_tools};
+use bus::{Fixture, members};
+use drydock::sim::Scenario;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+
+/// Everything systemd would have been told, datagram by datagram.
+#[derive(Clone, Default)]
+struct Notifications(Arc<Mutex<Vec<String>>>);
+
+impl Notifications {
+    fn listen(path: &Path) -> Notifications {
+        let socket = UnixDatagram::bind(path).expect("notify socket");
+        let seen = Notifications::default();
+        let sink = seen.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push(text);
+            }
+        });
+        seen
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The STATUS= lines, in order.
+    fn statuses(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .flat_map(|m| m.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|l| l.strip_prefix("STATUS=").map(str::to_string))
+            .collect()
+    }
+
+    fn saw(&self, field: &str) -> bool {
+        self.all().iter().any(|m| m.lines().any(|l| l == field))
+    }
+}
+
+fn wait_until(what: &str, within: Duration, log: &Path, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > within {
+            panic!(
+                "timed out waiting for {what}; daemon log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("signal");
+}
+
+fn config_text(dir: &Path, sb: &Sandbox, protect_extra: &[&str]) -> String {
+    let mut protect: Vec<String> = drydock::config::Settings::default()
+        .packages
+        .protect
+        .iter()
+        .map(|p| format!("{:?}", p.as_str()))
+        .collect();
+    protect.extend(protect_extra.iter().map(|p| format!("{p:?}")));
+    format!(
+        r#"[node]
+name = "worker-1"
+kubeconfig = "{dir}/kubeconfig"
+state-db = "{dir}/state.db"
+run-dir = "{dir}/run"
+
+[lease]
+duration = "15s"
+
+[reboot]
+sentinel-file = "{dir}/reboot-required"
+check-kernel = false
+check-interval = "2s"
+
+[gates]
+soak = "0s"
+
+[drain]
+timeout = "60s"
+
+[packages]
+dpkg-root = "{root}"
+protect = [{protect}]
+
+[report]
+textfile-dir = ""
+"#,
+        dir = dir.display(),
+        root = sb.root.display(),
+        protect = protect.join(", "),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
+    if let Some(why) = missing_tools(false) {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.preinstall(&["containerd=1.0-1", "hello=1.0-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    let sim = Scenario::standard(3, 2).start().await.expect("simulator");
+    sim.write_kubeconfig(d.join("kubeconfig")).unwrap();
+    // Let the ReplicaSet and DaemonSet pods come up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logind = Fixture::with_service(&[]);
+    let notify = Notifications::listen(&d.join("notify.sock"));
+
+    let config = d.join("drydock.toml");
+    std::fs::write(&config, config_text(d, &sb, &[])).unwrap();
+    std::fs::write(
+        d.join("reboot-required"),
+        "*** System restart required ***\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("reboot-required.pkgs"),
+        "linux-image-6.1.0-99-amd64\n",
+    )
+    .unwrap();
+    let log = d.join("daemon.log");
+    let mut daemon = Command::new(DRYDOCK)
+        .arg("--config")
+        .arg(&config)
+        .arg("daemon")
+        .env("NOTIFY_SOCKET", d.join("notify.sock"))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", logind.address())
+        .env_remove("JOURNAL_STREAM")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(d.join("daemon.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("drydock daemon starts");
+
+    // Holds come first, before anything is asked of the API.
+    wait_until("READY=1", Duration::from_secs(20), &log, || {
+        notify.saw("READY=1")
+    });
+    assert_eq!(sb.selection("containerd").as_deref(), Some("hold"));
+    assert_eq!(sb.selection("hello").as_deref(), Some("install"));
+
+    // The reboot: lease, cordon, drain, logind.
+    wait_until(
+        "logind's Reboot call",
+        Duration::from_secs(60),
+        &log,
+        || members(&logind.calls()).contains(&"Reboot"),
+    );
+    let calls = logind.calls();
+    assert_eq!(members(&calls), ["CanReboot", "Reboot"]);
+    assert_eq!(
+        calls[1]["args"],
+        serde_json::json!([false]),
+        "non-interactive"
+    );
+    let node: Node = sim.get(None, "worker-1").expect("node");
+    assert_eq!(
+        node.spec.and_then(|s| s.unschedulable),
+        Some(true),
+        "cordoned before the reboot"
+    );
+    let app_pods_left = sim
+        .pods_on_node("worker-1")
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some("default"))
+        .count();
+    assert_eq!(app_pods_left, 0, "drained before the reboot");
+    let lease: Lease = sim
+        .get(Some("drydock"), "drydock-default-0")
+        .expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("worker-1"),
+        "the lease is kept across the reboot"
+    );
+    let statuses = notify.statuses();
+    let position = |prefix: &str| {
+        statuses
+            .iter()
+            .position(|s| s.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no STATUS={prefix}... in {statuses:#?}"))
+    };
+    assert!(position("locked: holding drydock-default-0") < position("draining"));
+    assert!(position("draining") < position("rebooting: "));
+    assert!(
+        statuses
+            .last()
+            .is_some_and(|s| s.starts_with("rebooting") && s.contains("linux-image-6.1.0-99")),
+        "{statuses:#?}"
+    );
+
+    // A broken reload changes nothing.
+    std::fs::write(&config, "[reboot]\ncheck-interval = \"often\"\n").unwrap();
+    signal(&daemon, nix::sys::signal::Signal::SIGHUP);
+    wait_until("the refused reload", Duration::from_secs(10), &log, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("configuration reload refused")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("check-interval"), "the error names the key");
+    assert!(daemon.try_wait().unwrap().is_none(), "still running");
+
+    // A good one is applied: a new pattern is held at once.
+    std::fs::write(&config, config_text(d, &sb, &["hell*"])).unwrap();
+    signal(&daemon, nix::sys::signal::Signal::SIGHUP);
+    wait_until("hello on hold", Duration::from_secs(10), &log, || {
+        sb.selection("hello").as_deref() == Some("hold")
+    });
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("configuration reloaded")
+    );
+    // The reload did not repeat the reboot request.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(members(&logind.calls()), ["CanReboot", "Reboot"]);
+
+    signal(&daemon, nix::sys::signal::Signal::SIGTERM);
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "clean stop: {status:?}");
+    assert!(notify.saw("STOPPING=1"));
+
+    // What it did is in the history, readable with the daemon stopped.
+    let out = Command::new(DRYDOCK)
+        .arg("--config")
+        .arg(&config)
+        .args(["history", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\"holds\"") && text.contains("containerd"),
+        "{text}"
+    );
+}
