@@ -349,3 +349,102 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
     result?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::RetryPolicy;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    fn gate(name: &str, reason: &str) -> GateStatus {
+        GateStatus {
+            gate: name.into(),
+            passed: reason.is_empty(),
+            reason: reason.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn agent_events_reach_the_metrics_and_the_status_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.node.state_db = dir.path().join("state.db");
+        settings.report.textfile_dir = None;
+        let reporter = Reporter::start_with(&settings, "worker-1", None, RetryPolicy::default())
+            .await
+            .unwrap();
+        let port = DaemonReporter::new(reporter.clone(), "worker-1");
+
+        // STATUS= is the agent's own line, word for word.
+        port.status("waiting: window opens Tue 02:00 Europe/London");
+        assert_eq!(
+            reporter.status_line(),
+            "waiting: window opens Tue 02:00 Europe/London"
+        );
+
+        // Each blocked gate is its own metric label.
+        port.gates(&[
+            gate("maintenance-window", "window opens Tue 02:00"),
+            gate("alerts", "alert NodeDiskPressure firing"),
+            gate("paused", ""),
+        ]);
+        let t = reporter.metrics_text();
+        assert_eq!(
+            value(&t, r#"drydock_gate_blocked{gate="alerts"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&t, r#"drydock_gate_blocked{gate="maintenance-window"}"#),
+            Some(1.0)
+        );
+
+        // Two reboots (two different boots) count twice.
+        for boot in ["boot-a", "boot-b"] {
+            port.event(
+                "worker-1",
+                &AgentEvent::Rebooting {
+                    reason: "kernel".into(),
+                    boot_id: boot.into(),
+                },
+            );
+        }
+        assert_eq!(
+            value(&reporter.metrics_text(), "drydock_reboots_total"),
+            Some(2.0)
+        );
+
+        // A halt seen through the gate, then lifted.
+        port.gates(&[gate(HALTED, "fleet halted: worker-3 failed verification")]);
+        assert_eq!(value(&reporter.metrics_text(), "drydock_halted"), Some(1.0));
+        port.gates(&[gate(HALTED, "")]);
+        assert_eq!(value(&reporter.metrics_text(), "drydock_halted"), Some(0.0));
+
+        // Verified carries the phase durations.
+        port.event(
+            "worker-1",
+            &AgentEvent::Verified {
+                durations: AgentDurations {
+                    wait_seconds: 100.0,
+                    drain_seconds: 30.0,
+                    reboot_seconds: 60.0,
+                    verify_seconds: 10.0,
+                },
+            },
+        );
+        let t = reporter.metrics_text();
+        assert_eq!(
+            value(&t, r#"drydock_last_phase_duration_seconds{phase="drain"}"#),
+            Some(30.0),
+            "{t}"
+        );
+        assert_eq!(
+            value(&t, r#"drydock_last_phase_duration_seconds{phase="total"}"#),
+            Some(100.0)
+        );
+        reporter.shutdown(Duration::from_secs(1)).await;
+    }
+}
