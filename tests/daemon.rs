@@ -76,6 +76,23 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("signal");
 }
 
+/// Runs a CLI command against the test's config; its stdout.
+fn drydock(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(DRYDOCK)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "drydock {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 fn config_text(dir: &Path, sb: &Sandbox, protect_extra: &[&str]) -> String {
     let mut protect: Vec<String> = drydock::config::Settings::default()
         .packages
@@ -169,6 +186,28 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
     });
     assert_eq!(sb.selection("containerd").as_deref(), Some("hold"));
     assert_eq!(sb.selection("hello").as_deref(), Some("install"));
+    let status = drydock(&config, &["status"]);
+    assert!(
+        status.contains(&format!("daemon:       running (pid {})", daemon.id())),
+        "{status}"
+    );
+    assert!(status.contains("held:         containerd"), "{status}");
+    // One daemon per node.
+    let second = Command::new(DRYDOCK)
+        .arg("--config")
+        .arg(&config)
+        .arg("daemon")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains(&format!(
+            "another drydock daemon is running (pid {},",
+            daemon.id()
+        )),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
 
     // The reboot: lease, cordon, drain, logind.
     wait_until(
@@ -252,15 +291,14 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
     assert!(status.success(), "clean stop: {status:?}");
     assert!(notify.saw("STOPPING=1"));
 
-    // What it did is in the history, readable with the daemon stopped.
-    let out = Command::new(DRYDOCK)
-        .arg("--config")
-        .arg(&config)
-        .args(["history", "--json"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    // What it did is readable with the daemon stopped.
+    let status = drydock(&config, &["status"]);
+    assert!(
+        status.contains("daemon:       not running (showing its last persisted state)"),
+        "{status}"
+    );
+    assert!(status.contains("state:        rebooting"), "{status}");
+    let text = drydock(&config, &["history", "--json"]);
     assert!(
         text.contains("\"holds\"") && text.contains("containerd"),
         "{text}"

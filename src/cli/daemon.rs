@@ -23,6 +23,7 @@ use crate::aptgate::{self, HoldPlan, WakeListener};
 use crate::config::Settings;
 use crate::gates::paused::HALTED;
 use crate::host::dpkg::Dpkg;
+use crate::host::instance::DaemonLock;
 use crate::host::logind::LogindRebooter;
 use crate::report::{BlockedGate, Notice, PhaseDurations, Reporter};
 use crate::store::Store;
@@ -253,6 +254,7 @@ enum Stop {
 
 pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
     let mut settings = cli.load_settings().context("loading configuration")?;
+    let _instance = DaemonLock::acquire(&settings.node.run_dir)?;
     let node = node_name(settings.node.name.as_deref())?;
     let client = kube_client(&settings.node.kubeconfig).await?;
     let reporter = Reporter::start(&settings, &node, Some(client.clone()))

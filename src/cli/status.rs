@@ -12,8 +12,10 @@ use serde::Serialize;
 use super::Cli;
 use crate::agent::AgentState;
 use crate::agent::driver::{GatesRecord, RebootNeedRecord, StatusRecord, keys};
+use crate::aptgate::holds::HOLDS_MADE_KEY;
 use crate::cluster::lease::{LeaseClient, SlotStatus};
 use crate::gates;
+use crate::host::instance::running_daemon;
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -33,6 +35,8 @@ struct StatusView {
     gates: Option<GatesRecord>,
     local_pause: Option<String>,
     next_window: Option<String>,
+    /// Protected packages drydock keeps on dpkg hold.
+    held_packages: Vec<String>,
     lease_slots: Result<Vec<SlotStatus>, String>,
 }
 
@@ -42,27 +46,21 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let store =
         Store::open_read_only(&settings.node.state_db).context("opening the state store")?;
     let now = Timestamp::now();
-    let (state, summary, reboot_need, gates_record, local_pause) = match &store {
+    let (state, summary, reboot_need, gates_record, local_pause, held_packages) = match &store {
         Some(s) => (
             s.current_state::<AgentState>()?.map(|(st, _)| st),
             s.get::<StatusRecord>(keys::LAST_STATUS)?,
             s.get::<RebootNeedRecord>(keys::REBOOT_NEED)?,
             s.get::<GatesRecord>(keys::LAST_GATES)?,
             gates::paused::local_pause(s)?.map(|p| format!("{p:?}")),
+            s.get::<Vec<String>>(HOLDS_MADE_KEY)?.unwrap_or_default(),
         ),
-        None => (None, None, None, None, None),
+        None => (None, None, None, None, None, Vec::new()),
     };
-    // The daemon rewrites its status at least every check interval.
-    let fresh = summary.as_ref().is_some_and(|s| {
-        now.duration_since(s.at).as_secs()
-            < (settings.reboot.check_interval.as_secs() as i64 * 3).max(60)
-    });
-    let daemon = match (&store, fresh) {
-        (None, _) => "never ran on this node (no state store yet)".to_string(),
-        (Some(_), true) => "running".to_string(),
-        (Some(_), false) => {
-            "not running, or not reporting (showing its last persisted state)".to_string()
-        }
+    let daemon = match (running_daemon(&settings.node.run_dir), &store) {
+        (Some(pid), _) => format!("running (pid {pid})"),
+        (None, None) => "not running; it never ran on this node (no state store yet)".to_string(),
+        (None, Some(_)) => "not running (showing its last persisted state)".to_string(),
     };
     let next_window = if gates::window::is_open(&settings.maintenance.windows, now) {
         Some("open now".to_string())
@@ -85,6 +83,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         gates: gates_record,
         local_pause,
         next_window,
+        held_packages,
         lease_slots,
     };
     if args.json {
@@ -166,6 +165,11 @@ fn print_text(v: &StatusView, now: Timestamp) {
             }
         }
         None => println!("gates:        not evaluated yet"),
+    }
+    if v.held_packages.is_empty() {
+        println!("held:         nothing (no protected package installed, or not reconciled yet)");
+    } else {
+        println!("held:         {}", v.held_packages.join(", "));
     }
     match &v.lease_slots {
         Ok(slots) => {

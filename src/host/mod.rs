@@ -5,6 +5,7 @@ pub mod boot;
 pub mod checks;
 pub mod dbus;
 pub mod dpkg;
+pub mod instance;
 pub mod kernel;
 pub mod logind;
 pub mod sentinel;
