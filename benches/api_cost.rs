@@ -1,8 +1,9 @@
-//! API cost of the gate and Lease steps against the simulator, at 20, 100
-//! and 200 nodes: requests and bytes per step, as drydock issues them.
-//! `cargo bench --bench api_cost`. (The agent's full reboot cycle is to be
-//! added on top of these steps.)
+//! API cost against the simulator at 20, 100 and 200 nodes, as drydock
+//! issues it: first per step (gates, Lease), then per reboot with real agents
+//! running full reboot cycles, then per waiting node while a gate blocks.
+//! `cargo bench --bench api_cost`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use drydock::cluster::lease::LeaseClient;
@@ -10,6 +11,7 @@ use drydock::cluster::observe::observe;
 use drydock::config::Settings;
 use drydock::gates::{self, AlertObservation, LocalObservation};
 use drydock::sim::{ApiStats, Scenario, SimHandle};
+use drydock::simulate::{self, FleetBlock, FleetReport, SimulateOptions};
 use jiff::Timestamp;
 
 struct Row {
@@ -103,8 +105,7 @@ fn main() {
         "{:<36} {:>16} {:>16} {:>16}",
         "step", "20 nodes", "100 nodes", "200 nodes"
     );
-    let sizes = [20, 100, 200];
-    let results: Vec<Vec<Row>> = sizes.iter().map(|n| rt.block_on(run(*n))).collect();
+    let results: Vec<Vec<Row>> = SIZES.iter().map(|n| rt.block_on(run(*n))).collect();
     for (i, row) in results[0].iter().enumerate() {
         let cells: Vec<String> = results
             .iter()
@@ -120,6 +121,166 @@ fn main() {
     }
     println!("\nobserve() by endpoint at 200 nodes:");
     print!("{}", results[2][2].stats);
+
+    reboot_cycles(&rt);
+    waiting(&rt);
+}
+
+const SIZES: [usize; 3] = [20, 100, 200];
+/// Nodes needing a reboot in the rollout measurements.
+const ROLLOUT: usize = 10;
+/// Scaled down from 5 min so the bench ends in minutes; it sets the herd
+/// jitter (1 s, as in production), the soak-end spread (400 ms here, 60 s in
+/// production) and the blocked re-check (1-2 s here, 90-180 s in production).
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+fn options(dir: &std::path::Path, nodes: usize, needing: usize) -> SimulateOptions {
+    let mut o = SimulateOptions::new(dir.to_path_buf());
+    o.nodes = nodes;
+    o.pods_per_node = 2;
+    o.needing_reboot = Some(needing);
+    o.check_interval = CHECK_INTERVAL;
+    o.soak = Duration::from_secs(1);
+    o.deadline = Duration::from_secs(120);
+    o
+}
+
+fn fleet(rt: &tokio::runtime::Runtime, opts: SimulateOptions) -> FleetReport {
+    rt.block_on(simulate::run(opts, Arc::new(|_| {})))
+        .expect("simulate")
+}
+
+/// requests / bytes [node lists], divided by `per`.
+fn cell(stats: &ApiStats, per: f64) -> String {
+    let t = stats.total;
+    format!(
+        "{:.0} / {} [{:.1}]",
+        t.requests as f64 / per,
+        human_bytes((t.response_bytes as f64 / per) as u64),
+        stats.get("list", "nodes").requests as f64 / per
+    )
+}
+
+fn reboot_cycles(rt: &tokio::runtime::Runtime) {
+    println!("\nFull reboot cycles, real agents (drain, reboot, verify, soak 1 s), per reboot:");
+    println!(
+        "requests / response bytes (watch streams included) [full gate evaluations = Node lists]"
+    );
+    println!(
+        "{:<34} {:>24} {:>24} {:>24}",
+        "", "20 nodes", "100 nodes", "200 nodes"
+    );
+    let mut solo = Vec::new();
+    let mut rollout = Vec::new();
+    for n in SIZES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = fleet(rt, options(dir.path(), n, 1));
+        assert!(r.finished, "solo reboot at {n} nodes did not finish");
+        solo.push(r);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = fleet(rt, options(dir.path(), n, ROLLOUT));
+        assert!(r.finished, "rollout at {n} nodes did not finish");
+        assert_eq!(r.max_out_of_service, 1);
+        rollout.push(r);
+    }
+    let reboots = |r: &FleetReport| r.nodes.values().map(|t| t.reboots).sum::<u32>() as f64;
+    let row = |label: &str, cells: Vec<String>| {
+        println!(
+            "{:<34} {:>24} {:>24} {:>24}",
+            label, cells[0], cells[1], cells[2]
+        )
+    };
+    row(
+        "1 node alone (its own cost)",
+        solo.iter().map(|r| cell(&r.api, reboots(r))).collect(),
+    );
+    row(
+        &format!("{ROLLOUT} nodes in turn, per reboot"),
+        rollout.iter().map(|r| cell(&r.api, reboots(r))).collect(),
+    );
+    row(
+        "  of which waiters (difference)",
+        solo.iter()
+            .zip(&rollout)
+            .map(|(s, r)| {
+                let per = |x: &FleetReport, f: fn(&ApiStats) -> u64| f(&x.api) as f64 / reboots(x);
+                let req = per(r, |a| a.total.requests) - per(s, |a| a.total.requests);
+                let bytes = per(r, |a| a.total.response_bytes) - per(s, |a| a.total.response_bytes);
+                let lists = per(r, |a| a.get("list", "nodes").requests)
+                    - per(s, |a| a.get("list", "nodes").requests);
+                format!(
+                    "{req:.0} / {} [{lists:.1}]",
+                    human_bytes(bytes.max(0.0) as u64)
+                )
+            })
+            .collect(),
+    );
+    row(
+        "rollout wall time",
+        rollout
+            .iter()
+            .map(|r| format!("{:.1} s", r.total.as_secs_f64()))
+            .collect(),
+    );
+    println!("\n{ROLLOUT}-node rollout at 200 nodes by endpoint:");
+    print!("{}", rollout[2].api);
+}
+
+fn waiting(rt: &tokio::runtime::Runtime) {
+    const WAIT: Duration = Duration::from_secs(15);
+    println!(
+        "\nWaiting on a blocked gate ({ROLLOUT} agents, {} s), per waiting node per re-check:",
+        WAIT.as_secs()
+    );
+    println!(
+        "requests / response bytes [Node lists]; per hour at the default 5 min check interval"
+    );
+    println!(
+        "(a re-check every 90-180 s, 26.7 an hour on average; Lease renewals seen by the watch not included)"
+    );
+    println!(
+        "{:<34} {:>24} {:>24} {:>24}",
+        "", "20 nodes", "100 nodes", "200 nodes"
+    );
+    let blocks = [
+        (
+            "cluster paused (Namespace only)",
+            FleetBlock::Paused("bench".into()),
+        ),
+        (
+            "a node NotReady (Node list)",
+            FleetBlock::NodeNotReady("worker-9".into()),
+        ),
+    ];
+    for (label, block) in blocks {
+        let mut per_check = Vec::new();
+        let mut per_hour = Vec::new();
+        for n in SIZES {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut o = options(dir.path(), n, ROLLOUT);
+            o.block = Some(block.clone());
+            o.deadline = WAIT;
+            let r = fleet(rt, o);
+            assert!(!r.finished && r.nodes.values().all(|t| t.reboots == 0));
+            // Every re-check reads the drydock Namespace exactly once.
+            let checks = r.api.get("get", "namespaces").requests as f64;
+            per_check.push(cell(&r.api, checks));
+            let hourly = 3600.0 / 135.0;
+            per_hour.push(format!(
+                "{:.0} / {}",
+                r.api.total.requests as f64 / checks * hourly,
+                human_bytes((r.api.total.response_bytes as f64 / checks * hourly) as u64)
+            ));
+        }
+        println!(
+            "{:<34} {:>24} {:>24} {:>24}",
+            label, per_check[0], per_check[1], per_check[2]
+        );
+        println!(
+            "{:<34} {:>24} {:>24} {:>24}",
+            "  per waiting node per hour", per_hour[0], per_hour[1], per_hour[2]
+        );
+    }
 }
 
 fn human_bytes(b: u64) -> String {

@@ -279,3 +279,78 @@ async fn missing_namespace_or_unreachable_api_is_an_error_not_a_pass() -> TestRe
     );
     Ok(())
 }
+
+/// Cheap first: when the drydock Namespace alone blocks (soak after a
+/// finished reboot, pause), the agent's cluster gates make one small GET
+/// and list no Nodes or pods.
+#[tokio::test]
+async fn namespace_block_costs_one_get_and_lists_nothing() -> TestResult {
+    use drydock::agent::kube_cluster::KubeCluster;
+    use drydock::agent::ports::Cluster;
+    let sim = Scenario::standard(20, 1).start().await?;
+    let client = sim.client()?;
+    let mut s = settings();
+    s.gates.soak = Duration::from_secs(3600);
+    let cluster = KubeCluster::new(client.clone(), s.clone(), "worker-1".into());
+    let finished = Timestamp::now() - jiff::SignedDuration::from_mins(10);
+    annotations::record_reboot_finished(&client, "drydock", "worker-2", finished).await?;
+
+    sim.reset_stats();
+    let soak = cluster.cluster_gates(Timestamp::now()).await;
+    let stats = sim.stats();
+    assert_eq!(stats.total.requests, 1, "{stats}");
+    assert_eq!(stats.get("get", "namespaces").requests, 1, "{stats}");
+    let block = soak.gates.iter().find(|g| !g.passed).expect("soak blocks");
+    assert_eq!(block.gate, "soak");
+    assert!(block.reason.contains("soak (1h) ends in 50m"), "{block:?}");
+    let nodes_ready = soak.gates.iter().find(|g| g.gate == "nodes-ready").unwrap();
+    assert_eq!(nodes_ready.reason, "not evaluated: soak blocks");
+    assert_eq!(
+        soak.blocked_until,
+        Some(finished + jiff::SignedDuration::from_hours(1))
+    );
+
+    annotations::pause_cluster(&client, "drydock", "change freeze").await?;
+    sim.reset_stats();
+    let paused = cluster.cluster_gates(Timestamp::now()).await;
+    assert_eq!(sim.stats().total.requests, 1);
+    assert_eq!(
+        paused.gates.iter().find(|g| !g.passed).unwrap().gate,
+        "cluster-paused"
+    );
+    assert_eq!(paused.blocked_until, None, "a pause has no known end");
+
+    // Nothing on the Namespace blocks: the full evaluation, Node list
+    // included. The simulated nodes all became Ready just now, so the soak
+    // still blocks, on their Ready transitions, until an hour from now.
+    annotations::resume_cluster(&client, "drydock").await?;
+    let past = Timestamp::now() - jiff::SignedDuration::from_hours(2);
+    annotations::set(
+        &client,
+        "drydock",
+        annotations::LAST_REBOOT_FINISHED,
+        Some(&format!("{past} worker-2")),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.reset_stats();
+    let full = cluster.cluster_gates(Timestamp::now()).await;
+    let stats = sim.stats();
+    let blocks: Vec<_> = full.gates.iter().filter(|g| !g.passed).collect();
+    assert_eq!(blocks.len(), 1, "{full:?}");
+    assert!(
+        blocks[0]
+            .reason
+            .contains("nodes changed Ready condition within the soak"),
+        "{full:?}"
+    );
+    let until = full.blocked_until.expect("the soak's end is known");
+    let left = until.duration_since(Timestamp::now());
+    assert!(
+        left > jiff::SignedDuration::from_mins(59) && left <= jiff::SignedDuration::from_hours(1),
+        "{left:?}"
+    );
+    assert_eq!(stats.get("list", "nodes").requests, 1, "{stats}");
+    assert_eq!(stats.get("get", "namespaces").requests, 1, "{stats}");
+    Ok(())
+}

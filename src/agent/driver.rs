@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use super::pace;
 use super::ports::{
     AgentEvent, Cluster, DrainResult, GateStatus, Host, LeaseOutlook, PortError, Reporter,
 };
@@ -388,8 +389,12 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             },
         )?;
         if reasons.is_empty() {
-            // Our own slot, if a crash left one, is given back.
-            if let Ok(LeaseOutlook::Mine(slot)) = self.cluster.lease_outlook().await {
+            // Our own slot, if a crash between acquiring and persisting Locked
+            // left one, is given back. Only then (Pending): an idle node
+            // makes no API request at all.
+            if matches!(self.state, AgentState::Pending { .. })
+                && let Ok(LeaseOutlook::Mine(slot)) = self.cluster.lease_outlook().await
+            {
                 let _ = self.cluster.release(&slot).await;
             }
             let next = self.state.clone().on_reboot_not_needed();
@@ -431,17 +436,30 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             return Ok(Wait::For(wait.min(self.settings.reboot.check_interval)));
         }
         // Then the lease: only a node that could take a slot asks the cluster gates.
-        let outlook = match self.cluster.lease_outlook().await {
+        let mut outlook = match self.cluster.lease_outlook().await {
             Ok(o) => o,
             Err(e) => return self.retry_later("reading the lease", e),
         };
+        if outlook == LeaseOutlook::Available {
+            // Every waiter woke on the same release: spread them out, and
+            // look again (cheap) so those after the winner stop here.
+            let jitter =
+                pace::herd_jitter(self.settings.reboot.check_interval, pace::random_fraction());
+            tokio::time::sleep(jitter).await;
+            outlook = match self.cluster.lease_outlook().await {
+                Ok(o) => o,
+                Err(e) => return self.retry_later("reading the lease", e),
+            };
+        }
         if let LeaseOutlook::Busy { holders } = &outlook {
             self.record_gates(&local)?;
             self.status(format!("waiting: lease held by {}", holders.join(", ")))?;
             return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
         }
         let mut gates = local.clone();
-        gates.extend(self.cluster.cluster_gates(now).await);
+        // Now, not `now`: the jitter above took some time.
+        let cluster = self.cluster.cluster_gates(Timestamp::now()).await;
+        gates.extend(cluster.gates);
         self.record_gates(&gates)?;
         if let Some(block) = GateStatus::first_block(&gates) {
             self.status(format!("waiting: {}", block.reason))?;
@@ -449,7 +467,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 // A slot left from before a crash is not sat on while blocked.
                 let _ = self.cluster.release(&slot).await;
             }
-            return Ok(Wait::LeaseChange(self.short_retry()));
+            return Ok(Wait::LeaseChange(
+                self.after_block(Timestamp::now(), cluster.blocked_until),
+            ));
         }
         let slot = match self.cluster.acquire().await {
             Ok(Some(slot)) => slot,
@@ -461,7 +481,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         };
         // Gates again, now that we hold the slot: no one sits on it blocked.
         let mut gates = self.cluster.local_gates(&self.store, Timestamp::now());
-        gates.extend(self.cluster.cluster_gates(Timestamp::now()).await);
+        let cluster = self.cluster.cluster_gates(Timestamp::now()).await;
+        gates.extend(cluster.gates);
         self.record_gates(&gates)?;
         if let Some(block) = GateStatus::first_block(&gates) {
             let reason = block.reason.clone();
@@ -469,7 +490,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 warn!(node = %self.node, slot = %slot, error = %e, "releasing a blocked slot failed");
             }
             self.status(format!("waiting: {reason}"))?;
-            return Ok(Wait::LeaseChange(self.short_retry()));
+            return Ok(Wait::LeaseChange(
+                self.after_block(Timestamp::now(), cluster.blocked_until),
+            ));
         }
         info!(node = %self.node, slot = %slot, "lease acquired");
         self.event(AgentEvent::LeaseAcquired { slot: slot.clone() });
@@ -480,6 +503,17 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.enter(next, serde_json::json!({"slot": slot}))?;
         self.status(format!("locked: holding {slot}"))?;
         Ok(Wait::No)
+    }
+
+    /// After a blocking cluster gate: until its known end, or a long
+    /// jittered re-check; the Lease watch still wakes the node earlier.
+    fn after_block(&self, now: Timestamp, blocked_until: Option<Timestamp>) -> Duration {
+        pace::after_block(
+            now,
+            blocked_until,
+            self.settings.reboot.check_interval,
+            pace::random_fraction(),
+        )
     }
 
     async fn drain(&mut self, slot: &str, cordon: Cordon) -> Result<Wait, AgentError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::ports::{Cluster, DrainResult, GateStatus, LeaseOutlook, PortError};
+use super::ports::{Cluster, ClusterGates, DrainResult, GateStatus, LeaseOutlook, PortError};
 use crate::cluster::lease::{Held, LeaseClient, LeaseError};
 use crate::cluster::{annotations, drain, node::NodeClient, observe};
 use crate::config::Settings;
@@ -107,16 +107,37 @@ impl Cluster for KubeCluster {
         gates::window::next_opening(&self.settings.maintenance.windows, now).map(|z| z.timestamp())
     }
 
-    async fn cluster_gates(&self, now: Timestamp) -> Vec<GateStatus> {
-        let observed = observe::observe(&self.client, &self.settings, &self.node).await;
-        let alerts = gates::alerts::fetch(&self.settings.alerts).await;
-        match observed {
-            Ok(obs) => status(gates::evaluate_cluster(&self.settings, &obs, &alerts, now)),
-            Err(e) => vec![GateStatus {
-                gate: "cluster".into(),
-                passed: false,
-                reason: format!("cannot evaluate the cluster gates: {e}"),
-            }],
+    async fn cluster_gates(&self, now: Timestamp) -> ClusterGates {
+        let unavailable = |e: observe::ObserveError| ClusterGates {
+            gates: status(gates::cluster_unavailable(&e)),
+            blocked_until: None,
+        };
+        // One small GET first: halted, paused or soaking needs nothing else.
+        let control = match observe::observe_control(&self.client, &self.settings).await {
+            Ok(c) => c,
+            Err(e) => return unavailable(e),
+        };
+        let verdict = match gates::evaluate_control(&self.settings, &control, now) {
+            Some(early) => early,
+            None => {
+                let observed = observe::observe_after_control(
+                    &self.client,
+                    &self.settings,
+                    &self.node,
+                    control,
+                )
+                .await;
+                let obs = match observed {
+                    Ok(o) => o,
+                    Err(e) => return unavailable(e),
+                };
+                let alerts = gates::alerts::fetch(&self.settings.alerts).await;
+                gates::evaluate_cluster_verdict(&self.settings, &obs, &alerts, now)
+            }
+        };
+        ClusterGates {
+            gates: status(verdict.reports),
+            blocked_until: verdict.blocked_until,
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod kube_cluster;
 pub mod node_host;
+mod pace;
 pub mod ports;
 pub mod state;
 

@@ -26,6 +26,15 @@ impl GateStatus {
     }
 }
 
+/// The cluster-wide gates' answer and, when they block only until a known
+/// time (the soak), that time: the driver sleeps until then instead of
+/// asking again and again.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterGates {
+    pub gates: Vec<GateStatus>,
+    pub blocked_until: Option<Timestamp>,
+}
+
 /// What the Lease slots look like from this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOutlook {
@@ -87,7 +96,9 @@ pub trait Cluster: Send + Sync {
     fn local_gates(&self, store: &Store, now: Timestamp) -> Vec<GateStatus>;
     /// When the local gates will next be worth evaluating (window opening).
     fn next_local_change(&self, now: Timestamp) -> Option<Timestamp>;
-    fn cluster_gates(&self, now: Timestamp) -> impl Future<Output = Vec<GateStatus>> + Send;
+    /// Cheap first: when the drydock Namespace alone blocks (halted, paused,
+    /// soak), no Node list, pod list or alert query is made.
+    fn cluster_gates(&self, now: Timestamp) -> impl Future<Output = ClusterGates> + Send;
     fn lease_outlook(&self) -> impl Future<Output = Result<LeaseOutlook, PortError>> + Send;
     /// Take a slot; `Ok(None)` when another node won.
     fn acquire(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send;

@@ -27,6 +27,10 @@ struct World {
     finished: u32,
     /// Pending reboot: the boot_id changes when the agent "restarts".
     reboot_pending: bool,
+    /// The gate block ends by itself then (a soak).
+    gate_block_until: Option<Timestamp>,
+    gate_evaluations: u32,
+    lease_reads: u32,
 }
 
 #[derive(Clone)]
@@ -69,17 +73,23 @@ impl Cluster for Fake {
     fn next_local_change(&self, _now: Timestamp) -> Option<Timestamp> {
         None
     }
-    async fn cluster_gates(&self, _now: Timestamp) -> Vec<GateStatus> {
-        let w = self.0.lock().unwrap();
+    async fn cluster_gates(&self, _now: Timestamp) -> ClusterGates {
+        let mut w = self.0.lock().unwrap();
+        w.gate_evaluations += 1;
         let block = w.gate_block.clone().or(w.halted.clone());
-        vec![GateStatus {
-            gate: "cluster".into(),
-            passed: block.is_none(),
-            reason: block.unwrap_or_default(),
-        }]
+        ClusterGates {
+            gates: vec![GateStatus {
+                gate: "cluster".into(),
+                passed: block.is_none(),
+                reason: block.unwrap_or_default(),
+            }],
+            blocked_until: w.gate_block_until,
+        }
     }
     async fn lease_outlook(&self) -> Result<LeaseOutlook, PortError> {
-        Ok(match &self.0.lock().unwrap().lease_holder {
+        let mut w = self.0.lock().unwrap();
+        w.lease_reads += 1;
+        Ok(match &w.lease_holder {
             Some(h) if h == "n1" => LeaseOutlook::Mine("slot-0".into()),
             Some(h) => LeaseOutlook::Busy {
                 holders: vec![h.clone()],
@@ -469,4 +479,117 @@ async fn crash_after_every_persisted_step_resumes_safely() {
             "{crash_at}: history kept"
         );
     }
+}
+
+fn agent_with(w: &Fake, s: Settings) -> Agent<Fake, Fake, Lines> {
+    let store = Store::open(&s.node.state_db).unwrap();
+    Agent::new(
+        "n1".into(),
+        s,
+        store,
+        w.clone(),
+        w.clone(),
+        Lines::default(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn idle_node_makes_no_api_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().need.clear();
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..5 {
+        assert_eq!(
+            a.tick().await.unwrap(),
+            super::driver::Wait::For(Duration::from_millis(50))
+        );
+    }
+    assert_eq!(a.state().name(), "idle");
+    let g = w.0.lock().unwrap();
+    assert_eq!((g.lease_reads, g.gate_evaluations), (0, 0));
+}
+
+#[tokio::test]
+async fn leftover_slot_is_still_given_back_when_the_need_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().gate_block = Some("paused".into());
+    let mut a = agent(dir.path(), &w);
+    a.tick().await.unwrap();
+    assert_eq!(a.state().name(), "pending");
+    // A crash after acquiring, before Locked was persisted; then the need
+    // went away (someone rebooted the machine by hand).
+    {
+        let mut g = w.0.lock().unwrap();
+        g.lease_holder = Some("n1".into());
+        g.need.clear();
+    }
+    a.tick().await.unwrap();
+    assert_eq!(a.state().name(), "idle");
+    assert_eq!(w.0.lock().unwrap().lease_holder, None);
+}
+
+#[tokio::test]
+async fn busy_lease_costs_one_lease_read_and_no_gate_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().lease_holder = Some("n2".into());
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..3 {
+        assert!(matches!(
+            a.tick().await.unwrap(),
+            super::driver::Wait::LeaseChange(_)
+        ));
+    }
+    let g = w.0.lock().unwrap();
+    assert_eq!((g.lease_reads, g.gate_evaluations), (3, 0));
+}
+
+#[tokio::test]
+async fn soak_with_a_known_end_waits_until_it_not_thirty_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    let mut s = settings(dir.path());
+    s.reboot.check_interval = Duration::from_secs(10);
+    {
+        let mut g = w.0.lock().unwrap();
+        g.gate_block = Some("soak ends in 3s".into());
+        g.gate_block_until = Some(Timestamp::now() + jiff::SignedDuration::from_secs(3));
+    }
+    let mut a = agent_with(&w, s);
+    match a.tick().await.unwrap() {
+        // Until the end (less the <= 1 s herd jitter already slept), plus
+        // at most check-interval / 5 of spread.
+        super::driver::Wait::LeaseChange(d) => assert!(
+            d >= Duration::from_millis(1900) && d < Duration::from_secs(5),
+            "{d:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A block with no known end: a long, jittered re-check (5..10 s here).
+    w.0.lock().unwrap().gate_block_until = None;
+    match a.tick().await.unwrap() {
+        super::driver::Wait::LeaseChange(d) => assert!(
+            d >= Duration::from_secs(5) && d <= Duration::from_secs(10),
+            "{d:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let g = w.0.lock().unwrap();
+    assert_eq!(g.lease_holder, None);
+    assert_eq!(g.gate_evaluations, 2);
+}
+
+#[tokio::test]
+async fn free_slot_is_looked_at_twice_and_taken_gates_checked_before_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    let mut a = agent(dir.path(), &w);
+    assert_eq!(a.tick().await.unwrap(), super::driver::Wait::No);
+    assert_eq!(a.state().name(), "locked");
+    let g = w.0.lock().unwrap();
+    // Before the jitter, after it; the gates before and after acquiring.
+    assert_eq!((g.lease_reads, g.gate_evaluations), (2, 2));
 }

@@ -194,6 +194,49 @@ pub async fn observe(
     settings: &Settings,
     node_name: &str,
 ) -> Result<ClusterObservation, ObserveError> {
+    let nodes = list_nodes(client, settings).await?;
+    let control = observe_control(client, settings).await?;
+    observe_rest(client, settings, node_name, nodes, control).await
+}
+
+/// The drydock Namespace's annotations alone: one small GET, enough for the
+/// halted, paused and (after a finished reboot) soak gates.
+pub async fn observe_control(
+    client: &kube::Client,
+    settings: &Settings,
+) -> Result<ClusterControl, ObserveError> {
+    let ns_name = &settings.lease.namespace;
+    let ns = Api::<Namespace>::all(client.clone())
+        .get_opt(ns_name)
+        .await
+        .map_err(|source| ObserveError::Namespace {
+            namespace: ns_name.clone(),
+            source,
+        })?
+        .ok_or_else(|| ObserveError::NamespaceMissing {
+            namespace: ns_name.clone(),
+        })?;
+    Ok(ClusterControl::from_annotations(
+        &ns.metadata.annotations.clone().unwrap_or_default(),
+    ))
+}
+
+/// The rest of [`observe`], once the Namespace was read (and passed) by
+/// [`observe_control`]: the Node list, DaemonSets and blocking pods.
+pub async fn observe_after_control(
+    client: &kube::Client,
+    settings: &Settings,
+    node_name: &str,
+    control: ClusterControl,
+) -> Result<ClusterObservation, ObserveError> {
+    let nodes = list_nodes(client, settings).await?;
+    observe_rest(client, settings, node_name, nodes, control).await
+}
+
+async fn list_nodes(
+    client: &kube::Client,
+    settings: &Settings,
+) -> Result<Vec<NodeView>, ObserveError> {
     let selector = settings.gates.node_selector.clone();
     let mut lp = ListParams::default();
     if !selector.is_empty() {
@@ -208,21 +251,16 @@ pub async fn observe(
         })?;
     let mut nodes: Vec<NodeView> = nodes.items.iter().map(NodeView::from_node).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(nodes)
+}
 
-    let ns_name = &settings.lease.namespace;
-    let ns = Api::<Namespace>::all(client.clone())
-        .get_opt(ns_name)
-        .await
-        .map_err(|source| ObserveError::Namespace {
-            namespace: ns_name.clone(),
-            source,
-        })?
-        .ok_or_else(|| ObserveError::NamespaceMissing {
-            namespace: ns_name.clone(),
-        })?;
-    let control =
-        ClusterControl::from_annotations(&ns.metadata.annotations.clone().unwrap_or_default());
-
+async fn observe_rest(
+    client: &kube::Client,
+    settings: &Settings,
+    node_name: &str,
+    nodes: Vec<NodeView>,
+    control: ClusterControl,
+) -> Result<ClusterObservation, ObserveError> {
     let mut daemonsets = Vec::new();
     for name in &settings.gates.required_daemonsets {
         daemonsets.push(DaemonSetObservation {

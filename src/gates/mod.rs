@@ -4,7 +4,10 @@
 //!
 //! Cheap first, for scale: [`evaluate_local`] needs no API call; the agent
 //! then looks at the Lease slots, and only a node that could take a slot
-//! gathers a [`ClusterObservation`] and runs [`evaluate_cluster`].
+//! reads the drydock Namespace for [`evaluate_control`] (halted, paused,
+//! soak after the last reboot: one small GET). Only when that passes does
+//! it gather a [`ClusterObservation`] (Node list, DaemonSet pods, alerts)
+//! and run [`evaluate_cluster`].
 
 pub mod alerts;
 pub mod blocking_pods;
@@ -20,6 +23,7 @@ use serde::Serialize;
 pub use alerts::AlertObservation;
 pub use paused::LocalPause;
 
+use crate::cluster::annotations::ClusterControl;
 use crate::cluster::observe::ClusterObservation;
 use crate::config::Settings;
 
@@ -133,6 +137,89 @@ pub fn evaluate_cluster(
     ]
 }
 
+/// What the cluster-wide gates said, and when asking again is worth it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterVerdict {
+    pub reports: Vec<GateReport>,
+    /// Every blocking gate ends by itself at this time (the soak); `None`
+    /// when they pass or when some block has no known end.
+    pub blocked_until: Option<Timestamp>,
+}
+
+/// Gates shown as "not evaluated" when the cheap stage already blocks.
+const AFTER_CONTROL: [&str; 4] = [
+    nodes_ready::NAME,
+    daemonsets::NAME,
+    alerts::NAME,
+    blocking_pods::NAME,
+];
+
+/// The cheap stage of the cluster-wide gates: what the drydock Namespace
+/// alone decides (halted, paused, the soak after the last finished reboot),
+/// from one small GET. `Some` when it already blocks: then the caller lists
+/// no Nodes or pods and asks no Prometheus, and the later gates are shown as
+/// "not evaluated". `None`: go on with [`evaluate_cluster_verdict`].
+pub fn evaluate_control(
+    settings: &Settings,
+    control: &ClusterControl,
+    now: Timestamp,
+) -> Option<ClusterVerdict> {
+    let ns = &settings.lease.namespace;
+    let mut reports = vec![
+        GateReport::new(paused::HALTED, paused::evaluate_halted(control, ns)),
+        GateReport::new(paused::CLUSTER, paused::evaluate_cluster(control, ns)),
+        GateReport::new(
+            soak::NAME,
+            soak::evaluate(&[], control, settings.gates.soak, now),
+        ),
+    ];
+    let blocker = first_block(&reports)?.gate;
+    let blocked_until = known_end(&reports, || {
+        soak::ends_at(&[], control, settings.gates.soak, now)
+    });
+    reports.extend(AFTER_CONTROL.iter().map(|gate| {
+        GateReport::new(
+            gate,
+            Verdict::Block(format!("not evaluated: {blocker} blocks")),
+        )
+    }));
+    Some(ClusterVerdict {
+        reports,
+        blocked_until,
+    })
+}
+
+/// [`evaluate_cluster`], with when the block ends by itself.
+pub fn evaluate_cluster_verdict(
+    settings: &Settings,
+    cluster: &ClusterObservation,
+    alert_observation: &AlertObservation,
+    now: Timestamp,
+) -> ClusterVerdict {
+    let reports = evaluate_cluster(settings, cluster, alert_observation, now);
+    let blocked_until = known_end(&reports, || {
+        soak::ends_at(&cluster.nodes, &cluster.control, settings.gates.soak, now)
+    });
+    ClusterVerdict {
+        reports,
+        blocked_until,
+    }
+}
+
+/// The soak's end when it is the only gate blocking; otherwise unknown.
+fn known_end(
+    reports: &[GateReport],
+    soak_end: impl FnOnce() -> Option<Timestamp>,
+) -> Option<Timestamp> {
+    let mut blocking = reports.iter().filter(|r| !r.verdict.passes()).peekable();
+    blocking.peek()?;
+    if blocking.all(|r| r.gate == soak::NAME) {
+        soak_end()
+    } else {
+        None
+    }
+}
+
 /// Name of the report standing for every cluster-wide gate when the
 /// cluster could not be read.
 pub const CLUSTER_UNAVAILABLE: &str = "cluster";
@@ -183,7 +270,7 @@ fn list_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::annotations::ClusterControl;
+    use crate::cluster::annotations::FinishedReboot;
     use crate::cluster::observe::{NodeView, ReadyStatus};
 
     #[test]
@@ -270,5 +357,78 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             serde_json::json!({"gate": "soak", "verdict": "pass"})
         );
+    }
+
+    #[test]
+    fn control_stage_blocks_first_and_skips_the_expensive_gates() {
+        let mut s = Settings::default();
+        s.gates.soak = std::time::Duration::from_secs(3600);
+        let now: Timestamp = "2025-01-01T12:00:00Z".parse().unwrap();
+        // Nothing on the Namespace: the expensive stage decides.
+        assert_eq!(evaluate_control(&s, &ClusterControl::default(), now), None);
+        // A reboot finished 10 minutes ago: soak, ending in 50 minutes.
+        let finished = ClusterControl {
+            last_reboot_finished: Ok(Some(FinishedReboot {
+                at: "2025-01-01T11:50:00Z".parse().unwrap(),
+                node: "n2".into(),
+            })),
+            ..Default::default()
+        };
+        let v = evaluate_control(&s, &finished, now).expect("soak blocks");
+        assert_eq!(
+            v.reports.iter().map(|r| r.gate).collect::<Vec<_>>(),
+            [
+                "halted",
+                "cluster-paused",
+                "soak",
+                "nodes-ready",
+                "daemonsets",
+                "alerts",
+                "blocking-pods"
+            ]
+        );
+        assert_eq!(first_block(&v.reports).unwrap().gate, "soak");
+        assert_eq!(
+            v.reports[3].verdict,
+            Verdict::Block("not evaluated: soak blocks".into())
+        );
+        assert_eq!(
+            v.blocked_until,
+            Some("2025-01-01T12:50:00Z".parse().unwrap())
+        );
+        // Paused too: no known end any more.
+        let mut paused = finished.clone();
+        paused.paused = Some("freeze".into());
+        let v = evaluate_control(&s, &paused, now).expect("blocks");
+        assert_eq!(first_block(&v.reports).unwrap().gate, "cluster-paused");
+        assert_eq!(v.blocked_until, None);
+        assert_eq!(
+            v.reports[4].verdict,
+            Verdict::Block("not evaluated: cluster-paused blocks".into())
+        );
+    }
+
+    #[test]
+    fn full_stage_knows_the_end_only_when_the_soak_alone_blocks() {
+        let mut s = Settings::default();
+        s.gates.soak = std::time::Duration::from_secs(3600);
+        let now: Timestamp = "2025-01-01T12:00:00Z".parse().unwrap();
+        let mut c = quiet_cluster();
+        let v = evaluate_cluster_verdict(&s, &c, &AlertObservation::NotConfigured, now);
+        assert!(all_pass(&v.reports));
+        assert_eq!(v.blocked_until, None);
+        // A Ready flip 30 minutes ago (the Namespace did not show it).
+        c.nodes[0].ready_changed_at = Some("2025-01-01T11:30:00Z".parse().unwrap());
+        let v = evaluate_cluster_verdict(&s, &c, &AlertObservation::NotConfigured, now);
+        assert_eq!(first_block(&v.reports).unwrap().gate, "soak");
+        assert_eq!(
+            v.blocked_until,
+            Some("2025-01-01T12:30:00Z".parse().unwrap())
+        );
+        // And a node NotReady: that has no known end.
+        c.nodes[0].ready = ReadyStatus::False;
+        let v = evaluate_cluster_verdict(&s, &c, &AlertObservation::NotConfigured, now);
+        assert_eq!(first_block(&v.reports).unwrap().gate, "nodes-ready");
+        assert_eq!(v.blocked_until, None);
     }
 }

@@ -74,6 +74,30 @@ pub fn evaluate(
     }
 }
 
+/// When the soak ends by itself: the latest finished reboot or Ready
+/// change plus the soak period. `None` when it does not block, or when the
+/// end is unknown (an unreadable annotation).
+pub fn ends_at(
+    nodes: &[NodeView],
+    control: &ClusterControl,
+    soak: Duration,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let soak_sd = SignedDuration::try_from(soak).unwrap_or(SignedDuration::MAX);
+    let finished = match &control.last_reboot_finished {
+        Err(_) => return None,
+        Ok(f) => f.as_ref().map(|f| f.at),
+    };
+    let latest = nodes
+        .iter()
+        .filter_map(|n| n.ready_changed_at)
+        .chain(finished)
+        .max()?;
+    // A time in the future (clock skew) ends one soak after it, as `evaluate` counts it.
+    let end = latest.saturating_add(soak_sd).ok()?;
+    (end > now).then_some(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +207,45 @@ mod tests {
             evaluate(&nodes, &ClusterControl::default(), Duration::ZERO, now()),
             Verdict::Pass
         );
+    }
+
+    #[test]
+    fn soak_end_is_the_latest_change_plus_the_soak() {
+        let nodes = [
+            node("a", "2025-01-02T01:00:00Z"),
+            node("b", "2025-01-02T11:00:00Z"),
+        ];
+        let c = ClusterControl {
+            last_reboot_finished: Ok(Some(FinishedReboot {
+                at: t("2025-01-02T10:00:00Z"),
+                node: "c".into(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            ends_at(&nodes, &c, DAY, now()),
+            Some(t("2025-01-03T11:00:00Z"))
+        );
+        // The annotation alone (what the cheap stage sees).
+        assert_eq!(
+            ends_at(&[], &c, DAY, now()),
+            Some(t("2025-01-03T10:00:00Z"))
+        );
+        // Over already, or nothing recorded: no end to wait for.
+        assert_eq!(ends_at(&nodes, &c, Duration::from_secs(3600), now()), None);
+        assert_eq!(ends_at(&[], &ClusterControl::default(), DAY, now()), None);
+        // Unreadable: blocks with no known end.
+        let bad = ClusterControl {
+            last_reboot_finished: Err("garbage".into()),
+            ..Default::default()
+        };
+        assert_eq!(ends_at(&nodes, &bad, DAY, now()), None);
+        // Whenever it blocks with a known end, the end agrees with the verdict.
+        let end = ends_at(&nodes, &c, DAY, now()).unwrap();
+        assert!(matches!(
+            evaluate(&nodes, &c, DAY, now()),
+            Verdict::Block(_)
+        ));
+        assert_eq!(evaluate(&nodes, &c, DAY, end), Verdict::Pass);
     }
 }

@@ -37,6 +37,21 @@ pub struct SimulateOptions {
     /// Give up after this long.
     pub deadline: Duration,
     pub state_dir: PathBuf,
+    /// Only the first this many nodes need a reboot and run an agent (an
+    /// idle agent makes no API request); `None`: every node.
+    pub needing_reboot: Option<usize>,
+    pub check_interval: Duration,
+    /// Something that blocks the whole fleet from the start.
+    pub block: Option<FleetBlock>,
+}
+
+/// A cluster-wide gate that blocks from the start (API cost measurements).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetBlock {
+    /// `drydock cluster pause`: decided by the drydock Namespace alone.
+    Paused(String),
+    /// This node NotReady: only the Node list shows it.
+    NodeNotReady(String),
 }
 
 impl SimulateOptions {
@@ -51,6 +66,9 @@ impl SimulateOptions {
             verify_timeout: Duration::from_secs(3),
             deadline: Duration::from_secs(50),
             state_dir,
+            needing_reboot: None,
+            check_interval: Duration::from_millis(500),
+            block: None,
         }
     }
 }
@@ -80,6 +98,8 @@ pub struct FleetReport {
     pub halted: Option<String>,
     pub total: Duration,
     pub finished: bool,
+    /// Every API request of the run, agents and fleet harness alike.
+    pub api: crate::sim::ApiStats,
 }
 
 const OUT_OF_SERVICE: &[&str] = &[
@@ -152,7 +172,7 @@ fn node_settings(opts: &SimulateOptions, node: &str) -> Settings {
     s.node.state_db = opts.state_dir.join(format!("{node}.db"));
     s.lease.concurrency = opts.concurrency;
     s.lease.duration = Duration::from_secs(5);
-    s.reboot.check_interval = Duration::from_millis(500);
+    s.reboot.check_interval = opts.check_interval;
     s.gates.soak = opts.soak;
     s.drain.timeout = Duration::from_secs(20);
     s.drain.retry_interval = Duration::from_millis(200);
@@ -202,6 +222,8 @@ pub enum SimulateError {
     Store(#[from] crate::store::StoreError),
     #[error("agent: {0}")]
     Agent(#[from] AgentError),
+    #[error("setting up the simulated cluster: {0}")]
+    Setup(String),
 }
 
 /// Runs the rollout until every node rebooted once, the fleet halted, or the
@@ -228,10 +250,23 @@ pub async fn run(
         max_out: Arc::default(),
         print,
     };
+    match &opts.block {
+        Some(FleetBlock::Paused(reason)) => {
+            crate::cluster::annotations::pause_cluster(&sim.client()?, "drydock", reason)
+                .await
+                .map_err(|e| SimulateError::Setup(e.to_string()))?;
+        }
+        Some(FleetBlock::NodeNotReady(node)) => sim.set_node_ready(node, false)?,
+        None => {}
+    }
+    let needing = opts.needing_reboot.unwrap_or(node_names.len());
     let (reboot_tx, mut reboot_rx) = mpsc::unbounded_channel::<String>();
     let mut machines = BTreeMap::new();
     let mut running = BTreeMap::new();
     for (i, node) in node_names.iter().enumerate() {
+        if i >= needing {
+            break;
+        }
         let machine = Arc::new(Mutex::new(Machine {
             boot_id: format!("boot-{i}-0"),
             booted_at: jiff::Timestamp::now(),
@@ -278,7 +313,7 @@ pub async fn run(
             _ = poll.tick() => {
                 let states = live.states.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let all_rebooted = machines.values().all(|m| m.lock().unwrap_or_else(|p| p.into_inner()).reboots > 0);
-                let all_idle = node_names.iter().all(|n| states.get(n).is_some_and(|s| s == "idle"));
+                let all_idle = machines.keys().all(|n| states.get(n).is_some_and(|s| s == "idle"));
                 let failed = states.values().any(|s| s == "failed");
                 if (all_rebooted && all_idle) || failed {
                     finished = !failed;
@@ -310,7 +345,7 @@ pub async fn run(
         .and_then(|ns| ns.metadata.annotations)
         .and_then(|a| a.get(crate::cluster::annotations::HALTED).cloned());
     let mut nodes = BTreeMap::new();
-    for node in &node_names {
+    for node in machines.keys() {
         let at = |what: &str| {
             moments
                 .iter()
@@ -334,6 +369,7 @@ pub async fn run(
             },
         );
     }
+    let api = sim.stats();
     let report = FleetReport {
         moments,
         nodes,
@@ -341,6 +377,7 @@ pub async fn run(
         halted,
         total: live.start.elapsed(),
         finished,
+        api,
     };
     sim.stop().await;
     Ok(report)
