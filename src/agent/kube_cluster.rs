@@ -30,6 +30,7 @@ fn status(reports: Vec<GateReport>) -> Vec<GateStatus> {
         .map(|r| GateStatus {
             gate: r.gate.to_string(),
             passed: r.verdict.passes(),
+            skipped: !r.verdict.evaluated(),
             reason: r.verdict.reason().unwrap_or_default().to_string(),
         })
         .collect()
@@ -93,6 +94,7 @@ impl Cluster for KubeCluster {
                     gate: gates::paused::LOCAL.into(),
                     passed: false,
                     reason: format!("cannot read the local pause: {e}"),
+                    skipped: false,
                 }];
             }
         };

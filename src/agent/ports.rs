@@ -18,6 +18,10 @@ pub struct GateStatus {
     pub passed: bool,
     /// Why it blocks; empty when it passes.
     pub reason: String,
+    /// Not evaluated because an earlier, cheaper gate blocks (then
+    /// `passed` is false too: fail closed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 impl GateStatus {

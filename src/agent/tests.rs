@@ -68,6 +68,7 @@ impl Cluster for Fake {
             gate: "window".into(),
             passed: true,
             reason: String::new(),
+            skipped: false,
         }]
     }
     fn next_local_change(&self, _now: Timestamp) -> Option<Timestamp> {
@@ -82,6 +83,7 @@ impl Cluster for Fake {
                 gate: "cluster".into(),
                 passed: block.is_none(),
                 reason: block.unwrap_or_default(),
+                skipped: false,
             }],
             blocked_until: w.gate_block_until,
         }

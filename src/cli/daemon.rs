@@ -118,7 +118,8 @@ impl ReporterPort for DaemonReporter {
     fn gates(&self, gates: &[GateStatus]) {
         let blocked: Vec<BlockedGate> = gates
             .iter()
-            .filter(|g| !g.passed)
+            // A gate skipped behind a cheaper block is not itself blocking.
+            .filter(|g| !g.passed && !g.skipped)
             .map(|g| BlockedGate {
                 gate: g.gate.clone(),
                 reason: g.reason.clone(),
@@ -367,6 +368,7 @@ mod tests {
             gate: name.into(),
             passed: reason.is_empty(),
             reason: reason.into(),
+            skipped: false,
         }
     }
 
@@ -393,6 +395,10 @@ mod tests {
             gate("maintenance-window", "window opens Tue 02:00"),
             gate("alerts", "alert NodeDiskPressure firing"),
             gate("paused", ""),
+            GateStatus {
+                skipped: true,
+                ..gate("nodes-ready", "not evaluated: soak blocks")
+            },
         ]);
         let t = reporter.metrics_text();
         assert_eq!(
@@ -402,6 +408,11 @@ mod tests {
         assert_eq!(
             value(&t, r#"drydock_gate_blocked{gate="maintenance-window"}"#),
             Some(1.0)
+        );
+        assert_ne!(
+            value(&t, r#"drydock_gate_blocked{gate="nodes-ready"}"#),
+            Some(1.0),
+            "a skipped gate is not blamed"
         );
 
         // Two reboots (two different boots) count twice.

@@ -159,6 +159,8 @@ fn print_text(v: &StatusView, now: Timestamp) {
             for gate in &g.gates {
                 if gate.passed {
                     println!("  pass  {}", gate.gate);
+                } else if gate.skipped {
+                    println!("  -     {}: {}", gate.gate, gate.reason);
                 } else {
                     println!("  BLOCK {}: {}", gate.gate, gate.reason);
                 }

@@ -32,6 +32,9 @@ use crate::config::Settings;
 pub enum Verdict {
     Pass,
     Block(String),
+    /// Not looked at because a cheaper gate already blocks; counts as a
+    /// block (fail closed) but is not this gate's fault.
+    NotEvaluated(String),
 }
 
 impl Verdict {
@@ -42,8 +45,12 @@ impl Verdict {
     pub fn reason(&self) -> Option<&str> {
         match self {
             Verdict::Pass => None,
-            Verdict::Block(r) => Some(r),
+            Verdict::Block(r) | Verdict::NotEvaluated(r) => Some(r),
         }
+    }
+
+    pub fn evaluated(&self) -> bool {
+        !matches!(self, Verdict::NotEvaluated(_))
     }
 }
 
@@ -180,7 +187,7 @@ pub fn evaluate_control(
     reports.extend(AFTER_CONTROL.iter().map(|gate| {
         GateReport::new(
             gate,
-            Verdict::Block(format!("not evaluated: {blocker} blocks")),
+            Verdict::NotEvaluated(format!("not evaluated: {blocker} blocks")),
         )
     }));
     Some(ClusterVerdict {
@@ -390,7 +397,7 @@ mod tests {
         assert_eq!(first_block(&v.reports).unwrap().gate, "soak");
         assert_eq!(
             v.reports[3].verdict,
-            Verdict::Block("not evaluated: soak blocks".into())
+            Verdict::NotEvaluated("not evaluated: soak blocks".into())
         );
         assert_eq!(
             v.blocked_until,
