@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(v.blocked_until, None);
         assert_eq!(
             v.reports[4].verdict,
-            Verdict::Block("not evaluated: cluster-paused blocks".into())
+            Verdict::NotEvaluated("not evaluated: cluster-paused blocks".into())
         );
     }
 
