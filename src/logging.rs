@@ -30,6 +30,18 @@ fn filter(default: &str) -> EnvFilter {
     EnvFilter::try_from_env("DRYDOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default))
 }
 
+/// Human-readable lines on stderr; colours only on a terminal (a file or
+/// a pipe gets plain text).
+fn text_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+}
+
 /// Installs the global subscriber. Falls back to stderr if journald is
 /// unreachable, so log lines are never silently dropped.
 pub fn init(target: LogTarget, default_level: &str) {
@@ -42,9 +54,7 @@ pub fn init(target: LogTarget, default_level: &str) {
                     .try_init();
             }
             Err(e) => {
-                let _ = registry
-                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-                    .try_init();
+                let _ = registry.with(text_layer()).try_init();
                 tracing::warn!(error = %e, "journald unreachable; logging to stderr");
             }
         },
@@ -59,9 +69,7 @@ pub fn init(target: LogTarget, default_level: &str) {
                 .try_init();
         }
         LogTarget::Stderr(LogFormat::Text) => {
-            let _ = registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-                .try_init();
+            let _ = registry.with(text_layer()).try_init();
         }
     }
 }

@@ -72,6 +72,16 @@ fn wait_until(what: &str, within: Duration, log: &Path, mut done: impl FnMut() -
     }
 }
 
+/// Kills the daemon if the test fails half-way.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("signal");
 }
@@ -166,19 +176,21 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
     )
     .unwrap();
     let log = d.join("daemon.log");
-    let mut daemon = Command::new(DRYDOCK)
-        .arg("--config")
-        .arg(&config)
-        .arg("daemon")
-        .env("NOTIFY_SOCKET", d.join("notify.sock"))
-        .env("DBUS_SYSTEM_BUS_ADDRESS", logind.address())
-        .env_remove("JOURNAL_STREAM")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(d.join("daemon.out")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("drydock daemon starts");
+    let mut running = Running(
+        Command::new(DRYDOCK)
+            .arg("--config")
+            .arg(&config)
+            .arg("daemon")
+            .env("NOTIFY_SOCKET", d.join("notify.sock"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", logind.address())
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(d.join("daemon.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("drydock daemon starts"),
+    );
+    let daemon = &mut running.0;
 
     // Holds come first, before anything is asked of the API.
     wait_until("READY=1", Duration::from_secs(20), &log, || {
@@ -261,7 +273,7 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
 
     // A broken reload changes nothing.
     std::fs::write(&config, "[reboot]\ncheck-interval = \"often\"\n").unwrap();
-    signal(&daemon, nix::sys::signal::Signal::SIGHUP);
+    signal(daemon, nix::sys::signal::Signal::SIGHUP);
     wait_until("the refused reload", Duration::from_secs(10), &log, || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -273,7 +285,7 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
 
     // A good one is applied: a new pattern is held at once.
     std::fs::write(&config, config_text(d, &sb, &["hell*"])).unwrap();
-    signal(&daemon, nix::sys::signal::Signal::SIGHUP);
+    signal(daemon, nix::sys::signal::Signal::SIGHUP);
     wait_until("hello on hold", Duration::from_secs(10), &log, || {
         sb.selection("hello").as_deref() == Some("hold")
     });
@@ -286,7 +298,7 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(members(&logind.calls()), ["CanReboot", "Reboot"]);
 
-    signal(&daemon, nix::sys::signal::Signal::SIGTERM);
+    signal(daemon, nix::sys::signal::Signal::SIGTERM);
     let status = daemon.wait().unwrap();
     assert!(status.success(), "clean stop: {status:?}");
     assert!(notify.saw("STOPPING=1"));
