@@ -150,6 +150,111 @@ fn hook_refuses_protected_changes_and_lets_the_rest_through() {
     );
 }
 
+/// The Pre-Install-Pkgs command exactly as apt parsed it from the sandbox's
+/// apt.conf.d (real `apt-config`), and the protocol version apt derives for it.
+fn wired_pre_install(sb: &Sandbox) -> (String, String) {
+    let dump = |key: &str| {
+        let out = sb
+            .apt_command("apt-config")
+            .args(["dump", "--format", "%v%n", key])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let command = dump("DPkg::Pre-Install-Pkgs")
+        .lines()
+        .find(|l| l.contains("apt-hook pre-install"))
+        .expect("drydock's hook is wired")
+        .to_string();
+    // apt: the option key is the text before the first space.
+    let first_word = command.split(' ').next().unwrap().to_string();
+    let version = dump(&format!("DPkg::Tools::Options::{first_word}::Version"));
+    (command, version.trim().to_string())
+}
+
+/// The hook's own note that it stood aside (apt also quotes the command, so
+/// only a line that starts with it counts).
+fn skipped(out: &Output) -> bool {
+    text(out)
+        .lines()
+        .any(|l| l.starts_with("drydock: ") && l.contains("is not installed: hook skipped"))
+}
+
+#[test]
+fn removed_binary_lets_apt_work_and_a_present_one_still_decides() {
+    require_tools!(false);
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    sb.preinstall(&["containerd=1.0-1", "hello=1.0-1"]);
+    // The package's /usr/bin/drydock, at a sandbox path (no space: apt splits there).
+    let binary = sb.base.join("usr-bin/drydock");
+    std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+    std::fs::copy(apt_sandbox::DRYDOCK, &binary).unwrap();
+    sb.install_hook_at(&binary, false);
+    let (command, version) = wired_pre_install(&sb);
+    assert!(
+        command.starts_with(&format!("{} ", binary.display())),
+        "{command}"
+    );
+    assert_eq!(version, "3", "apt must speak protocol 3 to {command}");
+
+    // Installed: a protected change is refused, an unprotected one recorded.
+    refused(
+        &sb.apt_get(&["install", "containerd=2.0-1"]),
+        "containerd: upgrade 1.0-1 -> 2.0-1",
+    );
+    let out = sb.apt_get(&["install", "hello=2.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(history(&sb).len(), 1);
+
+    // A present binary's failure is never excused, whatever its exit status:
+    // not executable (sh: 126), or exiting 127 itself (as sh does for "not found").
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sb.apt_get(&["install", "hello=1.0-1"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(sb.version("hello").as_deref(), Some("2.0-1"));
+    let real = std::fs::read(&binary).unwrap();
+    std::fs::write(&binary, "#!/bin/sh\ncat >/dev/null\nexit 127\n").unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = sb.apt_get(&["install", "hello=1.0-1"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!skipped(&out), "{}", text(&out));
+    assert_eq!(sb.version("hello").as_deref(), Some("2.0-1"));
+    std::fs::write(&binary, real).unwrap();
+
+    // `apt remove drydock`: the conffile stays, the binary is gone. apt works,
+    // both hook lines stand aside, nothing is recorded (nothing to record with).
+    std::fs::remove_file(&binary).unwrap();
+    let out = sb.apt_get(&["install", "hello=1.0-1"]);
+    assert!(
+        out.status.success(),
+        "apt must work without drydock:\n{}",
+        text(&out)
+    );
+    assert!(skipped(&out), "{}", text(&out));
+    assert_eq!(sb.version("hello").as_deref(), Some("1.0-1"));
+    let out = sb.apt_get(&["install", "containerd=2.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sb.version("containerd").as_deref(), Some("2.0-1"));
+    assert_eq!(history(&sb).len(), 1);
+
+    // The skipped hook still reads all of its input: a 4 MiB stdin through
+    // /bin/sh -c, as apt runs it, is accepted whole.
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", &command])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&vec![b'x'; 4 << 20]));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().expect("no EPIPE: stdin drained");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[test]
 fn unattended_upgrades_upgrades_unprotected_and_leaves_protected_alone() {
     require_tools!(true);
