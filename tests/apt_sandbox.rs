@@ -99,7 +99,8 @@ fn hook_refuses_protected_changes_and_lets_the_rest_through() {
     let runs = history(&sb);
     assert_eq!(runs.len(), 2, "{runs:#?}");
     let first = &runs[0]["detail"];
-    assert_eq!(first["origin"], "apt");
+    assert_eq!(first["origin"], "apt", "{first}");
+    assert_eq!(first["plan_recorded"], true, "{first}");
     assert_eq!(
         first["changes"],
         serde_json::json!([{"package": "hello", "arch": "all", "action": "upgrade", "old": "1.0-1", "new": "2.0-1"}])
@@ -255,6 +256,77 @@ fn removed_binary_lets_apt_work_and_a_present_one_still_decides() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// pid and start time (clock ticks since boot) of this process: the apt
+/// process, as far as a post-invoke hook spawned by this test can tell.
+fn this_process() -> serde_json::Value {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    let start: u64 = rest.split_whitespace().nth(19).unwrap().parse().unwrap();
+    serde_json::json!({"pid": std::process::id(), "start_ticks": start})
+}
+
+#[test]
+fn post_invoke_uses_only_the_plan_of_its_own_apt_run() {
+    require_tools!(false);
+    let sb = Sandbox::new();
+    sb.preinstall(&["hello=1.0-1"]);
+    std::fs::create_dir_all(&sb.run_dir).unwrap();
+    let plan_file = sb.run_dir.join("apt-pending.json");
+    let plan = |apt: serde_json::Value, started_at: Timestamp| {
+        serde_json::json!({
+            "started_at": started_at,
+            "apt": apt,
+            "actions": [{"package": "hello", "old": null, "direction": "up",
+                         "new": {"version": "1.0-1", "arch": "all", "multi_arch": "none"},
+                         "op": {"unpack": "/r/hello_1.0-1_all.deb"}}],
+        })
+        .to_string()
+    };
+    let post_invoke = || {
+        let out = sb
+            .drydock()
+            .args(["apt-hook", "post-invoke"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!plan_file.exists(), "the plan is consumed either way");
+        history(&sb).pop().unwrap()["detail"].clone()
+    };
+
+    // Left by another apt process (its post-invoke never ran): ignored.
+    let mut other = this_process();
+    other["pid"] = serde_json::json!(1);
+    std::fs::write(&plan_file, plan(other, Timestamp::now())).unwrap();
+    let d = post_invoke();
+    assert_eq!(d["plan_recorded"], false, "{d}");
+    assert!(
+        d["stale_plan_ignored"]
+            .as_str()
+            .unwrap()
+            .contains("apt process 1 "),
+        "{d}"
+    );
+    assert_eq!(d["changes"], serde_json::json!([]));
+
+    // Same process, but from a day ago: ignored.
+    let day_ago = Timestamp::now() - Duration::from_secs(24 * 3600);
+    std::fs::write(&plan_file, plan(this_process(), day_ago)).unwrap();
+    let d = post_invoke();
+    assert_eq!(d["plan_recorded"], false, "{d}");
+    assert!(
+        d["stale_plan_ignored"].as_str().unwrap().contains("old"),
+        "{d}"
+    );
+
+    // This run's own plan: used.
+    std::fs::write(&plan_file, plan(this_process(), Timestamp::now())).unwrap();
+    let d = post_invoke();
+    assert_eq!(d["plan_recorded"], true, "{d}");
+    assert_eq!(d["stale_plan_ignored"], serde_json::Value::Null);
+    assert_eq!(d["changes"][0]["package"], "hello", "{d}");
+    assert_eq!(d["changes"][0]["action"], "install", "{d}");
+}
+
 #[test]
 fn unattended_upgrades_upgrades_unprotected_and_leaves_protected_alone() {
     require_tools!(true);
@@ -274,6 +346,7 @@ fn unattended_upgrades_upgrades_unprotected_and_leaves_protected_alone() {
     let runs = history(&sb);
     assert_eq!(runs.len(), 1, "{runs:#?}");
     assert_eq!(runs[0]["detail"]["origin"], "unattended-upgrades");
+    assert_eq!(runs[0]["detail"]["plan_recorded"], true, "{:#}", runs[0]);
     assert_eq!(runs[0]["detail"]["changes"][0]["package"], "hello");
 
     // Without the blacklist and the holds, the hook alone still stops u-u.
