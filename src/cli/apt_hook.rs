@@ -221,15 +221,18 @@ fn post_invoke(cli: &Cli) {
     let argvs: Vec<Vec<String>> = ancestors.into_iter().map(|a| a.argv).collect();
     let (origin, command) = record::origin(&argvs);
     let dpkg = Dpkg::new(&settings.packages.dpkg_root);
-    let packages = dpkg
-        .packages()
+    // dpkg-query runs while the store opens (both take milliseconds).
+    let query = dpkg.start_packages();
+    let store = Store::open(&settings.node.state_db);
+    let packages = query
+        .and_then(|q| q.wait())
         .inspect_err(|e| error!(error = %e, "apt post-invoke: reading dpkg state"))
         .ok();
     let (changes, incomplete) = match (&pending, &packages) {
         (Some(p), Some(after)) => record::outcome(p, after),
         _ => (Vec::new(), Vec::new()),
     };
-    let store = match Store::open(&settings.node.state_db) {
+    let store = match store {
         Ok(s) => s,
         Err(e) => {
             error!(error = %e, "apt post-invoke: opening the state store; apt run not recorded");
