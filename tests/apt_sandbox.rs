@@ -328,6 +328,58 @@ fn post_invoke_uses_only_the_plan_of_its_own_apt_run() {
 }
 
 #[test]
+fn invalid_config_protects_the_defaults_and_post_invoke_never_fails_apt() {
+    require_tools!(false);
+    let sb = Sandbox::new();
+    sb.preinstall(&["containerd=1.0-1", "hello=1.0-1"]);
+    sb.install_hook(false);
+    // Valid, this would protect hello only; the bad key makes it invalid.
+    sb.write_config(&["hello"]);
+    let valid = std::fs::read_to_string(&sb.config).unwrap();
+    std::fs::write(
+        &sb.config,
+        format!("{valid}[drain]\ntimeout = \"forever\"\n"),
+    )
+    .unwrap();
+
+    // pre-install falls back to the built-in set: containerd is protected...
+    let out = sb.apt_get(&["install", "containerd=2.0-1"]);
+    refused(&out, "containerd: upgrade 1.0-1 -> 2.0-1");
+    assert!(
+        text(&out).contains("invalid configuration"),
+        "{}",
+        text(&out)
+    );
+    // ...and hello is not; post-invoke cannot record the run, apt succeeds.
+    let out = sb.apt_get(&["install", "hello=2.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("apt run not recorded"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.version("hello").as_deref(), Some("2.0-1"));
+
+    // A state store that is not SQLite: still no failure for apt.
+    std::fs::write(&sb.config, valid).unwrap();
+    std::fs::create_dir_all(sb.state_db.parent().unwrap()).unwrap();
+    std::fs::write(&sb.state_db, b"this is not an SQLite database at all").unwrap();
+    let out = sb.apt_get(&["install", "containerd=2.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("apt run not recorded"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.version("containerd").as_deref(), Some("2.0-1"));
+    // hello is protected again by the valid config.
+    refused(
+        &sb.apt_get(&["install", "hello=1.0-1"]),
+        "hello: downgrade 2.0-1 -> 1.0-1",
+    );
+}
+
+#[test]
 fn unattended_upgrades_upgrades_unprotected_and_leaves_protected_alone() {
     require_tools!(true);
     let sb = Sandbox::new();
