@@ -492,7 +492,8 @@ mod tests {
     #[test]
     fn this_process_has_readable_ancestors() {
         let all = read_ancestors(false);
-        assert!(!all.is_empty());
+        // Under a container's pid 1 there is nothing above us to read.
+        assert_eq!(all.is_empty(), std::os::unix::process::parent_id() <= 1);
         assert!(all.iter().all(|a| a.start_ticks.is_some()), "{all:?}");
     }
 
