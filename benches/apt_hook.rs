@@ -141,8 +141,10 @@ fn main() {
     let config = sb.config.to_string_lossy().into_owned();
     let (hook_median, hook_p90) = time(&[DRYDOCK, "--config", &config, "apt-hook", "pre-install"]);
     let (true_median, true_p90) = time(&["/bin/true"]);
+    // The floor for any drydock subcommand: exec, dynamic linking, clap.
+    let (version_median, version_p90) = time(&[DRYDOCK, "--version"]);
     println!(
-        "pre-install hook process alone ({} bytes of stdin, {} runs): median {hook_median:.2} ms, p90 {hook_p90:.2} ms; /bin/true: median {true_median:.2} ms, p90 {true_p90:.2} ms",
+        "pre-install hook process alone ({} bytes of stdin, {} runs): median {hook_median:.2} ms, p90 {hook_p90:.2} ms; /bin/true: median {true_median:.2} ms, p90 {true_p90:.2} ms; drydock --version: median {version_median:.2} ms, p90 {version_p90:.2} ms",
         input.len(),
         n * 4
     );

@@ -99,7 +99,8 @@ fn hook_refuses_protected_changes_and_lets_the_rest_through() {
     let runs = history(&sb);
     assert_eq!(runs.len(), 2, "{runs:#?}");
     let first = &runs[0]["detail"];
-    assert_eq!(first["origin"], "apt");
+    assert_eq!(first["origin"], "apt", "{first}");
+    assert_eq!(first["plan_recorded"], true, "{first}");
     assert_eq!(
         first["changes"],
         serde_json::json!([{"package": "hello", "arch": "all", "action": "upgrade", "old": "1.0-1", "new": "2.0-1"}])
@@ -150,6 +151,234 @@ fn hook_refuses_protected_changes_and_lets_the_rest_through() {
     );
 }
 
+/// The Pre-Install-Pkgs command exactly as apt parsed it from the sandbox's
+/// apt.conf.d (real `apt-config`), and the protocol version apt derives for it.
+fn wired_pre_install(sb: &Sandbox) -> (String, String) {
+    let dump = |key: &str| {
+        let out = sb
+            .apt_command("apt-config")
+            .args(["dump", "--format", "%v%n", key])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let command = dump("DPkg::Pre-Install-Pkgs")
+        .lines()
+        .find(|l| l.contains("apt-hook pre-install"))
+        .expect("drydock's hook is wired")
+        .to_string();
+    // apt: the option key is the text before the first space.
+    let first_word = command.split(' ').next().unwrap().to_string();
+    let version = dump(&format!("DPkg::Tools::Options::{first_word}::Version"));
+    (command, version.trim().to_string())
+}
+
+/// The hook's own note that it stood aside (apt also quotes the command, so
+/// only a line that starts with it counts).
+fn skipped(out: &Output) -> bool {
+    text(out)
+        .lines()
+        .any(|l| l.starts_with("drydock: ") && l.contains("is not installed: hook skipped"))
+}
+
+#[test]
+fn removed_binary_lets_apt_work_and_a_present_one_still_decides() {
+    require_tools!(false);
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    sb.preinstall(&["containerd=1.0-1", "hello=1.0-1"]);
+    // The package's /usr/bin/drydock, at a sandbox path (no space: apt splits there).
+    let binary = sb.base.join("usr-bin/drydock");
+    std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+    std::fs::copy(apt_sandbox::DRYDOCK, &binary).unwrap();
+    sb.install_hook_at(&binary, false);
+    let (command, version) = wired_pre_install(&sb);
+    assert!(
+        command.starts_with(&format!("{} ", binary.display())),
+        "{command}"
+    );
+    assert_eq!(version, "3", "apt must speak protocol 3 to {command}");
+
+    // Installed: a protected change is refused, an unprotected one recorded.
+    refused(
+        &sb.apt_get(&["install", "containerd=2.0-1"]),
+        "containerd: upgrade 1.0-1 -> 2.0-1",
+    );
+    let out = sb.apt_get(&["install", "hello=2.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(history(&sb).len(), 1);
+
+    // A present binary's failure is never excused, whatever its exit status:
+    // not executable (sh: 126), or exiting 127 itself (as sh does for "not found").
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sb.apt_get(&["install", "hello=1.0-1"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(sb.version("hello").as_deref(), Some("2.0-1"));
+    let real = std::fs::read(&binary).unwrap();
+    std::fs::write(&binary, "#!/bin/sh\ncat >/dev/null\nexit 127\n").unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = sb.apt_get(&["install", "hello=1.0-1"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!skipped(&out), "{}", text(&out));
+    assert_eq!(sb.version("hello").as_deref(), Some("2.0-1"));
+    std::fs::write(&binary, real).unwrap();
+
+    // `apt remove drydock`: the conffile stays, the binary is gone. apt works,
+    // both hook lines stand aside, nothing is recorded (nothing to record with).
+    std::fs::remove_file(&binary).unwrap();
+    let out = sb.apt_get(&["install", "hello=1.0-1"]);
+    assert!(
+        out.status.success(),
+        "apt must work without drydock:\n{}",
+        text(&out)
+    );
+    assert!(skipped(&out), "{}", text(&out));
+    assert_eq!(sb.version("hello").as_deref(), Some("1.0-1"));
+    let out = sb.apt_get(&["install", "containerd=2.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sb.version("containerd").as_deref(), Some("2.0-1"));
+    assert_eq!(history(&sb).len(), 1);
+
+    // The skipped hook still reads all of its input: a 4 MiB stdin through
+    // /bin/sh -c, as apt runs it, is accepted whole.
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", &command])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&vec![b'x'; 4 << 20]));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().expect("no EPIPE: stdin drained");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// pid and start time (clock ticks since boot) of this process: the apt
+/// process, as far as a post-invoke hook spawned by this test can tell.
+fn this_process() -> serde_json::Value {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    let start: u64 = rest.split_whitespace().nth(19).unwrap().parse().unwrap();
+    serde_json::json!({"pid": std::process::id(), "start_ticks": start})
+}
+
+#[test]
+fn post_invoke_uses_only_the_plan_of_its_own_apt_run() {
+    require_tools!(false);
+    let sb = Sandbox::new();
+    sb.preinstall(&["hello=1.0-1"]);
+    std::fs::create_dir_all(&sb.run_dir).unwrap();
+    let plan_file = sb.run_dir.join("apt-pending.json");
+    let plan = |apt: serde_json::Value, started_at: Timestamp| {
+        serde_json::json!({
+            "started_at": started_at,
+            "apt": apt,
+            "actions": [{"package": "hello", "old": null, "direction": "up",
+                         "new": {"version": "1.0-1", "arch": "all", "multi_arch": "none"},
+                         "op": {"unpack": "/r/hello_1.0-1_all.deb"}}],
+        })
+        .to_string()
+    };
+    let post_invoke = || {
+        let out = sb
+            .drydock()
+            .args(["apt-hook", "post-invoke"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!plan_file.exists(), "the plan is consumed either way");
+        history(&sb).pop().unwrap()["detail"].clone()
+    };
+
+    // Left by another apt process (its post-invoke never ran): ignored.
+    let mut other = this_process();
+    other["pid"] = serde_json::json!(1);
+    std::fs::write(&plan_file, plan(other, Timestamp::now())).unwrap();
+    let d = post_invoke();
+    assert_eq!(d["plan_recorded"], false, "{d}");
+    assert!(
+        d["stale_plan_ignored"]
+            .as_str()
+            .unwrap()
+            .contains("apt process 1 "),
+        "{d}"
+    );
+    assert_eq!(d["changes"], serde_json::json!([]));
+
+    // Same process, but from a day ago: ignored.
+    let day_ago = Timestamp::now() - Duration::from_secs(24 * 3600);
+    std::fs::write(&plan_file, plan(this_process(), day_ago)).unwrap();
+    let d = post_invoke();
+    assert_eq!(d["plan_recorded"], false, "{d}");
+    assert!(
+        d["stale_plan_ignored"].as_str().unwrap().contains("old"),
+        "{d}"
+    );
+
+    // This run's own plan: used.
+    std::fs::write(&plan_file, plan(this_process(), Timestamp::now())).unwrap();
+    let d = post_invoke();
+    assert_eq!(d["plan_recorded"], true, "{d}");
+    assert_eq!(d["stale_plan_ignored"], serde_json::Value::Null);
+    assert_eq!(d["changes"][0]["package"], "hello", "{d}");
+    assert_eq!(d["changes"][0]["action"], "install", "{d}");
+}
+
+#[test]
+fn invalid_config_protects_the_defaults_and_post_invoke_never_fails_apt() {
+    require_tools!(false);
+    let sb = Sandbox::new();
+    sb.preinstall(&["containerd=1.0-1", "hello=1.0-1"]);
+    sb.install_hook(false);
+    // Valid, this would protect hello only; the bad key makes it invalid.
+    sb.write_config(&["hello"]);
+    let valid = std::fs::read_to_string(&sb.config).unwrap();
+    std::fs::write(
+        &sb.config,
+        format!("{valid}[drain]\ntimeout = \"forever\"\n"),
+    )
+    .unwrap();
+
+    // pre-install falls back to the built-in set: containerd is protected...
+    let out = sb.apt_get(&["install", "containerd=2.0-1"]);
+    refused(&out, "containerd: upgrade 1.0-1 -> 2.0-1");
+    assert!(
+        text(&out).contains("invalid configuration"),
+        "{}",
+        text(&out)
+    );
+    // ...and hello is not; post-invoke cannot record the run, apt succeeds.
+    let out = sb.apt_get(&["install", "hello=2.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("apt run not recorded"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.version("hello").as_deref(), Some("2.0-1"));
+
+    // A state store that is not SQLite: still no failure for apt.
+    std::fs::write(&sb.config, valid).unwrap();
+    std::fs::create_dir_all(sb.state_db.parent().unwrap()).unwrap();
+    std::fs::write(&sb.state_db, b"this is not an SQLite database at all").unwrap();
+    let out = sb.apt_get(&["install", "containerd=2.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("apt run not recorded"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.version("containerd").as_deref(), Some("2.0-1"));
+    // hello is protected again by the valid config.
+    refused(
+        &sb.apt_get(&["install", "hello=1.0-1"]),
+        "hello: downgrade 2.0-1 -> 1.0-1",
+    );
+}
+
 #[test]
 fn unattended_upgrades_upgrades_unprotected_and_leaves_protected_alone() {
     require_tools!(true);
@@ -169,6 +398,7 @@ fn unattended_upgrades_upgrades_unprotected_and_leaves_protected_alone() {
     let runs = history(&sb);
     assert_eq!(runs.len(), 1, "{runs:#?}");
     assert_eq!(runs[0]["detail"]["origin"], "unattended-upgrades");
+    assert_eq!(runs[0]["detail"]["plan_recorded"], true, "{:#}", runs[0]);
     assert_eq!(runs[0]["detail"]["changes"][0]["package"], "hello");
 
     // Without the blacklist and the holds, the hook alone still stops u-u.

@@ -97,8 +97,10 @@ pub struct Malformed {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request {
-    /// apt's configuration, as sent (values still %-quoted).
-    pub config: Vec<(String, String)>,
+    /// How many `key=value` lines of apt's configuration were sent. drydock
+    /// needs none of them, so they are checked, counted and not kept (the
+    /// dump is hundreds of lines on every dpkg run).
+    pub config_items: usize,
     pub actions: Vec<Action>,
     pub malformed: Vec<Malformed>,
 }
@@ -154,7 +156,7 @@ pub fn parse(input: &[u8], overflow: bool) -> Result<Request, FrameError> {
             break;
         }
         match config_line(line) {
-            Some(kv) => request.config.push(kv),
+            Some(_) => request.config_items += 1,
             None => request.malformed.push(malformed(
                 i + 1,
                 "not a key=value line in the configuration section",
@@ -182,13 +184,15 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn config_line(line: &[u8]) -> Option<(String, String)> {
+/// `key=value` with a non-empty key free of whitespace and control bytes;
+/// the value is anything (apt %-quotes what it must).
+fn config_line(line: &[u8]) -> Option<(&str, &str)> {
     let text = std::str::from_utf8(line).ok()?;
     let (key, value) = text.split_once('=')?;
     if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return None;
     }
-    Some((key.to_string(), value.to_string()))
+    Some((key, value))
 }
 
 fn action_line(line: &[u8]) -> Result<Action, String> {
@@ -339,10 +343,10 @@ mod tests {
     #[test]
     fn parses_a_real_shaped_request() {
         let r = parse(SAMPLE.as_bytes(), false).unwrap();
-        assert_eq!(r.config.len(), 3);
+        assert_eq!(r.config_items, 3);
         assert_eq!(
-            r.config[1],
-            ("APT::Build-Essential::".into(), "build-essential".into())
+            config_line(b"APT::Build-Essential::=build-essential"),
+            Some(("APT::Build-Essential::", "build-essential"))
         );
         assert!(r.malformed.is_empty(), "{:?}", r.malformed);
         assert_eq!(r.actions.len(), 5);
@@ -391,15 +395,27 @@ mod tests {
     #[test]
     fn header_with_crlf_and_no_actions() {
         let r = parse(b"VERSION 3\r\nA=b\r\n\r\n", false).unwrap();
-        assert_eq!(r.config, vec![("A".into(), "b".into())]);
+        assert_eq!(r.config_items, 1);
         assert!(r.actions.is_empty());
     }
 
     #[test]
     fn extra_and_odd_config_lines_are_accepted() {
         let r = parse(b"VERSION 3\nX::Y=\nZ=a=b\nQuoted::%3d=%0a\n\n", false).unwrap();
-        assert_eq!(r.config.len(), 3);
-        assert_eq!(r.config[1], ("Z".into(), "a=b".into()));
+        assert_eq!(r.config_items, 3);
+        assert_eq!(config_line(b"Z=a=b"), Some(("Z", "a=b")));
+        assert_eq!(config_line(b"X::Y="), Some(("X::Y", "")));
+        for bad in [
+            &b"=v"[..],
+            b"a b=c",
+            b"a\tb=c",
+            b"a\x01=c",
+            b"no-equals",
+            b"\xff=1",
+        ] {
+            assert_eq!(config_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(config_line("k\u{a0}ey=v".as_bytes()), None);
         assert!(r.malformed.is_empty());
     }
 

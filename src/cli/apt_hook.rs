@@ -117,6 +117,7 @@ fn pre_install(cli: &Cli) -> ExitCode {
     }
     let pending = PendingRun {
         started_at: Timestamp::now(),
+        apt: record::apt_process(&record::read_ancestors(true)),
         actions: request.actions,
         authorized: verdict
             .authorized
@@ -144,16 +145,42 @@ fn save_pending(settings: &Settings, pending: &PendingRun) -> std::io::Result<()
             .mode(0o755)
             .create(dir)?;
     }
+    // A left-over plan is unlinked, not truncated: ext4 flushes a file
+    // truncated and rewritten in place on close (auto_da_alloc), which cost
+    // milliseconds per dpkg run; O_EXCL also never follows a planted symlink.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&path)?;
     file.write_all(&serde_json::to_vec(pending).map_err(std::io::Error::other)?)
 }
 
-fn take_pending(settings: &Settings) -> Option<PendingRun> {
+/// The plan the pre-install hook saved for this apt run, if any. A plan from
+/// another run is removed and ignored; the reason is returned for the record.
+fn take_pending(
+    settings: &Settings,
+    now: Timestamp,
+    apt: Option<&record::AptProcess>,
+) -> (Option<PendingRun>, Option<String>) {
+    let Some(plan) = read_pending(settings) else {
+        return (None, None);
+    };
+    match record::check_pending(&plan, now, apt) {
+        Ok(()) => (Some(plan), None),
+        Err(stale) => {
+            warn!(reason = %stale, "ignoring the apt run plan of another run");
+            (None, Some(stale.to_string()))
+        }
+    }
+}
+
+fn read_pending(settings: &Settings) -> Option<PendingRun> {
     let path = record::pending_path(settings);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -185,18 +212,27 @@ fn post_invoke(cli: &Cli) {
         }
     };
     let finished_at = Timestamp::now();
-    let pending = take_pending(&settings);
-    let (origin, command) = record::origin(&record::read_ancestors());
+    let ancestors = record::read_ancestors(false);
+    let (pending, stale_plan) = take_pending(
+        &settings,
+        finished_at,
+        record::apt_process(&ancestors).as_ref(),
+    );
+    let argvs: Vec<Vec<String>> = ancestors.into_iter().map(|a| a.argv).collect();
+    let (origin, command) = record::origin(&argvs);
     let dpkg = Dpkg::new(&settings.packages.dpkg_root);
-    let packages = dpkg
-        .packages()
+    // dpkg-query runs while the store opens (both take milliseconds).
+    let query = dpkg.start_packages();
+    let store = Store::open(&settings.node.state_db);
+    let packages = query
+        .and_then(|q| q.wait())
         .inspect_err(|e| error!(error = %e, "apt post-invoke: reading dpkg state"))
         .ok();
     let (changes, incomplete) = match (&pending, &packages) {
         (Some(p), Some(after)) => record::outcome(p, after),
         _ => (Vec::new(), Vec::new()),
     };
-    let store = match Store::open(&settings.node.state_db) {
+    let store = match store {
         Ok(s) => s,
         Err(e) => {
             error!(error = %e, "apt post-invoke: opening the state store; apt run not recorded");
@@ -230,6 +266,7 @@ fn post_invoke(cli: &Cli) {
         "authorized": pending.as_ref().map(|p| p.authorized.clone()).unwrap_or_default(),
         "overridden": pending.as_ref().map(|p| p.overridden.clone()).unwrap_or_default(),
         "plan_recorded": pending.is_some(),
+        "stale_plan_ignored": stale_plan,
         "holds": holds,
     });
     match store.append_history(APT_RUN_KIND, &detail) {

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// What the administrator (or drydock) wants for a package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,27 +111,27 @@ impl Dpkg {
 
     /// Every package dpkg knows, with its selection and status.
     pub fn packages(&self) -> Result<Vec<PackageState>, DpkgError> {
-        let out = self
+        self.start_packages()?.wait()
+    }
+
+    /// Starts [`Dpkg::packages`]' `dpkg-query` and returns at once, so the
+    /// caller can do other work (open the store) while it runs.
+    pub fn start_packages(&self) -> Result<PackagesQuery, DpkgError> {
+        let child = self
             .command("dpkg-query")
             .arg("-W")
             .arg(format!("--showformat={QUERY_FORMAT}"))
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|source| DpkgError::Spawn {
                 program: "dpkg-query",
                 root: self.root.clone(),
                 source,
             })?;
-        if !out.status.success() {
-            return Err(DpkgError::Failed {
-                program: "dpkg-query",
-                root: self.root.clone(),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        parse_query_output(&String::from_utf8_lossy(&out.stdout)).map_err(|line| DpkgError::Parse {
+        Ok(PackagesQuery {
+            child,
             root: self.root.clone(),
-            line,
         })
     }
 
@@ -173,6 +173,38 @@ impl Dpkg {
             });
         }
         Ok(())
+    }
+}
+
+/// A running `dpkg-query` (see [`Dpkg::start_packages`]).
+#[derive(Debug)]
+pub struct PackagesQuery {
+    child: Child,
+    root: PathBuf,
+}
+
+impl PackagesQuery {
+    /// Waits for dpkg-query and parses its answer.
+    pub fn wait(self) -> Result<Vec<PackageState>, DpkgError> {
+        let root = self.root;
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|source| DpkgError::Spawn {
+                program: "dpkg-query",
+                root: root.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(DpkgError::Failed {
+                program: "dpkg-query",
+                root,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        parse_query_output(&String::from_utf8_lossy(&out.stdout))
+            .map_err(|line| DpkgError::Parse { root, line })
     }
 }
 

@@ -210,10 +210,20 @@ impl Sandbox {
     /// The shipped /etc/apt/apt.conf.d/50drydock, pointed at the built binary
     /// and the sandbox's drydock.toml. `pre_install_only` drops Post-Invoke.
     pub fn install_hook(&self, pre_install_only: bool) {
-        let command = format!("{DRYDOCK} --config {}", self.config.display());
+        self.install_hook_at(Path::new(DRYDOCK), pre_install_only);
+    }
+
+    /// As [`Sandbox::install_hook`], with `binary` in place of /usr/bin/drydock.
+    pub fn install_hook_at(&self, binary: &Path, pre_install_only: bool) {
+        let binary = binary.to_str().expect("UTF-8 binary path");
+        assert!(
+            !binary.contains(' '),
+            "apt splits the hook command at spaces"
+        );
+        let command = format!("{binary} --config {}", self.config.display());
         let mut text = SHIPPED_APT_CONF
             .replace("/usr/bin/drydock apt-hook", &format!("{command} apt-hook"))
-            .replace("/usr/bin/drydock", DRYDOCK);
+            .replace("/usr/bin/drydock", binary);
         if pre_install_only {
             text = text
                 .lines()
