@@ -120,7 +120,9 @@ async fn alert_gate_against_a_real_prometheus() {
         Verdict::Block("alert AlwaysFiring firing".into())
     );
     // In the ignore regex: passes.
-    s.alerts.ignore = Regex::new("^(Watchdog|InfoInhibitor|AlwaysFiring)$").unwrap();
+    s.alerts.ignore = Regex::new("^(Watchdog|InfoInhibitor|AlwaysFiring)$")
+        .unwrap()
+        .into();
     let obs = alerts::fetch(&s.alerts).await;
     assert_eq!(alerts::evaluate(&s.alerts, &obs), Verdict::Pass);
     // Outside a match-only regex: passes too.
@@ -240,7 +242,7 @@ async fn alertmanager_v2_alerts_are_read_with_the_right_filters() {
     );
     let queries = am.queries.lock().unwrap().clone();
     assert_eq!(queries, ["active=true&silenced=false&inhibited=false"]);
-    s.alerts.ignore = Regex::new("^(Watchdog|NodeDiskPressure)$").unwrap();
+    s.alerts.ignore = Regex::new("^(Watchdog|NodeDiskPressure)$").unwrap().into();
     assert_eq!(alerts::evaluate(&s.alerts, &obs), Verdict::Pass);
 }
 

@@ -96,7 +96,7 @@ impl std::fmt::Display for NamespacedName {
 pub struct AlertSettings {
     pub prometheus_url: Option<String>,
     pub alertmanager_url: Option<String>,
-    pub ignore: Regex,
+    pub ignore: AlertPattern,
     pub match_only: Option<Regex>,
     pub timeout: Duration,
 }
@@ -146,6 +146,48 @@ impl std::fmt::Debug for ReportSettings {
             .field("webhook_url", &self.webhook_url)
             .field("kubernetes_events", &self.kubernetes_events)
             .finish()
+    }
+}
+
+/// A regex that is compiled when first matched. The built-in default then
+/// costs nothing to processes that never look at alerts (the APT hook runs
+/// on every dpkg call); a configured one is compiled, and so validated, at
+/// load time.
+#[derive(Debug, Clone)]
+pub struct AlertPattern {
+    source: &'static str,
+    compiled: std::sync::Arc<std::sync::OnceLock<Regex>>,
+}
+
+impl AlertPattern {
+    /// A pattern known to be valid (a constant of ours).
+    fn built_in(source: &'static str) -> Self {
+        AlertPattern {
+            source,
+            compiled: Default::default(),
+        }
+    }
+
+    pub fn regex(&self) -> &Regex {
+        self.compiled
+            .get_or_init(|| Regex::new(self.source).expect("built-in regex is valid"))
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        self.regex().is_match(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.regex().as_str()
+    }
+}
+
+impl From<Regex> for AlertPattern {
+    fn from(re: Regex) -> Self {
+        AlertPattern {
+            source: "",
+            compiled: std::sync::Arc::new(std::sync::OnceLock::from(re)),
+        }
     }
 }
 
@@ -221,7 +263,7 @@ impl Default for Settings {
             alerts: AlertSettings {
                 prometheus_url: None,
                 alertmanager_url: None,
-                ignore: Regex::new(DEFAULT_IGNORE_ALERTS).expect("default regex is valid"),
+                ignore: AlertPattern::built_in(DEFAULT_IGNORE_ALERTS),
                 match_only: None,
                 timeout: Duration::from_secs(10),
             },
@@ -417,7 +459,7 @@ impl Settings {
                 at("alerts.alertmanager-url", values::http_url(u))
             })?,
             ignore: match a.ignore {
-                Some(re) => at("alerts.ignore", values::regex(&re))?,
+                Some(re) => at("alerts.ignore", values::regex(&re))?.into(),
                 None => d.alerts.ignore,
             },
             match_only: optional(a.match_only, |re| {

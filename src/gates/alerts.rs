@@ -367,7 +367,7 @@ mod tests {
             Verdict::Block("alert NodeDown firing".into())
         );
         // Ignore still applies inside match-only.
-        s.ignore = Regex::new("Down$").unwrap();
+        s.ignore = Regex::new("Down$").unwrap().into();
         assert_eq!(evaluate(&s, &fetched(&["NodeDown"])), Verdict::Pass);
     }
 
