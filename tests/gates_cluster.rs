@@ -506,3 +506,43 @@ async fn a_blocked_verdict_is_shared_so_one_waiter_lists_nodes_per_recheck() -> 
     }
     Ok(())
 }
+
+/// The same with real agents (driver, pacing, Lease watch): while a node is
+/// NotReady, the waiting fleet lists the Nodes about once per re-check
+/// period, not once per waiter per re-check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_agents_share_one_node_list_per_recheck() -> TestResult {
+    use drydock::simulate::{self, FleetBlock, SimulateOptions};
+    const AGENTS: usize = 6;
+    let dir = tempfile::tempdir()?;
+    let mut o = SimulateOptions::new(dir.path().to_path_buf());
+    o.nodes = 20;
+    o.pods_per_node = 1;
+    o.needing_reboot = Some(AGENTS);
+    // Re-check period min(180 s, 1 s) = 1 s.
+    o.check_interval = Duration::from_secs(1);
+    o.soak = Duration::ZERO;
+    o.block = Some(FleetBlock::NodeNotReady("worker-9".into()));
+    o.stats_after = Duration::from_secs(2);
+    o.deadline = Duration::from_secs(8);
+    let r = simulate::run(o, std::sync::Arc::new(|_| {})).await?;
+    assert!(r.nodes.values().all(|t| t.reboots == 0), "{:?}", r.nodes);
+    let periods = r.api_window.as_secs_f64();
+    let lists = r.api.get("list", "nodes").requests as f64;
+    let checks = r.api.get("get", "namespaces").requests as f64;
+    // Each waiter still looks at the Namespace about once a period...
+    assert!(checks >= AGENTS as f64 * periods * 0.5, "{}", r.api);
+    // ...but only about one of them evaluates in full. Unshared, it would be
+    // every check (about AGENTS / 0.75 per period).
+    assert!(
+        lists <= 2.0 * periods,
+        "{lists} Node lists in {periods:.1} periods: {}",
+        r.api
+    );
+    assert!(
+        lists >= 0.5 * periods,
+        "someone keeps re-evaluating: {}",
+        r.api
+    );
+    Ok(())
+}
