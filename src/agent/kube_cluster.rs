@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
-
 use tracing::{debug, warn};
 
 use super::pace;

@@ -212,7 +212,7 @@ pub fn evaluate_control(
         let shared_end = shared.filter(|(g, _)| *g == gate).map(|(_, b)| b.until);
         match soak_end {
             // The Namespace's soak blocks; a shared soak verdict may last longer.
-            Some(end) if gate == soak::NAME => Some(end?.max(shared_end.unwrap_or(end?))),
+            Some(end) if gate == soak::NAME => end.map(|e| shared_end.map_or(e, |s| e.max(s))),
             _ => shared_end,
         }
     });
@@ -231,12 +231,7 @@ pub fn evaluate_cluster_verdict(
 ) -> ClusterVerdict {
     let reports = evaluate_cluster(settings, cluster, alert_observation, now);
     let soak_end = soak::ends_at(&cluster.nodes, &cluster.control, settings.gates.soak, now);
-    let blocked_until = known_end(
-        &reports,
-        |gate| {
-            if gate == soak::NAME { soak_end } else { None }
-        },
-    );
+    let blocked_until = known_end(&reports, |gate| soak_end.filter(|_| gate == soak::NAME));
     ClusterVerdict {
         reports,
         blocked_until,
