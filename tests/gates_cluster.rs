@@ -354,3 +354,195 @@ async fn namespace_block_costs_one_get_and_lists_nothing() -> TestResult {
     assert_eq!(stats.get("get", "namespaces").requests, 1, "{stats}");
     Ok(())
 }
+
+/// A cluster-wide block with no known end (a node NotReady) is shared on
+/// the drydock Namespace: of the waiting nodes, one lists the Nodes per
+/// re-check period and the others stop at the Namespace GET. The shared
+/// verdict only delays: once it runs out, each node's own evaluation
+/// decides, and an unreadable one is ignored.
+#[tokio::test]
+async fn a_blocked_verdict_is_shared_so_one_waiter_lists_nodes_per_recheck() -> TestResult {
+    use drydock::agent::kube_cluster::KubeCluster;
+    use drydock::agent::ports::{Cluster, ClusterGates, GateStatus};
+    let sim = Scenario::standard(20, 1).start().await?;
+    let client = sim.client()?;
+    let s = settings();
+    // Let the DaemonSet pods start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.set_node_ready("worker-9", false)?;
+    let waiters: Vec<KubeCluster> = (1..=8)
+        .map(|i| KubeCluster::new(client.clone(), s.clone(), format!("worker-{i}")))
+        .collect();
+    let secs = |n: i64| jiff::SignedDuration::from_secs(n);
+    let block = |g: &ClusterGates| GateStatus::first_block(&g.gates).cloned();
+    // The default re-check: min(180 s, the 5 min check interval).
+    let recheck = secs(180);
+
+    // Period 1: worker-1 looks first, the others follow within seconds.
+    let t0 = Timestamp::now();
+    sim.reset_stats();
+    for (i, w) in waiters.iter().enumerate() {
+        let g = w.cluster_gates(t0 + secs(i as i64)).await;
+        let b = block(&g).expect("blocked");
+        assert_eq!(b.gate, "nodes-ready", "{g:?}");
+        assert!(b.reason.starts_with("node worker-9 NotReady"), "{b:?}");
+        if i == 0 {
+            assert!(!b.reason.contains("seen by"), "{b:?}");
+        } else {
+            assert!(
+                b.reason.ends_with(&format!("(seen by worker-1 {i}s ago)")),
+                "{b:?}"
+            );
+            assert!(
+                g.gates.iter().any(|g| g.gate == "alerts" && g.skipped),
+                "{g:?}"
+            );
+        }
+        // Everyone, the writer too, comes back when the verdict runs out.
+        assert_eq!(g.blocked_until, Some(t0 + recheck), "{i}");
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.get("list", "nodes").requests, 1, "{stats}");
+    assert_eq!(stats.get("get", "namespaces").requests, 8, "{stats}");
+    assert_eq!(stats.get("patch", "namespaces").requests, 1, "{stats}");
+    let ns: Namespace = Api::all(client.clone()).get("drydock").await?;
+    let raw = ns.metadata.annotations.unwrap_or_default()[annotations::CLUSTER_BLOCKED].clone();
+    let shared = annotations::SharedBlock::parse(&raw).expect("readable");
+    assert_eq!(
+        (shared.gate.as_str(), shared.by.as_str()),
+        ("nodes-ready", "worker-1")
+    );
+
+    // Period 2, after it ran out: whoever looks first (worker-5) evaluates
+    // and shares again; still one Node list for the eight.
+    let t1 = t0 + recheck + secs(5);
+    sim.reset_stats();
+    for (i, w) in waiters.iter().cycle().skip(4).take(8).enumerate() {
+        let g = w.cluster_gates(t1 + secs(i as i64)).await;
+        let b = block(&g).expect("blocked");
+        if i > 0 {
+            assert!(
+                b.reason.ends_with(&format!("(seen by worker-5 {i}s ago)")),
+                "{b:?}"
+            );
+        }
+        assert_eq!(g.blocked_until, Some(t1 + recheck));
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.get("list", "nodes").requests, 1, "{stats}");
+    assert_eq!(
+        stats.total.requests,
+        8 + 3 + 1,
+        "8 GETs, one full evaluation (Node list, calico-node get + pod list), one PATCH: {stats}"
+    );
+
+    // worker-9 is back. The shared verdict still delays (never longer than
+    // it says); it is not re-checked against the cluster by the readers.
+    sim.set_node_ready("worker-9", true)?;
+    let g = waiters[0].cluster_gates(t1 + secs(60)).await;
+    assert!(
+        block(&g).unwrap().reason.contains("seen by worker-5"),
+        "{g:?}"
+    );
+    // Once it ran out, every node decides for itself, and a pass is not
+    // shared. (First let the calico-node pod on worker-9 become Ready again.)
+    for _ in 0..50 {
+        if gates::all_pass(&evaluate(&sim, &s, "worker-1").await) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t2 = t1 + recheck + secs(1);
+    sim.reset_stats();
+    for w in &waiters {
+        let g = w.cluster_gates(t2).await;
+        assert_eq!(block(&g), None, "{g:?}");
+        assert_eq!(g.blocked_until, None);
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.get("list", "nodes").requests, 8, "{stats}");
+    assert_eq!(stats.get("patch", "namespaces").requests, 0, "{stats}");
+
+    // Garbage, or a verdict reached under other gate settings, is ignored:
+    // the node evaluates in full (and here passes).
+    let current = annotations::SharedBlock {
+        at: t2 - secs(10),
+        until: t2 + secs(100),
+        ..shared.clone()
+    };
+    let other_settings = annotations::SharedBlock {
+        scope: "0000000000000000".into(),
+        ..current.clone()
+    };
+    for (value, honoured) in [
+        ("not json".to_string(), false),
+        (other_settings.to_annotation(), false),
+        // The same, under this node's settings: honoured (the control case).
+        (current.to_annotation(), true),
+    ] {
+        annotations::set(
+            &client,
+            "drydock",
+            annotations::CLUSTER_BLOCKED,
+            Some(&value),
+        )
+        .await?;
+        sim.reset_stats();
+        let g = waiters[2].cluster_gates(t2).await;
+        let lists = sim.stats().get("list", "nodes").requests;
+        if honoured {
+            assert!(
+                block(&g)
+                    .unwrap()
+                    .reason
+                    .contains("seen by worker-1 10s ago"),
+                "{g:?}"
+            );
+            assert_eq!(lists, 0);
+        } else {
+            assert_eq!(block(&g), None, "{value}: {g:?}");
+            assert_eq!(lists, 1);
+        }
+    }
+    Ok(())
+}
+
+/// The same with real agents (driver, pacing, Lease watch): while a node is
+/// NotReady, the waiting fleet lists the Nodes about once per re-check
+/// period, not once per waiter per re-check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_agents_share_one_node_list_per_recheck() -> TestResult {
+    use drydock::simulate::{self, FleetBlock, SimulateOptions};
+    const AGENTS: usize = 6;
+    let dir = tempfile::tempdir()?;
+    let mut o = SimulateOptions::new(dir.path().to_path_buf());
+    o.nodes = 20;
+    o.pods_per_node = 1;
+    o.needing_reboot = Some(AGENTS);
+    // Re-check period min(180 s, 1 s) = 1 s.
+    o.check_interval = Duration::from_secs(1);
+    o.soak = Duration::ZERO;
+    o.block = Some(FleetBlock::NodeNotReady("worker-9".into()));
+    o.stats_after = Duration::from_secs(2);
+    o.deadline = Duration::from_secs(8);
+    let r = simulate::run(o, std::sync::Arc::new(|_| {})).await?;
+    assert!(r.nodes.values().all(|t| t.reboots == 0), "{:?}", r.nodes);
+    let periods = r.api_window.as_secs_f64();
+    let lists = r.api.get("list", "nodes").requests as f64;
+    let checks = r.api.get("get", "namespaces").requests as f64;
+    // Each waiter still looks at the Namespace about once a period...
+    assert!(checks >= AGENTS as f64 * periods * 0.5, "{}", r.api);
+    // ...but only about one of them evaluates in full. Unshared, it would be
+    // every check (about AGENTS / 0.75 per period).
+    assert!(
+        lists <= 2.0 * periods,
+        "{lists} Node lists in {periods:.1} periods: {}",
+        r.api
+    );
+    assert!(
+        lists >= 0.5 * periods,
+        "someone keeps re-evaluating: {}",
+        r.api
+    );
+    Ok(())
+}

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use tracing::{debug, warn};
 
+use super::pace;
 use super::ports::{Cluster, ClusterGates, DrainResult, GateStatus, LeaseOutlook, PortError};
 use crate::cluster::lease::{Held, LeaseClient, LeaseError};
 use crate::cluster::{annotations, drain, node::NodeClient, observe};
@@ -134,7 +136,34 @@ impl Cluster for KubeCluster {
                     Err(e) => return unavailable(e),
                 };
                 let alerts = gates::alerts::fetch(&self.settings.alerts).await;
-                gates::evaluate_cluster_verdict(&self.settings, &obs, &alerts, now)
+                let mut verdict =
+                    gates::evaluate_cluster_verdict(&self.settings, &obs, &alerts, now);
+                // Spare the other waiting nodes this evaluation until the
+                // next re-check; they then wait until its end, and so do we.
+                let recheck = pace::BLOCKED_RECHECK.min(self.settings.reboot.check_interval);
+                let soak_end =
+                    gates::soak::ends_at(&obs.nodes, &obs.control, self.settings.gates.soak, now);
+                if let Some(share) = gates::shared::to_share(
+                    &self.settings,
+                    &verdict.reports,
+                    &alerts,
+                    soak_end,
+                    &self.node,
+                    now,
+                    recheck,
+                ) {
+                    match annotations::share_block(&self.client, self.ns(), &share).await {
+                        Ok(()) => {
+                            debug!(node = %self.node, gate = %share.gate, until = %share.until, "shared the blocking verdict");
+                            verdict.blocked_until = verdict.blocked_until.max(Some(share.until));
+                        }
+                        // The others evaluate for themselves: costly, not unsafe.
+                        Err(e) => {
+                            warn!(node = %self.node, error = %e, "could not share the blocking verdict")
+                        }
+                    }
+                }
+                verdict
             }
         };
         ClusterGates {

@@ -19,6 +19,10 @@ pub const HALTED: &str = "drydock.dev/halted";
 pub const LAST_REBOOT_FINISHED: &str = "drydock.dev/last-reboot-finished";
 /// Target Kubernetes version for the upgrade rollout.
 pub const KUBERNETES_VERSION: &str = "drydock.dev/kubernetes-version";
+/// A cluster-wide gate one node found blocking, as JSON ([`SharedBlock`]):
+/// the other waiting nodes wait until `until` instead of listing every Node
+/// themselves. It can only delay a node, never let one through.
+pub const CLUSTER_BLOCKED: &str = "drydock.dev/cluster-blocked";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnnotationError {
@@ -64,6 +68,37 @@ impl FinishedReboot {
     }
 }
 
+/// One node's finding that a cluster-wide gate blocks, shared through the
+/// drydock Namespace so that one node per re-check pays for the Node list,
+/// DaemonSet pods and alert query instead of every waiting node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedBlock {
+    /// The gate's name (`nodes-ready`, `daemonsets`, `soak`, `alerts`).
+    pub gate: String,
+    pub reason: String,
+    /// The node that evaluated it.
+    pub by: String,
+    pub at: Timestamp,
+    /// Until when the others take it as given.
+    pub until: Timestamp,
+    /// Fingerprint of the writer's cluster-gate settings: a node configured
+    /// differently evaluates for itself.
+    pub scope: String,
+}
+
+impl SharedBlock {
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).expect("plain strings and timestamps serialize")
+    }
+
+    /// `None` for anything unreadable: an unreadable verdict is ignored
+    /// (the reader evaluates for itself), never taken as a pass.
+    pub fn parse(value: &str) -> Option<SharedBlock> {
+        serde_json::from_str(value).ok()
+    }
+}
+
 /// What the Namespace annotations say, read once per evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterControl {
@@ -73,6 +108,9 @@ pub struct ClusterControl {
     /// `Err(raw value)` when the annotation is there but unreadable; the
     /// soak gate then blocks rather than guess.
     pub last_reboot_finished: Result<Option<FinishedReboot>, String>,
+    /// Another node's recent finding; `None` when absent or unreadable.
+    /// Whether it is still in force is the gates' decision.
+    pub cluster_blocked: Option<SharedBlock>,
 }
 
 impl Default for ClusterControl {
@@ -81,6 +119,7 @@ impl Default for ClusterControl {
             paused: None,
             halted: None,
             last_reboot_finished: Ok(None),
+            cluster_blocked: None,
         }
     }
 }
@@ -104,6 +143,9 @@ impl ClusterControl {
                 None => Ok(None),
                 Some(v) => FinishedReboot::parse(v).map(Some).ok_or_else(|| v.clone()),
             },
+            cluster_blocked: annotations
+                .get(CLUSTER_BLOCKED)
+                .and_then(|v| SharedBlock::parse(v)),
         }
     }
 }
@@ -155,6 +197,23 @@ pub async fn halt(
 
 pub async fn clear_halt(client: &kube::Client, namespace: &str) -> Result<(), AnnotationError> {
     set(client, namespace, HALTED, None).await
+}
+
+/// Shares a blocking verdict with the other waiting nodes. A plain merge
+/// patch: the latest finding wins, and a failure only means the others
+/// evaluate for themselves.
+pub async fn share_block(
+    client: &kube::Client,
+    namespace: &str,
+    block: &SharedBlock,
+) -> Result<(), AnnotationError> {
+    set(
+        client,
+        namespace,
+        CLUSTER_BLOCKED,
+        Some(&block.to_annotation()),
+    )
+    .await
 }
 
 /// Records that `node` finished a reboot at `at`, unless a later one is
@@ -255,6 +314,43 @@ mod tests {
     fn unreadable_finished_reboot_is_kept_as_an_error() {
         let c = ClusterControl::from_annotations(&map(&[(LAST_REBOOT_FINISHED, "yesterday")]));
         assert_eq!(c.last_reboot_finished, Err("yesterday".to_string()));
+    }
+
+    fn shared() -> SharedBlock {
+        SharedBlock {
+            gate: "alerts".into(),
+            reason: "alert NodeDiskPressure firing".into(),
+            by: "worker-3".into(),
+            at: "2025-01-01T12:00:00Z".parse().unwrap(),
+            until: "2025-01-01T12:03:00Z".parse().unwrap(),
+            scope: "0123456789abcdef".into(),
+        }
+    }
+
+    #[test]
+    fn shared_block_round_trips_through_the_annotation() {
+        let b = shared();
+        let c = ClusterControl::from_annotations(&map(&[(CLUSTER_BLOCKED, &b.to_annotation())]));
+        assert_eq!(c.cluster_blocked, Some(b));
+    }
+
+    #[test]
+    fn unreadable_shared_block_is_ignored() {
+        let full = shared().to_annotation();
+        for garbage in [
+            "",
+            "yes",
+            "{}",
+            &full[..full.len() - 1],
+            // A field missing, one with the wrong type, one unknown.
+            &full.replace(",\"scope\":\"0123456789abcdef\"", ""),
+            &full.replace("\"2025-01-01T12:03:00Z\"", "180"),
+            &full.replace("\"by\"", "\"verdict\":\"pass\",\"by\""),
+        ] {
+            assert_ne!(garbage, full);
+            let c = ClusterControl::from_annotations(&map(&[(CLUSTER_BLOCKED, garbage)]));
+            assert_eq!(c.cluster_blocked, None, "{garbage}");
+        }
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //! reads the drydock Namespace for [`evaluate_control`] (halted, paused,
 //! soak after the last reboot: one small GET). Only when that passes does
 //! it gather a [`ClusterObservation`] (Node list, DaemonSet pods, alerts)
-//! and run [`evaluate_cluster`].
+//! and run [`evaluate_cluster`]. A cluster-wide block found that way is
+//! [`shared`] on the Namespace, so the other waiting nodes stop at the
+//! cheap stage until it runs out.
 
 pub mod alerts;
 pub mod blocking_pods;
 pub mod daemonsets;
 pub mod nodes_ready;
 pub mod paused;
+pub mod shared;
 pub mod soak;
 pub mod window;
 
@@ -23,7 +26,7 @@ use serde::Serialize;
 pub use alerts::AlertObservation;
 pub use paused::LocalPause;
 
-use crate::cluster::annotations::ClusterControl;
+use crate::cluster::annotations::{self, ClusterControl};
 use crate::cluster::observe::ClusterObservation;
 use crate::config::Settings;
 
@@ -162,10 +165,12 @@ const AFTER_CONTROL: [&str; 4] = [
 ];
 
 /// The cheap stage of the cluster-wide gates: what the drydock Namespace
-/// alone decides (halted, paused, the soak after the last finished reboot),
-/// from one small GET. `Some` when it already blocks: then the caller lists
-/// no Nodes or pods and asks no Prometheus, and the later gates are shown as
-/// "not evaluated". `None`: go on with [`evaluate_cluster_verdict`].
+/// alone decides (halted, paused, the soak after the last finished reboot,
+/// and a cluster-wide block another node found and [`shared`] there), from
+/// one small GET. `Some` when it already blocks: then the caller lists no
+/// Nodes or pods and asks no Prometheus, and the later gates are shown as
+/// "not evaluated". `None`: go on with [`evaluate_cluster_verdict`]. A
+/// shared verdict only ever adds a block.
 pub fn evaluate_control(
     settings: &Settings,
     control: &ClusterControl,
@@ -180,16 +185,37 @@ pub fn evaluate_control(
             soak::evaluate(&[], control, settings.gates.soak, now),
         ),
     ];
-    let blocker = first_block(&reports)?.gate;
-    let blocked_until = known_end(&reports, || {
-        soak::ends_at(&[], control, settings.gates.soak, now)
-    });
-    reports.extend(AFTER_CONTROL.iter().map(|gate| {
-        GateReport::new(
+    // Known while the Namespace's own soak blocks (None: unknown end).
+    let soak_end = (!reports[2].verdict.passes())
+        .then(|| soak::ends_at(&[], control, settings.gates.soak, now));
+    let shared = shared::in_force(settings, control, now);
+    let shared_block = |(_, b): (&'static str, &annotations::SharedBlock)| {
+        Verdict::Block(shared::describe(b, now))
+    };
+    if let Some(s) = shared
+        && s.0 == soak::NAME
+        && soak_end.is_none()
+    {
+        reports[2].verdict = shared_block(s);
+    }
+    let blocker = first_block(&reports)
+        .map(|r| r.gate)
+        .or(shared.map(|(gate, _)| gate))?;
+    reports.extend(AFTER_CONTROL.iter().map(|gate| match shared {
+        Some(s) if s.0 == *gate => GateReport::new(gate, shared_block(s)),
+        _ => GateReport::new(
             gate,
             Verdict::NotEvaluated(format!("not evaluated: {blocker} blocks")),
-        )
+        ),
     }));
+    let blocked_until = known_end(&reports, |gate| {
+        let shared_end = shared.filter(|(g, _)| *g == gate).map(|(_, b)| b.until);
+        match soak_end {
+            // The Namespace's soak blocks; a shared soak verdict may last longer.
+            Some(end) if gate == soak::NAME => end.map(|e| shared_end.map_or(e, |s| e.max(s))),
+            _ => shared_end,
+        }
+    });
     Some(ClusterVerdict {
         reports,
         blocked_until,
@@ -204,27 +230,28 @@ pub fn evaluate_cluster_verdict(
     now: Timestamp,
 ) -> ClusterVerdict {
     let reports = evaluate_cluster(settings, cluster, alert_observation, now);
-    let blocked_until = known_end(&reports, || {
-        soak::ends_at(&cluster.nodes, &cluster.control, settings.gates.soak, now)
-    });
+    let soak_end = soak::ends_at(&cluster.nodes, &cluster.control, settings.gates.soak, now);
+    let blocked_until = known_end(&reports, |gate| soak_end.filter(|_| gate == soak::NAME));
     ClusterVerdict {
         reports,
         blocked_until,
     }
 }
 
-/// The soak's end when it is the only gate blocking; otherwise unknown.
+/// When every blocking gate ends by itself (`end_of` knows, per gate), the
+/// latest of those ends; unknown as soon as one has no known end. Gates not
+/// evaluated behind a block are not blocks of their own.
 fn known_end(
     reports: &[GateReport],
-    soak_end: impl FnOnce() -> Option<Timestamp>,
+    end_of: impl Fn(&str) -> Option<Timestamp>,
 ) -> Option<Timestamp> {
-    let mut blocking = reports.iter().filter(|r| !r.verdict.passes()).peekable();
-    blocking.peek()?;
-    if blocking.all(|r| r.gate == soak::NAME) {
-        soak_end()
-    } else {
-        None
-    }
+    let mut ends = reports
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Block(_)))
+        .map(|r| end_of(r.gate))
+        .peekable();
+    ends.peek()?;
+    ends.collect::<Option<Vec<_>>>()?.into_iter().max()
 }
 
 /// Name of the report standing for every cluster-wide gate when the
@@ -437,5 +464,148 @@ mod tests {
         let v = evaluate_cluster_verdict(&s, &c, &AlertObservation::NotConfigured, now);
         assert_eq!(first_block(&v.reports).unwrap().gate, "nodes-ready");
         assert_eq!(v.blocked_until, None);
+    }
+
+    fn shared_verdict(s: &Settings, gate: &str, at: &str, until: &str) -> annotations::SharedBlock {
+        annotations::SharedBlock {
+            gate: gate.into(),
+            reason: format!("{gate} blocks somewhere"),
+            by: "worker-3".into(),
+            at: at.parse().unwrap(),
+            until: until.parse().unwrap(),
+            scope: shared::scope(s),
+        }
+    }
+
+    #[test]
+    fn control_stage_honours_a_fresh_shared_verdict_until_it_ends() {
+        let s = Settings::default();
+        let now: Timestamp = "2025-01-01T12:00:00Z".parse().unwrap();
+        let control = ClusterControl {
+            cluster_blocked: Some(shared_verdict(
+                &s,
+                "nodes-ready",
+                "2025-01-01T11:59:20Z",
+                "2025-01-01T12:02:20Z",
+            )),
+            ..Default::default()
+        };
+        let v = evaluate_control(&s, &control, now).expect("shared block");
+        let block = first_block(&v.reports).unwrap();
+        assert_eq!(block.gate, "nodes-ready");
+        assert_eq!(
+            block.verdict,
+            Verdict::Block("nodes-ready blocks somewhere (seen by worker-3 40s ago)".into())
+        );
+        assert_eq!(
+            v.reports.iter().map(|r| r.gate).collect::<Vec<_>>(),
+            [
+                "halted",
+                "cluster-paused",
+                "soak",
+                "nodes-ready",
+                "daemonsets",
+                "alerts",
+                "blocking-pods"
+            ]
+        );
+        for r in &v.reports[4..] {
+            assert_eq!(
+                r.verdict,
+                Verdict::NotEvaluated("not evaluated: nodes-ready blocks".into())
+            );
+        }
+        assert_eq!(
+            v.blocked_until,
+            Some("2025-01-01T12:02:20Z".parse().unwrap())
+        );
+        // Run out, or garbage on the Namespace (parsed to None): evaluate in full.
+        let later: Timestamp = "2025-01-01T12:02:20Z".parse().unwrap();
+        assert_eq!(evaluate_control(&s, &control, later), None);
+        let garbage = ClusterControl::from_annotations(
+            &[(
+                annotations::CLUSTER_BLOCKED.to_string(),
+                "{\"gate\":".to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(evaluate_control(&s, &garbage, now), None);
+    }
+
+    #[test]
+    fn a_shared_verdict_never_makes_a_gate_pass() {
+        let mut s = Settings::default();
+        s.gates.soak = std::time::Duration::from_secs(3600);
+        let now: Timestamp = "2025-01-01T12:00:00Z".parse().unwrap();
+        let soaking = Ok(Some(FinishedReboot {
+            at: "2025-01-01T11:50:00Z".parse().unwrap(),
+            node: "n2".into(),
+        }));
+        let bases = [
+            ClusterControl::default(),
+            ClusterControl {
+                halted: Some("n4 failed verification".into()),
+                ..Default::default()
+            },
+            ClusterControl {
+                paused: Some("freeze".into()),
+                ..Default::default()
+            },
+            ClusterControl {
+                last_reboot_finished: soaking.clone(),
+                ..Default::default()
+            },
+            ClusterControl {
+                last_reboot_finished: Err("garbage".into()),
+                ..Default::default()
+            },
+        ];
+        for base in bases {
+            let without = evaluate_control(&s, &base, now);
+            for gate in [
+                "nodes-ready",
+                "daemonsets",
+                "soak",
+                "alerts",
+                "blocking-pods",
+            ] {
+                let mut with = base.clone();
+                // Written after the finished reboot, so not superseded by it.
+                with.cluster_blocked = Some(shared_verdict(
+                    &s,
+                    gate,
+                    "2025-01-01T11:58:00Z",
+                    "2025-01-01T12:01:00Z",
+                ));
+                let Some(with) = evaluate_control(&s, &with, now) else {
+                    assert_eq!(gate, "blocking-pods", "a shareable verdict blocks");
+                    assert_eq!(without, None);
+                    continue;
+                };
+                let Some(without) = &without else { continue };
+                // Whatever blocked without it still blocks, with the same reason.
+                for (a, b) in without.reports.iter().zip(&with.reports) {
+                    assert_eq!(a.gate, b.gate);
+                    if let Verdict::Block(_) = a.verdict {
+                        assert_eq!(a.verdict, b.verdict, "{base:?} + {gate}");
+                    }
+                    assert!(
+                        !b.verdict.passes() || a.verdict.passes(),
+                        "{base:?} + {gate}"
+                    );
+                }
+                assert_eq!(
+                    first_block(&with.reports).unwrap().gate,
+                    first_block(&without.reports).unwrap().gate
+                );
+                // A shared end never shortens a known one.
+                if let (Some(a), Some(b)) = (without.blocked_until, with.blocked_until) {
+                    assert!(b >= a);
+                }
+                if without.blocked_until.is_none() {
+                    assert_eq!(with.blocked_until, None, "{base:?} + {gate}");
+                }
+            }
+        }
     }
 }

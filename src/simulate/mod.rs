@@ -43,6 +43,9 @@ pub struct SimulateOptions {
     pub check_interval: Duration,
     /// Something that blocks the whole fleet from the start.
     pub block: Option<FleetBlock>,
+    /// Count API requests only from this long after the start (a steady
+    /// state, without the agents' first look); zero: all of them.
+    pub stats_after: Duration,
 }
 
 /// A cluster-wide gate that blocks from the start (API cost measurements).
@@ -69,6 +72,7 @@ impl SimulateOptions {
             needing_reboot: None,
             check_interval: Duration::from_millis(500),
             block: None,
+            stats_after: Duration::ZERO,
         }
     }
 }
@@ -98,8 +102,11 @@ pub struct FleetReport {
     pub halted: Option<String>,
     pub total: Duration,
     pub finished: bool,
-    /// Every API request of the run, agents and fleet harness alike.
+    /// Every API request of the run (from `stats_after` on), agents and
+    /// fleet harness alike.
     pub api: crate::sim::ApiStats,
+    /// How long `api` was counted.
+    pub api_window: Duration,
 }
 
 const OUT_OF_SERVICE: &[&str] = &[
@@ -282,11 +289,18 @@ pub async fn run(
 
     let deadline = tokio::time::sleep(opts.deadline);
     tokio::pin!(deadline);
+    let stats_from = tokio::time::sleep(opts.stats_after);
+    tokio::pin!(stats_from);
+    let mut counting_since = (opts.stats_after.is_zero()).then(Instant::now);
     let mut poll = tokio::time::interval(Duration::from_millis(100));
     let mut finished = false;
     loop {
         tokio::select! {
             _ = &mut deadline => break,
+            _ = &mut stats_from, if counting_since.is_none() => {
+                sim.reset_stats();
+                counting_since = Some(Instant::now());
+            }
             Some(node) = reboot_rx.recv() => {
                 // The machine goes down: its agent dies with it.
                 if let Some(r) = running.remove(&node) {
@@ -370,6 +384,7 @@ pub async fn run(
         );
     }
     let api = sim.stats();
+    let api_window = counting_since.map_or(Duration::ZERO, |t| t.elapsed());
     let report = FleetReport {
         moments,
         nodes,
@@ -378,6 +393,7 @@ pub async fn run(
         total: live.start.elapsed(),
         finished,
         api,
+        api_window,
     };
     sim.stop().await;
     Ok(report)
