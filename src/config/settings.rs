@@ -178,7 +178,10 @@ impl AlertPattern {
     }
 
     pub fn as_str(&self) -> &str {
-        self.regex().as_str()
+        match self.compiled.get() {
+            Some(re) => re.as_str(),
+            None => self.source,
+        }
     }
 }
 

@@ -237,7 +237,9 @@ mod tests {
         }
         // Reached under other gate settings.
         let mut other = Settings::default();
-        other.alerts.ignore = regex::Regex::new("^(Watchdog|InfoInhibitor|Noisy)$").unwrap();
+        other.alerts.ignore = regex::Regex::new("^(Watchdog|InfoInhibitor|Noisy)$")
+            .unwrap()
+            .into();
         assert!(ignored(verdict(
             &other,
             "alerts",
