@@ -77,10 +77,16 @@ impl DaemonReporter {
         }
     }
 
-    fn set_halted(&self, notice: Notice) {
+    /// `ours`: this node halted (or un-halted) the fleet and tells people;
+    /// otherwise it only saw the halt through its gate.
+    fn set_halted(&self, notice: Notice, ours: bool) {
         let now = matches!(notice, Notice::Halted { .. });
-        if self.halted.swap(now, Ordering::SeqCst) != now {
-            self.reporter.notice(notice);
+        if self.halted.swap(now, Ordering::SeqCst) != now || ours {
+            if ours {
+                self.reporter.notice(notice);
+            } else {
+                self.reporter.observed(notice);
+            }
         }
     }
 }
@@ -126,11 +132,15 @@ impl ReporterPort for DaemonReporter {
             })
             .collect();
         match gates.iter().find(|g| g.gate == HALTED) {
-            Some(g) if !g.passed => self.set_halted(Notice::Halted {
-                node: "the fleet".into(),
-                reason: g.reason.clone(),
-            }),
-            Some(_) => self.set_halted(Notice::HaltCleared),
+            Some(g) if !g.passed && !g.skipped => self.set_halted(
+                Notice::Halted {
+                    node: "another node".into(),
+                    reason: g.reason.clone(),
+                },
+                false,
+            ),
+            Some(g) if g.passed => self.set_halted(Notice::HaltCleared, false),
+            Some(_) => {}
             None => {}
         }
         let mut last = self.last_blocked.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,12 +174,15 @@ impl ReporterPort for DaemonReporter {
                 reason: reason.clone(),
             },
             AgentEvent::Halted { reason } => {
-                return self.set_halted(Notice::Halted {
-                    node: self.node.clone(),
-                    reason: reason.clone(),
-                });
+                return self.set_halted(
+                    Notice::Halted {
+                        node: self.node.clone(),
+                        reason: reason.clone(),
+                    },
+                    true,
+                );
             }
-            AgentEvent::HaltCleared => return self.set_halted(Notice::HaltCleared),
+            AgentEvent::HaltCleared => return self.set_halted(Notice::HaltCleared, true),
             AgentEvent::Released { .. } => Notice::Released,
             AgentEvent::StateChanged { to, .. } if to == "verifying" => Notice::Verifying,
             AgentEvent::StateChanged { .. } => return,
@@ -458,6 +471,64 @@ mod tests {
             value(&t, r#"drydock_last_phase_duration_seconds{phase="total"}"#),
             Some(100.0)
         );
+        reporter.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// Counts HTTP requests (webhook posts) and answers 200.
+    async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = posts.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let _ = conn.read(&mut buf).await;
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (url, posts)
+    }
+
+    #[tokio::test]
+    async fn a_halt_seen_through_the_gate_is_not_announced_by_every_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, posts) = webhook_receiver().await;
+        let mut settings = Settings::default();
+        settings.node.state_db = dir.path().join("state.db");
+        settings.report.textfile_dir = None;
+        settings.report.webhook_url = Some(crate::config::Secret::new(url));
+        let reporter = Reporter::start_with(&settings, "worker-1", None, RetryPolicy::default())
+            .await
+            .unwrap();
+        let port = DaemonReporter::new(reporter.clone(), "worker-1");
+
+        port.gates(&[gate(HALTED, "fleet halted: worker-3 failed verification")]);
+        port.gates(&[gate(HALTED, "")]);
+        reporter.flush(Duration::from_secs(5)).await;
+        assert_eq!(
+            posts.load(Ordering::SeqCst),
+            0,
+            "only the halting node posts"
+        );
+
+        port.event(
+            "worker-1",
+            &AgentEvent::Halted {
+                reason: "worker-1 failed verification".into(),
+            },
+        );
+        reporter.flush(Duration::from_secs(5)).await;
+        assert_eq!(
+            posts.load(Ordering::SeqCst),
+            1,
+            "this node's own halt is announced"
+        );
+        assert_eq!(value(&reporter.metrics_text(), "drydock_halted"), Some(1.0));
         reporter.shutdown(Duration::from_secs(1)).await;
     }
 }

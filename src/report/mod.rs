@@ -218,6 +218,17 @@ impl Reporter {
 
     /// Reports one notice. Never blocks on I/O, never fails.
     pub fn notice(&self, notice: Notice) {
+        self.report(notice, true);
+    }
+
+    /// Reports something this node only saw, not did (another node's fleet
+    /// halt): state, metrics and STATUS, but no Event and no webhook, so a
+    /// 200-node fleet does not post the same news 200 times.
+    pub fn observed(&self, notice: Notice) {
+        self.report(notice, false);
+    }
+
+    fn report(&self, notice: Notice, announce: bool) {
         let now = Timestamp::now();
         let (changed, view) = {
             let mut view = lock(&self.shared.view);
@@ -238,7 +249,7 @@ impl Reporter {
         }
         self.kick_disk();
 
-        let event = notice.event().filter(|spec| {
+        let event = notice.event().filter(|_| announce).filter(|spec| {
             let mut last = lock(&self.shared.last_event);
             let fresh = last.as_ref() != Some(spec);
             *last = Some(spec.clone());
@@ -248,7 +259,7 @@ impl Reporter {
             self.kick_kube(event.map(|e| (e, now)));
         }
 
-        if notice.is_notable() {
+        if announce && notice.is_notable() {
             let fresh = {
                 let mut last = lock(&self.shared.last_notified);
                 let fresh = last.as_ref() != Some(&notice);
