@@ -197,17 +197,7 @@ fn world() -> Fake {
 }
 
 fn agent(dir: &std::path::Path, w: &Fake) -> Agent<Fake, Fake, Lines> {
-    let s = settings(dir);
-    let store = Store::open(&s.node.state_db).unwrap();
-    Agent::new(
-        "n1".into(),
-        s,
-        store,
-        w.clone(),
-        w.clone(),
-        Lines::default(),
-    )
-    .unwrap()
+    agent_with(w, settings(dir))
 }
 
 /// The "machine" reboots: a new boot_id, as after a real restart.

@@ -304,6 +304,17 @@ fn list_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every cluster-wide gate, in evaluation order (cheap first).
+    const CLUSTER_GATE_ORDER: [&str; 7] = [
+        "halted",
+        "cluster-paused",
+        "soak",
+        "nodes-ready",
+        "daemonsets",
+        "alerts",
+        "blocking-pods",
+    ];
     use crate::cluster::annotations::FinishedReboot;
     use crate::cluster::observe::{NodeView, ReadyStatus};
 
@@ -411,15 +422,7 @@ mod tests {
         let v = evaluate_control(&s, &finished, now).expect("soak blocks");
         assert_eq!(
             v.reports.iter().map(|r| r.gate).collect::<Vec<_>>(),
-            [
-                "halted",
-                "cluster-paused",
-                "soak",
-                "nodes-ready",
-                "daemonsets",
-                "alerts",
-                "blocking-pods"
-            ]
+            CLUSTER_GATE_ORDER
         );
         assert_eq!(first_block(&v.reports).unwrap().gate, "soak");
         assert_eq!(
@@ -499,15 +502,7 @@ mod tests {
         );
         assert_eq!(
             v.reports.iter().map(|r| r.gate).collect::<Vec<_>>(),
-            [
-                "halted",
-                "cluster-paused",
-                "soak",
-                "nodes-ready",
-                "daemonsets",
-                "alerts",
-                "blocking-pods"
-            ]
+            CLUSTER_GATE_ORDER
         );
         for r in &v.reports[4..] {
             assert_eq!(
