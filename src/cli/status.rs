@@ -66,9 +66,13 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         Some("open now".to_string())
     } else {
         gates::window::next_opening(&settings.maintenance.windows, now).map(|z| {
+            // The window's own zone, this node's clock, and UTC (the
+            // kubelet's and the API server's timestamps).
+            let here = z.timestamp().to_zoned(jiff::tz::TimeZone::system());
             format!(
-                "{} (cluster time {})",
+                "{} (this node: {}; {})",
                 gates::window::describe(&z),
+                here.strftime("%a %H:%M %Z"),
                 z.timestamp().strftime("%a %H:%M UTC")
             )
         })
