@@ -533,9 +533,9 @@ async fn waiting_agents_share_one_node_list_per_recheck() -> TestResult {
     // Each waiter still looks at the Namespace about once a period...
     assert!(checks >= AGENTS as f64 * periods * 0.5, "{}", r.api);
     // ...but only about one of them evaluates in full. Unshared, it would be
-    // every check (about AGENTS / 0.75 per period).
+    // every check (about AGENTS / 0.75 per period); the margin is for slow CI.
     assert!(
-        lists <= 2.0 * periods,
+        lists <= 3.0 * periods,
         "{lists} Node lists in {periods:.1} periods: {}",
         r.api
     );
