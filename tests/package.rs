@@ -1,5 +1,6 @@
 //! The .deb: built by scripts/build-deb, inspected with dpkg-deb, checked by
-//! lintian and systemd-analyze.
+//! lintian and systemd-analyze, and installed, removed and purged by real
+//! dpkg in a private root.
 //!
 //! `package_from_test_binary` packages the binary cargo built for the tests
 //! (fast, runs with `cargo test --test package`). The release build is
@@ -196,4 +197,111 @@ fn package_release_build() {
     let deb = build_deb(&[], &repo().join("target/debian"));
     assert_eq!(deb.parent().unwrap(), repo().join("target/debian"));
     check_deb(&deb);
+}
+
+/// dpkg on a private root: `(stdout+stderr, success)`. Maintainer scripts
+/// run chrootless with DPKG_ROOT set, as mmdebstrap runs them.
+fn dpkg_in(root: &Path, args: &[&str]) -> (String, bool) {
+    let out = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "--force-script-chrootless",
+            "--force-depends",
+            "--log=/dev/null",
+        ])
+        .args(args)
+        .output()
+        .expect("dpkg runs");
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.success(),
+    )
+}
+
+fn package_status(root: &Path) -> String {
+    let (out, _) = dpkg_in(root, &["-s", "drydock"]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("Status: "))
+        .unwrap_or("not known")
+        .to_string()
+}
+
+#[test]
+fn package_installs_removes_and_purges_with_real_dpkg() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: dpkg --root needs root");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let deb = build_deb(&["--binary", env!("CARGO_BIN_EXE_drydock")], out.path());
+    let root = out.path().join("root");
+    for dir in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "etc/systemd/system",
+    ] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(root.join("var/lib/dpkg/available"), "").unwrap();
+    let host_wants = Path::new("/etc/systemd/system/multi-user.target.wants/drydock.service");
+    let host_had_it = host_wants.exists();
+    let host_state = Path::new("/var/lib/drydock");
+    let host_had_state = host_state.exists();
+
+    let (log, ok) = dpkg_in(&root, &["-i", deb.to_str().unwrap()]);
+    assert!(ok, "install:\n{log}");
+    assert_eq!(package_status(&root), "install ok installed");
+    assert!(root.join("usr/bin/drydock").is_file());
+    assert!(root.join("etc/apt/apt.conf.d/50drydock").is_file());
+    assert!(root.join("etc/drydock/drydock.toml").is_file());
+    let state =
+        std::fs::metadata(root.join("var/lib/drydock")).expect("postinst made the state dir");
+    assert_eq!(state.permissions().mode() & 0o777, 0o700);
+    assert!(root.join("etc/drydock/checks.d").is_dir());
+    assert!(
+        root.join("etc/systemd/system/multi-user.target.wants/drydock.service")
+            .symlink_metadata()
+            .is_ok(),
+        "enabled on first install (inside the root)"
+    );
+    assert_eq!(host_wants.exists(), host_had_it, "the host was not touched");
+    assert_eq!(
+        host_state.exists(),
+        host_had_state,
+        "the host was not touched"
+    );
+    let conffiles =
+        std::fs::read_to_string(root.join("var/lib/dpkg/info/drydock.conffiles")).unwrap();
+    assert!(
+        conffiles.contains("/etc/apt/apt.conf.d/50drydock"),
+        "{conffiles}"
+    );
+
+    // Remove: binary gone; configuration, the apt wiring and state stay.
+    std::fs::write(root.join("var/lib/drydock/state.db"), "kept").unwrap();
+    let (log, ok) = dpkg_in(&root, &["-r", "drydock"]);
+    assert!(ok, "remove:\n{log}");
+    assert_eq!(package_status(&root), "deinstall ok config-files");
+    assert!(!root.join("usr/bin/drydock").exists());
+    assert!(root.join("etc/apt/apt.conf.d/50drydock").is_file());
+    assert!(root.join("var/lib/drydock/state.db").is_file());
+
+    // Purge: everything of drydock's is gone.
+    let (log, ok) = dpkg_in(&root, &["-P", "drydock"]);
+    assert!(ok, "purge:\n{log}");
+    assert_eq!(package_status(&root), "not known");
+    for gone in [
+        "etc/apt/apt.conf.d/50drydock",
+        "etc/drydock",
+        "var/lib/drydock",
+    ] {
+        assert!(!root.join(gone).exists(), "{gone} left after purge");
+    }
+    assert_eq!(host_wants.exists(), host_had_it, "the host was not touched");
 }
