@@ -137,7 +137,7 @@ dpkg-root = "{root}"
 protect = [{protect}]
 
 [report]
-textfile-dir = ""
+textfile-dir = "{dir}/metrics"
 "#,
         dir = dir.display(),
         root = sb.root.display(),
@@ -163,6 +163,13 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
     let logind = Fixture::with_service(&[]);
     let notify = Notifications::listen(&d.join("notify.sock"));
 
+    std::fs::create_dir(d.join("metrics")).unwrap();
+    let metric = |series: &str| -> Option<f64> {
+        std::fs::read_to_string(d.join("metrics/drydock.prom"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
     let config = d.join("drydock.toml");
     std::fs::write(&config, config_text(d, &sb, &[])).unwrap();
     std::fs::write(
@@ -198,6 +205,10 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
     });
     assert_eq!(sb.selection("containerd").as_deref(), Some("hold"));
     assert_eq!(sb.selection("hello").as_deref(), Some("install"));
+    wait_until("the holds metrics", Duration::from_secs(10), &log, || {
+        metric(r#"drydock_held_packages{holder="drydock"}"#) == Some(1.0)
+    });
+    assert_eq!(metric("drydock_holds_reconciled"), Some(1.0));
     let status = drydock(&config, &["status"]);
     assert!(
         status.contains(&format!("daemon:       running (pid {})", daemon.id())),
@@ -289,6 +300,12 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
     wait_until("hello on hold", Duration::from_secs(10), &log, || {
         sb.selection("hello").as_deref() == Some("hold")
     });
+    wait_until(
+        "two held packages in the metrics",
+        Duration::from_secs(10),
+        &log,
+        || metric(r#"drydock_held_packages{holder="drydock"}"#) == Some(2.0),
+    );
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()

@@ -198,7 +198,11 @@ impl ReporterPort for DaemonReporter {
 /// Keeps every installed protected package on dpkg hold: at start, after
 /// each apt run (the hook's wake-up), on reload and every check interval
 /// (an `apt-mark unhold` by hand is undone). Runs on its own store handle.
-async fn keep_holds(mut settings: Settings, mut wake: mpsc::Receiver<HoldsWake>) {
+async fn keep_holds(
+    mut settings: Settings,
+    reporter: Reporter,
+    mut wake: mpsc::Receiver<HoldsWake>,
+) {
     let period = settings.reboot.check_interval;
     let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,9 +220,15 @@ async fn keep_holds(mut settings: Settings, mut wake: mpsc::Receiver<HoldsWake>)
         };
         let s = settings.clone();
         match tokio::task::spawn_blocking(move || reconcile_holds(&s)).await {
-            Ok(Ok(plan)) => report_holds(&plan, why),
-            Ok(Err(e)) => warn!(trigger = why, error = %e, "dpkg holds not reconciled; will retry"),
-            Err(e) => warn!(trigger = why, error = %e, "dpkg hold task failed; will retry"),
+            Ok(Ok(plan)) => report_holds(&plan, why, &reporter),
+            Ok(Err(e)) => {
+                reporter.holds(None);
+                warn!(trigger = why, error = %e, "dpkg holds not reconciled; will retry")
+            }
+            Err(e) => {
+                reporter.holds(None);
+                warn!(trigger = why, error = %e, "dpkg hold task failed; will retry")
+            }
         }
     }
 }
@@ -244,7 +254,8 @@ fn reconcile_holds(settings: &Settings) -> anyhow::Result<HoldPlan> {
     Ok(plan)
 }
 
-fn report_holds(plan: &HoldPlan, trigger: &str) {
+fn report_holds(plan: &HoldPlan, trigger: &str, reporter: &Reporter) {
+    reporter.holds(Some((plan.made.len(), plan.held_by_admin.len())));
     if plan.hold.is_empty() && plan.release.is_empty() {
         tracing::debug!(trigger, protected = ?plan.protected, "dpkg holds already in place");
     } else {
@@ -278,11 +289,14 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
     // Holds first: they protect the node even while the API is unreachable.
     let initial = settings.clone();
     match tokio::task::spawn_blocking(move || reconcile_holds(&initial)).await? {
-        Ok(plan) => report_holds(&plan, "start"),
-        Err(e) => error!(error = %e, "dpkg holds not reconciled at start; will retry"),
+        Ok(plan) => report_holds(&plan, "start", &reporter),
+        Err(e) => {
+            reporter.holds(None);
+            error!(error = %e, "dpkg holds not reconciled at start; will retry")
+        }
     }
     let (holds_tx, holds_rx) = mpsc::channel(8);
-    tokio::spawn(keep_holds(settings.clone(), holds_rx));
+    tokio::spawn(keep_holds(settings.clone(), reporter.clone(), holds_rx));
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

@@ -37,6 +37,8 @@ pub struct Metrics {
     halted: Gauge,
     phase_seconds: Family<Labels, FloatGauge>,
     last_notice: FloatGauge,
+    held_packages: Family<Labels, Gauge>,
+    holds_ok: Gauge,
 }
 
 impl Metrics {
@@ -57,6 +59,8 @@ impl Metrics {
             halted: Gauge::default(),
             phase_seconds: Family::default(),
             last_notice: FloatGauge::default(),
+            held_packages: Family::default(),
+            holds_ok: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -118,6 +122,16 @@ impl Metrics {
             "drydock_last_notice_timestamp_seconds",
             "Unix time drydock last reported anything (staleness check)",
             m.last_notice.clone(),
+        );
+        registry.register(
+            "drydock_held_packages",
+            "Installed protected packages on dpkg hold, by who holds them (drydock or admin)",
+            m.held_packages.clone(),
+        );
+        registry.register(
+            "drydock_holds_reconciled",
+            "1 when the last reconciliation of dpkg holds succeeded, 0 when it failed",
+            m.holds_ok.clone(),
         );
         let build: Family<Labels, Gauge> = Family::default();
         build
@@ -211,6 +225,19 @@ impl Metrics {
             | Notice::Verifying
             | Notice::Failed { .. }
             | Notice::AptRun { .. } => {}
+        }
+    }
+
+    /// The outcome of a dpkg hold reconciliation: `None` when it failed
+    /// (the counts keep their last known values).
+    pub fn set_holds(&mut self, held: Option<(usize, usize)>) {
+        self.holds_ok.set(i64::from(held.is_some()));
+        if let Some((by_drydock, by_admin)) = held {
+            for (holder, n) in [("drydock", by_drydock), ("admin", by_admin)] {
+                self.held_packages
+                    .get_or_create(&label("holder", holder))
+                    .set(n as i64);
+            }
         }
     }
 

@@ -287,6 +287,13 @@ impl Reporter {
         self.shared.systemd.status(&line);
     }
 
+    /// Publishes the outcome of a dpkg hold reconciliation as metrics:
+    /// `Some((held by drydock, held by an admin))`, or `None` when it failed.
+    pub fn holds(&self, held: Option<(usize, usize)>) {
+        lock(&self.shared.metrics).set_holds(held);
+        self.kick_disk();
+    }
+
     /// The line systemd shows (also useful for logs and `drydock status`).
     pub fn status_line(&self) -> String {
         match lock(&self.shared.agent_line).as_ref() {
