@@ -28,7 +28,7 @@ use super::model::{
     node_taints, pod_phase, random_suffix, set_condition, tolerates_node, tolerates_taints,
     tolerations_of,
 };
-use super::objects::DeleteOptions;
+use super::objects::{DeleteOptions, default_pod_spec};
 use super::state::State;
 use super::store::{Change, EventType};
 
@@ -276,16 +276,7 @@ pub(super) fn pod_from_template(
         .get("spec")
         .cloned()
         .unwrap_or(json!({"containers": []}));
-    for (k, v) in [
-        ("terminationGracePeriodSeconds", json!(30)),
-        ("restartPolicy", json!("Always")),
-        ("schedulerName", json!("default-scheduler")),
-        ("dnsPolicy", json!("ClusterFirst")),
-    ] {
-        if spec.get(k).is_none_or(Value::is_null) {
-            spec[k] = v;
-        }
-    }
+    default_pod_spec(&mut spec);
     if !extra_tolerations.is_empty() {
         let mut tol = tolerations_of(&spec);
         tol.extend(extra_tolerations.iter().cloned());

@@ -132,6 +132,20 @@ fn spec_of(v: &Value) -> Option<&Value> {
     v.get("spec")
 }
 
+/// The apiserver's defaults for a pod spec (fields left unset or null).
+pub(super) fn default_pod_spec(spec: &mut Value) {
+    for (k, v) in [
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("restartPolicy", json!("Always")),
+        ("schedulerName", json!("default-scheduler")),
+        ("dnsPolicy", json!("ClusterFirst")),
+    ] {
+        if spec.get(k).is_none_or(Value::is_null) {
+            spec[k] = v;
+        }
+    }
+}
+
 /// Defaults and status resets the apiserver applies on create.
 fn apply_create_defaults(kind: Kind, obj: &mut Value) {
     match kind {
@@ -142,17 +156,7 @@ fn apply_create_defaults(kind: Kind, obj: &mut Value) {
             obj["status"] = json!({"phase": "Active"});
         }
         Kind::Pod => {
-            let spec = &mut obj["spec"];
-            for (k, v) in [
-                ("terminationGracePeriodSeconds", json!(30)),
-                ("restartPolicy", json!("Always")),
-                ("schedulerName", json!("default-scheduler")),
-                ("dnsPolicy", json!("ClusterFirst")),
-            ] {
-                if spec.get(k).is_none_or(Value::is_null) {
-                    spec[k] = v;
-                }
-            }
+            default_pod_spec(&mut obj["spec"]);
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             if !super::model::node_name_of(obj).is_empty() {
                 set_condition(obj, "PodScheduled", "True", "", "", false);
