@@ -4,7 +4,6 @@
 //! a bad file is refused and the running settings stay.
 
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -63,8 +62,6 @@ struct DaemonReporter {
     /// Whether the fleet is known to be halted (by us or another node), so
     /// Halted / HaltCleared are reported on changes only.
     halted: AtomicBool,
-    /// The blocked gates last reported, so an unchanged answer is not resent.
-    last_blocked: Mutex<Option<Vec<BlockedGate>>>,
 }
 
 impl DaemonReporter {
@@ -73,7 +70,6 @@ impl DaemonReporter {
             reporter,
             node: node.to_string(),
             halted: AtomicBool::new(false),
-            last_blocked: Mutex::new(None),
         }
     }
 
@@ -143,11 +139,9 @@ impl ReporterPort for DaemonReporter {
             Some(_) => {}
             None => {}
         }
-        let mut last = self.last_blocked.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_ref() != Some(&blocked) {
-            *last = Some(blocked.clone());
-            self.reporter.notice(Notice::Waiting { blocked });
-        }
+        // Sent every time: an Idle or LeaseAcquired in between cleared the
+        // gate metrics; the reporter itself skips unchanged Events.
+        self.reporter.notice(Notice::Waiting { blocked });
     }
 
     fn event(&self, _node: &str, event: &AgentEvent) {
@@ -418,7 +412,7 @@ mod tests {
         );
 
         // Each blocked gate is its own metric label.
-        port.gates(&[
+        let blocked = [
             gate("maintenance-window", "window opens Tue 02:00"),
             gate("alerts", "alert NodeDiskPressure firing"),
             gate("paused", ""),
@@ -426,7 +420,8 @@ mod tests {
                 skipped: true,
                 ..gate("nodes-ready", "not evaluated: soak blocks")
             },
-        ]);
+        ];
+        port.gates(&blocked);
         let t = reporter.metrics_text();
         assert_eq!(
             value(&t, r#"drydock_gate_blocked{gate="alerts"}"#),
@@ -440,6 +435,32 @@ mod tests {
             value(&t, r#"drydock_gate_blocked{gate="nodes-ready"}"#),
             Some(1.0),
             "a skipped gate is not blamed"
+        );
+
+        // A new cycle clears the gate metrics; the same block seen again is
+        // shown again.
+        port.event(
+            "worker-1",
+            &AgentEvent::StateChanged {
+                from: "pending".into(),
+                to: "idle".into(),
+            },
+        );
+        port.status("idle: no reboot needed");
+        assert_eq!(
+            value(
+                &reporter.metrics_text(),
+                r#"drydock_gate_blocked{gate="alerts"}"#
+            ),
+            Some(0.0)
+        );
+        port.gates(&blocked);
+        assert_eq!(
+            value(
+                &reporter.metrics_text(),
+                r#"drydock_gate_blocked{gate="alerts"}"#
+            ),
+            Some(1.0)
         );
 
         // Two reboots (two different boots) count twice.
