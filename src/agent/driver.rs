@@ -400,6 +400,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             let next = self.state.clone().on_reboot_not_needed();
             self.enter(next, serde_json::json!({}))?;
             self.status("idle: no reboot needed".into())?;
+            self.event(AgentEvent::UpToDate);
             return Ok(Wait::For(self.settings.reboot.check_interval));
         }
         if matches!(self.state, AgentState::Idle) {
@@ -541,6 +542,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                         if left != usize::MAX {
                             let line = format!("draining: {left} pods left");
                             self.reporter.status(&line);
+                            self.reporter.event(&self.node, &AgentEvent::DrainProgress { pods_left: left });
                             info!(node = %self.node, pods_left = left, "drain progress");
                         }
                     }

@@ -143,11 +143,16 @@ pub enum AgentEvent {
         from: String,
         to: String,
     },
+    /// Checked: no reboot is needed.
+    UpToDate,
     RebootNeeded {
         reasons: Vec<String>,
     },
     LeaseAcquired {
         slot: String,
+    },
+    DrainProgress {
+        pods_left: usize,
     },
     DrainTimedOut {
         blocking: Vec<String>,

@@ -106,15 +106,6 @@ impl ReporterPort for DaemonReporter {
     fn status(&self, line: &str) {
         // systemd's STATUS= is exactly the agent's line.
         self.reporter.status(line);
-        if let Some(left) = line
-            .strip_prefix("draining: ")
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-        {
-            self.reporter.notice(Notice::Draining { pods_left: left });
-        } else if line.starts_with("idle") {
-            self.reporter.notice(Notice::Idle);
-        }
     }
 
     fn gates(&self, gates: &[GateStatus]) {
@@ -146,6 +137,10 @@ impl ReporterPort for DaemonReporter {
 
     fn event(&self, _node: &str, event: &AgentEvent) {
         let notice = match event {
+            AgentEvent::UpToDate => Notice::Idle,
+            AgentEvent::DrainProgress { pods_left } => Notice::Draining {
+                pods_left: *pods_left,
+            },
             AgentEvent::RebootNeeded { reasons } => Notice::RebootNeeded {
                 reasons: reasons.clone(),
             },
@@ -446,7 +441,7 @@ mod tests {
                 to: "idle".into(),
             },
         );
-        port.status("idle: no reboot needed");
+        port.event("worker-1", &AgentEvent::UpToDate);
         assert_eq!(
             value(
                 &reporter.metrics_text(),
@@ -459,6 +454,16 @@ mod tests {
             value(
                 &reporter.metrics_text(),
                 r#"drydock_gate_blocked{gate="alerts"}"#
+            ),
+            Some(1.0)
+        );
+
+        // Drain progress arrives as an event, not parsed from the line.
+        port.event("worker-1", &AgentEvent::DrainProgress { pods_left: 3 });
+        assert_eq!(
+            value(
+                &reporter.metrics_text(),
+                r#"drydock_state{state="draining"}"#
             ),
             Some(1.0)
         );
