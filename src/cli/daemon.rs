@@ -4,6 +4,7 @@
 //! a bad file is refused and the running settings stay.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -187,39 +188,10 @@ impl ReporterPort for DaemonReporter {
 /// Keeps every installed protected package on dpkg hold: at start, after
 /// each apt run (the hook's wake-up), on reload and every check interval
 /// (an `apt-mark unhold` by hand is undone). Runs on its own store handle.
-async fn keep_holds(
-    mut settings: Settings,
+struct HoldKeeper {
+    settings: Settings,
+    store: Arc<std::sync::Mutex<Store>>,
     reporter: Reporter,
-    mut wake: mpsc::Receiver<HoldsWake>,
-) {
-    let period = settings.reboot.check_interval;
-    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let why = tokio::select! {
-            _ = every.tick() => "periodic",
-            w = wake.recv() => match w {
-                None => return,
-                Some(HoldsWake::AptRun) => "apt run",
-                Some(HoldsWake::Reload(new)) => {
-                    settings = *new;
-                    "configuration reload"
-                }
-            },
-        };
-        let s = settings.clone();
-        match tokio::task::spawn_blocking(move || reconcile_holds(&s)).await {
-            Ok(Ok(plan)) => report_holds(&plan, why, &reporter),
-            Ok(Err(e)) => {
-                reporter.holds(None);
-                warn!(trigger = why, error = %e, "dpkg holds not reconciled; will retry")
-            }
-            Err(e) => {
-                reporter.holds(None);
-                warn!(trigger = why, error = %e, "dpkg hold task failed; will retry")
-            }
-        }
-    }
 }
 
 enum HoldsWake {
@@ -227,10 +199,65 @@ enum HoldsWake {
     Reload(Box<Settings>),
 }
 
-fn reconcile_holds(settings: &Settings) -> anyhow::Result<HoldPlan> {
-    let store = Store::open(&settings.node.state_db).context("opening the state store")?;
+impl HoldKeeper {
+    fn open(settings: Settings, reporter: Reporter) -> anyhow::Result<HoldKeeper> {
+        let store = Store::open(&settings.node.state_db).context("opening the state store")?;
+        Ok(HoldKeeper {
+            settings,
+            store: Arc::new(std::sync::Mutex::new(store)),
+            reporter,
+        })
+    }
+
+    /// One reconciliation (dpkg runs off the async threads), reported:
+    /// log, history, metrics. A failure is reported and retried later.
+    async fn reconcile(&self, trigger: &'static str) {
+        let settings = self.settings.clone();
+        let store = self.store.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile_holds(&settings, &store)
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        match outcome {
+            Ok(plan) => report_holds(&plan, trigger, &self.reporter),
+            Err(e) => {
+                self.reporter.holds(None);
+                warn!(
+                    trigger,
+                    error = format!("{e:#}"),
+                    "dpkg holds not reconciled; will retry"
+                );
+            }
+        }
+    }
+
+    async fn run(mut self, mut wake: mpsc::Receiver<HoldsWake>) {
+        let period = self.settings.reboot.check_interval;
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let trigger = tokio::select! {
+                _ = every.tick() => "periodic",
+                w = wake.recv() => match w {
+                    None => return,
+                    Some(HoldsWake::AptRun) => "apt run",
+                    Some(HoldsWake::Reload(new)) => {
+                        self.settings = *new;
+                        "configuration reload"
+                    }
+                },
+            };
+            self.reconcile(trigger).await;
+        }
+    }
+}
+
+fn reconcile_holds(settings: &Settings, store: &Store) -> anyhow::Result<HoldPlan> {
     let dpkg = Dpkg::new(&settings.packages.dpkg_root);
-    let plan = aptgate::reconcile_holds(settings, &store, &dpkg)?;
+    let plan = aptgate::reconcile_holds(settings, store, &dpkg)?;
     if !plan.hold.is_empty() || !plan.release.is_empty() {
         store
             .append_history(
@@ -276,16 +303,10 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
         .context("starting reporting")?;
 
     // Holds first: they protect the node even while the API is unreachable.
-    let initial = settings.clone();
-    match tokio::task::spawn_blocking(move || reconcile_holds(&initial)).await? {
-        Ok(plan) => report_holds(&plan, "start", &reporter),
-        Err(e) => {
-            reporter.holds(None);
-            error!(error = %e, "dpkg holds not reconciled at start; will retry")
-        }
-    }
+    let holds = HoldKeeper::open(settings.clone(), reporter.clone())?;
+    holds.reconcile("start").await;
     let (holds_tx, holds_rx) = mpsc::channel(8);
-    tokio::spawn(keep_holds(settings.clone(), reporter.clone(), holds_rx));
+    tokio::spawn(holds.run(holds_rx));
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
