@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::Duration;
 
 use anyhow::Context;
@@ -60,9 +60,6 @@ pub fn node_name(configured: Option<&str>) -> anyhow::Result<String> {
 struct DaemonReporter {
     reporter: Reporter,
     node: String,
-    /// Whether the fleet is known to be halted (by us or another node), so
-    /// Halted / HaltCleared are reported on changes only.
-    halted: AtomicBool,
 }
 
 impl DaemonReporter {
@@ -70,15 +67,15 @@ impl DaemonReporter {
         DaemonReporter {
             reporter,
             node: node.to_string(),
-            halted: AtomicBool::new(false),
         }
     }
 
     /// `ours`: this node halted (or un-halted) the fleet and tells people;
-    /// otherwise it only saw the halt through its gate.
+    /// otherwise it only saw the halt through its gate, and a halt already
+    /// known (the reporter's view holds it) is not reported again.
     fn set_halted(&self, notice: Notice, ours: bool) {
-        let now = matches!(notice, Notice::Halted { .. });
-        if self.halted.swap(now, Ordering::SeqCst) != now || ours {
+        let halted = matches!(notice, Notice::Halted { .. });
+        if ours || self.reporter.view().halted.is_some() != halted {
             if ours {
                 self.reporter.notice(notice);
             } else {
@@ -394,6 +391,7 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::report::RetryPolicy;
+    use std::sync::atomic::Ordering;
 
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
