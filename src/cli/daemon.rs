@@ -359,9 +359,7 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
         }
         match cli.load_settings() {
             Ok(mut new) => {
-                if format!("{:?}{:?}", new.node, new.report)
-                    != format!("{:?}{:?}", settings.node, settings.report)
-                {
+                if new.node != settings.node || new.report != settings.report {
                     warn!("[node] and [report] changes take effect when drydock restarts");
                 }
                 // What the running daemon is bound to stays until a restart.
