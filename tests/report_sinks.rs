@@ -16,8 +16,8 @@ use drydock::report::{
     BlockedGate, Notice, PhaseDurations, REASON_ANNOTATION, Reporter, RetryPolicy, STATE_ANNOTATION,
 };
 use drydock::sim::Scenario;
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::Value;
@@ -75,22 +75,17 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
     r.notice(Notice::Rebooting {
         boot_id: "boot-a".into(),
     });
+    // Every kind of series, so promtool sees them all.
+    r.kubernetes_versions(Some("v1.34.1"), Some("v1.35.0"));
+    r.certificate_expiry(Some(jiff::Timestamp::from_second(1_900_000_000).unwrap()));
+    r.evictions_retried(3);
+    r.heartbeat();
+    r.holds(Some((2, 1)));
     assert!(r.flush(FLUSH).await);
 
     let prom = textfiles.join("drydock.prom");
     let text = std::fs::read_to_string(&prom).unwrap();
-    let check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&prom).unwrap())
-        .output()
-        .expect("promtool (Debian package prometheus) runs");
-    assert!(
-        check.status.success(),
-        "promtool rejected the textfile:\n{}\n{}{}",
-        text,
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    promtool_check_metrics(&text);
     assert_eq!(
         sample(&text, r#"drydock_state{state="rebooting"}"#),
         Some(1.0)
@@ -101,13 +96,44 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
     );
     assert_eq!(sample(&text, "drydock_lease_held"), Some(1.0));
     assert_eq!(sample(&text, "drydock_reboots_total"), Some(1.0));
+    assert_eq!(sample(&text, "drydock_evictions_retried_total"), Some(3.0));
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_kubernetes_version_info{version="v1.34.1"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_kubernetes_target_version_info{version="v1.35.0"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "drydock_identity_certificate_expiry_timestamp_seconds"
+        ),
+        Some(1.9e9)
+    );
+    assert!(sample(&text, "drydock_reboot_required_since_timestamp_seconds").unwrap() > 1.7e9);
+    assert!(sample(&text, "drydock_last_report_timestamp_seconds").unwrap() > 1.7e9);
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_phase_duration_seconds_count{phase="drain"}"#
+        ),
+        Some(0.0)
+    );
     assert_eq!(
         sample(&text, r#"drydock_gate_blocked{gate="maintenance-window"}"#),
         Some(0.0),
         "the lease was taken, so no gate blocks any more"
     );
     let version = format!(
-        r#"drydock_build_info{{version="{}"}}"#,
+        r#"drydock_build_info{{version="{}",node="worker-1"}}"#,
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(sample(&text, &version), Some(1.0));
@@ -118,7 +144,14 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
     node_exporter_reads(&textfiles).await;
 
     let addr = r.metrics_addr().expect("metrics served");
-    let resp = reqwest::get(format!("http://{addr}/metrics"))
+    // What Prometheus asks for: OpenMetrics.
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -130,6 +163,15 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
         sample(&body, r#"drydock_state{state="rebooting"}"#),
         Some(1.0)
     );
+    // Anyone else (curl, promtool): the classic text format, lint-clean.
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    let body = resp.text().await.unwrap();
+    promtool_check_metrics(&body);
+    assert_eq!(sample(&body, "drydock_reboots_total"), Some(1.0));
     r.shutdown(FLUSH).await;
 
     // After the reboot: the totals continue, and resuming with the same
@@ -156,6 +198,26 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
         ),
         Some(42.0)
     );
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_phase_duration_seconds_bucket{le="60.0",phase="drain"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_phase_duration_seconds_bucket{le="30.0",phase="drain"}"#
+        ),
+        Some(0.0)
+    );
+    // The reboot is done: no longer needed, and the "since" is gone.
+    assert_eq!(
+        sample(&text, "drydock_reboot_required_since_timestamp_seconds"),
+        Some(0.0)
+    );
     assert_eq!(r.counters().reboots_total, 1);
     r.shutdown(FLUSH).await;
 
@@ -171,6 +233,34 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
         err.to_string()
             .starts_with("listening for metrics on 127.0.0.1:"),
         "{err}"
+    );
+}
+
+/// `promtool check metrics` (format and lint) accepts `text` without a word.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}\non:\n{text}"
     );
 }
 
@@ -400,7 +490,7 @@ async fn report_events_and_annotations_on_the_simulated_node() {
 
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let mut list = events.list(&ListParams::default()).await.unwrap().items;
-    list.retain(|e| e.reporting_controller.as_deref() == Some("drydock.dev/drydock"));
+    list.retain(|e| e.reporting_component.as_deref() == Some("drydock.dev/drydock"));
     list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
     let reasons: Vec<_> = list.iter().filter_map(|e| e.reason.as_deref()).collect();
     assert_eq!(
@@ -415,12 +505,12 @@ async fn report_events_and_annotations_on_the_simulated_node() {
     );
     let nodes: Api<Node> = Api::all(client.clone());
     let node = nodes.get("worker-1").await.unwrap();
-    let regarding = list[0].regarding.as_ref().unwrap();
+    let regarding = &list[0].involved_object;
     assert_eq!(regarding.kind.as_deref(), Some("Node"));
     assert_eq!(regarding.name.as_deref(), Some("worker-1"));
     assert_eq!(regarding.uid, node.metadata.uid);
     assert_eq!(
-        list[1].note.as_deref(),
+        list[1].message.as_deref(),
         Some("waiting for nodes-ready: worker-2 is NotReady")
     );
     let ann = node.metadata.annotations.unwrap_or_default();
@@ -457,7 +547,7 @@ async fn report_events_and_annotations_on_the_simulated_node() {
         .unwrap()
         .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("worker-2"))
+        .filter(|e| e.involved_object.name.as_deref() == Some("worker-2"))
         .count();
     assert_eq!(about_w2, 0);
     r.shutdown(FLUSH).await;

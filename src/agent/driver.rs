@@ -158,6 +158,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         tokio::pin!(shutdown);
         loop {
             let wait = self.tick().await?;
+            self.reporter.heartbeat();
             let wake = self.wake.clone();
             match wait {
                 Wait::No => continue,
