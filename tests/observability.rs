@@ -42,7 +42,28 @@ fn run(cmd: &mut Command) -> (bool, String) {
     )
 }
 
-const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan"];
+const KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    // Aggregations, which may come before their `by (...)`.
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+];
 /// Followed by a parenthesised list of label names, not expressions.
 const LABEL_LISTS: &[&str] = &[
     "by",
