@@ -300,6 +300,8 @@ async fn cluster_status_of_a_mixed_20_node_fleet() -> TestResult {
     let mut old: NodeReport = f.reporters[0].node_report();
     old.state = "pending".into();
     old.detail = "waiting: window opens Tue 02:00 UTC".into();
+    old.upgrade = None;
+    old.slot = None;
     old.reported_at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
     Api::<Node>::all(client.clone())
         .patch(
@@ -437,9 +439,15 @@ async fn cluster_status_of_a_mixed_20_node_fleet() -> TestResult {
         "{text}"
     );
     assert!(
-        row("cp-1").contains("upgrade v1.34.1 -> v1.35.2 at kubeadm upgrade apply"),
+        row("cp-1").contains("upgrading Kubernetes v1.34.1 -> v1.35.2: kubeadm upgrade apply"),
         "{text}"
     );
+    let order: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.starts_with("worker-"))
+        .collect();
+    assert_eq!(order[..3], ["worker-1", "worker-2", "worker-3"], "{text}");
     assert!(row("worker-13").contains(" NO "), "{text}");
     assert!(
         text.lines()

@@ -103,10 +103,14 @@ fn why(n: &NodeView) -> String {
         Some(g) => format!("{}: {}", g.gate, g.reason),
         None => n.detail.clone().unwrap_or_default(),
     };
-    if let Some(u) = &n.upgrade {
-        s = format!("upgrade {} -> {} at {}; {s}", u.from, u.to, u.step);
-    } else if let Some(step) = &n.step {
-        s = format!("[{step}] {s}");
+    match (&n.step, n.state.as_deref()) {
+        (Some(step), Some("failed")) => s = format!("[{step}] {s}"),
+        _ if !n.blocked_by.is_empty() => {
+            if let Some(u) = &n.upgrade {
+                s = format!("upgrading {} -> {} at {}; {s}", u.from, u.to, u.step);
+            }
+        }
+        _ => {}
     }
     clean(&s)
 }

@@ -253,7 +253,7 @@ pub fn assemble(
         .iter()
         .map(|n| node_view(n, &held, stale_after, now))
         .collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
     let mut counts = BTreeMap::new();
     for n in &nodes {
         let key = match (n.drydock, &n.state) {
@@ -293,6 +293,29 @@ pub fn assemble(
         nodes,
         counts,
     }
+}
+
+/// `worker-2` before `worker-10`: runs of digits compare as numbers.
+fn natural_key(name: &str) -> Vec<(String, u64)> {
+    let mut key = Vec::new();
+    let mut text = String::new();
+    let mut digits = String::new();
+    for c in name.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            if !digits.is_empty() {
+                key.push((
+                    std::mem::take(&mut text),
+                    digits.parse().unwrap_or(u64::MAX),
+                ));
+                digits.clear();
+            }
+            text.push(c);
+        }
+    }
+    key.push((text, digits.parse().unwrap_or(0)));
+    key
 }
 
 fn slot_view(name: &str, lease: Option<&Lease>, duration: Duration, now: Timestamp) -> SlotView {
@@ -469,6 +492,13 @@ mod tests {
         assert_eq!(f.counts["failed"], 1);
         assert_eq!(f.counts["not-reporting"], 1);
         assert_eq!(f.counts["no-drydock"], 1);
+    }
+
+    #[test]
+    fn nodes_sort_naturally() {
+        let mut names = vec!["worker-10", "cp-1", "worker-2", "worker-1", "w"];
+        names.sort_by_key(|n| natural_key(n));
+        assert_eq!(names, ["cp-1", "w", "worker-1", "worker-2", "worker-10"]);
     }
 
     #[test]
