@@ -445,7 +445,8 @@ async fn an_operator_reboot_request_appears_once_in_history() {
 /// A disruption budget that allows nothing: the drain waits (429) until
 /// the budget goes away.
 fn blocked_db() -> Scenario {
-    Scenario::standard(3, 1)
+    // Three workers: room for the evicted pods while two are cordoned.
+    Scenario::standard(4, 1)
         .replica_set(
             ReplicaSetSpec::new("default", "db", 1)
                 .label("app", "db")
