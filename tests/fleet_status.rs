@@ -319,10 +319,14 @@ async fn cluster_status_of_a_mixed_20_node_fleet() -> TestResult {
     .await;
 
     // The cluster-wide controls.
-    annotations::halt(
+    annotations::halt_by(
         &client,
         "drydock",
-        "worker-2 failed verification: kubelet not Ready after 15m",
+        &annotations::HaltedBy {
+            node: "worker-2".into(),
+            reason: "failed verification: kubelet not Ready after 15m".into(),
+            at: jiff::Timestamp::now(),
+        },
     )
     .await?;
     annotations::pause_cluster_by(&client, "drydock", "change freeze", Some("alice on cp-1"))
@@ -354,7 +358,7 @@ async fn cluster_status_of_a_mixed_20_node_fleet() -> TestResult {
     assert_eq!(s["halted"]["by"], "worker-2");
     assert_eq!(
         s["halted"]["reason"],
-        "worker-2 failed verification: kubelet not Ready after 15m"
+        "worker-2: failed verification: kubelet not Ready after 15m"
     );
     assert_eq!(s["paused"]["reason"], "change freeze");
     assert_eq!(s["paused"]["by"], "alice on cp-1");
@@ -413,7 +417,7 @@ async fn cluster_status_of_a_mixed_20_node_fleet() -> TestResult {
     // The same as text: one line per node, the story in a few columns.
     let text = cluster_status(&config, false);
     assert!(
-        text.contains("halted:   YES, by worker-2: worker-2 failed verification"),
+        text.contains("halted:   YES, by worker-2: worker-2: failed verification"),
         "{text}"
     );
     assert!(

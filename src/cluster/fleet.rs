@@ -202,6 +202,14 @@ fn is_drydock_lease(lease: &Lease, slot_names: &[String]) -> bool {
             .is_some_and(|v| v == "drydock")
 }
 
+/// The node recorded as having halted the fleet ([`annotations::HaltedBy`]).
+fn halted_by(annotations: &BTreeMap<String, String>) -> Option<String> {
+    annotations
+        .get(annotations::HALTED_BY)
+        .and_then(|v| serde_json::from_str::<annotations::HaltedBy>(v).ok())
+        .map(|h| h.node)
+}
+
 fn control(value: Option<String>, by: Option<&String>) -> Option<Control> {
     value.map(|reason| Control {
         reason,
@@ -268,17 +276,7 @@ pub fn assemble(
     FleetStatus {
         at: now,
         namespace: namespace.to_string(),
-        halted: control(cc.halted, ns_annotations.get(annotations::HALTED_BY)).map(|mut c| {
-            // A node's own halt reason starts with its name.
-            if c.by.is_none() {
-                let first = c.reason.split_whitespace().next().unwrap_or_default();
-                c.by = nodes
-                    .iter()
-                    .find(|n| n.name == first)
-                    .map(|n| n.name.clone());
-            }
-            c
-        }),
+        halted: control(cc.halted, halted_by(ns_annotations).as_ref()),
         paused: control(cc.paused, ns_annotations.get(annotations::PAUSED_BY)),
         target_version: ns_annotations
             .get(annotations::KUBERNETES_VERSION)
@@ -438,7 +436,7 @@ mod tests {
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "drydock",
         "annotations": {
             annotations::HALTED: "w2 failed verification: kubelet not Ready",
-            annotations::HALTED_BY: "w2",
+            annotations::HALTED_BY: r#"{"node":"w2","reason":"kubelet not Ready","at":"2026-01-01T11:00:00Z"}"#,
             annotations::PAUSED: "change freeze",
             annotations::KUBERNETES_VERSION: "v1.35.2",
         }}}))

@@ -63,6 +63,7 @@ pub const NOTIFY_EVENT_KINDS: &[&str] = &[
     "reboot-needed",
     "lease-acquired",
     "drain-failed",
+    "drained",
     "rebooting",
     "upgrading",
     "verifying",

@@ -288,9 +288,12 @@ impl Metrics {
         self.last_report.set(unix(now));
     }
 
-    /// `n` more eviction retries.
-    pub fn evictions_retried(&mut self, n: u64) {
-        self.evictions_retried.inc_by(n);
+    /// The eviction retries so far (the counter only moves up to it).
+    pub fn set_evictions_retried(&mut self, total: u64) {
+        let now = self.evictions_retried.get();
+        if total > now {
+            self.evictions_retried.inc_by(total - now);
+        }
     }
 
     /// The kubelet's version on this node and the cluster's target (`None`:
@@ -378,6 +381,7 @@ impl Metrics {
                 self.set_kubernetes_versions(Some(from), Some(to));
             }
             Notice::Draining { .. }
+            | Notice::Drained { .. }
             | Notice::Rebooting { .. }
             | Notice::Verifying
             | Notice::Failed { .. }

@@ -263,6 +263,7 @@ impl Reporter {
         {
             let mut m = lock(&self.shared.metrics);
             m.apply(&notice, now);
+            m.set_evictions_retried(crate::cluster::drain::eviction_retries());
             if counters_changed {
                 m.sync_counters(&lock(&self.shared.counters));
             }
@@ -336,7 +337,11 @@ impl Reporter {
     /// heartbeat metric (textfile rewritten at most every few seconds) and
     /// republishes the node's report when it is due.
     pub fn heartbeat(&self) {
-        lock(&self.shared.metrics).heartbeat(Timestamp::now());
+        {
+            let mut m = lock(&self.shared.metrics);
+            m.heartbeat(Timestamp::now());
+            m.set_evictions_retried(crate::cluster::drain::eviction_retries());
+        }
         let write = {
             let mut last = lock(&self.shared.last_beat_write);
             let due = last.is_none_or(|t| t.elapsed() >= HEARTBEAT_WRITE_EVERY);
@@ -354,14 +359,6 @@ impl Reporter {
     /// How often the node's report is republished unchanged (tests shorten it).
     pub fn set_republish_every(&self, every: Duration) {
         *lock(&self.shared.republish_every) = every;
-    }
-
-    /// `n` more pod evictions were retried (drain progress).
-    pub fn evictions_retried(&self, n: u64) {
-        if n > 0 {
-            lock(&self.shared.metrics).evictions_retried(n);
-            self.kick_disk();
-        }
     }
 
     /// The kubelet version on this node and the cluster's target, when known

@@ -347,6 +347,10 @@ mod tests {
                 reason: "r".into(),
                 blocking_pods: vec![],
             },
+            Notice::Drained {
+                summary: "s".into(),
+                forced: false,
+            },
             Notice::Rebooting {
                 boot_id: "b".into(),
             },
