@@ -211,12 +211,16 @@ fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
     }
 
     // Every rule has at least one test case.
-    let tests_path = share().join("prometheus/drydock.rules.test.yml");
-    let tests: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&tests_path).unwrap()).expect("YAML");
-    let tested: BTreeSet<&str> = tests["tests"]
-        .as_array()
-        .unwrap()
+    let test_files = ["drydock.rules.test.yml", "drydock.rules.days.test.yml"];
+    let cases: Vec<Value> = test_files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(share().join("prometheus").join(f)).unwrap();
+            let tests: Value = serde_yaml::from_str(&text).expect("YAML");
+            tests["tests"].as_array().unwrap().clone()
+        })
+        .collect();
+    let tested: BTreeSet<&str> = cases
         .iter()
         .flat_map(|t| t["alert_rule_test"].as_array().cloned().unwrap_or_default())
         .filter(|c| c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()))
@@ -239,7 +243,8 @@ fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
     assert!(ok, "promtool check rules:\n{out}");
     let (ok, out) = run(Command::new(&promtool)
         .current_dir(share().join("prometheus"))
-        .args(["test", "rules", "drydock.rules.test.yml"]));
+        .args(["test", "rules"])
+        .args(test_files));
     assert!(ok && out.contains("SUCCESS"), "promtool test rules:\n{out}");
 }
 

@@ -70,6 +70,7 @@ fn check_deb(deb: &Path) {
         "./usr/share/doc/drydock/changelog.Debian.gz",
         "./usr/share/drydock/prometheus/drydock.rules.yml",
         "./usr/share/drydock/prometheus/drydock.rules.test.yml",
+        "./usr/share/drydock/prometheus/drydock.rules.days.test.yml",
         "./usr/share/drydock/grafana/drydock-fleet.json",
     ] {
         assert!(
