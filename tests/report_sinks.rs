@@ -642,3 +642,140 @@ fn report_sd_notify_over_a_real_socket() {
         .unwrap();
     assert!(stopping > ready);
 }
+
+/// A receiver that accepts connections and never answers.
+async fn dead_receiver() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+// current_thread: the thread-local log subscriber sees every spawned task.
+#[tokio::test(flavor = "current_thread")]
+async fn report_a_dead_receiver_never_stalls_and_no_url_is_ever_shown() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dead = dead_receiver().await;
+    let rx = Received::default();
+    let live = webhook_server(rx.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.report.slack_webhook_url = Some(Secret::new(format!(
+        "http://{dead}/services/T0/B0/SECRETSLACKTOKEN"
+    )));
+    s.report.webhook_url = Some(Secret::new(format!("http://{live}/hooks/SECRETHOOKTOKEN")));
+    s.report.webhook_events = vec!["rebooting".into(), "verify-failed".into()];
+    s.report.templates.insert(
+        "verify-failed".into(),
+        drydock::config::values::message_template("{node} needs you: {message}").unwrap(),
+    );
+    let policy = RetryPolicy {
+        timeout: Duration::from_millis(500),
+        retries: 1,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+    };
+    let r = Reporter::start_with(&s, "worker-1", None, policy)
+        .await
+        .unwrap();
+
+    // 200 notices: the dead receiver's queue fills; the agent never waits.
+    let started = std::time::Instant::now();
+    r.notice(Notice::VerifyFailed {
+        reason: "check 10-dns exited 1".into(),
+    });
+    for i in 0..200 {
+        r.notice(Notice::Rebooting {
+            boot_id: format!("boot-{i}"),
+        });
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "reporting blocked: {:?}",
+        started.elapsed()
+    );
+    // The live receiver is served meanwhile, in order, templated per kind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = rx.posts.lock().unwrap().len();
+        if n >= 40 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let posts = rx.posts.lock().unwrap().clone();
+    assert!(posts.len() >= 40, "{} posts", posts.len());
+    assert!(posts.iter().all(|(k, _)| k == "generic"));
+    assert_eq!(posts[0].1["event"], "verify-failed");
+    assert_eq!(
+        posts[0].1["message"],
+        "worker-1 needs you: verification FAILED: check 10-dns exited 1; node stays cordoned and keeps the lease (fleet halted)"
+    );
+    assert_eq!(posts[1].1["details"]["boot_id"], "boot-0");
+
+    // Flushing before a reboot is bounded, even with a receiver that hangs.
+    let flushing = std::time::Instant::now();
+    assert!(!r.flush(Duration::from_secs(1)).await);
+    assert!(flushing.elapsed() < Duration::from_secs(2));
+    r.shutdown(Duration::from_millis(200)).await;
+
+    // What people see: status, the node's report, the settings' Debug text,
+    // the logs. None carries a token.
+    let shown = [
+        r.status_line(),
+        serde_json::to_string(&r.node_report()).unwrap(),
+        format!("{s:?}"),
+    ];
+    for text in shown {
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("notification queue full"), "{text}");
+    assert!(text.contains(&format!("Slack http://{dead}/...")), "{text}");
+    assert!(text.contains("notification not delivered"), "{text}");
+    assert!(!text.contains("SECRET"), "a webhook token reached the log");
+    assert!(!text.contains("/services/T0"), "{text}");
+}
+
+#[test]
+fn report_a_bad_webhook_url_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("drydock.toml");
+    for url in [
+        "ftp://hooks.example/services/SECRET",
+        "https://hooks example/SECRET",
+        "hooks.example/SECRET",
+    ] {
+        std::fs::write(
+            &config,
+            format!("[report]\nslack-webhook-url = \"{url}\"\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drydock"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{url}: {said}");
+        assert!(said.contains("report.slack-webhook-url"), "{said}");
+        assert!(!said.contains("SECRET"), "{url}: {said}");
+    }
+}
