@@ -261,7 +261,7 @@ pub fn assemble(
         .iter()
         .map(|n| node_view(n, &held, stale_after, now))
         .collect();
-    nodes.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    nodes.sort_by_key(|n| natural_key(&n.name));
     let mut counts = BTreeMap::new();
     for n in &nodes {
         let key = match (n.drydock, &n.state) {

@@ -103,10 +103,12 @@ impl Shared {
     }
 }
 
+type NotifyQueue = mpsc::Sender<Job<(Notice, Timestamp)>>;
+
 struct Queues {
     disk: mpsc::Sender<Job<()>>,
     /// One queue per receiver: a dead one fills only its own.
-    notify: Vec<(Receiver, mpsc::Sender<Job<(Notice, Timestamp)>>)>,
+    notify: Vec<(Receiver, NotifyQueue)>,
     kube: Option<mpsc::Sender<Job<KubeJob>>>,
 }
 
