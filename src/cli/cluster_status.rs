@@ -163,10 +163,17 @@ pub fn render(f: &FleetStatus) -> String {
     ));
     let control = |c: &Option<fleet::Control>| match c {
         None => "no".to_string(),
-        Some(c) => match &c.by {
-            Some(by) => clean(&format!("YES, by {by}: {}", c.reason)),
-            None => clean(&format!("YES: {}", c.reason)),
-        },
+        Some(c) => {
+            let by =
+                c.by.as_ref()
+                    .map(|b| format!(", by {b}"))
+                    .unwrap_or_default();
+            let since = c
+                .since
+                .map(|t| format!(" {} ago", ago(now, t)))
+                .unwrap_or_default();
+            clean(&format!("YES{by}{since}: {}", c.reason))
+        }
     };
     line(format!("halted:   {}", control(&f.halted)));
     line(format!("paused:   {}", control(&f.paused)));

@@ -94,6 +94,8 @@ pub struct Control {
     pub reason: String,
     /// Who set it, when known.
     pub by: Option<String>,
+    /// Since when, when known.
+    pub since: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -202,18 +204,18 @@ fn is_drydock_lease(lease: &Lease, slot_names: &[String]) -> bool {
             .is_some_and(|v| v == "drydock")
 }
 
-/// The node recorded as having halted the fleet ([`annotations::HaltedBy`]).
-fn halted_by(annotations: &BTreeMap<String, String>) -> Option<String> {
+/// The halting node's record ([`annotations::HaltedBy`]).
+fn halted_by(annotations: &BTreeMap<String, String>) -> Option<annotations::HaltedBy> {
     annotations
         .get(annotations::HALTED_BY)
-        .and_then(|v| serde_json::from_str::<annotations::HaltedBy>(v).ok())
-        .map(|h| h.node)
+        .and_then(|v| serde_json::from_str(v).ok())
 }
 
 fn control(value: Option<String>, by: Option<&String>) -> Option<Control> {
     value.map(|reason| Control {
         reason,
         by: by.map(|b| b.trim().to_string()).filter(|b| !b.is_empty()),
+        since: None,
     })
 }
 
@@ -276,7 +278,19 @@ pub fn assemble(
     FleetStatus {
         at: now,
         namespace: namespace.to_string(),
-        halted: control(cc.halted, halted_by(ns_annotations).as_ref()),
+        halted: cc.halted.map(|text| match halted_by(ns_annotations) {
+            // A drydock node's halt: its own record says who, why and when.
+            Some(h) => Control {
+                reason: h.reason,
+                by: Some(h.node),
+                since: Some(h.at),
+            },
+            None => Control {
+                reason: text,
+                by: None,
+                since: None,
+            },
+        }),
         paused: control(cc.paused, ns_annotations.get(annotations::PAUSED_BY)),
         target_version: ns_annotations
             .get(annotations::KUBERNETES_VERSION)
@@ -470,8 +484,9 @@ mod tests {
         assert_eq!(
             f.halted,
             Some(Control {
-                reason: "w2 failed verification: kubelet not Ready".into(),
-                by: Some("w2".into())
+                reason: "kubelet not Ready".into(),
+                by: Some("w2".into()),
+                since: Some(t("2026-01-01T11:00:00Z")),
             })
         );
         assert_eq!(f.paused.as_ref().unwrap().by, None);
