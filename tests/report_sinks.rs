@@ -779,3 +779,40 @@ fn report_a_bad_webhook_url_is_refused_without_showing_it() {
         assert!(!said.contains("SECRET"), "{url}: {said}");
     }
 }
+
+#[tokio::test]
+async fn report_is_republished_as_a_heartbeat() {
+    let sim = Scenario::cluster(0, 1).start().await.unwrap();
+    let client = sim.client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = Reporter::start(&settings(dir.path()), "worker-1", Some(client.clone()))
+        .await
+        .unwrap();
+    r.set_republish_every(Duration::from_millis(100));
+    r.notice(Notice::RebootNeeded {
+        reasons: vec!["newer kernel installed".into()],
+    });
+    assert!(r.flush(FLUSH).await);
+    let nodes: Api<Node> = Api::all(client);
+    let read = |n: &Node| {
+        drydock::cluster::node::NodeReport::from_node(n)
+            .expect("a report")
+            .expect("readable")
+    };
+    let node = nodes.get("worker-1").await.unwrap();
+    let first = read(&node);
+    assert_eq!(first.state, "pending");
+    assert!(first.reboot_needed_since.is_some());
+    let labels = node.metadata.labels.unwrap_or_default();
+    assert_eq!(labels["drydock.dev/state"], "pending");
+    assert_eq!(labels["drydock.dev/reboot-needed"], "true");
+
+    // Nothing changed, but the agent is alive: the report's time moves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.heartbeat();
+    assert!(r.flush(FLUSH).await);
+    let second = read(&nodes.get("worker-1").await.unwrap());
+    assert!(second.reported_at > first.reported_at, "{second:?}");
+    assert_eq!(second.state, "pending");
+    r.shutdown(FLUSH).await;
+}
