@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::pace;
 use super::ports::{
-    Cluster, ClaimWatch, ClusterGates, DrainResult, GateStatus, Halt, LeaseOutlook, PortError,
+    ClaimWatch, Cluster, ClusterGates, DrainResult, GateStatus, Halt, LeaseOutlook, PortError,
 };
 use crate::cluster::lease::{Held, LeaseClient, LeaseError, LeaseKeeper};
 use crate::cluster::{annotations, drain, node::NodeClient, observe};

@@ -490,7 +490,10 @@ impl fmt::Display for DrainReport {
             parts.push(format!("{} gone by themselves", self.vanished.len()));
         }
         if !self.skipped.is_empty() {
-            parts.push(format!("{} skipped (DaemonSet or static)", self.skipped.len()));
+            parts.push(format!(
+                "{} skipped (DaemonSet or static)",
+                self.skipped.len()
+            ));
         }
         write!(
             f,
