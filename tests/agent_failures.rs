@@ -87,7 +87,7 @@ impl Log {
             .unwrap()
             .iter()
             .filter_map(|(at, n, e)| match e {
-                AgentEvent::StateChanged { to, .. } => Some((*at, n.clone(), to.clone())),
+                AgentEvent::StateChanged { to, .. } => Some((*at, n.clone(), to.to_string())),
                 _ => None,
             })
             .collect()
