@@ -288,6 +288,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         if next == self.state {
             return Ok(());
         }
+        let before = self.state.phase();
         let from = self.state.name();
         let to = next.name();
         let mut detail = detail;
@@ -305,8 +306,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         }
         self.state = next;
         self.event(AgentEvent::StateChanged {
-            from: from.into(),
-            to: to.into(),
+            from: before,
+            to: self.state.phase(),
         });
         if let Some(fp) = &self.failpoint
             && fp(to)
