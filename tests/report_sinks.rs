@@ -816,3 +816,49 @@ async fn report_is_republished_as_a_heartbeat() {
     assert_eq!(second.state, "pending");
     r.shutdown(FLUSH).await;
 }
+
+/// Drain progress (one notice per evicted pod) is not one Node write per
+/// pod, and the last word still arrives without another notice.
+#[tokio::test]
+async fn report_drain_progress_is_published_sparingly_but_surely() {
+    let sim = Scenario::cluster(0, 1).start().await.unwrap();
+    let client = sim.client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.report.kubernetes_events = false;
+    let r = Reporter::start(&s, "worker-1", Some(client.clone()))
+        .await
+        .unwrap();
+    r.notice(Notice::LeaseAcquired {
+        slot: "drydock-default-0".into(),
+    });
+    assert!(r.flush(FLUSH).await);
+    sim.reset_stats();
+    for left in (1..=20).rev() {
+        r.notice(Notice::Draining { pods_left: left });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(r.flush(FLUSH).await);
+    let patches = sim.stats().get("patch", "nodes").requests;
+    assert!(
+        (1..=3).contains(&patches),
+        "{patches} Node patches for 20 progress notices"
+    );
+    let nodes: Api<Node> = Api::all(client);
+    let reason = |n: Node| n.metadata.annotations.unwrap_or_default()[REASON_ANNOTATION].clone();
+    assert_eq!(
+        reason(nodes.get("worker-1").await.unwrap()),
+        "draining: 20 pods left"
+    );
+    // The held-back words go out on their own within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = reason(nodes.get("worker-1").await.unwrap());
+        if now == "draining: 1 pod left" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    r.shutdown(FLUSH).await;
+}

@@ -60,6 +60,9 @@ const QUEUE: usize = 64;
 /// `drydock cluster status` can tell a running daemon from a dead one.
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(300);
 
+/// Drain progress alone is republished at most this often.
+const WORDS_REPUBLISH_MIN: Duration = Duration::from_secs(5);
+
 /// The heartbeat rewrites the metrics textfile at most this often.
 const HEARTBEAT_WRITE_EVERY: Duration = Duration::from_secs(10);
 
@@ -575,7 +578,22 @@ async fn kube_worker(
     events_enabled: bool,
 ) {
     let mut published: Option<(crate::cluster::node::NodeReport, Instant)> = None;
-    while let Some((work, flushes)) = batch(&mut rx).await {
+    // Drain progress held back: published by this time even if nothing
+    // else comes.
+    let mut deferred: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deferred {
+            Some(deadline) => tokio::select! {
+                b = batch(&mut rx) => b,
+                _ = tokio::time::sleep_until(deadline) => {
+                    Some((vec![KubeJob { event: None }], Vec::new()))
+                }
+            },
+            None => batch(&mut rx).await,
+        };
+        let Some((work, flushes)) = next else {
+            break;
+        };
         if events_enabled {
             for (spec, at) in work.iter().filter_map(|j| j.event.as_ref()) {
                 if let Err(e) = sink.record(spec, at.to_owned()).await {
@@ -591,9 +609,23 @@ async fn kube_worker(
                 ..report.clone()
             };
             let every = *lock(&shared.republish_every);
-            let due = published
-                .as_ref()
-                .is_none_or(|(last, at)| *last != key || at.elapsed() >= every);
+            // Any change goes out at once, except drain progress (one per
+            // evicted pod): at most every few seconds, so a big drain is
+            // not a Node write per pod.
+            let due = published.as_ref().is_none_or(|(last, at)| {
+                let progress_only = last.state == key.state
+                    && key.state == crate::phase::Phase::Draining.as_str()
+                    && (&last.slot, &last.step, &last.blocked_by)
+                        == (&key.slot, &key.step, &key.blocked_by);
+                (*last != key && (!progress_only || at.elapsed() >= WORDS_REPUBLISH_MIN))
+                    || at.elapsed() >= every
+            });
+            deferred = match (&published, due) {
+                (Some((last, at)), false) if *last != key => {
+                    Some(tokio::time::Instant::from_std(*at + WORDS_REPUBLISH_MIN))
+                }
+                _ => None,
+            };
             if due {
                 match sink.publish(&report).await {
                     Ok(node) => {
