@@ -60,6 +60,24 @@ fn lease_error(action: &str, e: LeaseError) -> PortError {
     }
 }
 
+/// A node read or write failure: permanent when the API said no (401,
+/// 403, 404, 422: retrying will not change its mind), else transient.
+fn node_error(action: &str, e: crate::cluster::node::NodeError) -> PortError {
+    use crate::cluster::node::NodeError;
+    let permanent = match &e {
+        NodeError::NotFound { .. } => true,
+        NodeError::Get { source, .. } | NodeError::Patch { source, .. } => {
+            drain::kube_class(source) == drain::ErrorClass::Permanent
+        }
+        NodeError::Conflict { .. } => false,
+    };
+    if permanent {
+        PortError::permanent(action, e)
+    } else {
+        PortError::failed(action, e)
+    }
+}
+
 impl KubeCluster {
     pub fn new(client: kube::Client, settings: Settings, node: String) -> Self {
         let lease = Arc::new(LeaseClient::new(client.clone(), &settings, &node));
@@ -288,7 +306,7 @@ impl Cluster for KubeCluster {
             .get()
             .await
             .map(|n| crate::cluster::node::is_unschedulable(&n))
-            .map_err(|e| PortError::failed("reading this node", e))
+            .map_err(|e| node_error("reading this node", e))
     }
 
     async fn set_unschedulable(&self, value: bool) -> Result<(), PortError> {
@@ -298,7 +316,7 @@ impl Cluster for KubeCluster {
         } else {
             node.uncordon().await
         }
-        .map_err(|e| PortError::failed(if value { "cordoning" } else { "uncordoning" }, e))
+        .map_err(|e| node_error(if value { "cordoning" } else { "uncordoning" }, e))
     }
 
     async fn drain(
