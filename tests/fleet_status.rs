@@ -52,7 +52,7 @@ textfile-dir = ""
 fn gate(gate: &str, reason: &str) -> Notice {
     Notice::Waiting {
         blocked: vec![BlockedGate {
-            gate: gate.into(),
+            gate: gate.parse().expect("a gate name"),
             reason: reason.into(),
         }],
     }

@@ -34,7 +34,7 @@ pub fn node_report(
             .blocked
             .iter()
             .map(|b| ReportedGate {
-                gate: b.gate.clone(),
+                gate: b.gate.to_string(),
                 reason: super::notice::truncate(&b.reason, 300),
             })
             .collect(),
@@ -80,7 +80,7 @@ mod tests {
         feed!(
             Notice::Waiting {
                 blocked: vec![BlockedGate {
-                    gate: "nodes-ready".into(),
+                    gate: crate::gates::GateName::NodesReady,
                     reason: "node w2 NotReady".into(),
                 }],
             },
