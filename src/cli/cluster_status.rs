@@ -175,15 +175,25 @@ pub fn render(f: &FleetStatus) -> String {
             clean(&format!("YES{by}{since}: {}", c.reason))
         }
     };
-    line(format!("halted:   {}", control(&f.halted)));
-    line(format!("paused:   {}", control(&f.paused)));
-    line(format!(
-        "target:   {}",
-        f.target_version.as_deref().map_or(
-            "none (drydock.dev/kubernetes-version not set)".into(),
-            clean
-        )
-    ));
+    match &f.namespace_error {
+        Some(e) => {
+            let unknown = clean(&format!("UNKNOWN ({e})"));
+            line(format!("halted:   {unknown}"));
+            line(format!("paused:   {unknown}"));
+            line(format!("target:   {unknown}"));
+        }
+        None => {
+            line(format!("halted:   {}", control(&f.halted)));
+            line(format!("paused:   {}", control(&f.paused)));
+            line(format!(
+                "target:   {}",
+                f.target_version.as_deref().map_or(
+                    "none (drydock.dev/kubernetes-version not set)".into(),
+                    clean
+                )
+            ));
+        }
+    }
     if let Some(r) = &f.last_reboot_finished {
         line(format!(
             "last reboot finished: {} ({} ago)",
@@ -200,7 +210,10 @@ pub fn render(f: &FleetStatus) -> String {
             ago(now, b.at)
         )));
     }
-    line("slots:".to_string());
+    match &f.leases_error {
+        Some(e) => line(clean(&format!("slots:    UNKNOWN ({e})"))),
+        None => line("slots:".to_string()),
+    }
     for s in &f.slots {
         let text = match &s.holder {
             None => "free".to_string(),
@@ -259,4 +272,39 @@ pub fn render(f: &FleetStatus) -> String {
     }
     out.push_str(&table(&rows));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_could_not_be_read_is_shown_as_unknown() {
+        let reading = fleet::FleetReading {
+            leases_error: Some("listing Leases in namespace drydock: forbidden".into()),
+            namespace_error: Some("reading Namespace drydock: forbidden".into()),
+            ..Default::default()
+        };
+        let f = fleet::assemble(
+            &reading,
+            "drydock",
+            &["drydock-default-0".into()],
+            Duration::from_secs(120),
+            Duration::from_secs(900),
+            "2026-01-01T12:00:00Z".parse().unwrap(),
+        );
+        let text = render(&f);
+        assert!(
+            text.contains("halted:   UNKNOWN (reading Namespace drydock: forbidden)"),
+            "{text}"
+        );
+        assert!(text.contains("slots:    UNKNOWN (listing Leases"), "{text}");
+        assert!(!text.contains("free"), "{text}");
+        assert!(!text.contains("halted:   no"), "{text}");
+    }
+
+    #[test]
+    fn terminal_control_characters_are_not_printed() {
+        assert_eq!(clean("a\x1b]52;c;x\x07b\nc"), "a ]52;c;x b c");
+    }
 }

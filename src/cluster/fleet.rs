@@ -39,9 +39,14 @@ pub struct FleetReading {
     pub leases: Vec<Lease>,
     /// `None`: the drydock Namespace does not exist (no node ever ran).
     pub namespace: Option<Namespace>,
+    /// Why the Leases or the Namespace could not be read (a credential
+    /// without those rights still shows the nodes).
+    pub leases_error: Option<String>,
+    pub namespace_error: Option<String>,
 }
 
-/// Reads the fleet: three requests whatever its size.
+/// Reads the fleet: three requests whatever its size. Only a failed Node
+/// list is an error; the rest is shown as unknown.
 pub async fn read(client: &kube::Client, namespace: &str) -> Result<FleetReading, FleetError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
@@ -52,18 +57,39 @@ pub async fn read(client: &kube::Client, namespace: &str) -> Result<FleetReading
         leases.list(&all),
         namespaces.get_opt(namespace),
     );
+    let (mut leases_error, mut namespace_error) = (None, None);
+    let leases = match l {
+        Ok(list) => list.items,
+        Err(source) => {
+            leases_error = Some(
+                FleetError::Leases {
+                    namespace: namespace.to_string(),
+                    source,
+                }
+                .to_string(),
+            );
+            Vec::new()
+        }
+    };
+    let namespace = match ns {
+        Ok(ns) => ns,
+        Err(source) => {
+            namespace_error = Some(
+                FleetError::Namespace {
+                    namespace: namespace.to_string(),
+                    source,
+                }
+                .to_string(),
+            );
+            None
+        }
+    };
     Ok(FleetReading {
         nodes: n.map_err(FleetError::Nodes)?.items,
-        leases: l
-            .map_err(|source| FleetError::Leases {
-                namespace: namespace.to_string(),
-                source,
-            })?
-            .items,
-        namespace: ns.map_err(|source| FleetError::Namespace {
-            namespace: namespace.to_string(),
-            source,
-        })?,
+        leases,
+        namespace,
+        leases_error,
+        namespace_error,
     })
 }
 
@@ -86,6 +112,10 @@ pub struct FleetStatus {
     pub nodes: Vec<NodeView>,
     /// Nodes per state (`not-reporting` and `no-drydock` included).
     pub counts: BTreeMap<String, usize>,
+    /// Why the slots are unknown (then `slots` is empty).
+    pub leases_error: Option<String>,
+    /// Why halt, pause and target are unknown (then they read `None`).
+    pub namespace_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -244,7 +274,12 @@ pub fn assemble(
         .filter(|l| is_drydock_lease(l, slot_names))
         .filter_map(|l| Some((l.metadata.name.clone()?, l)))
         .collect();
-    let mut slots: Vec<SlotView> = slot_names
+    let known_slots: &[String] = if reading.leases_error.is_some() {
+        &[]
+    } else {
+        slot_names
+    };
+    let mut slots: Vec<SlotView> = known_slots
         .iter()
         .map(|name| slot_view(name, leases.remove(name), lease_duration, now))
         .collect();
@@ -304,6 +339,8 @@ pub fn assemble(
         slots,
         nodes,
         counts,
+        leases_error: reading.leases_error.clone(),
+        namespace_error: reading.namespace_error.clone(),
     }
 }
 
@@ -471,6 +508,7 @@ mod tests {
                 serde_json::from_value(json!({"metadata": {"name": "unrelated"}})).unwrap(),
             ],
             namespace: Some(ns),
+            ..Default::default()
         };
         let slots = vec!["drydock-default-0".to_string(), "drydock-default-1".into()];
         let f = assemble(
@@ -505,6 +543,27 @@ mod tests {
         assert_eq!(f.counts["failed"], 1);
         assert_eq!(f.counts["not-reporting"], 1);
         assert_eq!(f.counts["no-drydock"], 1);
+    }
+
+    #[test]
+    fn unreadable_leases_and_namespace_are_unknown_not_free() {
+        let reading = FleetReading {
+            nodes: vec![node("w1", Some(&report("pending", "2026-01-01T11:59:00Z")))],
+            leases_error: Some("listing Leases in namespace drydock: forbidden".into()),
+            namespace_error: Some("reading Namespace drydock: forbidden".into()),
+            ..Default::default()
+        };
+        let f = assemble(
+            &reading,
+            "drydock",
+            &["drydock-default-0".into()],
+            Duration::from_secs(120),
+            Duration::from_secs(900),
+            t("2026-01-01T12:00:00Z"),
+        );
+        assert!(f.slots.is_empty(), "{:?}", f.slots);
+        assert_eq!(f.nodes.len(), 1);
+        assert!(f.leases_error.is_some() && f.namespace_error.is_some());
     }
 
     #[test]
