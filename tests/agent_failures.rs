@@ -230,6 +230,8 @@ fn steal_lease(sim: &SimHandle, to: Option<&str>) {
     sim.modify::<Lease>(Some("drydock"), SLOT, |l| {
         let spec = l.spec.get_or_insert_with(Default::default);
         spec.holder_identity = to.map(String::from);
+        // A live holder for the whole test: never expires under it.
+        spec.lease_duration_seconds = Some(300);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         spec.acquire_time = Some(MicroTime(Timestamp::now()));
     })
