@@ -18,8 +18,12 @@ use crate::host::boot::BootId;
 use crate::store::Store;
 use crate::verify;
 
+/// Two credentials: `client` is the kubelet's (this Node, its pods, Events);
+/// `shared` is the drydock identity (Leases, the drydock Namespace,
+/// cluster-wide reads). See `cluster::identity`.
 pub struct KubeCluster {
     client: kube::Client,
+    shared: kube::Client,
     settings: Settings,
     node: String,
     lease: LeaseClient,
@@ -49,10 +53,21 @@ fn lease_error(action: &str, e: LeaseError) -> PortError {
 }
 
 impl KubeCluster {
+    /// One client for everything (the simulator, or an admin's credential).
     pub fn new(client: kube::Client, settings: Settings, node: String) -> Self {
-        let lease = LeaseClient::new(client.clone(), &settings, &node);
+        Self::with_identity(client.clone(), client, settings, node)
+    }
+
+    pub fn with_identity(
+        kubelet: kube::Client,
+        shared: kube::Client,
+        settings: Settings,
+        node: String,
+    ) -> Self {
+        let lease = LeaseClient::new(shared.clone(), &settings, &node);
         KubeCluster {
-            client,
+            client: kubelet,
+            shared,
             settings,
             node,
             lease,
@@ -117,7 +132,7 @@ impl Cluster for KubeCluster {
             blocked_until: None,
         };
         // One small GET first: halted, paused or soaking needs nothing else.
-        let control = match observe::observe_control(&self.client, &self.settings).await {
+        let control = match observe::observe_control(&self.shared, &self.settings).await {
             Ok(c) => c,
             Err(e) => return unavailable(e),
         };
@@ -125,7 +140,7 @@ impl Cluster for KubeCluster {
             Some(early) => early,
             None => {
                 let observed = observe::observe_after_control(
-                    &self.client,
+                    &self.shared,
                     &self.settings,
                     &self.node,
                     control,
@@ -152,7 +167,7 @@ impl Cluster for KubeCluster {
                     now,
                     recheck,
                 ) {
-                    match annotations::share_block(&self.client, self.ns(), &share).await {
+                    match annotations::share_block(&self.shared, self.ns(), &share).await {
                         Ok(()) => {
                             debug!(node = %self.node, gate = %share.gate, until = %share.until, "shared the blocking verdict");
                             verdict.blocked_until = verdict.blocked_until.max(Some(share.until));
@@ -272,7 +287,7 @@ impl Cluster for KubeCluster {
                 let _ = progress.send(left);
             }
         };
-        let run = drain::drain(&self.client, &self.node, &opts, &tx);
+        let run = drain::drain_with(&self.client, &self.shared, &self.node, &opts, &tx);
         let result = tokio::select! {
             r = run => r,
             _ = forward => unreachable!("the sender outlives the drain"),
@@ -304,7 +319,7 @@ impl Cluster for KubeCluster {
             checks_dir: None,
             check_timeout: self.settings.verify.check_timeout,
         };
-        let obs = verify::gather(&self.client, &inputs)
+        let obs = verify::gather(&self.shared, &inputs)
             .await
             .map_err(|e| e.to_string())?;
         match verify::evaluate(&obs) {
@@ -315,14 +330,14 @@ impl Cluster for KubeCluster {
     }
 
     async fn halt_fleet(&self, reason: &str) -> Result<(), PortError> {
-        annotations::halt(&self.client, self.ns(), reason)
+        annotations::halt(&self.shared, self.ns(), reason)
             .await
             .map_err(|e| PortError::failed("halting the fleet", e))
     }
 
     async fn clear_halt(&self) -> Result<bool, PortError> {
         let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-            kube::Api::all(self.client.clone());
+            kube::Api::all(self.shared.clone());
         let ns = api
             .get_opt(self.ns())
             .await
@@ -332,7 +347,7 @@ impl Cluster for KubeCluster {
             .and_then(|a| a.get(annotations::HALTED).cloned())
             .is_some_and(|v| v.starts_with(&format!("{} ", self.node)));
         if halted_by_us {
-            annotations::clear_halt(&self.client, self.ns())
+            annotations::clear_halt(&self.shared, self.ns())
                 .await
                 .map_err(|e| PortError::failed("clearing the fleet halt", e))?;
         }
@@ -340,7 +355,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn record_reboot_finished(&self, at: Timestamp) -> Result<(), PortError> {
-        annotations::record_reboot_finished(&self.client, self.ns(), &self.node, at)
+        annotations::record_reboot_finished(&self.shared, self.ns(), &self.node, at)
             .await
             .map_err(|e| PortError::failed("recording the finished reboot", e))
     }

@@ -41,6 +41,10 @@ pub enum ClusterCommand {
     Pause(PauseArgs),
     /// Lift a cluster-wide pause and a fleet halt.
     Resume,
+    /// Approve a node's pending drydock identity request (as the
+    /// control-plane daemons do): only exactly drydock:node:NODE, asked by
+    /// the node itself.
+    Approve(super::identity::ApproveArgs),
 }
 
 fn open(settings: &Settings) -> anyhow::Result<Store> {
@@ -100,8 +104,12 @@ pub fn release(cli: &Cli, args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<ExitCode> {
+    if let ClusterCommand::Approve(args) = command {
+        return super::identity::approve(cli, args).await;
+    }
     let settings = cli.load_settings()?;
-    let client = super::daemon::kube_client(&settings.node.kubeconfig).await?;
+    // The drydock Namespace is shared: the drydock identity writes it.
+    let client = super::identity::current_client(&settings).await?;
     let ns = &settings.lease.namespace;
     match command {
         ClusterCommand::Pause(args) => {
@@ -113,6 +121,7 @@ pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<Exit
             annotations::clear_halt(&client, ns).await?;
             println!("cluster-wide pause and halt lifted");
         }
+        ClusterCommand::Approve(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,15 +1,15 @@
-//! What `kubectl` shows: Kubernetes Events (events.k8s.io/v1) about this
-//! Node, and the node annotations `drydock.dev/state` and
-//! `drydock.dev/state-reason`. Both are allowed to the kubelet's own
-//! credentials (the Node authorizer grants events; NodeRestriction lets a
-//! node patch annotations of its own Node object).
+//! What `kubectl` shows: Kubernetes Events (core/v1) about this Node, and
+//! the node annotations `drydock.dev/state` and `drydock.dev/state-reason`.
+//! Both are written with the kubelet's own credential: the Node authorizer
+//! grants core Events (a node may not create events.k8s.io Events; the two
+//! APIs are one store, so `kubectl get events` shows these either way) and
+//! NodeRestriction lets a node patch annotations of its own Node object.
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -71,19 +71,26 @@ impl NodeEvents {
                 ..Default::default()
             },
             event_time: Some(MicroTime(at)),
+            first_timestamp: Some(Time(at)),
+            last_timestamp: Some(Time(at)),
+            count: Some(1),
             action: Some(spec.action.to_string()),
             reason: Some(spec.reason.to_string()),
-            note: Some(spec.note.clone()),
+            message: Some(spec.note.clone()),
             type_: Some(spec.severity.as_str().to_string()),
-            reporting_controller: Some(CONTROLLER.to_string()),
+            reporting_component: Some(CONTROLLER.to_string()),
             reporting_instance: Some(format!("drydock-{}", self.node)),
-            regarding: Some(ObjectReference {
+            source: Some(EventSource {
+                component: Some("drydock".to_string()),
+                host: Some(self.node.clone()),
+            }),
+            involved_object: ObjectReference {
                 api_version: Some("v1".to_string()),
                 kind: Some("Node".to_string()),
                 name: Some(self.node.clone()),
                 uid: self.node_uid.clone(),
                 ..Default::default()
-            }),
+            },
             ..Default::default()
         }
     }
@@ -156,7 +163,7 @@ mod tests {
         .unwrap();
         let at = Timestamp::from_second(1_700_000_000).unwrap();
         let ev = ne.event_object(&spec, at);
-        let r = ev.regarding.unwrap();
+        let r = ev.involved_object;
         assert_eq!(
             (r.kind.as_deref(), r.name.as_deref()),
             (Some("Node"), Some("w1"))
@@ -164,7 +171,7 @@ mod tests {
         assert_eq!(ev.reason.as_deref(), Some("Rebooting"));
         assert_eq!(ev.action.as_deref(), Some("Reboot"));
         assert_eq!(ev.type_.as_deref(), Some("Normal"));
-        assert_eq!(ev.reporting_controller.as_deref(), Some(CONTROLLER));
+        assert_eq!(ev.reporting_component.as_deref(), Some(CONTROLLER));
         let name = ev.metadata.name.unwrap();
         assert!(name.starts_with("w1.drydock."), "{name}");
         assert!(
