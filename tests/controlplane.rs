@@ -206,11 +206,11 @@ async fn setup_nodes(bed: &Bed) {
                                         "containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10"}]}}}},
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web", "namespace": "apps"},
          "spec": {"minAvailable": 3, "selector": {"matchLabels": {"app": "web"}}}},
-        {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
-         "spec": {"selector": {"matchLabels": {"k8s-app": "kube-proxy"}},
-                  "template": {"metadata": {"labels": {"k8s-app": "kube-proxy"}},
+        {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "calico-node", "namespace": "kube-system"},
+         "spec": {"selector": {"matchLabels": {"k8s-app": "calico-node"}},
+                  "template": {"metadata": {"labels": {"k8s-app": "calico-node"}},
                                "spec": {"tolerations": [{"operator": "Exists"}],
-                                        "containers": [{"name": "kube-proxy", "image": "registry.k8s.io/kube-proxy:v1.34.4"}]}}}},
+                                        "containers": [{"name": "calico-node", "image": "docker.io/calico/node:v3.30.0"}]}}}},
     ]});
     bed.cp.admin_kubectl(
         &["apply", "-f", "-"],
@@ -228,8 +228,8 @@ async fn setup_nodes(bed: &Bed) {
                 })
             };
             let web = list.items.iter().filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with("web-") && ready(p)).count();
-            let ds = list.items.iter().filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with("kube-proxy-") && ready(p)).count();
-            if web == 4 && ds == NODES.len() { Ok(()) } else { Err(format!("web {web}/4, kube-proxy {ds}/5")) }
+            let ds = list.items.iter().filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with("calico-node-") && ready(p)).count();
+            if web == 4 && ds == NODES.len() { Ok(()) } else { Err(format!("web {web}/4, calico-node {ds}/5")) }
         }
     })
     .await;

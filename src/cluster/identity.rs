@@ -199,7 +199,7 @@ pub fn decide(csr: &CertificateSigningRequest) -> Decision {
         .iter_attributes()
         .filter(|a| {
             !matches!(
-                a.parsed_attribute,
+                a.parsed_attribute(),
                 x509_parser::cri_attributes::ParsedCriAttribute::ExtensionRequest(_)
             )
         })
@@ -265,7 +265,7 @@ pub async fn approve(
     let api: Api<CertificateSigningRequest> = Api::all(admin.clone());
     let body = serde_json::to_vec(&approved(csr, node, Timestamp::now()))
         .expect("a CertificateSigningRequest serializes");
-    api.replace_subresource("approval", &name, &PostParams::default(), body)
+    api.replace_subresource("approval", &name, &PostParams::default(), &body)
         .await
         .map_err(api_err(format!("approving CSR {name} of node {node}")))?;
     info!(csr = %name, node, "approved the drydock identity request");
@@ -278,11 +278,20 @@ pub async fn approve_pending(
     admin: &kube::Client,
     only_node: Option<&str>,
 ) -> Result<(Vec<String>, Vec<(String, String)>), IdentityError> {
+    approve_pass(admin, only_node).await.map(|(a, r, _)| (a, r))
+}
+
+/// [`approve_pending`], also returning the list's resourceVersion.
+async fn approve_pass(
+    admin: &kube::Client,
+    only_node: Option<&str>,
+) -> Result<(Vec<String>, Vec<(String, String)>, String), IdentityError> {
     let api: Api<CertificateSigningRequest> = Api::all(admin.clone());
     let list = api
         .list(&ListParams::default())
         .await
         .map_err(api_err("listing CertificateSigningRequests"))?;
+    let rv = list.metadata.resource_version.clone().unwrap_or_default();
     let mut done = vec![];
     let mut refused = vec![];
     for csr in list.items {
@@ -296,46 +305,40 @@ pub async fn approve_pending(
             _ => {}
         }
     }
-    Ok((done, refused))
+    Ok((done, refused, rv))
 }
 
 /// The approver on a control-plane node: approves at start and whenever a
-/// request appears (a watch), until the task is dropped.
+/// request appears or changes (a watch from the list), until dropped.
 pub async fn run_approver(admin: kube::Client) {
+    use futures::StreamExt;
     let api: Api<CertificateSigningRequest> = Api::all(admin.clone());
     let mut warned = std::collections::BTreeSet::new();
     loop {
-        match approve_pending(&admin, None).await {
-            Ok((_, refused)) => {
+        let rv = match approve_pass(&admin, None).await {
+            Ok((_, refused, rv)) => {
                 for (name, why) in refused {
                     if warned.insert(name.clone()) {
                         warn!(csr = %name, reason = %why, "drydock identity request not approved; left for a person");
                     }
                 }
+                rv
             }
-            Err(e) => warn!(error = %e, "approving drydock identity requests failed; retrying"),
-        }
+            Err(e) => {
+                warn!(error = %e, "approving drydock identity requests failed; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
         // Wake on the next change (or after a while regardless).
-        let wp = WatchParams::default().timeout(290);
-        match api.watch(&wp, "0").await {
+        match api.watch(&WatchParams::default().timeout(290), &rv).await {
             Ok(stream) => {
-                use futures::StreamExt;
                 let mut stream = std::pin::pin!(stream);
-                let mut seen_initial = false;
                 while let Some(ev) = stream.next().await {
                     match ev {
-                        Ok(WatchEvent::Added(_)) | Ok(WatchEvent::Modified(_)) if seen_initial => {
-                            break;
-                        }
-                        Ok(WatchEvent::Bookmark(_)) => seen_initial = true,
-                        Ok(WatchEvent::Added(_)) | Ok(WatchEvent::Modified(_)) => {
-                            // From "0" the server replays what exists; a
-                            // request among them is handled by the next pass.
-                            seen_initial = true;
-                            break;
-                        }
+                        Ok(WatchEvent::Added(_) | WatchEvent::Modified(_)) => break,
+                        Ok(WatchEvent::Error(_)) | Err(_) => break,
                         Ok(_) => {}
-                        Err(_) => break,
                     }
                 }
             }
@@ -344,7 +347,6 @@ pub async fn run_approver(admin: kube::Client) {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -696,6 +698,7 @@ impl Enroller {
             clusters: vec![NamedCluster {
                 name: cluster_name.clone(),
                 cluster: Some(cluster),
+                other: Default::default(),
             }],
             auth_infos: vec![NamedAuthInfo {
                 name: user.clone(),
@@ -704,6 +707,7 @@ impl Enroller {
                     client_key: Some(self.dir.join(KEY_FILE).to_string_lossy().into_owned()),
                     ..Default::default()
                 }),
+                other: Default::default(),
             }],
             contexts: vec![NamedContext {
                 name: user.clone(),
@@ -712,6 +716,7 @@ impl Enroller {
                     user: Some(user.clone()),
                     ..Default::default()
                 }),
+                other: Default::default(),
             }],
             current_context: Some(user),
             api_version: Some("v1".into()),
