@@ -141,6 +141,12 @@ fn drydock_on_a_real_control_plane() {
     let Some(bin) = controlplane::binaries() else {
         return;
     };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "drydock=info".into()),
+        ))
+        .with_test_writer()
+        .try_init();
     let started = Instant::now();
     let cp = ControlPlane::start(&bin);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -165,11 +171,14 @@ fn drydock_on_a_real_control_plane() {
             setup_nodes(&bed).await;
             apply_rbac(&bed);
             enrol(&bed).await;
+            // Deliberate probes, refused or not: not what drydock does.
+            let probes_from = bed.cp.audit().len();
             cross_node_writes_are_refused(&bed).await;
             differential(&bed).await;
+            let probes = probes_from..bed.cp.audit().len();
             pause_halt_resume_and_kubectl(&bed).await;
             rolling_reboot(&bed).await;
-            audited_requests_match_the_rbac(&bed);
+            audited_requests_match_the_rbac(&bed, probes);
         })
     }));
     if let Err(panic) = result {
@@ -250,9 +259,9 @@ fn apply_rbac(bed: &Bed) {
     ] {
         assert!(applied.contains(what), "{what} in:\n{applied}");
     }
-    // Applying again changes nothing.
+    // Applying again works (and leaves the RBAC as it was).
     let again = bed.cp.admin_kubectl(&["apply", "-f", "-"], Some(&out.stdout));
-    assert!(!again.contains("configured"), "{again}");
+    assert!(again.contains("clusterrole.rbac.authorization.k8s.io/drydock:node unchanged"), "{again}");
 }
 
 async fn enrol(bed: &Bed) {
@@ -280,7 +289,7 @@ async fn enrol(bed: &Bed) {
                 identity::wait_ready(&enroller, |l| seen.lock().unwrap().push(l.to_string()), Duration::from_millis(300)),
             )
             .await
-            .expect("enrolled within 60s");
+            .unwrap_or_else(|_| panic!("enrolled within 60s: {:?}", lines.lock().unwrap()));
             (p, lines.lock().unwrap().clone())
         }));
     }
@@ -710,13 +719,16 @@ fn granted(rules: &serde_json::Value, u: &Use, name: Option<&str>) -> bool {
     })
 }
 
-fn audited_requests_match_the_rbac(bed: &Bed) {
+fn audited_requests_match_the_rbac(bed: &Bed, probes: std::ops::Range<usize>) {
     let cluster_rules = drydock::cli::rbac::cluster_rules(NS);
     let ns_rules = drydock::cli::rbac::namespace_rules();
     let mut used_cluster: BTreeSet<Use> = BTreeSet::new();
     let mut used_ns: BTreeSet<Use> = BTreeSet::new();
     let mut refused = vec![];
-    for e in bed.cp.audit() {
+    for (i, e) in bed.cp.audit().into_iter().enumerate() {
+        if probes.contains(&i) {
+            continue;
+        }
         let user = e["user"]["username"].as_str().unwrap_or_default();
         if !user.starts_with("drydock:node:") || e["stage"] != "ResponseComplete" {
             continue;
@@ -742,7 +754,7 @@ fn audited_requests_match_the_rbac(bed: &Bed) {
         // Admission refusals (the holder rule) are deliberate above; RBAC
         // refusals must not happen.
         let authz_refused = code == 403 && e["annotations"]["authorization.k8s.io/decision"] == "forbid";
-        if authz_refused && !(u.0 == "delete" && u.2 == "leases") {
+        if authz_refused {
             refused.push(format!("{user} {u:?} {ns:?} {name:?}"));
         }
         if ns == Some(NS) && granted(&ns_rules, &u, name) {
@@ -754,7 +766,15 @@ fn audited_requests_match_the_rbac(bed: &Bed) {
         }
     }
     assert!(refused.is_empty(), "requests of the drydock identity outside its RBAC:\n{}", refused.join("\n"));
-    // Nothing broader: every granted (verb, resource) was used.
+    // Nothing broader: every granted (verb, resource) was used, but for
+    // what drydock's code does only on a rarer path.
+    let rarer: &[(&str, &str, &str)] = &[
+        // lease.rs reads a slot back after a 409 Conflict.
+        ("get", "coordination.k8s.io", "leases"),
+        // drain.rs names the PDB that refused an eviction (429): only when
+        // an eviction races a replacement that is not Ready yet.
+        ("list", "policy", "poddisruptionbudgets"),
+    ];
     let mut unused = vec![];
     for (rules, used) in [(&cluster_rules, &used_cluster), (&ns_rules, &used_ns)] {
         for r in rules.as_array().unwrap() {
@@ -762,7 +782,9 @@ fn audited_requests_match_the_rbac(bed: &Bed) {
                 for res in r["resources"].as_array().unwrap() {
                     for v in r["verbs"].as_array().unwrap() {
                         let u: Use = (v.as_str().unwrap().into(), g.as_str().unwrap().into(), res.as_str().unwrap().into());
-                        if !used.contains(&u) {
+                        if !used.contains(&u)
+                            && !rarer.contains(&(u.0.as_str(), u.1.as_str(), u.2.as_str()))
+                        {
                             unused.push(format!("{u:?}"));
                         }
                     }

@@ -64,7 +64,7 @@ fn report_rbac_is_least_privilege_for_the_drydock_identity() {
     for (group, resource, verb) in [
         ("", "nodes", "list"),
         ("", "pods", "get"),
-        ("apps", "daemonsets", "list"),
+        ("apps", "daemonsets", "get"),
         ("policy", "poddisruptionbudgets", "list"),
     ] {
         assert!(

@@ -11,12 +11,14 @@
 //!   for what is shared. Granted below, and only what drydock uses (a test
 //!   against a real API server compares these grants with every request
 //!   drydock made, from the audit log):
-//!   - Nodes, Pods, DaemonSets: get/list/watch (gates, verification, the
-//!     drain's wait for a pod already gone, which a node may not read);
-//!   - PodDisruptionBudgets: list (the drain's optional PDB-blocked delete);
+//!   - Nodes, Pods: get/list; required DaemonSets: get (gates,
+//!     verification, the drain's wait for a pod already gone, which a node
+//!     may not read);
+//!   - PodDisruptionBudgets: list (which PDB blocks an eviction);
 //!   - the drydock Namespace only (resourceNames): get, patch (pause, halt,
 //!     shared verdicts; kubectl's `annotate` gets before it patches);
-//!   - Leases in the drydock namespace: the lock;
+//!   - Leases in the drydock namespace: the lock (list/watch the slots,
+//!     create/update to take, renew, release; get after a conflict);
 //! - a ValidatingAdmissionPolicy: `drydock:node:X` may set a Lease's holder
 //!   only to X (taking over an expired lease stays possible: CEL has no
 //!   clock, drydock's gates decide) and may clear or delete only a hold of
@@ -57,9 +59,9 @@ fn subjects(group: &str) -> Value {
 /// The cluster-wide rules of the drydock identity.
 pub fn cluster_rules(namespace: &str) -> Value {
     json!([
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [namespace],
          "verbs": ["get", "patch"]},

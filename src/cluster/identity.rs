@@ -263,8 +263,7 @@ pub async fn approve(
 ) -> Result<(), IdentityError> {
     let name = csr.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateSigningRequest> = Api::all(admin.clone());
-    let body = serde_json::to_vec(&approved(csr, node, Timestamp::now()))
-        .expect("a CertificateSigningRequest serializes");
+    let body = approved(csr, node, Timestamp::now());
     api.replace_subresource("approval", &name, &PostParams::default(), &body)
         .await
         .map_err(api_err(format!("approving CSR {name} of node {node}")))?;

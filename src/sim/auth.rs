@@ -278,7 +278,11 @@ fn node_authorizer(node: &str, a: &Attributes<'_>, pod_node: PodNode<'_>) -> boo
         (Kind::Pod, Some("status"), "update" | "patch") => true,
         (Kind::Pod, Some("eviction"), "create") => true,
         (Kind::Event, None, "create" | "update" | "patch") => true,
-        (Kind::Lease, None, "get" | "create" | "update" | "patch" | "delete") => true,
+        // Node leases only; the name is unknown to the authorizer on create
+        // (NodeRestriction checks it then).
+        (Kind::Lease, None, "get" | "create" | "update" | "patch" | "delete") => {
+            a.namespace == Some(NODE_LEASE_NS) && (a.verb == "create" || own_name)
+        }
         _ => false,
     }
 }
@@ -418,7 +422,8 @@ mod tests {
         let u = User::node("w-1");
         let a = attrs("create", Kind::Lease, Some("drydock"), Some("drydock-default-0"));
         let rbac = Rbac::default();
-        authorize(&rbac, &u, &a, &|_, _| None).unwrap();
+        // Refused by the Node authorizer already, and by NodeRestriction.
+        assert_eq!(authorize(&rbac, &u, &a, &|_, _| None).unwrap_err().code, 403);
         let e = admit(&u, &a, None, Some(&json!({})), None).unwrap_err();
         assert!(e.message.contains("kube-node-lease"), "{}", e.message);
         let own = attrs("update", Kind::Lease, Some("kube-node-lease"), Some("w-1"));

@@ -185,7 +185,9 @@ impl ControlPlane {
         let (sc, sk) = ca.server();
         let server_crt = w("apiserver.crt", &sc);
         let server_key = w("apiserver.key", &sk);
-        let sa_key = w("sa.key", &KeyPair::generate().unwrap().serialize_pem());
+        let sa = KeyPair::generate().unwrap();
+        let sa_key = w("sa.key", &sa.serialize_pem());
+        let sa_pub = w("sa.pub", &sa.public_key_pem());
         let audit_policy = w("audit-policy.json", AUDIT_POLICY);
         let audit_log = dir.join("audit.log");
 
@@ -240,7 +242,7 @@ impl ControlPlane {
                 format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
                 "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", s(&sa_key)),
+                format!("--service-account-key-file={}", s(&sa_pub)),
                 format!("--service-account-signing-key-file={}", s(&sa_key)),
                 "--service-cluster-ip-range=10.96.0.0/12".into(),
                 format!("--tls-cert-file={}", s(&server_crt)),
@@ -390,9 +392,15 @@ impl ControlPlane {
             if out.status.success() {
                 return;
             }
-            if start.elapsed() > Duration::from_secs(90) {
+            let exited = self
+                .children
+                .lock()
+                .unwrap()
+                .iter_mut()
+                .any(|c| c.try_wait().ok().flatten().is_some());
+            if exited || start.elapsed() > Duration::from_secs(90) {
                 panic!(
-                    "kube-apiserver not ready after 90s: {}\n--- kube-apiserver.log ---\n{}\n--- etcd.log ---\n{}",
+                    "kube-apiserver not ready (exited, or 90s passed): {}\n--- kube-apiserver.log ---\n{}\n--- etcd.log ---\n{}",
                     String::from_utf8_lossy(&out.stderr),
                     tail(&self.log("kube-apiserver"), 40),
                     tail(&self.log("etcd"), 20)
