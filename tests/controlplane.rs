@@ -182,7 +182,11 @@ fn drydock_on_a_real_control_plane() {
         })
     }));
     if let Err(panic) = result {
-        for name in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+        for name in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
             eprintln!("--- {name}.log (tail) ---\n{}", tail(&bed.cp.log(name), 30));
         }
         std::panic::resume_unwind(panic);
@@ -226,21 +230,50 @@ async fn setup_nodes(bed: &Bed) {
         Some(&serde_json::to_vec(&workload).unwrap()),
     );
     let admin = client(&bed.cp.super_admin).await;
-    eventually("web pods and DaemonSet pods Running and Ready", Duration::from_secs(60), || {
-        let admin = admin.clone();
-        async move {
-            let pods: Api<Pod> = Api::all(admin);
-            let list = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-            let ready = |p: &Pod| {
-                p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-                    c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            };
-            let web = list.items.iter().filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with("web-") && ready(p)).count();
-            let ds = list.items.iter().filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with("calico-node-") && ready(p)).count();
-            if web == 4 && ds == NODES.len() { Ok(()) } else { Err(format!("web {web}/4, calico-node {ds}/5")) }
-        }
-    })
+    eventually(
+        "web pods and DaemonSet pods Running and Ready",
+        Duration::from_secs(60),
+        || {
+            let admin = admin.clone();
+            async move {
+                let pods: Api<Pod> = Api::all(admin);
+                let list = pods
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ready = |p: &Pod| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                };
+                let web = list
+                    .items
+                    .iter()
+                    .filter(|p| {
+                        p.metadata.name.as_deref().unwrap_or("").starts_with("web-") && ready(p)
+                    })
+                    .count();
+                let ds = list
+                    .items
+                    .iter()
+                    .filter(|p| {
+                        p.metadata
+                            .name
+                            .as_deref()
+                            .unwrap_or("")
+                            .starts_with("calico-node-")
+                            && ready(p)
+                    })
+                    .count();
+                if web == 4 && ds == NODES.len() {
+                    Ok(())
+                } else {
+                    Err(format!("web {web}/4, calico-node {ds}/5"))
+                }
+            }
+        },
+    )
     .await;
 }
 
@@ -250,7 +283,9 @@ fn apply_rbac(bed: &Bed) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let applied = bed.cp.admin_kubectl(&["apply", "-f", "-"], Some(&out.stdout));
+    let applied = bed
+        .cp
+        .admin_kubectl(&["apply", "-f", "-"], Some(&out.stdout));
     for what in [
         "namespace/drydock",
         "clusterrole.rbac.authorization.k8s.io/drydock:node",
@@ -260,8 +295,13 @@ fn apply_rbac(bed: &Bed) {
         assert!(applied.contains(what), "{what} in:\n{applied}");
     }
     // Applying again works (and leaves the RBAC as it was).
-    let again = bed.cp.admin_kubectl(&["apply", "-f", "-"], Some(&out.stdout));
-    assert!(again.contains("clusterrole.rbac.authorization.k8s.io/drydock:node unchanged"), "{again}");
+    let again = bed
+        .cp
+        .admin_kubectl(&["apply", "-f", "-"], Some(&out.stdout));
+    assert!(
+        again.contains("clusterrole.rbac.authorization.k8s.io/drydock:node unchanged"),
+        "{again}"
+    );
 }
 
 async fn enrol(bed: &Bed) {
@@ -280,13 +320,22 @@ async fn enrol(bed: &Bed) {
     let mut waits = vec![];
     for node in NODES {
         let kubelet = client(&bed.kubelet(node).kubeconfig).await;
-        let enroller = Enroller::new(kubelet, &bed.kubelet(node).kubeconfig, node, &bed.identity_dir(node));
+        let enroller = Enroller::new(
+            kubelet,
+            &bed.kubelet(node).kubeconfig,
+            node,
+            &bed.identity_dir(node),
+        );
         let lines = Arc::new(Mutex::new(vec![]));
         let seen = lines.clone();
         waits.push(tokio::spawn(async move {
             let p = tokio::time::timeout(
                 Duration::from_secs(60),
-                identity::wait_ready(&enroller, |l| seen.lock().unwrap().push(l.to_string()), Duration::from_millis(300)),
+                identity::wait_ready(
+                    &enroller,
+                    |l| seen.lock().unwrap().push(l.to_string()),
+                    Duration::from_millis(300),
+                ),
             )
             .await
             .unwrap_or_else(|_| panic!("enrolled within 60s: {:?}", lines.lock().unwrap()));
@@ -295,29 +344,68 @@ async fn enrol(bed: &Bed) {
     }
     for (node, wait) in NODES.iter().zip(waits) {
         let (progress, lines) = wait.await.unwrap();
-        let Progress::Ready { kubeconfig, not_after, .. } = progress else { panic!("{node}: {progress:?}") };
+        let Progress::Ready {
+            kubeconfig,
+            not_after,
+            ..
+        } = progress
+        else {
+            panic!("{node}: {progress:?}")
+        };
         assert_eq!(kubeconfig, bed.identity_kubeconfig(node));
         assert!(not_after > jiff::Timestamp::now() + Duration::from_secs(6 * 24 * 3600));
         // Said so while it waited (or was approved before the first look).
-        assert!(lines.iter().all(|l| l.starts_with("waiting: drydock identity not approved yet (CSR drydock-")), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with("waiting: drydock identity not approved yet (CSR drydock-")),
+            "{lines:?}"
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(bed.identity_dir(node).join("key.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(bed.identity_dir(node).join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{node}: key mode");
         // The kubeconfig works with kubectl too: who am I?
-        let who = bed.cp.kubectl(&kubeconfig, &["auth", "whoami", "-o", "json"]);
+        let who = bed
+            .cp
+            .kubectl(&kubeconfig, &["auth", "whoami", "-o", "json"]);
         let who: serde_json::Value = serde_json::from_slice(&who.stdout).unwrap_or_default();
-        assert_eq!(who["status"]["userInfo"]["username"], format!("drydock:node:{node}"));
-        assert!(who["status"]["userInfo"]["groups"].as_array().unwrap().contains(&json!("drydock:nodes")));
+        assert_eq!(
+            who["status"]["userInfo"]["username"],
+            format!("drydock:node:{node}")
+        );
+        assert!(
+            who["status"]["userInfo"]["groups"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("drydock:nodes"))
+        );
     }
     println!("5 nodes enrolled in {:?}", started.elapsed());
     // The squatted request stays pending, left for a person.
     let squat = csrs.get(&squat_name).await.unwrap();
-    assert!(squat.status.and_then(|s| s.conditions).unwrap_or_default().is_empty(), "squatter untouched");
+    assert!(
+        squat
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .is_empty(),
+        "squatter untouched"
+    );
     // By hand: nothing of w-2's pending passes; the CLI says so.
     let admin = client(&bed.cp.admin).await;
-    let (approved, refused) = identity::approve_pending(&admin, Some("w-2")).await.unwrap();
+    let (approved, refused) = identity::approve_pending(&admin, Some("w-2"))
+        .await
+        .unwrap();
     assert!(approved.is_empty());
-    assert!(refused.iter().any(|(n, why)| n == &squat_name && why.contains("system:node:w-1")), "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|(n, why)| n == &squat_name && why.contains("system:node:w-1")),
+        "{refused:?}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_drydock"))
         .args(["cluster", "approve", "w-2", "--kubeconfig"])
         .arg(&bed.cp.admin)
@@ -336,51 +424,115 @@ async fn cross_node_writes_are_refused(bed: &Bed) {
     // Cordon another node: the Node authorizer/NodeRestriction refuse.
     let nodes: Api<Node> = Api::all(w1_kubelet.clone());
     let patch = json!({"spec": {"unschedulable": true}});
-    assert_eq!(api_code(nodes.patch("w-2", &PatchParams::default(), &Patch::Merge(&patch)).await), 403);
+    assert_eq!(
+        api_code(
+            nodes
+                .patch("w-2", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        ),
+        403
+    );
     // kubectl prints Forbidden and exits 0: judge by the object, not the exit code.
-    let out = bed.cp.kubectl(&bed.kubelet("w-1").kubeconfig, &["cordon", "w-2"]);
-    assert!(text(&out).to_lowercase().contains("forbidden"), "{}", text(&out));
+    let out = bed
+        .cp
+        .kubectl(&bed.kubelet("w-1").kubeconfig, &["cordon", "w-2"]);
+    assert!(
+        text(&out).to_lowercase().contains("forbidden"),
+        "{}",
+        text(&out)
+    );
     let admin: Api<Node> = Api::all(client(&bed.cp.super_admin).await);
-    assert_ne!(admin.get("w-2").await.unwrap().spec.unwrap().unschedulable, Some(true));
+    assert_ne!(
+        admin.get("w-2").await.unwrap().spec.unwrap().unschedulable,
+        Some(true)
+    );
     // Its own Node it may cordon (and uncordon).
-    assert_eq!(api_code(nodes.patch("w-1", &PatchParams::default(), &Patch::Merge(&patch)).await), 200);
+    assert_eq!(
+        api_code(
+            nodes
+                .patch("w-1", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        ),
+        200
+    );
     let undo = json!({"spec": {"unschedulable": null}});
-    assert_eq!(api_code(nodes.patch("w-1", &PatchParams::default(), &Patch::Merge(&undo)).await), 200);
+    assert_eq!(
+        api_code(
+            nodes
+                .patch("w-1", &PatchParams::default(), &Patch::Merge(&undo))
+                .await
+        ),
+        200
+    );
 
     // The kubelet credential may not touch Leases outside kube-node-lease.
     let lease = |holder: Option<&str>| -> Lease {
-        serde_json::from_value(json!({"metadata": {"name": "drydock-test-0", "namespace": NS},
-            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 20}})).unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": "drydock-test-0", "namespace": NS},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 20}}),
+        )
+        .unwrap()
     };
     let kubelet_leases: Api<Lease> = Api::namespaced(w1_kubelet, NS);
-    let e = kubelet_leases.create(&PostParams::default(), &lease(Some("w-1"))).await.unwrap_err();
+    let e = kubelet_leases
+        .create(&PostParams::default(), &lease(Some("w-1")))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("kube-node-lease"), "{e}");
 
     // The drydock identity: a Lease in another node's name is refused...
     let leases1: Api<Lease> = Api::namespaced(w1.clone(), NS);
     let leases2: Api<Lease> = Api::namespaced(w2.clone(), NS);
-    let e = leases1.create(&PostParams::default(), &lease(Some("w-2"))).await.unwrap_err();
+    let e = leases1
+        .create(&PostParams::default(), &lease(Some("w-2")))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("may not make w-2 the holder"), "{e}");
     // ...its own is fine; w-2 may neither take it over by writing w-1's
     // name nor release it; w-1 releases its own.
-    let mine = leases1.create(&PostParams::default(), &lease(Some("w-1"))).await.unwrap();
+    let mine = leases1
+        .create(&PostParams::default(), &lease(Some("w-1")))
+        .await
+        .unwrap();
     let mut theirs = mine.clone();
     theirs.spec.as_mut().unwrap().lease_duration_seconds = Some(30);
-    let e = leases2.replace("drydock-test-0", &PostParams::default(), &theirs).await.unwrap_err();
+    let e = leases2
+        .replace("drydock-test-0", &PostParams::default(), &theirs)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("may not make w-1 the holder"), "{e}");
     let mut released = mine.clone();
     released.spec.as_mut().unwrap().holder_identity = None;
-    let e = leases2.replace("drydock-test-0", &PostParams::default(), &released).await.unwrap_err();
-    assert!(e.to_string().contains("may not release or delete the hold of w-1"), "{e}");
-    let free = leases1.replace("drydock-test-0", &PostParams::default(), &released).await.unwrap();
+    let e = leases2
+        .replace("drydock-test-0", &PostParams::default(), &released)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("may not release or delete the hold of w-1"),
+        "{e}"
+    );
+    let free = leases1
+        .replace("drydock-test-0", &PostParams::default(), &released)
+        .await
+        .unwrap();
     // A free lease anyone may take (drydock's gates decide when).
     let mut take = free.clone();
     take.spec.as_mut().unwrap().holder_identity = Some("w-2".into());
-    leases2.replace("drydock-test-0", &PostParams::default(), &take).await.unwrap();
+    leases2
+        .replace("drydock-test-0", &PostParams::default(), &take)
+        .await
+        .unwrap();
     // Not granted: deleting Leases at all.
-    assert_eq!(api_code(leases2.delete("drydock-test-0", &Default::default()).await), 403);
+    assert_eq!(
+        api_code(leases2.delete("drydock-test-0", &Default::default()).await),
+        403
+    );
     let admin_leases: Api<Lease> = Api::namespaced(client(&bed.cp.super_admin).await, NS);
-    admin_leases.delete("drydock-test-0", &Default::default()).await.unwrap();
+    admin_leases
+        .delete("drydock-test-0", &Default::default())
+        .await
+        .unwrap();
 }
 
 async fn pause_halt_resume_and_kubectl(bed: &Bed) {
@@ -393,12 +545,27 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
         "w-3".into(),
     );
     let gates = cluster.cluster_gates(jiff::Timestamp::now()).await.gates;
-    assert!(gates.iter().any(|g| !g.passed && g.reason.contains("etcd maintenance")), "{gates:?}");
+    assert!(
+        gates
+            .iter()
+            .any(|g| !g.passed && g.reason.contains("etcd maintenance")),
+        "{gates:?}"
+    );
     // kubectl shows the annotation (get + patch on the Namespace).
-    let ns = bed.cp.kubectl(&bed.identity_kubeconfig("w-3"), &["get", "namespace", NS, "-o", "json"]);
+    let ns = bed.cp.kubectl(
+        &bed.identity_kubeconfig("w-3"),
+        &["get", "namespace", NS, "-o", "json"],
+    );
     assert!(text(&ns).contains("etcd maintenance"), "{}", text(&ns));
-    let out = bed.cp.kubectl(&bed.identity_kubeconfig("w-3"), &["annotate", "namespace", NS, "example.com/note=x"]);
-    assert!(out.status.success(), "kubectl annotate with the drydock identity: {}", text(&out));
+    let out = bed.cp.kubectl(
+        &bed.identity_kubeconfig("w-3"),
+        &["annotate", "namespace", NS, "example.com/note=x"],
+    );
+    assert!(
+        out.status.success(),
+        "kubectl annotate with the drydock identity: {}",
+        text(&out)
+    );
     let out = bed.drydock("w-3", &["cluster", "resume"]);
     assert!(out.status.success(), "{}", text(&out));
 
@@ -411,7 +578,12 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
         "w-4".into(),
     );
     let gates = other.cluster_gates(jiff::Timestamp::now()).await.gates;
-    assert!(gates.iter().any(|g| !g.passed && g.reason.contains("w-3 failed verification")), "{gates:?}");
+    assert!(
+        gates
+            .iter()
+            .any(|g| !g.passed && g.reason.contains("w-3 failed verification")),
+        "{gates:?}"
+    );
     let out = bed.drydock("w-4", &["cluster", "resume"]);
     assert!(out.status.success(), "{}", text(&out));
     let gates = other.cluster_gates(jiff::Timestamp::now()).await.gates;
@@ -419,16 +591,49 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
 
     // Events with the kubelet credential (core/v1), seen by kubectl in
     // both Event APIs.
-    let mut events = drydock::report::events::NodeEvents::new(client(&bed.kubelet("w-3").kubeconfig).await, "w-3");
-    let spec = drydock::report::notice::Notice::Rebooting { boot_id: "b".into() }.event().unwrap();
+    let mut events = drydock::report::events::NodeEvents::new(
+        client(&bed.kubelet("w-3").kubeconfig).await,
+        "w-3",
+    );
+    let spec = drydock::report::notice::Notice::Rebooting {
+        boot_id: "b".into(),
+    }
+    .event()
+    .unwrap();
     events.record(&spec, jiff::Timestamp::now()).await.unwrap();
-    events.annotate("pending", "waiting for the window").await.unwrap();
-    let core = bed.cp.admin_kubectl(&["get", "events", "-n", "default", "--field-selector", "involvedObject.name=w-3"], None);
+    events
+        .annotate("pending", "waiting for the window")
+        .await
+        .unwrap();
+    let core = bed.cp.admin_kubectl(
+        &[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "involvedObject.name=w-3",
+        ],
+        None,
+    );
     assert!(core.contains("Rebooting"), "{core}");
-    let v1 = bed.cp.admin_kubectl(&["get", "events.v1.events.k8s.io", "-n", "default", "-o", "json"], None);
+    let v1 = bed.cp.admin_kubectl(
+        &[
+            "get",
+            "events.v1.events.k8s.io",
+            "-n",
+            "default",
+            "-o",
+            "json",
+        ],
+        None,
+    );
     assert!(v1.contains("drydock-w-3"), "{v1}");
     let desc = bed.cp.admin_kubectl(&["describe", "node", "w-3"], None);
-    assert!(desc.contains("drydock.dev/state: pending") && desc.contains("Rebooting"), "{desc}");
+    assert!(
+        desc.contains("drydock.dev/state: pending") && desc.contains("Rebooting"),
+        "{desc}"
+    );
 
     // `drydock status` reads the lease slots with the drydock identity.
     let out = bed.drydock("w-3", &["status", "--json"]);
@@ -456,68 +661,210 @@ async fn scenario(c: &Who) -> (Vec<(&'static str, u16)>, serde_json::Value) {
     let mut step = |label: &'static str, code: u16| steps.push((label, code));
     let nodes = |c: &kube::Client| -> Api<Node> { Api::all(c.clone()) };
     let lp = ListParams::default();
-    step("identity lists nodes", api_code(nodes(&c.me).list(&lp).await));
-    step("kubelet lists all nodes", api_code(nodes(&c.kubelet).list(&lp).await));
-    step("kubelet lists its node", api_code(nodes(&c.kubelet).list(&ListParams::default().fields("metadata.name=w-1")).await));
-    step("kubelet gets its node", api_code(nodes(&c.kubelet).get("w-1").await));
-    step("kubelet gets another node", api_code(nodes(&c.kubelet).get("w-2").await));
+    step(
+        "identity lists nodes",
+        api_code(nodes(&c.me).list(&lp).await),
+    );
+    step(
+        "kubelet lists all nodes",
+        api_code(nodes(&c.kubelet).list(&lp).await),
+    );
+    step(
+        "kubelet lists its node",
+        api_code(
+            nodes(&c.kubelet)
+                .list(&ListParams::default().fields("metadata.name=w-1"))
+                .await,
+        ),
+    );
+    step(
+        "kubelet gets its node",
+        api_code(nodes(&c.kubelet).get("w-1").await),
+    );
+    step(
+        "kubelet gets another node",
+        api_code(nodes(&c.kubelet).get("w-2").await),
+    );
     let cordon = json!({"spec": {"unschedulable": true}});
-    step("kubelet cordons another node", api_code(nodes(&c.kubelet).patch("w-2", &PatchParams::default(), &Patch::Merge(&cordon)).await));
+    step(
+        "kubelet cordons another node",
+        api_code(
+            nodes(&c.kubelet)
+                .patch("w-2", &PatchParams::default(), &Patch::Merge(&cordon))
+                .await,
+        ),
+    );
     let note = json!({"metadata": {"annotations": {"drydock.dev/diff": "yes"}}});
-    step("kubelet annotates its node", api_code(nodes(&c.kubelet).patch("w-1", &PatchParams::default(), &Patch::Merge(&note)).await));
-    step("identity annotates a node", api_code(nodes(&c.me).patch("w-1", &PatchParams::default(), &Patch::Merge(&note)).await));
+    step(
+        "kubelet annotates its node",
+        api_code(
+            nodes(&c.kubelet)
+                .patch("w-1", &PatchParams::default(), &Patch::Merge(&note))
+                .await,
+        ),
+    );
+    step(
+        "identity annotates a node",
+        api_code(
+            nodes(&c.me)
+                .patch("w-1", &PatchParams::default(), &Patch::Merge(&note))
+                .await,
+        ),
+    );
 
     let lease = |name: &str, holder: Option<&str>| -> Lease {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": NS},
-            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 20}})).unwrap()
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 20}}))
+        .unwrap()
     };
     let leases = |c: &kube::Client, ns: &str| -> Api<Lease> { Api::namespaced(c.clone(), ns) };
     let pp = PostParams::default();
-    step("kubelet creates a drydock lease", api_code(leases(&c.kubelet, NS).create(&pp, &lease("diff-k", Some("w-1"))).await));
-    step("kubelet gets a drydock lease", api_code(leases(&c.kubelet, NS).get("diff-none").await));
-    step("kubelet lists node leases", api_code(leases(&c.kubelet, "kube-node-lease").list(&lp).await));
-    step("identity creates a lease for another", api_code(leases(&c.me, NS).create(&pp, &lease("diff-0", Some("w-2"))).await));
-    let mine = leases(&c.me, NS).create(&pp, &lease("diff-0", Some("w-1"))).await;
+    step(
+        "kubelet creates a drydock lease",
+        api_code(
+            leases(&c.kubelet, NS)
+                .create(&pp, &lease("diff-k", Some("w-1")))
+                .await,
+        ),
+    );
+    step(
+        "kubelet gets a drydock lease",
+        api_code(leases(&c.kubelet, NS).get("diff-none").await),
+    );
+    step(
+        "kubelet lists node leases",
+        api_code(leases(&c.kubelet, "kube-node-lease").list(&lp).await),
+    );
+    step(
+        "identity creates a lease for another",
+        api_code(
+            leases(&c.me, NS)
+                .create(&pp, &lease("diff-0", Some("w-2")))
+                .await,
+        ),
+    );
+    let mine = leases(&c.me, NS)
+        .create(&pp, &lease("diff-0", Some("w-1")))
+        .await;
     let mine = mine.expect("identity creates its own lease");
     let mut free = mine.clone();
     free.spec.as_mut().unwrap().holder_identity = None;
-    step("another identity releases it", api_code(leases(&c.other, NS).replace("diff-0", &pp, &free).await));
-    step("another identity deletes it", api_code(leases(&c.other, NS).delete("diff-0", &Default::default()).await));
-    step("identity releases its own", api_code(leases(&c.me, NS).replace("diff-0", &pp, &free).await));
-    step("identity lists leases", api_code(leases(&c.me, NS).list(&lp).await));
-    step("identity creates a lease elsewhere", api_code(leases(&c.me, "default").create(&pp, &lease("diff-1", Some("w-1"))).await));
+    step(
+        "another identity releases it",
+        api_code(leases(&c.other, NS).replace("diff-0", &pp, &free).await),
+    );
+    step(
+        "another identity deletes it",
+        api_code(
+            leases(&c.other, NS)
+                .delete("diff-0", &Default::default())
+                .await,
+        ),
+    );
+    step(
+        "identity releases its own",
+        api_code(leases(&c.me, NS).replace("diff-0", &pp, &free).await),
+    );
+    step(
+        "identity lists leases",
+        api_code(leases(&c.me, NS).list(&lp).await),
+    );
+    step(
+        "identity creates a lease elsewhere",
+        api_code(
+            leases(&c.me, "default")
+                .create(&pp, &lease("diff-1", Some("w-1")))
+                .await,
+        ),
+    );
 
     let namespaces = |c: &kube::Client| -> Api<Namespace> { Api::all(c.clone()) };
-    step("identity gets the drydock namespace", api_code(namespaces(&c.me).get(NS).await));
-    step("identity annotates the drydock namespace", api_code(namespaces(&c.me).patch(NS, &PatchParams::default(), &Patch::Merge(&note)).await));
-    step("identity gets another namespace", api_code(namespaces(&c.me).get("default").await));
-    step("kubelet gets the drydock namespace", api_code(namespaces(&c.kubelet).get(NS).await));
+    step(
+        "identity gets the drydock namespace",
+        api_code(namespaces(&c.me).get(NS).await),
+    );
+    step(
+        "identity annotates the drydock namespace",
+        api_code(
+            namespaces(&c.me)
+                .patch(NS, &PatchParams::default(), &Patch::Merge(&note))
+                .await,
+        ),
+    );
+    step(
+        "identity gets another namespace",
+        api_code(namespaces(&c.me).get("default").await),
+    );
+    step(
+        "kubelet gets the drydock namespace",
+        api_code(namespaces(&c.kubelet).get(NS).await),
+    );
 
     let core_event: Event = serde_json::from_value(json!({
         "metadata": {"name": "w-1.diff", "namespace": "default"},
         "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": "w-1"},
         "reason": "Diff", "message": "differential test", "type": "Normal",
         "source": {"component": "drydock", "host": "w-1"}, "count": 1,
-        "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z"})).unwrap();
+        "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z"}))
+    .unwrap();
     let events: Api<Event> = Api::namespaced(c.kubelet.clone(), "default");
-    step("kubelet creates a core Event", api_code(events.create(&pp, &core_event).await));
+    step(
+        "kubelet creates a core Event",
+        api_code(events.create(&pp, &core_event).await),
+    );
     let v1: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
         "metadata": {"name": "w-1.diff-v1", "namespace": "default"},
         "eventTime": "2026-01-01T00:00:00.000000Z", "action": "Diff", "reason": "Diff",
         "reportingController": "drydock.dev/drydock", "reportingInstance": "drydock-w-1",
-        "regarding": {"apiVersion": "v1", "kind": "Node", "name": "w-1"}, "type": "Normal"})).unwrap();
-    let events_v1: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.kubelet.clone(), "default");
-    step("kubelet creates an events.k8s.io Event", api_code(events_v1.create(&pp, &v1).await));
-    let admin_v1: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.admin.clone(), "default");
-    step("the core Event read as events.k8s.io", api_code(admin_v1.get("w-1.diff").await));
+        "regarding": {"apiVersion": "v1", "kind": "Node", "name": "w-1"}, "type": "Normal"}))
+    .unwrap();
+    let events_v1: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(c.kubelet.clone(), "default");
+    step(
+        "kubelet creates an events.k8s.io Event",
+        api_code(events_v1.create(&pp, &v1).await),
+    );
+    let admin_v1: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(c.admin.clone(), "default");
+    step(
+        "the core Event read as events.k8s.io",
+        api_code(admin_v1.get("w-1.diff").await),
+    );
 
     let pods = |c: &kube::Client| -> Api<Pod> { Api::all(c.clone()) };
-    step("kubelet lists its pods", api_code(pods(&c.kubelet).list(&ListParams::default().fields("spec.nodeName=w-1")).await));
-    step("kubelet lists all pods", api_code(pods(&c.kubelet).list(&lp).await));
+    step(
+        "kubelet lists its pods",
+        api_code(
+            pods(&c.kubelet)
+                .list(&ListParams::default().fields("spec.nodeName=w-1"))
+                .await,
+        ),
+    );
+    step(
+        "kubelet lists all pods",
+        api_code(pods(&c.kubelet).list(&lp).await),
+    );
     step("identity lists pods", api_code(pods(&c.me).list(&lp).await));
-    step("identity lists daemonsets", api_code(Api::<DaemonSet>::all(c.me.clone()).list(&lp).await));
-    step("identity lists PDBs", api_code(Api::<PodDisruptionBudget>::all(c.me.clone()).list(&lp).await));
-    step("kubelet lists PDBs", api_code(Api::<PodDisruptionBudget>::all(c.kubelet.clone()).list(&lp).await));
+    step(
+        "identity lists daemonsets",
+        api_code(Api::<DaemonSet>::all(c.me.clone()).list(&lp).await),
+    );
+    step(
+        "identity lists PDBs",
+        api_code(
+            Api::<PodDisruptionBudget>::all(c.me.clone())
+                .list(&lp)
+                .await,
+        ),
+    );
+    step(
+        "kubelet lists PDBs",
+        api_code(
+            Api::<PodDisruptionBudget>::all(c.kubelet.clone())
+                .list(&lp)
+                .await,
+        ),
+    );
 
     // The final objects, as the admin sees them.
     let lease = leases(&c.admin, NS).get("diff-0").await.unwrap();
@@ -534,7 +881,9 @@ async fn scenario(c: &Who) -> (Vec<(&'static str, u16)>, serde_json::Value) {
         "event regarding": v1.regarding.and_then(|r| r.name),
     });
     // Leave both as they were.
-    let _ = leases(&c.admin, NS).delete("diff-0", &Default::default()).await;
+    let _ = leases(&c.admin, NS)
+        .delete("diff-0", &Default::default())
+        .await;
     (steps, finals)
 }
 
@@ -555,10 +904,19 @@ async fn differential(bed: &Bed) {
         .start()
         .await
         .unwrap();
-    sim.apply_manifests(&drydock::cli::rbac::manifests(NS, identity::GROUP)).unwrap();
-    let id = |n: &str| drydock::sim::User::new(&format!("drydock:node:{n}"), &[identity::GROUP, "system:authenticated"]);
+    sim.apply_manifests(&drydock::cli::rbac::manifests(NS, identity::GROUP))
+        .unwrap();
+    let id = |n: &str| {
+        drydock::sim::User::new(
+            &format!("drydock:node:{n}"),
+            &[identity::GROUP, "system:authenticated"],
+        )
+    };
     let simulated = Who {
-        kubelet: sim.client_as(&drydock::sim::User::node("w-1")).await.unwrap(),
+        kubelet: sim
+            .client_as(&drydock::sim::User::node("w-1"))
+            .await
+            .unwrap(),
         me: sim.client_as(&id("w-1")).await.unwrap(),
         other: sim.client_as(&id("w-2")).await.unwrap(),
         admin: sim.client().unwrap(),
@@ -571,7 +929,11 @@ async fn differential(bed: &Bed) {
             diffs.push(format!("{label}: real {real}, simulator {simulated}"));
         }
     }
-    assert!(diffs.is_empty(), "the simulator differs from kube-apiserver:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "the simulator differs from kube-apiserver:\n{}",
+        diffs.join("\n")
+    );
     assert_eq!(real_final, sim_final, "final objects");
 }
 
@@ -583,7 +945,13 @@ struct Recorder {
     max_out: Arc<Mutex<usize>>,
 }
 
-const OUT: &[&str] = &["cordoning", "draining", "rebooting", "verifying", "releasing"];
+const OUT: &[&str] = &[
+    "cordoning",
+    "draining",
+    "rebooting",
+    "verifying",
+    "releasing",
+];
 
 impl Reporter for Recorder {
     fn status(&self, _line: &str) {}
@@ -611,10 +979,19 @@ async fn rolling_reboot(bed: &Bed) {
         let host = SimHost::new(&node, machine, reboot_tx.clone());
         let kubelet_kc = bed.kubelet(&node).kubeconfig.clone();
         let ident_kc = bed.identity_kubeconfig(&node);
-        let rec = Recorder { node: node.clone(), states: states.clone(), max_out: max_out.clone() };
+        let rec = Recorder {
+            node: node.clone(),
+            states: states.clone(),
+            max_out: max_out.clone(),
+        };
         tokio::spawn(async move {
             let store = Store::open(&settings.node.state_db).unwrap();
-            let cluster = KubeCluster::with_identity(client(&kubelet_kc).await, client(&ident_kc).await, settings.clone(), node.clone());
+            let cluster = KubeCluster::with_identity(
+                client(&kubelet_kc).await,
+                client(&ident_kc).await,
+                settings.clone(),
+                node.clone(),
+            );
             let mut agent = Agent::new(node, settings, store, host, cluster, rec).unwrap();
             agent.run(std::future::pending::<()>()).await
         })
@@ -640,7 +1017,11 @@ async fn rolling_reboot(bed: &Bed) {
             let nodes: Api<Node> = Api::all(admin);
             loop {
                 if let Ok(list) = nodes.list(&ListParams::default()).await {
-                    let n = list.items.iter().filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)).count();
+                    let n = list
+                        .items
+                        .iter()
+                        .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true))
+                        .count();
                     let mut m = max_cordoned.lock().unwrap();
                     *m = (*m).max(n);
                 }
@@ -676,16 +1057,31 @@ async fn rolling_reboot(bed: &Bed) {
     }
     println!("rolling reboot of 5 nodes in {:?}", started.elapsed());
     watcher.abort();
-    for (_, t) in running { t.abort(); }
-    assert_eq!(*max_out.lock().unwrap(), 1, "never two nodes out of service at once");
-    assert_eq!(*max_cordoned.lock().unwrap(), 1, "never two nodes cordoned at once");
+    for (_, t) in running {
+        t.abort();
+    }
+    assert_eq!(
+        *max_out.lock().unwrap(),
+        1,
+        "never two nodes out of service at once"
+    );
+    assert_eq!(
+        *max_cordoned.lock().unwrap(),
+        1,
+        "never two nodes cordoned at once"
+    );
     for (node, m) in &machines {
         assert_eq!(m.lock().unwrap().reboots, 1, "{node} rebooted once");
     }
     // Every node schedulable again; the ReplicaSet back at 4 ready pods.
     let nodes: Api<Node> = Api::all(admin.clone());
     for n in nodes.list(&ListParams::default()).await.unwrap().items {
-        assert_ne!(n.spec.unwrap().unschedulable, Some(true), "{:?} uncordoned", n.metadata.name);
+        assert_ne!(
+            n.spec.unwrap().unschedulable,
+            Some(true),
+            "{:?} uncordoned",
+            n.metadata.name
+        );
     }
     let rs: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(admin.clone(), "apps");
     eventually("web back at 4 ready", Duration::from_secs(30), || {
@@ -693,14 +1089,24 @@ async fn rolling_reboot(bed: &Bed) {
         async move {
             let r = rs.get("web").await.map_err(|e| e.to_string())?;
             let ready = r.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-            if ready == 4 { Ok(()) } else { Err(format!("{ready} ready")) }
+            if ready == 4 {
+                Ok(())
+            } else {
+                Err(format!("{ready} ready"))
+            }
         }
     })
     .await;
     // The leases are free again.
     let leases: Api<Lease> = Api::namespaced(admin, NS);
     for l in leases.list(&ListParams::default()).await.unwrap().items {
-        assert!(l.spec.and_then(|s| s.holder_identity).is_none_or(|h| h.is_empty()), "{:?} released", l.metadata.name);
+        assert!(
+            l.spec
+                .and_then(|s| s.holder_identity)
+                .is_none_or(|h| h.is_empty()),
+            "{:?} released",
+            l.metadata.name
+        );
     }
 }
 
@@ -734,7 +1140,9 @@ fn audited_requests_match_the_rbac(bed: &Bed, probes: std::ops::Range<usize>) {
             continue;
         }
         let o = &e["objectRef"];
-        let Some(resource) = o["resource"].as_str() else { continue };
+        let Some(resource) = o["resource"].as_str() else {
+            continue;
+        };
         // What every authenticated user may do (kubectl auth whoami).
         if resource.starts_with("self") {
             continue;
@@ -753,7 +1161,8 @@ fn audited_requests_match_the_rbac(bed: &Bed, probes: std::ops::Range<usize>) {
         let code = e["responseStatus"]["code"].as_u64().unwrap_or(0);
         // Admission refusals (the holder rule) are deliberate above; RBAC
         // refusals must not happen.
-        let authz_refused = code == 403 && e["annotations"]["authorization.k8s.io/decision"] == "forbid";
+        let authz_refused =
+            code == 403 && e["annotations"]["authorization.k8s.io/decision"] == "forbid";
         if authz_refused {
             refused.push(format!("{user} {u:?} {ns:?} {name:?}"));
         }
@@ -762,10 +1171,16 @@ fn audited_requests_match_the_rbac(bed: &Bed, probes: std::ops::Range<usize>) {
         } else if granted(&cluster_rules, &u, name) {
             used_cluster.insert(u);
         } else if !authz_refused {
-            refused.push(format!("not granted by `drydock rbac` yet allowed: {user} {u:?} {ns:?} {name:?}"));
+            refused.push(format!(
+                "not granted by `drydock rbac` yet allowed: {user} {u:?} {ns:?} {name:?}"
+            ));
         }
     }
-    assert!(refused.is_empty(), "requests of the drydock identity outside its RBAC:\n{}", refused.join("\n"));
+    assert!(
+        refused.is_empty(),
+        "requests of the drydock identity outside its RBAC:\n{}",
+        refused.join("\n")
+    );
     // Nothing broader: every granted (verb, resource) was used, but for
     // what drydock's code does only on a rarer path.
     let rarer: &[(&str, &str, &str)] = &[
@@ -781,7 +1196,11 @@ fn audited_requests_match_the_rbac(bed: &Bed, probes: std::ops::Range<usize>) {
             for g in r["apiGroups"].as_array().unwrap() {
                 for res in r["resources"].as_array().unwrap() {
                     for v in r["verbs"].as_array().unwrap() {
-                        let u: Use = (v.as_str().unwrap().into(), g.as_str().unwrap().into(), res.as_str().unwrap().into());
+                        let u: Use = (
+                            v.as_str().unwrap().into(),
+                            g.as_str().unwrap().into(),
+                            res.as_str().unwrap().into(),
+                        );
                         if !used.contains(&u)
                             && !rarer.contains(&(u.0.as_str(), u.1.as_str(), u.2.as_str()))
                         {
@@ -793,5 +1212,9 @@ fn audited_requests_match_the_rbac(bed: &Bed, probes: std::ops::Range<usize>) {
         }
     }
     println!("drydock identity used: {used_cluster:?} and in {NS}: {used_ns:?}");
-    assert!(unused.is_empty(), "granted but never used: {}", unused.join(", "));
+    assert!(
+        unused.is_empty(),
+        "granted but never used: {}",
+        unused.join(", ")
+    );
 }

@@ -114,7 +114,12 @@ fn report_rbac_is_least_privilege_for_the_drydock_identity() {
             "{verb}"
         );
     }
-    assert!(!allows(&lease_rules, "coordination.k8s.io", "leases", "delete"));
+    assert!(!allows(
+        &lease_rules,
+        "coordination.k8s.io",
+        "leases",
+        "delete"
+    ));
     let rb: RoleBinding = serde_json::from_value(docs[4].clone()).unwrap();
     assert_eq!(rb.role_ref.kind, "Role");
     assert_eq!(rb.metadata.namespace.as_deref(), Some("patching"));

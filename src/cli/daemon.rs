@@ -336,7 +336,12 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
         settings.clone(),
         store,
         NodeHost::new(settings.clone(), LogindRebooter::system()),
-        KubeCluster::with_identity(client.clone(), shared.clone(), settings.clone(), node.clone()),
+        KubeCluster::with_identity(
+            client.clone(),
+            shared.clone(),
+            settings.clone(),
+            node.clone(),
+        ),
         DaemonReporter::new(reporter.clone(), &node),
     )?;
     let waker = agent.waker();
@@ -372,11 +377,19 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
                     agent.reconfigure(
                         settings.clone(),
                         NodeHost::new(settings.clone(), LogindRebooter::system()),
-                        KubeCluster::with_identity(client.clone(), shared.clone(), settings.clone(), node.clone()),
+                        KubeCluster::with_identity(
+                            client.clone(),
+                            shared.clone(),
+                            settings.clone(),
+                            node.clone(),
+                        ),
                     );
                     info!("using the renewed drydock identity");
                 }
-                Err(e) => error!(error = format!("{e:#}"), "the renewed drydock identity is unusable; keeping the old one"),
+                Err(e) => error!(
+                    error = format!("{e:#}"),
+                    "the renewed drydock identity is unusable; keeping the old one"
+                ),
             }
             continue;
         }
@@ -392,7 +405,12 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
                 agent.reconfigure(
                     new.clone(),
                     NodeHost::new(new.clone(), LogindRebooter::system()),
-                    KubeCluster::with_identity(client.clone(), shared.clone(), new.clone(), node.clone()),
+                    KubeCluster::with_identity(
+                        client.clone(),
+                        shared.clone(),
+                        new.clone(),
+                        node.clone(),
+                    ),
                 );
                 settings = new;
                 info!("configuration reloaded");

@@ -95,7 +95,10 @@ pub async fn approve(cli: &Cli, args: &ApproveArgs) -> anyhow::Result<ExitCode> 
         .await
         .with_context(|| format!("approving the drydock identity of node {}", args.node))?;
     for name in &approved {
-        println!("approved CSR {name} (drydock identity of node {})", args.node);
+        println!(
+            "approved CSR {name} (drydock identity of node {})",
+            args.node
+        );
     }
     for (name, why) in &refused {
         println!("not approved: CSR {name}: {why}");

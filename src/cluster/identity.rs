@@ -67,10 +67,7 @@ pub enum IdentityError {
     #[error("making the key or certificate request: {0}")]
     Crypto(#[from] rcgen::Error),
     #[error("{action}: {source}")]
-    Api {
-        action: String,
-        source: kube::Error,
-    },
+    Api { action: String, source: kube::Error },
     #[error("certificate from CSR {csr} is unusable: {reason}")]
     BadCertificate { csr: String, reason: String },
     #[error("the drydock identity request CSR {csr} was denied: {reason}")]
@@ -120,9 +117,7 @@ fn subject_parts(req: &X509CertificationRequest<'_>) -> Result<Vec<(String, Stri
         for attr in rdn.iter() {
             let kind = match attr.attr_type() {
                 t if *t == x509_parser::oid_registry::OID_X509_COMMON_NAME => "CN".to_string(),
-                t if *t == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME => {
-                    "O".to_string()
-                }
+                t if *t == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME => "O".to_string(),
                 t => t.to_id_string(),
             };
             let value = attr
@@ -174,7 +169,9 @@ pub fn decide(csr: &CertificateSigningRequest) -> Decision {
     }
     let groups = csr.spec.groups.as_deref().unwrap_or_default();
     if !groups.iter().any(|g| g == NODES_GROUP) {
-        return refuse(format!("requester {username} is not in group {NODES_GROUP}"));
+        return refuse(format!(
+            "requester {username} is not in group {NODES_GROUP}"
+        ));
     }
     let expected_cn = user_name(node);
     let expected = vec![
@@ -191,7 +188,10 @@ pub fn decide(csr: &CertificateSigningRequest) -> Decision {
         ));
     }
     // No names or extensions of any kind, and no other attributes.
-    if req.requested_extensions().is_some_and(|mut e| e.next().is_some()) {
+    if req
+        .requested_extensions()
+        .is_some_and(|mut e| e.next().is_some())
+    {
         return refuse("the request asks for extensions (names or usages)".into());
     }
     let other_attributes = req
@@ -211,16 +211,17 @@ pub fn decide(csr: &CertificateSigningRequest) -> Decision {
     if !usages.iter().any(|u| u == "client auth") {
         return refuse("usage \"client auth\" is not requested".into());
     }
-    if let Some(u) = usages.iter().find(|u| !ALLOWED_USAGES.contains(&u.as_str())) {
+    if let Some(u) = usages
+        .iter()
+        .find(|u| !ALLOWED_USAGES.contains(&u.as_str()))
+    {
         return refuse(format!(
             "usage {u:?} is more than digital signature and client auth"
         ));
     }
     match csr.spec.expiration_seconds {
         None => return refuse("no expirationSeconds (the signer's default is a year)".into()),
-        Some(s)
-            if s < MIN_EXPIRATION.as_secs() as i32 || s > MAX_EXPIRATION.as_secs() as i32 =>
-        {
+        Some(s) if s < MIN_EXPIRATION.as_secs() as i32 || s > MAX_EXPIRATION.as_secs() as i32 => {
             return refuse(format!(
                 "expirationSeconds {s} is outside {}..={}",
                 MIN_EXPIRATION.as_secs(),
@@ -235,7 +236,11 @@ pub fn decide(csr: &CertificateSigningRequest) -> Decision {
 }
 
 /// `csr` with an Approved condition added (for the `approval` subresource).
-pub fn approved(mut csr: CertificateSigningRequest, node: &str, now: Timestamp) -> CertificateSigningRequest {
+pub fn approved(
+    mut csr: CertificateSigningRequest,
+    node: &str,
+    now: Timestamp,
+) -> CertificateSigningRequest {
     let status = csr.status.get_or_insert_with(Default::default);
     let time = Time(now);
     status
@@ -389,7 +394,8 @@ pub struct CertFacts {
 
 pub fn parse_cert(pem: &[u8]) -> Result<CertFacts, String> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
-    let (_, cert) = X509Certificate::from_der(&pem.contents).map_err(|e| format!("not X.509: {e}"))?;
+    let (_, cert) =
+        X509Certificate::from_der(&pem.contents).map_err(|e| format!("not X.509: {e}"))?;
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -409,8 +415,7 @@ pub fn parse_cert(pem: &[u8]) -> Result<CertFacts, String> {
 /// When to ask for the next certificate: two thirds into its lifetime.
 pub fn renew_at(facts: &CertFacts) -> Timestamp {
     let life = facts.not_after.as_second() - facts.not_before.as_second();
-    Timestamp::from_second(facts.not_before.as_second() + life * 2 / 3)
-        .unwrap_or(facts.not_before)
+    Timestamp::from_second(facts.not_before.as_second() + life * 2 / 3).unwrap_or(facts.not_before)
 }
 
 /// The certificate request for `node`, signed with `key`.
@@ -546,7 +551,10 @@ impl Enroller {
             return Ok(None);
         };
         match parse_cert(&pem) {
-            Ok(f) if f.public_key == key.public_key_raw() && f.common_name == user_name(&self.node) => {
+            Ok(f)
+                if f.public_key == key.public_key_raw()
+                    && f.common_name == user_name(&self.node) =>
+            {
                 Ok(Some(f))
             }
             Ok(_) => {
@@ -604,11 +612,12 @@ impl Enroller {
                         });
                     }
                     if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
-                        let facts =
-                            parse_cert(&cert.0).map_err(|reason| IdentityError::BadCertificate {
+                        let facts = parse_cert(&cert.0).map_err(|reason| {
+                            IdentityError::BadCertificate {
                                 csr: name.clone(),
                                 reason,
-                            })?;
+                            }
+                        })?;
                         if facts.public_key != key.public_key_raw()
                             || facts.common_name != user_name(&self.node)
                         {
@@ -666,7 +675,8 @@ impl Enroller {
             path: self.kubelet_kubeconfig.clone(),
             reason,
         };
-        let kubelet = Kubeconfig::read_from(&self.kubelet_kubeconfig).map_err(|e| bad(e.to_string()))?;
+        let kubelet =
+            Kubeconfig::read_from(&self.kubelet_kubeconfig).map_err(|e| bad(e.to_string()))?;
         let context_name = kubelet
             .current_context
             .clone()
@@ -702,7 +712,9 @@ impl Enroller {
             auth_infos: vec![NamedAuthInfo {
                 name: user.clone(),
                 auth_info: Some(AuthInfo {
-                    client_certificate: Some(self.dir.join(CERT_FILE).to_string_lossy().into_owned()),
+                    client_certificate: Some(
+                        self.dir.join(CERT_FILE).to_string_lossy().into_owned(),
+                    ),
                     client_key: Some(self.dir.join(KEY_FILE).to_string_lossy().into_owned()),
                     ..Default::default()
                 }),
@@ -869,14 +881,20 @@ mod tests {
     #[test]
     fn subjects_must_be_exact() {
         for pem in [
-            request_with(|p| p.distinguished_name.push(DnType::OrganizationName, "system:masters")),
+            request_with(|p| {
+                p.distinguished_name
+                    .push(DnType::OrganizationName, "system:masters")
+            }),
             request_with(|p| {
                 let mut dn = DistinguishedName::new();
                 dn.push(DnType::CommonName, "drydock:node:w1");
                 dn.push(DnType::OrganizationName, "system:masters");
                 p.distinguished_name = dn;
             }),
-            request_with(|p| p.distinguished_name.push(DnType::OrganizationalUnitName, "x")),
+            request_with(|p| {
+                p.distinguished_name
+                    .push(DnType::OrganizationalUnitName, "x")
+            }),
             request_with(|p| {
                 let mut dn = DistinguishedName::new();
                 dn.push(DnType::CommonName, "drydock:node:w1");
@@ -894,7 +912,9 @@ mod tests {
             request_with(|p| {
                 p.subject_alt_names = vec![rcgen::SanType::DnsName("w1".try_into().unwrap())]
             }),
-            request_with(|p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]),
+            request_with(|p| {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]
+            }),
             request_with(|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)),
         ] {
             let csr = csr_for("system:node:w1", NODES, &pem);
@@ -945,7 +965,10 @@ mod tests {
         dn.push(DnType::OrganizationName, "system:nodes");
         params.distinguished_name = dn;
         let pem = params.serialize_request(&key()).unwrap().pem().unwrap();
-        assert_eq!(decide(&csr_for("system:node:w1", NODES, &pem)), Decision::NotOurs);
+        assert_eq!(
+            decide(&csr_for("system:node:w1", NODES, &pem)),
+            Decision::NotOurs
+        );
 
         let garbage = csr_for("system:node:w1", NODES, "not a request");
         assert_eq!(decide(&garbage), Decision::NotOurs);

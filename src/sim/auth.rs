@@ -147,7 +147,11 @@ pub struct Rbac {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -155,7 +159,11 @@ impl Rbac {
     /// From a `List` (or an array) of Roles, ClusterRoles and their
     /// bindings, as `drydock rbac` prints them; other kinds are ignored.
     pub fn from_manifests(list: &Value) -> Rbac {
-        let items = list["items"].as_array().or(list.as_array()).cloned().unwrap_or_default();
+        let items = list["items"]
+            .as_array()
+            .or(list.as_array())
+            .cloned()
+            .unwrap_or_default();
         let roles = |kind: &str, ns: Option<&str>, name: &str| -> Vec<Rule> {
             items
                 .iter()
@@ -184,7 +192,10 @@ impl Rbac {
         for b in &items {
             let (namespace, kind) = match b["kind"].as_str() {
                 Some("ClusterRoleBinding") => (None, "ClusterRole"),
-                Some("RoleBinding") => (b["metadata"]["namespace"].as_str(), b["roleRef"]["kind"].as_str().unwrap_or("Role")),
+                Some("RoleBinding") => (
+                    b["metadata"]["namespace"].as_str(),
+                    b["roleRef"]["kind"].as_str().unwrap_or("Role"),
+                ),
                 _ => continue,
             };
             let role_ns = if kind == "Role" { namespace } else { None };
@@ -200,7 +211,11 @@ impl Rbac {
                 namespace: namespace.map(str::to_string),
                 users: of("User"),
                 groups: of("Group"),
-                rules: roles(kind, role_ns, b["roleRef"]["name"].as_str().unwrap_or_default()),
+                rules: roles(
+                    kind,
+                    role_ns,
+                    b["roleRef"]["name"].as_str().unwrap_or_default(),
+                ),
             });
         }
         Rbac { bindings }
@@ -210,7 +225,8 @@ impl Rbac {
         let resource = a.resource();
         let group = a.kind.info().group;
         self.bindings.iter().any(|b| {
-            let subject = b.users.contains(&user.name) || b.groups.iter().any(|g| user.groups.contains(g));
+            let subject =
+                b.users.contains(&user.name) || b.groups.iter().any(|g| user.groups.contains(g));
             let scope = b.namespace.is_none() || b.namespace.as_deref() == a.namespace;
             subject
                 && scope
@@ -219,9 +235,9 @@ impl Rbac {
                     has(&r.groups, group)
                         && has(&r.resources, &resource)
                         && has(&r.verbs, a.verb)
-                        && r.names.as_ref().is_none_or(|n| {
-                            a.name.is_some_and(|name| n.iter().any(|x| x == name))
-                        })
+                        && r.names
+                            .as_ref()
+                            .is_none_or(|n| a.name.is_some_and(|name| n.iter().any(|x| x == name)))
                 })
         })
     }
@@ -238,7 +254,11 @@ fn forbidden(user: &User, a: &Attributes<'_>, why: &str) -> ApiError {
         Some(n) => format!("{} \"{n}\" is forbidden", a.kind.info().plural),
         None => format!("{} is forbidden", a.kind.info().plural),
     };
-    let why = if why.is_empty() { String::new() } else { format!(": {why}") };
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(": {why}")
+    };
     ApiError {
         code: 403,
         reason: "Forbidden",
@@ -255,7 +275,10 @@ fn admission_denied(a: &Attributes<'_>, message: String) -> ApiError {
     ApiError {
         code: 403,
         reason: "Forbidden",
-        message: format!("{} \"{name}\" is forbidden: {message}", a.kind.info().plural),
+        message: format!(
+            "{} \"{name}\" is forbidden: {message}",
+            a.kind.info().plural
+        ),
         details: None,
     }
 }
@@ -350,10 +373,14 @@ pub fn admit(
             })
         };
         if !now.is_empty() && now != me {
-            return deny(format!("drydock node {me} may not make {now} the holder of a Lease"));
+            return deny(format!(
+                "drydock node {me} may not make {now} the holder of a Lease"
+            ));
         }
         if now.is_empty() && !was.is_empty() && was != me {
-            return deny(format!("drydock node {me} may not release or delete the hold of {was}"));
+            return deny(format!(
+                "drydock node {me} may not release or delete the hold of {was}"
+            ));
         }
     }
     Ok(())
@@ -375,22 +402,48 @@ fn node_restriction(
                 ));
             }
             if a.name != Some(node) {
-                return Err(admission_denied(a, "can only access node lease with the same name as the requesting node".into()));
+                return Err(admission_denied(
+                    a,
+                    "can only access node lease with the same name as the requesting node".into(),
+                ));
             }
         }
         Kind::Node if writes => {
             if a.name != Some(node) {
-                return Err(admission_denied(a, format!("node \"{node}\" is not allowed to modify node \"{}\"", a.name.unwrap_or_default())));
+                return Err(admission_denied(
+                    a,
+                    format!(
+                        "node \"{node}\" is not allowed to modify node \"{}\"",
+                        a.name.unwrap_or_default()
+                    ),
+                ));
             }
-            let taints = |o: Option<&Value>| o.map(|o| o["spec"]["taints"].clone()).filter(|t| !t.is_null()).unwrap_or(Value::Array(vec![]));
+            let taints = |o: Option<&Value>| {
+                o.map(|o| o["spec"]["taints"].clone())
+                    .filter(|t| !t.is_null())
+                    .unwrap_or(Value::Array(vec![]))
+            };
             if a.verb != "create" && a.verb != "delete" && taints(old) != taints(new) {
-                return Err(admission_denied(a, "node is not allowed to modify taints".into()));
+                return Err(admission_denied(
+                    a,
+                    "node is not allowed to modify taints".into(),
+                ));
             }
         }
         Kind::Pod if a.verb == "delete" || a.sub.is_some() => {
             let bound = old.and_then(|p| str_at(p, "spec.nodeName")) == Some(node);
             if !bound {
-                return Err(admission_denied(a, format!("node \"{node}\" can only {} pods with spec.nodeName set to itself", if a.sub == Some("eviction") { "evict" } else { "modify" })));
+                return Err(admission_denied(
+                    a,
+                    format!(
+                        "node \"{node}\" can only {} pods with spec.nodeName set to itself",
+                        if a.sub == Some("eviction") {
+                            "evict"
+                        } else {
+                            "modify"
+                        }
+                    ),
+                ));
             }
         }
         _ => {}
@@ -403,15 +456,30 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn attrs<'a>(verb: &'a str, kind: Kind, ns: Option<&'a str>, name: Option<&'a str>) -> Attributes<'a> {
-        Attributes { verb, kind, sub: None, namespace: ns, name, field_selector: "" }
+    fn attrs<'a>(
+        verb: &'a str,
+        kind: Kind,
+        ns: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> Attributes<'a> {
+        Attributes {
+            verb,
+            kind,
+            sub: None,
+            namespace: ns,
+            name,
+            field_selector: "",
+        }
     }
 
     #[test]
     fn tokens_round_trip_and_no_token_is_the_admin() {
         let u = User::node("w-1");
         assert_eq!(User::parse(&u.token()), Some(u));
-        assert_eq!(User::from_headers(&HeaderMap::new()).unwrap(), User::admin());
+        assert_eq!(
+            User::from_headers(&HeaderMap::new()).unwrap(),
+            User::admin()
+        );
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer nonsense".parse().unwrap());
         assert_eq!(User::from_headers(&h).unwrap_err().code, 401);
@@ -420,10 +488,18 @@ mod tests {
     #[test]
     fn a_kubelet_may_not_take_a_lease_outside_kube_node_lease() {
         let u = User::node("w-1");
-        let a = attrs("create", Kind::Lease, Some("drydock"), Some("drydock-default-0"));
+        let a = attrs(
+            "create",
+            Kind::Lease,
+            Some("drydock"),
+            Some("drydock-default-0"),
+        );
         let rbac = Rbac::default();
         // Refused by the Node authorizer already, and by NodeRestriction.
-        assert_eq!(authorize(&rbac, &u, &a, &|_, _| None).unwrap_err().code, 403);
+        assert_eq!(
+            authorize(&rbac, &u, &a, &|_, _| None).unwrap_err().code,
+            403
+        );
         let e = admit(&u, &a, None, Some(&json!({})), None).unwrap_err();
         assert!(e.message.contains("kube-node-lease"), "{}", e.message);
         let own = attrs("update", Kind::Lease, Some("kube-node-lease"), Some("w-1"));
@@ -434,11 +510,24 @@ mod tests {
     fn rbac_from_the_printed_manifests() {
         let m = crate::cli::rbac::manifests("drydock", "drydock:nodes");
         let rbac = Rbac::from_manifests(&m);
-        let u = User::new("drydock:node:w-1", &["drydock:nodes", "system:authenticated"]);
+        let u = User::new(
+            "drydock:node:w-1",
+            &["drydock:nodes", "system:authenticated"],
+        );
         let ok = |a: Attributes<'_>| authorize(&rbac, &u, &a, &|_, _| None).is_ok();
         assert!(ok(attrs("list", Kind::Node, None, None)));
-        assert!(ok(attrs("update", Kind::Lease, Some("drydock"), Some("drydock-default-0"))));
-        assert!(!ok(attrs("update", Kind::Lease, Some("default"), Some("x"))));
+        assert!(ok(attrs(
+            "update",
+            Kind::Lease,
+            Some("drydock"),
+            Some("drydock-default-0")
+        )));
+        assert!(!ok(attrs(
+            "update",
+            Kind::Lease,
+            Some("default"),
+            Some("x")
+        )));
         assert!(ok(attrs("patch", Kind::Namespace, None, Some("drydock"))));
         assert!(!ok(attrs("patch", Kind::Namespace, None, Some("default"))));
         assert!(!ok(attrs("patch", Kind::Node, None, Some("w-1"))));
@@ -452,11 +541,20 @@ mod tests {
         let l = |h: &str| json!({"spec": {"holderIdentity": h}});
         let ns = Some("drydock");
         assert!(admit(&u, &a, Some(&l("")), Some(&l("w-1")), ns).is_ok());
-        assert!(admit(&u, &a, Some(&l("w-2")), Some(&l("w-1")), ns).is_ok(), "takeover");
+        assert!(
+            admit(&u, &a, Some(&l("w-2")), Some(&l("w-1")), ns).is_ok(),
+            "takeover"
+        );
         assert!(admit(&u, &a, Some(&l("")), Some(&l("w-2")), ns).is_err());
         assert!(admit(&u, &a, Some(&l("w-2")), Some(&l("")), ns).is_err());
         assert!(admit(&u, &a, Some(&l("w-1")), Some(&json!({"spec": {}})), ns).is_ok());
-        assert!(admit(&u, &a, Some(&l("w-2")), Some(&l("w-2")), ns).is_err(), "renewing another's");
-        assert!(admit(&u, &a, Some(&l("")), Some(&l("w-2")), None).is_ok(), "no policy installed");
+        assert!(
+            admit(&u, &a, Some(&l("w-2")), Some(&l("w-2")), ns).is_err(),
+            "renewing another's"
+        );
+        assert!(
+            admit(&u, &a, Some(&l("")), Some(&l("w-2")), None).is_ok(),
+            "no policy installed"
+        );
     }
 }

@@ -159,7 +159,9 @@ pub fn openapi_v3_index() -> Value {
 }
 
 /// `/openapi/v3/api/v1`, `/openapi/v3/apis/<group>/v1`: each resource's
-/// create operation with its kind and the `fieldValidation` parameter.
+/// create and patch operations with its kind and the `fieldValidation`
+/// parameter. (A `List` is always validated client-side from
+/// `/openapi/v2`, which is not served: create its items one by one.)
 pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
@@ -174,26 +176,33 @@ pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
         format!("/apis/{group}/{version}")
     };
     let mut paths = serde_json::Map::new();
+    let params = json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+    ]);
     for k in kinds {
         let i = k.info();
-        let path = if i.namespaced {
+        let collection = if i.namespaced {
             format!("{prefix}/namespaces/{{namespace}}/{}", i.plural)
         } else {
             format!("{prefix}/{}", i.plural)
         };
+        let gvk = json!({"group": group, "version": version, "kind": i.kind});
+        // kubectl looks for `fieldValidation` on the PATCH of an object.
+        let op = |verb: &str| {
+            json!({
+                "operationId": format!("{verb}{}", i.kind),
+                "x-kubernetes-action": verb,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        paths.insert(collection.clone(), json!({"post": op("post")}));
         paths.insert(
-            path,
-            json!({"post": {
-                "operationId": format!("create{}", i.kind),
-                "x-kubernetes-action": "post",
-                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": i.kind},
-                "parameters": [
-                    {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
-                    {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
-                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
-                ],
-                "responses": {"201": {"description": "Created"}},
-            }}),
+            format!("{collection}/{{name}}"),
+            json!({"patch": op("patch")}),
         );
     }
     Some(json!({

@@ -93,11 +93,11 @@ mod store;
 mod table;
 mod watch;
 
+pub use auth::User;
+pub use kubelet::node_object;
 pub use scenario::{
     DaemonSetSpec, NodeSpec, PAUSE_IMAGE, PdbSpec, PodSpec, ReplicaSetSpec, Scenario,
 };
-pub use auth::User;
-pub use kubelet::node_object;
 pub use server::SimHandle;
 pub use state::{Fault, SimOptions};
 pub use stats::{ApiStats, EndpointStats};

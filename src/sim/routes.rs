@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::controllers::reconcile;
 use super::auth;
+use super::controllers::reconcile;
 use super::discovery;
 use super::eviction;
 use super::kinds::{Kind, str_at};

@@ -32,9 +32,7 @@ use serde_json::{Value, json};
 pub fn binaries() -> Option<PathBuf> {
     let dir = std::env::var_os("DRYDOCK_CONTROLPLANE_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/bin")
-        });
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/bin"));
     let missing: Vec<&str> = [
         "etcd",
         "kube-apiserver",
@@ -207,7 +205,8 @@ impl ControlPlane {
             audit_log: audit_log.clone(),
             children: Mutex::new(vec![]),
         };
-        cp.super_admin = cp.kubeconfig("super-admin", "kubernetes-super-admin", &["system:masters"]);
+        cp.super_admin =
+            cp.kubeconfig("super-admin", "kubernetes-super-admin", &["system:masters"]);
         cp.admin = cp.kubeconfig("admin", "kubernetes-admin", &["kubeadm:cluster-admins"]);
         let cm = cp.kubeconfig("controller-manager", "system:kube-controller-manager", &[]);
         let sched = cp.kubeconfig("scheduler", "system:kube-scheduler", &[]);
@@ -511,7 +510,8 @@ impl Kubelet {
         let mut node = drydock::sim::node_object(&spec, index, "v1.34.4");
         node["status"]["nodeInfo"]["bootID"] = json!(self.boot_id());
         if control_plane {
-            node["spec"]["taints"] = json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
+            node["spec"]["taints"] =
+                json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
         }
         let api: Api<Node> = Api::all(client);
         let node: Node = serde_json::from_value(node).unwrap();
@@ -548,7 +548,11 @@ impl Kubelet {
                 let patch = json!({"status": {"conditions": [cond],
                     "nodeInfo": {"bootID": boot_id}}});
                 let _ = nodes
-                    .patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(&patch))
+                    .patch_status(
+                        &self.name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
                     .await;
                 last_beat = Instant::now();
                 was_up = up;
@@ -606,7 +610,8 @@ impl Kubelet {
                        "state": {"running": {"startedAt": t}}})
                 })
                 .collect();
-            let cond = |ty: &str, s: &str| json!({"type": ty, "status": s, "lastTransitionTime": t});
+            let cond =
+                |ty: &str, s: &str| json!({"type": ty, "status": s, "lastTransitionTime": t});
             let patch = json!({"status": {
                 "phase": "Running",
                 "hostIP": format!("192.168.56.{}", 10 + index),
