@@ -203,37 +203,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lease(name: &str) -> Value {
-        json!({"metadata": {"name": name, "namespace": "ns"}})
-    }
-
-    #[test]
-    fn resource_versions_increase_and_history_compacts() {
-        let mut s = Store::new(2);
-        let a = s.put(Kind::Lease, lease("a"));
-        let b = s.put(Kind::Lease, lease("b"));
-        assert_eq!(a["metadata"]["resourceVersion"], "1");
-        assert_eq!(b["metadata"]["resourceVersion"], "2");
-        assert_eq!(s.since(0).map(|v| v.len()), Ok(2));
-        s.put(Kind::Lease, lease("a"));
-        assert_eq!(s.since(0).map(|v| v.len()), Err(1));
-        let since1 = s.since(1).unwrap_or_default();
-        assert_eq!(since1.len(), 2);
-        assert_eq!(since1[1].ty, EventType::Modified);
-        let gone = s.remove(Kind::Lease, "ns", "a");
-        assert_eq!(
-            gone.map(|g| g["metadata"]["resourceVersion"].clone()),
-            Some(json!("4"))
-        );
-        assert_eq!(s.list(Kind::Lease, Some("ns")).len(), 1);
-        assert!(s.list(Kind::Lease, Some("other")).is_empty());
-    }
-}
-
 /// The same Event as the other API shows it (field names as the API
 /// server converts them); `None` for every other kind.
 fn event_view(kind: Kind, obj: &Value) -> Option<(Kind, Value)> {
@@ -270,4 +239,35 @@ fn event_view(kind: Kind, obj: &Value) -> Option<(Kind, Value)> {
         }
     }
     Some((other, Value::Object(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "ns"}})
+    }
+
+    #[test]
+    fn resource_versions_increase_and_history_compacts() {
+        let mut s = Store::new(2);
+        let a = s.put(Kind::Lease, lease("a"));
+        let b = s.put(Kind::Lease, lease("b"));
+        assert_eq!(a["metadata"]["resourceVersion"], "1");
+        assert_eq!(b["metadata"]["resourceVersion"], "2");
+        assert_eq!(s.since(0).map(|v| v.len()), Ok(2));
+        s.put(Kind::Lease, lease("a"));
+        assert_eq!(s.since(0).map(|v| v.len()), Err(1));
+        let since1 = s.since(1).unwrap_or_default();
+        assert_eq!(since1.len(), 2);
+        assert_eq!(since1[1].ty, EventType::Modified);
+        let gone = s.remove(Kind::Lease, "ns", "a");
+        assert_eq!(
+            gone.map(|g| g["metadata"]["resourceVersion"].clone()),
+            Some(json!("4"))
+        );
+        assert_eq!(s.list(Kind::Lease, Some("ns")).len(), 1);
+        assert!(s.list(Kind::Lease, Some("other")).is_empty());
+    }
 }
