@@ -413,7 +413,50 @@ async fn enrol(bed: &Bed) {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains(&squat_name), "{}", text(&out));
+    renewal(bed).await;
     approver.abort();
+}
+
+/// A certificate past two thirds of its life is renewed: a new request,
+/// approved, signed, swapped in, and the daemon told.
+async fn renewal(bed: &Bed) {
+    let dir = bed.identity_dir("w-4");
+    let key = std::fs::read_to_string(dir.join("key.pem")).unwrap();
+    // Valid 2020..2030 (the same key): well into its renewal window.
+    let old = bed
+        .cp
+        .ca
+        .client_for_key(&key, "drydock:node:w-4", identity::GROUP, (2020, 2030));
+    std::fs::write(dir.join("cert.pem"), old).unwrap();
+    let kubelet = client(&bed.kubelet("w-4").kubeconfig).await;
+    let enroller = Enroller::new(kubelet, &bed.kubelet("w-4").kubeconfig, "w-4", &dir);
+    let renewed = Arc::new(tokio::sync::Notify::new());
+    let told = renewed.clone();
+    let task = tokio::spawn(identity::keep_renewed(
+        enroller,
+        move || told.notify_one(),
+        Duration::from_millis(300),
+    ));
+    tokio::time::timeout(Duration::from_secs(30), renewed.notified())
+        .await
+        .expect("renewed within 30s");
+    task.abort();
+    let facts = identity::parse_cert(&std::fs::read(dir.join("cert.pem")).unwrap()).unwrap();
+    assert!(
+        facts.not_after < jiff::Timestamp::from_second(1_893_456_000).unwrap(),
+        "the new certificate, not the forged one"
+    );
+    assert!(facts.not_after > jiff::Timestamp::now() + Duration::from_secs(6 * 24 * 3600));
+    // And it works.
+    let who = bed.cp.kubectl(
+        &bed.identity_kubeconfig("w-4"),
+        &["auth", "whoami", "-o", "json"],
+    );
+    assert!(
+        String::from_utf8_lossy(&who.stdout).contains("drydock:node:w-4"),
+        "{}",
+        text(&who)
+    );
 }
 
 async fn cross_node_writes_are_refused(bed: &Bed) {

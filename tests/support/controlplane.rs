@@ -111,6 +111,27 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A client certificate for `cn` with an existing key and a validity
+    /// of our choosing (PEM).
+    pub fn client_for_key(
+        &self,
+        key_pem: &str,
+        cn: &str,
+        group: &str,
+        valid: (i32, i32),
+    ) -> String {
+        let key = KeyPair::from_pem(key_pem).unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        dn.push(DnType::OrganizationName, group);
+        params.distinguished_name = dn;
+        params.not_before = rcgen::date_time_ymd(valid.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(valid.1, 1, 1);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.signed_by(&key, &self.issuer).unwrap().pem()
+    }
+
     fn server(&self) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![
