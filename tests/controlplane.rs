@@ -415,6 +415,46 @@ async fn enrol(bed: &Bed) {
     assert!(text(&out).contains(&squat_name), "{}", text(&out));
     renewal(bed).await;
     approver.abort();
+
+    // By hand, with no approver running: `drydock cluster approve NODE`.
+    let w3 = client(&bed.kubelet("w-3").kubeconfig).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = identity::csr_object("w-3", &identity::certificate_request(&key, "w-3").unwrap());
+    let w3_csrs: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> = Api::all(w3);
+    let name = w3_csrs
+        .create(&PostParams::default(), &csr)
+        .await
+        .unwrap()
+        .metadata
+        .name
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drydock"))
+        .args(["cluster", "approve", "w-3", "--kubeconfig"])
+        .arg(&bed.cp.admin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("approved CSR {name}")),
+        "{}",
+        text(&out)
+    );
+    eventually(
+        "the hand-approved request signed",
+        Duration::from_secs(20),
+        || {
+            let api = w3_csrs.clone();
+            let name = name.clone();
+            async move {
+                let c = api.get(&name).await.map_err(|e| e.to_string())?;
+                c.status
+                    .and_then(|s| s.certificate)
+                    .map(|_| ())
+                    .ok_or_else(|| "not signed yet".to_string())
+            }
+        },
+    )
+    .await;
 }
 
 /// A certificate past two thirds of its life is renewed: a new request,
