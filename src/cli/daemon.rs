@@ -327,9 +327,15 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
     }
 
     // Nothing shared before the drydock identity exists (the status line says why).
-    let (mut shared, renewed) =
-        super::identity::shared_client(&settings, &node, client.clone(), |l| reporter.status(l))
-            .await?;
+    let identity =
+        super::identity::shared_client(&settings, &node, client.clone(), |l| reporter.status(l));
+    let (mut shared, renewed) = tokio::select! {
+        r = identity => r?,
+        _ = term.recv() => {
+            reporter.shutdown(FLUSH_TIMEOUT).await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let store = Store::open(&settings.node.state_db).context("opening the state store")?;
     let mut agent = Agent::new(
         node.clone(),
