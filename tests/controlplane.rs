@@ -415,6 +415,7 @@ async fn enrol(bed: &Bed) {
     assert!(text(&out).contains(&squat_name), "{}", text(&out));
     renewal(bed).await;
     approver.abort();
+    denied(bed).await;
 
     // By hand, with no approver running: `drydock cluster approve NODE`.
     let w3 = client(&bed.kubelet("w-3").kubeconfig).await;
@@ -455,6 +456,35 @@ async fn enrol(bed: &Bed) {
         },
     )
     .await;
+}
+
+/// A request a person denied is reported, and not made again at once.
+async fn denied(bed: &Bed) {
+    let kc = bed.cp.node_kubeconfig("w-9");
+    let dir = bed.state.join("w-9").join("identity");
+    let enroller = Enroller::new(client(&kc).await, &kc, "w-9", &dir);
+    let Progress::Waiting { csr } = enroller.step(jiff::Timestamp::now()).await.unwrap() else {
+        panic!("no approver runs: waiting")
+    };
+    bed.cp.admin_kubectl(&["certificate", "deny", &csr], None);
+    for _ in 0..3 {
+        let e = enroller.step(jiff::Timestamp::now()).await.unwrap_err();
+        assert!(
+            matches!(&e, identity::IdentityError::Denied { csr: c, .. } if *c == csr),
+            "{e}"
+        );
+    }
+    let admin: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
+        Api::all(client(&bed.cp.super_admin).await);
+    let mine = admin
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.spec.username.as_deref() == Some("system:node:w-9"))
+        .count();
+    assert_eq!(mine, 1, "one request, not one per retry");
 }
 
 /// A certificate past two thirds of its life is renewed: a new request,

@@ -52,6 +52,9 @@ const APPROVED_REASON: &str = "DrydockNodeIdentity";
 const KEY_FILE: &str = "key.pem";
 const CERT_FILE: &str = "cert.pem";
 const PENDING_FILE: &str = "pending-csr";
+/// The last request that was denied: no new one for [`DENIED_BACKOFF`].
+const DENIED_FILE: &str = "denied-csr";
+const DENIED_BACKOFF: Duration = Duration::from_secs(600);
 const KUBECONFIG_FILE: &str = "kubeconfig";
 
 #[derive(Debug, thiserror::Error)]
@@ -601,15 +604,17 @@ impl Enroller {
                         .iter()
                         .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
                     {
+                        let reason = format!(
+                            "{}: {}",
+                            c.type_,
+                            c.message.clone().or(c.reason.clone()).unwrap_or_default()
+                        );
+                        write_private(
+                            &self.dir.join(DENIED_FILE),
+                            format!("{name}\n{reason}").as_bytes(),
+                        )?;
                         let _ = std::fs::remove_file(&pending_path);
-                        return Err(IdentityError::Denied {
-                            csr: name,
-                            reason: format!(
-                                "{}: {}",
-                                c.type_,
-                                c.message.clone().or(c.reason.clone()).unwrap_or_default()
-                            ),
-                        });
+                        return Err(IdentityError::Denied { csr: name, reason });
                     }
                     if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
                         let facts = parse_cert(&cert.0).map_err(|reason| {
@@ -638,6 +643,24 @@ impl Enroller {
                     });
                 }
             }
+        }
+        // A person said no: ask again only after a while, not every retry.
+        let denied_path = self.dir.join(DENIED_FILE);
+        if let Some(text) = read_opt(&denied_path)? {
+            let age = std::fs::metadata(&denied_path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            if age < DENIED_BACKOFF {
+                let text = String::from_utf8_lossy(&text);
+                let (csr, reason) = text.split_once('\n').unwrap_or((&text, ""));
+                return Err(IdentityError::Denied {
+                    csr: csr.to_string(),
+                    reason: format!("{reason} (asking again in at most 10 minutes)"),
+                });
+            }
+            let _ = std::fs::remove_file(&denied_path);
         }
         let request = certificate_request(&key, &self.node)?;
         let created = api
