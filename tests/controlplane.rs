@@ -394,9 +394,14 @@ async fn enrol(bed: &Bed) {
             .is_empty(),
         "squatter untouched"
     );
-    // By hand: nothing of w-2's pending passes; the CLI says so.
+    // By hand: w-1's squatting request is w-1's, refused for w-1 and not
+    // even listed for w-2; the CLI says so.
     let admin = client(&bed.cp.admin).await;
     let (approved, refused) = identity::approve_pending(&admin, Some("w-2"))
+        .await
+        .unwrap();
+    assert!(approved.is_empty() && refused.is_empty(), "{refused:?}");
+    let (approved, refused) = identity::approve_pending(&admin, Some("w-1"))
         .await
         .unwrap();
     assert!(approved.is_empty());
@@ -407,7 +412,7 @@ async fn enrol(bed: &Bed) {
         "{refused:?}"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_drydock"))
-        .args(["cluster", "approve", "w-2", "--kubeconfig"])
+        .args(["cluster", "approve", "w-1", "--kubeconfig"])
         .arg(&bed.cp.admin)
         .output()
         .unwrap();

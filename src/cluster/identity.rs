@@ -308,7 +308,14 @@ async fn approve_pass(
                 approve(admin, csr, &node).await?;
                 done.push(name);
             }
-            Decision::Refuse(why) => refused.push((name, why)),
+            // By hand for one node: that node's own requests only.
+            Decision::Refuse(why)
+                if only_node.is_none_or(|n| {
+                    csr.spec.username.as_deref() == Some(&format!("{NODE_USER_PREFIX}{n}"))
+                }) =>
+            {
+                refused.push((name, why))
+            }
             _ => {}
         }
     }
