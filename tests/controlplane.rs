@@ -688,7 +688,14 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
     assert!(out.status.success(), "{}", text(&out));
 
     // A halt by one node stops the others; resume lifts it.
-    cluster.halt_fleet("w-3 failed verification").await.unwrap();
+    cluster
+        .halt_fleet(&drydock::agent::ports::Halt {
+            node: "w-3".into(),
+            reason: "w-3 failed verification".into(),
+            at: jiff::Timestamp::now(),
+        })
+        .await
+        .unwrap();
     let other = KubeCluster::with_identity(
         client(&bed.kubelet("w-4").kubeconfig).await,
         client(&bed.identity_kubeconfig("w-4")).await,
@@ -1075,6 +1082,7 @@ impl Reporter for Recorder {
     fn status(&self, _line: &str) {}
     fn event(&self, node: &str, event: &AgentEvent) {
         if let AgentEvent::StateChanged { to, .. } = event {
+            let to = to.to_string();
             let mut s = self.states.lock().unwrap();
             s.insert(node.to_string(), to.clone());
             let out = s.values().filter(|v| OUT.contains(&v.as_str())).count();
