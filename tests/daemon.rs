@@ -115,6 +115,9 @@ fn config_text(dir: &Path, sb: &Sandbox, protect_extra: &[&str]) -> String {
         r#"[node]
 name = "worker-1"
 kubeconfig = "{dir}/kubeconfig"
+# The simulator has no CSR signer: the admin-provided identity.
+identity-kubeconfig = "{dir}/kubeconfig"
+admin-kubeconfig = ""
 state-db = "{dir}/state.db"
 run-dir = "{dir}/run"
 

@@ -4,7 +4,6 @@ use std::process::Command;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
-use serde::Deserialize;
 
 fn drydock(args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
@@ -39,12 +38,11 @@ fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
 }
 
 #[test]
-fn report_rbac_yaml_is_what_the_kubelet_lacks() {
-    let yaml = stdout(&["rbac", "--namespace", "patching"]);
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
-        .map(serde_yaml::Value::deserialize)
-        .collect::<Result<_, _>>()
-        .expect("multi-document YAML");
+fn report_rbac_is_least_privilege_for_the_drydock_identity() {
+    let text = stdout(&["rbac", "--namespace", "patching"]);
+    let list: serde_json::Value = serde_json::from_str(&text).expect("one JSON List");
+    assert_eq!(list["kind"], "List");
+    let docs = list["items"].as_array().unwrap();
     let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
@@ -53,32 +51,35 @@ fn report_rbac_yaml_is_what_the_kubelet_lacks() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",
-            "RoleBinding"
+            "RoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
-    let ns: Namespace = serde_yaml::from_value(docs[0].clone()).unwrap();
+    let ns: Namespace = serde_json::from_value(docs[0].clone()).unwrap();
     assert_eq!(ns.metadata.name.as_deref(), Some("patching"));
 
-    let cr: ClusterRole = serde_yaml::from_value(docs[1].clone()).unwrap();
+    let cr: ClusterRole = serde_json::from_value(docs[1].clone()).unwrap();
     let rules = cr.rules.unwrap();
     for (group, resource, verb) in [
         ("", "nodes", "list"),
         ("", "pods", "get"),
-        ("apps", "daemonsets", "list"),
+        ("apps", "daemonsets", "get"),
         ("policy", "poddisruptionbudgets", "list"),
-        ("events.k8s.io", "events", "create"),
     ] {
         assert!(
             allows(&rules, group, resource, verb),
             "{group}/{resource} {verb}"
         );
     }
-    // Writes the Node authorizer already allows, or that must stay narrow,
-    // are not granted cluster-wide.
+    // What the kubelet's credential does (its own Node, pods and Events)
+    // or what must stay narrow is not granted cluster-wide.
     for (group, resource, verb) in [
         ("", "nodes", "patch"),
         ("", "pods", "delete"),
         ("", "pods/eviction", "create"),
+        ("", "events", "create"),
+        ("events.k8s.io", "events", "create"),
         ("coordination.k8s.io", "leases", "update"),
     ] {
         assert!(
@@ -94,30 +95,41 @@ fn report_rbac_yaml_is_what_the_kubelet_lacks() {
         ns_rule.resource_names.as_deref(),
         Some(&["patching".to_string()][..])
     );
-    assert!(ns_rule.verbs.contains(&"patch".to_string()));
+    assert_eq!(ns_rule.verbs, ["get", "patch"]);
 
-    let crb: ClusterRoleBinding = serde_yaml::from_value(docs[2].clone()).unwrap();
+    let crb: ClusterRoleBinding = serde_json::from_value(docs[2].clone()).unwrap();
     assert_eq!(crb.role_ref.name, "drydock:node");
     let subject = &crb.subjects.unwrap()[0];
     assert_eq!(
         (subject.kind.as_str(), subject.name.as_str()),
-        ("Group", "system:nodes")
+        ("Group", "drydock:nodes")
     );
 
-    let role: Role = serde_yaml::from_value(docs[3].clone()).unwrap();
+    let role: Role = serde_json::from_value(docs[3].clone()).unwrap();
     assert_eq!(role.metadata.namespace.as_deref(), Some("patching"));
     let lease_rules = role.rules.unwrap();
-    for verb in [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ] {
+    for verb in ["get", "list", "watch", "create", "update"] {
         assert!(
             allows(&lease_rules, "coordination.k8s.io", "leases", verb),
             "{verb}"
         );
     }
-    let rb: RoleBinding = serde_yaml::from_value(docs[4].clone()).unwrap();
+    assert!(!allows(
+        &lease_rules,
+        "coordination.k8s.io",
+        "leases",
+        "delete"
+    ));
+    let rb: RoleBinding = serde_json::from_value(docs[4].clone()).unwrap();
     assert_eq!(rb.role_ref.kind, "Role");
     assert_eq!(rb.metadata.namespace.as_deref(), Some("patching"));
+
+    let policy = &docs[5]["spec"];
+    assert_eq!(
+        policy["matchConstraints"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "patching"
+    );
+    assert_eq!(docs[6]["spec"]["validationActions"][0], "Deny");
 }
 
 #[test]
@@ -125,9 +137,10 @@ fn report_rbac_namespace_from_config_and_bad_namespace() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("drydock.toml");
     std::fs::write(&config, "[lease]\nnamespace = \"fleet\"\n").unwrap();
-    let yaml = stdout(&["rbac", "--config", config.to_str().unwrap()]);
-    assert!(yaml.contains("\n  name: fleet\n"), "{yaml}");
-    assert!(yaml.contains("\n  namespace: fleet\n"), "{yaml}");
+    let text = stdout(&["rbac", "--config", config.to_str().unwrap()]);
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list["items"][0]["metadata"]["name"], "fleet", "{text}");
+    assert_eq!(list["items"][3]["metadata"]["namespace"], "fleet", "{text}");
     let out = drydock(&["rbac", "--namespace", "Not_A_Namespace"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

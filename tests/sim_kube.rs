@@ -862,6 +862,17 @@ async fn events_can_be_created_and_listed() -> TestResult {
     v1.create(&PostParams::default(), &ev).await?;
     let got = v1.get("worker-1.reboot").await?;
     assert_eq!(got.note.as_deref(), Some("rebooting for a new kernel"));
-    assert_eq!(v1.list(&ListParams::default()).await?.items.len(), 1);
+    // One store, as in the API server: each API shows both Events.
+    assert_eq!(v1.list(&ListParams::default()).await?.items.len(), 2);
+    let as_core = core.get("worker-1.reboot").await?;
+    assert_eq!(
+        as_core.message.as_deref(),
+        Some("rebooting for a new kernel")
+    );
+    assert_eq!(as_core.involved_object.name.as_deref(), Some("worker-1"));
+    let created_name = created.metadata.name.unwrap();
+    let as_v1 = v1.get(&created_name).await?;
+    assert_eq!(as_v1.note.as_deref(), Some("drydock is draining worker-1"));
+    assert_eq!(all.list(&ListParams::default()).await?.items.len(), 2);
     Ok(())
 }

@@ -22,7 +22,10 @@ fn kubectl_binary() -> Option<PathBuf> {
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
-    std::iter::once(PathBuf::from("/usr/bin/kubectl"))
+    // The one scripts/build-control-plane built (1.34) first, if any.
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/bin/kubectl");
+    std::iter::once(built)
+        .chain(std::iter::once(PathBuf::from("/usr/bin/kubectl")))
         .chain(candidates)
         .find(|p| p.is_file())
 }
@@ -166,6 +169,31 @@ async fn kubectl_get_cordon_annotate_and_lease_yaml() -> TestResult {
         err.contains(r#"leases.coordination.k8s.io "missing" not found"#),
         "{err}"
     );
+    Ok(())
+}
+
+/// `kubectl create -f` validates (no `--validate=false`): the simulator's
+/// `/openapi/v3` says it checks fields itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_f_works_without_validate_false() -> TestResult {
+    let sim = Scenario::cluster(1, 1).start().await?;
+    let Some(k) = Kubectl::new(&sim) else {
+        return Ok(());
+    };
+    let file = k.dir.path().join("objects.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: patching\n---\n\
+         apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: drydock-default-0\n  namespace: patching\n\
+         spec:\n  leaseDurationSeconds: 60\n",
+    )?;
+    let out = k.ok(&["create", "-f", file.to_str().unwrap()]).await;
+    assert!(out.contains("namespace/patching created"), "{out}");
+    assert!(
+        out.contains("lease.coordination.k8s.io/drydock-default-0 created"),
+        "{out}"
+    );
+    assert!(sim.get::<Namespace>(None, "patching").is_some());
     Ok(())
 }
 

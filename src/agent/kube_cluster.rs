@@ -20,8 +20,12 @@ use crate::host::boot::BootId;
 use crate::store::Store;
 use crate::verify;
 
+/// Two credentials: `client` is the kubelet's (this Node, its pods, Events);
+/// `shared` is the drydock identity (Leases, the drydock Namespace,
+/// cluster-wide reads). See `cluster::identity`.
 pub struct KubeCluster {
     client: kube::Client,
+    shared: kube::Client,
     settings: Settings,
     node: String,
     lease: Arc<LeaseClient>,
@@ -79,10 +83,21 @@ fn node_error(action: &str, e: crate::cluster::node::NodeError) -> PortError {
 }
 
 impl KubeCluster {
+    /// One client for everything (the simulator, or an admin's credential).
     pub fn new(client: kube::Client, settings: Settings, node: String) -> Self {
-        let lease = Arc::new(LeaseClient::new(client.clone(), &settings, &node));
+        Self::with_identity(client.clone(), client, settings, node)
+    }
+
+    pub fn with_identity(
+        kubelet: kube::Client,
+        shared: kube::Client,
+        settings: Settings,
+        node: String,
+    ) -> Self {
+        let lease = Arc::new(LeaseClient::new(shared.clone(), &settings, &node));
         KubeCluster {
-            client,
+            client: kubelet,
+            shared,
             settings,
             node,
             lease,
@@ -154,7 +169,7 @@ impl Cluster for KubeCluster {
             blocked_until: None,
         };
         // One small GET first: halted, paused or soaking needs nothing else.
-        let control = match observe::observe_control(&self.client, &self.settings).await {
+        let control = match observe::observe_control(&self.shared, &self.settings).await {
             Ok(c) => c,
             Err(e) => return unavailable(e),
         };
@@ -162,7 +177,7 @@ impl Cluster for KubeCluster {
             Some(early) => early,
             None => {
                 let observed = observe::observe_after_control(
-                    &self.client,
+                    &self.shared,
                     &self.settings,
                     &self.node,
                     control,
@@ -189,7 +204,7 @@ impl Cluster for KubeCluster {
                     now,
                     recheck,
                 ) {
-                    match annotations::share_block(&self.client, self.ns(), &share).await {
+                    match annotations::share_block(&self.shared, self.ns(), &share).await {
                         Ok(()) => {
                             debug!(node = %self.node, gate = %share.gate, until = %share.until, "shared the blocking verdict");
                             verdict.blocked_until = verdict.blocked_until.max(Some(share.until));
@@ -332,7 +347,8 @@ impl Cluster for KubeCluster {
                 let _ = progress.send(left);
             }
         };
-        let run = drain::drain_holding(&self.client, &self.node, &opts, &tx, claim);
+        let run =
+            drain::drain_holding_with(&self.client, &self.shared, &self.node, &opts, &tx, claim);
         let result = tokio::select! {
             r = run => r,
             _ = forward => unreachable!("the sender outlives the drain"),
@@ -364,7 +380,7 @@ impl Cluster for KubeCluster {
             checks_dir: None,
             check_timeout: self.settings.verify.check_timeout,
         };
-        let obs = verify::gather(&self.client, &inputs)
+        let obs = verify::gather(&self.shared, &inputs)
             .await
             .map_err(|e| e.to_string())?;
         match verify::evaluate(&obs) {
@@ -380,18 +396,18 @@ impl Cluster for KubeCluster {
             reason: halt.reason.clone(),
             at: halt.at,
         };
-        annotations::halt_by(&self.client, self.ns(), &by)
+        annotations::halt_by(&self.shared, self.ns(), &by)
             .await
             .map_err(|e| PortError::failed("halting the fleet", e))
     }
 
     async fn clear_halt(&self) -> Result<bool, PortError> {
-        let by = annotations::halted_by(&self.client, self.ns())
+        let by = annotations::halted_by(&self.shared, self.ns())
             .await
             .map_err(|e| PortError::failed("reading the fleet halt", e))?;
         let ours = by.is_some_and(|b| b.node == self.node);
         if ours {
-            annotations::clear_halt(&self.client, self.ns())
+            annotations::clear_halt(&self.shared, self.ns())
                 .await
                 .map_err(|e| PortError::failed("clearing the fleet halt", e))?;
         }
@@ -399,7 +415,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn record_reboot_finished(&self, at: Timestamp) -> Result<(), PortError> {
-        annotations::record_reboot_finished(&self.client, self.ns(), &self.node, at)
+        annotations::record_reboot_finished(&self.shared, self.ns(), &self.node, at)
             .await
             .map_err(|e| PortError::failed("recording the finished reboot", e))
     }

@@ -44,6 +44,10 @@ pub enum ClusterCommand {
     Resume,
     /// Every node's state, lease, blocking gate and last report (`--json` too).
     Status(super::cluster_status::Args),
+    /// Approve a node's pending drydock identity request (as the
+    /// control-plane daemons do): only exactly drydock:node:NODE, asked by
+    /// the node itself.
+    Approve(super::identity::ApproveArgs),
 }
 
 fn open(settings: &Settings) -> anyhow::Result<Store> {
@@ -163,8 +167,12 @@ fn operator() -> String {
 }
 
 pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<ExitCode> {
+    if let ClusterCommand::Approve(args) = command {
+        return super::identity::approve(cli, args).await;
+    }
     let settings = cli.load_settings()?;
-    let client = super::daemon::kube_client(&settings.node.kubeconfig).await?;
+    // The drydock Namespace is shared: the drydock identity writes it.
+    let client = super::identity::current_client(&settings).await?;
     let ns = &settings.lease.namespace;
     match command {
         ClusterCommand::Status(args) => {
@@ -179,6 +187,7 @@ pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<Exit
             annotations::clear_halt(&client, ns).await?;
             println!("cluster-wide pause and halt lifted");
         }
+        ClusterCommand::Approve(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -307,6 +307,8 @@ fn report_holds(plan: &HoldPlan, trigger: &str, reporter: &Reporter) {
 enum Stop {
     Terminate,
     Reload,
+    /// The drydock identity's certificate was renewed: new client.
+    Renewed,
 }
 
 pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
@@ -343,13 +345,28 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
         Err(e) => warn!(error = %e, "cannot listen for APT wake-ups; polling only"),
     }
 
+    // Nothing shared before the drydock identity exists (the status line says why).
+    let identity =
+        super::identity::shared_client(&settings, &node, client.clone(), |l| reporter.status(l));
+    let (mut shared, renewed) = tokio::select! {
+        r = identity => r?,
+        _ = term.recv() => {
+            reporter.shutdown(FLUSH_TIMEOUT).await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let store = Store::open(&settings.node.state_db).context("opening the state store")?;
     let mut agent = Agent::new(
         node.clone(),
         settings.clone(),
         store,
         NodeHost::new(settings.clone(), LogindRebooter::system()),
-        KubeCluster::new(client.clone(), settings.clone(), node.clone()),
+        KubeCluster::with_identity(
+            client.clone(),
+            shared.clone(),
+            settings.clone(),
+            node.clone(),
+        ),
         DaemonReporter::new(reporter.clone(), &node),
     )?;
     let waker = agent.waker();
@@ -368,6 +385,7 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
                 _ = hup.recv() => stop = Stop::Reload,
+                _ = renewed.notified() => stop = Stop::Renewed,
             }
         };
         if let Err(e) = agent.run(stopped).await {
@@ -375,6 +393,30 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
         }
         if stop == Stop::Terminate {
             break Ok(());
+        }
+        if stop == Stop::Renewed {
+            let path = crate::cluster::identity::identity_kubeconfig(&settings);
+            match kube_client(&path).await {
+                Ok(c) => {
+                    shared = c;
+                    agent.reconfigure(
+                        settings.clone(),
+                        NodeHost::new(settings.clone(), LogindRebooter::system()),
+                        KubeCluster::with_identity(
+                            client.clone(),
+                            shared.clone(),
+                            settings.clone(),
+                            node.clone(),
+                        ),
+                    );
+                    info!("using the renewed drydock identity");
+                }
+                Err(e) => error!(
+                    error = format!("{e:#}"),
+                    "the renewed drydock identity is unusable; keeping the old one"
+                ),
+            }
+            continue;
         }
         match cli.load_settings() {
             Ok(mut new) => {
@@ -388,7 +430,12 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
                 agent.reconfigure(
                     new.clone(),
                     NodeHost::new(new.clone(), LogindRebooter::system()),
-                    KubeCluster::new(client.clone(), new.clone(), node.clone()),
+                    KubeCluster::with_identity(
+                        client.clone(),
+                        shared.clone(),
+                        new.clone(),
+                        node.clone(),
+                    ),
                 );
                 settings = new;
                 info!("configuration reloaded");

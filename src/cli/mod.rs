@@ -16,6 +16,7 @@ pub mod completions;
 pub mod control;
 pub mod daemon;
 pub mod history;
+pub mod identity;
 pub mod rbac;
 pub mod sim;
 pub mod simulate;
@@ -62,7 +63,7 @@ pub enum Command {
     Reboot(control::RebootArgs),
     /// Give up this node's Lease slot (after a failure).
     Release(control::ReleaseArgs),
-    /// Cluster-wide pause and resume.
+    /// Cluster-wide pause and resume; approving a node's drydock identity.
     #[command(subcommand)]
     Cluster(control::ClusterCommand),
     /// Run a rolling reboot of a simulated cluster, one agent per node, live.

@@ -1,177 +1,163 @@
-//! `drydock rbac`: the few grants the kubelet's own credentials lack.
+//! `drydock rbac`: what a cluster needs once for drydock (apply as a
+//! cluster admin: `drydock rbac | kubectl apply -f -`), as one JSON `List`.
 //!
-//! drydock authenticates with the kubelet's kubeconfig (user
-//! `system:node:<name>`, group `system:nodes`). What that identity may do is
-//! decided by the Node authorizer and limited further by the NodeRestriction
-//! admission plugin (Kubernetes 1.34, AuthorizeNodeWithSelectors GA):
-//!
-//! Already allowed, so NOT granted here:
-//! - patch/update its own Node (cordon via spec.unschedulable, annotations);
-//!   NodeRestriction refuses other Nodes and changes to taints, ownerReferences
-//!   and node-restriction labels, so drydock never touches taints;
-//! - create `pods/eviction` and delete pods, for pods bound to this node only;
-//! - list/watch pods with the field selector `spec.nodeName=<this node>`;
-//!   get of a pod bound to this node;
-//! - create/patch core/v1 Events.
-//!
-//! Missing, so granted below (reads are cluster-wide, writes are narrow):
-//! - nodes get/list/watch: the Node authorizer only lets a node read its own
-//!   Node; the all-nodes-Ready and soak gates read every Node;
-//! - pods get/list/watch: required-DaemonSet pods on other nodes, and a GET
-//!   of a pod already deleted (the Node authorizer answers 403 instead of 404
-//!   once the pod left its graph, which would stall the drain's wait);
-//! - daemonsets and poddisruptionbudgets get/list/watch (drain rules, gates);
-//! - events.k8s.io Events create/patch (drydock writes events.k8s.io/v1);
-//! - the drydock Namespace only (resourceNames): get/list/watch/patch for the
-//!   pause/halt/target-version annotations;
-//! - Leases in the drydock namespace: the lock.
+//! drydock uses two identities (see `cluster::identity`):
+//! - the kubelet's (`system:node:<node>`) for this node's own things:
+//!   cordon and annotate its Node, evict and delete its pods, core Events,
+//!   and its drydock identity request (a CSR). The Node authorizer already
+//!   allows all of that and NodeRestriction confines it to its own node,
+//!   so nothing is granted to it here;
+//! - the drydock identity (`drydock:node:<node>`, group `drydock:nodes`)
+//!   for what is shared. Granted below, and only what drydock uses (a test
+//!   against a real API server compares these grants with every request
+//!   drydock made, from the audit log):
+//!   - Nodes, Pods: get/list; required DaemonSets: get (gates,
+//!     verification, the drain's wait for a pod already gone, which a node
+//!     may not read);
+//!   - PodDisruptionBudgets: list (which PDB blocks an eviction);
+//!   - the drydock Namespace only (resourceNames): get, patch (pause, halt,
+//!     shared verdicts; kubectl's `annotate` gets before it patches);
+//!   - Leases in the drydock namespace: the lock (list/watch the slots,
+//!     create/update to take, renew, release; get after a conflict);
+//! - a ValidatingAdmissionPolicy: `drydock:node:X` may set a Lease's holder
+//!   only to X (taking over an expired lease stays possible: CEL has no
+//!   clock, drydock's gates decide) and may clear or delete only a hold of
+//!   its own.
 
 use std::process::ExitCode;
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::Cli;
+use crate::cluster::identity;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Namespace holding the leases and control annotations (default: lease.namespace from the configuration).
     #[arg(long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
-    /// Group the kubelets' credentials belong to.
-    #[arg(long, default_value = "system:nodes", value_name = "GROUP")]
+    /// Group of the nodes' drydock identities.
+    #[arg(long, default_value = identity::GROUP, value_name = "GROUP")]
     pub group: String,
 }
 
-const NAME: &str = "drydock:node";
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+/// Name of every object printed (cluster-scoped ones share it).
+pub const NAME: &str = "drydock:node";
+/// The admission policy (and its binding).
+pub const POLICY: &str = "drydock-lease-holder";
+const RBAC_V1: &str = "rbac.authorization.k8s.io/v1";
+const ADMISSION_V1: &str = "admissionregistration.k8s.io/v1";
 
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    PolicyRule {
-        api_groups: Some(strings(groups)),
-        resources: Some(strings(resources)),
-        verbs: strings(verbs),
-        ..Default::default()
-    }
+fn labels() -> Value {
+    json!({"app.kubernetes.io/name": "drydock"})
 }
 
-fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_string()),
-        namespace: namespace.map(str::to_string),
-        labels: Some(
-            [("app.kubernetes.io/name".to_string(), "drydock".to_string())]
-                .into_iter()
-                .collect(),
-        ),
-        ..Default::default()
-    }
+fn subjects(group: &str) -> Value {
+    json!([{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}])
 }
 
-fn subjects(group: &str) -> Option<Vec<Subject>> {
-    Some(vec![Subject {
-        kind: "Group".into(),
-        name: group.into(),
-        api_group: Some(RBAC_GROUP.into()),
-        namespace: None,
-    }])
+/// The cluster-wide rules of the drydock identity.
+pub fn cluster_rules(namespace: &str) -> Value {
+    json!([
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [namespace],
+         "verbs": ["get", "patch"]},
+    ])
 }
 
-/// Serializes with `apiVersion`/`kind` first, as kubectl prints them.
-fn doc<T: Serialize + k8s_openapi::Resource>(comment: &str, object: &T) -> String {
-    let mut value = serde_json::to_value(object).expect("RBAC objects serialize");
-    let mut ordered = serde_json::Map::new();
-    ordered.insert("apiVersion".into(), T::API_VERSION.into());
-    ordered.insert("kind".into(), T::KIND.into());
-    if let Some(map) = value.as_object_mut() {
-        map.remove("apiVersion");
-        map.remove("kind");
-        ordered.extend(std::mem::take(map));
-    }
-    let yaml = serde_yaml::to_string(&ordered).expect("JSON values serialize as YAML");
-    let comment: String = comment.lines().map(|l| format!("# {l}\n")).collect();
-    format!("---\n{comment}{yaml}")
+/// The rules in the drydock namespace.
+pub fn namespace_rules() -> Value {
+    json!([
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "list", "watch", "create", "update"]},
+    ])
 }
 
-/// The manifests, as multi-document YAML.
-pub fn manifests(namespace: &str, group: &str) -> String {
-    let namespace_obj = Namespace {
-        metadata: meta(namespace, None),
-        ..Default::default()
-    };
-    let mut ns_rule = rule(&[""], &["namespaces"], &["get", "list", "watch", "patch"]);
-    ns_rule.resource_names = Some(vec![namespace.to_string()]);
-    let cluster_role = ClusterRole {
-        metadata: meta(NAME, None),
-        rules: Some(vec![
-            rule(&[""], &["nodes"], &["get", "list", "watch"]),
-            rule(&[""], &["pods"], &["get", "list", "watch"]),
-            rule(&["apps"], &["daemonsets"], &["get", "list", "watch"]),
-            rule(
-                &["policy"],
-                &["poddisruptionbudgets"],
-                &["get", "list", "watch"],
-            ),
-            rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
-            ns_rule,
-        ]),
-        ..Default::default()
-    };
-    let cluster_binding = ClusterRoleBinding {
-        metadata: meta(NAME, None),
-        role_ref: RoleRef {
-            api_group: RBAC_GROUP.into(),
-            kind: "ClusterRole".into(),
-            name: NAME.into(),
-        },
-        subjects: subjects(group),
-    };
-    let role = Role {
-        metadata: meta(NAME, Some(namespace)),
-        rules: Some(vec![rule(
-            &["coordination.k8s.io"],
-            &["leases"],
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
+/// The holder rule, in CEL. `variables.node` is X of `drydock:node:X`.
+fn policy(namespace: &str) -> Value {
+    let prefix_len = identity::USER_PREFIX.len();
+    json!({
+        "apiVersion": ADMISSION_V1,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": POLICY, "labels": labels()},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "resourceRules": [{
+                    "apiGroups": ["coordination.k8s.io"],
+                    "apiVersions": ["*"],
+                    "operations": ["CREATE", "UPDATE", "DELETE"],
+                    "resources": ["leases"],
+                }],
+            },
+            "matchConditions": [{
+                "name": "drydock-node-identity",
+                "expression": format!("request.userInfo.username.startsWith('{}')", identity::USER_PREFIX),
+            }],
+            "variables": [
+                {"name": "node", "expression": format!("request.userInfo.username.substring({prefix_len})")},
+                {"name": "newHolder", "expression":
+                    "object == null || !has(object.spec) || !has(object.spec.holderIdentity) ? '' : object.spec.holderIdentity"},
+                {"name": "oldHolder", "expression":
+                    "oldObject == null || !has(oldObject.spec) || !has(oldObject.spec.holderIdentity) ? '' : oldObject.spec.holderIdentity"},
             ],
-        )]),
-    };
-    let role_binding = RoleBinding {
-        metadata: meta(NAME, Some(namespace)),
-        role_ref: RoleRef {
-            api_group: RBAC_GROUP.into(),
-            kind: "Role".into(),
-            name: NAME.into(),
+            "validations": [
+                {
+                    "expression": "variables.newHolder == '' || variables.newHolder == variables.node",
+                    "messageExpression": "'drydock node ' + variables.node + ' may not make ' + variables.newHolder + ' the holder of a Lease'",
+                    "reason": "Forbidden",
+                },
+                {
+                    "expression": "variables.newHolder != '' || variables.oldHolder == '' || variables.oldHolder == variables.node",
+                    "messageExpression": "'drydock node ' + variables.node + ' may not release or delete the hold of ' + variables.oldHolder",
+                    "reason": "Forbidden",
+                },
+            ],
         },
-        subjects: subjects(group),
-    };
-    let mut out = String::from(
-        "# drydock: grants the kubelet credentials lack (apply once, as a cluster admin):\n\
-         #   drydock rbac | kubectl apply -f -\n\
-         # Own-Node writes, evictions and pod deletes on this node, and core Events are\n\
-         # already allowed by the Node authorizer and limited by NodeRestriction.\n",
-    );
-    out.push_str(&doc(
-        "Holds the maintenance leases and the cluster-wide pause/halt/target annotations.",
-        &namespace_obj,
-    ));
-    out.push_str(&doc(
-        "Cluster-wide reads for the gates and the drain; events.k8s.io Events;\n\
-         the drydock Namespace only (resourceNames) for its control annotations.",
-        &cluster_role,
-    ));
-    out.push_str(&doc("", &cluster_binding));
-    out.push_str(&doc(
-        "The lock: Lease slots in the drydock namespace only.",
-        &role,
-    ));
-    out.push_str(&doc("", &role_binding));
-    out
+    })
+}
+
+/// Every object, in the order they must be created.
+pub fn manifests(namespace: &str, group: &str) -> Value {
+    let items = vec![
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": labels()},
+        }),
+        json!({
+            "apiVersion": RBAC_V1, "kind": "ClusterRole",
+            "metadata": {"name": NAME, "labels": labels()},
+            "rules": cluster_rules(namespace),
+        }),
+        json!({
+            "apiVersion": RBAC_V1, "kind": "ClusterRoleBinding",
+            "metadata": {"name": NAME, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
+            "subjects": subjects(group),
+        }),
+        json!({
+            "apiVersion": RBAC_V1, "kind": "Role",
+            "metadata": {"name": NAME, "namespace": namespace, "labels": labels()},
+            "rules": namespace_rules(),
+        }),
+        json!({
+            "apiVersion": RBAC_V1, "kind": "RoleBinding",
+            "metadata": {"name": NAME, "namespace": namespace, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+            "subjects": subjects(group),
+        }),
+        policy(namespace),
+        json!({
+            "apiVersion": ADMISSION_V1, "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": POLICY, "labels": labels()},
+            "spec": {"policyName": POLICY, "validationActions": ["Deny"]},
+        }),
+    ];
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
@@ -181,6 +167,10 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         }
         None => cli.load_settings()?.lease.namespace,
     };
-    print!("{}", manifests(&namespace, &args.group));
+    if args.group.is_empty() || args.group.chars().any(char::is_whitespace) {
+        anyhow::bail!("--group {:?}: not a group name", args.group);
+    }
+    let text = serde_json::to_string_pretty(&manifests(&namespace, &args.group))?;
+    println!("{text}");
     Ok(ExitCode::SUCCESS)
 }

@@ -102,7 +102,7 @@ async fn lease_slots(
     settings: &crate::config::Settings,
     node: &str,
 ) -> Result<Vec<SlotStatus>, String> {
-    let client = super::daemon::kube_client(&settings.node.kubeconfig)
+    let client = super::identity::current_client(settings)
         .await
         .map_err(|e| format!("{e:#}"))?;
     let lease = LeaseClient::new(client, settings, node);

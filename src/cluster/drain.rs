@@ -404,6 +404,18 @@ pub async fn drain_holding(
     node: &str,
     opts: &DrainOptions,
     progress: &watch::Sender<DrainProgress>,
+    claim: watch::Receiver<crate::cluster::lease::Claim>,
+) -> Result<DrainReport, DrainError> {
+    drain_holding_with(client, client, node, opts, progress, claim).await
+}
+
+/// [`drain_holding`] with two credentials, as [`drain_with`].
+pub async fn drain_holding_with(
+    client: &Client,
+    reader: &Client,
+    node: &str,
+    opts: &DrainOptions,
+    progress: &watch::Sender<DrainProgress>,
     mut claim: watch::Receiver<crate::cluster::lease::Claim>,
 ) -> Result<DrainReport, DrainError> {
     if claim.borrow().is_lost() {
@@ -415,7 +427,7 @@ pub async fn drain_holding(
         });
     }
     tokio::select! {
-        r = drain(client, node, opts, progress) => r,
+        r = drain_with(client, reader, node, opts, progress) => r,
         c = crate::cluster::lease::claim_lost(&mut claim) => {
             warn!(node, slot = %c.slot(), holder = %c.holder(), "lease lost; drain stopped");
             Err(DrainError::LeaseLost {
@@ -594,6 +606,20 @@ pub async fn drain(
     opts: &DrainOptions,
     progress: &watch::Sender<DrainProgress>,
 ) -> Result<DrainReport, DrainError> {
+    drain_with(client, client, node, opts, progress).await
+}
+
+/// [`drain`] with two credentials: `client` (the kubelet's) evicts and
+/// deletes this node's pods; `reader` (the drydock identity) reads what
+/// the Node authorizer hides from a node: PDBs, and a pod already gone
+/// (a node gets 403, not 404, for a pod no longer bound to it).
+pub async fn drain_with(
+    client: &Client,
+    reader: &Client,
+    node: &str,
+    opts: &DrainOptions,
+    progress: &watch::Sender<DrainProgress>,
+) -> Result<DrainReport, DrainError> {
     if !opts.pre_drain_wait.is_zero() {
         info!(node, wait = %humantime::format_duration(opts.pre_drain_wait), "waiting before draining");
         tokio::time::sleep(opts.pre_drain_wait).await;
@@ -624,6 +650,7 @@ pub async fn drain(
 
     let ctx = Ctx {
         client,
+        reader,
         node,
         opts,
         progress,
@@ -724,6 +751,7 @@ impl Tracker {
 
 struct Ctx<'a> {
     client: &'a Client,
+    reader: &'a Client,
     node: &'a str,
     opts: &'a DrainOptions,
     progress: &'a watch::Sender<DrainProgress>,
@@ -798,6 +826,10 @@ impl Ctx<'_> {
 
     fn pods(&self, namespace: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn read_pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.reader.clone(), namespace)
     }
 
     async fn run(&self, pod: Pod, job: Job) -> Result<(), DrainError> {
@@ -876,7 +908,7 @@ impl Ctx<'_> {
                     if self.block(&r, BlockReason::NamespaceTerminating) {
                         warn!(node = self.node, pod = %r, "namespace terminating; waiting for the pod to be marked deleted");
                     }
-                    match self.pods(&r.namespace).get_opt(&r.name).await {
+                    match self.read_pods(&r.namespace).get_opt(&r.name).await {
                         Ok(None) => return Ok(None),
                         Ok(Some(p)) if p.uid().as_deref() != Some(r.uid.as_str()) => {
                             return Ok(None);
@@ -952,7 +984,7 @@ impl Ctx<'_> {
 
     async fn exhausted_pdbs(&self, pod: &Pod) -> Result<Vec<String>, kube::Error> {
         let api: Api<PodDisruptionBudget> =
-            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+            Api::namespaced(self.reader.clone(), &pod.namespace().unwrap_or_default());
         let pdbs = api.list(&ListParams::default()).await?.items;
         Ok(exhausted_pdbs(&pdbs, pod)
             .into_iter()
@@ -962,7 +994,7 @@ impl Ctx<'_> {
 
     /// Polls until the pod is gone: 404, or its name now has another UID.
     async fn wait_gone(&self, pod: &PodRef) {
-        let api = self.pods(&pod.namespace);
+        let api = self.read_pods(&pod.namespace);
         loop {
             match api.get_opt(&pod.name).await {
                 Ok(None) => return,

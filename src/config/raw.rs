@@ -26,6 +26,9 @@ pub struct RawConfig {
 pub struct RawNode {
     pub name: Option<String>,
     pub kubeconfig: Option<String>,
+    pub identity_kubeconfig: Option<String>,
+    pub identity_dir: Option<String>,
+    pub admin_kubeconfig: Option<String>,
     pub state_db: Option<String>,
     pub run_dir: Option<String>,
 }

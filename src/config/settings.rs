@@ -29,7 +29,16 @@ pub struct Settings {
 pub struct NodeSettings {
     /// `None`: the host name, as the kubelet registers it.
     pub name: Option<String>,
+    /// The kubelet's credential: everything about this node.
     pub kubeconfig: PathBuf,
+    /// An administrator's own kubeconfig for the drydock identity; `None`:
+    /// enrol through a CertificateSigningRequest (see `cluster::identity`).
+    pub identity_kubeconfig: Option<PathBuf>,
+    /// Where the enrolled identity's key, certificate and kubeconfig live.
+    pub identity_dir: PathBuf,
+    /// kubeadm's admin kubeconfig; where it exists (control-plane nodes) the
+    /// daemon approves the nodes' drydock identity requests. `None`: never.
+    pub admin_kubeconfig: Option<PathBuf>,
     pub state_db: PathBuf,
     pub run_dir: PathBuf,
 }
@@ -243,6 +252,9 @@ impl Default for Settings {
             node: NodeSettings {
                 name: None,
                 kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
+                identity_kubeconfig: None,
+                identity_dir: "/var/lib/drydock/identity".into(),
+                admin_kubeconfig: Some("/etc/kubernetes/admin.conf".into()),
                 state_db: "/var/lib/drydock/state.db".into(),
                 run_dir: "/run/drydock".into(),
             },
@@ -374,6 +386,18 @@ impl Settings {
                 None => d.node.name,
             },
             kubeconfig: path(n.kubeconfig, d.node.kubeconfig),
+            // Empty: not set (the shipped file lists every key).
+            identity_kubeconfig: match n.identity_kubeconfig {
+                Some(p) if p.is_empty() => None,
+                Some(p) => Some(p.into()),
+                None => d.node.identity_kubeconfig,
+            },
+            identity_dir: path(n.identity_dir, d.node.identity_dir),
+            admin_kubeconfig: match n.admin_kubeconfig {
+                Some(p) if p.is_empty() => None,
+                Some(p) => Some(p.into()),
+                None => d.node.admin_kubeconfig,
+            },
             state_db: path(n.state_db, d.node.state_db),
             run_dir: path(n.run_dir, d.node.run_dir),
         };

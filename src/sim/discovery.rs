@@ -138,3 +138,77 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
         "resources": resources,
     }))
 }
+
+/// `/openapi/v3`: one entry per group version. Just enough OpenAPI for
+/// kubectl to see that the server validates fields itself
+/// (`fieldValidation` on every create), so `kubectl create -f` needs no
+/// client-side schema (which this simulator does not have).
+pub fn openapi_v3_index() -> Value {
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        "api/v1".into(),
+        json!({"serverRelativeURL": "/openapi/v3/api/v1?hash=drydock-sim"}),
+    );
+    for g in groups() {
+        paths.insert(
+            format!("apis/{g}/v1"),
+            json!({"serverRelativeURL": format!("/openapi/v3/apis/{g}/v1?hash=drydock-sim")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/api/v1`, `/openapi/v3/apis/<group>/v1`: each resource's
+/// create and patch operations with its kind and the `fieldValidation`
+/// parameter. (A `List` is always validated client-side from
+/// `/openapi/v2`, which is not served: create its items one by one.)
+pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| k.info().group == group && k.info().version == version)
+        .collect();
+    if kinds.is_empty() {
+        return None;
+    }
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = serde_json::Map::new();
+    let params = json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+    ]);
+    for k in kinds {
+        let i = k.info();
+        let collection = if i.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", i.plural)
+        } else {
+            format!("{prefix}/{}", i.plural)
+        };
+        let gvk = json!({"group": group, "version": version, "kind": i.kind});
+        // kubectl looks for `fieldValidation` on the PATCH of an object.
+        let op = |verb: &str| {
+            json!({
+                "operationId": format!("{verb}{}", i.kind),
+                "x-kubernetes-action": verb,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        paths.insert(collection.clone(), json!({"post": op("post")}));
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({"patch": op("patch")}),
+        );
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "drydock simulator", "version": "v1.34"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

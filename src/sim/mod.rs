@@ -50,16 +50,20 @@
 //! - Kubelets: node conditions and heartbeats, NotReady / unreachable
 //!   taints, bootID and kubeletVersion, pods going unready with their node.
 //! - Discovery (legacy, non-aggregated), `/version`, server-side Table
-//!   printing for kubectl. `/openapi/*` is 404: get, describe, cordon,
-//!   drain, annotate, label, delete and `get -w` work; `create -f` /
-//!   `apply -f` need `--validate=false` (client-side schema validation).
+//!   printing for kubectl, and an `/openapi/v3` that tells kubectl the
+//!   server validates fields itself (so `create -f` works without
+//!   `--validate=false`; there are no schemas, `/openapi/v2` is 404).
+//! - Users (bearer tokens, see `auth`; none: the admin), the Node
+//!   authorizer, RBAC from the manifests `drydock rbac` prints,
+//!   NodeRestriction for Leases, Nodes and pods, and the Lease holder
+//!   policy; core/v1 and events.k8s.io/v1 Events are one store.
 //! - Request accounting ([`SimHandle::stats`]) and faults
 //!   ([`SimHandle::set_fault`], [`SimHandle::stop`] / [`SimHandle::restart`]).
 //!
 //! # What is not
 //!
-//! TLS and authentication/authorization (no RBAC, no NodeRestriction, no
-//! `auth can-i`), kubelet node Leases in kube-node-lease, periodic
+//! TLS, RBAC objects served over HTTP, `auth can-i`, CEL (the holder
+//! policy is written in Rust), kubelet node Leases in kube-node-lease, periodic
 //! heartbeats (set them with [`SimHandle::set_node_heartbeat`]),
 //! admission, protobuf, Deployments and other workload kinds, CRDs,
 //! managedFields and apply conflicts, deletecollection, consistent
@@ -67,9 +71,9 @@
 //! other than the initial-events one, the watch cache's "too large
 //! resourceVersion" wait, `disruptedPods` in PDB status (the live
 //! computation has the same effect), pod spec immutability rules,
-//! namespace finalization (deleting a namespace removes its content at once),
-//! and core/v1 vs events.k8s.io/v1 Events being one store (they are two here).
+//! and namespace finalization (deleting a namespace removes its content at once).
 
+mod auth;
 mod controllers;
 mod discovery;
 mod eviction;
@@ -89,6 +93,8 @@ mod store;
 mod table;
 mod watch;
 
+pub use auth::User;
+pub use kubelet::node_object;
 pub use scenario::{
     DaemonSetSpec, NodeSpec, PAUSE_IMAGE, PdbSpec, PodSpec, ReplicaSetSpec, Scenario,
 };

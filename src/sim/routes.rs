@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::auth;
 use super::controllers::reconcile;
 use super::discovery;
 use super::eviction;
@@ -41,6 +42,8 @@ pub enum Route {
     Version,
     Health,
     OpenApi,
+    OpenApiIndex,
+    OpenApiGroupVersion(String, String),
     ApiVersions,
     GroupList,
     Group(String),
@@ -94,6 +97,11 @@ pub fn parse_path(path: &str) -> Result<Route, ApiError> {
     match segs.as_slice() {
         ["version"] => Ok(Route::Version),
         ["healthz" | "livez" | "readyz", ..] => Ok(Route::Health),
+        ["openapi", "v3"] => Ok(Route::OpenApiIndex),
+        ["openapi", "v3", "api", v] => Ok(Route::OpenApiGroupVersion(String::new(), v.to_string())),
+        ["openapi", "v3", "apis", g, v] => {
+            Ok(Route::OpenApiGroupVersion(g.to_string(), v.to_string()))
+        }
         ["openapi", ..] | ["swagger.json"] => Ok(Route::OpenApi),
         ["api"] => Ok(Route::ApiVersions),
         ["api", "v1"] => Ok(Route::Resources(String::new(), "v1".into())),
@@ -177,6 +185,10 @@ async fn serve(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError>
         ))),
         Route::Health => Ok((StatusCode::OK, "ok").into_response()),
         Route::OpenApi => Err(ApiError::path_not_found()),
+        Route::OpenApiIndex => Ok(ok_json(&discovery::openapi_v3_index())),
+        Route::OpenApiGroupVersion(g, v) => discovery::openapi_v3_group_version(&g, &v)
+            .map(|d| ok_json(&d))
+            .ok_or_else(ApiError::path_not_found),
         Route::ApiVersions => Ok(ok_json(&discovery::api_versions(header(
             &parts.headers,
             header::HOST,
@@ -239,6 +251,53 @@ async fn resource(
     let content_type = header(&parts.headers, header::CONTENT_TYPE).to_string();
     let name = t.name.clone();
     let status_sub = t.sub.as_deref() == Some("status");
+    let user = auth::User::from_headers(&parts.headers)?;
+    let verb = match (&parts.method, &name) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    let attrs = auth::Attributes {
+        verb,
+        kind,
+        sub: t.sub.as_deref(),
+        namespace: t.namespace.as_deref(),
+        name: t.name.as_deref(),
+        field_selector: params.get("fieldSelector").unwrap_or(""),
+    };
+    {
+        let st = shared.lock();
+        let pod_node = |ns: &str, n: &str| {
+            st.store
+                .get(Kind::Pod, ns, n)
+                .and_then(|p| str_at(p, "spec.nodeName").map(str::to_string))
+        };
+        auth::authorize(&st.rbac, &user, &attrs, &pod_node)?;
+    }
+    // Admission sees the object before and after: the write is computed
+    // as a dry run first, then made for real.
+    let admit = |st: &SimState, created: Option<&Value>, new: Option<&Value>| {
+        if user.is_admin() {
+            return Ok(());
+        }
+        let obj_name = attrs
+            .name
+            .or_else(|| created.and_then(|c| str_at(c, "metadata.name")));
+        let a = auth::Attributes {
+            name: obj_name,
+            ..attrs.clone()
+        };
+        let old = match (obj_name, created) {
+            (Some(n), None) => st.store.get(kind, &ns, n),
+            _ => None,
+        };
+        auth::admit(&user, &a, old, new, st.policy_namespace.as_deref())
+    };
     match (&parts.method, name, t.sub.as_deref()) {
         (&Method::GET, None, None) if watch => watch_request(shared, &t, params),
         (&Method::GET, None, None) => list(shared, &t, params, accept),
@@ -270,6 +329,10 @@ async fn resource(
             let obj = decode_body(&content_type, &bytes)?;
             let mut st = shared.lock();
             let url_ns = kind.info().namespaced.then_some(ns.as_str());
+            if !user.is_admin() {
+                let new = st.create(kind, url_ns, obj.clone(), true)?;
+                admit(&st, Some(&new), Some(&new))?;
+            }
             let created = st.create(kind, url_ns, obj, dry_run)?;
             settle(shared, &mut st);
             Ok(json_response(StatusCode::CREATED, &created))
@@ -277,6 +340,7 @@ async fn resource(
         (&Method::POST, Some(name), Some("eviction")) => {
             let bytes = read_body(body).await?;
             let mut st = shared.lock();
+            admit(&st, None, None)?;
             let status = eviction::evict(&mut st, &ns, &name, &bytes, dry_run)?;
             settle(shared, &mut st);
             Ok(json_response(StatusCode::CREATED, &status))
@@ -285,6 +349,10 @@ async fn resource(
             let bytes = read_body(body).await?;
             let obj = decode_body(&content_type, &bytes)?;
             let mut st = shared.lock();
+            if !user.is_admin() {
+                let new = st.update(kind, &ns, &name, obj.clone(), status_sub, true)?;
+                admit(&st, None, Some(&new))?;
+            }
             let updated = st.update(kind, &ns, &name, obj, status_sub, dry_run)?;
             settle(shared, &mut st);
             Ok(ok_json(&updated))
@@ -295,6 +363,10 @@ async fn resource(
             let bytes = read_body(body).await?;
             let p = patch::parse_body(pt, &bytes)?;
             let mut st = shared.lock();
+            if !user.is_admin() {
+                let (new, _) = st.patch(kind, &ns, &name, pt, &p, status_sub, true)?;
+                admit(&st, None, Some(&new))?;
+            }
             let (obj, created) = st.patch(kind, &ns, &name, pt, &p, status_sub, dry_run)?;
             settle(shared, &mut st);
             let code = if created {
@@ -317,6 +389,7 @@ async fn resource(
                 opts.merge_body(&v)?;
             }
             let mut st = shared.lock();
+            admit(&st, None, None)?;
             let out = st.delete(kind, &ns, &name, &opts)?;
             settle(shared, &mut st);
             Ok(match out {

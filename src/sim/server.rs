@@ -165,6 +165,55 @@ impl SimHandle {
         Ok(())
     }
 
+    /// A kubeconfig (JSON) that authenticates as `user` (a bearer token
+    /// the simulator maps back to the user and its groups).
+    pub fn kubeconfig_as(&self, user: &super::User) -> String {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "drydock-sim", "cluster": {"server": self.url()}}],
+            "users": [{"name": user.name, "user": {"token": user.token()}}],
+            "contexts": [{"name": "drydock-sim", "context": {"cluster": "drydock-sim", "user": user.name}}],
+            "current-context": "drydock-sim",
+        })
+        .to_string()
+    }
+
+    /// A client acting as `user` (kube's default retry off, as drydock's).
+    pub async fn client_as(&self, user: &super::User) -> Result<kube::Client, SimError> {
+        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_as(user))
+            .map_err(|e| SimError::Scenario(format!("kubeconfig for {}: {e}", user.name)))?;
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| SimError::Scenario(format!("kubeconfig for {}: {e}", user.name)))?;
+        config.default_retry = false;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Installs what `drydock rbac` prints: its Namespace, its RBAC (for
+    /// users other than the admin) and its Lease holder policy.
+    pub fn apply_manifests(&self, list: &Value) -> Result<(), SimError> {
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        for item in &items {
+            if item["kind"] == "Namespace" {
+                self.put(item.clone())?;
+            }
+        }
+        let policy_ns = items
+            .iter()
+            .find(|i| i["kind"] == "ValidatingAdmissionPolicy")
+            .and_then(|p| {
+                p["spec"]["matchConstraints"]["namespaceSelector"]["matchLabels"]
+                    ["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+        let rbac = super::auth::Rbac::from_manifests(list);
+        let mut st = self.shared().lock();
+        st.rbac = rbac;
+        st.policy_namespace = policy_ns;
+        Ok(())
+    }
+
     // --- accounting and faults -------------------------------------------
 
     pub fn stats(&self) -> ApiStats {

@@ -56,6 +56,10 @@ pub struct State {
     pub ip_seq: u32,
     /// resourceVersion the controllers last ran at (skip when nothing relevant changed).
     pub reconciled_rv: u64,
+    /// RBAC for users other than the admin (see `auth`).
+    pub rbac: super::auth::Rbac,
+    /// Where drydock's Lease holder policy applies, once installed.
+    pub policy_namespace: Option<String>,
 }
 
 impl State {
@@ -67,6 +71,8 @@ impl State {
             starts: HashMap::new(),
             ip_seq: 0,
             reconciled_rv: 0,
+            rbac: Default::default(),
+            policy_namespace: None,
         }
     }
 }

@@ -133,7 +133,9 @@ pub fn classify(method: &str, path: &str, query: &str) -> (String, String) {
             (verb.to_string(), resource)
         }
         Ok(Route::Version) => ("get".into(), "version".into()),
-        Ok(Route::OpenApi) => ("get".into(), "openapi".into()),
+        Ok(Route::OpenApi | Route::OpenApiIndex | Route::OpenApiGroupVersion(..)) => {
+            ("get".into(), "openapi".into())
+        }
         Ok(Route::Health) => ("get".into(), "healthz".into()),
         Ok(_) => ("get".into(), "discovery".into()),
         Err(_) => (method.to_lowercase(), "other".into()),

@@ -125,8 +125,17 @@ impl Store {
     }
 
     /// Stores a new or changed object; returns it with its new resourceVersion.
-    pub fn put(&mut self, kind: Kind, mut obj: Value) -> Value {
+    /// core/v1 and events.k8s.io/v1 Events are one store, as in the API
+    /// server: a write through either API is seen through both.
+    pub fn put(&mut self, kind: Kind, obj: Value) -> Value {
         let rv = self.next_rv();
+        if let Some((other, converted)) = event_view(kind, &obj) {
+            self.put_at(other, converted, rv);
+        }
+        self.put_at(kind, obj, rv)
+    }
+
+    fn put_at(&mut self, kind: Kind, mut obj: Value, rv: u64) -> Value {
         Self::stamp(&mut obj, rv);
         let key = (namespace_of(&obj).to_string(), name_of(&obj).to_string());
         let prev = self
@@ -151,6 +160,19 @@ impl Store {
 
     /// Removes an object; the DELETED event carries the deletion's resourceVersion.
     pub fn remove(&mut self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        match kind {
+            Kind::Event => {
+                self.remove_one(Kind::EventV1, ns, name);
+            }
+            Kind::EventV1 => {
+                self.remove_one(Kind::Event, ns, name);
+            }
+            _ => {}
+        }
+        self.remove_one(kind, ns, name)
+    }
+
+    fn remove_one(&mut self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
         let mut obj = self
             .objects
             .get_mut(&kind)?
@@ -179,6 +201,44 @@ impl Store {
         }
         Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
     }
+}
+
+/// The same Event as the other API shows it (field names as the API
+/// server converts them); `None` for every other kind.
+fn event_view(kind: Kind, obj: &Value) -> Option<(Kind, Value)> {
+    // (core/v1 field, events.k8s.io/v1 field)
+    const FIELDS: &[(&str, &str)] = &[
+        ("metadata", "metadata"),
+        ("eventTime", "eventTime"),
+        ("series", "series"),
+        ("reportingComponent", "reportingController"),
+        ("reportingInstance", "reportingInstance"),
+        ("action", "action"),
+        ("reason", "reason"),
+        ("type", "type"),
+        ("involvedObject", "regarding"),
+        ("related", "related"),
+        ("message", "note"),
+        ("source", "deprecatedSource"),
+        ("firstTimestamp", "deprecatedFirstTimestamp"),
+        ("lastTimestamp", "deprecatedLastTimestamp"),
+        ("count", "deprecatedCount"),
+    ];
+    let (other, api_version, from_core) = match kind {
+        Kind::Event => (Kind::EventV1, "events.k8s.io/v1", true),
+        Kind::EventV1 => (Kind::Event, "v1", false),
+        _ => return None,
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("apiVersion".into(), json!(api_version));
+    out.insert("kind".into(), json!("Event"));
+    for (core, v1) in FIELDS {
+        let (src, dst) = if from_core { (core, v1) } else { (v1, core) };
+        if let Some(v) = obj.get(*src).filter(|v| !v.is_null()) {
+            out.insert((*dst).to_string(), v.clone());
+        }
+    }
+    Some((other, Value::Object(out)))
 }
 
 #[cfg(test)]
