@@ -294,7 +294,11 @@ async fn lease_lost_in_each_out_of_service_step_then_resume_never_skips_a_step()
         // Until it stops for a person (restarting after a reboot, with the
         // failpoint still armed for the post-reboot process).
         while !matches!(a.state(), AgentState::Failed { .. }) {
-            assert!(start.elapsed() < Duration::from_secs(30), "{lost_in}: {:?}", a.state());
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{lost_in}: {:?}",
+                a.state()
+            );
             let wait = a.tick().await.unwrap();
             if n.host.m().reboot_pending {
                 reboot_machine(&sim, &n).await;
@@ -311,14 +315,30 @@ async fn lease_lost_in_each_out_of_service_step_then_resume_never_skips_a_step()
         else {
             unreachable!()
         };
-        assert_eq!(interrupted.name(), lost_in, "stopped where the lease was lost");
+        assert_eq!(
+            interrupted.name(),
+            lost_in,
+            "stopped where the lease was lost"
+        );
         assert!(!slot_held, "{lost_in}");
         assert!(error.contains("lost to worker-2"), "{lost_in}: {error}");
         let expected_reboots = u32::from(lost_in == "verifying");
-        assert_eq!(n.host.m().reboots, expected_reboots, "{lost_in}: no reboot after the loss");
-        assert_eq!(lease_holder(&sim).as_deref(), Some("worker-2"), "{lost_in}: the slot left alone");
+        assert_eq!(
+            n.host.m().reboots,
+            expected_reboots,
+            "{lost_in}: no reboot after the loss"
+        );
+        assert_eq!(
+            lease_holder(&sim).as_deref(),
+            Some("worker-2"),
+            "{lost_in}: the slot left alone"
+        );
         let events = log.events("worker-1");
-        assert_eq!(count(&events, |e| matches!(e, AgentEvent::Verified { .. })), 0, "{lost_in}");
+        assert_eq!(
+            count(&events, |e| matches!(e, AgentEvent::Verified { .. })),
+            0,
+            "{lost_in}"
+        );
         assert!(history(&n, "reboot").is_empty(), "{lost_in}");
         // A person's resume while the other node still holds the slot: it waits.
         resume_now(&a);
@@ -346,12 +366,19 @@ async fn lease_lost_in_each_out_of_service_step_then_resume_never_skips_a_step()
             .map(|(_, _, s)| s)
             .collect();
         let after_failure = states.iter().position(|s| s == "failed").unwrap();
-        assert_eq!(states[after_failure + 1], "pending", "{lost_in}: {states:?}");
+        assert_eq!(
+            states[after_failure + 1],
+            "pending",
+            "{lost_in}: {states:?}"
+        );
         assert_eq!(states[after_failure + 2], lost_in, "{lost_in}: {states:?}");
         let releasing = states.iter().position(|s| s == "releasing").unwrap();
         assert_eq!(states[releasing - 1], "verifying", "{lost_in}: {states:?}");
         let events = log.events("worker-1");
-        assert_eq!(count(&events, |e| matches!(e, AgentEvent::Verified { .. })), 1);
+        assert_eq!(
+            count(&events, |e| matches!(e, AgentEvent::Verified { .. })),
+            1
+        );
         sim.stop().await;
     }
 }
@@ -452,7 +479,11 @@ fn blocked_db() -> Scenario {
                 .label("app", "db")
                 .on_nodes(["worker-1"]),
         )
-        .pdb(PdbSpec::new("default", "db").selector("app", "db").min_available(1))
+        .pdb(
+            PdbSpec::new("default", "db")
+                .selector("app", "db")
+                .min_available(1),
+        )
         .pod_start_delay(Duration::from_millis(50))
         .default_grace_period(0)
 }
@@ -532,10 +563,7 @@ async fn crash_after_every_persisted_step_resumes_safely_against_the_simulator()
         "releasing",
         "idle",
     ];
-    for (crash_at, admin_cordoned) in names
-        .iter()
-        .flat_map(|n| [(*n, false), (*n, true)])
-    {
+    for (crash_at, admin_cordoned) in names.iter().flat_map(|n| [(*n, false), (*n, true)]) {
         let dir = tempfile::tempdir().unwrap();
         let sim = cluster().await;
         if admin_cordoned {
@@ -593,7 +621,11 @@ async fn crash_after_every_persisted_step_resumes_safely_against_the_simulator()
         }
         assert!(*crashed.lock().unwrap(), "{crash_at}: the crash happened");
         assert_eq!(n.host.m().reboots, 1, "{crash_at}: rebooted exactly once");
-        assert_eq!(cordoned(&sim, "worker-1"), admin_cordoned, "{crash_at}: cordon as found");
+        assert_eq!(
+            cordoned(&sim, "worker-1"),
+            admin_cordoned,
+            "{crash_at}: cordon as found"
+        );
         assert_eq!(lease_holder(&sim), None, "{crash_at}: lease released");
         assert_eq!(history(&n, "reboot").len(), 1, "{crash_at}: history kept");
         sim.stop().await;
@@ -651,7 +683,10 @@ async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
         .find(|(_, n, s)| n == "worker-2" && s == "cordoning")
         .map(|(t, _, _)| *t)
         .expect("worker-2 went on");
-    assert!(w1_failed < w2_cordoning, "worker-2 went out while worker-1 still drained");
+    assert!(
+        w1_failed < w2_cordoning,
+        "worker-2 went out while worker-1 still drained"
+    );
     let AgentState::Failed { error, .. } = Store::open(&w1.settings.node.state_db)
         .unwrap()
         .current_state::<AgentState>()
@@ -667,7 +702,10 @@ async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
     for (_, n, s) in &states {
         out.insert(
             n.clone(),
-            matches!(s.as_str(), "cordoning" | "draining" | "rebooting" | "verifying" | "releasing"),
+            matches!(
+                s.as_str(),
+                "cordoning" | "draining" | "rebooting" | "verifying" | "releasing"
+            ),
         );
         assert!(out.values().filter(|v| **v).count() <= 1, "{states:?}");
     }

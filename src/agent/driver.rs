@@ -279,7 +279,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.enter(next, detail).await
     }
 
-    async fn enter(&mut self, next: AgentState, detail: serde_json::Value) -> Result<(), AgentError> {
+    async fn enter(
+        &mut self,
+        next: AgentState,
+        detail: serde_json::Value,
+    ) -> Result<(), AgentError> {
         if next == self.state {
             return Ok(());
         }
@@ -407,8 +411,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 Ok(Wait::No)
             }
             e @ PortError::Permanent { .. } => {
-                self.fail(format!("{action}: {e}"), serde_json::json!({"error": e.to_string()}))
-                    .await?;
+                self.fail(
+                    format!("{action}: {e}"),
+                    serde_json::json!({"error": e.to_string()}),
+                )
+                .await?;
                 Ok(Wait::No)
             }
             e => self.retry_later(action, e).await,
@@ -487,7 +494,10 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     async fn lease_lost(&mut self, slot: &str, holder: String) -> Result<(), AgentError> {
         warn!(node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
         self.claim = None;
-        if !matches!(self.state, AgentState::Locked { .. } | AgentState::Failed { .. }) {
+        if !matches!(
+            self.state,
+            AgentState::Locked { .. } | AgentState::Failed { .. }
+        ) {
             self.event(AgentEvent::LeaseLost {
                 slot: slot.to_string(),
                 holder: holder.clone(),
@@ -504,7 +514,13 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     async fn wait_for_turn(&mut self, now: Timestamp) -> Result<Wait, AgentError> {
-        let resuming = matches!(self.state, AgentState::Pending { resume: Some(_), .. });
+        let resuming = matches!(
+            self.state,
+            AgentState::Pending {
+                resume: Some(_),
+                ..
+            }
+        );
         let reasons = if resuming {
             // A resumed cycle goes on for its own reasons; the need check
             // (cleared by the reboot already done) does not end it.
@@ -516,7 +532,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             let requested = crate::host::sentinel::reboot_request(&self.store())?;
             let reasons = match self.host.reboot_need(requested).await {
                 Ok(r) => r,
-                Err(e) => return self.retry_later("checking whether a reboot is needed", e).await,
+                Err(e) => {
+                    return self
+                        .retry_later("checking whether a reboot is needed", e)
+                        .await;
+                }
             };
             let since = match &self.state {
                 AgentState::Pending { since, .. } => Some(*since),
@@ -822,9 +842,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             return Ok(wait);
         }
         if let Some(asked) = requested_at {
-            let here = self.reboot_requested_here.is_some_and(|at| {
-                Timestamp::now() < at + signed(REBOOT_GRACE)
-            });
+            let here = self
+                .reboot_requested_here
+                .is_some_and(|at| Timestamp::now() < at + signed(REBOOT_GRACE));
             if here {
                 // Accepted in this process: the machine is going down.
                 self.status(format!("rebooting: requested at {asked}"))
@@ -877,7 +897,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         }
     }
 
-    async fn verify(&mut self, booted_at: Timestamp, deadline: Timestamp) -> Result<Wait, AgentError> {
+    async fn verify(
+        &mut self,
+        booted_at: Timestamp,
+        deadline: Timestamp,
+    ) -> Result<Wait, AgentError> {
         if let Some(wait) = self.guard_slot(false).await? {
             return Ok(wait);
         }

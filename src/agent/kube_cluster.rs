@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::pace;
 use super::ports::{
-    Cluster, ClaimWatch, ClusterGates, DrainResult, GateStatus, Halt, LeaseOutlook, PortError,
+    ClaimWatch, Cluster, ClusterGates, DrainResult, GateStatus, Halt, LeaseOutlook, PortError,
 };
 use crate::cluster::lease::{Held, LeaseClient, LeaseError, LeaseKeeper};
 use crate::cluster::{annotations, drain, node::NodeClient, observe};
@@ -19,6 +19,9 @@ use crate::gates::{self, GateReport, LocalObservation};
 use crate::host::boot::BootId;
 use crate::store::Store;
 use crate::verify;
+
+/// The shortest time between two drain progress reports.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct KubeCluster {
     client: kube::Client,
@@ -299,10 +302,14 @@ impl Cluster for KubeCluster {
     ) -> Result<DrainResult, PortError> {
         let opts = drain::DrainOptions::from_settings(&self.settings.drain);
         let (tx, mut rx) = tokio::sync::watch::channel(drain::DrainProgress::default());
+        // At most one "pods left" update per interval: each becomes a
+        // status line and a Node annotation PATCH; the watch channel keeps
+        // only the latest count in between.
         let forward = async {
             while rx.changed().await.is_ok() {
                 let left = rx.borrow_and_update().left;
                 let _ = progress.send(left);
+                tokio::time::sleep(PROGRESS_INTERVAL).await;
             }
         };
         let run = drain::drain_holding(&self.client, &self.node, &opts, &tx, claim);

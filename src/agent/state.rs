@@ -229,8 +229,12 @@ pub enum Event {
         now: Timestamp,
     },
     /// The node's schedulability, read while holding the slot.
-    PriorSchedulability { unschedulable: bool },
-    Cordoned { now: Timestamp },
+    PriorSchedulability {
+        unschedulable: bool,
+    },
+    Cordoned {
+        now: Timestamp,
+    },
     /// Drained; the boot about to be left.
     Drained {
         boot_id: String,
@@ -239,23 +243,35 @@ pub enum Event {
     },
     /// The drain gave up: the driver restored the node and released the
     /// slot; try again later.
-    DrainAbandoned { retry_after: Timestamp },
+    DrainAbandoned {
+        retry_after: Timestamp,
+    },
     /// About to ask for the reboot (persisted first).
-    RebootRequested { now: Timestamp },
+    RebootRequested {
+        now: Timestamp,
+    },
     /// The boot changed: the reboot happened.
     BootObserved {
         booted_at: Timestamp,
         now: Timestamp,
         verify_timeout: SignedDuration,
     },
-    Verified { now: Timestamp },
+    Verified {
+        now: Timestamp,
+    },
     /// Uncordoned (if ours), recorded and the slot released.
     Released,
     /// A step failed in a way a person must look at; the slot and the
     /// cordon are kept.
-    Failed { error: String, now: Timestamp },
+    Failed {
+        error: String,
+        now: Timestamp,
+    },
     /// The slot is no longer ours.
-    LeaseLost { holder: String, now: Timestamp },
+    LeaseLost {
+        holder: String,
+        now: Timestamp,
+    },
     /// `drydock resume`, issued after the failure.
     Resume {
         now: Timestamp,
@@ -507,9 +523,12 @@ impl AgentState {
             (AgentState::Pending { resume: None, .. }, Event::RebootNotNeeded) => {
                 Ok(AgentState::Idle)
             }
-            (AgentState::Pending { resume: Some(_), .. }, Event::RebootNotNeeded) => {
-                illegal("a resumed cycle ends only by a verified reboot")
-            }
+            (
+                AgentState::Pending {
+                    resume: Some(_), ..
+                },
+                Event::RebootNotNeeded,
+            ) => illegal("a resumed cycle ends only by a verified reboot"),
             (
                 AgentState::Pending {
                     reasons,
@@ -741,9 +760,12 @@ impl AgentState {
                 interrupted,
                 slot_held: false,
             }),
-            (AgentState::Failed { slot_held: false, .. }, Event::ForceReleased) => {
-                illegal("no slot is held")
-            }
+            (
+                AgentState::Failed {
+                    slot_held: false, ..
+                },
+                Event::ForceReleased,
+            ) => illegal("no slot is held"),
 
             (_, _) => illegal(""),
         }
@@ -883,7 +905,10 @@ mod tests {
     fn a_reboot_is_requested_once_per_cycle() {
         let s = go(through_reboot(), Event::RebootRequested { now: t(42) });
         let e = s.apply(Event::RebootRequested { now: t(43) }).unwrap_err();
-        assert_eq!((e.state, e.event), (Phase::Rebooting, EventKind::RebootRequested));
+        assert_eq!(
+            (e.state, e.event),
+            (Phase::Rebooting, EventKind::RebootRequested)
+        );
         assert!(e.to_string().contains("already requested"), "{e}");
         // A person's resume allows one more.
         let failed = go(
@@ -1101,7 +1126,13 @@ mod tests {
                 verify_timeout: VT,
             },
         );
-        assert!(matches!(s, AgentState::Pending { resume: Some(_), .. }));
+        assert!(matches!(
+            s,
+            AgentState::Pending {
+                resume: Some(_),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -1191,7 +1222,12 @@ mod tests {
                     },
                 ),
             ),
-            ("locked", AgentState::Locked { cycle: cycle.clone() }),
+            (
+                "locked",
+                AgentState::Locked {
+                    cycle: cycle.clone(),
+                },
+            ),
             (
                 "cordoning",
                 AgentState::Cordoning {
@@ -1302,10 +1338,7 @@ mod tests {
                         "{name} took {kind}, which it must refuse"
                     ),
                     Err(e) => {
-                        assert!(
-                            !allowed.contains(&kind),
-                            "{name} refused {kind}: {e}"
-                        );
+                        assert!(!allowed.contains(&kind), "{name} refused {kind}: {e}");
                         let text = e.to_string();
                         assert!(
                             text.contains(kind.as_str()) && text.contains(state.name()),

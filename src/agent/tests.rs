@@ -54,7 +54,10 @@ impl Host for Fake {
         let mut w = self.0.lock().unwrap();
         Ok(*w.booted_at.get_or_insert_with(Timestamp::now))
     }
-    async fn reboot_need(&self, requested: Option<RebootRequest>) -> Result<Vec<String>, PortError> {
+    async fn reboot_need(
+        &self,
+        requested: Option<RebootRequest>,
+    ) -> Result<Vec<String>, PortError> {
         let mut w = self.0.lock().unwrap();
         let mut need = w.need.clone();
         if let Some(r) = requested {

@@ -795,7 +795,11 @@ impl LeaseKeeper {
                 self.tx.send_replace(claim);
                 Ok(())
             }
-            Err(LeaseError::Lost { slot, holder, namespace }) => {
+            Err(LeaseError::Lost {
+                slot,
+                holder,
+                namespace,
+            }) => {
                 self.task.abort();
                 self.tx.send_replace(Claim::Lost {
                     slot: slot.clone(),
@@ -842,8 +846,8 @@ async fn keep(
         // Give up a little before the expiry others will see.
         let margin = SignedDuration::try_from(every / 2).unwrap_or(SignedDuration::ZERO);
         let give_up_at = expires - margin;
-        let left = Duration::try_from(give_up_at.duration_since(Timestamp::now()))
-            .unwrap_or_default();
+        let left =
+            Duration::try_from(give_up_at.duration_since(Timestamp::now())).unwrap_or_default();
         let outcome = match tokio::time::timeout(left, client.renew(&mut held)).await {
             Ok(r) => r,
             Err(_) => Err(LeaseError::Conflict {
@@ -872,7 +876,10 @@ async fn keep(
                 });
                 return;
             }
-            Err(e) if Timestamp::now() + SignedDuration::try_from(retry).unwrap_or_default() >= give_up_at => {
+            Err(e)
+                if Timestamp::now() + SignedDuration::try_from(retry).unwrap_or_default()
+                    >= give_up_at =>
+            {
                 warn!(node = %client.me, slot = %slot, error = %e, expires_at = %expires, "lease not renewed before it ran out; giving it up");
                 let _ = tx.send(Claim::Lost {
                     slot,
