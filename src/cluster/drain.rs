@@ -663,7 +663,7 @@ pub async fn drain(
         on_node: PodsOnNode {
             present: watch::Sender::new(present),
         },
-        budgets: Budgets::default(),
+        budgets: Budgets::new(opts.retry_interval),
         posts: Semaphore::new(MAX_CONCURRENT),
     };
     let mut jobs = Vec::new();
@@ -880,15 +880,20 @@ struct BudgetEntry {
     version: u64,
     /// Disruptions this drain may still try under the last status seen.
     permits: i32,
+    /// When one waiter may ask again although the status says no (the
+    /// status may not tell: an unready pod may go when it says 0). One
+    /// waiter per budget, not every one of them.
+    next_probe: Instant,
 }
 
-#[derive(Default)]
 struct BudgetView {
     /// The first list came back (or failed, then `pdbs` stays empty and
     /// refused pods back off blindly).
     ready: bool,
     pdbs: BTreeMap<BudgetKey, BudgetEntry>,
     next_version: u64,
+    /// How often a budget is probed without a status change.
+    probe_interval: Duration,
 }
 
 impl BudgetView {
@@ -902,12 +907,17 @@ impl BudgetView {
         }
         self.next_version += 1;
         let permits = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
+        let next_probe = self.pdbs.get(&key).map_or_else(
+            || Instant::now() + jittered(self.probe_interval),
+            |e| e.next_probe,
+        );
         self.pdbs.insert(
             key,
             BudgetEntry {
                 pdb,
                 version: self.next_version,
                 permits,
+                next_probe,
             },
         );
         true
@@ -924,13 +934,24 @@ impl BudgetView {
 
 /// The cluster's disruption budgets, read only once a budget refused an
 /// eviction: one list, then one watch.
-#[derive(Default)]
 struct Budgets {
     needed: watch::Sender<bool>,
     view: watch::Sender<BudgetView>,
 }
 
 impl Budgets {
+    fn new(probe_interval: Duration) -> Self {
+        Budgets {
+            needed: watch::Sender::new(false),
+            view: watch::Sender::new(BudgetView {
+                ready: false,
+                pdbs: BTreeMap::new(),
+                next_version: 0,
+                probe_interval,
+            }),
+        }
+    }
+
     /// Starts following the budgets (once) and waits for the first list,
     /// at most `bound`.
     async fn ready(&self, bound: Duration) {
@@ -961,36 +982,56 @@ impl Budgets {
     }
 
     /// Waits until every budget in `keys` allows a disruption and takes
-    /// one of each; `false` when `until` came first. A budget that went
-    /// away counts as allowing (the API server decides).
-    async fn take(&self, keys: &[BudgetKey], until: Instant) -> bool {
+    /// one of each, or until it is this waiter's turn to probe them, or
+    /// until `deadline`. A budget that went away counts as allowing (the
+    /// API server decides).
+    async fn take(&self, keys: &[BudgetKey], deadline: Option<Instant>) {
         let mut rx = self.view.subscribe();
         loop {
             rx.borrow_and_update();
-            let mut took = false;
+            let now = Instant::now();
+            let mut wake = deadline;
+            let mut go = false;
             self.view.send_if_modified(|v| {
-                let ok = keys
+                let interval = v.probe_interval;
+                let entries: Vec<Option<&BudgetEntry>> =
+                    keys.iter().map(|k| v.pdbs.get(k)).collect();
+                let allowed = entries.iter().all(|e| e.is_none_or(|e| e.permits > 0));
+                let probe = entries
                     .iter()
-                    .all(|k| v.pdbs.get(k).is_none_or(|e| e.permits > 0));
-                if ok {
+                    .all(|e| e.is_none_or(|e| e.next_probe <= now));
+                let next_probe = entries.iter().flatten().map(|e| e.next_probe).max();
+                if allowed || probe {
                     for k in keys {
                         if let Some(e) = v.pdbs.get_mut(k) {
-                            e.permits -= 1;
+                            if allowed {
+                                e.permits -= 1;
+                            } else {
+                                e.next_probe = now + jittered(interval);
+                            }
                         }
                     }
-                    took = true;
+                    go = true;
+                } else if let Some(at) = next_probe {
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
                 false
             });
-            if took {
-                return true;
+            if go || deadline.is_some_and(|d| d <= now) {
+                return;
             }
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(sleep);
             tokio::select! {
                 r = rx.changed() => if r.is_err() {
-                    tokio::time::sleep_until(until.into()).await;
-                    return false;
+                    (&mut sleep).await;
                 },
-                _ = tokio::time::sleep_until(until.into()) => return false,
+                () = &mut sleep => {}
             }
         }
     }
@@ -1141,7 +1182,7 @@ enum Retry {
     /// A fixed pause.
     After(Duration),
     /// Its budgets to allow a disruption (at most until the instant).
-    Budget(Vec<BudgetKey>, Instant),
+    Budget(Vec<BudgetKey>, Option<Instant>),
 }
 
 impl Ctx<'_> {
@@ -1287,13 +1328,7 @@ impl Ctx<'_> {
                     if covering.is_empty() {
                         Retry::Backoff
                     } else {
-                        // Ask again anyway now and then: the budget's status
-                        // may not tell (an unready pod may go when it says 0).
-                        let mut until = Instant::now() + jittered(self.opts.retry_interval);
-                        if let Some(at) = force_at {
-                            until = until.min(at);
-                        }
-                        Retry::Budget(covering.into_iter().map(|(k, _)| k).collect(), until)
+                        Retry::Budget(covering.into_iter().map(|(k, _)| k).collect(), force_at)
                     }
                 }
                 EvictionError::Throttled(message) => {
@@ -1338,9 +1373,7 @@ impl Ctx<'_> {
             match retry {
                 Retry::Backoff => tokio::time::sleep(backoff.next()).await,
                 Retry::After(d) => tokio::time::sleep(d).await,
-                Retry::Budget(keys, until) => {
-                    self.budgets.take(&keys, until).await;
-                }
+                Retry::Budget(keys, until) => self.budgets.take(&keys, until).await,
             }
         }
     }
