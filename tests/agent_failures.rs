@@ -87,7 +87,7 @@ impl Log {
             .unwrap()
             .iter()
             .filter_map(|(at, n, e)| match e {
-                AgentEvent::StateChanged { to, .. } => Some((*at, n.clone(), to.clone())),
+                AgentEvent::StateChanged { to, .. } => Some((*at, n.clone(), to.to_string())),
                 _ => None,
             })
             .collect()
@@ -450,9 +450,8 @@ async fn an_operator_reboot_request_appears_once_in_history() {
     let mut a = agent(&sim, &n, &log);
     sentinel::request_reboot(&a.store(), "firmware update").unwrap();
     for _ in 0..8 {
-        let w = a.tick().await.unwrap();
+        a.tick().await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        drop(w);
     }
     assert_eq!(a.state().name(), "pending");
     let mentions: Vec<_> = history(&n, "state")

@@ -287,6 +287,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         if next == self.state {
             return Ok(());
         }
+        let before = self.state.phase();
         let from = self.state.name();
         let to = next.name();
         let mut detail = detail;
@@ -304,8 +305,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         }
         self.state = next;
         self.event(AgentEvent::StateChanged {
-            from: from.into(),
-            to: to.into(),
+            from: before,
+            to: self.state.phase(),
         });
         if let Some(fp) = &self.failpoint
             && fp(to)

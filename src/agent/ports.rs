@@ -236,8 +236,8 @@ pub trait Cluster: Send + Sync {
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum AgentEvent {
     StateChanged {
-        from: String,
-        to: String,
+        from: crate::phase::Phase,
+        to: crate::phase::Phase,
     },
     /// Checked: no reboot is needed.
     UpToDate,

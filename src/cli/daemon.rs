@@ -183,7 +183,10 @@ impl ReporterPort for DaemonReporter {
             }
             AgentEvent::HaltCleared => return self.set_halted(Notice::HaltCleared, true),
             AgentEvent::Released { .. } => Notice::Released,
-            AgentEvent::StateChanged { to, .. } if to == "verifying" => Notice::Verifying,
+            AgentEvent::StateChanged {
+                to: crate::phase::Phase::Verifying,
+                ..
+            } => Notice::Verifying,
             AgentEvent::StateChanged { .. } => return,
         };
         self.reporter.notice(notice);
@@ -466,8 +469,8 @@ mod tests {
         port.event(
             "worker-1",
             &AgentEvent::StateChanged {
-                from: "pending".into(),
-                to: "idle".into(),
+                from: crate::phase::Phase::Pending,
+                to: crate::phase::Phase::Idle,
             },
         );
         port.event("worker-1", &AgentEvent::UpToDate);

@@ -105,57 +105,8 @@ impl PhaseDurations {
     }
 }
 
-/// Where this node is in its cycle, as shown in metrics and the node annotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    Idle,
-    Pending,
-    Locked,
-    Draining,
-    Rebooting,
-    Upgrading,
-    Verifying,
-    Releasing,
-    Soaking,
-    Failed,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 10] = [
-        Phase::Idle,
-        Phase::Pending,
-        Phase::Locked,
-        Phase::Draining,
-        Phase::Rebooting,
-        Phase::Upgrading,
-        Phase::Verifying,
-        Phase::Releasing,
-        Phase::Soaking,
-        Phase::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Pending => "pending",
-            Phase::Locked => "locked",
-            Phase::Draining => "draining",
-            Phase::Rebooting => "rebooting",
-            Phase::Upgrading => "upgrading",
-            Phase::Verifying => "verifying",
-            Phase::Releasing => "releasing",
-            Phase::Soaking => "soaking",
-            Phase::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where this node is in its cycle (one vocabulary with the agent).
+pub use crate::phase::Phase;
 
 /// Kubernetes Event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
