@@ -54,7 +54,8 @@
 //!   drain, annotate, label, delete and `get -w` work; `create -f` /
 //!   `apply -f` need `--validate=false` (client-side schema validation).
 //! - Request accounting ([`SimHandle::stats`]) and faults
-//!   ([`SimHandle::set_fault`], [`SimHandle::stop`] / [`SimHandle::restart`]).
+//!   ([`SimHandle::set_fault`], [`SimHandle::set_flaky`],
+//!   [`SimHandle::close_watches`], [`SimHandle::stop`] / [`SimHandle::restart`]).
 //!
 //! # What is not
 //!
@@ -73,6 +74,7 @@
 mod controllers;
 mod discovery;
 mod eviction;
+mod faults;
 mod kinds;
 mod kubelet;
 mod model;
@@ -92,6 +94,7 @@ mod watch;
 pub use scenario::{
     DaemonSetSpec, NodeSpec, PAUSE_IMAGE, PdbSpec, PodSpec, ReplicaSetSpec, Scenario,
 };
+pub use faults::Flaky;
 pub use server::SimHandle;
 pub use state::{Fault, SimOptions};
 pub use stats::{ApiStats, EndpointStats};
