@@ -33,8 +33,13 @@ impl Default for Faults {
 
 impl Faults {
     pub fn set_flaky(&self, flaky: Option<Flaky>) {
-        *lock(&self.flaky) =
-            flaky.map(|f| (fastrand::Rng::with_seed(f.seed), f.share.clamp(0.0, 1.0), f.fault));
+        *lock(&self.flaky) = flaky.map(|f| {
+            (
+                fastrand::Rng::with_seed(f.seed),
+                f.share.clamp(0.0, 1.0),
+                f.fault,
+            )
+        });
     }
 
     /// The fault for this request, if it is one of the unlucky share.

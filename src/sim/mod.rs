@@ -91,10 +91,10 @@ mod store;
 mod table;
 mod watch;
 
+pub use faults::Flaky;
 pub use scenario::{
     DaemonSetSpec, NodeSpec, PAUSE_IMAGE, PdbSpec, PodSpec, ReplicaSetSpec, Scenario,
 };
-pub use faults::Flaky;
 pub use server::SimHandle;
 pub use state::{Fault, SimOptions};
 pub use stats::{ApiStats, EndpointStats};
