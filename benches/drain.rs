@@ -201,6 +201,11 @@ fn breakdown(runs: &[Run]) -> String {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench binaries too, without `--bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("drain bench: run it with `cargo bench --bench drain`");
+        return;
+    }
     let runs: usize = std::env::var("DRYDOCK_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
