@@ -1778,6 +1778,76 @@ mod tests {
     }
 
     #[test]
+    fn backoff_stays_within_its_bounds_and_spreads() {
+        let cap = Duration::from_secs(5);
+        let mut b = Backoff::new(cap);
+        let waits: Vec<Duration> = (0..200).map(|_| b.next()).collect();
+        assert!(waits.iter().all(|d| *d >= b.base && *d <= cap), "{waits:?}");
+        // Not lock-step: the waits differ.
+        let distinct: BTreeSet<u128> = waits.iter().map(Duration::as_micros).collect();
+        assert!(distinct.len() > 100, "{}", distinct.len());
+        b.reset();
+        assert!(b.next() <= b.base * 3);
+    }
+
+    fn budget(allowed: i32, healthy: i32) -> PodDisruptionBudget {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}},
+            "status": {"disruptionsAllowed": allowed, "currentHealthy": healthy, "desiredHealthy": 2, "expectedPods": 3}
+        }))
+        .expect("pdb")
+    }
+
+    #[tokio::test]
+    async fn budget_waiters_take_the_allowed_disruptions_and_wake_on_a_new_status() {
+        let b = Budgets::new(Duration::from_secs(600));
+        b.view.send_modify(|v| {
+            v.ready = true;
+            v.upsert(budget(1, 3));
+        });
+        let web = pod(json!({"metadata": {"labels": {"app": "web"}}}));
+        let seen = b.covering(&web);
+        assert_eq!(seen.len(), 1);
+        let keys = vec![seen[0].0.clone()];
+        let soon = || Some(Instant::now() + Duration::from_millis(50));
+
+        // One disruption allowed: one waiter goes at once...
+        let t = Instant::now();
+        b.take(&keys, None).await;
+        assert!(t.elapsed() < Duration::from_millis(40));
+        // ...the next one waits (here until its deadline).
+        let t = Instant::now();
+        b.take(&keys, soon()).await;
+        assert!(t.elapsed() >= Duration::from_millis(50));
+
+        // A new status allowing one wakes a waiter at once.
+        let t = Instant::now();
+        tokio::join!(b.take(&keys, Some(Instant::now() + Duration::from_secs(5))), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            b.view.send_if_modified(|v| v.upsert(budget(1, 2)));
+        });
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+        // The same status again changes nothing.
+        assert!(!b.view.send_if_modified(|v| v.upsert(budget(1, 2))));
+
+        // A refusal under a status spends what was left of it; a newer
+        // status keeps its own permits.
+        b.view.send_if_modified(|v| v.upsert(budget(2, 3)));
+        let before = b.covering(&web);
+        b.refused(&before);
+        let t = Instant::now();
+        b.take(&keys, soon()).await;
+        assert!(t.elapsed() >= Duration::from_millis(50), "refused status kept a permit");
+        b.view.send_if_modified(|v| v.upsert(budget(2, 4)));
+        b.refused(&before);
+        let t = Instant::now();
+        b.take(&keys, soon()).await;
+        assert!(t.elapsed() < Duration::from_millis(40), "a stale refusal spent a new permit");
+    }
+
+    #[test]
     fn refusal_error_lists_pods() {
         let e = DrainError::Refused {
             node: "n1".into(),
