@@ -111,7 +111,7 @@ async fn drydock_drain(pods: usize, pdb: bool) -> Run {
     }
 }
 
-fn kubectl(bin: &PathBuf, home: &std::path::Path, args: &[&str]) -> std::process::Output {
+fn kubectl(bin: &std::path::Path, home: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(bin)
         .arg("--kubeconfig")
         .arg(home.join("kubeconfig"))
@@ -125,13 +125,13 @@ fn kubectl(bin: &PathBuf, home: &std::path::Path, args: &[&str]) -> std::process
         .expect("running kubectl")
 }
 
-async fn kubectl_drain(bin: &PathBuf, pods: usize, pdb: bool) -> Run {
+async fn kubectl_drain(bin: &std::path::Path, pods: usize, pdb: bool) -> Run {
     let sim = scenario(pods, pdb).await;
     let dir = tempfile::tempdir().expect("tempdir");
     sim.write_kubeconfig(dir.path().join("kubeconfig"))
         .expect("kubeconfig");
     let home = dir.path().to_path_buf();
-    let b = bin.clone();
+    let b = bin.to_path_buf();
     // Warm the discovery cache, as on any admin's machine.
     let h = home.clone();
     tokio::task::spawn_blocking(move || kubectl(&b, &h, &["get", "nodes"]))
@@ -139,7 +139,7 @@ async fn kubectl_drain(bin: &PathBuf, pods: usize, pdb: bool) -> Run {
         .expect("join");
     sim.reset_stats();
     let started = Instant::now();
-    let b = bin.clone();
+    let b = bin.to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         kubectl(
             &b,
@@ -192,7 +192,7 @@ fn breakdown(runs: &[Run]) -> String {
         }
     }
     let mut v: Vec<_> = sum.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     let n = runs.len().max(1) as f64;
     v.iter()
         .map(|((verb, res), c)| format!("{verb} {res}: {:.0}", *c as f64 / n))

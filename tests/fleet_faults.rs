@@ -213,6 +213,14 @@ impl Fleet {
 }
 
 /// Invariants that must hold at every instant.
+fn is_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
 /// `lost`: the node whose Lease was taken away; by the agent's design it
 /// stops in `failed`, cordoned, without a slot, so it is left out of the
 /// two cordon checks. KNOWN GAP: such a node is out of service without
@@ -235,12 +243,7 @@ fn check_now(
     for n in &nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
         let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
-        let ready = n
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .is_some_and(|c| c.status == "True");
+        let ready = is_ready(n);
         if lost == Some(name.as_str()) && ready {
             continue;
         }
@@ -450,19 +453,13 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let mut problems = fleet.seen.lock().unwrap().violations.clone();
     let halt = halted(&sim);
     let nodes: Vec<Node> = sim.list(None);
-    let not_ready = nodes.iter().any(|n| {
-        !n.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .is_some_and(|c| c.status == "True")
-    });
+    let not_ready = nodes.iter().any(|n| !is_ready(n));
     let states = fleet.seen.lock().unwrap().states.clone();
     let halt_planned = plan.fails_verify.is_some() || plan.never_returns.is_some();
-    if let Some(h) = &halt {
-        if !halt_planned {
-            problems.push(format!("the fleet halted with no broken node planned: {h}"));
-        }
+    if let Some(h) = &halt
+        && !halt_planned
+    {
+        problems.push(format!("the fleet halted with no broken node planned: {h}"));
     }
     let mut unexplained = Vec::new();
     for n in &names {

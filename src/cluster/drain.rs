@@ -1823,10 +1823,13 @@ mod tests {
 
         // A new status allowing one wakes a waiter at once.
         let t = Instant::now();
-        tokio::join!(b.take(&keys, Some(Instant::now() + Duration::from_secs(5))), async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            b.view.send_if_modified(|v| v.upsert(budget(1, 2)));
-        });
+        tokio::join!(
+            b.take(&keys, Some(Instant::now() + Duration::from_secs(5))),
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                b.view.send_if_modified(|v| v.upsert(budget(1, 2)));
+            }
+        );
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 
         // The same status again changes nothing.
@@ -1839,12 +1842,18 @@ mod tests {
         b.refused(&before);
         let t = Instant::now();
         b.take(&keys, soon()).await;
-        assert!(t.elapsed() >= Duration::from_millis(50), "refused status kept a permit");
+        assert!(
+            t.elapsed() >= Duration::from_millis(50),
+            "refused status kept a permit"
+        );
         b.view.send_if_modified(|v| v.upsert(budget(2, 4)));
         b.refused(&before);
         let t = Instant::now();
         b.take(&keys, soon()).await;
-        assert!(t.elapsed() < Duration::from_millis(40), "a stale refusal spent a new permit");
+        assert!(
+            t.elapsed() < Duration::from_millis(40),
+            "a stale refusal spent a new permit"
+        );
     }
 
     #[test]
