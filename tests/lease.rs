@@ -456,7 +456,7 @@ async fn keeper_renews_in_the_background_and_says_at_once_when_the_slot_is_taken
 async fn keeper_gives_the_slot_up_before_it_expires_when_renewals_fail() -> TestResult {
     use drydock::cluster::lease::{Claim, LeaseKeeper};
     let sim = Scenario::cluster(0, 2).start().await?;
-    let s = settings(Duration::from_secs(2));
+    let s = settings(Duration::from_secs(3));
     let mut cfg = sim.config();
     cfg.default_retry = false;
     let lease = Arc::new(LeaseClient::new(
@@ -465,7 +465,7 @@ async fn keeper_gives_the_slot_up_before_it_expires_when_renewals_fail() -> Test
         "worker-1",
     ));
     let held = lease.acquire(true).await?.expect("free slot");
-    let keeper = LeaseKeeper::spawn(lease.clone(), held, Duration::from_millis(400));
+    let keeper = LeaseKeeper::spawn(lease.clone(), held, Duration::from_secs(1));
     let mut claim = keeper.claim();
     claim.changed().await?;
     let Claim::Held { expires_at, .. } = claim.borrow_and_update().clone() else {

@@ -411,12 +411,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 self.lease_lost(&slot, holder).await?;
                 Ok(Wait::No)
             }
+            // Its text already says what was being done.
             e @ PortError::Permanent { .. } => {
-                self.fail(
-                    format!("{action}: {e}"),
-                    serde_json::json!({"error": e.to_string()}),
-                )
-                .await?;
+                let error = e.to_string();
+                let detail = serde_json::json!({"error": error, "while": action});
+                self.fail(error, detail).await?;
                 Ok(Wait::No)
             }
             e => self.retry_later(action, e).await,

@@ -28,7 +28,7 @@ pub struct Halt {
 /// One gate's answer, as shown in `drydock status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateStatus {
-    pub gate: String,
+    pub gate: crate::gates::GateName,
     pub passed: bool,
     /// Why it blocks; empty when it passes.
     pub reason: String,

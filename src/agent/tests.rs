@@ -84,7 +84,7 @@ impl Host for Fake {
 impl Cluster for Fake {
     fn local_gates(&self, _store: &Store, _now: Timestamp) -> Vec<GateStatus> {
         vec![GateStatus {
-            gate: "window".into(),
+            gate: crate::gates::GateName::Window,
             passed: true,
             reason: String::new(),
             skipped: false,
@@ -99,7 +99,7 @@ impl Cluster for Fake {
         let block = w.gate_block.clone().or(w.halted.clone());
         ClusterGates {
             gates: vec![GateStatus {
-                gate: "cluster".into(),
+                gate: crate::gates::GateName::Cluster,
                 passed: block.is_none(),
                 reason: block.unwrap_or_default(),
                 skipped: false,

@@ -64,8 +64,8 @@ pub enum Notice {
 /// One gate that does not pass, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlockedGate {
-    /// Stable gate name, used as a metric label ("maintenance-window", "nodes-ready", ...).
-    pub gate: String,
+    /// Stable gate name, used as a metric label ("window", "nodes-ready", ...).
+    pub gate: crate::gates::GateName,
     pub reason: String,
 }
 
@@ -429,7 +429,7 @@ mod tests {
 
     fn gate(g: &str, r: &str) -> BlockedGate {
         BlockedGate {
-            gate: g.into(),
+            gate: g.parse().unwrap(),
             reason: r.into(),
         }
     }
@@ -446,18 +446,18 @@ mod tests {
         );
         assert!(v.apply(&Notice::Waiting {
             blocked: vec![
-                gate("maintenance-window", "next window Tue 02:00 Europe/Berlin"),
+                gate("window", "next window Tue 02:00 Europe/Berlin"),
                 gate("nodes-ready", "node w2 NotReady")
             ]
         }));
         assert_eq!(
             v.status_line(),
-            "pending: waiting for maintenance-window: next window Tue 02:00 Europe/Berlin (and 1 more gate)"
+            "pending: waiting for window: next window Tue 02:00 Europe/Berlin (and 1 more gate)"
         );
         // Same verdict again: nothing visible changes, so no new STATUS.
         assert!(!v.apply(&Notice::Waiting {
             blocked: vec![
-                gate("maintenance-window", "next window Tue 02:00 Europe/Berlin"),
+                gate("window", "next window Tue 02:00 Europe/Berlin"),
                 gate("nodes-ready", "node w2 NotReady")
             ]
         }));
