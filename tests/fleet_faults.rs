@@ -97,9 +97,12 @@ fn plan(seed: u64) -> Plan {
         chosen.push(n.clone());
         Some(n)
     };
-    let never_returns = distinct(&mut rng, 0.2);
-    let fails_verify = distinct(&mut rng, 0.2);
-    let pdb_blocked = distinct(&mut rng, 0.3);
+    // Every four seeds in a row see each kind of broken node once (and
+    // once none), whatever the generator draws.
+    let kind = seed % 4;
+    let never_returns = distinct(&mut rng, if kind == 0 { 1.0 } else { 0.0 });
+    let fails_verify = distinct(&mut rng, if kind == 1 { 1.0 } else { 0.0 });
+    let pdb_blocked = distinct(&mut rng, if kind == 2 { 1.0 } else { 0.0 });
     let steal_lease_at = (rng.f64() < 0.3).then(|| ms(&mut rng, 500, 8000));
     Plan {
         concurrency: rng.u32(1..=3),
@@ -359,6 +362,8 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let mut killed: Vec<String> = Vec::new();
     let mut downs = 0u32;
     let mut stolen_from: Option<String> = None;
+    // When the node that never returns went down.
+    let mut lost_machine_at: Option<Instant> = None;
     let halted = |sim: &SimHandle| {
         sim.get::<Namespace>(None, "drydock")
             .and_then(|ns| ns.metadata.annotations)
@@ -370,7 +375,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 fleet.kill(&node);
                 let never = plan.never_returns.as_deref() == Some(node.as_str());
                 sim.set_node_unreachable(&node).map_err(|e| e.to_string())?;
-                if !never {
+                if never {
+                    lost_machine_at = Some(Instant::now());
+                } else {
                     let sim2 = sim.clone();
                     let boot_started = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
                     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -437,7 +444,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                         blocked || (machines[n].lock().unwrap().reboots == 1 && seen.states.get(n) == Some(&Phase::Idle))
                     })
                 };
-                if all_done || now > BOUND || (halted(&sim).is_some() && now > Duration::from_secs(12)) {
+                // A halt or a machine gone for good stops the fleet: watch
+                // that nobody moves for a while, then end.
+                let stuck = lost_machine_at.is_some_and(|t| t.elapsed() > Duration::from_secs(8));
+                if all_done || now > BOUND || stuck || (halted(&sim).is_some() && now > Duration::from_secs(12)) {
                     break;
                 }
             }
