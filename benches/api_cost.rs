@@ -141,7 +141,7 @@ fn options(dir: &std::path::Path, nodes: usize, needing: usize) -> SimulateOptio
     o.needing_reboot = Some(needing);
     o.check_interval = CHECK_INTERVAL;
     o.soak = Duration::from_secs(1);
-    o.deadline = Duration::from_secs(120);
+    o.deadline = Some(Duration::from_secs(120));
     o
 }
 
@@ -275,7 +275,7 @@ fn waiting(rt: &tokio::runtime::Runtime) {
             let mut o = options(dir.path(), n, ROLLOUT);
             o.block = Some(block.clone());
             o.stats_after = WARM_UP;
-            o.deadline = WARM_UP + WINDOW;
+            o.deadline = Some(WARM_UP + WINDOW);
             let r = fleet(rt, o);
             assert!(!r.finished && r.nodes.values().all(|t| t.reboots == 0));
             // Every re-check reads the drydock Namespace exactly once.

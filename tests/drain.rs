@@ -220,7 +220,9 @@ async fn pdb_blocked_pod_is_retried_reported_and_evicted_once_replacement_is_rea
 
     let blocked = watcher.await?;
     let first = blocked.first().expect("the block was reported");
-    assert_eq!(first.left, 1, "{first:?}");
+    // The first pod's deletion (seen through the watch) may arrive just
+    // before or just after the second pod's refusal.
+    assert!(matches!(first.left, 1 | 2), "{first:?}");
     assert_eq!(first.blocked.len(), 1);
     match &first.blocked[0].reason {
         BlockReason::DisruptionBudget { pdbs, message } => {

@@ -11,7 +11,7 @@ async fn ten_nodes_reboot_once_each_never_two_at_a_time() {
     let mut opts = SimulateOptions::new(dir.path().to_path_buf());
     opts.nodes = 10;
     opts.pods_per_node = 1;
-    opts.deadline = std::time::Duration::from_secs(90);
+    opts.deadline = Some(std::time::Duration::from_secs(90));
     let report = simulate::run(opts, Arc::new(|_| {})).await.unwrap();
     assert!(report.finished, "rollout finished: {:#?}", report.nodes);
     assert_eq!(report.max_out_of_service, 1, "never two nodes out at once");

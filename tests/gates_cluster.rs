@@ -524,7 +524,7 @@ async fn waiting_agents_share_one_node_list_per_recheck() -> TestResult {
     o.soak = Duration::ZERO;
     o.block = Some(FleetBlock::NodeNotReady("worker-9".into()));
     o.stats_after = Duration::from_secs(2);
-    o.deadline = Duration::from_secs(8);
+    o.deadline = Some(Duration::from_secs(8));
     let r = simulate::run(o, std::sync::Arc::new(|_| {})).await?;
     assert!(r.nodes.values().all(|t| t.reboots == 0), "{:?}", r.nodes);
     let periods = r.api_window.as_secs_f64();

@@ -23,6 +23,9 @@ use crate::verify;
 /// Two credentials: `client` is the kubelet's (this Node, its pods, Events);
 /// `shared` is the drydock identity (Leases, the drydock Namespace,
 /// cluster-wide reads). See `cluster::identity`.
+/// The shortest time between two drain progress reports.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
 pub struct KubeCluster {
     client: kube::Client,
     shared: kube::Client,
@@ -341,10 +344,14 @@ impl Cluster for KubeCluster {
     ) -> Result<DrainResult, PortError> {
         let opts = drain::DrainOptions::from_settings(&self.settings.drain);
         let (tx, mut rx) = tokio::sync::watch::channel(drain::DrainProgress::default());
+        // At most one "pods left" update per interval: each becomes a
+        // status line and a Node annotation PATCH; the watch channel keeps
+        // only the latest count in between.
         let forward = async {
             while rx.changed().await.is_ok() {
                 let left = rx.borrow_and_update().left;
                 let _ = progress.send(left);
+                tokio::time::sleep(PROGRESS_INTERVAL).await;
             }
         };
         let run =

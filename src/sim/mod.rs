@@ -58,7 +58,8 @@
 //!   NodeRestriction for Leases, Nodes and pods, and the Lease holder
 //!   policy; core/v1 and events.k8s.io/v1 Events are one store.
 //! - Request accounting ([`SimHandle::stats`]) and faults
-//!   ([`SimHandle::set_fault`], [`SimHandle::stop`] / [`SimHandle::restart`]).
+//!   ([`SimHandle::set_fault`], [`SimHandle::set_flaky`],
+//!   [`SimHandle::close_watches`], [`SimHandle::stop`] / [`SimHandle::restart`]).
 //!
 //! # What is not
 //!
@@ -77,6 +78,7 @@ mod auth;
 mod controllers;
 mod discovery;
 mod eviction;
+mod faults;
 mod kinds;
 mod kubelet;
 mod model;
@@ -95,6 +97,7 @@ mod watch;
 
 pub use auth::User;
 pub use kubelet::node_object;
+pub use faults::Flaky;
 pub use scenario::{
     DaemonSetSpec, NodeSpec, PAUSE_IMAGE, PdbSpec, PodSpec, ReplicaSetSpec, Scenario,
 };

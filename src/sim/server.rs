@@ -229,6 +229,16 @@ impl SimHandle {
         *lock(&self.shared().fault) = fault;
     }
 
+    /// Injects `flaky.fault` into a seeded share of requests (None clears it).
+    pub fn set_flaky(&self, flaky: Option<super::faults::Flaky>) {
+        self.shared().faults.set_flaky(flaky);
+    }
+
+    /// Ends every open watch now; new requests are served as usual.
+    pub fn close_watches(&self) {
+        self.shared().faults.close_watches();
+    }
+
     /// Stops serving: open watches end, new connections are refused. The
     /// cluster state is kept and keeps evolving (timers still fire).
     pub async fn stop(&self) {

@@ -83,6 +83,8 @@ pub struct Shared {
     pub wake: Notify,
     pub stats: Mutex<StatsState>,
     pub fault: Mutex<Option<Fault>>,
+    /// Seeded partial faults and watch closing.
+    pub faults: super::faults::Faults,
     /// `true` while the HTTP server is stopped; ends open watches.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -99,6 +101,7 @@ impl Shared {
             wake: Notify::new(),
             stats: Mutex::new(StatsState::default()),
             fault: Mutex::new(None),
+            faults: super::faults::Faults::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
         }
     }

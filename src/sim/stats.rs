@@ -162,7 +162,7 @@ pub async fn middleware(State(shared): State<Arc<Shared>>, req: Request, next: N
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     });
-    let fault = *lock(&shared.fault);
+    let fault = (*lock(&shared.fault)).or_else(|| shared.faults.roll());
     let resp = match fault {
         Some(Fault::Status(code)) => ApiError::with_code(code).into_response(),
         Some(Fault::Delay(d)) => {

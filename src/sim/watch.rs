@@ -132,11 +132,13 @@ pub fn start(shared: &Arc<Shared>, req: WatchRequest) -> Response {
         (rx, start_rv)
     };
     let shutdown = shared.shutdown.subscribe();
+    let closed = shared.faults.watches_closed();
     let deadline = tokio::time::Instant::now() + req.timeout;
     let live = async_stream::stream! {
         let mut last = start_rv;
         let stop = stopped(shutdown);
         tokio::pin!(stop);
+        tokio::pin!(closed);
         loop {
             tokio::select! {
                 r = rx.recv() => match r {
@@ -158,6 +160,7 @@ pub fn start(shared: &Arc<Shared>, req: WatchRequest) -> Response {
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = &mut stop => break,
+                _ = &mut closed => break,
             }
         }
     };

@@ -1,0 +1,574 @@
+//! Fleet fault injection: 20 simulated nodes, all needing a reboot, real
+//! agents over HTTP, and per seed a random mix of faults: agents killed and
+//! restarted later, the API server answering 500, hanging, refusing
+//! connections or closing watches for a while, a node that never comes
+//! back, a node failing verification, a disruption budget that never
+//! allows, the Lease taken away mid-cycle. Invariants are checked every
+//! 50 ms while it runs and once at the end.
+//!
+//! `cargo test --test fleet_faults` runs `DRYDOCK_FAULT_SEEDS` seeds
+//! (default 6); `DRYDOCK_FAULT_SEED=N` replays one. A failing seed prints
+//! the command that replays it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drydock::agent::Agent;
+use drydock::agent::kube_cluster::KubeCluster;
+use drydock::agent::ports::{AgentEvent, Reporter};
+use drydock::cluster::annotations::HALTED;
+use drydock::config::Settings;
+use drydock::phase::Phase;
+use drydock::sim::{Fault, Flaky, PdbSpec, ReplicaSetSpec, Scenario, SimHandle};
+use drydock::simulate::host::{Machine, SimHost};
+use drydock::store::Store;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use tokio::sync::mpsc;
+
+const NODES: usize = 20;
+/// Give up on a seed after this long (then the end checks decide).
+const BOUND: Duration = Duration::from_secs(45);
+
+/// What one seed does.
+#[derive(Debug, Clone)]
+struct Plan {
+    concurrency: u32,
+    /// (node, kill after, restart after that)
+    kills: Vec<(String, Duration, Duration)>,
+    /// (start, length, what)
+    api: Vec<(Duration, Duration, ApiFault)>,
+    never_returns: Option<String>,
+    fails_verify: Option<String>,
+    pdb_blocked: Option<String>,
+    /// Take the Lease away from its holder this long after the start.
+    steal_lease_at: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ApiFault {
+    /// A share of requests get 500.
+    Errors,
+    /// A share of requests hang past the client's patience.
+    Hangs,
+    /// The server is down: connections refused, watches cut.
+    Down,
+    /// Every open watch is closed.
+    CloseWatches,
+}
+
+fn node_names() -> Vec<String> {
+    let mut v = vec!["cp-1".to_string()];
+    v.extend((1..NODES).map(|i| format!("worker-{i}")));
+    v
+}
+
+fn plan(seed: u64) -> Plan {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let names = node_names();
+    let workers = &names[1..];
+    let pick = |rng: &mut fastrand::Rng| workers[rng.usize(..workers.len())].clone();
+    let ms = |rng: &mut fastrand::Rng, lo: u64, hi: u64| Duration::from_millis(rng.u64(lo..hi));
+    let mut kills = Vec::new();
+    for _ in 0..rng.usize(0..=3) {
+        let n = pick(&mut rng);
+        kills.push((n, ms(&mut rng, 200, 8000), ms(&mut rng, 100, 3000)));
+    }
+    let mut api = Vec::new();
+    for _ in 0..rng.usize(0..=3) {
+        let what = match rng.u8(0..4) {
+            0 => ApiFault::Errors,
+            1 => ApiFault::Hangs,
+            2 => ApiFault::Down,
+            _ => ApiFault::CloseWatches,
+        };
+        api.push((ms(&mut rng, 0, 10_000), ms(&mut rng, 300, 2000), what));
+    }
+    let mut chosen: Vec<String> = Vec::new();
+    let mut distinct = |rng: &mut fastrand::Rng, p: f64| -> Option<String> {
+        if rng.f64() >= p {
+            return None;
+        }
+        let n = pick(rng);
+        if chosen.contains(&n) {
+            return None;
+        }
+        chosen.push(n.clone());
+        Some(n)
+    };
+    // Every four seeds in a row see each kind of broken node once (and
+    // once none), whatever the generator draws.
+    let kind = seed % 4;
+    let never_returns = distinct(&mut rng, if kind == 0 { 1.0 } else { 0.0 });
+    let fails_verify = distinct(&mut rng, if kind == 1 { 1.0 } else { 0.0 });
+    let pdb_blocked = distinct(&mut rng, if kind == 2 { 1.0 } else { 0.0 });
+    let steal_lease_at = (rng.f64() < 0.3).then(|| ms(&mut rng, 500, 8000));
+    Plan {
+        concurrency: rng.u32(1..=3),
+        kills,
+        api,
+        never_returns,
+        fails_verify,
+        pdb_blocked,
+        steal_lease_at,
+    }
+}
+
+fn settings(dir: &std::path::Path, node: &str, concurrency: u32) -> Settings {
+    let mut s = Settings::default();
+    s.node.name = Some(node.to_string());
+    s.node.state_db = dir.join(format!("{node}.db"));
+    s.lease.concurrency = concurrency;
+    s.lease.duration = Duration::from_secs(5);
+    s.reboot.check_interval = Duration::from_millis(300);
+    s.gates.soak = Duration::from_millis(200);
+    s.drain.timeout = Duration::from_secs(3);
+    s.drain.retry_interval = Duration::from_millis(200);
+    // Longer than any API outage here: an outage is not a broken node.
+    s.verify.timeout = Duration::from_secs(6);
+    s.report.textfile_dir = None;
+    s.report.kubernetes_events = false;
+    s
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Problems found while running.
+    violations: Vec<String>,
+    verified: Vec<String>,
+    states: BTreeMap<String, Phase>,
+}
+
+#[derive(Clone)]
+struct Watcher {
+    node: String,
+    seen: Arc<Mutex<Seen>>,
+    machines: Arc<BTreeMap<String, Arc<Mutex<Machine>>>>,
+}
+
+impl Reporter for Watcher {
+    fn status(&self, _line: &str) {}
+
+    fn event(&self, node: &str, event: &AgentEvent) {
+        let mut seen = self.seen.lock().unwrap();
+        match event {
+            AgentEvent::StateChanged { to, .. } => {
+                seen.states.insert(node.to_string(), *to);
+            }
+            AgentEvent::Verified { .. } => {
+                let m = self.machines[&self.node].lock().unwrap();
+                if m.reboots == 0 || m.checks_fail {
+                    let why = if m.reboots == 0 {
+                        "without a reboot"
+                    } else {
+                        "although its checks fail"
+                    };
+                    seen.violations.push(format!("{node} verified {why}"));
+                }
+                seen.verified.push(node.to_string());
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Fleet {
+    sim: SimHandle,
+    dir: tempfile::TempDir,
+    plan: Plan,
+    seen: Arc<Mutex<Seen>>,
+    machines: Arc<BTreeMap<String, Arc<Mutex<Machine>>>>,
+    reboots: mpsc::UnboundedSender<String>,
+    running: BTreeMap<String, tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    fn start_agent(&mut self, node: &str) {
+        let s = settings(self.dir.path(), node, self.plan.concurrency);
+        let store = Store::open(&s.node.state_db).expect("store");
+        let mut config = self.sim.config();
+        config.default_retry = false;
+        config.read_timeout = Some(Duration::from_secs(2));
+        let client = kube::Client::try_from(config).expect("client");
+        let cluster = KubeCluster::new(client, s.clone(), node.to_string());
+        let host = SimHost::new(node, self.machines[node].clone(), self.reboots.clone());
+        let reporter = Watcher {
+            node: node.to_string(),
+            seen: self.seen.clone(),
+            machines: self.machines.clone(),
+        };
+        let mut agent =
+            Agent::new(node.to_string(), s, store, host, cluster, reporter).expect("agent");
+        let task = tokio::spawn(async move {
+            let _ = agent.run(std::future::pending()).await;
+        });
+        if let Some(old) = self.running.insert(node.to_string(), task) {
+            old.abort();
+        }
+    }
+
+    fn kill(&mut self, node: &str) {
+        if let Some(t) = self.running.remove(node) {
+            t.abort();
+        }
+    }
+}
+
+/// Invariants that must hold at every instant.
+fn is_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// `lost`: the node whose Lease was taken away; by the agent's design it
+/// stops in `failed`, cordoned, without a slot, so it is left out of the
+/// two cordon checks. KNOWN GAP: such a node is out of service without
+/// a slot, so the fleet may then have one more node out than allowed.
+fn check_now(
+    sim: &SimHandle,
+    plan: &Plan,
+    machines: &BTreeMap<String, Arc<Mutex<Machine>>>,
+    cordoned_since: &mut BTreeMap<String, Instant>,
+    lost: Option<&str>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let nodes: Vec<Node> = sim.list(None);
+    let leases: Vec<Lease> = sim.list(Some("drydock"));
+    let holders: Vec<String> = leases
+        .iter()
+        .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
+        .collect();
+    let mut out = Vec::new();
+    for n in &nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+        let ready = is_ready(n);
+        if lost == Some(name.as_str()) && ready {
+            continue;
+        }
+        if cordoned || !ready {
+            out.push(name.clone());
+        }
+        // Cordoned by drydock (nobody else cordons here) without holding a
+        // slot: allowed only for a moment (cordon right after acquire,
+        // release right after uncordon; a killed agent's lease outlives it).
+        if cordoned && !holders.contains(&name) {
+            let since = *cordoned_since
+                .entry(name.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(8) {
+                problems.push(format!(
+                    "{name} cordoned without holding a Lease for {:?}",
+                    since.elapsed()
+                ));
+            }
+        } else {
+            cordoned_since.remove(&name);
+        }
+    }
+    if out.len() > plan.concurrency as usize {
+        problems.push(format!(
+            "{} nodes out of service with concurrency {}: {out:?}",
+            out.len(),
+            plan.concurrency
+        ));
+    }
+    for (name, m) in machines {
+        let r = m.lock().unwrap().reboots;
+        if r > 1 {
+            problems.push(format!("{name} rebooted {r} times for one need"));
+        }
+    }
+    problems
+}
+
+async fn run_seed(seed: u64) -> Result<String, String> {
+    let plan = plan(seed);
+    let mut scenario = Scenario::standard(NODES, 1)
+        .namespace("drydock")
+        .pod_start_delay(Duration::from_millis(100))
+        .default_grace_period(0);
+    if let Some(node) = &plan.pdb_blocked {
+        scenario = scenario
+            .replica_set(ReplicaSetSpec::new("default", "precious", 1).on_nodes([node.as_str()]))
+            .pdb(
+                PdbSpec::new("default", "precious")
+                    .selector("app", "precious")
+                    .min_available(1),
+            );
+    }
+    let sim = scenario.start().await.map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (tx, mut reboots) = mpsc::unbounded_channel::<String>();
+    let names = node_names();
+    let mut machines = BTreeMap::new();
+    for (i, node) in names.iter().enumerate() {
+        sim.set_boot_id(node, &format!("boot-{i}-0"))
+            .map_err(|e| e.to_string())?;
+        machines.insert(
+            node.clone(),
+            Arc::new(Mutex::new(Machine {
+                boot_id: format!("boot-{i}-0"),
+                booted_at: jiff::Timestamp::now(),
+                need: vec!["kernel update".into()],
+                reboots: 0,
+                checks_fail: false,
+            })),
+        );
+    }
+    let machines = Arc::new(machines);
+    let mut fleet = Fleet {
+        sim: sim.clone(),
+        dir: tempfile::tempdir().map_err(|e| e.to_string())?,
+        plan: plan.clone(),
+        seen: Arc::default(),
+        machines: machines.clone(),
+        reboots: tx,
+        running: BTreeMap::new(),
+    };
+    for n in &names {
+        fleet.start_agent(n);
+    }
+
+    // Timed faults, in order.
+    enum Act {
+        Kill(String),
+        Restart(String),
+        Api(ApiFault, bool),
+        Steal,
+    }
+    let mut acts: Vec<(Duration, Act)> = Vec::new();
+    for (n, at, after) in &plan.kills {
+        acts.push((*at, Act::Kill(n.clone())));
+        acts.push((*at + *after, Act::Restart(n.clone())));
+    }
+    for (at, len, what) in &plan.api {
+        acts.push((*at, Act::Api(*what, true)));
+        acts.push((*at + *len, Act::Api(*what, false)));
+    }
+    if let Some(at) = plan.steal_lease_at {
+        acts.push((at, Act::Steal));
+    }
+    acts.sort_by_key(|(at, _)| *at);
+    let mut acts = acts.into_iter().peekable();
+
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut cordoned_since = BTreeMap::new();
+    let mut killed: Vec<String> = Vec::new();
+    let mut downs = 0u32;
+    let mut stolen_from: Option<String> = None;
+    // When the node that never returns went down.
+    let mut lost_machine_at: Option<Instant> = None;
+    let halted = |sim: &SimHandle| {
+        sim.get::<Namespace>(None, "drydock")
+            .and_then(|ns| ns.metadata.annotations)
+            .and_then(|a| a.get(HALTED).cloned())
+    };
+    loop {
+        tokio::select! {
+            Some(node) = reboots.recv() => {
+                fleet.kill(&node);
+                let never = plan.never_returns.as_deref() == Some(node.as_str());
+                sim.set_node_unreachable(&node).map_err(|e| e.to_string())?;
+                if never {
+                    lost_machine_at = Some(Instant::now());
+                } else {
+                    let sim2 = sim.clone();
+                    let boot_started = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let boot = drydock_new_boot(&sim2, &node)?;
+                    {
+                        let mut m = machines[&node].lock().unwrap();
+                        m.boot_id = boot;
+                        m.booted_at = boot_started;
+                        m.need.clear();
+                        m.checks_fail = plan.fails_verify.as_deref() == Some(node.as_str());
+                    }
+                    if !killed.contains(&node) {
+                        fleet.start_agent(&node);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = start.elapsed();
+                while acts.peek().is_some_and(|(at, _)| *at <= now) {
+                    let (_, act) = acts.next().unwrap();
+                    match act {
+                        Act::Kill(n) => { fleet.kill(&n); killed.push(n); }
+                        Act::Restart(n) => {
+                            killed.retain(|k| k != &n);
+                            let down = plan.never_returns.as_deref() == Some(n.as_str())
+                                && machines[&n].lock().unwrap().reboots > 0;
+                            if !down {
+                                fleet.start_agent(&n);
+                            }
+                        }
+                        Act::Api(ApiFault::Errors, on) => sim.set_flaky(on.then_some(Flaky { seed, share: 0.3, fault: Fault::Status(500) })),
+                        Act::Api(ApiFault::Hangs, on) => sim.set_flaky(on.then_some(Flaky { seed, share: 0.2, fault: Fault::Delay(Duration::from_secs(3)) })),
+                        Act::Api(ApiFault::Down, true) => { downs += 1; sim.stop().await; }
+                        Act::Api(ApiFault::Down, false) => {
+                            downs = downs.saturating_sub(1);
+                            if downs == 0 { sim.restart().await.map_err(|e| e.to_string())?; }
+                        }
+                        Act::Api(ApiFault::CloseWatches, _) => sim.close_watches(),
+                        Act::Steal => {
+                            let held: Vec<Lease> = sim.list(Some("drydock"));
+                            if let Some(l) = held.into_iter().find(|l| l.spec.as_ref().is_some_and(|s| s.holder_identity.is_some())) {
+                                let name = l.metadata.name.clone().unwrap_or_default();
+                                stolen_from = l.spec.as_ref().and_then(|s| s.holder_identity.clone());
+                                let _ = sim.modify::<Lease>(Some("drydock"), &name, |l| {
+                                    if let Some(s) = l.spec.as_mut() {
+                                        s.holder_identity = Some("intruder".into());
+                                        s.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()));
+                                    }
+                                });
+                            }
+                        }
+                    }
+                }
+                let problems = check_now(&sim, &plan, &machines, &mut cordoned_since, stolen_from.as_deref());
+                if !problems.is_empty() {
+                    fleet.seen.lock().unwrap().violations.extend(problems);
+                    break;
+                }
+                let all_done = {
+                    let seen = fleet.seen.lock().unwrap();
+                    names.iter().all(|n| {
+                        let blocked = plan.pdb_blocked.as_deref() == Some(n.as_str())
+                            || stolen_from.as_deref() == Some(n.as_str());
+                        blocked || (machines[n].lock().unwrap().reboots == 1 && seen.states.get(n) == Some(&Phase::Idle))
+                    })
+                };
+                // A halt or a machine gone for good stops the fleet: watch
+                // that nobody moves for a while, then end.
+                let stuck = lost_machine_at.is_some_and(|t| t.elapsed() > Duration::from_secs(8));
+                if all_done || now > BOUND || stuck || (halted(&sim).is_some() && now > Duration::from_secs(12)) {
+                    break;
+                }
+            }
+        }
+    }
+    sim.set_flaky(None);
+    let _ = sim.restart().await;
+    for n in names.clone() {
+        fleet.kill(&n);
+    }
+
+    // End checks.
+    let mut problems = fleet.seen.lock().unwrap().violations.clone();
+    let halt = halted(&sim);
+    let nodes: Vec<Node> = sim.list(None);
+    let not_ready = nodes.iter().any(|n| !is_ready(n));
+    let states = fleet.seen.lock().unwrap().states.clone();
+    let halt_planned = plan.fails_verify.is_some() || plan.never_returns.is_some();
+    if let Some(h) = &halt
+        && !halt_planned
+    {
+        problems.push(format!("the fleet halted with no broken node planned: {h}"));
+    }
+    let mut unexplained = Vec::new();
+    for n in &names {
+        let rebooted = machines[n].lock().unwrap().reboots == 1;
+        let explained = halt.is_some()
+            || not_ready
+            || plan.pdb_blocked.as_deref() == Some(n.as_str())
+            || stolen_from.as_deref() == Some(n.as_str())
+            || states.get(n) == Some(&Phase::Failed);
+        if !rebooted && !explained {
+            unexplained.push(format!("{n} ({:?})", states.get(n)));
+        }
+        if rebooted {
+            let store = Store::open(&fleet.dir.path().join(format!("{n}.db")))
+                .map_err(|e| e.to_string())?;
+            let history = store.history(&["state"], 1000).map_err(|e| e.to_string())?;
+            let tos: Vec<String> = history
+                .iter()
+                .filter_map(|h| {
+                    h.detail
+                        .get("to")
+                        .and_then(|v| v.as_str())
+                        .map(String::from)
+                })
+                .collect();
+            for want in ["locked", "draining", "rebooting"] {
+                if !tos.iter().any(|t| t == want) {
+                    problems.push(format!(
+                        "{n} rebooted but its history lacks -> {want}: {tos:?}"
+                    ));
+                }
+            }
+        }
+    }
+    if !unexplained.is_empty() {
+        problems.push(format!(
+            "not rebooted, no halt or gate explains it: {}",
+            unexplained.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        let rebooted = names
+            .iter()
+            .filter(|n| machines[*n].lock().unwrap().reboots == 1)
+            .count();
+        Ok(format!(
+            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s, halted: {halt:?}{}, plan: {plan:?}",
+            start.elapsed().as_secs_f64(),
+            match &stolen_from {
+                Some(n) => format!(
+                    "; {n} lost its Lease mid-cycle (final state {:?}; left out of the cordon checks, see KNOWN GAP in check_now)",
+                    states.get(n)
+                ),
+                None => String::new(),
+            },
+        ))
+    } else {
+        Err(format!("{}\nplan: {plan:?}", problems.join("\n")))
+    }
+}
+
+/// A new bootID and Ready again, as after a reboot.
+fn drydock_new_boot(sim: &SimHandle, node: &str) -> Result<String, String> {
+    let boot = uuid::Uuid::new_v4().to_string();
+    sim.set_boot_id(node, &boot).map_err(|e| e.to_string())?;
+    sim.set_node_ready(node, true).map_err(|e| e.to_string())?;
+    Ok(boot)
+}
+
+fn seeds() -> Vec<u64> {
+    if let Some(one) = std::env::var("DRYDOCK_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return vec![one];
+    }
+    let n: u64 = std::env::var("DRYDOCK_FAULT_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    (1..=n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_survives_random_faults() {
+    let mut failed = Vec::new();
+    for seed in seeds() {
+        match run_seed(seed).await {
+            Ok(line) => eprintln!("{line}"),
+            Err(why) => {
+                eprintln!(
+                    "FAILED seed {seed}: {why}\nreplay: DRYDOCK_FAULT_SEED={seed} cargo test --test fleet_faults"
+                );
+                failed.push(seed);
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "failing seeds: {failed:?} (replay commands above)"
+    );
+}
