@@ -17,4 +17,5 @@ pub mod report;
 pub mod sim;
 pub mod simulate;
 pub mod store;
+pub mod upgrade;
 pub mod verify;

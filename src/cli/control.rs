@@ -41,6 +41,14 @@ pub enum ClusterCommand {
     Pause(PauseArgs),
     /// Lift a cluster-wide pause and a fleet halt.
     Resume,
+    /// Set the Kubernetes version every node upgrades to (validated first).
+    SetVersion(SetVersionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetVersionArgs {
+    /// The target, like v1.35.2: at most one minor above the control plane, never lower.
+    pub version: String,
 }
 
 fn open(settings: &Settings) -> anyhow::Result<Store> {
@@ -112,6 +120,12 @@ pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<Exit
             annotations::resume_cluster(&client, ns).await?;
             annotations::clear_halt(&client, ns).await?;
             println!("cluster-wide pause and halt lifted");
+        }
+        ClusterCommand::SetVersion(args) => {
+            let to = crate::cluster::versions::set_target(&client, ns, &args.version).await?;
+            println!(
+                "Kubernetes target set to {to}; nodes upgrade one at a time, control planes first"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,3 +7,4 @@ pub mod drain;
 pub mod lease;
 pub mod node;
 pub mod observe;
+pub mod versions;

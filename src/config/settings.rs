@@ -23,6 +23,7 @@ pub struct Settings {
     pub verify: VerifySettings,
     pub packages: PackageSettings,
     pub report: ReportSettings,
+    pub upgrade: super::upgrade::UpgradeSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -299,6 +300,7 @@ impl Default for Settings {
                 webhook_url: None,
                 kubernetes_events: true,
             },
+            upgrade: Default::default(),
         }
     }
 }
@@ -326,6 +328,7 @@ impl PartialEq for Settings {
             && self.verify == other.verify
             && self.packages == other.packages
             && self.report == other.report
+            && self.upgrade == other.upgrade
     }
 }
 
@@ -543,6 +546,7 @@ impl Settings {
             })?,
             kubernetes_events: rp.kubernetes_events.unwrap_or(d.report.kubernetes_events),
         };
+        let upgrade = super::upgrade::UpgradeSettings::from_raw(raw.upgrade)?;
         Ok(Settings {
             node,
             lease,
@@ -554,6 +558,7 @@ impl Settings {
             verify,
             packages,
             report,
+            upgrade,
         })
     }
 

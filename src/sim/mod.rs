@@ -74,6 +74,7 @@ mod controllers;
 mod discovery;
 mod eviction;
 mod kinds;
+pub mod kubeadm;
 mod kubelet;
 mod model;
 mod objects;
