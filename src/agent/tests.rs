@@ -9,7 +9,9 @@ use jiff::Timestamp;
 use super::driver::{Agent, AgentError, keys};
 use super::ports::*;
 use super::state::{AgentState, Step};
+use crate::cluster::drain::{BlockReason, BlockedPod, PodRef};
 use crate::config::Settings;
+use crate::host::sentinel::RebootRequest;
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -31,6 +33,14 @@ struct World {
     gate_block_until: Option<Timestamp>,
     gate_evaluations: u32,
     lease_reads: u32,
+    booted_at: Option<Timestamp>,
+    /// The keeper's channel for the slot n1 holds: a test flips it to Lost.
+    claim: Option<tokio::sync::watch::Sender<Claim>>,
+    /// The drain waits until this is set (a long drain).
+    drain_blocked: bool,
+    drain_refused: Option<String>,
+    /// Operator reasons as the host saw them, one per check.
+    requests_seen: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -41,11 +51,20 @@ impl Host for Fake {
         Ok(self.0.lock().unwrap().boot_id.clone())
     }
     fn booted_at(&self) -> Result<Timestamp, PortError> {
-        Ok(Timestamp::now())
+        let mut w = self.0.lock().unwrap();
+        Ok(*w.booted_at.get_or_insert_with(Timestamp::now))
     }
-    async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
-        let mut need = self.0.lock().unwrap().need.clone();
-        need.extend(requested);
+    async fn reboot_need(
+        &self,
+        requested: Option<RebootRequest>,
+    ) -> Result<Vec<String>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        let mut need = w.need.clone();
+        if let Some(r) = requested {
+            let text = format!("requested by operator at {}: {}", r.at, r.reason);
+            w.requests_seen.push(text.clone());
+            need.push(text);
+        }
         Ok(need)
     }
     async fn reboot(&self, _reason: &str) -> Result<(), PortError> {
@@ -109,13 +128,45 @@ impl Cluster for Fake {
             }
         }
     }
-    async fn renew(&self, slot: &str) -> Result<(), PortError> {
-        match &self.0.lock().unwrap().lease_holder {
-            Some(h) if h == "n1" => Ok(()),
+    async fn hold(&self, slot: &str) -> Result<ClaimWatch, PortError> {
+        let mut w = self.0.lock().unwrap();
+        match &w.lease_holder {
+            Some(h) if h == "n1" => {
+                if let Some(tx) = &w.claim
+                    && !tx.borrow().is_lost()
+                {
+                    return Ok(tx.subscribe());
+                }
+                let (tx, rx) = tokio::sync::watch::channel(Claim::Held {
+                    slot: slot.into(),
+                    expires_at: Timestamp::now(),
+                });
+                w.claim = Some(tx);
+                Ok(rx)
+            }
             other => Err(PortError::LostLease {
                 slot: slot.into(),
-                holder: other.clone().unwrap_or_default(),
+                holder: other.clone().unwrap_or_else(|| "nobody".into()),
             }),
+        }
+    }
+    async fn confirm(&self, slot: &str) -> Result<(), PortError> {
+        let w = self.0.lock().unwrap();
+        match &w.lease_holder {
+            Some(h) if h == "n1" => Ok(()),
+            other => {
+                if let Some(tx) = &w.claim {
+                    tx.send_replace(Claim::Lost {
+                        slot: slot.into(),
+                        holder: other.clone(),
+                        reason: "taken".into(),
+                    });
+                }
+                Err(PortError::LostLease {
+                    slot: slot.into(),
+                    holder: other.clone().unwrap_or_else(|| "nobody".into()),
+                })
+            }
         }
     }
     async fn release(&self, _slot: &str) -> Result<(), PortError> {
@@ -123,6 +174,7 @@ impl Cluster for Fake {
         if w.lease_holder.as_deref() == Some("n1") {
             w.lease_holder = None;
         }
+        w.claim = None;
         Ok(())
     }
     async fn wait_for_lease_change(&self, _timeout: Duration) {}
@@ -136,14 +188,32 @@ impl Cluster for Fake {
     async fn drain(
         &self,
         progress: tokio::sync::watch::Sender<usize>,
+        _claim: ClaimWatch,
     ) -> Result<DrainResult, PortError> {
         let _ = progress.send(0);
+        // A long drain: only the driver's guard (or a shutdown) ends it.
+        while self.0.lock().unwrap().drain_blocked {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(why) = self.0.lock().unwrap().drain_refused.clone() {
+            return Err(PortError::permanent("draining", why));
+        }
         if self.0.lock().unwrap().drain_times_out {
-            Ok(DrainResult::TimedOut {
-                blocking: vec!["default/db-0".into()],
-            })
+            Ok(DrainResult::TimedOut(Box::new(DrainTimeout {
+                node: "n1".into(),
+                timeout: Duration::from_secs(1),
+                blocked: vec![BlockedPod {
+                    pod: PodRef {
+                        namespace: "default".into(),
+                        name: "db-0".into(),
+                        uid: "u".into(),
+                    },
+                    reason: BlockReason::Terminating,
+                }],
+                partial: DrainReport::default(),
+            })))
         } else {
-            Ok(DrainResult::Drained)
+            Ok(DrainResult::Drained(DrainReport::default()))
         }
     }
     async fn verify_node(&self, _booted_at: Timestamp, _boot_id: &str) -> Result<(), String> {
@@ -153,8 +223,8 @@ impl Cluster for Fake {
             Err("node not Ready".into())
         }
     }
-    async fn halt_fleet(&self, reason: &str) -> Result<(), PortError> {
-        self.0.lock().unwrap().halted = Some(reason.into());
+    async fn halt_fleet(&self, halt: &Halt) -> Result<(), PortError> {
+        self.0.lock().unwrap().halted = Some(format!("{} {}", halt.node, halt.reason));
         Ok(())
     }
     async fn clear_halt(&self) -> Result<bool, PortError> {
@@ -206,6 +276,9 @@ fn complete_reboot(w: &Fake) {
     if g.reboot_pending {
         g.reboot_pending = false;
         g.boot_id = format!("boot-{}", g.reboots + 1);
+        g.booted_at = Some(Timestamp::now());
+        // The keeper died with the machine.
+        g.claim = None;
     }
 }
 
@@ -260,6 +333,8 @@ async fn full_cycle_reboots_once_and_restores_the_node() {
             "locked",
             "cordoning",
             "draining",
+            "rebooting",
+            // The reboot request, persisted before it was made.
             "rebooting",
             "verifying",
             "releasing",
@@ -376,7 +451,9 @@ async fn verify_failure_halts_keeps_lease_and_cordon_then_resume_recovers() {
     // A person fixes the node and resumes.
     w.0.lock().unwrap().healthy_after_boot = true;
     let mut a = agent(dir.path(), &w);
-    a.store().set(keys::RESUME_REQUESTED, &true).unwrap();
+    a.store()
+        .set(keys::RESUME_REQUESTED, &Timestamp::now())
+        .unwrap();
     for _ in 0..10 {
         a.tick().await.unwrap();
         if matches!(a.state(), AgentState::Idle) {

@@ -143,9 +143,21 @@ impl ReporterPort for DaemonReporter {
                 reasons: reasons.clone(),
             },
             AgentEvent::LeaseAcquired { slot } => Notice::LeaseAcquired { slot: slot.clone() },
-            AgentEvent::DrainTimedOut { blocking } => Notice::DrainFailed {
-                reason: "drain timed out".into(),
+            AgentEvent::DrainTimedOut { blocking, report } => Notice::DrainFailed {
+                reason: format!("drain timed out (before that: {report})"),
                 blocking_pods: blocking.clone(),
+            },
+            AgentEvent::Drained { report } => Notice::Drained {
+                summary: report.to_string(),
+                forced: !report.deleted_pdb_blocked.is_empty(),
+            },
+            AgentEvent::DrainFailed { error } => Notice::Failed {
+                step: "drain".into(),
+                error: error.clone(),
+            },
+            AgentEvent::LeaseLost { slot, holder } => Notice::Failed {
+                step: "lease".into(),
+                error: format!("lease {slot} lost to {holder}; stopped out of service"),
             },
             AgentEvent::Rebooting { boot_id, .. } => Notice::Rebooting {
                 boot_id: boot_id.clone(),

@@ -17,7 +17,7 @@ pub const CLUSTER: &str = "cluster-paused";
 pub const HALTED: &str = "halted";
 
 /// Store key of the local pause.
-pub const PAUSE_KEY: &str = "paused";
+pub const PAUSE_KEY: &str = crate::store::keys::PAUSE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalPause {

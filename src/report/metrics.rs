@@ -220,6 +220,7 @@ impl Metrics {
                 self.halted.set(0);
             }
             Notice::Draining { .. }
+            | Notice::Drained { .. }
             | Notice::Rebooting { .. }
             | Notice::Upgrading { .. }
             | Notice::Verifying

@@ -29,6 +29,9 @@ pub enum Notice {
         reason: String,
         blocking_pods: Vec<String>,
     },
+    /// Drained: `summary` says what happened to which pod (the drain
+    /// report's text); `forced` when pods were deleted despite their budget.
+    Drained { summary: String, forced: bool },
     /// About to ask logind to reboot; `boot_id` is the current boot's id.
     Rebooting { boot_id: String },
     /// A Kubernetes upgrade step is running on this node.
@@ -231,6 +234,7 @@ impl Notice {
             Notice::LeaseAcquired { .. } => "lease-acquired",
             Notice::Draining { .. } => "draining",
             Notice::DrainFailed { .. } => "drain-failed",
+            Notice::Drained { .. } => "drained",
             Notice::Rebooting { .. } => "rebooting",
             Notice::Upgrading { .. } => "upgrading",
             Notice::Verifying => "verifying",
@@ -258,6 +262,7 @@ impl Notice {
             Notice::VerifyFailed { .. } | Notice::Failed { .. } => Phase::Failed,
             Notice::Released => Phase::Soaking,
             Notice::Waiting { .. }
+            | Notice::Drained { .. }
             | Notice::Halted { .. }
             | Notice::HaltCleared
             | Notice::AptRun { .. } => return None,
@@ -269,7 +274,8 @@ impl Notice {
             Notice::DrainFailed { .. }
             | Notice::VerifyFailed { .. }
             | Notice::Halted { .. }
-            | Notice::Failed { .. } => Severity::Warning,
+            | Notice::Failed { .. }
+            | Notice::Drained { forced: true, .. } => Severity::Warning,
             Notice::AptRun { refused, .. } if !refused.is_empty() => Severity::Warning,
             _ => Severity::Normal,
         }
@@ -310,6 +316,7 @@ impl Notice {
                 "drain failed: {reason} (blocked by {}); uncordoned, lease released, will retry",
                 list(blocking_pods)
             ),
+            Notice::Drained { summary, .. } => format!("drained: {summary}"),
             Notice::Rebooting { .. } => "rebooting".to_string(),
             Notice::Upgrading { from, to, step } => {
                 format!("upgrading Kubernetes {from} -> {to}: {step}")
@@ -353,6 +360,7 @@ impl Notice {
             // The count changes with every eviction; one event per drain.
             Notice::Draining { .. } => ("Draining", "Drain", "cordoned; evicting pods".into()),
             Notice::DrainFailed { .. } => ("DrainFailed", "Drain", self.summary()),
+            Notice::Drained { .. } => ("Drained", "Drain", self.summary()),
             Notice::Rebooting { .. } => ("Rebooting", "Reboot", self.summary()),
             Notice::Upgrading { .. } => ("Upgrading", "Upgrade", self.summary()),
             Notice::Verified { .. } => ("Verified", "Verify", self.summary()),
@@ -382,6 +390,7 @@ impl Notice {
             | Notice::Halted { .. }
             | Notice::HaltCleared
             | Notice::Failed { .. } => true,
+            Notice::Drained { forced, .. } => *forced,
             Notice::AptRun { refused, .. } => !refused.is_empty(),
             _ => false,
         }
