@@ -103,11 +103,11 @@ async fn source_versions_install_and_hold_with_the_hook_wired() {
     assert_eq!(sandbox.version("kubeadm").as_deref(), Some("1.34.2-1.1"));
 
     // Authorized, installed, held again; the others untouched.
-    let mut store = Store::open(&settings.node.state_db).unwrap();
+    let store = std::sync::Mutex::new(Store::open(&settings.node.state_db).unwrap());
     let out = apt::install_exact(
         &runner,
         &settings,
-        &mut store,
+        &store,
         &versions.pairs(&["kubeadm"]),
     )
     .await
@@ -133,7 +133,7 @@ async fn source_versions_install_and_hold_with_the_hook_wired() {
     let err = apt::install_exact(
         &runner,
         &settings,
-        &mut store,
+        &store,
         &[("kubelet".into(), "1.35.9-1.1".into())],
     )
     .await
@@ -150,7 +150,7 @@ async fn source_versions_install_and_hold_with_the_hook_wired() {
     let out = apt::install_exact(
         &runner,
         &settings,
-        &mut store,
+        &store,
         &versions.pairs(&["kubelet", "kubectl"]),
     )
     .await

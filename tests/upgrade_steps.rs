@@ -72,7 +72,7 @@ async fn node() -> Node {
 /// Runs host steps until the agent's first step (drain).
 async fn run_until_agent(
     n: &Node,
-    store: &mut Store,
+    store: &std::sync::Mutex<Store>,
     progress: &mut Progress,
     cluster: &Facts,
 ) -> Result<Vec<(UpgradeStep, Outcome)>, steps::StepFailure> {
@@ -94,14 +94,14 @@ async fn first_control_plane_steps_in_order_with_history() {
         return;
     }
     let n = node().await;
-    let mut store = Store::open(&n.settings.node.state_db).unwrap();
+    let store = std::sync::Mutex::new(Store::open(&n.settings.node.state_db).unwrap());
     let mut progress = Progress::new(Some(OLD), NEW, KubeadmAction::Apply, false);
     let cluster = Facts {
         kubeadm_config: Some(OLD),
         api_server: Some(OLD),
         ..Facts::default()
     };
-    let log = run_until_agent(&n, &mut store, &mut progress, &cluster)
+    let log = run_until_agent(&n, &store, &mut progress, &cluster)
         .await
         .unwrap();
     use UpgradeStep::*;
@@ -138,10 +138,10 @@ async fn first_control_plane_steps_in_order_with_history() {
     let snap = progress.snapshot.clone().unwrap();
     assert!(snap.path.is_file());
     assert_eq!(snap.size, 18);
-    let history = store.history(&[steps::HISTORY_SNAPSHOT], 10).unwrap();
+    let history = store.lock().unwrap().history(&[steps::HISTORY_SNAPSHOT], 10).unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].detail["size"], 18);
-    let commands = store.history(&[steps::HISTORY_COMMAND], 100).unwrap();
+    let commands = store.lock().unwrap().history(&[steps::HISTORY_COMMAND], 100).unwrap();
     let argvs: Vec<String> = commands
         .iter()
         .map(|r| {
@@ -164,7 +164,7 @@ async fn first_control_plane_steps_in_order_with_history() {
     let outcome = steps::run_step(
         &HostRunner,
         &n.settings,
-        &mut store,
+        &store,
         "cp-1",
         &mut again,
         &cluster,
@@ -183,7 +183,7 @@ async fn first_control_plane_steps_in_order_with_history() {
     let outcome = steps::run_step(
         &HostRunner,
         &n.settings,
-        &mut store,
+        &store,
         "cp-1",
         &mut again,
         &applied,
@@ -198,7 +198,7 @@ async fn first_control_plane_steps_in_order_with_history() {
     let outcome = steps::run_step(
         &HostRunner,
         &n.settings,
-        &mut store,
+        &store,
         "cp-1",
         &mut progress,
         &cluster,
@@ -214,7 +214,7 @@ async fn first_control_plane_steps_in_order_with_history() {
     let outcome = steps::run_step(
         &HostRunner,
         &n.settings,
-        &mut store,
+        &store,
         "cp-1",
         &mut progress,
         &cluster,
@@ -230,7 +230,7 @@ async fn failures_keep_evidence_and_the_retry_goes_on() {
         return;
     }
     let n = node().await;
-    let mut store = Store::open(&n.settings.node.state_db).unwrap();
+    let store = std::sync::Mutex::new(Store::open(&n.settings.node.state_db).unwrap());
     let cluster = Facts {
         kubeadm_config: Some(OLD),
         api_server: Some(OLD),
@@ -244,7 +244,7 @@ async fn failures_keep_evidence_and_the_retry_goes_on() {
         KubeadmAction::Node,
         false,
     );
-    let err = run_until_agent(&n, &mut store, &mut missing, &cluster)
+    let err = run_until_agent(&n, &store, &mut missing, &cluster)
         .await
         .unwrap_err();
     assert_eq!(err.step, UpgradeStep::ResolvePackages);
@@ -258,7 +258,7 @@ async fn failures_keep_evidence_and_the_retry_goes_on() {
     // etcdctl fails: the step fails with its output, then succeeds on retry.
     let mut p = Progress::new(Some(OLD), NEW, KubeadmAction::Apply, false);
     n.stand_ins.fail("etcdctl", true);
-    let err = run_until_agent(&n, &mut store, &mut p, &cluster)
+    let err = run_until_agent(&n, &store, &mut p, &cluster)
         .await
         .unwrap_err();
     assert_eq!(err.step, UpgradeStep::EtcdSnapshot);
@@ -277,12 +277,12 @@ async fn failures_keep_evidence_and_the_retry_goes_on() {
 
     // kubeadm apply fails: evidence kept in the history, retry runs it once more.
     n.stand_ins.fail("kubeadm", true);
-    let err = run_until_agent(&n, &mut store, &mut p, &cluster)
+    let err = run_until_agent(&n, &store, &mut p, &cluster)
         .await
         .unwrap_err();
     assert_eq!(err.step, UpgradeStep::KubeadmPlan);
     assert!(err.error.contains("exited with status 1"), "{}", err.error);
-    let last = store.history(&[steps::HISTORY_COMMAND], 1).unwrap();
+    let last = store.lock().unwrap().history(&[steps::HISTORY_COMMAND], 1).unwrap();
     assert_eq!(last[0].detail["output"]["exit_code"], 1);
     assert!(
         last[0].detail["output"]["stderr"]
@@ -291,7 +291,7 @@ async fn failures_keep_evidence_and_the_retry_goes_on() {
             .contains("injected failure")
     );
     n.stand_ins.fail("kubeadm", false);
-    run_until_agent(&n, &mut store, &mut p, &cluster)
+    run_until_agent(&n, &store, &mut p, &cluster)
         .await
         .unwrap();
     let kubeadm_calls: Vec<String> = n

@@ -185,6 +185,11 @@ impl ReporterPort for DaemonReporter {
             AgentEvent::Released { .. } => Notice::Released,
             AgentEvent::StateChanged { to, .. } if to == "verifying" => Notice::Verifying,
             AgentEvent::StateChanged { .. } => return,
+            AgentEvent::UpgradeFailed { step, error } => Notice::Failed {
+                step: format!("upgrade {step}"),
+                error: error.clone(),
+            },
+            AgentEvent::UpgradeRefused { .. } | AgentEvent::UpgradeStep { .. } => return,
         };
         self.reporter.notice(notice);
     }

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,12 @@ use crate::config::{Settings, UpgradeSettings};
 use crate::host::command::{CommandError, CommandOutput, CommandRunner, CommandSpec};
 use crate::host::dpkg::{Dpkg, DpkgError, Selection};
 use crate::store::Store;
+
+/// The store, even after a panic elsewhere poisoned its lock (it holds no
+/// invariant a panic could break: every write is one transaction).
+pub fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The packages an upgrade installs, in the order they are resolved.
 pub const PACKAGES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
@@ -336,7 +343,7 @@ pub fn installed(dpkg: &Dpkg, package: &str) -> Result<Option<(String, bool)>, D
 pub async fn install_exact(
     runner: &dyn CommandRunner,
     settings: &Settings,
-    store: &mut Store,
+    store: &Mutex<Store>,
     packages: &[(String, String)],
 ) -> Result<CommandOutput, AptError> {
     let names = packages
@@ -345,7 +352,7 @@ pub async fn install_exact(
         .collect::<Vec<_>>()
         .join(", ");
     let step =
-        AuthorizedStep::begin(settings, store, packages).map_err(|source| AptError::Authorize {
+        AuthorizedStep::begin(settings, &lock(store), packages).map_err(|source| AptError::Authorize {
             packages: names.clone(),
             source: Box::new(source),
         })?;
@@ -357,7 +364,8 @@ pub async fn install_exact(
     .await;
     // Revoke before anything else; a failed revoke is only logged (the
     // step lock is gone with it, so the hook ignores the rows anyway).
-    if let Err(e) = step.finish(store) {
+    let finished = step.finish(&lock(store));
+    if let Err(e) = finished {
         tracing::warn!(error = %e, "revoking package authorizations after the install");
     }
     let dpkg = Dpkg::new(&settings.packages.dpkg_root);

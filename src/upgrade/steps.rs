@@ -12,7 +12,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::apt::{self, PackageVersions};
+use std::sync::Mutex;
+
+use super::apt::{self, PackageVersions, lock};
 use super::etcd::{self, Snapshot};
 use super::kubeadm;
 use super::plan::{self, Facts, KubeadmAction, UpgradeStep};
@@ -112,13 +114,14 @@ impl std::fmt::Display for StepFailure {
     }
 }
 
-fn record(store: &Store, step: UpgradeStep, to: KubeVersion, out: &CommandOutput) {
+fn record(store: &Mutex<Store>, step: UpgradeStep, to: KubeVersion, out: &CommandOutput) {
     let detail = json!({
         "step": step.name(),
         "to": to.to_string(),
         "output": out,
     });
-    if let Err(e) = store.append_history(HISTORY_COMMAND, &detail) {
+    let appended = lock(store).append_history(HISTORY_COMMAND, &detail);
+    if let Err(e) = appended {
         tracing::warn!(error = %e, step = step.name(), "recording an upgrade command in the history");
     }
 }
@@ -137,7 +140,7 @@ fn fail(
 
 async fn run_kubeadm(
     runner: &dyn CommandRunner,
-    store: &Store,
+    store: &Mutex<Store>,
     step: UpgradeStep,
     to: KubeVersion,
     spec: &CommandSpec,
@@ -189,7 +192,7 @@ fn package_facts(
 pub async fn run_step(
     runner: &dyn CommandRunner,
     settings: &Settings,
-    store: &mut Store,
+    store: &Mutex<Store>,
     node: &str,
     progress: &mut Progress,
     cluster: &Facts,
@@ -286,7 +289,8 @@ pub async fn run_step(
                     for out in &outputs {
                         record(store, step, to, out);
                     }
-                    if let Err(e) = store.append_history(HISTORY_SNAPSHOT, &json!(snapshot)) {
+                    let appended = lock(store).append_history(HISTORY_SNAPSHOT, &json!(snapshot));
+                    if let Err(e) = appended {
                         tracing::warn!(error = %e, "recording the etcd snapshot in the history");
                     }
                     tracing::info!(path = %snapshot.path.display(), size = snapshot.size, revision = snapshot.revision, "etcd snapshot saved and checked");
