@@ -117,8 +117,7 @@ async fn source_versions_install_and_hold_with_the_hook_wired() {
     assert_eq!(sandbox.selection("kubeadm").as_deref(), Some("hold"));
     assert_eq!(sandbox.version("kubelet").as_deref(), Some("1.34.2-1.1"));
     assert!(
-        store
-            .authorizations(jiff::Timestamp::now())
+        store.lock().unwrap().authorizations(jiff::Timestamp::now())
             .unwrap()
             .is_empty(),
         "revoked after the step"

@@ -1448,6 +1448,29 @@ mod tests {
                 verify_timeout: VT,
             },
             EventKind::ForceReleased => Event::ForceReleased,
+            EventKind::UpgradePlanned | EventKind::UpgradeProgressed => {
+                let progress = crate::upgrade::steps::Progress::new(
+                    Some(crate::upgrade::KubeVersion::new(1, 34, 2)),
+                    crate::upgrade::KubeVersion::new(1, 35, 2),
+                    crate::upgrade::KubeadmAction::Node,
+                    false,
+                );
+                if k == EventKind::UpgradePlanned {
+                    Event::UpgradePlanned { progress }
+                } else {
+                    Event::UpgradeProgressed { progress }
+                }
+            }
+            EventKind::KubeletRestarted => Event::KubeletRestarted {
+                booted_at: t(500),
+                now: t(500),
+                verify_timeout: VT,
+            },
+            EventKind::UpgradeRebootNext => Event::UpgradeRebootNext {
+                boot_id: "b".into(),
+                booted_at: None,
+                now: t(500),
+            },
         };
         EventKind::ALL.into_iter().map(ev).collect()
     }
@@ -1462,7 +1485,15 @@ mod tests {
                 &[K::RebootNeeded, K::RebootNotNeeded, K::LeaseAcquired],
             ),
             ("pending-resume", &[K::RebootNeeded, K::LeaseAcquired]),
-            ("locked", &[K::PriorSchedulability, K::LeaseLost, K::Failed]),
+            (
+                "locked",
+                &[
+                    K::PriorSchedulability,
+                    K::LeaseLost,
+                    K::Failed,
+                    K::UpgradePlanned,
+                ],
+            ),
             ("cordoning", &[K::Cordoned, K::LeaseLost, K::Failed]),
             (
                 "draining",

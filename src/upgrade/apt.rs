@@ -23,6 +23,10 @@ pub fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Wait for another apt or dpkg run (unattended-upgrades) instead of
+/// failing at once on its lock.
+const LOCK_WAIT: &str = "DPkg::Lock::Timeout=120";
+
 /// The packages an upgrade installs, in the order they are resolved.
 pub const PACKAGES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
@@ -142,6 +146,8 @@ pub fn update_spec(u: &UpgradeSettings) -> CommandSpec {
             "Dir::Etc::sourceparts=-".to_string(),
             "-o".to_string(),
             "APT::Get::List-Cleanup=0".to_string(),
+            "-o".to_string(),
+            LOCK_WAIT.to_string(),
             "update".to_string(),
         ],
         u.apt_timeout,
@@ -170,6 +176,8 @@ pub fn install_spec(u: &UpgradeSettings, packages: &[(String, String)]) -> Comma
         "Dpkg::Options::=--force-confdef",
         "-o",
         "Dpkg::Options::=--force-confold",
+        "-o",
+        LOCK_WAIT,
         "install",
     ]
     .map(String::from)

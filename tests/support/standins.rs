@@ -23,6 +23,12 @@ fn executable(path: &Path, text: &str) {
 
 impl StandIns {
     pub fn new(dir: &Path) -> StandIns {
+        Self::for_node(dir, "", None)
+    }
+
+    /// Also appends `<node> <tool> <args>` to `global` (one log for a fleet).
+    pub fn for_node(dir: &Path, node: &str, global: Option<&Path>) -> StandIns {
+        let global = global.map_or(String::new(), |g| format!("echo \"{node} $(basename $0) $*\" >> {}\n", g.display()));
         let log = dir.join("commands.log");
         let kubeadm = dir.join("bin/kubeadm");
         let etcdctl = dir.join("bin/etcdctl");
@@ -30,19 +36,20 @@ impl StandIns {
             &kubeadm,
             &format!(
                 r#"#!/bin/sh
-echo "kubeadm $*" >> {log}
+{global}echo "kubeadm $*" >> {log}
 if [ -e {dir}/fail-kubeadm ]; then echo "kubeadm: injected failure for: $*" >&2; exit 1; fi
 echo "[upgrade] kubeadm stand-in: $*"
 "#,
                 log = log.display(),
-                dir = dir.display()
+                dir = dir.display(),
+                global = global,
             ),
         );
         executable(
             &etcdctl,
             &format!(
                 r#"#!/bin/sh
-echo "etcdctl $*" >> {log}
+{global}echo "etcdctl $*" >> {log}
 if [ -e {dir}/fail-etcdctl ]; then echo "etcdctl: injected failure" >&2; exit 1; fi
 last=""
 for a in "$@"; do prev="$last"; last="$a"; done
@@ -53,7 +60,8 @@ case "$*" in
 esac
 "#,
                 log = log.display(),
-                dir = dir.display()
+                dir = dir.display(),
+                global = global,
             ),
         );
         StandIns {
