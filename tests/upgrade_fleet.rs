@@ -11,19 +11,18 @@ mod apt_sandbox;
 mod k8s_repo;
 #[path = "support/standins.rs"]
 mod standins;
+#[path = "support/upgrade_node.rs"]
+mod upgrade_node;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apt_sandbox::Sandbox;
 use drydock::agent::driver::Agent;
 use drydock::agent::kube_cluster::KubeCluster;
-use drydock::agent::ports::{AgentEvent, Host, PortError, Reporter};
-use drydock::config::Settings;
-use drydock::host::command::{CommandRunner, HostRunner};
-use drydock::host::dpkg::Dpkg;
+use drydock::agent::ports::AgentEvent;
+use drydock::host::command::HostRunner;
 use drydock::sim::kubeadm::KubeadmEffects;
+use upgrade_node::{Machine, Rec, StopOnDrop, UpgradeHost, machine};
 use drydock::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
 use drydock::store::Store;
 use k8s_openapi::api::core::v1::Node;
@@ -41,114 +40,6 @@ fn ready() -> bool {
             println!("SKIPPED: {why}");
             false
         }
-    }
-}
-
-/// One simulated machine whose packages are real (its sandbox).
-struct UpgradeHost {
-    node: String,
-    sim: SimHandle,
-    runner: KubeadmEffects<HostRunner>,
-    dpkg_root: PathBuf,
-    boot_id: String,
-    booted_at: jiff::Timestamp,
-}
-
-impl Host for UpgradeHost {
-    fn boot_id(&self) -> Result<String, PortError> {
-        Ok(self.boot_id.clone())
-    }
-    fn booted_at(&self) -> Result<jiff::Timestamp, PortError> {
-        Ok(self.booted_at)
-    }
-    async fn reboot_need(
-        &self,
-        _requested: Option<drydock::host::sentinel::RebootRequest>,
-    ) -> Result<Vec<String>, PortError> {
-        Ok(Vec::new())
-    }
-    async fn reboot(&self, _reason: &str) -> Result<(), PortError> {
-        Err(PortError::permanent("rebooting", "no reboot in this test"))
-    }
-    async fn run_checks(&self) -> Result<(), String> {
-        Ok(())
-    }
-    fn commands(&self) -> Option<&dyn CommandRunner> {
-        Some(&self.runner)
-    }
-    /// The kubelet comes back running the version its package now has.
-    async fn restart_kubelet(&self) -> Result<(), PortError> {
-        let installed = Dpkg::new(&self.dpkg_root)
-            .packages()
-            .map_err(|e| PortError::failed("reading dpkg", e))?
-            .into_iter()
-            .find(|p| p.package == "kubelet" && p.is_installed())
-            .ok_or_else(|| PortError::permanent("restarting the kubelet", "kubelet is not installed"))?;
-        let upstream = drydock::upgrade::apt::upstream_version(&installed.version);
-        self.sim
-            .kubelet_restarted(&self.node, &format!("v{upstream}"))
-            .map_err(|e| PortError::failed("restarting the kubelet", e))
-    }
-}
-
-/// Stops the probe loop however the test ends (a panic included).
-struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-#[derive(Clone, Default)]
-struct Rec(Arc<Mutex<Vec<(Instant, String, AgentEvent)>>>);
-
-impl Reporter for Rec {
-    fn status(&self, _line: &str) {}
-    fn event(&self, node: &str, event: &AgentEvent) {
-        self.0.lock().unwrap().push((Instant::now(), node.to_string(), event.clone()));
-    }
-}
-
-struct Machine {
-    sandbox: Sandbox,
-    settings: Settings,
-    _dir: tempfile::TempDir,
-}
-
-fn machine(node: &str, global_log: &Path) -> Machine {
-    let sandbox = Sandbox::new();
-    let repo = k8s_repo::build(&sandbox);
-    let dir = tempfile::tempdir().unwrap();
-    let stand_ins = standins::StandIns::for_node(dir.path(), node, Some(global_log));
-    let mut s = sandbox.settings();
-    repo.configure(&mut s);
-    stand_ins.configure(&mut s);
-    s.node.name = Some(node.to_string());
-    s.lease.duration = Duration::from_secs(5);
-    s.reboot.check_interval = Duration::from_millis(500);
-    s.gates.soak = Duration::ZERO;
-    s.drain.timeout = Duration::from_secs(20);
-    s.drain.retry_interval = Duration::from_millis(200);
-    s.verify.timeout = Duration::from_secs(20);
-    s.report.textfile_dir = None;
-    s.report.kubernetes_events = false;
-    // The source for v1.34 and the packages as the node runs them today.
-    std::fs::write(
-        &repo.source_file,
-        drydock::upgrade::apt::render_source(&repo.template, drydock::upgrade::KubeVersion::new(1, 34, 2)),
-    )
-    .unwrap();
-    assert!(sandbox.apt_get(&["update"]).status.success());
-    sandbox.preinstall(&["kubeadm=1.34.2-1.1", "kubelet=1.34.2-1.1", "kubectl=1.34.2-1.1"]);
-    for p in ["kubeadm", "kubelet", "kubectl"] {
-        sandbox.set_selection(p, "hold");
-    }
-    sandbox.install_hook(false);
-    Machine {
-        sandbox,
-        settings: s,
-        _dir: dir,
     }
 }
 
@@ -194,6 +85,7 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
             dpkg_root: m.settings.packages.dpkg_root.clone(),
             boot_id: n.status.unwrap().node_info.unwrap().boot_id,
             booted_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+            fail_restart: Default::default(),
         };
         let store = Store::open(&m.settings.node.state_db).unwrap();
         let cluster = KubeCluster::new(sim.client().unwrap(), m.settings.clone(), node.to_string());
@@ -230,7 +122,9 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
                 let out = std::process::Command::new("apt-get")
                     .env("APT_CONFIG", &probe_root)
                     .env("DEBIAN_FRONTEND", "noninteractive")
-                    .args(["-y", "-q", "--allow-change-held-packages", "-o", "DPkg::Lock::Timeout=60", "install", "kubelet=1.35.1-1.1"])
+                    // In the sandbox's own repository throughout: an upgrade
+                    // before the rollout, a downgrade after it.
+                    .args(["-y", "-q", "--allow-change-held-packages", "--allow-downgrades", "-o", "DPkg::Lock::Timeout=60", "install", "kubeadm=1.34.3-1.1"])
                     .output()
                     .unwrap();
                 outcomes.push((out.status.success(), String::from_utf8_lossy(&out.stderr).to_string()));
@@ -317,6 +211,6 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
     assert_eq!(sim.kubeadm_config_version().as_deref(), Some("v1.35.2"));
     assert!(!outcomes.is_empty());
     assert!(outcomes.iter().all(|(ok, _)| !ok), "an unauthorized install went through");
-    assert!(outcomes.iter().any(|(_, err)| err.contains("drydock")), "{outcomes:?}");
-    assert_eq!(machines[4].sandbox.version("kubelet").as_deref(), Some("1.35.2-1.1"));
+    assert!(outcomes.iter().all(|(_, err)| err.contains("drydock")), "{outcomes:?}");
+    assert_eq!(machines[4].sandbox.version("kubeadm").as_deref(), Some("1.35.2-1.1"));
 }

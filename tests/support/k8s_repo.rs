@@ -54,8 +54,10 @@ pub fn build(sandbox: &Sandbox) -> K8sRepo {
         executable(
             path,
             &format!(
-                "#!/bin/sh\nexport APT_CONFIG={}\nexec {real} \"$@\"\n",
-                sandbox.apt_conf.display()
+                "#!/bin/sh\nif [ -e {base}/fail-{name} ]; then echo \"{name}: injected failure\" >&2; exit 100; fi\ncase \" $* \" in *\" install \"*) if [ -e {base}/fail-install ]; then echo \"{name} install: injected failure\" >&2; exit 100; fi;; esac\nexport APT_CONFIG={}\nexec {real} \"$@\"\n",
+                sandbox.apt_conf.display(),
+                base = sandbox.base.display(),
+                name = path.file_name().unwrap().to_string_lossy(),
             ),
         );
     }

@@ -38,6 +38,7 @@ impl StandIns {
                 r#"#!/bin/sh
 {global}echo "kubeadm $*" >> {log}
 if [ -e {dir}/fail-kubeadm ]; then echo "kubeadm: injected failure for: $*" >&2; exit 1; fi
+if [ -e {dir}/fail-kubeadm-$2 ]; then echo "kubeadm: injected failure for: $*" >&2; exit 1; fi
 echo "[upgrade] kubeadm stand-in: $*"
 "#,
                 log = log.display(),
