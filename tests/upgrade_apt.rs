@@ -104,20 +104,18 @@ async fn source_versions_install_and_hold_with_the_hook_wired() {
 
     // Authorized, installed, held again; the others untouched.
     let store = std::sync::Mutex::new(Store::open(&settings.node.state_db).unwrap());
-    let out = apt::install_exact(
-        &runner,
-        &settings,
-        &store,
-        &versions.pairs(&["kubeadm"]),
-    )
-    .await
-    .unwrap();
+    let out = apt::install_exact(&runner, &settings, &store, &versions.pairs(&["kubeadm"]))
+        .await
+        .unwrap();
     assert!(out.success());
     assert_eq!(sandbox.version("kubeadm").as_deref(), Some("1.35.2-1.1"));
     assert_eq!(sandbox.selection("kubeadm").as_deref(), Some("hold"));
     assert_eq!(sandbox.version("kubelet").as_deref(), Some("1.34.2-1.1"));
     assert!(
-        store.lock().unwrap().authorizations(jiff::Timestamp::now())
+        store
+            .lock()
+            .unwrap()
+            .authorizations(jiff::Timestamp::now())
             .unwrap()
             .is_empty(),
         "revoked after the step"

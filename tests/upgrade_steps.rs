@@ -138,10 +138,18 @@ async fn first_control_plane_steps_in_order_with_history() {
     let snap = progress.snapshot.clone().unwrap();
     assert!(snap.path.is_file());
     assert_eq!(snap.size, 18);
-    let history = store.lock().unwrap().history(&[steps::HISTORY_SNAPSHOT], 10).unwrap();
+    let history = store
+        .lock()
+        .unwrap()
+        .history(&[steps::HISTORY_SNAPSHOT], 10)
+        .unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].detail["size"], 18);
-    let commands = store.lock().unwrap().history(&[steps::HISTORY_COMMAND], 100).unwrap();
+    let commands = store
+        .lock()
+        .unwrap()
+        .history(&[steps::HISTORY_COMMAND], 100)
+        .unwrap();
     let argvs: Vec<String> = commands
         .iter()
         .map(|r| {
@@ -282,7 +290,11 @@ async fn failures_keep_evidence_and_the_retry_goes_on() {
         .unwrap_err();
     assert_eq!(err.step, UpgradeStep::KubeadmPlan);
     assert!(err.error.contains("exited with status 1"), "{}", err.error);
-    let last = store.lock().unwrap().history(&[steps::HISTORY_COMMAND], 1).unwrap();
+    let last = store
+        .lock()
+        .unwrap()
+        .history(&[steps::HISTORY_COMMAND], 1)
+        .unwrap();
     assert_eq!(last[0].detail["output"]["exit_code"], 1);
     assert!(
         last[0].detail["output"]["stderr"]
@@ -291,9 +303,7 @@ async fn failures_keep_evidence_and_the_retry_goes_on() {
             .contains("injected failure")
     );
     n.stand_ins.fail("kubeadm", false);
-    run_until_agent(&n, &store, &mut p, &cluster)
-        .await
-        .unwrap();
+    run_until_agent(&n, &store, &mut p, &cluster).await.unwrap();
     let kubeadm_calls: Vec<String> = n
         .stand_ins
         .calls()

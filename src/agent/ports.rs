@@ -253,7 +253,12 @@ pub trait Cluster: Send + Sync {
     fn cluster_versions(
         &self,
     ) -> impl Future<Output = Result<crate::upgrade::ClusterVersions, PortError>> + Send {
-        async { Err(PortError::failed("reading cluster versions", "not available here")) }
+        async {
+            Err(PortError::failed(
+                "reading cluster versions",
+                "not available here",
+            ))
+        }
     }
 }
 

@@ -359,11 +359,12 @@ pub async fn install_exact(
         .map(|(p, v)| format!("{p}={v}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let step =
-        AuthorizedStep::begin(settings, &lock(store), packages).map_err(|source| AptError::Authorize {
+    let step = AuthorizedStep::begin(settings, &lock(store), packages).map_err(|source| {
+        AptError::Authorize {
             packages: names.clone(),
             source: Box::new(source),
-        })?;
+        }
+    })?;
     let result = run_checked(
         runner,
         &install_spec(&settings.upgrade, packages),

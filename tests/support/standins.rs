@@ -28,7 +28,9 @@ impl StandIns {
 
     /// Also appends `<node> <tool> <args>` to `global` (one log for a fleet).
     pub fn for_node(dir: &Path, node: &str, global: Option<&Path>) -> StandIns {
-        let global = global.map_or(String::new(), |g| format!("echo \"{node} $(basename $0) $*\" >> {}\n", g.display()));
+        let global = global.map_or(String::new(), |g| {
+            format!("echo \"{node} $(basename $0) $*\" >> {}\n", g.display())
+        });
         let log = dir.join("commands.log");
         let kubeadm = dir.join("bin/kubeadm");
         let etcdctl = dir.join("bin/etcdctl");

@@ -54,14 +54,19 @@ impl Host for UpgradeHost {
     /// The kubelet comes back running the version its package now has.
     async fn restart_kubelet(&self) -> Result<(), PortError> {
         if self.fail_restart.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(PortError::permanent("restarting the kubelet", "injected: kubelet.service failed to start"));
+            return Err(PortError::permanent(
+                "restarting the kubelet",
+                "injected: kubelet.service failed to start",
+            ));
         }
         let installed = Dpkg::new(&self.dpkg_root)
             .packages()
             .map_err(|e| PortError::failed("reading dpkg", e))?
             .into_iter()
             .find(|p| p.package == "kubelet" && p.is_installed())
-            .ok_or_else(|| PortError::permanent("restarting the kubelet", "kubelet is not installed"))?;
+            .ok_or_else(|| {
+                PortError::permanent("restarting the kubelet", "kubelet is not installed")
+            })?;
         let upstream = drydock::upgrade::apt::upstream_version(&installed.version);
         self.sim
             .kubelet_restarted(&self.node, &format!("v{upstream}"))
@@ -84,7 +89,10 @@ pub struct Rec(pub Arc<Mutex<Vec<(Instant, String, AgentEvent)>>>);
 impl Reporter for Rec {
     fn status(&self, _line: &str) {}
     fn event(&self, node: &str, event: &AgentEvent) {
-        self.0.lock().unwrap().push((Instant::now(), node.to_string(), event.clone()));
+        self.0
+            .lock()
+            .unwrap()
+            .push((Instant::now(), node.to_string(), event.clone()));
     }
 }
 
@@ -115,11 +123,18 @@ pub fn machine(node: &str, global_log: &Path) -> Machine {
     // The source for v1.34 and the packages as the node runs them today.
     std::fs::write(
         &repo.source_file,
-        drydock::upgrade::apt::render_source(&repo.template, drydock::upgrade::KubeVersion::new(1, 34, 2)),
+        drydock::upgrade::apt::render_source(
+            &repo.template,
+            drydock::upgrade::KubeVersion::new(1, 34, 2),
+        ),
     )
     .unwrap();
     assert!(sandbox.apt_get(&["update"]).status.success());
-    sandbox.preinstall(&["kubeadm=1.34.2-1.1", "kubelet=1.34.2-1.1", "kubectl=1.34.2-1.1"]);
+    sandbox.preinstall(&[
+        "kubeadm=1.34.2-1.1",
+        "kubelet=1.34.2-1.1",
+        "kubectl=1.34.2-1.1",
+    ]);
     for p in ["kubeadm", "kubelet", "kubectl"] {
         sandbox.set_selection(p, "hold");
     }
@@ -131,4 +146,3 @@ pub fn machine(node: &str, global_log: &Path) -> Machine {
         _dir: dir,
     }
 }
-

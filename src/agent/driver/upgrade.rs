@@ -75,11 +75,21 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         }
         let target = match self.cluster.upgrade_target().await {
             Ok(t) => t,
-            Err(e) => return self.trouble("reading the upgrade target", e).await.map(Some),
+            Err(e) => {
+                return self
+                    .trouble("reading the upgrade target", e)
+                    .await
+                    .map(Some);
+            }
         };
         let versions = match self.cluster.cluster_versions().await {
             Ok(v) => v,
-            Err(e) => return self.trouble("reading the cluster's versions", e).await.map(Some),
+            Err(e) => {
+                return self
+                    .trouble("reading the cluster's versions", e)
+                    .await
+                    .map(Some);
+            }
         };
         let Decision::Upgrade {
             from,
@@ -93,8 +103,10 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         let reboot_needed = cycle.reasons.iter().any(|r| !is_upgrade_reason(r));
         let progress = Progress::new(from, to, action, reboot_needed);
         info!(node = %self.node, from = ?from.map(|v| v.to_string()), to = %to, action = ?action, reboot_needed, "Kubernetes upgrade planned");
-        let detail = serde_json::json!({"to": to.to_string(), "action": action, "steps": progress.steps});
-        self.transition(Event::UpgradePlanned { progress }, detail).await?;
+        let detail =
+            serde_json::json!({"to": to.to_string(), "action": action, "steps": progress.steps});
+        self.transition(Event::UpgradePlanned { progress }, detail)
+            .await?;
         Ok(Some(Wait::No))
     }
 
@@ -106,7 +118,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     ) -> Result<Wait, AgentError> {
         let Some(mut progress) = cycle.upgrade.clone() else {
             return self
-                .fail_upgrade(UpgradeStep::AptSource, "the upgrade state has no progress record".into(), None)
+                .fail_upgrade(
+                    UpgradeStep::AptSource,
+                    "the upgrade state has no progress record".into(),
+                    None,
+                )
                 .await;
         };
         if let Some(wait) = self.guard_slot(true).await? {
@@ -120,7 +136,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         ))
         .await?;
         match step {
-            UpgradeStep::Drain if cordon.is_none() => match self.cluster.node_unschedulable().await {
+            UpgradeStep::Drain if cordon.is_none() => match self.cluster.node_unschedulable().await
+            {
                 Ok(already) => {
                     self.transition(
                         Event::PriorSchedulability {
@@ -148,9 +165,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                     .await?;
                     self.kubelet_restarted().await
                 }
-                Err(e) if e.is_permanent() => {
-                    self.fail_upgrade(step, e.to_string(), None).await
-                }
+                Err(e) if e.is_permanent() => self.fail_upgrade(step, e.to_string(), None).await,
                 Err(e) => self.retry_later("restarting the kubelet", e).await,
             },
             // Reached only after a crash right after the restart was recorded.
@@ -231,11 +246,17 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         }
     }
 
-    async fn progressed(&mut self, mut progress: Progress, outcome: Outcome) -> Result<Wait, AgentError> {
+    async fn progressed(
+        &mut self,
+        mut progress: Progress,
+        outcome: Outcome,
+    ) -> Result<Wait, AgentError> {
         let step = progress.step;
         info!(node = %self.node, step = step.name(), outcome = ?outcome, "upgrade step {step}: {outcome:?}");
         self.event(AgentEvent::UpgradeStep {
-            from: progress.from.map_or("unknown".to_string(), |v| v.to_string()),
+            from: progress
+                .from
+                .map_or("unknown".to_string(), |v| v.to_string()),
             to: progress.to.to_string(),
             step: step.name().to_string(),
         });
@@ -267,7 +288,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Ok(()) => self.event(AgentEvent::Halted {
                 reason: format!("{} {}", halt.node, halt.reason),
             }),
-            Err(e) => warn!(node = %self.node, error = %e, "could not set the fleet halt; the kept lease still stops the fleet"),
+            Err(e) => {
+                warn!(node = %self.node, error = %e, "could not set the fleet halt; the kept lease still stops the fleet")
+            }
         }
         self.event(AgentEvent::UpgradeFailed {
             step: step.name().to_string(),
