@@ -87,7 +87,7 @@ impl Log {
             .unwrap()
             .iter()
             .filter_map(|(at, n, e)| match e {
-                AgentEvent::StateChanged { to, .. } => Some((*at, n.clone(), to.clone())),
+                AgentEvent::StateChanged { to, .. } => Some((*at, n.clone(), to.to_string())),
                 _ => None,
             })
             .collect()
@@ -230,6 +230,8 @@ fn steal_lease(sim: &SimHandle, to: Option<&str>) {
     sim.modify::<Lease>(Some("drydock"), SLOT, |l| {
         let spec = l.spec.get_or_insert_with(Default::default);
         spec.holder_identity = to.map(String::from);
+        // A live holder for the whole test: never expires under it.
+        spec.lease_duration_seconds = Some(300);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         spec.acquire_time = Some(MicroTime(Timestamp::now()));
     })
@@ -708,5 +710,60 @@ async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
         );
         assert!(out.values().filter(|v| **v).count() <= 1, "{states:?}");
     }
+    sim.stop().await;
+}
+
+/// Who halted the fleet is data: only that node lifts it after recovering,
+/// and a halt set by hand (text only) belongs to no node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_records_who_and_only_that_node_lifts_it() {
+    use drydock::agent::ports::{Cluster, Halt};
+    use drydock::cluster::annotations;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = cluster().await;
+    let w1 = node(dir.path(), &sim, "worker-1");
+    let w2 = node(dir.path(), &sim, "worker-2");
+    let k1 = KubeCluster::new(client(&sim), w1.settings.clone(), "worker-1".into());
+    let k2 = KubeCluster::new(client(&sim), w2.settings.clone(), "worker-2".into());
+    let halt = Halt {
+        node: "worker-1".into(),
+        reason: "failed verification after reboot: kubelet not Ready".into(),
+        at: Timestamp::from_second(Timestamp::now().as_second()).unwrap(),
+    };
+    k1.halt_fleet(&halt).await.unwrap();
+    let by = annotations::halted_by(&client(&sim), "drydock")
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(
+        (by.node.as_str(), by.reason.as_str(), by.at),
+        ("worker-1", halt.reason.as_str(), halt.at)
+    );
+    // worker-2 recovering from something else does not lift worker-1's halt.
+    assert!(!k2.clear_halt().await.unwrap());
+    assert!(
+        annotations::halted_by(&client(&sim), "drydock")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(k1.clear_halt().await.unwrap());
+    assert!(
+        annotations::halted_by(&client(&sim), "drydock")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A halt an operator set by hand, naming worker-1 in its text: not ours.
+    annotations::halt(&client(&sim), "drydock", "worker-1 looks odd, hold on")
+        .await
+        .unwrap();
+    assert!(!k1.clear_halt().await.unwrap());
+    // Nor one rewritten by hand over worker-1's own.
+    k1.halt_fleet(&halt).await.unwrap();
+    annotations::halt(&client(&sim), "drydock", "keep it halted, checking storage")
+        .await
+        .unwrap();
+    assert!(!k1.clear_halt().await.unwrap());
     sim.stop().await;
 }

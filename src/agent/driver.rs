@@ -293,6 +293,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         if next == self.state {
             return Ok(());
         }
+        let before = self.state.phase();
         let from = self.state.name();
         let to = next.name();
         let mut detail = detail;
@@ -310,8 +311,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         }
         self.state = next;
         self.event(AgentEvent::StateChanged {
-            from: from.into(),
-            to: to.into(),
+            from: before,
+            to: self.state.phase(),
         });
         if let Some(fp) = &self.failpoint
             && fp(to)
@@ -420,12 +421,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 self.lease_lost(&slot, holder).await?;
                 Ok(Wait::No)
             }
+            // Its text already says what was being done.
             e @ PortError::Permanent { .. } => {
-                self.fail(
-                    format!("{action}: {e}"),
-                    serde_json::json!({"error": e.to_string()}),
-                )
-                .await?;
+                let error = e.to_string();
+                let detail = serde_json::json!({"error": error, "while": action});
+                self.fail(error, detail).await?;
                 Ok(Wait::No)
             }
             e => self.retry_later(action, e).await,

@@ -32,11 +32,20 @@ pub struct KubeCluster {
 fn status(reports: Vec<GateReport>) -> Vec<GateStatus> {
     reports
         .into_iter()
-        .map(|r| GateStatus {
-            gate: r.gate.to_string(),
-            passed: r.verdict.passes(),
-            skipped: !r.verdict.evaluated(),
-            reason: r.verdict.reason().unwrap_or_default().to_string(),
+        .map(|r| match r.gate.parse::<gates::GateName>() {
+            Ok(gate) => GateStatus {
+                gate,
+                passed: r.verdict.passes(),
+                skipped: !r.verdict.evaluated(),
+                reason: r.verdict.reason().unwrap_or_default().to_string(),
+            },
+            // A gate without a name in the vocabulary is a bug: blocks.
+            Err(e) => GateStatus {
+                gate: gates::GateName::Cluster,
+                passed: false,
+                skipped: false,
+                reason: format!("{e} (a drydock bug): blocking"),
+            },
         })
         .collect()
 }
@@ -48,6 +57,24 @@ fn lease_error(action: &str, e: LeaseError) -> PortError {
             holder: holder.unwrap_or_else(|| "nobody (released or deleted)".into()),
         },
         other => PortError::failed(action, other),
+    }
+}
+
+/// A node read or write failure: permanent when the API said no (401,
+/// 403, 404, 422: retrying will not change its mind), else transient.
+fn node_error(action: &str, e: crate::cluster::node::NodeError) -> PortError {
+    use crate::cluster::node::NodeError;
+    let permanent = match &e {
+        NodeError::NotFound { .. } => true,
+        NodeError::Get { source, .. } | NodeError::Patch { source, .. } => {
+            drain::kube_class(source) == drain::ErrorClass::Permanent
+        }
+        NodeError::Conflict { .. } => false,
+    };
+    if permanent {
+        PortError::permanent(action, e)
+    } else {
+        PortError::failed(action, e)
     }
 }
 
@@ -103,7 +130,7 @@ impl Cluster for KubeCluster {
             Ok(p) => p,
             Err(e) => {
                 return vec![GateStatus {
-                    gate: gates::paused::LOCAL.into(),
+                    gate: gates::GateName::Paused,
                     passed: false,
                     reason: format!("cannot read the local pause: {e}"),
                     skipped: false,
@@ -279,7 +306,7 @@ impl Cluster for KubeCluster {
             .get()
             .await
             .map(|n| crate::cluster::node::is_unschedulable(&n))
-            .map_err(|e| PortError::failed("reading this node", e))
+            .map_err(|e| node_error("reading this node", e))
     }
 
     async fn set_unschedulable(&self, value: bool) -> Result<(), PortError> {
@@ -289,7 +316,7 @@ impl Cluster for KubeCluster {
         } else {
             node.uncordon().await
         }
-        .map_err(|e| PortError::failed(if value { "cordoning" } else { "uncordoning" }, e))
+        .map_err(|e| node_error(if value { "cordoning" } else { "uncordoning" }, e))
     }
 
     async fn drain(

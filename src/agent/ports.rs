@@ -28,7 +28,7 @@ pub struct Halt {
 /// One gate's answer, as shown in `drydock status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateStatus {
-    pub gate: String,
+    pub gate: crate::gates::GateName,
     pub passed: bool,
     /// Why it blocks; empty when it passes.
     pub reason: String,
@@ -267,8 +267,8 @@ pub trait Cluster: Send + Sync {
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum AgentEvent {
     StateChanged {
-        from: String,
-        to: String,
+        from: crate::phase::Phase,
+        to: crate::phase::Phase,
     },
     /// Checked: no reboot is needed.
     UpToDate,

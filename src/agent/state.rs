@@ -17,82 +17,9 @@ use std::fmt;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-/// The name of a state: one vocabulary for logs, `drydock status`, metrics
-/// and the node annotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    Idle,
-    Pending,
-    Locked,
-    Cordoning,
-    Draining,
-    Rebooting,
-    Verifying,
-    Releasing,
-    Failed,
-    Upgrading,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 10] = [
-        Phase::Idle,
-        Phase::Pending,
-        Phase::Locked,
-        Phase::Cordoning,
-        Phase::Draining,
-        Phase::Rebooting,
-        Phase::Verifying,
-        Phase::Releasing,
-        Phase::Failed,
-        Phase::Upgrading,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Pending => "pending",
-            Phase::Locked => "locked",
-            Phase::Cordoning => "cordoning",
-            Phase::Draining => "draining",
-            Phase::Rebooting => "rebooting",
-            Phase::Verifying => "verifying",
-            Phase::Releasing => "releasing",
-            Phase::Failed => "failed",
-            Phase::Upgrading => "upgrading",
-        }
-    }
-
-    /// The node is (or may be) out of service: cordoned by drydock,
-    /// draining, down or not yet verified.
-    pub fn out_of_service(self) -> bool {
-        matches!(
-            self,
-            Phase::Cordoning
-                | Phase::Draining
-                | Phase::Rebooting
-                | Phase::Verifying
-                | Phase::Releasing
-                | Phase::Upgrading
-        )
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Phase {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown agent phase {s:?}"))
-    }
-}
+/// The name of a state: one vocabulary for logs, `drydock status`,
+/// metrics and the node annotation.
+pub use crate::phase::Phase;
 
 /// Where in the cycle a failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1328,12 +1255,13 @@ mod tests {
     }
 
     #[test]
-    fn phase_names_parse_back() {
-        for p in Phase::ALL {
-            assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
-            assert!(AgentState::ALL_NAMES.contains(&p.as_str()));
+    fn every_state_name_is_a_phase() {
+        for (_, s) in samples() {
+            assert_eq!(s.name().parse::<Phase>().unwrap(), s.phase());
         }
-        assert!("draning".parse::<Phase>().is_err());
+        for name in AgentState::ALL_NAMES {
+            assert!(name.parse::<Phase>().is_ok());
+        }
     }
 
     /// One state of each phase (and each variant that changes the answer).

@@ -84,7 +84,7 @@ impl Host for Fake {
 impl Cluster for Fake {
     fn local_gates(&self, _store: &Store, _now: Timestamp) -> Vec<GateStatus> {
         vec![GateStatus {
-            gate: "window".into(),
+            gate: crate::gates::GateName::Window,
             passed: true,
             reason: String::new(),
             skipped: false,
@@ -99,7 +99,7 @@ impl Cluster for Fake {
         let block = w.gate_block.clone().or(w.halted.clone());
         ClusterGates {
             gates: vec![GateStatus {
-                gate: "cluster".into(),
+                gate: crate::gates::GateName::Cluster,
                 passed: block.is_none(),
                 reason: block.unwrap_or_default(),
                 skipped: false,
@@ -661,4 +661,161 @@ async fn free_slot_is_looked_at_twice_and_taken_gates_checked_before_and_after()
     let g = w.0.lock().unwrap();
     // Before the jitter, after it; the gates before and after acquiring.
     assert_eq!((g.lease_reads, g.gate_evaluations), (2, 2));
+}
+
+/// logind accepted, yet the machine came back to the same boot (the
+/// process restarted without a reboot): never a second request on its own.
+#[tokio::test]
+async fn a_reboot_that_did_not_happen_fails_instead_of_asking_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..20 {
+        a.tick().await.unwrap();
+        if w.0.lock().unwrap().reboot_pending {
+            break;
+        }
+    }
+    assert_eq!(w.0.lock().unwrap().reboots, 1);
+    // The same process waits for the machine to go down.
+    a.tick().await.unwrap();
+    assert_eq!(a.state().name(), "rebooting");
+    // A new process, same boot: the request did not work.
+    w.0.lock().unwrap().reboot_pending = false;
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..3 {
+        a.tick().await.unwrap();
+    }
+    let AgentState::Failed {
+        step,
+        error,
+        slot_held,
+        ..
+    } = a.state().clone()
+    else {
+        panic!("{:?}", a.state())
+    };
+    assert_eq!(step, Step::Reboot);
+    assert!(error.contains("still boot boot-1"), "{error}");
+    assert!(error.contains("not asking again"), "{error}");
+    assert!(slot_held);
+    assert_eq!(w.0.lock().unwrap().reboots, 1, "asked once");
+    // A person says go: one more request.
+    a.store()
+        .set(keys::RESUME_REQUESTED, &Timestamp::now())
+        .unwrap();
+    for _ in 0..3 {
+        a.tick().await.unwrap();
+    }
+    assert_eq!(w.0.lock().unwrap().reboots, 2);
+}
+
+/// The boot_id says "same boot" but the boot time moved: the signals
+/// disagree, so no reboot is assumed and none is requested again.
+#[tokio::test]
+async fn an_unclear_boot_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..20 {
+        a.tick().await.unwrap();
+        if w.0.lock().unwrap().reboot_pending {
+            break;
+        }
+    }
+    {
+        let mut g = w.0.lock().unwrap();
+        g.reboot_pending = false;
+        g.booted_at = Some(Timestamp::now() + jiff::SignedDuration::from_secs(60));
+    }
+    let mut a = agent(dir.path(), &w);
+    a.tick().await.unwrap();
+    let AgentState::Failed { error, .. } = a.state().clone() else {
+        panic!("{:?}", a.state())
+    };
+    assert!(
+        error.contains("cannot tell whether the machine rebooted"),
+        "{error}"
+    );
+    assert!(error.contains("boot_id boot-1 is unchanged"), "{error}");
+    assert_eq!(w.0.lock().unwrap().reboots, 1);
+}
+
+/// A resume written before the failure it would answer is dropped.
+#[tokio::test]
+async fn a_resume_from_before_the_failure_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().refuse_reboot = true;
+    let mut a = agent(dir.path(), &w);
+    a.store()
+        .set(keys::RESUME_REQUESTED, &Timestamp::now())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for _ in 0..10 {
+        a.tick().await.unwrap();
+    }
+    assert_eq!(a.state().name(), "failed");
+    assert!(
+        a.store()
+            .get::<serde_json::Value>(keys::RESUME_REQUESTED)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(a.store().history(&["stale-request"], 10).unwrap().len(), 1);
+}
+
+/// A lost claim stops a drain that is under way, at once.
+#[tokio::test]
+async fn a_lost_claim_stops_a_running_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().drain_blocked = true;
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..10 {
+        a.tick().await.unwrap();
+        if a.state().name() == "draining" {
+            break;
+        }
+    }
+    assert_eq!(a.state().name(), "draining");
+    let w2 = w.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let g = w2.0.lock().unwrap();
+        if let Some(tx) = &g.claim {
+            tx.send_replace(Claim::Lost {
+                slot: "slot-0".into(),
+                holder: Some("n2".into()),
+                reason: "taken".into(),
+            });
+        }
+    });
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), a.tick())
+        .await
+        .expect("the drain stopped")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let AgentState::Failed { interrupted, .. } = a.state() else {
+        panic!("{:?}", a.state())
+    };
+    assert_eq!(interrupted.name(), "draining");
+    assert_eq!(w.0.lock().unwrap().reboots, 0);
+}
+
+/// A permanent drain failure stops for a person; it is not retried forever.
+#[tokio::test]
+async fn a_permanent_drain_failure_goes_to_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().drain_refused = Some("evicting pod default/x: 403 forbidden".into());
+    let end = run_to_rest(dir.path(), &w, 20).await;
+    let AgentState::Failed { step, error, .. } = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(step, Step::Drain);
+    assert!(error.contains("default/x: 403 forbidden"), "{error}");
+    let g = w.0.lock().unwrap();
+    assert!(g.unschedulable && g.lease_holder.as_deref() == Some("n1"));
 }

@@ -252,13 +252,15 @@ pub async fn halted_by(
             source,
         })?;
     let annotations = ns.and_then(|n| n.metadata.annotations).unwrap_or_default();
-    // A halt text without a matching record (set by hand) belongs to nobody.
-    if !annotations.contains_key(HALTED) {
+    // The record counts only for the halt text it was written with: a halt
+    // set or rewritten by hand belongs to no node.
+    let Some(text) = annotations.get(HALTED) else {
         return Ok(None);
-    }
+    };
     Ok(annotations
         .get(HALTED_BY)
-        .and_then(|v| serde_json::from_str(v).ok()))
+        .and_then(|v| serde_json::from_str::<HaltedBy>(v).ok())
+        .filter(|by| *text == format!("{}: {}", by.node, by.reason)))
 }
 
 /// Shares a blocking verdict with the other waiting nodes. A plain merge

@@ -372,9 +372,13 @@ pub enum ErrorClass {
     TimedOut,
 }
 
-fn kube_class(e: &kube::Error) -> ErrorClass {
+/// Whether an API error is worth retrying as it is.
+pub fn kube_class(e: &kube::Error) -> ErrorClass {
     match e {
-        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => ErrorClass::Transient,
+        // Timeout, conflict, throttling, server trouble: worth another try.
+        kube::Error::Api(s) if matches!(s.code, 408 | 409 | 429) || s.code >= 500 => {
+            ErrorClass::Transient
+        }
         kube::Error::Api(_) => ErrorClass::Permanent,
         // Transport and decoding trouble: the API server may come back.
         _ => ErrorClass::Transient,
@@ -1282,6 +1286,7 @@ mod tests {
         assert_eq!(list(503).class(), ErrorClass::Transient);
         assert_eq!(list(429).class(), ErrorClass::Transient);
         assert_eq!(list(403).class(), ErrorClass::Permanent);
+        assert_eq!(list(409).class(), ErrorClass::Transient);
         let lost = DrainError::LeaseLost {
             node: "n1".into(),
             slot: "s".into(),

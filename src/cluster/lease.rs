@@ -843,8 +843,9 @@ async fn keep(
         let mut held = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let slot = held.slot.clone();
         let expires = expires_at(&held.lease, client.duration);
-        // Give up a little before the expiry others will see.
-        let margin = SignedDuration::try_from(every / 2).unwrap_or(SignedDuration::ZERO);
+        // Give up a renewal period before the expiry others will see, so
+        // this node has stopped well before another may take over.
+        let margin = SignedDuration::try_from(every).unwrap_or(SignedDuration::ZERO);
         let give_up_at = expires - margin;
         let left =
             Duration::try_from(give_up_at.duration_since(Timestamp::now())).unwrap_or_default();

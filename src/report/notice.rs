@@ -64,8 +64,8 @@ pub enum Notice {
 /// One gate that does not pass, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlockedGate {
-    /// Stable gate name, used as a metric label ("maintenance-window", "nodes-ready", ...).
-    pub gate: String,
+    /// Stable gate name, used as a metric label ("window", "nodes-ready", ...).
+    pub gate: crate::gates::GateName,
     pub reason: String,
 }
 
@@ -105,57 +105,8 @@ impl PhaseDurations {
     }
 }
 
-/// Where this node is in its cycle, as shown in metrics and the node annotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    Idle,
-    Pending,
-    Locked,
-    Draining,
-    Rebooting,
-    Upgrading,
-    Verifying,
-    Releasing,
-    Soaking,
-    Failed,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 10] = [
-        Phase::Idle,
-        Phase::Pending,
-        Phase::Locked,
-        Phase::Draining,
-        Phase::Rebooting,
-        Phase::Upgrading,
-        Phase::Verifying,
-        Phase::Releasing,
-        Phase::Soaking,
-        Phase::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Pending => "pending",
-            Phase::Locked => "locked",
-            Phase::Draining => "draining",
-            Phase::Rebooting => "rebooting",
-            Phase::Upgrading => "upgrading",
-            Phase::Verifying => "verifying",
-            Phase::Releasing => "releasing",
-            Phase::Soaking => "soaking",
-            Phase::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where this node is in its cycle (one vocabulary with the agent).
+pub use crate::phase::Phase;
 
 /// Kubernetes Event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -478,7 +429,7 @@ mod tests {
 
     fn gate(g: &str, r: &str) -> BlockedGate {
         BlockedGate {
-            gate: g.into(),
+            gate: g.parse().unwrap(),
             reason: r.into(),
         }
     }
@@ -495,18 +446,18 @@ mod tests {
         );
         assert!(v.apply(&Notice::Waiting {
             blocked: vec![
-                gate("maintenance-window", "next window Tue 02:00 Europe/Berlin"),
+                gate("window", "next window Tue 02:00 Europe/Berlin"),
                 gate("nodes-ready", "node w2 NotReady")
             ]
         }));
         assert_eq!(
             v.status_line(),
-            "pending: waiting for maintenance-window: next window Tue 02:00 Europe/Berlin (and 1 more gate)"
+            "pending: waiting for window: next window Tue 02:00 Europe/Berlin (and 1 more gate)"
         );
         // Same verdict again: nothing visible changes, so no new STATUS.
         assert!(!v.apply(&Notice::Waiting {
             blocked: vec![
-                gate("maintenance-window", "next window Tue 02:00 Europe/Berlin"),
+                gate("window", "next window Tue 02:00 Europe/Berlin"),
                 gate("nodes-ready", "node w2 NotReady")
             ]
         }));
