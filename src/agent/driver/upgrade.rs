@@ -91,12 +91,31 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                     .map(Some);
             }
         };
+        let decision = plan::decide(target.as_deref(), &versions, &self.node);
         let Decision::Upgrade {
             from,
             to,
             control_plane,
-        } = plan::decide(target.as_deref(), &versions, &self.node)
+        } = decision
         else {
+            if cycle.reasons.iter().all(|r| is_upgrade_reason(r)) {
+                // Nothing left to do in this turn (the target changed, or
+                // it is no longer this node's turn): give the slot back and
+                // wait again, rather than reboot for no reason.
+                info!(node = %self.node, decision = ?decision, "upgrade no longer due; releasing the slot");
+                if let Err(e) = self.cluster.release(&cycle.slot).await {
+                    return self.retry_later("releasing the lease", e).await.map(Some);
+                }
+                self.transition(
+                    Event::LeaseLost {
+                        holder: "nobody (released: the upgrade is no longer due)".into(),
+                        now: Timestamp::now(),
+                    },
+                    serde_json::json!({"released": cycle.slot, "upgrade-no-longer-due": true}),
+                )
+                .await?;
+                return Ok(Some(Wait::No));
+            }
             return Ok(None);
         };
         let action = plan::kubeadm_action(control_plane, to, versions.kubeadm_config);
