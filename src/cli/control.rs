@@ -49,7 +49,8 @@ pub enum ClusterCommand {
 #[derive(Debug, clap::Args)]
 pub struct SetVersionArgs {
     /// The target, like v1.35.2: at most one minor above the control plane, never lower.
-    pub version: String,
+    #[arg(value_name = "VERSION")]
+    pub target: String,
 }
 
 fn open(settings: &Settings) -> anyhow::Result<Store> {
@@ -164,7 +165,7 @@ pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<Exit
             println!("cluster-wide pause and halt lifted");
         }
         ClusterCommand::SetVersion(args) => {
-            let to = crate::cluster::versions::set_target(&client, ns, &args.version).await?;
+            let to = crate::cluster::versions::set_target(&client, ns, &args.target).await?;
             println!(
                 "Kubernetes target set to {to}; nodes upgrade one at a time, control planes first"
             );

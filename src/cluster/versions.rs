@@ -29,7 +29,8 @@ pub enum VersionsError {
         #[source]
         source: kube::Error,
     },
-    #[error("refusing target: {0}")]
+    /// The reason is the source (shown after this by error chains).
+    #[error("refusing the Kubernetes target")]
     Refused(#[from] TargetError),
     #[error(transparent)]
     Annotation(#[from] AnnotationError),
