@@ -173,3 +173,21 @@ pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<Exit
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod set_version_tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::super::{Cli, Command};
+    use super::ClusterCommand;
+
+    #[test]
+    fn set_version_parses_beside_the_global_version_flag() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["drydock", "cluster", "set-version", "v1.35.2"]).unwrap();
+        let Command::Cluster(ClusterCommand::SetVersion(args)) = cli.command else {
+            panic!("not set-version");
+        };
+        assert_eq!(args.target, "v1.35.2");
+    }
+}
