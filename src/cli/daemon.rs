@@ -197,6 +197,10 @@ impl ReporterPort for DaemonReporter {
         self.reporter.notice(notice);
     }
 
+    fn heartbeat(&self) {
+        self.reporter.heartbeat();
+    }
+
     async fn flush(&self) {
         self.reporter.flush(FLUSH_TIMEOUT).await;
     }
