@@ -18,4 +18,5 @@ pub mod report;
 pub mod sim;
 pub mod simulate;
 pub mod store;
+pub mod upgrade;
 pub mod verify;

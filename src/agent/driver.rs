@@ -26,6 +26,9 @@ use super::state::{AgentState, Cordon, Cycle, Event, TransitionError};
 use crate::config::Settings;
 use crate::store::{Store, StoreError};
 
+mod upgrade;
+pub use upgrade::{UPGRADE_REASON, is_upgrade_reason};
+
 /// kv keys the CLI writes and the agent reads (and the reverse); the
 /// names live in [`crate::store::keys`].
 pub mod keys {
@@ -106,6 +109,8 @@ pub struct Agent<H, C, R> {
     reboot_requested_here: Option<Timestamp>,
     /// The claim on the slot the state holds, from the keeper.
     claim: Option<ClaimWatch>,
+    /// The last refused upgrade target's reason (reported once).
+    last_refusal: Option<String>,
 }
 
 fn signed(d: Duration) -> SignedDuration {
@@ -146,6 +151,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             failpoint: None,
             reboot_requested_here: None,
             claim: None,
+            last_refusal: None,
         })
     }
 
@@ -345,8 +351,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         let now = Timestamp::now();
         match self.state.clone() {
             AgentState::Idle | AgentState::Pending { .. } => self.wait_for_turn(now).await,
-            AgentState::Locked { .. } => {
+            AgentState::Locked { cycle } => {
                 if let Some(wait) = self.guard_slot(false).await? {
+                    return Ok(wait);
+                }
+                if let Some(wait) = self.plan_upgrade(&cycle).await? {
                     return Ok(wait);
                 }
                 match self.cluster.node_unschedulable().await {
@@ -401,6 +410,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 cycle, durations, ..
             } => self.release_verified(&cycle, durations).await,
             AgentState::Failed { .. } => self.failed().await,
+            AgentState::Upgrading { cycle, cordon, .. } => self.upgrading(cycle, cordon).await,
         }
     }
 
@@ -532,7 +542,10 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         } else {
             let requested = crate::host::sentinel::reboot_request(&self.store())?;
             let reasons = match self.host.reboot_need(requested).await {
-                Ok(r) => r,
+                Ok(mut r) => {
+                    r.extend(self.upgrade_reason().await?);
+                    r
+                }
                 Err(e) => {
                     return self
                         .retry_later("checking whether a reboot is needed", e)
@@ -914,6 +927,10 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Ok(()) => self.host.run_checks().await,
             Err(reason) => Err(reason),
         };
+        let outcome = match (outcome, self.state.clone()) {
+            (Ok(()), AgentState::Verifying { cycle, .. }) => self.verify_upgrade(&cycle).await,
+            (other, _) => other,
+        };
         let now = Timestamp::now();
         match outcome {
             Ok(()) => {
@@ -990,9 +1007,30 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             "reasons": cycle.reasons,
             "durations": durations,
         });
+        let upgrade = cycle.upgrade.as_ref().map(|p| {
+            serde_json::json!({
+                "node": self.node,
+                "from": p.from.map(|v| v.to_string()),
+                "to": p.to.to_string(),
+                "action": p.action,
+                "steps": p.done,
+                "packages": p.packages,
+                "etcd-snapshot": p.snapshot,
+            })
+        });
+        let rebooted = cycle
+            .upgrade
+            .as_ref()
+            .is_none_or(|p| p.steps.contains(&crate::upgrade::UpgradeStep::Reboot));
         self.write(move |s| {
-            crate::host::sentinel::clear_reboot_request(s)?;
-            s.append_history("reboot", &history).map(|_| ())
+            if let Some(upgrade) = &upgrade {
+                s.append_history("upgrade", upgrade)?;
+            }
+            if rebooted {
+                crate::host::sentinel::clear_reboot_request(s)?;
+                s.append_history("reboot", &history)?;
+            }
+            Ok(())
         })
         .await?;
         self.event(AgentEvent::Verified {

@@ -397,6 +397,23 @@ impl Cluster for KubeCluster {
         }
     }
 
+    async fn upgrade_target(&self) -> Result<Option<String>, PortError> {
+        let ns: k8s_openapi::api::core::v1::Namespace = kube::Api::all(self.shared.clone())
+            .get(self.ns())
+            .await
+            .map_err(|e| PortError::failed("reading the upgrade target", e))?;
+        Ok(ns
+            .metadata
+            .annotations
+            .and_then(|mut a| a.remove(annotations::KUBERNETES_VERSION)))
+    }
+
+    async fn cluster_versions(&self) -> Result<crate::upgrade::ClusterVersions, PortError> {
+        crate::cluster::versions::observe_versions(&self.client)
+            .await
+            .map_err(|e| PortError::failed("reading the cluster's versions", e))
+    }
+
     async fn halt_fleet(&self, halt: &Halt) -> Result<(), PortError> {
         let by = annotations::HaltedBy {
             node: halt.node.clone(),

@@ -59,6 +59,23 @@ impl Host for NodeHost {
             .map_err(|e| PortError::failed("asking logind to reboot", e))
     }
 
+    fn commands(&self) -> Option<&dyn crate::host::command::CommandRunner> {
+        Some(&crate::host::command::HostRunner)
+    }
+
+    async fn restart_kubelet(&self) -> Result<(), PortError> {
+        let systemd = crate::host::systemd::Systemd::new(self.rebooter.bus().clone());
+        let timeout = std::time::Duration::from_secs(120);
+        systemd
+            .daemon_reload(timeout)
+            .await
+            .map_err(|e| PortError::failed("reloading systemd", e))?;
+        systemd
+            .restart_unit(&self.settings.upgrade.kubelet_unit, timeout)
+            .await
+            .map_err(|e| PortError::failed("restarting the kubelet", e))
+    }
+
     async fn run_checks(&self) -> Result<(), String> {
         let results = checks::run_checks(
             &self.settings.verify.checks_dir,

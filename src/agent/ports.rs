@@ -179,6 +179,20 @@ pub trait Host: Send + Sync {
     fn reboot(&self, reason: &str) -> impl Future<Output = Result<(), PortError>> + Send;
     /// Run the post-boot checks; `Err` names the first failing one.
     fn run_checks(&self) -> impl Future<Output = Result<(), String>> + Send;
+    /// Runs the upgrade's commands (kubeadm, apt-get, etcdctl); `None`: this
+    /// host cannot upgrade Kubernetes (the upgrade step then fails).
+    fn commands(&self) -> Option<&dyn crate::host::command::CommandRunner> {
+        None
+    }
+    /// `daemon-reload`, then restart the kubelet (after its upgrade).
+    fn restart_kubelet(&self) -> impl Future<Output = Result<(), PortError>> + Send {
+        async {
+            Err(PortError::permanent(
+                "restarting the kubelet",
+                "this host cannot restart the kubelet",
+            ))
+        }
+    }
 }
 
 /// The cluster, as seen by one node.
@@ -229,6 +243,23 @@ pub trait Cluster: Send + Sync {
         &self,
         at: Timestamp,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// The Kubernetes upgrade target on the drydock Namespace (as written,
+    /// unvalidated); `None` when unset. One small GET.
+    fn upgrade_target(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send {
+        async { Ok(None) }
+    }
+    /// What the skew policy and the rollout order look at: `/version`,
+    /// kubeadm-config, every Node's kubelet version and role.
+    fn cluster_versions(
+        &self,
+    ) -> impl Future<Output = Result<crate::upgrade::ClusterVersions, PortError>> + Send {
+        async {
+            Err(PortError::failed(
+                "reading cluster versions",
+                "not available here",
+            ))
+        }
+    }
 }
 
 /// Something worth telling people.
@@ -290,6 +321,21 @@ pub enum AgentEvent {
     HaltCleared,
     Released {
         slot: String,
+    },
+    /// The cluster's Kubernetes target is refused (nothing runs).
+    UpgradeRefused {
+        reason: String,
+    },
+    /// An upgrade step of this node finished.
+    UpgradeStep {
+        from: String,
+        to: String,
+        step: String,
+    },
+    /// An upgrade step failed: the rollout halts here.
+    UpgradeFailed {
+        step: String,
+        error: String,
     },
 }
 

@@ -30,6 +30,8 @@ pub enum Step {
     Reboot,
     Verify,
     Release,
+    /// A Kubernetes upgrade step (which one is in the interrupted state).
+    Upgrade,
 }
 
 impl std::fmt::Display for Step {
@@ -40,6 +42,7 @@ impl std::fmt::Display for Step {
             Step::Reboot => "reboot",
             Step::Verify => "verify",
             Step::Release => "release",
+            Step::Upgrade => "upgrade",
         })
     }
 }
@@ -55,6 +58,9 @@ pub struct Cycle {
     /// The Lease slot held for this cycle.
     pub slot: String,
     pub locked_at: Timestamp,
+    /// A Kubernetes upgrade done in this turn, as far as it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<crate::upgrade::steps::Progress>,
 }
 
 /// Whether drydock made the node unschedulable (and so may undo it).
@@ -122,6 +128,14 @@ pub enum AgentState {
         cycle: Cycle,
         cordon: Cordon,
         durations: PhaseDurations,
+    },
+    /// A Kubernetes upgrade (`cycle.upgrade`) at its current step. Before
+    /// the drain `cordon` is `None`; after it, the cordon the drain made.
+    Upgrading {
+        cycle: Cycle,
+        cordon: Option<Cordon>,
+        #[serde(default)]
+        drain_seconds: f64,
     },
     /// Stopped for a person. The fleet stays stopped while `slot_held`.
     Failed {
@@ -210,6 +224,26 @@ pub enum Event {
     },
     /// `drydock release --force`, issued after the failure.
     ForceReleased,
+    /// Holding the slot, the node found its Kubernetes upgrade to do.
+    UpgradePlanned {
+        progress: crate::upgrade::steps::Progress,
+    },
+    /// An upgrade step finished (or was found done): the progress after it.
+    UpgradeProgressed {
+        progress: crate::upgrade::steps::Progress,
+    },
+    /// The kubelet was restarted on its new version (no reboot in this turn).
+    KubeletRestarted {
+        booted_at: Timestamp,
+        now: Timestamp,
+        verify_timeout: SignedDuration,
+    },
+    /// The upgrade's packages are in; the turn's reboot comes next.
+    UpgradeRebootNext {
+        boot_id: String,
+        booted_at: Option<Timestamp>,
+        now: Timestamp,
+    },
 }
 
 /// The kind of an [`Event`], for errors and the transition table.
@@ -230,10 +264,14 @@ pub enum EventKind {
     LeaseLost,
     Resume,
     ForceReleased,
+    UpgradePlanned,
+    UpgradeProgressed,
+    KubeletRestarted,
+    UpgradeRebootNext,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::RebootNeeded,
         EventKind::RebootNotNeeded,
         EventKind::LeaseAcquired,
@@ -249,6 +287,10 @@ impl EventKind {
         EventKind::LeaseLost,
         EventKind::Resume,
         EventKind::ForceReleased,
+        EventKind::UpgradePlanned,
+        EventKind::UpgradeProgressed,
+        EventKind::KubeletRestarted,
+        EventKind::UpgradeRebootNext,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -268,6 +310,10 @@ impl EventKind {
             EventKind::LeaseLost => "lease-lost",
             EventKind::Resume => "resume",
             EventKind::ForceReleased => "force-released",
+            EventKind::UpgradePlanned => "upgrade-planned",
+            EventKind::UpgradeProgressed => "upgrade-progressed",
+            EventKind::KubeletRestarted => "kubelet-restarted",
+            EventKind::UpgradeRebootNext => "upgrade-reboot-next",
         }
     }
 }
@@ -296,6 +342,10 @@ impl Event {
             Event::LeaseLost { .. } => EventKind::LeaseLost,
             Event::Resume { .. } => EventKind::Resume,
             Event::ForceReleased => EventKind::ForceReleased,
+            Event::UpgradePlanned { .. } => EventKind::UpgradePlanned,
+            Event::UpgradeProgressed { .. } => EventKind::UpgradeProgressed,
+            Event::KubeletRestarted { .. } => EventKind::KubeletRestarted,
+            Event::UpgradeRebootNext { .. } => EventKind::UpgradeRebootNext,
         }
     }
 }
@@ -326,6 +376,7 @@ impl AgentState {
             AgentState::Verifying { .. } => Phase::Verifying,
             AgentState::Releasing { .. } => Phase::Releasing,
             AgentState::Failed { .. } => Phase::Failed,
+            AgentState::Upgrading { .. } => Phase::Upgrading,
         }
     }
 
@@ -334,7 +385,7 @@ impl AgentState {
         self.phase().as_str()
     }
 
-    pub const ALL_NAMES: [&'static str; 9] = [
+    pub const ALL_NAMES: [&'static str; 10] = [
         "idle",
         "pending",
         "locked",
@@ -344,6 +395,7 @@ impl AgentState {
         "verifying",
         "releasing",
         "failed",
+        "upgrading",
     ];
 
     fn cycle(&self) -> Option<&Cycle> {
@@ -353,7 +405,8 @@ impl AgentState {
             | AgentState::Draining { cycle, .. }
             | AgentState::Rebooting { cycle, .. }
             | AgentState::Verifying { cycle, .. }
-            | AgentState::Releasing { cycle, .. } => Some(cycle),
+            | AgentState::Releasing { cycle, .. }
+            | AgentState::Upgrading { cycle, .. } => Some(cycle),
             AgentState::Idle | AgentState::Pending { .. } | AgentState::Failed { .. } => None,
         }
     }
@@ -365,7 +418,8 @@ impl AgentState {
             | AgentState::Draining { cycle, .. }
             | AgentState::Rebooting { cycle, .. }
             | AgentState::Verifying { cycle, .. }
-            | AgentState::Releasing { cycle, .. } => Some(cycle),
+            | AgentState::Releasing { cycle, .. }
+            | AgentState::Upgrading { cycle, .. } => Some(cycle),
             AgentState::Idle | AgentState::Pending { .. } | AgentState::Failed { .. } => None,
         }
     }
@@ -391,6 +445,7 @@ impl AgentState {
             | AgentState::Rebooting { cordon, .. }
             | AgentState::Verifying { cordon, .. }
             | AgentState::Releasing { cordon, .. } => Some(*cordon),
+            AgentState::Upgrading { cordon, .. } => *cordon,
             AgentState::Failed { interrupted, .. } => interrupted.cordon(),
             AgentState::Pending {
                 resume: Some(s), ..
@@ -410,6 +465,7 @@ impl AgentState {
             AgentState::Rebooting { .. } => Step::Reboot,
             AgentState::Verifying { .. } => Step::Verify,
             AgentState::Releasing { .. } => Step::Release,
+            AgentState::Upgrading { .. } => Step::Upgrade,
             AgentState::Failed { step, .. } => *step,
         }
     }
@@ -475,6 +531,7 @@ impl AgentState {
                         needed_since: since,
                         slot,
                         locked_at: now,
+                        upgrade: None,
                     },
                 }),
                 Some(mut interrupted) => {
@@ -486,6 +543,84 @@ impl AgentState {
                 }
             },
 
+            (AgentState::Locked { mut cycle }, Event::UpgradePlanned { progress }) => {
+                cycle.upgrade = Some(progress);
+                Ok(AgentState::Upgrading {
+                    cycle,
+                    cordon: None,
+                    drain_seconds: 0.0,
+                })
+            }
+            (
+                AgentState::Upgrading {
+                    mut cycle,
+                    cordon,
+                    drain_seconds,
+                },
+                Event::UpgradeProgressed { progress },
+            ) if cycle.upgrade.is_some() => {
+                cycle.upgrade = Some(progress);
+                Ok(AgentState::Upgrading {
+                    cycle,
+                    cordon,
+                    drain_seconds,
+                })
+            }
+            // The upgrade's drain: the reboot cycle's cordon and drain.
+            (
+                AgentState::Upgrading {
+                    cycle,
+                    cordon: None,
+                    ..
+                },
+                Event::PriorSchedulability { unschedulable },
+            ) => Ok(AgentState::Cordoning {
+                cycle,
+                cordon: if unschedulable {
+                    Cordon::Admin
+                } else {
+                    Cordon::Ours
+                },
+            }),
+            (
+                AgentState::Upgrading {
+                    cycle,
+                    cordon: Some(cordon),
+                    drain_seconds,
+                },
+                Event::KubeletRestarted {
+                    booted_at,
+                    now,
+                    verify_timeout,
+                },
+            ) => Ok(AgentState::Verifying {
+                cycle,
+                cordon,
+                booted_at,
+                deadline: now + verify_timeout,
+                drain_seconds,
+                reboot_seconds: 0.0,
+            }),
+            (
+                AgentState::Upgrading {
+                    cycle,
+                    cordon: Some(cordon),
+                    drain_seconds,
+                },
+                Event::UpgradeRebootNext {
+                    boot_id,
+                    booted_at,
+                    now,
+                },
+            ) => Ok(AgentState::Rebooting {
+                cycle,
+                cordon,
+                boot_id,
+                booted_at,
+                drained_at: now,
+                drain_seconds,
+                requested_at: None,
+            }),
             (AgentState::Locked { cycle }, Event::PriorSchedulability { unschedulable }) => {
                 Ok(AgentState::Cordoning {
                     cycle,
@@ -512,6 +647,23 @@ impl AgentState {
                 })
             }
 
+            (
+                AgentState::Draining {
+                    mut cycle,
+                    cordon,
+                    started,
+                },
+                Event::Drained { now, .. },
+            ) if cycle.upgrade.is_some() => {
+                if let Some(p) = cycle.upgrade.as_mut() {
+                    p.advance();
+                }
+                Ok(AgentState::Upgrading {
+                    cycle,
+                    cordon: Some(cordon),
+                    drain_seconds: seconds(started, now),
+                })
+            }
             (
                 AgentState::Draining {
                     cycle,
@@ -619,7 +771,8 @@ impl AgentState {
                 | AgentState::Cordoning { .. }
                 | AgentState::Draining { .. }
                 | AgentState::Rebooting { .. }
-                | AgentState::Verifying { .. }),
+                | AgentState::Verifying { .. }
+                | AgentState::Upgrading { .. }),
                 Event::Failed { error, now },
             ) => Ok(AgentState::Failed {
                 step: s.step(),
@@ -632,7 +785,8 @@ impl AgentState {
                 s @ (AgentState::Cordoning { .. }
                 | AgentState::Draining { .. }
                 | AgentState::Rebooting { .. }
-                | AgentState::Verifying { .. }),
+                | AgentState::Verifying { .. }
+                | AgentState::Upgrading { .. }),
                 Event::LeaseLost { holder, now },
             ) => {
                 let slot = s.held_slot().unwrap_or_default().to_string();
@@ -1222,6 +1376,29 @@ mod tests {
                 verify_timeout: VT,
             },
             EventKind::ForceReleased => Event::ForceReleased,
+            EventKind::UpgradePlanned | EventKind::UpgradeProgressed => {
+                let progress = crate::upgrade::steps::Progress::new(
+                    Some(crate::upgrade::KubeVersion::new(1, 34, 2)),
+                    crate::upgrade::KubeVersion::new(1, 35, 2),
+                    crate::upgrade::KubeadmAction::Node,
+                    false,
+                );
+                if k == EventKind::UpgradePlanned {
+                    Event::UpgradePlanned { progress }
+                } else {
+                    Event::UpgradeProgressed { progress }
+                }
+            }
+            EventKind::KubeletRestarted => Event::KubeletRestarted {
+                booted_at: t(500),
+                now: t(500),
+                verify_timeout: VT,
+            },
+            EventKind::UpgradeRebootNext => Event::UpgradeRebootNext {
+                boot_id: "b".into(),
+                booted_at: None,
+                now: t(500),
+            },
         };
         EventKind::ALL.into_iter().map(ev).collect()
     }
@@ -1236,7 +1413,15 @@ mod tests {
                 &[K::RebootNeeded, K::RebootNotNeeded, K::LeaseAcquired],
             ),
             ("pending-resume", &[K::RebootNeeded, K::LeaseAcquired]),
-            ("locked", &[K::PriorSchedulability, K::LeaseLost, K::Failed]),
+            (
+                "locked",
+                &[
+                    K::PriorSchedulability,
+                    K::LeaseLost,
+                    K::Failed,
+                    K::UpgradePlanned,
+                ],
+            ),
             ("cordoning", &[K::Cordoned, K::LeaseLost, K::Failed]),
             (
                 "draining",

@@ -48,6 +48,15 @@ pub enum ClusterCommand {
     /// control-plane daemons do): only exactly drydock:node:NODE, asked by
     /// the node itself.
     Approve(super::identity::ApproveArgs),
+    /// Set the Kubernetes version every node upgrades to (validated first).
+    SetVersion(SetVersionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetVersionArgs {
+    /// The target, like v1.35.2: at most one minor above the control plane, never lower.
+    #[arg(value_name = "VERSION")]
+    pub target: String,
 }
 
 fn open(settings: &Settings) -> anyhow::Result<Store> {
@@ -188,6 +197,30 @@ pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<Exit
             println!("cluster-wide pause and halt lifted");
         }
         ClusterCommand::Approve(_) => unreachable!("handled above"),
+        ClusterCommand::SetVersion(args) => {
+            let to = crate::cluster::versions::set_target(&client, ns, &args.target).await?;
+            println!(
+                "Kubernetes target set to {to}; nodes upgrade one at a time, control planes first"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod set_version_tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::super::{Cli, Command};
+    use super::ClusterCommand;
+
+    #[test]
+    fn set_version_parses_beside_the_global_version_flag() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["drydock", "cluster", "set-version", "v1.35.2"]).unwrap();
+        let Command::Cluster(ClusterCommand::SetVersion(args)) = cli.command else {
+            panic!("not set-version");
+        };
+        assert_eq!(args.target, "v1.35.2");
+    }
 }

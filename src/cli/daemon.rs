@@ -188,6 +188,11 @@ impl ReporterPort for DaemonReporter {
                 ..
             } => Notice::Verifying,
             AgentEvent::StateChanged { .. } => return,
+            AgentEvent::UpgradeFailed { step, error } => Notice::Failed {
+                step: format!("upgrade {step}"),
+                error: error.clone(),
+            },
+            AgentEvent::UpgradeRefused { .. } | AgentEvent::UpgradeStep { .. } => return,
         };
         self.reporter.notice(notice);
     }

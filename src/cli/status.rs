@@ -117,6 +117,40 @@ fn ago(now: Timestamp, then: Timestamp) -> String {
     gates::ago(now, then)
 }
 
+/// The local Kubernetes upgrade step, in this state or the one a failure
+/// interrupted: `v1.34.2 -> v1.35.2, step install-kubelet (done: ...)`.
+fn upgrade_line(state: &AgentState) -> Option<String> {
+    let progress = match state {
+        AgentState::Failed { interrupted, .. } => return upgrade_line(interrupted),
+        AgentState::Locked { cycle }
+        | AgentState::Cordoning { cycle, .. }
+        | AgentState::Draining { cycle, .. }
+        | AgentState::Rebooting { cycle, .. }
+        | AgentState::Verifying { cycle, .. }
+        | AgentState::Releasing { cycle, .. }
+        | AgentState::Upgrading { cycle, .. } => cycle.upgrade.as_ref()?,
+        AgentState::Idle | AgentState::Pending { .. } => return None,
+    };
+    let done: Vec<&str> = progress.done.iter().map(|s| s.name()).collect();
+    Some(format!(
+        "{} -> {} (kubeadm upgrade {}), step {} (done: {})",
+        progress
+            .from
+            .map_or("unknown".to_string(), |v| v.to_string()),
+        progress.to,
+        match progress.action {
+            crate::upgrade::KubeadmAction::Apply => "apply",
+            crate::upgrade::KubeadmAction::Node => "node",
+        },
+        progress.step,
+        if done.is_empty() {
+            "none".to_string()
+        } else {
+            done.join(", ")
+        }
+    ))
+}
+
 fn print_text(v: &StatusView, now: Timestamp) {
     println!("node:         {}", v.node);
     println!("daemon:       {}", v.daemon);
@@ -133,6 +167,9 @@ fn print_text(v: &StatusView, now: Timestamp) {
     if let Some(AgentState::Failed { step, error, .. }) = &v.state {
         println!("  failed at {step}: {error}");
         println!("  fix it, then `drydock resume`; or `drydock release --force`");
+    }
+    if let Some(line) = v.state.as_ref().and_then(upgrade_line) {
+        println!("upgrade:      {line}");
     }
     match &v.reboot_need {
         Some(n) if !n.reasons.is_empty() => {
@@ -187,5 +224,50 @@ fn print_text(v: &StatusView, now: Timestamp) {
             }
         }
         Err(e) => println!("lease slots:  unknown: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod upgrade_line_tests {
+    use super::*;
+    use crate::agent::state::{Cordon, Cycle};
+    use crate::upgrade::steps::Progress;
+    use crate::upgrade::{KubeVersion, KubeadmAction};
+
+    #[test]
+    fn shows_the_local_upgrade_step_also_when_failed() {
+        let mut progress = Progress::new(
+            Some(KubeVersion::new(1, 34, 2)),
+            KubeVersion::new(1, 35, 2),
+            KubeadmAction::Apply,
+            false,
+        );
+        progress.advance();
+        let cycle = Cycle {
+            reasons: vec!["Kubernetes upgrade v1.34.2 -> v1.35.2".into()],
+            needed_since: Timestamp::UNIX_EPOCH,
+            slot: "drydock-default-0".into(),
+            locked_at: Timestamp::UNIX_EPOCH,
+            upgrade: Some(progress),
+        };
+        let upgrading = AgentState::Upgrading {
+            cycle,
+            cordon: Some(Cordon::Ours),
+            drain_seconds: 0.0,
+        };
+        let line = upgrade_line(&upgrading).unwrap();
+        assert_eq!(
+            line,
+            "v1.34.2 -> v1.35.2 (kubeadm upgrade apply), step resolve-packages (done: apt-source)"
+        );
+        let failed = AgentState::Failed {
+            step: crate::agent::state::Step::Upgrade,
+            error: "x".into(),
+            at: Timestamp::UNIX_EPOCH,
+            interrupted: Box::new(upgrading),
+            slot_held: true,
+        };
+        assert_eq!(upgrade_line(&failed).unwrap(), line);
+        assert_eq!(upgrade_line(&AgentState::Idle), None);
     }
 }

@@ -9,3 +9,4 @@ pub mod identity;
 pub mod lease;
 pub mod node;
 pub mod observe;
+pub mod versions;

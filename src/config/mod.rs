@@ -4,8 +4,10 @@
 mod load;
 mod raw;
 mod settings;
+pub mod upgrade;
 pub mod values;
 
 pub use load::{ConfigError, DEFAULT_CONFIG, config_files, drop_in_dir, load};
 pub use raw::RawConfig;
 pub use settings::*;
+pub use upgrade::UpgradeSettings;

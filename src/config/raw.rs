@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub verify: RawVerify,
     pub packages: RawPackages,
     pub report: RawReport,
+    pub upgrade: super::upgrade::RawUpgrade,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -23,6 +23,7 @@ pub struct Settings {
     pub verify: VerifySettings,
     pub packages: PackageSettings,
     pub report: ReportSettings,
+    pub upgrade: super::upgrade::UpgradeSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -322,6 +323,7 @@ impl Default for Settings {
                 webhook_events: default_events(),
                 templates: Default::default(),
             },
+            upgrade: Default::default(),
         }
     }
 }
@@ -349,6 +351,7 @@ impl PartialEq for Settings {
             && self.verify == other.verify
             && self.packages == other.packages
             && self.report == other.report
+            && self.upgrade == other.upgrade
     }
 }
 
@@ -593,6 +596,7 @@ impl Settings {
                 })
                 .collect::<Result<_, KeyError>>()?,
         };
+        let upgrade = super::upgrade::UpgradeSettings::from_raw(raw.upgrade)?;
         Ok(Settings {
             node,
             lease,
@@ -604,6 +608,7 @@ impl Settings {
             verify,
             packages,
             report,
+            upgrade,
         })
     }
 

@@ -47,6 +47,8 @@ pub enum ValueError {
     Range { value: i64, min: i64, max: i64 },
     #[error("invalid command: expected a non-empty list whose first element is an absolute path")]
     Argv,
+    #[error("{0}")]
+    Upgrade(String),
     #[error("unknown event kind {0:?}: expected one of {kinds}", kinds = NOTIFY_EVENT_KINDS.join(", "))]
     EventKind(String),
     #[error(

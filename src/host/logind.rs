@@ -108,6 +108,11 @@ impl LogindRebooter {
         LogindRebooter { bus }
     }
 
+    /// The bus it talks to (systemd's manager is on the same one).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
     pub fn system() -> Self {
         LogindRebooter { bus: Bus::System }
     }

@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod checks;
+pub mod command;
 pub mod dbus;
 pub mod dpkg;
 pub mod instance;

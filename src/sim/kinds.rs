@@ -18,6 +18,7 @@ pub enum Kind {
     PodDisruptionBudget,
     Lease,
     EventV1,
+    ConfigMap,
 }
 
 /// Static facts about one resource.
@@ -79,7 +80,7 @@ const EVENT_V1_FIELDS: &[&str] = &[
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -89,6 +90,7 @@ impl Kind {
         Kind::PodDisruptionBudget,
         Kind::Lease,
         Kind::EventV1,
+        Kind::ConfigMap,
     ];
 
     pub fn info(self) -> &'static KindInfo {
@@ -228,6 +230,22 @@ impl Kind {
                 unconditional_update: true,
                 field_selectors: EVENT_V1_FIELDS,
             },
+            // kube-system/kubeadm-config, for Kubernetes upgrades.
+            Kind::ConfigMap => &KindInfo {
+                group: "",
+                version: "v1",
+                plural: "configmaps",
+                singular: "configmap",
+                kind: "ConfigMap",
+                namespaced: true,
+                short_names: &["cm"],
+                categories: &[],
+                status_subresource: false,
+                generation: false,
+                returns_deleted_object: false,
+                unconditional_update: true,
+                field_selectors: &[],
+            },
         }
     }
 
@@ -276,6 +294,7 @@ impl Kind {
             Kind::PodDisruptionBudget => roundtrip::<policy::PodDisruptionBudget>(v),
             Kind::Lease => roundtrip::<coord::Lease>(v),
             Kind::EventV1 => roundtrip::<events::Event>(v),
+            Kind::ConfigMap => roundtrip::<core::ConfigMap>(v),
         }
     }
 }

@@ -80,6 +80,7 @@ mod discovery;
 mod eviction;
 mod faults;
 mod kinds;
+pub mod kubeadm;
 mod kubelet;
 mod model;
 mod objects;

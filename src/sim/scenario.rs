@@ -521,6 +521,9 @@ impl Scenario {
                 .ok_or_else(|| SimError::UnsupportedKind(format!("{api_version}/{kind_name}")))?;
             st.insert(kind, o.clone());
         }
+        if self.nodes.iter().any(|n| n.control_plane) {
+            super::kubeadm::seed(st, &self.opts.server_version);
+        }
         // Let the controllers create the rest, then report every pod started.
         reconcile(st, Instant::now());
         start_due_pods(st, Instant::now() + Duration::from_secs(86_400));

@@ -135,7 +135,7 @@ impl Sandbox {
         }
         write(&root.join("var/lib/dpkg/status"), "");
         write(&root.join("var/lib/dpkg/available"), "");
-        build_repo(&base.join("build"), &repo);
+        build_repo(&base.join("build"), &repo, PACKAGES);
         write(
             &root.join("etc/apt/sources.list"),
             &format!("deb [trusted=yes] file:{} ./\n", repo.display()),
@@ -357,9 +357,10 @@ opts.verbose = True
 sys.exit(uu.main(opts, root))
 "#;
 
-fn build_repo(build: &Path, repo: &Path) {
+/// Builds `packages` into a flat repository at `repo` (Packages, Release).
+pub fn build_repo(build: &Path, repo: &Path, packages: &[(&str, &str, Option<&str>)]) {
     std::fs::create_dir_all(repo).unwrap();
-    for (name, version, file) in PACKAGES {
+    for (name, version, file) in packages {
         let dir = build.join(format!("{name}_{version}"));
         write(
             &dir.join("DEBIAN/control"),

@@ -1,0 +1,148 @@
+//! One simulated node whose packages are real: its own apt sandbox with the
+//! Kubernetes repositories, recording stand-ins, and a [`Host`] whose
+//! kubelet restart makes the simulated Node report the installed version.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::apt_sandbox::Sandbox;
+use super::{k8s_repo, standins};
+use drydock::agent::ports::{AgentEvent, Host, PortError, Reporter};
+use drydock::config::Settings;
+use drydock::host::command::{CommandRunner, HostRunner};
+use drydock::host::dpkg::Dpkg;
+use drydock::sim::SimHandle;
+use drydock::sim::kubeadm::KubeadmEffects;
+
+/// One simulated machine whose packages are real (its sandbox).
+pub struct UpgradeHost {
+    pub node: String,
+    pub sim: SimHandle,
+    pub runner: KubeadmEffects<HostRunner>,
+    pub dpkg_root: PathBuf,
+    pub boot_id: String,
+    pub booted_at: jiff::Timestamp,
+    /// Restarting the kubelet fails (permanently) while set.
+    pub fail_restart: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Host for UpgradeHost {
+    fn boot_id(&self) -> Result<String, PortError> {
+        Ok(self.boot_id.clone())
+    }
+    fn booted_at(&self) -> Result<jiff::Timestamp, PortError> {
+        Ok(self.booted_at)
+    }
+    async fn reboot_need(
+        &self,
+        _requested: Option<drydock::host::sentinel::RebootRequest>,
+    ) -> Result<Vec<String>, PortError> {
+        Ok(Vec::new())
+    }
+    async fn reboot(&self, _reason: &str) -> Result<(), PortError> {
+        Err(PortError::permanent("rebooting", "no reboot in this test"))
+    }
+    async fn run_checks(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn commands(&self) -> Option<&dyn CommandRunner> {
+        Some(&self.runner)
+    }
+    /// The kubelet comes back running the version its package now has.
+    async fn restart_kubelet(&self) -> Result<(), PortError> {
+        if self.fail_restart.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PortError::permanent(
+                "restarting the kubelet",
+                "injected: kubelet.service failed to start",
+            ));
+        }
+        let installed = Dpkg::new(&self.dpkg_root)
+            .packages()
+            .map_err(|e| PortError::failed("reading dpkg", e))?
+            .into_iter()
+            .find(|p| p.package == "kubelet" && p.is_installed())
+            .ok_or_else(|| {
+                PortError::permanent("restarting the kubelet", "kubelet is not installed")
+            })?;
+        let upstream = drydock::upgrade::apt::upstream_version(&installed.version);
+        self.sim
+            .kubelet_restarted(&self.node, &format!("v{upstream}"))
+            .map_err(|e| PortError::failed("restarting the kubelet", e))
+    }
+}
+
+/// Stops the probe loop however the test ends (a panic included).
+pub struct StopOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Rec(pub Arc<Mutex<Vec<(Instant, String, AgentEvent)>>>);
+
+impl Reporter for Rec {
+    fn status(&self, _line: &str) {}
+    fn event(&self, node: &str, event: &AgentEvent) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((Instant::now(), node.to_string(), event.clone()));
+    }
+}
+
+pub struct Machine {
+    pub sandbox: Sandbox,
+    pub settings: Settings,
+    pub stand_ins: standins::StandIns,
+    _dir: tempfile::TempDir,
+}
+
+pub fn machine(node: &str, global_log: &Path) -> Machine {
+    let sandbox = Sandbox::new();
+    let repo = k8s_repo::build(&sandbox);
+    let dir = tempfile::tempdir().unwrap();
+    let stand_ins = standins::StandIns::for_node(dir.path(), node, Some(global_log));
+    let mut s = sandbox.settings();
+    repo.configure(&mut s);
+    stand_ins.configure(&mut s);
+    s.node.name = Some(node.to_string());
+    s.lease.duration = Duration::from_secs(5);
+    s.reboot.check_interval = Duration::from_millis(500);
+    s.gates.soak = Duration::ZERO;
+    s.drain.timeout = Duration::from_secs(20);
+    s.drain.retry_interval = Duration::from_millis(200);
+    s.verify.timeout = Duration::from_secs(20);
+    s.report.textfile_dir = None;
+    s.report.kubernetes_events = false;
+    // The source for v1.34 and the packages as the node runs them today.
+    std::fs::write(
+        &repo.source_file,
+        drydock::upgrade::apt::render_source(
+            &repo.template,
+            drydock::upgrade::KubeVersion::new(1, 34, 2),
+        ),
+    )
+    .unwrap();
+    assert!(sandbox.apt_get(&["update"]).status.success());
+    sandbox.preinstall(&[
+        "kubeadm=1.34.2-1.1",
+        "kubelet=1.34.2-1.1",
+        "kubectl=1.34.2-1.1",
+    ]);
+    for p in ["kubeadm", "kubelet", "kubectl"] {
+        sandbox.set_selection(p, "hold");
+    }
+    sandbox.install_hook(false);
+    Machine {
+        sandbox,
+        settings: s,
+        stand_ins,
+        _dir: dir,
+    }
+}

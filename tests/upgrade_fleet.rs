@@ -1,0 +1,313 @@
+//! The whole upgrade: 3 control-plane and 3 worker nodes against the
+//! simulator, each with its own real apt sandbox (kubeadm/kubelet/kubectl
+//! .debs of two minors, the shipped APT hook wired in) and recording
+//! stand-ins for kubeadm and etcdctl. Real agents, real Lease, gates, drain
+//! and verification; the stand-in kubeadm's `upgrade apply` and the kubelet
+//! restart change the simulated cluster as a real one would change.
+
+#[path = "support/apt_sandbox.rs"]
+mod apt_sandbox;
+#[path = "support/k8s_repo.rs"]
+mod k8s_repo;
+#[path = "support/standins.rs"]
+mod standins;
+#[path = "support/upgrade_node.rs"]
+mod upgrade_node;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drydock::agent::driver::Agent;
+use drydock::agent::kube_cluster::KubeCluster;
+use drydock::agent::ports::AgentEvent;
+use drydock::host::command::HostRunner;
+use drydock::sim::kubeadm::KubeadmEffects;
+use drydock::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
+use drydock::store::Store;
+use k8s_openapi::api::core::v1::Node;
+use upgrade_node::{Machine, Rec, StopOnDrop, UpgradeHost, machine};
+
+const NODES: [&str; 6] = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"];
+
+fn ready() -> bool {
+    match apt_sandbox::missing_tools(false) {
+        None => true,
+        Some(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the apt sandbox must run in CI: {why}"
+            );
+            println!("SKIPPED: {why}");
+            false
+        }
+    }
+}
+
+fn kubelet(sim: &SimHandle, node: &str) -> String {
+    let n: Node = sim.get(None, node).unwrap();
+    n.status.unwrap().node_info.unwrap().kubelet_version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_control_planes_then_three_workers_one_at_a_time() {
+    if !ready() {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let global = top.path().join("fleet-commands.log");
+    let mut scenario = Scenario::new()
+        .server_version("v1.34.2")
+        .daemon_set(DaemonSetSpec::new("kube-system", "calico-node"));
+    for n in NODES {
+        let spec = if n.starts_with("cp-") {
+            NodeSpec::control_plane(n)
+        } else {
+            NodeSpec::worker(n)
+        };
+        scenario = scenario.node(spec.kubelet_version("v1.34.2"));
+    }
+    let sim = scenario.start().await.unwrap();
+    let machines: Vec<Machine> = NODES.iter().map(|n| machine(n, &global)).collect();
+
+    let rec = Rec::default();
+    let mut tasks = Vec::new();
+    let mut stops = Vec::new();
+    for (node, m) in NODES.iter().zip(&machines) {
+        let n: Node = sim.get(None, node).unwrap();
+        let host = UpgradeHost {
+            node: node.to_string(),
+            sim: sim.clone(),
+            runner: KubeadmEffects {
+                inner: HostRunner,
+                sim: sim.clone(),
+                kubeadm: m.settings.upgrade.kubeadm.clone(),
+            },
+            dpkg_root: m.settings.packages.dpkg_root.clone(),
+            boot_id: n.status.unwrap().node_info.unwrap().boot_id,
+            booted_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+            fail_restart: Default::default(),
+        };
+        let store = Store::open(&m.settings.node.state_db).unwrap();
+        let cluster = KubeCluster::new(sim.client().unwrap(), m.settings.clone(), node.to_string());
+        let mut agent = Agent::new(
+            node.to_string(),
+            m.settings.clone(),
+            store,
+            host,
+            cluster,
+            rec.clone(),
+        )
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        tasks.push(tokio::spawn(async move {
+            agent
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }));
+    }
+
+    // A refused target first: nothing runs.
+    let client = sim.client().unwrap();
+    drydock::cluster::annotations::set(
+        &client,
+        "drydock",
+        drydock::cluster::annotations::KUBERNETES_VERSION,
+        Some("v1.36.0"),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!global.exists(), "a refused target ran commands");
+    assert!(rec.0.lock().unwrap().iter().any(|(_, _, e)| matches!(e, AgentEvent::UpgradeRefused { reason } if reason.contains("more than one minor"))));
+
+    // Unauthorized installs are refused throughout the rollout.
+    let probe_root = machines[4].sandbox.apt_conf.clone();
+    let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let _stop_probe = StopOnDrop(probing.clone());
+    let probe = {
+        let probing = probing.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut outcomes = Vec::new();
+            while probing.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = std::process::Command::new("apt-get")
+                    .env("APT_CONFIG", &probe_root)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    // In the sandbox's own repository throughout: an upgrade
+                    // before the rollout, a downgrade after it.
+                    .args([
+                        "-y",
+                        "-q",
+                        "--allow-change-held-packages",
+                        "--allow-downgrades",
+                        "-o",
+                        "DPkg::Lock::Timeout=60",
+                        "install",
+                        "kubeadm=1.34.3-1.1",
+                    ])
+                    .output()
+                    .unwrap();
+                outcomes.push((
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stderr).to_string(),
+                ));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            outcomes
+        })
+    };
+
+    let set = drydock::cluster::versions::set_target(&client, "drydock", "v1.35.2")
+        .await
+        .unwrap();
+    assert_eq!(set.to_string(), "v1.35.2");
+    let start = Instant::now();
+    loop {
+        let done = NODES.iter().all(|n| kubelet(&sim, n) == "v1.35.2");
+        let leases_free = rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, e)| matches!(e, AgentEvent::Released { .. }))
+            .count()
+            == 6;
+        if done && leases_free {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(240) {
+            let events: Vec<String> = rec
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, n, e)| format!("{n}: {e:?}"))
+                .collect();
+            panic!(
+                "rollout did not finish: kubelets {:?}\n{}",
+                NODES.iter().map(|n| kubelet(&sim, n)).collect::<Vec<_>>(),
+                events.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    probing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let outcomes = probe.await.unwrap();
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+
+    // Exactly one `upgrade apply`, by the first control plane; `upgrade node` on the others.
+    let log = std::fs::read_to_string(&global).unwrap();
+    let kubeadm: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" kubeadm upgrade ") && !l.contains(" plan "))
+        .collect();
+    let applies: Vec<&&str> = kubeadm
+        .iter()
+        .filter(|l| l.contains("upgrade apply -y v1.35.2"))
+        .collect();
+    assert_eq!(applies.len(), 1, "{log}");
+    assert!(applies[0].starts_with("cp-"), "{log}");
+    assert_eq!(kubeadm.len(), 6, "{log}");
+    assert!(
+        kubeadm[0].contains("upgrade apply"),
+        "apply comes first: {log}"
+    );
+    let order: Vec<&str> = kubeadm
+        .iter()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert!(
+        order[..3].iter().all(|n| n.starts_with("cp-")),
+        "control planes first: {order:?}"
+    );
+    assert!(
+        order[3..].iter().all(|n| n.starts_with("worker-")),
+        "{order:?}"
+    );
+    let mut unique = order.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 6, "each node once: {order:?}");
+    // The etcd snapshot only on the node that applied, before it.
+    let etcd: Vec<&str> = log.lines().filter(|l| l.contains(" etcdctl ")).collect();
+    assert_eq!(etcd.len(), 2, "save and status: {log}");
+    assert!(
+        etcd.iter()
+            .all(|l| l.split(' ').next() == applies[0].split(' ').next())
+    );
+
+    // One node at a time: lease spans never overlap, control planes first.
+    let events = rec.0.lock().unwrap().clone();
+    let mut spans = Vec::new();
+    for n in NODES {
+        let acquired: Vec<Instant> = events
+            .iter()
+            .filter(|(_, node, e)| node == n && matches!(e, AgentEvent::LeaseAcquired { .. }))
+            .map(|(t, _, _)| *t)
+            .collect();
+        let released: Vec<Instant> = events
+            .iter()
+            .filter(|(_, node, e)| node == n && matches!(e, AgentEvent::Released { .. }))
+            .map(|(t, _, _)| *t)
+            .collect();
+        assert_eq!((acquired.len(), released.len()), (1, 1), "{n}: one turn");
+        spans.push((acquired[0], released[0], n));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "overlapping turns: {} and {}",
+            pair[0].2,
+            pair[1].2
+        );
+    }
+    assert!(
+        spans[..3].iter().all(|s| s.2.starts_with("cp-")),
+        "{spans:?}"
+    );
+
+    // Exact versions, held again, on every machine; the cluster reports the target.
+    for (n, m) in NODES.iter().zip(&machines) {
+        for p in ["kubeadm", "kubelet", "kubectl"] {
+            assert_eq!(
+                m.sandbox.version(p).as_deref(),
+                Some("1.35.2-1.1"),
+                "{n} {p}"
+            );
+            assert_eq!(m.sandbox.selection(p).as_deref(), Some("hold"), "{n} {p}");
+        }
+        assert!(
+            std::fs::read_to_string(m.settings.upgrade.apt_source_file.clone())
+                .unwrap()
+                .contains("/v1.35/deb/")
+        );
+        let history = Store::open(&m.settings.node.state_db)
+            .unwrap()
+            .history(&["upgrade"], 10)
+            .unwrap();
+        assert_eq!(history.len(), 1, "{n}");
+        assert_eq!(history[0].detail["to"], "v1.35.2");
+    }
+    assert_eq!(sim.kubeadm_config_version().as_deref(), Some("v1.35.2"));
+    assert!(!outcomes.is_empty());
+    assert!(
+        outcomes.iter().all(|(ok, _)| !ok),
+        "an unauthorized install went through"
+    );
+    assert!(
+        outcomes.iter().all(|(_, err)| err.contains("drydock")),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        machines[4].sandbox.version("kubeadm").as_deref(),
+        Some("1.35.2-1.1")
+    );
+}
