@@ -17,14 +17,14 @@ use crate::store::Store;
 #[derive(Debug, clap::Args)]
 pub struct PauseArgs {
     /// Why (shown in `drydock status` and the systemd status line).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::text::reason)]
     pub reason: String,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RebootArgs {
     /// Why this node should reboot.
-    #[arg(long, default_value = "requested with drydock reboot")]
+    #[arg(long, default_value = "requested with drydock reboot", value_parser = crate::text::reason)]
     pub reason: String,
 }
 

@@ -123,7 +123,7 @@ pub fn request_reboot(store: &Store, reason: &str) -> Result<RebootRequest, Stor
         reason: if reason.trim().is_empty() {
             "no reason given".into()
         } else {
-            reason.trim().to_string()
+            crate::text::display(reason.trim(), crate::text::MAX_REASON)
         },
         at: Timestamp::now(),
     };

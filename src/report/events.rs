@@ -73,7 +73,8 @@ impl NodeEvents {
             event_time: Some(MicroTime(at)),
             action: Some(spec.action.to_string()),
             reason: Some(spec.reason.to_string()),
-            note: Some(spec.note.clone()),
+            // The API refuses a note over 1 KiB; control characters escaped.
+            note: Some(crate::text::display(&spec.note, 900)),
             type_: Some(spec.severity.as_str().to_string()),
             reporting_controller: Some(CONTROLLER.to_string()),
             reporting_instance: Some(format!("drydock-{}", self.node)),

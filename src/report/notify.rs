@@ -74,7 +74,13 @@ pub fn slack_body(node: &str, notice: &Notice) -> Value {
         Severity::Warning => ":warning: ",
         Severity::Normal => "",
     };
-    json!({ "text": format!("{icon}drydock on `{node}`: {}", notice.summary()) })
+    // Slack reads <...> as links and mentions (`<!channel>`): escaped as
+    // its documentation asks, after control characters.
+    let summary = crate::text::display(&notice.summary(), 2000)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    json!({ "text": format!("{icon}drydock on `{node}`: {summary}") })
 }
 
 /// The generic webhook body: stable top-level fields plus the notice itself.
@@ -84,7 +90,7 @@ pub fn webhook_body(node: &str, notice: &Notice, at: Timestamp) -> Value {
         "node": node,
         "event": notice.kind(),
         "severity": notice.severity().as_str(),
-        "message": notice.summary(),
+        "message": crate::text::display(&notice.summary(), 2000),
         "time": at.to_string(),
         "details": notice,
     })
