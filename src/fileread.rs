@@ -49,11 +49,20 @@ pub fn kind_of(t: std::fs::FileType) -> &'static str {
 /// `O_NONBLOCK` keeps the open of a FIFO from waiting for a writer; it has
 /// no effect on a regular file's reads.
 pub fn open_regular(path: &Path) -> Result<File, ReadError> {
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
         .open(path)
-        .map_err(ReadError::Io)?;
+    {
+        Ok(f) => f,
+        // A socket cannot be opened at all (ENXIO): name what it is.
+        Err(e) => {
+            return Err(match std::fs::metadata(path) {
+                Ok(meta) if !meta.is_file() => ReadError::NotRegular(kind_of(meta.file_type())),
+                _ => ReadError::Io(e),
+            });
+        }
+    };
     let meta = file.metadata().map_err(ReadError::Io)?;
     if !meta.file_type().is_file() {
         return Err(ReadError::NotRegular(kind_of(meta.file_type())));

@@ -79,6 +79,34 @@ pub fn reason(s: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
+/// [`reason`] for clap (`value_parser = ReasonParser`). Its own error text:
+/// clap's default would echo the refused value, escape sequences and all.
+#[derive(Debug, Clone, Copy)]
+pub struct ReasonParser;
+
+impl clap::builder::TypedValueParser for ReasonParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --reason: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("it is not UTF-8".into()))?;
+        reason(text).map_err(refuse)
+    }
+}
+
 /// An error and its causes on one line, each cause once: a cause whose text
 /// the message already contains (thiserror messages often embed their
 /// source) is not repeated. Escaped and bounded.

@@ -332,6 +332,13 @@ pub fn http_url(s: String) -> Result<String, ValueError> {
     if s.len() > 2048 {
         return Err(bad("it is longer than 2048 characters"));
     }
+    // The url crate forgives "https:///x" (host "x"); a person meant a host.
+    if s
+        .split_once("://")
+        .is_none_or(|(_, rest)| rest.is_empty() || rest.starts_with('/'))
+    {
+        return Err(bad("it has no host after \"://\""));
+    }
     let url = url::Url::parse(&s).map_err(|e| bad(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("the scheme is not http or https"));

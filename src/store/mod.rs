@@ -141,6 +141,13 @@ fn check_header(path: &Path) -> Result<bool, StoreError> {
     use crate::fileread::{ReadError, read_prefix};
     let header = match read_prefix(path, 100) {
         Ok(h) => h,
+        // A dangling symlink would have SQLite create its target, wherever.
+        Err(e) if e.is_not_found() && std::fs::symlink_metadata(path).is_ok() => {
+            return Err(StoreError::NotRegular {
+                path: path.into(),
+                kind: "a dangling symbolic link",
+            });
+        }
         Err(e) if e.is_not_found() => return Ok(false),
         Err(ReadError::NotRegular(kind)) => {
             return Err(StoreError::NotRegular {
