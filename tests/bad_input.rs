@@ -1305,3 +1305,19 @@ fn bad_command_lines_are_refused_by_the_parser() {
     }
     run_all("command line", cases);
 }
+
+#[test]
+fn the_harness_sees_changes_and_hangs() {
+    // A command that writes (a valid config, a first pause creates the
+    // store) must be caught by the snapshot...
+    let writes = Case::new("pause with a valid config", &[CONFIG_ARG, "pause", "--reason", "x"], Exit::Code(0))
+        .setup(valid_config);
+    let err = run_case(&writes).expect_err("the store it created is a change");
+    assert!(err.contains("new file") && err.contains("state.db"), "{err}");
+    // ...and a wrong exit status or a missing message by the checks.
+    let wrong = Case::new("check-config with a valid config", &[CONFIG_ARG, "check-config"], Exit::Code(1))
+        .setup(valid_config)
+        .expect("no such text");
+    let err = run_case(&wrong).expect_err("exit 0 and no such text");
+    assert!(err.contains("exit Some(0)") && err.contains("no such text"), "{err}");
+}

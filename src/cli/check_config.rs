@@ -17,7 +17,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let files = match config::config_files(&path, explicit) {
         Ok(files) => files,
         Err(e) => {
-            eprintln!("drydock: {e}");
+            eprintln!("drydock: invalid configuration: {e}");
             return Ok(ExitCode::FAILURE);
         }
     };

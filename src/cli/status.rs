@@ -67,7 +67,12 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             s.get::<StatusRecord>(keys::LAST_STATUS)?,
             s.get::<RebootNeedRecord>(keys::REBOOT_NEED)?,
             s.get::<GatesRecord>(keys::LAST_GATES)?,
-            gates::paused::local_pause(s)?,
+            // Stored by an operator: escaped in the JSON too, so `jq -r`
+            // prints it as safely as the text view.
+            gates::paused::local_pause(s)?.map(|p| gates::paused::LocalPause {
+                reason: t(&p.reason),
+                ..p
+            }),
             s.get::<Vec<String>>(HOLDS_MADE_KEY)?.unwrap_or_default(),
         ),
         None => (None, None, None, None, None, Vec::new()),
