@@ -87,7 +87,9 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 pub fn read_prefix(path: &Path, n: u64) -> Result<Vec<u8>, ReadError> {
     let file = open_regular(path)?;
     let mut bytes = Vec::new();
-    file.take(n).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    file.take(n)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
     Ok(bytes)
 }
 
@@ -112,9 +114,11 @@ mod tests {
             read_regular(dir.path(), 10),
             Err(ReadError::NotRegular("a directory"))
         ));
-        assert!(read_regular(&dir.path().join("missing"), 10)
-            .unwrap_err()
-            .is_not_found());
+        assert!(
+            read_regular(&dir.path().join("missing"), 10)
+                .unwrap_err()
+                .is_not_found()
+        );
     }
 
     #[test]

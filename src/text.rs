@@ -150,7 +150,10 @@ mod tests {
         assert!(matches!(escape("plain"), Cow::Borrowed(_)));
         assert_eq!(escape("a\nb"), "a\\nb");
         assert_eq!(escape("\u{1b}[31mred"), "\\u{1b}[31mred");
-        assert_eq!(escape("\u{1b}]8;;http://x\u{7}"), "\\u{1b}]8;;http://x\\u{7}");
+        assert_eq!(
+            escape("\u{1b}]8;;http://x\u{7}"),
+            "\\u{1b}]8;;http://x\\u{7}"
+        );
         assert_eq!(escape("\u{9b}2J"), "\\u{9b}2J");
         assert_eq!(escape("a\u{202e}b"), "a\\u{202e}b");
         assert_eq!(escape("tab\there\r"), "tab\\there\\r");
@@ -175,7 +178,11 @@ mod tests {
         assert!(reason("a\nb").unwrap_err().contains("\\n"));
         assert!(reason("\u{1b}[2J").is_err());
         assert!(reason(&"x".repeat(MAX_REASON)).is_ok());
-        assert!(reason(&"x".repeat(MAX_REASON + 1)).unwrap_err().contains("201"));
+        assert!(
+            reason(&"x".repeat(MAX_REASON + 1))
+                .unwrap_err()
+                .contains("201")
+        );
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -195,7 +202,10 @@ mod tests {
         assert_eq!(shown.matches("os error 2").count(), 1, "{shown}");
         let a = anyhow::Error::new(e).context("loading configuration");
         let shown = anyhow_chain(&a);
-        assert!(shown.starts_with("loading configuration: reading /x: "), "{shown}");
+        assert!(
+            shown.starts_with("loading configuration: reading /x: "),
+            "{shown}"
+        );
         assert_eq!(shown.matches("os error 2").count(), 1, "{shown}");
     }
 }

@@ -364,7 +364,13 @@ fn invalid_config_protects_every_package_and_post_invoke_never_fails_apt() {
     // dir of an invalid configuration is the host's).
     let out = sb
         .apt_command("apt-get")
-        .args(["-y", "-q", "--allow-change-held-packages", "install", "hello=2.0-1"])
+        .args([
+            "-y",
+            "-q",
+            "--allow-change-held-packages",
+            "install",
+            "hello=2.0-1",
+        ])
         .env("DRYDOCK_APT_ALLOW", "hello")
         .output()
         .unwrap();

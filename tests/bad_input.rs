@@ -38,6 +38,16 @@ enum Exit {
 }
 
 type Setup = Box<dyn Fn(&Path)>;
+/// Checks (stdout, stderr) beyond the expected fragments.
+type Check = Box<dyn Fn(&str, &str) -> Result<(), String>>;
+/// (name, arguments, stdin, exit, fragments) of a command reading the config.
+type ConfigCommand = (
+    &'static str,
+    Vec<&'static str>,
+    Input,
+    Exit,
+    Vec<&'static str>,
+);
 
 struct Case {
     name: String,
@@ -51,7 +61,7 @@ struct Case {
     /// None of these may appear (secrets, raw escapes).
     forbid: Vec<String>,
     /// Checked against the combined output; for JSON shape and the like.
-    check: Option<Box<dyn Fn(&str, &str) -> Result<(), String>>>,
+    check: Option<Check>,
 }
 
 impl Case {
@@ -257,7 +267,11 @@ fn run_all(class: &str, cases: Vec<Case>) {
     let mut failures = Vec::new();
     let mut names = std::collections::HashSet::new();
     for case in &cases {
-        assert!(names.insert(case.name.clone()), "duplicate case {}", case.name);
+        assert!(
+            names.insert(case.name.clone()),
+            "duplicate case {}",
+            case.name
+        );
         if let Err(e) = run_case(case) {
             failures.push(format!("[{}] {e}", case.name));
         }
@@ -290,7 +304,11 @@ fn base_keys(dir: &Path) -> Vec<(&'static str, &'static str, String)> {
         ("node", "kubeconfig", format!("\"{d}/kubeconfig\"")),
         ("node", "state-db", format!("\"{d}/state/state.db\"")),
         ("node", "run-dir", format!("\"{d}/run\"")),
-        ("reboot", "sentinel-file", format!("\"{d}/reboot-required\"")),
+        (
+            "reboot",
+            "sentinel-file",
+            format!("\"{d}/reboot-required\""),
+        ),
         ("reboot", "boot-dir", format!("\"{d}/boot\"")),
         ("verify", "checks-dir", format!("\"{d}/checks.d\"")),
         ("packages", "dpkg-root", format!("\"{d}/root\"")),
@@ -328,10 +346,20 @@ fn position(text: &[u8], marker: &[u8]) -> (usize, usize) {
     let at = text
         .windows(marker.len())
         .position(|w| w == marker)
-        .unwrap_or_else(|| panic!("marker {:?} not in fixture", String::from_utf8_lossy(marker)));
+        .unwrap_or_else(|| {
+            panic!(
+                "marker {:?} not in fixture",
+                String::from_utf8_lossy(marker)
+            )
+        });
     let before = &text[..at];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let col = at - before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+    let col = at
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
     (line, col)
 }
 
@@ -367,7 +395,12 @@ fn bad_values() -> Vec<(&'static str, &'static str, String, &'static str)> {
         v.push((s, k, "\"-5s\"".into(), "invalid duration"));
         v.push((s, k, "\"10\"".into(), "invalid duration"));
         v.push((s, k, "\"1s 1\"".into(), "invalid duration"));
-        v.push((s, k, "\"99999999999999999999999s\"".into(), "invalid duration"));
+        v.push((
+            s,
+            k,
+            "\"99999999999999999999999s\"".into(),
+            "invalid duration",
+        ));
         v.push((s, k, "\"400d\"".into(), "is out of range"));
         v.push((s, k, "\"5000000000y\"".into(), "duration"));
         v.push((s, k, "\"\\u001b[2J1s\"".into(), "invalid duration"));
@@ -401,8 +434,18 @@ fn bad_values() -> Vec<(&'static str, &'static str, String, &'static str)> {
         v.push((s, k, "\"/a\\nb\"".into(), "control characters"));
         v.push((s, k, "true".into(), "invalid type"));
     }
-    v.push(("node", "state-db", "\"/var/lib/drydock/\"".into(), "names a directory"));
-    v.push(("reboot", "sentinel-file", "\"/\"".into(), "names a directory"));
+    v.push((
+        "node",
+        "state-db",
+        "\"/var/lib/drydock/\"".into(),
+        "names a directory",
+    ));
+    v.push((
+        "reboot",
+        "sentinel-file",
+        "\"/\"".into(),
+        "names a directory",
+    ));
     for (s, k) in [
         ("alerts", "prometheus-url"),
         ("alerts", "alertmanager-url"),
@@ -452,13 +495,29 @@ fn bad_values() -> Vec<(&'static str, &'static str, String, &'static str)> {
         for bad in ["UPPER", "a_b", "-a", "", "a.b"] {
             v.push(("lease", k, format!("\"{bad}\""), "invalid name"));
         }
-        v.push(("lease", k, format!("\"{}\"", "x".repeat(64)), "invalid name"));
+        v.push((
+            "lease",
+            k,
+            format!("\"{}\"", "x".repeat(64)),
+            "invalid name",
+        ));
     }
     for bad in ["-bad", "a..b", "Node1", "a b"] {
         v.push(("node", "name", format!("\"{bad}\""), "invalid name"));
     }
-    for bad in ["0.0.0.0:0", "localhost:80", "1.2.3.4", "[::1]:99999", ":9742"] {
-        v.push(("report", "metrics-listen", format!("\"{bad}\""), "invalid listen address"));
+    for bad in [
+        "0.0.0.0:0",
+        "localhost:80",
+        "1.2.3.4",
+        "[::1]:99999",
+        ":9742",
+    ] {
+        v.push((
+            "report",
+            "metrics-listen",
+            format!("\"{bad}\""),
+            "invalid listen address",
+        ));
     }
     for (k, bad) in [
         ("ignore", "("),
@@ -466,15 +525,23 @@ fn bad_values() -> Vec<(&'static str, &'static str, String, &'static str)> {
         ("match-only", "(?P<"),
         ("match-only", "a{99999}{99999}{99999}"),
     ] {
-        v.push(("alerts", k, format!("\"{bad}\""), "invalid regular expression"));
+        v.push((
+            "alerts",
+            k,
+            format!("\"{bad}\""),
+            "invalid regular expression",
+        ));
     }
-    for k in ["check-kernel"] {
-        v.push(("reboot", k, "\"yes\"".into(), "invalid type"));
-    }
+    v.push(("reboot", "check-kernel", "\"yes\"".into(), "invalid type"));
     for k in ["delete-emptydir-data", "evict-unmanaged"] {
         v.push(("drain", k, "1".into(), "invalid type"));
     }
-    v.push(("report", "kubernetes-events", "\"false\"".into(), "invalid type"));
+    v.push((
+        "report",
+        "kubernetes-events",
+        "\"false\"".into(),
+        "invalid type",
+    ));
     v.push(("node", "nmae", "\"x\"".into(), "unknown field"));
     v.push(("drain", "timeuot", "\"1s\"".into(), "unknown field"));
     v
@@ -483,20 +550,104 @@ fn bad_values() -> Vec<(&'static str, &'static str, String, &'static str)> {
 /// A list whose element `index` is bad: (key, TOML, index, fragment).
 fn bad_lists() -> Vec<(&'static str, &'static str, String, usize, &'static str)> {
     vec![
-        ("packages", "protect", r#"["kubelet", "containerd", "BAD"]"#.into(), 2, "invalid package pattern"),
-        ("packages", "protect", r#"["kubelet", ""]"#.into(), 1, "invalid package pattern"),
-        ("packages", "protect", r#"["a b"]"#.into(), 0, "invalid package pattern"),
-        ("packages", "protect", r#"["kubelet", "[unclosed"]"#.into(), 1, "invalid package pattern"),
-        ("packages", "protect", format!("[\"kubelet\", \"{}\"]", "x".repeat(300)), 1, "invalid package pattern"),
-        ("gates", "required-daemonsets", r#"["kube-system/calico-node", "nope"]"#.into(), 1, "invalid DaemonSet reference"),
-        ("gates", "required-daemonsets", r#"["a/b/c"]"#.into(), 0, "invalid DaemonSet reference"),
-        ("gates", "required-daemonsets", r#"["x/y", "Kube-System/x"]"#.into(), 1, "invalid DaemonSet reference"),
-        ("gates", "blocking-pod-selectors", r#"["app=x", "a b"]"#.into(), 1, "invalid label selector"),
-        ("gates", "blocking-pod-selectors", r#"["app=x", ""]"#.into(), 1, "must not be empty"),
-        ("gates", "blocking-pod-selectors", r#"["app=x", "y", "k in ()"]"#.into(), 2, "invalid label selector"),
-        ("reboot", "sentinel-command", r#"["relative", "x"]"#.into(), 0, "first element is an absolute path"),
-        ("reboot", "sentinel-command", r#"["/bin/true", "a\u0000"]"#.into(), 1, "control character"),
-        ("reboot", "sentinel-command", r#"["/bin/true", "ok", "\n"]"#.into(), 2, "control character"),
+        (
+            "packages",
+            "protect",
+            r#"["kubelet", "containerd", "BAD"]"#.into(),
+            2,
+            "invalid package pattern",
+        ),
+        (
+            "packages",
+            "protect",
+            r#"["kubelet", ""]"#.into(),
+            1,
+            "invalid package pattern",
+        ),
+        (
+            "packages",
+            "protect",
+            r#"["a b"]"#.into(),
+            0,
+            "invalid package pattern",
+        ),
+        (
+            "packages",
+            "protect",
+            r#"["kubelet", "[unclosed"]"#.into(),
+            1,
+            "invalid package pattern",
+        ),
+        (
+            "packages",
+            "protect",
+            format!("[\"kubelet\", \"{}\"]", "x".repeat(300)),
+            1,
+            "invalid package pattern",
+        ),
+        (
+            "gates",
+            "required-daemonsets",
+            r#"["kube-system/calico-node", "nope"]"#.into(),
+            1,
+            "invalid DaemonSet reference",
+        ),
+        (
+            "gates",
+            "required-daemonsets",
+            r#"["a/b/c"]"#.into(),
+            0,
+            "invalid DaemonSet reference",
+        ),
+        (
+            "gates",
+            "required-daemonsets",
+            r#"["x/y", "Kube-System/x"]"#.into(),
+            1,
+            "invalid DaemonSet reference",
+        ),
+        (
+            "gates",
+            "blocking-pod-selectors",
+            r#"["app=x", "a b"]"#.into(),
+            1,
+            "invalid label selector",
+        ),
+        (
+            "gates",
+            "blocking-pod-selectors",
+            r#"["app=x", ""]"#.into(),
+            1,
+            "must not be empty",
+        ),
+        (
+            "gates",
+            "blocking-pod-selectors",
+            r#"["app=x", "y", "k in ()"]"#.into(),
+            2,
+            "invalid label selector",
+        ),
+        (
+            "reboot",
+            "sentinel-command",
+            r#"["relative", "x"]"#.into(),
+            0,
+            "first element is an absolute path",
+        ),
+        (
+            "reboot",
+            "sentinel-command",
+            r#"["/bin/true", "a\u0000"]"#.into(),
+            1,
+            "control character",
+        ),
+        (
+            "reboot",
+            "sentinel-command",
+            r#"["/bin/true", "ok", "\n"]"#.into(),
+            2,
+            "control character",
+        ),
     ]
 }
 
@@ -519,16 +670,46 @@ fn bad_windows() -> Vec<(String, &'static str, &'static str, &'static str)> {
         "\"\"",
         "\" 1:05\"",
     ] {
-        v.push((w("[\"tue\"]", start, "\"1h\"", "\"UTC\""), "start", start, "invalid time of day"));
+        v.push((
+            w("[\"tue\"]", start, "\"1h\"", "\"UTC\""),
+            "start",
+            start,
+            "invalid time of day",
+        ));
     }
-    v.push((w("[\"funday\"]", "\"02:00\"", "\"1h\"", "\"UTC\""), "days[0]", "\"funday\"", "invalid day"));
-    v.push((w("[\"mon\", \"tues\"]", "\"02:00\"", "\"1h\"", "\"UTC\""), "days[1]", "\"tues\"", "invalid day"));
-    v.push((w("[]", "\"02:00\"", "\"1h\"", "\"UTC\""), "days", "[]", "at least one day"));
+    v.push((
+        w("[\"funday\"]", "\"02:00\"", "\"1h\"", "\"UTC\""),
+        "days[0]",
+        "\"funday\"",
+        "invalid day",
+    ));
+    v.push((
+        w("[\"mon\", \"tues\"]", "\"02:00\"", "\"1h\"", "\"UTC\""),
+        "days[1]",
+        "\"tues\"",
+        "invalid day",
+    ));
+    v.push((
+        w("[]", "\"02:00\"", "\"1h\"", "\"UTC\""),
+        "days",
+        "[]",
+        "at least one day",
+    ));
     for length in ["\"0s\"", "\"8d\"", "\"forever\""] {
-        v.push((w("[\"tue\"]", "\"02:00\"", length, "\"UTC\""), "length", length, "window length"));
+        v.push((
+            w("[\"tue\"]", "\"02:00\"", length, "\"UTC\""),
+            "length",
+            length,
+            "window length",
+        ));
     }
     v.pop();
-    v.push((w("[\"tue\"]", "\"02:00\"", "\"forever\"", "\"UTC\""), "length", "\"forever\"", "invalid duration"));
+    v.push((
+        w("[\"tue\"]", "\"02:00\"", "\"forever\"", "\"UTC\""),
+        "length",
+        "\"forever\"",
+        "invalid duration",
+    ));
     for tz in [
         "\"Mars/Olympus\"",
         "\"../../etc/passwd\"",
@@ -537,7 +718,12 @@ fn bad_windows() -> Vec<(String, &'static str, &'static str, &'static str)> {
         "\"EST5EDT,M3.2.0,M11.1.0\"",
         "\"UTC\\n\"",
     ] {
-        v.push((w("[\"tue\"]", "\"02:00\"", "\"1h\"", tz), "time-zone", tz, "unknown time zone"));
+        v.push((
+            w("[\"tue\"]", "\"02:00\"", "\"1h\"", tz),
+            "time-zone",
+            tz,
+            "unknown time zone",
+        ));
     }
     v
 }
@@ -555,7 +741,13 @@ struct ConfigCase {
 fn config_cases(dir_placeholder: &Path) -> Vec<ConfigCase> {
     let mut out = Vec::new();
     let d = dir_placeholder;
-    let mut add = |name: String, section: &str, key_path: &str, body: String, marker: &str, fragment: &str, skip: &str| {
+    let mut add = |name: String,
+                   section: &str,
+                   key_path: &str,
+                   body: String,
+                   marker: &str,
+                   fragment: &str,
+                   skip: &str| {
         for in_drop_in in [false, true] {
             let bad = format!("[{section}]\n{body}\n");
             let (pos_line, pos_col) = position(bad.as_bytes(), marker.as_bytes());
@@ -564,7 +756,10 @@ fn config_cases(dir_placeholder: &Path) -> Vec<ConfigCase> {
                     "drydock.toml.d/50-bad.toml".to_string(),
                     vec![
                         ("drydock.toml".to_string(), base_toml(d, skip).into_bytes()),
-                        ("drydock.toml.d/50-bad.toml".to_string(), bad.clone().into_bytes()),
+                        (
+                            "drydock.toml.d/50-bad.toml".to_string(),
+                            bad.clone().into_bytes(),
+                        ),
                     ],
                 )
             } else {
@@ -572,7 +767,10 @@ fn config_cases(dir_placeholder: &Path) -> Vec<ConfigCase> {
                     "drydock.toml".to_string(),
                     vec![
                         ("drydock.toml".to_string(), bad.clone().into_bytes()),
-                        ("drydock.toml.d/00-base.toml".to_string(), base_toml(d, skip).into_bytes()),
+                        (
+                            "drydock.toml.d/00-base.toml".to_string(),
+                            base_toml(d, skip).into_bytes(),
+                        ),
                     ],
                 )
             };
@@ -590,7 +788,11 @@ fn config_cases(dir_placeholder: &Path) -> Vec<ConfigCase> {
     for (s, k, value, fragment) in bad_values() {
         let key_path = format!("{s}.{k}");
         // An unknown key is pointed at by name, a bad value by its value.
-        let marker = if fragment == "unknown field" { k.to_string() } else { value.clone() };
+        let marker = if fragment == "unknown field" {
+            k.to_string()
+        } else {
+            value.clone()
+        };
         add(
             format!("{key_path} = {value}"),
             s,
@@ -604,7 +806,8 @@ fn config_cases(dir_placeholder: &Path) -> Vec<ConfigCase> {
     for (s, k, value, index, fragment) in bad_lists() {
         let key_path = format!("{s}.{k}");
         // The marker is the bad element itself.
-        let arr: toml::Value = toml::from_str::<toml::Table>(&format!("x = {value}")).unwrap()["x"].clone();
+        let arr: toml::Value =
+            toml::from_str::<toml::Table>(&format!("x = {value}")).unwrap()["x"].clone();
         let elem = arr.as_array().unwrap()[index].clone();
         let marker = toml::Value::to_string(&elem);
         let marker = if value.contains(&marker) {
@@ -613,7 +816,10 @@ fn config_cases(dir_placeholder: &Path) -> Vec<ConfigCase> {
             // toml re-quotes some strings; fall back to the first quote of the element.
             let mut starts = value.match_indices('"').map(|(i, _)| i);
             let start = starts.nth(index * 2).unwrap();
-            value[start..].split_once(',').map_or(value[start..].trim_end_matches(']'), |(a, _)| a).to_string()
+            value[start..]
+                .split_once(',')
+                .map_or(value[start..].trim_end_matches(']'), |(a, _)| a)
+                .to_string()
         };
         add(
             format!("{key_path}[{index}] in {value}"),
@@ -651,24 +857,96 @@ fn config_text_cases() -> Vec<ConfigCase> {
     let huge_value = format!("[node]\nname = \"{}\"\n", "a".repeat(500_000));
     let secret_url = "[report]\nslack-webhook-url = \"https://hooks.slack.com/services/T0/B0/SECRETTOKEN with space\"\n";
     let mut cases = vec![
-        one("non-UTF-8 value", b"[node]\nname = \"caf\xe9\"\n".to_vec(), &["{dir}/drydock.toml:2:12: key `node.name`", "not valid UTF-8"]),
-        one("non-UTF-8 in a comment", b"# \xff\xfe\n[node]\n".to_vec(), &["{dir}/drydock.toml:1:3:", "not valid UTF-8"]),
-        one("non-UTF-8 key", b"[drain]\ntime\xffout = \"1s\"\n".to_vec(), &["{dir}/drydock.toml:2:5:", "not valid UTF-8"]),
-        one("binary garbage", b"\x7fELF\x02\x01\x01\x00\x00\x00".to_vec(), &["{dir}/drydock.toml:1:", "TOML syntax error"]),
-        one("unclosed table", b"[node\nname = \"x\"\n".to_vec(), &["{dir}/drydock.toml:1:", "TOML syntax error"]),
-        one("duplicate key", b"[drain]\ntimeout = \"1s\"\ntimeout = \"2s\"\n".to_vec(), &["{dir}/drydock.toml:3:", "TOML syntax error"]),
-        one("duplicate table", b"[drain]\n[drain]\n".to_vec(), &["{dir}/drydock.toml:2:", "TOML syntax error"]),
-        one("unknown table", b"[nonsense]\nx = 1\n".to_vec(), &["{dir}/drydock.toml:1:2: key `nonsense`", "unknown field"]),
-        one("top-level value", b"timeout = \"1s\"\n".to_vec(), &["{dir}/drydock.toml:1:1: key `timeout`", "unknown field"]),
-        one("section is a value", b"drain = 5\n".to_vec(), &["key `drain`", "invalid type"]),
-        one("integer overflow", b"[lease]\nconcurrency = 99999999999999999999\n".to_vec(), &["{dir}/drydock.toml:2:", "TOML syntax error"]),
-        one("NUL byte", b"[node]\x00\n".to_vec(), &["{dir}/drydock.toml:1:", "TOML syntax error"]),
-        one("huge value is not echoed whole", huge_value.into_bytes(), &["{dir}/drydock.toml:2:8: key `node.name`", "bytes in all"]),
-        one("over 1 MiB", format!("# {}\n", "x".repeat(1 << 20)).into_bytes(), &["reading config file {dir}/drydock.toml: it is larger than 1048576 bytes"]),
-        one("window without days", b"[[maintenance.windows]]\nstart = \"02:00\"\nlength = \"1h\"\ntime-zone = \"UTC\"\n".to_vec(), &["missing field `days`"]),
-        one("escape sequence in a value", b"[node]\nname = \"\\u001b[2J\\u001b]0;owned\\u0007\"\n".to_vec(), &["{dir}/drydock.toml:2:8: key `node.name`", "\\u{1b}[2J"]),
+        one(
+            "non-UTF-8 value",
+            b"[node]\nname = \"caf\xe9\"\n".to_vec(),
+            &[
+                "{dir}/drydock.toml:2:12: key `node.name`",
+                "not valid UTF-8",
+            ],
+        ),
+        one(
+            "non-UTF-8 in a comment",
+            b"# \xff\xfe\n[node]\n".to_vec(),
+            &["{dir}/drydock.toml:1:3:", "not valid UTF-8"],
+        ),
+        one(
+            "non-UTF-8 key",
+            b"[drain]\ntime\xffout = \"1s\"\n".to_vec(),
+            &["{dir}/drydock.toml:2:5:", "not valid UTF-8"],
+        ),
+        one(
+            "binary garbage",
+            b"\x7fELF\x02\x01\x01\x00\x00\x00".to_vec(),
+            &["{dir}/drydock.toml:1:", "TOML syntax error"],
+        ),
+        one(
+            "unclosed table",
+            b"[node\nname = \"x\"\n".to_vec(),
+            &["{dir}/drydock.toml:1:", "TOML syntax error"],
+        ),
+        one(
+            "duplicate key",
+            b"[drain]\ntimeout = \"1s\"\ntimeout = \"2s\"\n".to_vec(),
+            &["{dir}/drydock.toml:3:", "TOML syntax error"],
+        ),
+        one(
+            "duplicate table",
+            b"[drain]\n[drain]\n".to_vec(),
+            &["{dir}/drydock.toml:2:", "TOML syntax error"],
+        ),
+        one(
+            "unknown table",
+            b"[nonsense]\nx = 1\n".to_vec(),
+            &["{dir}/drydock.toml:1:2: key `nonsense`", "unknown field"],
+        ),
+        one(
+            "top-level value",
+            b"timeout = \"1s\"\n".to_vec(),
+            &["{dir}/drydock.toml:1:1: key `timeout`", "unknown field"],
+        ),
+        one(
+            "section is a value",
+            b"drain = 5\n".to_vec(),
+            &["key `drain`", "invalid type"],
+        ),
+        one(
+            "integer overflow",
+            b"[lease]\nconcurrency = 99999999999999999999\n".to_vec(),
+            &["{dir}/drydock.toml:2:", "TOML syntax error"],
+        ),
+        one(
+            "NUL byte",
+            b"[node]\x00\n".to_vec(),
+            &["{dir}/drydock.toml:1:", "TOML syntax error"],
+        ),
+        one(
+            "huge value is not echoed whole",
+            huge_value.into_bytes(),
+            &["{dir}/drydock.toml:2:8: key `node.name`", "bytes in all"],
+        ),
+        one(
+            "over 1 MiB",
+            format!("# {}\n", "x".repeat(1 << 20)).into_bytes(),
+            &["reading config file {dir}/drydock.toml: it is larger than 1048576 bytes"],
+        ),
+        one(
+            "window without days",
+            b"[[maintenance.windows]]\nstart = \"02:00\"\nlength = \"1h\"\ntime-zone = \"UTC\"\n"
+                .to_vec(),
+            &["missing field `days`"],
+        ),
+        one(
+            "escape sequence in a value",
+            b"[node]\nname = \"\\u001b[2J\\u001b]0;owned\\u0007\"\n".to_vec(),
+            &["{dir}/drydock.toml:2:8: key `node.name`", "\\u{1b}[2J"],
+        ),
     ];
-    let mut secret = one("webhook secret is not echoed", secret_url.as_bytes().to_vec(), &["key `report.slack-webhook-url`", "hooks.slack.com/..."]);
+    let mut secret = one(
+        "webhook secret is not echoed",
+        secret_url.as_bytes().to_vec(),
+        &["key `report.slack-webhook-url`", "hooks.slack.com/..."],
+    );
     secret.forbid.push("SECRETTOKEN".into());
     cases.push(secret);
     let mut cred = one(
@@ -682,20 +960,54 @@ fn config_text_cases() -> Vec<ConfigCase> {
 }
 
 /// Commands that read the configuration, and how each fails on a bad one.
-fn config_commands() -> Vec<(&'static str, Vec<&'static str>, Input, Exit, Vec<&'static str>)> {
+fn config_commands() -> Vec<ConfigCommand> {
     vec![
-        ("check-config", vec!["check-config"], Input::Null, Exit::Code(1), vec!["invalid configuration"]),
-        ("daemon", vec!["daemon"], Input::Null, Exit::Code(1), vec!["loading configuration"]),
-        ("status", vec!["status"], Input::Null, Exit::Code(1), vec!["loading configuration"]),
+        (
+            "check-config",
+            vec!["check-config"],
+            Input::Null,
+            Exit::Code(1),
+            vec!["invalid configuration"],
+        ),
+        (
+            "daemon",
+            vec!["daemon"],
+            Input::Null,
+            Exit::Code(1),
+            vec!["loading configuration"],
+        ),
+        (
+            "status",
+            vec!["status"],
+            Input::Null,
+            Exit::Code(1),
+            vec!["loading configuration"],
+        ),
         (
             "pre-install",
             vec!["apt-hook", "pre-install"],
             Input::Bytes(benign_hook_input()),
             Exit::Code(1),
-            vec!["every package counts as protected", "refusing this dpkg run", "hello"],
+            vec![
+                "every package counts as protected",
+                "refusing this dpkg run",
+                "hello",
+            ],
         ),
-        ("pause", vec!["pause", "--reason", "maintenance"], Input::Null, Exit::Code(1), vec![]),
-        ("post-invoke", vec!["apt-hook", "post-invoke"], Input::Null, Exit::Code(0), vec!["apt run not recorded"]),
+        (
+            "pause",
+            vec!["pause", "--reason", "maintenance"],
+            Input::Null,
+            Exit::Code(1),
+            vec![],
+        ),
+        (
+            "post-invoke",
+            vec!["apt-hook", "post-invoke"],
+            Input::Null,
+            Exit::Code(0),
+            vec!["apt run not recorded"],
+        ),
     ]
 }
 
@@ -716,18 +1028,32 @@ fn to_cases(config_cases: Vec<ConfigCase>, all_commands_every: usize) -> Vec<Cas
             let mut case = Case::new(format!("{cmd_name}: {}", cc.name), &full_args, exit)
                 .setup(move |dir| {
                     for (rel, bytes) in f.iter() {
-                        let text = String::from_utf8_lossy(bytes).replace("{dir}", &dir.display().to_string());
+                        let text = String::from_utf8_lossy(bytes)
+                            .replace("{dir}", &dir.display().to_string());
                         // Keep non-UTF-8 fixtures byte-exact.
-                        let bytes = if std::str::from_utf8(bytes).is_ok() { text.into_bytes() } else { bytes.clone() };
+                        let bytes = if std::str::from_utf8(bytes).is_ok() {
+                            text.into_bytes()
+                        } else {
+                            bytes.clone()
+                        };
                         write(&dir.join(rel), bytes);
                     }
                     // A base for single-file cases: paths stay in the case's dir.
                     if f.len() == 1 {
-                        write(&dir.join("drydock.toml.d/00-base.toml"), base_toml(dir, "node.name"));
+                        write(
+                            &dir.join("drydock.toml.d/00-base.toml"),
+                            base_toml(dir, "node.name"),
+                        );
                     }
                 })
                 .stdin(stdin);
-            for e in cc.expect.iter().chain(extra.iter().map(|s| s.to_string()).collect::<Vec<_>>().iter()) {
+            for e in cc.expect.iter().chain(
+                extra
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .iter(),
+            ) {
                 case = case.expect(e.clone());
             }
             for f in &cc.forbid {
@@ -825,42 +1151,67 @@ fn special_files_and_bad_drop_ins_are_refused_without_hanging() {
     // The drop-in directory is not a directory.
     for kind in ["fifo", "dev-zero"] {
         cases.push(
-            Case::new(format!("check-config: drop-in directory is a {kind}"), &[CONFIG_ARG, "check-config"], Exit::Code(1))
-                .setup(move |dir| {
-                    valid_config(dir);
-                    plant(kind, &dir.join("drydock.toml.d"));
-                })
-                .expect("listing config drop-ins in {dir}/drydock.toml.d: "),
+            Case::new(
+                format!("check-config: drop-in directory is a {kind}"),
+                &[CONFIG_ARG, "check-config"],
+                Exit::Code(1),
+            )
+            .setup(move |dir| {
+                valid_config(dir);
+                plant(kind, &dir.join("drydock.toml.d"));
+            })
+            .expect("listing config drop-ins in {dir}/drydock.toml.d: "),
         );
     }
     // Controls: a hidden editor lock is not a drop-in; a symlink to a real
     // file is one.
     cases.push(
-        Case::new("check-config: hidden dangling .#x.toml is no drop-in", &[CONFIG_ARG, "check-config"], Exit::Code(0))
-            .setup(|dir| {
-                valid_config(dir);
-                plant("dangling symlink", &dir.join("drydock.toml.d/.#50-x.toml"));
-            })
-            .expect("configuration OK"),
+        Case::new(
+            "check-config: hidden dangling .#x.toml is no drop-in",
+            &[CONFIG_ARG, "check-config"],
+            Exit::Code(0),
+        )
+        .setup(|dir| {
+            valid_config(dir);
+            plant("dangling symlink", &dir.join("drydock.toml.d/.#50-x.toml"));
+        })
+        .expect("configuration OK"),
     );
     cases.push(
-        Case::new("check-config: drop-in symlinked to a bad file", &[CONFIG_ARG, "check-config"], Exit::Code(1))
-            .setup(|dir| {
-                valid_config(dir);
-                write(&dir.join("elsewhere/bad.toml"), "[drain]\ntimeout = \"0s\"\n");
-                std::fs::create_dir_all(dir.join("drydock.toml.d")).unwrap();
-                symlink(dir.join("elsewhere/bad.toml"), dir.join("drydock.toml.d/50-x.toml")).unwrap();
-            })
-            .expect("{dir}/drydock.toml.d/50-x.toml:2:11: key `drain.timeout`"),
+        Case::new(
+            "check-config: drop-in symlinked to a bad file",
+            &[CONFIG_ARG, "check-config"],
+            Exit::Code(1),
+        )
+        .setup(|dir| {
+            valid_config(dir);
+            write(
+                &dir.join("elsewhere/bad.toml"),
+                "[drain]\ntimeout = \"0s\"\n",
+            );
+            std::fs::create_dir_all(dir.join("drydock.toml.d")).unwrap();
+            symlink(
+                dir.join("elsewhere/bad.toml"),
+                dir.join("drydock.toml.d/50-x.toml"),
+            )
+            .unwrap();
+        })
+        .expect("{dir}/drydock.toml.d/50-x.toml:2:11: key `drain.timeout`"),
     );
     // Missing and odd --config arguments.
     cases.push(
-        Case::new("--config names nothing", &["--config={dir}/nope.toml", "check-config"], Exit::Code(1))
-            .expect("reading config file {dir}/nope.toml: No such file or directory (os error 2)"),
+        Case::new(
+            "--config names nothing",
+            &["--config={dir}/nope.toml", "check-config"],
+            Exit::Code(1),
+        )
+        .expect("reading config file {dir}/nope.toml: No such file or directory (os error 2)"),
     );
-    cases.push(
-        Case::new("--config is empty", &["--config=", "check-config"], Exit::Failure),
-    );
+    cases.push(Case::new(
+        "--config is empty",
+        &["--config=", "check-config"],
+        Exit::Failure,
+    ));
     run_all("special files", cases);
 }
 
@@ -868,13 +1219,27 @@ fn special_files_and_bad_drop_ins_are_refused_without_hanging() {
 fn every_cause_is_named_once() {
     let out = run_binary(
         Path::new("/"),
-        &["--config=/nonexistent/drydock-test/x.toml".into(), "status".into()],
+        &[
+            "--config=/nonexistent/drydock-test/x.toml".into(),
+            "status".into(),
+        ],
         &Input::Null,
     )
     .unwrap();
     assert_eq!(out.code, Some(1));
-    assert_eq!(out.stderr.matches("os error 2").count(), 1, "{}", out.stderr);
-    assert!(out.stderr.starts_with("drydock: loading configuration: reading config file /nonexistent/drydock-test/x.toml"), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("os error 2").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.starts_with(
+            "drydock: loading configuration: reading config file /nonexistent/drydock-test/x.toml"
+        ),
+        "{}",
+        out.stderr
+    );
 }
 
 // -------------------------------------------------------------- state DB
@@ -885,7 +1250,8 @@ fn sqlite(path: &Path, wal: bool, app_id: i64, user_version: i64) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let conn = rusqlite::Connection::open(path).unwrap();
     if wal {
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .unwrap();
     }
     conn.execute_batch(&format!(
         "CREATE TABLE t (x); INSERT INTO t VALUES (1); PRAGMA application_id = {app_id}; PRAGMA user_version = {user_version};"
@@ -909,27 +1275,84 @@ type DbFixture = (&'static str, fn(&Path), &'static str);
 fn db_fixtures() -> Vec<DbFixture> {
     vec![
         ("empty file", |p| write(p, b""), "is empty (0 bytes)"),
-        ("text", |p| write(p, b"this is not an SQLite database at all, not even close.\n".repeat(3)), "is not an SQLite database"),
-        ("short header", |p| write(p, b"SQLite format 3\0short"), "is not an SQLite database"),
-        ("foreign WAL db", |p| sqlite(p, true, 0x1234, 1), "does not belong to drydock (application_id 0x1234)"),
-        ("foreign rollback db", |p| sqlite(p, false, 7, 0), "does not belong to drydock (application_id 0x7)"),
-        ("anonymous WAL db with tables", |p| sqlite(p, true, 0, 0), "does not belong to drydock (application_id 0x0)"),
-        ("anonymous rollback db with tables", |p| sqlite(p, false, 0, 0), "does not belong to drydock"),
-        ("newer schema, WAL", |p| sqlite(p, true, APP_ID, 99), "has schema version 99, newer than this drydock understands"),
-        ("newer schema, rollback", |p| sqlite(p, false, APP_ID, 99), "has schema version 99"),
-        ("damaged drydock db", |p| {
-            drydock_db(p);
-            let mut bytes = std::fs::read(p).unwrap();
-            let len = bytes.len();
-            for b in &mut bytes[4096..len.min(4096 * 3)] {
-                *b = 0xa5;
-            }
-            std::fs::write(p, bytes).unwrap();
-        }, "is damaged"),
-        ("fifo", |p| plant("fifo", p), "is a FIFO, not a regular file"),
-        ("directory", |p| plant("directory", p), "is a directory, not a regular file"),
-        ("/dev/zero", |p| plant("dev-zero", p), "is a character device, not a regular file"),
-        ("dangling symlink", |p| plant("dangling symlink", p), "is a dangling symbolic link"),
+        (
+            "text",
+            |p| {
+                write(
+                    p,
+                    b"this is not an SQLite database at all, not even close.\n".repeat(3),
+                )
+            },
+            "is not an SQLite database",
+        ),
+        (
+            "short header",
+            |p| write(p, b"SQLite format 3\0short"),
+            "is not an SQLite database",
+        ),
+        (
+            "foreign WAL db",
+            |p| sqlite(p, true, 0x1234, 1),
+            "does not belong to drydock (application_id 0x1234)",
+        ),
+        (
+            "foreign rollback db",
+            |p| sqlite(p, false, 7, 0),
+            "does not belong to drydock (application_id 0x7)",
+        ),
+        (
+            "anonymous WAL db with tables",
+            |p| sqlite(p, true, 0, 0),
+            "does not belong to drydock (application_id 0x0)",
+        ),
+        (
+            "anonymous rollback db with tables",
+            |p| sqlite(p, false, 0, 0),
+            "does not belong to drydock",
+        ),
+        (
+            "newer schema, WAL",
+            |p| sqlite(p, true, APP_ID, 99),
+            "has schema version 99, newer than this drydock understands",
+        ),
+        (
+            "newer schema, rollback",
+            |p| sqlite(p, false, APP_ID, 99),
+            "has schema version 99",
+        ),
+        (
+            "damaged drydock db",
+            |p| {
+                drydock_db(p);
+                let mut bytes = std::fs::read(p).unwrap();
+                let len = bytes.len();
+                for b in &mut bytes[4096..len.min(4096 * 3)] {
+                    *b = 0xa5;
+                }
+                std::fs::write(p, bytes).unwrap();
+            },
+            "is damaged",
+        ),
+        (
+            "fifo",
+            |p| plant("fifo", p),
+            "is a FIFO, not a regular file",
+        ),
+        (
+            "directory",
+            |p| plant("directory", p),
+            "is a directory, not a regular file",
+        ),
+        (
+            "/dev/zero",
+            |p| plant("dev-zero", p),
+            "is a character device, not a regular file",
+        ),
+        (
+            "dangling symlink",
+            |p| plant("dangling symlink", p),
+            "is a dangling symbolic link",
+        ),
         ("socket", |p| plant("socket", p), "is a socket"),
     ]
 }
@@ -937,14 +1360,29 @@ fn db_fixtures() -> Vec<DbFixture> {
 #[test]
 fn a_refused_state_db_is_left_byte_identical_with_no_side_files() {
     let commands: Vec<(&str, Vec<&str>, Exit, &str)> = vec![
-        ("status", vec!["status"], Exit::Code(1), "opening the state store"),
-        ("status --json", vec!["status", "--json"], Exit::Code(1), "opening the state store"),
+        (
+            "status",
+            vec!["status"],
+            Exit::Code(1),
+            "opening the state store",
+        ),
+        (
+            "status --json",
+            vec!["status", "--json"],
+            Exit::Code(1),
+            "opening the state store",
+        ),
         ("history", vec!["history"], Exit::Code(1), ""),
         ("pause", vec!["pause", "--reason", "x"], Exit::Code(1), ""),
         ("resume", vec!["resume"], Exit::Code(1), ""),
         ("reboot", vec!["reboot"], Exit::Code(1), ""),
         ("release", vec!["release", "--force"], Exit::Code(1), ""),
-        ("post-invoke", vec!["apt-hook", "post-invoke"], Exit::Code(0), "apt run not recorded"),
+        (
+            "post-invoke",
+            vec!["apt-hook", "post-invoke"],
+            Exit::Code(0),
+            "apt run not recorded",
+        ),
     ];
     let mut cases = Vec::new();
     for (fixture, make, message) in db_fixtures() {
@@ -958,7 +1396,8 @@ fn a_refused_state_db_is_left_byte_identical_with_no_side_files() {
                     let p = state_db(dir);
                     if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
                         // A mode drydock would change if it touched the file.
-                        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+                        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640))
+                            .unwrap();
                     }
                 })
                 .expect("{dir}/state/state.db")
@@ -977,7 +1416,11 @@ fn a_refused_state_db_is_left_byte_identical_with_no_side_files() {
 // ------------------------------------------------------------- APT hook
 
 fn hook_input(actions: &[u8]) -> Vec<u8> {
-    [b"VERSION 3\nAPT::Architecture=amd64\nDir=/\n\n".as_slice(), actions].concat()
+    [
+        b"VERSION 3\nAPT::Architecture=amd64\nDir=/\n\n".as_slice(),
+        actions,
+    ]
+    .concat()
 }
 
 #[test]
@@ -985,134 +1428,284 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
     let mut cases = Vec::new();
     // (name, action lines, must appear)
     let unreadable: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("too few fields", b"hello 1.0 all none <\n".to_vec(), "has 5 fields"),
-        ("unknown direction", b"hello 1.0 all none ?? 2.0 all none /h.deb\n".to_vec(), "direction"),
-        ("upper-case name", b"KUBELET - - none < 1.0 amd64 none /k.deb\n".to_vec(), "kubelet: unreadable"),
-        ("mangled protected name", b"kube\x01let - - none < 1.0 amd64 none /x.deb\n".to_vec(), "control characters"),
-        ("non-breaking space in name", "kubelet\u{a0} - - none < 1.0 amd64 none /x.deb\n".as_bytes().to_vec(), "unreadable hook input line"),
-        ("bad version", b"hello - - none < v2 all none /h.deb\n".to_vec(), "not a Debian version"),
-        ("NUL in path", b"hello - - none < 2.0 all none /h\x00.deb\n".to_vec(), "control characters"),
-        ("invalid UTF-8", b"hello - - none < 2.0 all none \xff\xfe\n".to_vec(), "not UTF-8"),
-        ("unknown action", b"hello - - none < 2.0 all none **FROB**\n".to_vec(), "unknown action"),
-        ("unpack without version", b"hello - - none < - - none /h.deb\n".to_vec(), "without a new version"),
-        ("remove of nothing", b"hello - - none > - - none **REMOVE**\n".to_vec(), "not installed"),
-        ("empty action", b"hello - - none < 2.0 all none \n".to_vec(), "unreadable hook input line"),
-        ("escape sequence", b"hello - - none < 2.0 all none /\x1b[2J.deb\n".to_vec(), "control characters"),
-        ("5000-byte line", [b"hello - - none < 2.0 all none /".as_slice(), &vec![b'a'; 5000], b".deb\n"].concat(), "bytes long"),
-        ("one-letter name", b"x - - none < 2.0 all none /x.deb\n".to_vec(), "not a Debian package name"),
-        ("missing arch", b"hello - - none < 2.0  none /h.deb\n".to_vec(), "unreadable hook input line"),
-        ("bare path", b"/var/cache/apt/archives/kubeadm_1.0_amd64.deb\n".to_vec(), "kubeadm: unreadable"),
+        (
+            "too few fields",
+            b"hello 1.0 all none <\n".to_vec(),
+            "has 5 fields",
+        ),
+        (
+            "unknown direction",
+            b"hello 1.0 all none ?? 2.0 all none /h.deb\n".to_vec(),
+            "direction",
+        ),
+        (
+            "upper-case name",
+            b"KUBELET - - none < 1.0 amd64 none /k.deb\n".to_vec(),
+            "kubelet: unreadable",
+        ),
+        (
+            "mangled protected name",
+            b"kube\x01let - - none < 1.0 amd64 none /x.deb\n".to_vec(),
+            "control characters",
+        ),
+        (
+            "non-breaking space in name",
+            "kubelet\u{a0} - - none < 1.0 amd64 none /x.deb\n"
+                .as_bytes()
+                .to_vec(),
+            "unreadable hook input line",
+        ),
+        (
+            "bad version",
+            b"hello - - none < v2 all none /h.deb\n".to_vec(),
+            "not a Debian version",
+        ),
+        (
+            "NUL in path",
+            b"hello - - none < 2.0 all none /h\x00.deb\n".to_vec(),
+            "control characters",
+        ),
+        (
+            "invalid UTF-8",
+            b"hello - - none < 2.0 all none \xff\xfe\n".to_vec(),
+            "not UTF-8",
+        ),
+        (
+            "unknown action",
+            b"hello - - none < 2.0 all none **FROB**\n".to_vec(),
+            "unknown action",
+        ),
+        (
+            "unpack without version",
+            b"hello - - none < - - none /h.deb\n".to_vec(),
+            "without a new version",
+        ),
+        (
+            "remove of nothing",
+            b"hello - - none > - - none **REMOVE**\n".to_vec(),
+            "not installed",
+        ),
+        (
+            "empty action",
+            b"hello - - none < 2.0 all none \n".to_vec(),
+            "unreadable hook input line",
+        ),
+        (
+            "escape sequence",
+            b"hello - - none < 2.0 all none /\x1b[2J.deb\n".to_vec(),
+            "control characters",
+        ),
+        (
+            "5000-byte line",
+            [
+                b"hello - - none < 2.0 all none /".as_slice(),
+                &vec![b'a'; 5000],
+                b".deb\n",
+            ]
+            .concat(),
+            "bytes long",
+        ),
+        (
+            "one-letter name",
+            b"x - - none < 2.0 all none /x.deb\n".to_vec(),
+            "not a Debian package name",
+        ),
+        (
+            "missing arch",
+            b"hello - - none < 2.0  none /h.deb\n".to_vec(),
+            "unreadable hook input line",
+        ),
+        (
+            "bare path",
+            b"/var/cache/apt/archives/kubeadm_1.0_amd64.deb\n".to_vec(),
+            "kubeadm: unreadable",
+        ),
     ];
     for (name, lines, fragment) in unreadable {
         let input = hook_input(&lines);
         cases.push(
-            Case::new(format!("pre-install: {name}"), &[CONFIG_ARG, "apt-hook", "pre-install"], Exit::Code(1))
-                .setup(valid_config)
-                .stdin(Input::Bytes(input))
-                .expect("unreadable hook input line 5")
-                .expect(fragment)
-                .expect("refusing this dpkg run")
-                .expect("Nothing was installed")
-                .expect("DRYDOCK_APT_ALLOW='*'")
-                .forbid("\u{1b}"),
+            Case::new(
+                format!("pre-install: {name}"),
+                &[CONFIG_ARG, "apt-hook", "pre-install"],
+                Exit::Code(1),
+            )
+            .setup(valid_config)
+            .stdin(Input::Bytes(input))
+            .expect("unreadable hook input line 5")
+            .expect(fragment)
+            .expect("refusing this dpkg run")
+            .expect("Nothing was installed")
+            .expect("DRYDOCK_APT_ALLOW='*'")
+            .forbid("\u{1b}"),
         );
     }
     // Lines inside apt's configuration section.
     for (name, line) in [
         ("config line without '='", b"NoEquals\n".as_slice()),
         ("config line with control byte", b"Key\x01=v\n".as_slice()),
-        ("action line among config", b"kubeadm 1 all none = 1 all none /k.deb\n".as_slice()),
+        (
+            "action line among config",
+            b"kubeadm 1 all none = 1 all none /k.deb\n".as_slice(),
+        ),
     ] {
         let input = [b"VERSION 3\nA=b\n".as_slice(), line, b"\n"].concat();
         cases.push(
-            Case::new(format!("pre-install: {name}"), &[CONFIG_ARG, "apt-hook", "pre-install"], Exit::Code(1))
-                .setup(valid_config)
-                .stdin(Input::Bytes(input))
-                .expect("unreadable hook input line 3")
-                .expect("refusing this dpkg run"),
+            Case::new(
+                format!("pre-install: {name}"),
+                &[CONFIG_ARG, "apt-hook", "pre-install"],
+                Exit::Code(1),
+            )
+            .setup(valid_config)
+            .stdin(Input::Bytes(input))
+            .expect("unreadable hook input line 3")
+            .expect("refusing this dpkg run"),
         );
     }
     // A .deb named for a protected package under another name.
     for (name, path) in [
-        ("apt archive", "/var/cache/apt/archives/kubelet_1.34.2-1.1_amd64.deb"),
+        (
+            "apt archive",
+            "/var/cache/apt/archives/kubelet_1.34.2-1.1_amd64.deb",
+        ),
         ("upper-case file", "/tmp/KUBELET_1.0_amd64.deb"),
         ("glob-protected", "/tmp/calico-node_3.0_amd64.deb"),
         ("no version part", "/tmp/runc.deb"),
     ] {
         let line = format!("hello 1.0 amd64 none < 2.0 amd64 none {path}\n");
         cases.push(
-            Case::new(format!("pre-install: deb file renamed ({name})"), &[CONFIG_ARG, "apt-hook", "pre-install"], Exit::Code(1))
-                .setup(valid_config)
-                .stdin(Input::Bytes(hook_input(line.as_bytes())))
-                .expect("suspicious: the line is for package hello but unpacks")
-                .expect("refusing this dpkg run"),
+            Case::new(
+                format!("pre-install: deb file renamed ({name})"),
+                &[CONFIG_ARG, "apt-hook", "pre-install"],
+                Exit::Code(1),
+            )
+            .setup(valid_config)
+            .stdin(Input::Bytes(hook_input(line.as_bytes())))
+            .expect("suspicious: the line is for package hello but unpacks")
+            .expect("refusing this dpkg run"),
         );
     }
     // Framing.
     let framing: Vec<(&str, Input, &str)> = vec![
         ("empty", Input::Bytes(vec![]), "no input on stdin"),
-        ("header only", Input::Bytes(b"VERSION 3\n".to_vec()), "ends inside the configuration"),
-        ("no header", Input::Bytes(b"hello - - none < 1 all none /h.deb\n".to_vec()), "not a \"VERSION 3\" header"),
-        ("version 2", Input::Bytes(b"VERSION 2\n\nhello\n".to_vec()), "protocol version 2"),
-        ("version 99", Input::Bytes(b"VERSION 99\n\n".to_vec()), "protocol version 99"),
-        ("binary", Input::Bytes(vec![0, 1, 2, 0xff, b'\n']), "not a \"VERSION 3\" header"),
-        ("escape in header", Input::Bytes(b"\x1b]0;pwned\x07\n\n".to_vec()), "not a \"VERSION 3\" header"),
-        ("over 16 MiB", Input::Bytes(vec![b'\n'; (16 << 20) + 1]), "larger than 16 MiB"),
-        ("endless stdin (/dev/zero)", Input::File("/dev/zero".into()), "larger than 16 MiB"),
+        (
+            "header only",
+            Input::Bytes(b"VERSION 3\n".to_vec()),
+            "ends inside the configuration",
+        ),
+        (
+            "no header",
+            Input::Bytes(b"hello - - none < 1 all none /h.deb\n".to_vec()),
+            "not a \"VERSION 3\" header",
+        ),
+        (
+            "version 2",
+            Input::Bytes(b"VERSION 2\n\nhello\n".to_vec()),
+            "protocol version 2",
+        ),
+        (
+            "version 99",
+            Input::Bytes(b"VERSION 99\n\n".to_vec()),
+            "protocol version 99",
+        ),
+        (
+            "binary",
+            Input::Bytes(vec![0, 1, 2, 0xff, b'\n']),
+            "not a \"VERSION 3\" header",
+        ),
+        (
+            "escape in header",
+            Input::Bytes(b"\x1b]0;pwned\x07\n\n".to_vec()),
+            "not a \"VERSION 3\" header",
+        ),
+        (
+            "over 16 MiB",
+            Input::Bytes(vec![b'\n'; (16 << 20) + 1]),
+            "larger than 16 MiB",
+        ),
+        (
+            "endless stdin (/dev/zero)",
+            Input::File("/dev/zero".into()),
+            "larger than 16 MiB",
+        ),
     ];
     for (name, input, fragment) in framing {
         cases.push(
-            Case::new(format!("pre-install framing: {name}"), &[CONFIG_ARG, "apt-hook", "pre-install"], Exit::Code(1))
-                .setup(valid_config)
-                .stdin(input)
-                .expect(fragment)
-                .expect("refusing this dpkg run")
-                .forbid("\u{1b}"),
+            Case::new(
+                format!("pre-install framing: {name}"),
+                &[CONFIG_ARG, "apt-hook", "pre-install"],
+                Exit::Code(1),
+            )
+            .setup(valid_config)
+            .stdin(input)
+            .expect(fragment)
+            .expect("refusing this dpkg run")
+            .forbid("\u{1b}"),
         );
     }
     // Protected changes with odd files in the run dir: refused, no hang.
     for &(kind, _) in PLANTS {
         cases.push(
-            Case::new(format!("pre-install: upgrade-step.lock is a {kind}"), &[CONFIG_ARG, "apt-hook", "pre-install"], Exit::Code(1))
-                .setup(move |dir| {
-                    valid_config(dir);
-                    plant(kind, &dir.join("run/upgrade-step.lock"));
-                })
-                .stdin(Input::Bytes(hook_input(b"kubelet 1.0 amd64 none < 2.0 amd64 none /k/kubelet_2.0_amd64.deb\n")))
-                .expect("kubelet: upgrade 1.0 -> 2.0"),
+            Case::new(
+                format!("pre-install: upgrade-step.lock is a {kind}"),
+                &[CONFIG_ARG, "apt-hook", "pre-install"],
+                Exit::Code(1),
+            )
+            .setup(move |dir| {
+                valid_config(dir);
+                plant(kind, &dir.join("run/upgrade-step.lock"));
+            })
+            .stdin(Input::Bytes(hook_input(
+                b"kubelet 1.0 amd64 none < 2.0 amd64 none /k/kubelet_2.0_amd64.deb\n",
+            )))
+            .expect("kubelet: upgrade 1.0 -> 2.0"),
         );
         // post-invoke with a planted plan file: finishes, never fails apt.
         cases.push(
-            Case::new(format!("post-invoke: apt-pending.json is a {kind}"), &[CONFIG_ARG, "apt-hook", "post-invoke"], Exit::Code(0))
-                .setup(move |dir| {
-                    valid_config(dir);
-                    // A refused store keeps post-invoke from writing.
-                    write(&state_db(dir), b"not a database");
-                    plant(kind, &dir.join("run/apt-pending.json"));
-                })
-                .expect("apt run not recorded"),
+            Case::new(
+                format!("post-invoke: apt-pending.json is a {kind}"),
+                &[CONFIG_ARG, "apt-hook", "post-invoke"],
+                Exit::Code(0),
+            )
+            .setup(move |dir| {
+                valid_config(dir);
+                // A refused store keeps post-invoke from writing.
+                write(&state_db(dir), b"not a database");
+                plant(kind, &dir.join("run/apt-pending.json"));
+            })
+            .expect("apt run not recorded"),
         );
         cases.push(
-            Case::new(format!("status: daemon.lock is a {kind}"), &[CONFIG_ARG, "status"], Exit::Code(0))
-                .setup(move |dir| {
-                    valid_config(dir);
-                    plant(kind, &dir.join("run/daemon.lock"));
-                })
-                .expect("daemon:       not running"),
+            Case::new(
+                format!("status: daemon.lock is a {kind}"),
+                &[CONFIG_ARG, "status"],
+                Exit::Code(0),
+            )
+            .setup(move |dir| {
+                valid_config(dir);
+                plant(kind, &dir.join("run/daemon.lock"));
+            })
+            .expect("daemon:       not running"),
         );
     }
     // An invalid configuration: every package counts as protected.
     cases.push(
-        Case::new("pre-install: invalid config refuses even an unprotected package", &[CONFIG_ARG, "apt-hook", "pre-install"], Exit::Code(1))
-            .setup(|dir| {
-                valid_config(dir);
-                write(&dir.join("drydock.toml.d/50-protect.toml"), "[packages]\nprotect = [\"hello\", \"BAD\"]\n");
-            })
-            .stdin(Input::Bytes(benign_hook_input()))
-            .expect("key `packages.protect[1]`")
-            .expect("every package counts as protected")
-            .expect("hello: upgrade 1.0 -> 2.0")
-            .expect("DRYDOCK_APT_ALLOW=hello"),
+        Case::new(
+            "pre-install: invalid config refuses even an unprotected package",
+            &[CONFIG_ARG, "apt-hook", "pre-install"],
+            Exit::Code(1),
+        )
+        .setup(|dir| {
+            valid_config(dir);
+            write(
+                &dir.join("drydock.toml.d/50-protect.toml"),
+                "[packages]\nprotect = [\"hello\", \"BAD\"]\n",
+            );
+        })
+        .stdin(Input::Bytes(benign_hook_input()))
+        .expect("key `packages.protect[1]`")
+        .expect("every package counts as protected")
+        .expect("hello: upgrade 1.0 -> 2.0")
+        .expect("DRYDOCK_APT_ALLOW=hello"),
     );
     run_all("apt hook", cases);
 }
@@ -1130,7 +1723,12 @@ fn the_apt_hook_lets_the_administrator_through_when_told() {
         .stdin(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(&hook_input(b"hello 1.0 all none ?? 2.0 all none /h.deb\n")).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&hook_input(b"hello 1.0 all none ?? 2.0 all none /h.deb\n"))
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -1160,12 +1758,28 @@ fn reasons_are_bounded_and_escaped_wherever_they_are_shown() {
     let mut cases = Vec::new();
     let bad_reasons: Vec<(&str, String, &str)> = vec![
         ("newline", "a\nb".into(), "control character \\n"),
-        ("ANSI clear screen", "\u{1b}[2J".into(), "control character \\u{1b}"),
-        ("OSC hyperlink", "\u{1b}]8;;http://evil\u{7}x".into(), "control character"),
+        (
+            "ANSI clear screen",
+            "\u{1b}[2J".into(),
+            "control character \\u{1b}",
+        ),
+        (
+            "OSC hyperlink",
+            "\u{1b}]8;;http://evil\u{7}x".into(),
+            "control character",
+        ),
         ("bell", "\u{7}".into(), "control character"),
         ("C1 CSI", "\u{9b}31m".into(), "control character"),
-        ("right-to-left override", "a\u{202e}b".into(), "control character"),
-        ("carriage return", "ok\rforged".into(), "control character \\r"),
+        (
+            "right-to-left override",
+            "a\u{202e}b".into(),
+            "control character",
+        ),
+        (
+            "carriage return",
+            "ok\rforged".into(),
+            "control character \\r",
+        ),
         ("201 characters", "x".repeat(201), "201 characters long"),
         ("100 kB", "y".repeat(100_000), "characters long"),
     ];
@@ -1195,34 +1809,47 @@ fn reasons_are_bounded_and_escaped_wherever_they_are_shown() {
     ] {
         let r = reason.to_string();
         cases.push(
-            Case::new(format!("status shows a stored {name} reason escaped"), &[CONFIG_ARG, "status"], Exit::Code(0))
-                .setup(move |dir| db_with_pause(dir, &r))
-                .expect("paused:       ")
-                .forbid("\u{1b}")
-                .forbid("\u{7}")
-                .forbid("\u{9b}")
-                .forbid("\nSTATUS=forged"),
+            Case::new(
+                format!("status shows a stored {name} reason escaped"),
+                &[CONFIG_ARG, "status"],
+                Exit::Code(0),
+            )
+            .setup(move |dir| db_with_pause(dir, &r))
+            .expect("paused:       ")
+            .forbid("\u{1b}")
+            .forbid("\u{7}")
+            .forbid("\u{9b}")
+            .forbid("\nSTATUS=forged"),
         );
         let r = reason.to_string();
         cases.push(
-            Case::new(format!("status --json keeps a stored {name} reason as data"), &[CONFIG_ARG, "status", "--json"], Exit::Code(0))
-                .setup(move |dir| db_with_pause(dir, &r))
-                .check(move |stdout, _| {
-                    let v: serde_json::Value = serde_json::from_str(stdout).map_err(|e| format!("not JSON: {e}"))?;
-                    status_shape(&v)?;
-                    match v["local_pause"]["reason"].as_str() {
-                        Some(s) if !s.chars().any(char::is_control) => Ok(()),
-                        other => Err(format!("local_pause.reason: {other:?}")),
-                    }
-                }),
+            Case::new(
+                format!("status --json keeps a stored {name} reason as data"),
+                &[CONFIG_ARG, "status", "--json"],
+                Exit::Code(0),
+            )
+            .setup(move |dir| db_with_pause(dir, &r))
+            .check(move |stdout, _| {
+                let v: serde_json::Value =
+                    serde_json::from_str(stdout).map_err(|e| format!("not JSON: {e}"))?;
+                status_shape(&v)?;
+                match v["local_pause"]["reason"].as_str() {
+                    Some(s) if !s.chars().any(char::is_control) => Ok(()),
+                    other => Err(format!("local_pause.reason: {other:?}")),
+                }
+            }),
         );
     }
     let long = "z".repeat(5000);
     cases.push(
-        Case::new("status bounds a long stored reason", &[CONFIG_ARG, "status"], Exit::Code(0))
-            .setup(move |dir| db_with_pause(dir, &long))
-            .expect("bytes in all")
-            .forbid(&"z".repeat(600)),
+        Case::new(
+            "status bounds a long stored reason",
+            &[CONFIG_ARG, "status"],
+            Exit::Code(0),
+        )
+        .setup(move |dir| db_with_pause(dir, &long))
+        .expect("bytes in all")
+        .forbid("z".repeat(600)),
     );
     run_all("reasons", cases);
 }
@@ -1231,8 +1858,17 @@ fn reasons_are_bounded_and_escaped_wherever_they_are_shown() {
 fn status_shape(v: &serde_json::Value) -> Result<(), String> {
     let obj = v.as_object().ok_or("not an object")?;
     for key in [
-        "version", "node", "daemon", "state", "summary", "reboot_need", "gates", "local_pause",
-        "next_window", "held_packages", "lease",
+        "version",
+        "node",
+        "daemon",
+        "state",
+        "summary",
+        "reboot_need",
+        "gates",
+        "local_pause",
+        "next_window",
+        "held_packages",
+        "lease",
     ] {
         if !obj.contains_key(key) {
             return Err(format!("missing key {key}"));
@@ -1257,29 +1893,41 @@ fn status_shape(v: &serde_json::Value) -> Result<(), String> {
 #[test]
 fn status_json_has_a_stable_shape() {
     let cases = vec![
-        Case::new("status --json with no store", &[CONFIG_ARG, "status", "--json"], Exit::Code(0))
-            .setup(valid_config)
-            .check(|stdout, _| {
-                let v: serde_json::Value = serde_json::from_str(stdout).map_err(|e| format!("not JSON: {e}"))?;
-                status_shape(&v)?;
-                if !v["lease"]["slots"].is_null() || !v["lease"]["error"].is_string() {
-                    return Err(format!("lease without an API server: {}", v["lease"]));
-                }
-                if !v["local_pause"].is_null() || !v["state"].is_null() {
-                    return Err("state from nowhere".into());
-                }
-                Ok(())
-            }),
-        Case::new("status --json with a paused store", &[CONFIG_ARG, "status", "--json"], Exit::Code(0))
-            .setup(|dir| db_with_pause(dir, "kernel regression"))
-            .check(|stdout, _| {
-                let v: serde_json::Value = serde_json::from_str(stdout).map_err(|e| format!("not JSON: {e}"))?;
-                status_shape(&v)?;
-                if v["local_pause"]["reason"] != "kernel regression" || !v["local_pause"]["since"].is_string() {
-                    return Err(format!("local_pause: {}", v["local_pause"]));
-                }
-                Ok(())
-            }),
+        Case::new(
+            "status --json with no store",
+            &[CONFIG_ARG, "status", "--json"],
+            Exit::Code(0),
+        )
+        .setup(valid_config)
+        .check(|stdout, _| {
+            let v: serde_json::Value =
+                serde_json::from_str(stdout).map_err(|e| format!("not JSON: {e}"))?;
+            status_shape(&v)?;
+            if !v["lease"]["slots"].is_null() || !v["lease"]["error"].is_string() {
+                return Err(format!("lease without an API server: {}", v["lease"]));
+            }
+            if !v["local_pause"].is_null() || !v["state"].is_null() {
+                return Err("state from nowhere".into());
+            }
+            Ok(())
+        }),
+        Case::new(
+            "status --json with a paused store",
+            &[CONFIG_ARG, "status", "--json"],
+            Exit::Code(0),
+        )
+        .setup(|dir| db_with_pause(dir, "kernel regression"))
+        .check(|stdout, _| {
+            let v: serde_json::Value =
+                serde_json::from_str(stdout).map_err(|e| format!("not JSON: {e}"))?;
+            status_shape(&v)?;
+            if v["local_pause"]["reason"] != "kernel regression"
+                || !v["local_pause"]["since"].is_string()
+            {
+                return Err(format!("local_pause: {}", v["local_pause"]));
+            }
+            Ok(())
+        }),
     ];
     run_all("status json", cases);
 }
@@ -1301,7 +1949,11 @@ fn bad_command_lines_are_refused_by_the_parser() {
     ] {
         let mut full = vec![CONFIG_ARG];
         full.extend(args);
-        cases.push(Case::new(name, &full, Exit::Code(2)).setup(valid_config).forbid("panicked"));
+        cases.push(
+            Case::new(name, &full, Exit::Code(2))
+                .setup(valid_config)
+                .forbid("panicked"),
+        );
     }
     run_all("command line", cases);
 }
@@ -1310,14 +1962,28 @@ fn bad_command_lines_are_refused_by_the_parser() {
 fn the_harness_sees_changes_and_hangs() {
     // A command that writes (a valid config, a first pause creates the
     // store) must be caught by the snapshot...
-    let writes = Case::new("pause with a valid config", &[CONFIG_ARG, "pause", "--reason", "x"], Exit::Code(0))
-        .setup(valid_config);
+    let writes = Case::new(
+        "pause with a valid config",
+        &[CONFIG_ARG, "pause", "--reason", "x"],
+        Exit::Code(0),
+    )
+    .setup(valid_config);
     let err = run_case(&writes).expect_err("the store it created is a change");
-    assert!(err.contains("new file") && err.contains("state.db"), "{err}");
+    assert!(
+        err.contains("new file") && err.contains("state.db"),
+        "{err}"
+    );
     // ...and a wrong exit status or a missing message by the checks.
-    let wrong = Case::new("check-config with a valid config", &[CONFIG_ARG, "check-config"], Exit::Code(1))
-        .setup(valid_config)
-        .expect("no such text");
+    let wrong = Case::new(
+        "check-config with a valid config",
+        &[CONFIG_ARG, "check-config"],
+        Exit::Code(1),
+    )
+    .setup(valid_config)
+    .expect("no such text");
     let err = run_case(&wrong).expect_err("exit 0 and no such text");
-    assert!(err.contains("exit Some(0)") && err.contains("no such text"), "{err}");
+    assert!(
+        err.contains("exit Some(0)") && err.contains("no such text"),
+        "{err}"
+    );
 }

@@ -188,9 +188,9 @@ pub fn protected_changes(
 
 /// Whether `DRYDOCK_APT_ALLOW` lets this change through.
 pub fn allowed_by_admin(change: &ProtectedChange, allow: &[String]) -> bool {
-    allow
-        .iter()
-        .any(|a| a == ALLOW_ALL || (a == bare(&change.package) && change.package != UNKNOWN_PACKAGE))
+    allow.iter().any(|a| {
+        a == ALLOW_ALL || (a == bare(&change.package) && change.package != UNKNOWN_PACKAGE)
+    })
 }
 
 fn authorized(change: &ProtectedChange, grants: &Grants) -> bool {
@@ -441,7 +441,8 @@ mod tests {
 
     #[test]
     fn a_deb_named_for_a_protected_package_is_refused_under_any_line_name() {
-        let r = req("hello - - none < 1.0 amd64 none /var/cache/apt/archives/kubelet_1.0_amd64.deb\n");
+        let r =
+            req("hello - - none < 1.0 amd64 none /var/cache/apt/archives/kubelet_1.0_amd64.deb\n");
         let v = decide(&r, protected, &Grants::default());
         assert!(!v.allows());
         assert_eq!(v.refused[0].package, "kubelet");

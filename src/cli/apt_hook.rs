@@ -101,7 +101,10 @@ fn pre_install(cli: &Cli) -> ExitCode {
     let needs_grants = touched
         .iter()
         .any(|c| !policy::allowed_by_admin(c, &grants.allow));
-    if let Some(settings) = settings.as_ref().filter(|s| needs_grants && step::step_running(s)) {
+    if let Some(settings) = settings
+        .as_ref()
+        .filter(|s| needs_grants && step::step_running(s))
+    {
         let now = Timestamp::now();
         grants.now = Some(now);
         grants.step_running = true;

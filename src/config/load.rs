@@ -27,7 +27,10 @@ pub enum ConfigError {
     Read { path: PathBuf, problem: String },
     #[error("listing config drop-ins in {}: {problem}", shown(dir))]
     DropIns { dir: PathBuf, problem: String },
-    #[error("config drop-in {}: {problem}; remove it or rename it so it does not end in .toml", shown(path))]
+    #[error(
+        "config drop-in {}: {problem}; remove it or rename it so it does not end in .toml",
+        shown(path)
+    )]
     DropIn { path: PathBuf, problem: String },
     #[error("{}:{line}:{column}: {}: the file is not valid UTF-8 (save it as UTF-8)", shown(path), key.as_deref().map_or("(before any key)".to_string(), |k| format!("key `{k}`")))]
     Encoding {
@@ -291,12 +294,11 @@ fn check_drop_in(path: &Path) -> Result<(), ConfigError> {
 
 /// One file's text: a regular file of bounded size, in UTF-8.
 fn read_source(path: &Path) -> Result<String, ConfigError> {
-    let bytes = crate::fileread::read_regular(path, MAX_CONFIG_BYTES).map_err(|e| {
-        ConfigError::Read {
+    let bytes =
+        crate::fileread::read_regular(path, MAX_CONFIG_BYTES).map_err(|e| ConfigError::Read {
             path: path.to_path_buf(),
             problem: e.to_string(),
-        }
-    })?;
+        })?;
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let lossy = String::from_utf8_lossy(e.as_bytes());

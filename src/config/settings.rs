@@ -464,32 +464,35 @@ impl Settings {
             },
         };
         let g = raw.gates;
-        let gates = GateSettings {
-            // Listing exactly the default (as the shipped file does) keeps
-            // the default's "when present" meaning.
-            required_daemonsets_configured: g
-                .required_daemonsets
-                .as_ref()
-                .is_some_and(|list| list != &["kube-system/calico-node"]),
-            soak: dur("gates.soak", g.soak, d.gates.soak)?,
-            node_selector: match g.node_selector {
-                Some(s) => at("gates.node-selector", values::label_selector(&s))?,
-                None => d.gates.node_selector,
-            },
-            required_daemonsets: match g.required_daemonsets {
-                Some(items) => list("gates.required-daemonsets", items, values::namespaced_name)?,
-                None => d.gates.required_daemonsets,
-            },
-            blocking_pod_selectors: match g.blocking_pod_selectors {
-                Some(items) => list("gates.blocking-pod-selectors", items, |s| {
-                    match values::label_selector(s)? {
-                        s if s.is_empty() => Err(ValueError::EmptySelector),
-                        s => Ok(s),
+        let gates =
+            GateSettings {
+                // Listing exactly the default (as the shipped file does) keeps
+                // the default's "when present" meaning.
+                required_daemonsets_configured: g
+                    .required_daemonsets
+                    .as_ref()
+                    .is_some_and(|list| list != &["kube-system/calico-node"]),
+                soak: dur("gates.soak", g.soak, d.gates.soak)?,
+                node_selector: match g.node_selector {
+                    Some(s) => at("gates.node-selector", values::label_selector(&s))?,
+                    None => d.gates.node_selector,
+                },
+                required_daemonsets: match g.required_daemonsets {
+                    Some(items) => {
+                        list("gates.required-daemonsets", items, values::namespaced_name)?
                     }
-                })?,
-                None => d.gates.blocking_pod_selectors,
-            },
-        };
+                    None => d.gates.required_daemonsets,
+                },
+                blocking_pod_selectors: match g.blocking_pod_selectors {
+                    Some(items) => list("gates.blocking-pod-selectors", items, |s| {
+                        match values::label_selector(s)? {
+                            s if s.is_empty() => Err(ValueError::EmptySelector),
+                            s => Ok(s),
+                        }
+                    })?,
+                    None => d.gates.blocking_pod_selectors,
+                },
+            };
         let a = raw.alerts;
         let alerts = AlertSettings {
             prometheus_url: optional(a.prometheus_url, |u| {
@@ -635,7 +638,10 @@ fn window(index: usize, raw: RawWindow) -> Result<Window, KeyError> {
     }
     let length = values::duration(&raw.length).map_err(|e| err("length", e))?;
     if length.is_zero() || length > Duration::from_secs(7 * 24 * 3600) {
-        return Err(err("length", ValueError::WindowLength(crate::text::quote(&raw.length))));
+        return Err(err(
+            "length",
+            ValueError::WindowLength(crate::text::quote(&raw.length)),
+        ));
     }
     Ok(Window {
         days,

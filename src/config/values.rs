@@ -49,7 +49,9 @@ pub enum ValueError {
     NamespacedName(String),
     #[error("invalid URL {0}: {1}; expected an http:// or https:// URL with a host")]
     Url(String, String),
-    #[error("invalid listen address {0}: expected \"IP:PORT\" like \"127.0.0.1:9742\" (port not 0)")]
+    #[error(
+        "invalid listen address {0}: expected \"IP:PORT\" like \"127.0.0.1:9742\" (port not 0)"
+    )]
     SocketAddr(String),
     #[error("{value} is out of range: expected a whole number from {min} to {max}")]
     Range { value: i64, min: i64, max: i64 },
@@ -90,7 +92,9 @@ pub fn time_zone(name: &str) -> Result<TimeZone, ValueError> {
     if name.is_empty()
         || name.len() > 64
         || name.starts_with('/')
-        || name.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+        || name
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b))
@@ -212,7 +216,7 @@ fn label_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(p) = prefix
-        && !(!p.is_empty() && is_dns_subdomain(p))
+        && (p.is_empty() || !is_dns_subdomain(p))
     {
         return Err(format!(
             "key prefix {} is not a lowercase DNS subdomain",
@@ -333,8 +337,7 @@ pub fn http_url(s: String) -> Result<String, ValueError> {
         return Err(bad("it is longer than 2048 characters"));
     }
     // The url crate forgives "https:///x" (host "x"); a person meant a host.
-    if s
-        .split_once("://")
+    if s.split_once("://")
         .is_none_or(|(_, rest)| rest.is_empty() || rest.starts_with('/'))
     {
         return Err(bad("it has no host after \"://\""));
@@ -403,7 +406,10 @@ pub fn abs_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
 pub fn file_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
     let path = abs_path(s)?;
     if s.ends_with('/') || path.file_name().is_none() {
-        return Err(ValueError::Path(q(s), "it names a directory; expected a file"));
+        return Err(ValueError::Path(
+            q(s),
+            "it names a directory; expected a file",
+        ));
     }
     Ok(path)
 }
@@ -476,7 +482,9 @@ mod tests {
             time_of_day("02:30").unwrap(),
             Time::new(2, 30, 0, 0).unwrap()
         );
-        for bad in ["2:30", "24:00", "02:60", "0230", "ab:cd", "+1:+5", "-1:05", " 1:05"] {
+        for bad in [
+            "2:30", "24:00", "02:60", "0230", "ab:cd", "+1:+5", "-1:05", " 1:05",
+        ] {
             assert!(time_of_day(bad).is_err(), "{bad}");
         }
         assert_eq!(weekday("Tue").unwrap(), Weekday::Tuesday);
