@@ -37,9 +37,9 @@ enum Exit {
     Failure,
 }
 
-type Setup = Box<dyn Fn(&Path)>;
+type Setup = Box<dyn Fn(&Path) + Send + Sync>;
 /// Checks (stdout, stderr) beyond the expected fragments.
-type Check = Box<dyn Fn(&str, &str) -> Result<(), String>>;
+type Check = Box<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
 /// (name, arguments, stdin, exit, fragments) of a command reading the config.
 type ConfigCommand = (
     &'static str,
@@ -77,7 +77,7 @@ impl Case {
             check: None,
         }
     }
-    fn setup(mut self, f: impl Fn(&Path) + 'static) -> Case {
+    fn setup(mut self, f: impl Fn(&Path) + Send + Sync + 'static) -> Case {
         self.setup = Box::new(f);
         self
     }
@@ -93,7 +93,10 @@ impl Case {
         self.stdin = input;
         self
     }
-    fn check(mut self, f: impl Fn(&str, &str) -> Result<(), String> + 'static) -> Case {
+    fn check(
+        mut self,
+        f: impl Fn(&str, &str) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Case {
         self.check = Some(Box::new(f));
         self
     }
@@ -264,7 +267,6 @@ fn run_case(case: &Case) -> Result<(), String> {
 fn run_all(class: &str, cases: Vec<Case>) {
     assert!(!cases.is_empty());
     let total = cases.len();
-    let mut failures = Vec::new();
     let mut names = std::collections::HashSet::new();
     for case in &cases {
         assert!(
@@ -272,10 +274,28 @@ fn run_all(class: &str, cases: Vec<Case>) {
             "duplicate case {}",
             case.name
         );
-        if let Err(e) = run_case(case) {
-            failures.push(format!("[{}] {e}", case.name));
-        }
     }
+    // Each case is a process of its own in a directory of its own: a few
+    // at a time.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(case) = cases.get(i) else { break };
+                    if let Err(e) = run_case(case) {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("[{}] {e}", case.name));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
     eprintln!("{class}: {total} cases, {} failed", failures.len());
     assert!(
         failures.is_empty(),
@@ -1014,7 +1034,7 @@ fn config_commands() -> Vec<ConfigCommand> {
 fn to_cases(config_cases: Vec<ConfigCase>, all_commands_every: usize) -> Vec<Case> {
     let mut cases = Vec::new();
     for (i, cc) in config_cases.into_iter().enumerate() {
-        let files = std::rc::Rc::new(cc.files);
+        let files = std::sync::Arc::new(cc.files);
         for (cmd_name, args, stdin, exit, extra) in config_commands() {
             // check-config and the daemon see every case: one validation
             // path means the daemon refuses exactly what check-config does.
