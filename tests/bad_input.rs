@@ -1860,6 +1860,34 @@ fn reasons_are_bounded_and_escaped_wherever_they_are_shown() {
             }),
         );
     }
+    for (name, detail) in [
+        ("ESC in a record", "{\"reason\":\"\\u001b[2J\"}"),
+        ("C1 and DEL in a record", "{\"x\":\"\\u009b2J\\u007f\"}"),
+        ("RLO in a record", "{\"x\":\"a\\u202eb\"}"),
+    ] {
+        cases.push(
+            Case::new(
+                format!("history shows a stored {name} escaped"),
+                &[CONFIG_ARG, "history"],
+                Exit::Code(0),
+            )
+            .setup(move |dir| {
+                valid_config(dir);
+                drydock_db(&state_db(dir));
+                let conn = rusqlite::Connection::open(state_db(dir)).unwrap();
+                conn.execute(
+                    "INSERT INTO history (at, kind, detail) VALUES ('2025-01-01T00:00:00Z', 'note\u{1b}[31m', ?1)",
+                    [detail],
+                )
+                .unwrap();
+            })
+            .expect("note\\u{1b}[31m")
+            .forbid("\u{1b}")
+            .forbid("\u{9b}")
+            .forbid("\u{7f}")
+            .forbid("\u{202e}"),
+        );
+    }
     let long = "z".repeat(5000);
     cases.push(
         Case::new(
