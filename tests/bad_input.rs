@@ -1696,6 +1696,18 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
         );
         cases.push(
             Case::new(
+                format!("status: kubeconfig is a {kind}"),
+                &[CONFIG_ARG, "status"],
+                Exit::Code(0),
+            )
+            .setup(move |dir| {
+                valid_config(dir);
+                plant(kind, &dir.join("kubeconfig"));
+            })
+            .expect("lease slots:  unknown: reading kubeconfig {dir}/kubeconfig"),
+        );
+        cases.push(
+            Case::new(
                 format!("status: daemon.lock is a {kind}"),
                 &[CONFIG_ARG, "status"],
                 Exit::Code(0),
