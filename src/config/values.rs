@@ -514,6 +514,35 @@ mod tests {
     }
 
     #[test]
+    fn ranges_paths_and_addresses() {
+        let (s, h) = (Duration::from_secs(1), Duration::from_secs(3600));
+        assert_eq!(duration_in("90s", s, h).unwrap(), Duration::from_secs(90));
+        assert!(matches!(
+            duration_in("0s", s, h),
+            Err(ValueError::DurationRange { .. })
+        ));
+        assert!(duration_in("2h", s, h).is_err());
+        assert!(duration_in("9999999999999999999999s", s, h).is_err());
+        assert!(abs_path("/var/lib/x").is_ok());
+        for bad in ["", "x", "./x", "/a\0b", "/a\nb"] {
+            assert!(abs_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(file_path("/var/lib/drydock/").is_err());
+        assert!(file_path("/").is_err());
+        assert!(socket_addr("127.0.0.1:0").is_err());
+        assert!(socket_addr("[::1]:9742").is_ok());
+        assert_eq!(argv(vec!["x".into()]).unwrap_err().0, 0);
+        assert_eq!(
+            argv(vec!["/bin/x".into(), "a\u{1b}".into()]).unwrap_err().0,
+            1
+        );
+        assert!(argv(vec![]).unwrap().is_empty());
+        // A 5 MB value is quoted in a few dozen bytes.
+        let huge = "x".repeat(5 << 20);
+        assert!(dns_label(&huge).unwrap_err().to_string().len() < 300);
+    }
+
+    #[test]
     fn package_patterns() {
         assert!(package_pattern("calico-*").is_ok());
         assert!(package_pattern("containerd.io").is_ok());
