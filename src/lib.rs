@@ -14,6 +14,7 @@ pub mod fileread;
 pub mod gates;
 pub mod host;
 pub mod logging;
+pub mod phase;
 pub mod report;
 pub mod sim;
 pub mod simulate;

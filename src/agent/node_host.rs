@@ -39,14 +39,13 @@ impl Host for NodeHost {
         boot::boot_time(&self.proc_stat_path).map_err(|e| PortError::failed("reading boot time", e))
     }
 
-    async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
+    async fn reboot_need(
+        &self,
+        requested: Option<sentinel::RebootRequest>,
+    ) -> Result<Vec<String>, PortError> {
         let running = kernel::running_release()
             .map_err(|e| PortError::failed("reading the running kernel", e))?;
-        let request = requested.map(|reason| sentinel::RebootRequest {
-            reason,
-            at: Timestamp::now(),
-        });
-        let need = sentinel::check(&self.settings.reboot, &running, request).await;
+        let need = sentinel::check(&self.settings.reboot, &running, requested).await;
         for problem in &need.problems {
             tracing::warn!(error = %problem, "a reboot-needed source could not be checked");
         }
