@@ -200,11 +200,11 @@ fn print_text(v: &StatusView, now: Timestamp) {
             println!("gates:        (evaluated {})", ago(now, g.at));
             for gate in &g.gates {
                 if gate.passed {
-                    println!("  pass  {}", t(&gate.gate));
+                    println!("  pass  {}", gate.gate);
                 } else if gate.skipped {
-                    println!("  -     {}: {}", t(&gate.gate), t(&gate.reason));
+                    println!("  -     {}: {}", gate.gate, t(&gate.reason));
                 } else {
-                    println!("  BLOCK {}: {}", t(&gate.gate), t(&gate.reason));
+                    println!("  BLOCK {}: {}", gate.gate, t(&gate.reason));
                 }
             }
         }
