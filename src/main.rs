@@ -30,7 +30,8 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("drydock: {e:#}");
+            // Each cause once, escaped and bounded.
+            eprintln!("drydock: {}", drydock::text::anyhow_chain(&e));
             ExitCode::FAILURE
         }
     }

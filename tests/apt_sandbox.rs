@@ -328,7 +328,7 @@ fn post_invoke_uses_only_the_plan_of_its_own_apt_run() {
 }
 
 #[test]
-fn invalid_config_protects_the_defaults_and_post_invoke_never_fails_apt() {
+fn invalid_config_protects_every_package_and_post_invoke_never_fails_apt() {
     require_tools!(false);
     let sb = Sandbox::new();
     sb.preinstall(&["containerd=1.0-1", "hello=1.0-1"]);
@@ -342,7 +342,8 @@ fn invalid_config_protects_the_defaults_and_post_invoke_never_fails_apt() {
     )
     .unwrap();
 
-    // pre-install falls back to the built-in set: containerd is protected...
+    // The protected set is unknown: every package counts as protected,
+    // the default set and the configured one alike...
     let out = sb.apt_get(&["install", "containerd=2.0-1"]);
     refused(&out, "containerd: upgrade 1.0-1 -> 2.0-1");
     assert!(
@@ -350,9 +351,31 @@ fn invalid_config_protects_the_defaults_and_post_invoke_never_fails_apt() {
         "{}",
         text(&out)
     );
-    // ...and hello is not; post-invoke cannot record the run, apt succeeds.
     let out = sb.apt_get(&["install", "hello=2.0-1"]);
+    refused(&out, "hello: upgrade 1.0-1 -> 2.0-1");
+    assert!(
+        text(&out).contains("every package counts as protected"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.version("hello").as_deref(), Some("1.0-1"));
+    // ...until the administrator names it; post-invoke cannot record the
+    // run, apt succeeds, and no plan was written anywhere (the default run
+    // dir of an invalid configuration is the host's).
+    let out = sb
+        .apt_command("apt-get")
+        .args([
+            "-y",
+            "-q",
+            "--allow-change-held-packages",
+            "install",
+            "hello=2.0-1",
+        ])
+        .env("DRYDOCK_APT_ALLOW", "hello")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    assert!(!sb.run_dir.join("apt-pending.json").exists());
     assert!(
         text(&out).contains("apt run not recorded"),
         "{}",
@@ -607,9 +630,9 @@ fn bad_stdin_corpus() {
         ("missing header", b"APT::Architecture=amd64\n\nhello - - none < 1 all none /h.deb\n".to_vec(), false, "not a \"VERSION 3\" header"),
         ("wrong version", b"VERSION 2\n\nhello - < 1 /h.deb\n".to_vec(), false, "protocol version 2"),
         ("too large", vec![b'\n'; (16 << 20) + 1], false, "larger than 16 MiB"),
-        ("huge unprotected line", huge("hello"), true, "ignoring unreadable hook input line"),
+        ("huge unprotected line", huge("hello"), false, "(unknown package): unreadable hook input line"),
         ("huge protected line", huge("containerd"), false, "containerd: unreadable hook input line"),
-        ("garbage unprotected", with(b"\nhello ?? what\n"), true, "ignoring unreadable"),
+        ("garbage unprotected", with(b"\nhello ?? what\n"), false, "DRYDOCK_APT_ALLOW='*'"),
         ("garbage naming protected", with(b"\n/pool/kubelet_1.34_amd64.deb\n"), false, "kubelet: unreadable"),
         ("actions inside config", with(b"kubeadm 1 all none = 1 all none /k.deb\n\n"), false, "kubeadm: unreadable"),
         ("extra config, no actions", with(b"Some::New::Key=x y z\nList::=1\n\n"), true, ""),

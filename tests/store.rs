@@ -37,14 +37,24 @@ fn creates_directory_and_migrates_an_empty_file() {
     );
     drop(store);
 
-    // An existing empty file (e.g. touched by an admin) is initialized too.
+    // Reopening is idempotent.
+    assert_eq!(Store::open(&path).unwrap().schema_version().unwrap(), 1);
+
+    // An existing empty file is not drydock's: refused, left as it was
+    // (0 bytes, its mode, no side files), read-only or not.
     let empty = dir.path().join("empty.db");
     std::fs::write(&empty, b"").unwrap();
-    let store = Store::open(&empty).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 1);
-    // Reopening is idempotent.
-    drop(store);
-    assert_eq!(Store::open(&empty).unwrap().schema_version().unwrap(), 1);
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Store::open(&empty).err().expect("an empty file is refused");
+    assert!(err.to_string().contains("is empty (0 bytes)"), "{err}");
+    assert!(Store::open_read_only(&empty).is_err());
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(&empty).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(!dir.path().join("empty.db-wal").exists());
+    assert!(!dir.path().join("empty.db-shm").exists());
 }
 
 #[test]

@@ -8,16 +8,23 @@
 //! - the administrator named the package in `DRYDOCK_APT_ALLOW`.
 //!
 //! `**CONFIGURE**` changes no version and is always allowed: the unpack that
-//! precedes it is what gets decided. A malformed line refuses the run only if
-//! one of the names it might concern is protected.
+//! precedes it is what gets decided. A line the hook cannot read refuses the
+//! run (it may concern a protected package under a mangled name), as does a
+//! .deb whose file name names a protected package the line does not;
+//! neither is ever authorized by the daemon. `DRYDOCK_APT_ALLOW='*'` lets
+//! the administrator through anyway.
 
 use jiff::Timestamp;
 
-use super::protocol::{Action, Direction, Malformed, Op, Request};
+use super::protocol::{Action, Direction, Op, Request, deb_file_package};
 use crate::store::Authorization;
 
 /// Environment variable naming packages the administrator lets through.
 pub const ALLOW_ENV: &str = "DRYDOCK_APT_ALLOW";
+/// In `DRYDOCK_APT_ALLOW`: let this run through whatever it changes.
+pub const ALLOW_ALL: &str = "*";
+/// The package of an unreadable line that names no protected package.
+pub const UNKNOWN_PACKAGE: &str = "(unknown package)";
 
 /// What the daemon has granted, as read by the hook.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +73,7 @@ impl std::fmt::Display for Change {
             Change::Downgrade { old, new } => write!(f, "downgrade {old} -> {new}"),
             Change::Reinstall { version } => write!(f, "reinstall {version}"),
             Change::Remove { old } => write!(f, "remove {old}"),
+            Change::Unreadable { line: 0, reason } => write!(f, "suspicious: {reason}"),
             Change::Unreadable { line, reason } => {
                 write!(f, "unreadable hook input line {line} ({reason})")
             }
@@ -88,8 +96,6 @@ pub struct Verdict {
     pub authorized: Vec<ProtectedChange>,
     /// Let through by `DRYDOCK_APT_ALLOW`.
     pub overridden: Vec<ProtectedChange>,
-    /// Malformed lines that concern no protected package (apt goes on).
-    pub ignored: Vec<Malformed>,
 }
 
 impl Verdict {
@@ -128,6 +134,26 @@ pub fn protected_changes(
 ) -> Vec<ProtectedChange> {
     let mut out = Vec::new();
     for action in &request.actions {
+        // dpkg installs what is in the .deb: a file named for a protected
+        // package under another name on the line is not let through.
+        if let Op::Unpack(path) = &action.op
+            && let Some(file_pkg) = deb_file_package(path)
+            && file_pkg != bare(&action.package)
+            && is_protected(&file_pkg)
+        {
+            out.push(ProtectedChange {
+                package: file_pkg.clone(),
+                change: Change::Unreadable {
+                    line: 0,
+                    reason: format!(
+                        "the line is for package {} but unpacks {}, a file named for {file_pkg}",
+                        action.package,
+                        crate::text::display(path, 200)
+                    ),
+                },
+            });
+            continue;
+        }
         if !is_protected(bare(&action.package)) {
             continue;
         }
@@ -139,17 +165,32 @@ pub fn protected_changes(
         }
     }
     for m in &request.malformed {
-        for name in m.candidates.iter().filter(|n| is_protected(n)) {
+        let unreadable = || Change::Unreadable {
+            line: m.line,
+            reason: m.reason.clone(),
+        };
+        let named: Vec<&String> = m.candidates.iter().filter(|n| is_protected(n)).collect();
+        if named.is_empty() {
+            out.push(ProtectedChange {
+                package: UNKNOWN_PACKAGE.into(),
+                change: unreadable(),
+            });
+        }
+        for name in named {
             out.push(ProtectedChange {
                 package: name.clone(),
-                change: Change::Unreadable {
-                    line: m.line,
-                    reason: m.reason.clone(),
-                },
+                change: unreadable(),
             });
         }
     }
     out
+}
+
+/// Whether `DRYDOCK_APT_ALLOW` lets this change through.
+pub fn allowed_by_admin(change: &ProtectedChange, allow: &[String]) -> bool {
+    allow.iter().any(|a| {
+        a == ALLOW_ALL || (a == bare(&change.package) && change.package != UNKNOWN_PACKAGE)
+    })
 }
 
 fn authorized(change: &ProtectedChange, grants: &Grants) -> bool {
@@ -177,7 +218,7 @@ fn authorized(change: &ProtectedChange, grants: &Grants) -> bool {
 pub fn decide(request: &Request, is_protected: impl Fn(&str) -> bool, grants: &Grants) -> Verdict {
     let mut verdict = Verdict::default();
     for change in protected_changes(request, &is_protected) {
-        if grants.allow.iter().any(|a| a == bare(&change.package)) {
+        if allowed_by_admin(&change, &grants.allow) {
             verdict.overridden.push(change);
         } else if authorized(&change, grants) {
             verdict.authorized.push(change);
@@ -185,12 +226,6 @@ pub fn decide(request: &Request, is_protected: impl Fn(&str) -> bool, grants: &G
             verdict.refused.push(change);
         }
     }
-    verdict.ignored = request
-        .malformed
-        .iter()
-        .filter(|m| !m.candidates.iter().any(|n| is_protected(n)))
-        .cloned()
-        .collect();
     verdict
 }
 
@@ -209,19 +244,42 @@ pub fn refusal_message(refused: &[ProtectedChange]) -> String {
         "drydock: refusing this dpkg run: it would change packages that drydock protects:\n",
     );
     for c in refused {
-        msg.push_str(&format!("  {}: {}\n", c.package, c.change));
+        msg.push_str(&format!(
+            "  {}: {}\n",
+            c.package,
+            crate::text::display(&c.change.to_string(), 400)
+        ));
     }
-    let mut names: Vec<&str> = refused.iter().map(|c| bare(&c.package)).collect();
+    let mut names: Vec<&str> = refused
+        .iter()
+        .map(|c| bare(&c.package))
+        .filter(|n| *n != UNKNOWN_PACKAGE)
+        .collect();
+    names.sort_unstable();
     names.dedup();
-    let names = names.join(",");
-    msg.push_str(&format!(
+    let unreadable = refused
+        .iter()
+        .any(|c| matches!(c.change, Change::Unreadable { .. }));
+    msg.push_str(
         "Nothing was installed or removed.\n\
          drydock changes these packages itself, one node at a time under the cluster lease\n\
          (see `drydock status` and `drydock history`). To change them by hand anyway, name\n\
-         them for this one command (they stay on hold afterwards):\n  \
-         {ALLOW_ENV}={names} apt-get --allow-change-held-packages install ...\n\
-         or remove them from [packages] protect in /etc/drydock/drydock.toml.\n"
-    ));
+         them for this one command (they stay on hold afterwards):\n",
+    );
+    if !names.is_empty() {
+        msg.push_str(&format!(
+            "  {ALLOW_ENV}={} apt-get --allow-change-held-packages install ...\n",
+            names.join(",")
+        ));
+    }
+    if unreadable {
+        msg.push_str(&format!(
+            "Some of apt's hook input could not be read, so what it changes is unknown. If you\n\
+             are sure, let this one command through whatever it changes:\n  \
+             {ALLOW_ENV}='{ALLOW_ALL}' apt-get ...\n"
+        ));
+    }
+    msg.push_str("or remove them from [packages] protect in /etc/drydock/drydock.toml.\n");
     msg
 }
 
@@ -348,11 +406,26 @@ mod tests {
     }
 
     #[test]
-    fn malformed_lines_fail_closed_only_when_protected() {
+    fn malformed_lines_always_fail_closed() {
         let r = req("hello 1.0 all none ?? 2.0 all none /r/h.deb\n");
         let v = decide(&r, protected, &Grants::default());
-        assert!(v.allows());
-        assert_eq!(v.ignored.len(), 1);
+        assert!(!v.allows());
+        assert_eq!(v.refused[0].package, UNKNOWN_PACKAGE);
+        // Naming the unknown package does not help; '*' does.
+        let named = Grants {
+            allow: parse_allow("hello"),
+            ..Grants::default()
+        };
+        assert!(!decide(&r, protected, &named).allows());
+        let all = Grants {
+            allow: parse_allow("*"),
+            ..Grants::default()
+        };
+        let v = decide(&r, protected, &all);
+        assert!(v.allows() && v.overridden.len() == 1);
+        let msg = refusal_message(&decide(&r, protected, &Grants::default()).refused);
+        assert!(msg.contains("DRYDOCK_APT_ALLOW='*'"), "{msg}");
+        assert!(!msg.contains("DRYDOCK_APT_ALLOW=(unknown"), "{msg}");
 
         let r = req("garbage /r/pool/containerd_2.0-1_amd64.deb\n");
         let v = decide(&r, protected, &Grants::default());
@@ -364,6 +437,30 @@ mod tests {
         // An authorization never covers an unreadable line.
         let g = running(vec![auth("containerd", "2.0-1", "2025-01-01T00:10:00Z")]);
         assert!(!decide(&r, protected, &g).allows());
+    }
+
+    #[test]
+    fn a_deb_named_for_a_protected_package_is_refused_under_any_line_name() {
+        let r =
+            req("hello - - none < 1.0 amd64 none /var/cache/apt/archives/kubelet_1.0_amd64.deb\n");
+        let v = decide(&r, protected, &Grants::default());
+        assert!(!v.allows());
+        assert_eq!(v.refused[0].package, "kubelet");
+        assert!(v.refused[0].change.to_string().contains("unpacks"), "{v:?}");
+        // Never authorized by the daemon; an admin naming kubelet lets it through.
+        let g = running(vec![auth("kubelet", "1.0", "2025-01-01T00:10:00Z")]);
+        assert!(!decide(&r, protected, &g).allows());
+        let admin = Grants {
+            allow: parse_allow("kubelet"),
+            ..Grants::default()
+        };
+        assert!(decide(&r, protected, &admin).allows());
+        // Upper case in the file name changes nothing.
+        let r = req("hello - - none < 1.0 amd64 none /x/KUBELET_1.0_amd64.deb\n");
+        assert!(!decide(&r, protected, &Grants::default()).allows());
+        // The usual case: the file is named for the line's package.
+        let r = req("hello - - none < 1.0 amd64 none /x/hello_1.0_amd64.deb\n");
+        assert!(decide(&r, protected, &Grants::default()).allows());
     }
 
     #[test]

@@ -12,11 +12,11 @@
 //!
 //! `oldver`/`newver` are `-` when absent (then the arch is `-` too), `dir` is
 //! `<`, `>`, `=` or `**`, and `action` is the path of the .deb to unpack,
-//! `**CONFIGURE**` or `**REMOVE**`. A malformed action line is kept as
-//! [`Malformed`] with the names it might concern, so the policy can fail
-//! closed only when one of them is protected. A broken frame (no header,
-//! another version, no end of the configuration section) is an error: then
-//! nothing about the run can be known.
+//! `**CONFIGURE**` or `**REMOVE**`. A line that cannot be read is kept as
+//! [`Malformed`] with the names it might concern: the policy refuses the run
+//! (what it would change is unknown) and names them. A broken frame (no
+//! header, another version, no end of the configuration section) is an
+//! error: then nothing about the run can be known.
 
 use std::io::Read;
 
@@ -24,6 +24,10 @@ use std::io::Read;
 pub const MAX_INPUT: usize = 16 << 20;
 /// An action line longer than this is malformed (real ones are < 1 KiB).
 pub const MAX_ACTION_LINE: usize = 4096;
+/// What drydock drains past `MAX_INPUT` before it stops reading: apt never
+/// sends this much, and an endless stdin (`/dev/zero`) must not hold the
+/// hook forever.
+pub const MAX_DRAIN: usize = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -111,6 +115,7 @@ pub fn read_all(mut input: impl Read) -> std::io::Result<(Vec<u8>, bool)> {
     let mut kept = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     let mut overflow = false;
+    let mut drained = 0usize;
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => break,
@@ -123,6 +128,10 @@ pub fn read_all(mut input: impl Read) -> std::io::Result<(Vec<u8>, bool)> {
             overflow = true;
         }
         kept.extend_from_slice(&buf[..n.min(room)]);
+        drained += n;
+        if drained > MAX_DRAIN {
+            break;
+        }
     }
     Ok((kept, overflow))
 }
@@ -304,6 +313,15 @@ fn malformed(line: usize, reason: &str, text: &[u8]) -> Malformed {
         excerpt: excerpt(text),
         candidates: candidates(text),
     }
+}
+
+/// The package a `.deb` path names by apt's convention
+/// (`.../name_version_arch.deb`), lowercased; `None` when it is not a .deb.
+pub fn deb_file_package(path: &str) -> Option<String> {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let stem = base.strip_suffix(".deb")?;
+    let name = stem.split('_').next().unwrap_or(stem);
+    (!name.is_empty()).then(|| name.to_lowercase())
 }
 
 /// Every word of a line that might be a package name: plain words (without

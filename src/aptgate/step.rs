@@ -103,6 +103,8 @@ fn open_lock(path: &Path, create: bool) -> Result<File, StepError> {
     }
     let mut opts = OpenOptions::new();
     opts.read(true);
+    // A FIFO planted at the path must not block the hook's open.
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, nix::libc::O_NONBLOCK);
     if create {
         use std::os::unix::fs::OpenOptionsExt;
         opts.write(true).create(true).truncate(false).mode(0o600);

@@ -1,11 +1,13 @@
 //! `drydock apt-hook pre-install | post-invoke`: the APT hooks wired by
 //! /etc/apt/apt.conf.d/50drydock. Messages go to stderr, where apt shows them.
 //!
-//! pre-install fails closed: unreadable input, or a change to a protected
+//! pre-install fails closed: unreadable input, an invalid configuration
+//! (then every package counts as protected), or a change to a protected
 //! package nobody allowed, exits non-zero and apt installs nothing. It works
 //! with the daemon stopped (it reads the config, and the store read-only
 //! only when a protected package is concerned and the upgrade step runs).
 //! post-invoke never fails apt: it logs its errors and exits 0.
+//! Both stop at [`HOOK_DEADLINE`] whatever they wait for.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,14 +32,34 @@ pub enum AptHookCommand {
     PostInvoke,
 }
 
+/// The longest a hook keeps apt waiting: a reader that blocks (a stdin
+/// that never ends, a lock on a stuck file system) must not hang apt.
+pub const HOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub fn run(cli: &Cli, command: &AptHookCommand) -> ExitCode {
     match command {
-        AptHookCommand::PreInstall => pre_install(cli),
+        AptHookCommand::PreInstall => {
+            watchdog("refusing this dpkg run", 1);
+            pre_install(cli)
+        }
         AptHookCommand::PostInvoke => {
+            watchdog("apt run not recorded", 0);
             post_invoke(cli);
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Ends the process with `code` once [`HOOK_DEADLINE`] has passed.
+fn watchdog(what: &'static str, code: i32) {
+    std::thread::spawn(move || {
+        std::thread::sleep(HOOK_DEADLINE);
+        eprintln!(
+            "drydock: {what}: the hook did not finish within {}s",
+            HOOK_DEADLINE.as_secs()
+        );
+        std::process::exit(code);
+    });
 }
 
 fn pre_install(cli: &Cli) -> ExitCode {
@@ -49,13 +71,16 @@ fn pre_install(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (settings, config_ok) = match cli.load_settings() {
-        Ok(s) => (s, true),
+    // Without a valid configuration the protected set is unknown: every
+    // package counts as protected, and no authorization is read.
+    let settings = match cli.load_settings() {
+        Ok(s) => Some(s),
         Err(e) => {
             eprintln!(
-                "drydock: warning: invalid configuration ({e}); protecting the built-in default package set and ignoring authorizations"
+                "drydock: invalid configuration: {e}\n\
+                 drydock: until it is fixed (see `drydock check-config`), every package counts as protected"
             );
-            (Settings::default(), false)
+            None
         }
     };
     let request = match protocol::parse(&input, overflow) {
@@ -65,7 +90,7 @@ fn pre_install(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let is_protected = |n: &str| settings.is_protected(n);
+    let is_protected = |n: &str| settings.as_ref().is_none_or(|s| s.is_protected(n));
     let mut grants = Grants {
         allow: std::env::var(ALLOW_ENV)
             .map(|v| policy::parse_allow(&v))
@@ -73,13 +98,13 @@ fn pre_install(cli: &Cli) -> ExitCode {
         ..Grants::default()
     };
     let touched = policy::protected_changes(&request, is_protected);
-    let needs_grants = touched.iter().any(|c| {
-        !grants
-            .allow
-            .iter()
-            .any(|a| c.package.split(':').next() == Some(a))
-    });
-    if needs_grants && config_ok && step::step_running(&settings) {
+    let needs_grants = touched
+        .iter()
+        .any(|c| !policy::allowed_by_admin(c, &grants.allow));
+    if let Some(settings) = settings
+        .as_ref()
+        .filter(|s| needs_grants && step::step_running(s))
+    {
         let now = Timestamp::now();
         grants.now = Some(now);
         grants.step_running = true;
@@ -93,9 +118,9 @@ fn pre_install(cli: &Cli) -> ExitCode {
         }
     }
     let verdict = policy::decide(&request, is_protected, &grants);
-    for m in &verdict.ignored {
+    for m in &request.malformed {
         eprintln!(
-            "drydock: warning: ignoring unreadable hook input line {} ({}): {:?}; it concerns no protected package",
+            "drydock: unreadable hook input line {} ({}): \"{}\"",
             m.line, m.reason, m.excerpt
         );
     }
@@ -130,7 +155,9 @@ fn pre_install(cli: &Cli) -> ExitCode {
             .map(|c| format!("{} {}", c.package, c.change))
             .collect(),
     };
-    if let Err(e) = save_pending(&settings, &pending) {
+    if let Some(settings) = &settings
+        && let Err(e) = save_pending(settings, &pending)
+    {
         eprintln!("drydock: warning: saving the run plan for the history: {e}");
     }
     ExitCode::SUCCESS
@@ -180,11 +207,15 @@ fn take_pending(
     }
 }
 
+/// The largest plan read back (it holds at most the hook's bounded input).
+const MAX_PLAN_BYTES: u64 = 2 * protocol::MAX_INPUT as u64;
+
 fn read_pending(settings: &Settings) -> Option<PendingRun> {
     let path = record::pending_path(settings);
-    let bytes = match std::fs::read(&path) {
+    // Not a plain read: a FIFO or device planted there must not hang apt.
+    let bytes = match crate::fileread::read_regular(&path, MAX_PLAN_BYTES) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.is_not_found() => return None,
         Err(e) => {
             warn!(path = %path.display(), error = %e, "reading apt run plan");
             return None;

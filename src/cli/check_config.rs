@@ -17,7 +17,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let files = match config::config_files(&path, explicit) {
         Ok(files) => files,
         Err(e) => {
-            eprintln!("drydock: {e}");
+            eprintln!("drydock: invalid configuration: {e}");
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -28,7 +28,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
                     println!("no config files found; using built-in defaults");
                 }
                 for file in &files {
-                    println!("read {}", file.display());
+                    println!("read {}", crate::text::escape(&file.to_string_lossy()));
                 }
                 println!(
                     "configuration OK: {} protected package patterns, {} maintenance windows, lease group {:?} with {} slot(s)",

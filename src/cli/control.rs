@@ -18,14 +18,14 @@ use crate::store::Store;
 #[derive(Debug, clap::Args)]
 pub struct PauseArgs {
     /// Why (shown in `drydock status` and the systemd status line).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::text::ReasonParser)]
     pub reason: String,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RebootArgs {
     /// Why this node should reboot.
-    #[arg(long, default_value = "requested with drydock reboot")]
+    #[arg(long, default_value = "requested with drydock reboot", value_parser = crate::text::ReasonParser)]
     pub reason: String,
 }
 

@@ -37,6 +37,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Builds the API client from a kubeconfig. kube's own retry is off: a
 /// PDB's 429 must reach the drain logic at once, not after minutes.
 pub async fn kube_client(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    // A FIFO or device at the path would block the read below forever.
+    crate::fileread::open_regular(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())

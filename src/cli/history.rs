@@ -53,7 +53,8 @@ pub fn line(r: &HistoryRecord) -> String {
         "apt-run" => apt_run_summary(&r.detail),
         _ => r.detail.to_string(),
     };
-    format!("{at}  {:<10} {summary}", r.kind)
+    // Stored text (apt command lines, reasons) may hold escape sequences.
+    crate::text::escape(&format!("{at}  {:<10} {summary}", r.kind)).into_owned()
 }
 
 fn apt_run_summary(d: &serde_json::Value) -> String {

@@ -25,19 +25,34 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The `--json` shape: every field always present (`null` when unknown);
+/// `version` changes only when a field changes meaning or is removed.
 #[derive(Debug, Serialize)]
 struct StatusView {
+    version: u32,
     node: String,
     daemon: String,
     state: Option<AgentState>,
     summary: Option<StatusRecord>,
     reboot_need: Option<RebootNeedRecord>,
     gates: Option<GatesRecord>,
-    local_pause: Option<String>,
+    local_pause: Option<gates::paused::LocalPause>,
     next_window: Option<String>,
     /// Protected packages drydock keeps on dpkg hold.
     held_packages: Vec<String>,
-    lease_slots: Result<Vec<SlotStatus>, String>,
+    lease: LeaseView,
+}
+
+#[derive(Debug, Serialize)]
+struct LeaseView {
+    /// `null` when the API server could not be asked (see `error`).
+    slots: Option<Vec<SlotStatus>>,
+    error: Option<String>,
+}
+
+/// Text from the store, the cluster or an operator, safe for a terminal.
+fn t(s: &str) -> String {
+    crate::text::display(s, 500)
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
@@ -52,7 +67,12 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             s.get::<StatusRecord>(keys::LAST_STATUS)?,
             s.get::<RebootNeedRecord>(keys::REBOOT_NEED)?,
             s.get::<GatesRecord>(keys::LAST_GATES)?,
-            gates::paused::local_pause(s)?.map(|p| format!("{p:?}")),
+            // Stored by an operator: escaped in the JSON too, so `jq -r`
+            // prints it as safely as the text view.
+            gates::paused::local_pause(s)?.map(|p| gates::paused::LocalPause {
+                reason: t(&p.reason),
+                ..p
+            }),
             s.get::<Vec<String>>(HOLDS_MADE_KEY)?.unwrap_or_default(),
         ),
         None => (None, None, None, None, None, Vec::new()),
@@ -77,8 +97,18 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             )
         })
     };
-    let lease_slots = lease_slots(&settings, &node).await;
+    let lease = match lease_slots(&settings, &node).await {
+        Ok(slots) => LeaseView {
+            slots: Some(slots),
+            error: None,
+        },
+        Err(e) => LeaseView {
+            slots: None,
+            error: Some(e),
+        },
+    };
     let view = StatusView {
+        version: 1,
         node,
         daemon,
         state,
@@ -88,7 +118,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         local_pause,
         next_window,
         held_packages,
-        lease_slots,
+        lease,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
@@ -104,11 +134,11 @@ async fn lease_slots(
 ) -> Result<Vec<SlotStatus>, String> {
     let client = super::identity::current_client(settings)
         .await
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(|e| crate::text::anyhow_chain(&e))?;
     let lease = LeaseClient::new(client, settings, node);
     match tokio::time::timeout(Duration::from_secs(5), lease.slots()).await {
         Ok(Ok(slots)) => Ok(slots),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(crate::text::error_chain(&e)),
         Err(_) => Err("the API server did not answer within 5s".into()),
     }
 }
@@ -152,10 +182,10 @@ fn upgrade_line(state: &AgentState) -> Option<String> {
 }
 
 fn print_text(v: &StatusView, now: Timestamp) {
-    println!("node:         {}", v.node);
+    println!("node:         {}", t(&v.node));
     println!("daemon:       {}", v.daemon);
     match &v.summary {
-        Some(s) => println!("status:       {} ({})", s.line, ago(now, s.at)),
+        Some(s) => println!("status:       {} ({})", t(&s.line), ago(now, s.at)),
         None => println!("status:       (none recorded)"),
     }
     println!(
@@ -165,7 +195,11 @@ fn print_text(v: &StatusView, now: Timestamp) {
             .map_or("idle (nothing recorded)".into(), |s| s.name().to_string())
     );
     if let Some(AgentState::Failed { step, error, .. }) = &v.state {
-        println!("  failed at {step}: {error}");
+        println!(
+            "  failed at {}: {}",
+            t(&step.to_string()),
+            t(&error.to_string())
+        );
         println!("  fix it, then `drydock resume`; or `drydock release --force`");
     }
     if let Some(line) = v.state.as_ref().and_then(upgrade_line) {
@@ -176,7 +210,7 @@ fn print_text(v: &StatusView, now: Timestamp) {
             let since = n.since.map(|s| ago(now, s)).unwrap_or_default();
             println!("reboot:       needed since {since}");
             for r in &n.reasons {
-                println!("  - {r}");
+                println!("  - {}", t(r));
             }
         }
         Some(n) => println!(
@@ -186,7 +220,11 @@ fn print_text(v: &StatusView, now: Timestamp) {
         None => println!("reboot:       not checked yet"),
     }
     if let Some(p) = &v.local_pause {
-        println!("paused:       {p}");
+        println!(
+            "paused:       {} (since {}; drydock resume)",
+            t(&p.reason),
+            ago(now, p.since)
+        );
     }
     println!(
         "window:       {}",
@@ -201,9 +239,9 @@ fn print_text(v: &StatusView, now: Timestamp) {
                 if gate.passed {
                     println!("  pass  {}", gate.gate);
                 } else if gate.skipped {
-                    println!("  -     {}: {}", gate.gate, gate.reason);
+                    println!("  -     {}: {}", gate.gate, t(&gate.reason));
                 } else {
-                    println!("  BLOCK {}: {}", gate.gate, gate.reason);
+                    println!("  BLOCK {}: {}", gate.gate, t(&gate.reason));
                 }
             }
         }
@@ -212,18 +250,18 @@ fn print_text(v: &StatusView, now: Timestamp) {
     if v.held_packages.is_empty() {
         println!("held:         nothing (no protected package installed, or not reconciled yet)");
     } else {
-        println!("held:         {}", v.held_packages.join(", "));
+        println!("held:         {}", t(&v.held_packages.join(", ")));
     }
-    match &v.lease_slots {
-        Ok(slots) => {
+    match (&v.lease.slots, &v.lease.error) {
+        (Some(slots), _) => {
             println!("lease slots:");
             for s in slots {
                 let holder = s.holder.as_deref().unwrap_or("free");
                 let note = if s.expired { " (expired)" } else { "" };
-                println!("  {}: {holder}{note}", s.name);
+                println!("  {}: {}{note}", t(&s.name), t(holder));
             }
         }
-        Err(e) => println!("lease slots:  unknown: {e}"),
+        (None, e) => println!("lease slots:  unknown: {}", t(e.as_deref().unwrap_or("?"))),
     }
 }
 

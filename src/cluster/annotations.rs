@@ -65,9 +65,19 @@ impl FinishedReboot {
 
     pub fn parse(value: &str) -> Option<FinishedReboot> {
         let (at, node) = value.trim().split_once(' ')?;
+        let node = node.trim();
+        // A node name: a DNS subdomain, nothing a terminal would act on.
+        let valid = !node.is_empty()
+            && node.len() <= 253
+            && node
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return None;
+        }
         Some(FinishedReboot {
             at: at.parse().ok()?,
-            node: node.trim().to_string(),
+            node: node.to_string(),
         })
     }
 }
@@ -99,7 +109,15 @@ impl SharedBlock {
     /// `None` for anything unreadable: an unreadable verdict is ignored
     /// (the reader evaluates for itself), never taken as a pass.
     pub fn parse(value: &str) -> Option<SharedBlock> {
-        serde_json::from_str(value).ok()
+        let block: SharedBlock = serde_json::from_str(value).ok()?;
+        // Another node wrote it, anyone with Namespace rights can: its text
+        // is shown in status lines and logs, so escaped and bounded.
+        Some(SharedBlock {
+            gate: crate::text::display(&block.gate, 64),
+            reason: crate::text::display(&block.reason, 1000),
+            by: crate::text::display(&block.by, 253),
+            ..block
+        })
     }
 }
 
@@ -136,7 +154,8 @@ impl ClusterControl {
                 if v.is_empty() {
                     "no reason given".to_string()
                 } else {
-                    v.to_string()
+                    // Set with kubectl by anyone with Namespace rights.
+                    crate::text::display(v, crate::text::MAX_REASON)
                 }
             })
         };
@@ -145,7 +164,9 @@ impl ClusterControl {
             halted: reason(HALTED),
             last_reboot_finished: match annotations.get(LAST_REBOOT_FINISHED) {
                 None => Ok(None),
-                Some(v) => FinishedReboot::parse(v).map(Some).ok_or_else(|| v.clone()),
+                Some(v) => FinishedReboot::parse(v)
+                    .map(Some)
+                    .ok_or_else(|| crate::text::display(v, 200)),
             },
             cluster_blocked: annotations
                 .get(CLUSTER_BLOCKED)

@@ -11,26 +11,42 @@ use super::settings::Settings;
 
 pub const DEFAULT_CONFIG: &str = "/etc/drydock/drydock.toml";
 
+/// The largest configuration file drydock reads (the shipped one is ~10 KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A path as shown in messages: control characters in file names escaped.
+fn shown(path: &Path) -> String {
+    crate::text::escape(&path.to_string_lossy()).into_owned()
+}
+
+/// Causes are kept as text in the message (not as `source`), so a printed
+/// chain never repeats them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    Read {
+    #[error("reading config file {}: {problem}", shown(path))]
+    Read { path: PathBuf, problem: String },
+    #[error("listing config drop-ins in {}: {problem}", shown(dir))]
+    DropIns { dir: PathBuf, problem: String },
+    #[error(
+        "config drop-in {}: {problem}; remove it or rename it so it does not end in .toml",
+        shown(path)
+    )]
+    DropIn { path: PathBuf, problem: String },
+    #[error("{}:{line}:{column}: {}: the file is not valid UTF-8 (save it as UTF-8)", shown(path), key.as_deref().map_or("(before any key)".to_string(), |k| format!("key `{k}`")))]
+    Encoding {
         path: PathBuf,
-        source: std::io::Error,
+        line: usize,
+        column: usize,
+        key: Option<String>,
     },
-    #[error("listing config drop-ins in {dir}: {source}")]
-    DropIns {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}:{line}:{column}: TOML syntax error: {message}", path.display())]
+    #[error("{}:{line}:{column}: TOML syntax error: {message}", shown(path))]
     Syntax {
         path: PathBuf,
         line: usize,
         column: usize,
         message: String,
     },
-    #[error("{}:{line}:{column}: key `{key}`: {message}", path.display())]
+    #[error("{}:{line}:{column}: key `{key}`: {message}", shown(path))]
     Invalid {
         path: PathBuf,
         line: usize,
@@ -38,6 +54,11 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+}
+
+/// A parser's message, bounded (toml quotes whole values in type errors).
+fn bounded(message: &str) -> String {
+    crate::text::display(message.trim(), 300)
 }
 
 /// Where a key and its value sit in one file.
@@ -64,7 +85,7 @@ impl SourceFile {
                 path: path.clone(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message: bounded(e.message()),
             }
         })?;
         let mut keys = Vec::new();
@@ -79,14 +100,14 @@ impl SourceFile {
                 line,
                 column,
                 key,
-                message: e.message().trim().to_string(),
+                message: bounded(e.message()),
             });
         }
         let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.clone(),
             line: 1,
             column: 1,
-            message: e.message().to_string(),
+            message: bounded(e.message()),
         })?;
         Ok(SourceFile {
             path,
@@ -213,33 +234,98 @@ pub fn drop_in_dir(main: &Path) -> PathBuf {
     PathBuf::from(dir)
 }
 
-/// The files that make up the configuration, in merge order.
+/// The files that make up the configuration, in merge order. Every
+/// `*.toml` in the drop-in directory must be a readable regular file (or a
+/// symlink to one): one that is not is an error, never silently skipped.
+/// Hidden files (`.#x.toml`, an editor's lock) are not drop-ins.
 pub fn config_files(main: &Path, main_required: bool) -> Result<Vec<PathBuf>, ConfigError> {
     let mut files = Vec::new();
-    if main.exists() || main_required {
+    // symlink_metadata: a dangling symlink at the main path is there, and
+    // must fail to read rather than be taken for "no file".
+    if main_required || std::fs::symlink_metadata(main).is_ok() {
         files.push(main.to_path_buf());
     }
     let dir = drop_in_dir(main);
+    let list_err = |e: std::io::Error| ConfigError::DropIns {
+        dir: dir.clone(),
+        problem: e.to_string(),
+    };
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
             let mut drop_ins = Vec::new();
             for entry in entries {
-                let entry = entry.map_err(|source| ConfigError::DropIns {
-                    dir: dir.clone(),
-                    source,
-                })?;
-                let path = entry.path();
-                if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
-                    drop_ins.push(path);
+                let entry = entry.map_err(list_err)?;
+                let name = entry.file_name();
+                let name = name.as_encoded_bytes();
+                if !name.ends_with(b".toml") || name.starts_with(b".") {
+                    continue;
                 }
+                let path = entry.path();
+                check_drop_in(&path)?;
+                drop_ins.push(path);
             }
             drop_ins.sort();
             files.extend(drop_ins);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(ConfigError::DropIns { dir, source }),
+        Err(e) => return Err(list_err(e)),
     }
     Ok(files)
+}
+
+fn check_drop_in(path: &Path) -> Result<(), ConfigError> {
+    let problem = |problem: String| ConfigError::DropIn {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let link = std::fs::symlink_metadata(path).map_err(|e| problem(e.to_string()))?;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(meta) => Err(problem(format!(
+            "it is {}, not a regular file",
+            crate::fileread::kind_of(meta.file_type())
+        ))),
+        Err(e) if link.file_type().is_symlink() => Err(problem(format!(
+            "it is a symbolic link that cannot be followed (dangling or a loop: {e})"
+        ))),
+        Err(e) => Err(problem(e.to_string())),
+    }
+}
+
+/// One file's text: a regular file of bounded size, in UTF-8.
+fn read_source(path: &Path) -> Result<String, ConfigError> {
+    let bytes =
+        crate::fileread::read_regular(path, MAX_CONFIG_BYTES).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let lossy = String::from_utf8_lossy(e.as_bytes());
+        // The bytes before the bad one are intact, so the position (and,
+        // when the rest parses, the key) is the same in the lossy text.
+        let (line, column) = line_col(&lossy, offset);
+        let key = toml_edit::ImDocument::parse(lossy.as_ref())
+            .ok()
+            .and_then(|doc| {
+                let mut keys = Vec::new();
+                collect_keys(doc.as_table(), "", &mut keys);
+                innermost_key(&keys, &(offset..offset + 1))
+            });
+        ConfigError::Encoding {
+            path: path.to_path_buf(),
+            line,
+            column,
+            key,
+        }
+    })
+}
+
+/// Parses configuration text as if read from `path` (no drop-ins): the
+/// loader without the file system, for fuzzing and tests.
+pub fn load_text(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    let source = SourceFile::parse(path.to_path_buf(), text.to_string())?;
+    settle(path, vec![source])
 }
 
 /// Loads and validates the configuration. `explicit` is true when the user
@@ -247,12 +333,13 @@ pub fn config_files(main: &Path, main_required: bool) -> Result<Vec<PathBuf>, Co
 pub fn load(main: &Path, explicit: bool) -> Result<Settings, ConfigError> {
     let mut sources = Vec::new();
     for path in config_files(main, explicit)? {
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = read_source(&path)?;
         sources.push(SourceFile::parse(path, text)?);
     }
+    settle(main, sources)
+}
+
+fn settle(main: &Path, sources: Vec<SourceFile>) -> Result<Settings, ConfigError> {
     let mut merged = toml::Table::new();
     for source in &sources {
         merge(&mut merged, source.table.clone());
@@ -263,7 +350,7 @@ pub fn load(main: &Path, explicit: bool) -> Result<Settings, ConfigError> {
             line: 1,
             column: 1,
             key: "(merged)".into(),
-            message: e.message().to_string(),
+            message: bounded(e.message()),
         })?;
     Settings::from_raw(raw).map_err(|e| {
         // The last file that set the key is the one that counts.

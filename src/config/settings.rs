@@ -369,8 +369,47 @@ fn at<T>(key: &str, result: Result<T, ValueError>) -> Result<T, KeyError> {
     })
 }
 
-fn path(value: Option<String>, default: PathBuf) -> PathBuf {
-    value.map(PathBuf::from).unwrap_or(default)
+fn path(key: &str, value: Option<String>, default: PathBuf) -> Result<PathBuf, KeyError> {
+    match value {
+        Some(v) => at(key, values::abs_path(&v)),
+        None => Ok(default),
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The range every duration key accepts: what the daemon can run with.
+pub fn duration_range(key: &str) -> (Duration, Duration) {
+    match key {
+        "lease.duration" => (5 * SECOND, HOUR),
+        "reboot.sentinel-command-timeout" => (SECOND, HOUR),
+        "reboot.check-interval" => (SECOND, DAY),
+        "gates.soak" => (Duration::ZERO, 30 * DAY),
+        "alerts.timeout" => (SECOND, 5 * MINUTE),
+        "drain.timeout" => (SECOND, 7 * DAY),
+        "drain.delete-pdb-blocked-after" => (SECOND, 7 * DAY),
+        "drain.pre-drain-wait" => (Duration::ZERO, DAY),
+        "drain.retry-interval" => (Duration::from_millis(100), HOUR),
+        "verify.timeout" => (SECOND, DAY),
+        "verify.check-timeout" => (SECOND, HOUR),
+        "packages.authorization-ttl" => (SECOND, DAY),
+        _ => (SECOND, DAY),
+    }
+}
+
+fn list<T>(
+    key: &str,
+    items: Vec<String>,
+    convert: impl Fn(&str) -> Result<T, ValueError>,
+) -> Result<Vec<T>, KeyError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| at(&format!("{key}[{i}]"), convert(s)))
+        .collect()
 }
 
 impl Settings {
@@ -378,7 +417,10 @@ impl Settings {
     pub fn from_raw(raw: RawConfig) -> Result<Settings, KeyError> {
         let d = Settings::default();
         let dur = |key: &str, v: Option<String>, default: Duration| match v {
-            Some(text) => at(key, values::duration(&text)),
+            Some(text) => {
+                let (min, max) = duration_range(key);
+                at(key, values::duration_in(&text, min, max))
+            }
             None => Ok(default),
         };
         let n = raw.node;
@@ -388,21 +430,24 @@ impl Settings {
                 Some(name) => Some(at("node.name", values::dns_subdomain(&name))?),
                 None => d.node.name,
             },
-            kubeconfig: path(n.kubeconfig, d.node.kubeconfig),
+            kubeconfig: path("node.kubeconfig", n.kubeconfig, d.node.kubeconfig)?,
             // Empty: not set (the shipped file lists every key).
             identity_kubeconfig: match n.identity_kubeconfig {
                 Some(p) if p.is_empty() => None,
-                Some(p) => Some(p.into()),
+                Some(p) => Some(at("node.identity-kubeconfig", values::file_path(&p))?),
                 None => d.node.identity_kubeconfig,
             },
-            identity_dir: path(n.identity_dir, d.node.identity_dir),
+            identity_dir: path("node.identity-dir", n.identity_dir, d.node.identity_dir)?,
             admin_kubeconfig: match n.admin_kubeconfig {
                 Some(p) if p.is_empty() => None,
-                Some(p) => Some(p.into()),
+                Some(p) => Some(at("node.admin-kubeconfig", values::file_path(&p))?),
                 None => d.node.admin_kubeconfig,
             },
-            state_db: path(n.state_db, d.node.state_db),
-            run_dir: path(n.run_dir, d.node.run_dir),
+            state_db: match n.state_db {
+                Some(p) => at("node.state-db", values::file_path(&p))?,
+                None => d.node.state_db,
+            },
+            run_dir: path("node.run-dir", n.run_dir, d.node.run_dir)?,
         };
         let l = raw.lease;
         let lease = LeaseSettings {
@@ -422,9 +467,15 @@ impl Settings {
         };
         let r = raw.reboot;
         let reboot = RebootSettings {
-            sentinel_file: path(r.sentinel_file, d.reboot.sentinel_file),
+            sentinel_file: match r.sentinel_file {
+                Some(p) => at("reboot.sentinel-file", values::file_path(&p))?,
+                None => d.reboot.sentinel_file,
+            },
             sentinel_command: match r.sentinel_command {
-                Some(argv) => at("reboot.sentinel-command", values::argv(argv))?,
+                Some(argv) => values::argv(argv).map_err(|(i, error)| KeyError {
+                    key: format!("reboot.sentinel-command[{i}]"),
+                    error,
+                })?,
                 None => d.reboot.sentinel_command,
             },
             sentinel_command_timeout: dur(
@@ -433,7 +484,7 @@ impl Settings {
                 d.reboot.sentinel_command_timeout,
             )?,
             check_kernel: r.check_kernel.unwrap_or(d.reboot.check_kernel),
-            boot_dir: path(r.boot_dir, d.reboot.boot_dir),
+            boot_dir: path("reboot.boot-dir", r.boot_dir, d.reboot.boot_dir)?,
             check_interval: dur(
                 "reboot.check-interval",
                 r.check_interval,
@@ -451,46 +502,35 @@ impl Settings {
             },
         };
         let g = raw.gates;
-        let gates = GateSettings {
-            // Listing exactly the default (as the shipped file does) keeps
-            // the default's "when present" meaning.
-            required_daemonsets_configured: g
-                .required_daemonsets
-                .as_ref()
-                .is_some_and(|list| list != &["kube-system/calico-node"]),
-            soak: dur("gates.soak", g.soak, d.gates.soak)?,
-            node_selector: match g.node_selector {
-                Some(s) => at("gates.node-selector", values::label_selector(&s))?,
-                None => d.gates.node_selector,
-            },
-            required_daemonsets: match g.required_daemonsets {
-                Some(list) => list
-                    .iter()
-                    .map(|s| at("gates.required-daemonsets", values::namespaced_name(s)))
-                    .collect::<Result<_, _>>()?,
-                None => d.gates.required_daemonsets,
-            },
-            blocking_pod_selectors: match g.blocking_pod_selectors {
-                Some(list) => list
-                    .iter()
-                    .map(|s| {
-                        at("gates.blocking-pod-selectors", values::label_selector(s)).and_then(
-                            |s| {
-                                if s.is_empty() {
-                                    at(
-                                        "gates.blocking-pod-selectors",
-                                        Err(ValueError::EmptySelector),
-                                    )
-                                } else {
-                                    Ok(s)
-                                }
-                            },
-                        )
-                    })
-                    .collect::<Result<_, _>>()?,
-                None => d.gates.blocking_pod_selectors,
-            },
-        };
+        let gates =
+            GateSettings {
+                // Listing exactly the default (as the shipped file does) keeps
+                // the default's "when present" meaning.
+                required_daemonsets_configured: g
+                    .required_daemonsets
+                    .as_ref()
+                    .is_some_and(|list| list != &["kube-system/calico-node"]),
+                soak: dur("gates.soak", g.soak, d.gates.soak)?,
+                node_selector: match g.node_selector {
+                    Some(s) => at("gates.node-selector", values::label_selector(&s))?,
+                    None => d.gates.node_selector,
+                },
+                required_daemonsets: match g.required_daemonsets {
+                    Some(items) => {
+                        list("gates.required-daemonsets", items, values::namespaced_name)?
+                    }
+                    None => d.gates.required_daemonsets,
+                },
+                blocking_pod_selectors: match g.blocking_pod_selectors {
+                    Some(items) => list("gates.blocking-pod-selectors", items, |s| {
+                        match values::label_selector(s)? {
+                            s if s.is_empty() => Err(ValueError::EmptySelector),
+                            s => Ok(s),
+                        }
+                    })?,
+                    None => d.gates.blocking_pod_selectors,
+                },
+            };
         let a = raw.alerts;
         let alerts = AlertSettings {
             prometheus_url: optional(a.prometheus_url, |u| {
@@ -515,11 +555,13 @@ impl Settings {
                 .delete_emptydir_data
                 .unwrap_or(d.drain.delete_emptydir_data),
             evict_unmanaged: dr.evict_unmanaged.unwrap_or(d.drain.evict_unmanaged),
-            delete_pdb_blocked_after: match dr.delete_pdb_blocked_after.as_deref() {
-                None | Some("") | Some("off") => None,
-                Some(text) => Some(at(
+            delete_pdb_blocked_after: match dr.delete_pdb_blocked_after {
+                None => None,
+                Some(text) if text.is_empty() || text == "off" => None,
+                Some(text) => Some(dur(
                     "drain.delete-pdb-blocked-after",
-                    values::duration(text),
+                    Some(text),
+                    Duration::ZERO,
                 )?),
             },
             pre_drain_wait: dur(
@@ -540,7 +582,7 @@ impl Settings {
         let v = raw.verify;
         let verify = VerifySettings {
             timeout: dur("verify.timeout", v.timeout, d.verify.timeout)?,
-            checks_dir: path(v.checks_dir, d.verify.checks_dir),
+            checks_dir: path("verify.checks-dir", v.checks_dir, d.verify.checks_dir)?,
             check_timeout: dur(
                 "verify.check-timeout",
                 v.check_timeout,
@@ -550,10 +592,7 @@ impl Settings {
         let p = raw.packages;
         let packages = PackageSettings {
             protect: match p.protect {
-                Some(list) => list
-                    .iter()
-                    .map(|s| at("packages.protect", values::package_pattern(s)))
-                    .collect::<Result<_, _>>()?,
+                Some(items) => list("packages.protect", items, values::package_pattern)?,
                 None => d.packages.protect,
             },
             authorization_ttl: dur(
@@ -561,13 +600,13 @@ impl Settings {
                 p.authorization_ttl,
                 d.packages.authorization_ttl,
             )?,
-            dpkg_root: path(p.dpkg_root, d.packages.dpkg_root),
+            dpkg_root: path("packages.dpkg-root", p.dpkg_root, d.packages.dpkg_root)?,
         };
         let rp = raw.report;
         let report = ReportSettings {
             textfile_dir: match rp.textfile_dir {
                 Some(dir) if dir.is_empty() => None,
-                Some(dir) => Some(PathBuf::from(dir)),
+                Some(dir) => Some(at("report.textfile-dir", values::abs_path(&dir))?),
                 None => d.report.textfile_dir,
             },
             metrics_listen: optional(rp.metrics_listen, |s| {
@@ -665,14 +704,18 @@ fn window(index: usize, raw: RawWindow) -> Result<Window, KeyError> {
     let days = raw
         .days
         .iter()
-        .map(|d| values::weekday(d).map_err(|e| err("days", e)))
+        .enumerate()
+        .map(|(i, d)| values::weekday(d).map_err(|e| err(&format!("days[{i}]"), e)))
         .collect::<Result<Vec<_>, _>>()?;
     if days.is_empty() {
         return Err(err("days", ValueError::NoDays));
     }
     let length = values::duration(&raw.length).map_err(|e| err("length", e))?;
     if length.is_zero() || length > Duration::from_secs(7 * 24 * 3600) {
-        return Err(err("length", ValueError::WindowLength(raw.length.clone())));
+        return Err(err(
+            "length",
+            ValueError::WindowLength(crate::text::quote(&raw.length)),
+        ));
     }
     Ok(Window {
         days,

@@ -9,39 +9,49 @@ use regex::Regex;
 
 use super::settings::NamespacedName;
 
+/// Values in messages are quoted with [`crate::text::quote`]: escaped and
+/// bounded, so a 5 MB value is not echoed whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
-    #[error("invalid duration {0:?}: expected a duration like \"90s\", \"30m\" or \"24h\"")]
+    #[error("invalid duration {0}: expected a duration like \"90s\", \"30m\" or \"24h\"")]
     Duration(String),
-    #[error("unknown time zone {0:?}: expected an IANA name like \"Europe/London\" or \"UTC\"")]
+    #[error("duration {value} is out of range: expected from {min} to {max}")]
+    DurationRange {
+        value: String,
+        min: String,
+        max: String,
+    },
+    #[error("unknown time zone {0}: expected an IANA name like \"Europe/London\" or \"UTC\"")]
     TimeZone(String),
-    #[error("invalid time of day {0:?}: expected \"HH:MM\" (24-hour clock)")]
+    #[error("invalid time of day {0}: expected \"HH:MM\" (24-hour clock, two digits each)")]
     TimeOfDay(String),
-    #[error("invalid day {0:?}: expected one of mon, tue, wed, thu, fri, sat, sun")]
+    #[error("invalid day {0}: expected one of mon, tue, wed, thu, fri, sat, sun")]
     Weekday(String),
     #[error("a maintenance window needs at least one day")]
     NoDays,
-    #[error("invalid window length {0:?}: expected more than 0 and at most 7 days")]
+    #[error("invalid window length {0}: expected more than 0 and at most 7 days")]
     WindowLength(String),
-    #[error("invalid regular expression {pattern:?}: {reason}")]
+    #[error("invalid regular expression {pattern}: {reason}")]
     Regex { pattern: String, reason: String },
-    #[error("invalid package pattern {pattern:?}: {reason}")]
+    #[error("invalid package pattern {pattern}: {reason}")]
     PackagePattern { pattern: String, reason: String },
     #[error(
-        "invalid name {0:?}: expected a lowercase DNS name (letters, digits, '-', at most 63 characters per part)"
+        "invalid name {0}: expected a lowercase DNS name (letters, digits, '-', at most 63 characters per part)"
     )]
     DnsName(String),
     #[error(
-        "invalid label selector {0:?}: expected terms like \"key=value\", \"key!=value\", \"key in (a,b)\", \"key\" or \"!key\", separated by commas"
+        "invalid label selector {0}: {1}; expected terms like \"key=value\", \"key!=value\", \"key in (a,b)\", \"key\" or \"!key\", separated by commas"
     )]
-    LabelSelector(String),
+    LabelSelector(String, String),
     #[error("a blocking-pod selector must not be empty (it would match every pod)")]
     EmptySelector,
-    #[error("invalid DaemonSet reference {0:?}: expected \"namespace/name\"")]
+    #[error("invalid DaemonSet reference {0}: expected \"namespace/name\"")]
     NamespacedName(String),
-    #[error("invalid URL {0:?}: expected an http:// or https:// URL")]
-    Url(String),
-    #[error("invalid listen address {0:?}: expected \"IP:PORT\" like \"127.0.0.1:9742\"")]
+    #[error("invalid URL {0}: {1}; expected an http:// or https:// URL with a host")]
+    Url(String, String),
+    #[error(
+        "invalid listen address {0}: expected \"IP:PORT\" like \"127.0.0.1:9742\" (port not 0)"
+    )]
     SocketAddr(String),
     #[error("{value} is out of range: expected a whole number from {min} to {max}")]
     Range { value: i64, min: i64, max: i64 },
@@ -55,6 +65,14 @@ pub enum ValueError {
         "invalid message template: {0}; placeholders are {{node}}, {{event}}, {{severity}}, {{message}}, {{time}} ({{{{ and }}}} for braces)"
     )]
     Template(String),
+    #[error("invalid path {0}: {1}")]
+    Path(String, &'static str),
+    #[error("invalid command argument {0}: it contains a control character")]
+    Argument(String),
+}
+
+fn q(s: &str) -> String {
+    crate::text::quote(s)
 }
 
 /// Event kinds a notification can be sent for (`Notice::kind`). Gate
@@ -165,17 +183,47 @@ pub fn message_template(s: &str) -> Result<Vec<TemplatePart>, ValueError> {
 }
 
 pub fn duration(text: &str) -> Result<Duration, ValueError> {
-    humantime::parse_duration(text.trim()).map_err(|_| ValueError::Duration(text.to_string()))
+    humantime::parse_duration(text.trim()).map_err(|_| ValueError::Duration(q(text)))
+}
+
+/// A duration within `min..=max` (each key has its own range: zero would
+/// spin a loop or panic a timer, years would overflow a deadline).
+pub fn duration_in(text: &str, min: Duration, max: Duration) -> Result<Duration, ValueError> {
+    let d = duration(text)?;
+    if d < min || d > max {
+        return Err(ValueError::DurationRange {
+            value: q(text),
+            min: humantime::format_duration(min).to_string(),
+            max: humantime::format_duration(max).to_string(),
+        });
+    }
+    Ok(d)
 }
 
 pub fn time_zone(name: &str) -> Result<TimeZone, ValueError> {
-    TimeZone::get(name).map_err(|_| ValueError::TimeZone(name.to_string()))
+    let bad = || ValueError::TimeZone(q(name));
+    // IANA names are short ASCII words joined by '/'; anything else (a path,
+    // a POSIX TZ string, control bytes) is refused before the lookup.
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with('/')
+        || name
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b))
+    {
+        return Err(bad());
+    }
+    TimeZone::get(name).map_err(|_| bad())
 }
 
 pub fn time_of_day(text: &str) -> Result<Time, ValueError> {
-    let bad = || ValueError::TimeOfDay(text.to_string());
+    let bad = || ValueError::TimeOfDay(q(text));
     let (h, m) = text.split_once(':').ok_or_else(bad)?;
-    if h.len() != 2 || m.len() != 2 {
+    let two_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !two_digits(h) || !two_digits(m) {
         return Err(bad());
     }
     let hour: i8 = h.parse().map_err(|_| bad())?;
@@ -192,30 +240,37 @@ pub fn weekday(text: &str) -> Result<Weekday, ValueError> {
         "fri" | "friday" => Weekday::Friday,
         "sat" | "saturday" => Weekday::Saturday,
         "sun" | "sunday" => Weekday::Sunday,
-        _ => return Err(ValueError::Weekday(text.to_string())),
+        _ => return Err(ValueError::Weekday(q(text))),
     })
 }
 
+/// A configured regex: bounded in size so a huge pattern fails fast.
 pub fn regex(pattern: &str) -> Result<Regex, ValueError> {
-    Regex::new(pattern).map_err(|e| ValueError::Regex {
-        pattern: pattern.to_string(),
-        reason: e.to_string().lines().last().unwrap_or_default().to_string(),
-    })
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| ValueError::Regex {
+            pattern: q(pattern),
+            reason: crate::text::display(
+                e.to_string().lines().last().unwrap_or_default(),
+                crate::text::MAX_QUOTED,
+            ),
+        })
 }
 
 pub fn package_pattern(pattern: &str) -> Result<glob::Pattern, ValueError> {
     let valid_chars = pattern
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.*?[]!".contains(c));
-    if pattern.is_empty() || !valid_chars {
+    if pattern.is_empty() || pattern.len() > 255 || !valid_chars {
         return Err(ValueError::PackagePattern {
-            pattern: pattern.to_string(),
-            reason: "Debian package names use a-z, 0-9, '+', '-', '.'; globs add '*', '?', '[...]'"
+            pattern: q(pattern),
+            reason: "Debian package names use a-z, 0-9, '+', '-', '.' (at most 255 characters); globs add '*', '?', '[...]'"
                 .into(),
         });
     }
     glob::Pattern::new(pattern).map_err(|e| ValueError::PackagePattern {
-        pattern: pattern.to_string(),
+        pattern: q(pattern),
         reason: e.to_string(),
     })
 }
@@ -229,24 +284,28 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
 pub fn dns_label(s: &str) -> Result<String, ValueError> {
     if is_dns_label(s) {
         Ok(s.to_string())
     } else {
-        Err(ValueError::DnsName(s.to_string()))
+        Err(ValueError::DnsName(q(s)))
     }
 }
 
 pub fn dns_subdomain(s: &str) -> Result<String, ValueError> {
-    if s.len() <= 253 && s.split('.').all(is_dns_label) {
+    if is_dns_subdomain(s) {
         Ok(s.to_string())
     } else {
-        Err(ValueError::DnsName(s.to_string()))
+        Err(ValueError::DnsName(q(s)))
     }
 }
 
 pub fn namespaced_name(s: &str) -> Result<NamespacedName, ValueError> {
-    let bad = || ValueError::NamespacedName(s.to_string());
+    let bad = || ValueError::NamespacedName(q(s));
     let (ns, name) = s.split_once('/').ok_or_else(bad)?;
     Ok(NamespacedName {
         namespace: dns_label(ns).map_err(|_| bad())?,
@@ -254,18 +313,109 @@ pub fn namespaced_name(s: &str) -> Result<NamespacedName, ValueError> {
     })
 }
 
-/// Checks the syntax of a Kubernetes label selector; the API server applies it.
+/// A label name or value part: at most 63 characters, alphanumeric at both
+/// ends, '-', '_' and '.' inside (Kubernetes' IsQualifiedName/IsValidLabelValue).
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+}
+
+fn label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && (p.is_empty() || !is_dns_subdomain(p))
+    {
+        return Err(format!(
+            "key prefix {} is not a lowercase DNS subdomain",
+            q(p)
+        ));
+    }
+    if !is_label_name(name) {
+        return Err(format!(
+            "key {} is not a label name (1-63 letters, digits, '-', '_', '.', alphanumeric at both ends)",
+            q(key)
+        ));
+    }
+    Ok(())
+}
+
+fn label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_name(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "value {} is not a label value (at most 63 letters, digits, '-', '_', '.', alphanumeric at both ends)",
+            q(value)
+        ))
+    }
+}
+
+fn selector_term(term: &str) -> Result<(), String> {
+    let t = term.trim();
+    if t.is_empty() {
+        return Err("empty term".into());
+    }
+    if let Some(key) = t.strip_prefix('!') {
+        return label_key(key.trim());
+    }
+    if let Some(open) = t.find('(') {
+        // Set-based: key (in|notin) (v1, v2, ...)
+        let (head, set) = t.split_at(open);
+        let mut words = head.split_whitespace();
+        let (Some(key), Some(op), None) = (words.next(), words.next(), words.next()) else {
+            return Err(format!("term {} is not \"key in (a,b)\"", q(t)));
+        };
+        if op != "in" && op != "notin" {
+            return Err(format!("operator {} is not \"in\" or \"notin\"", q(op)));
+        }
+        label_key(key)?;
+        let inner = set
+            .strip_prefix('(')
+            .and_then(|s| s.strip_suffix(')'))
+            .ok_or_else(|| format!("term {} does not end with ')'", q(t)))?;
+        if inner.contains(['(', ')']) {
+            return Err(format!("term {} has nested parentheses", q(t)));
+        }
+        if inner.trim().is_empty() {
+            return Err(format!("the set of values in {} is empty", q(t)));
+        }
+        for v in inner.split(',') {
+            let v = v.trim();
+            if v.is_empty() {
+                return Err(format!("the set in {} has an empty element", q(t)));
+            }
+            label_value(v)?;
+        }
+        return Ok(());
+    }
+    if t.contains(')') {
+        return Err(format!("term {} has ')' without '('", q(t)));
+    }
+    for op in ["!=", "==", "="] {
+        if let Some((key, value)) = t.split_once(op) {
+            label_key(key.trim())?;
+            return label_value(value.trim());
+        }
+    }
+    label_key(t)
+}
+
+/// Checks a Kubernetes label selector as the API server would (syntax,
+/// key and value rules), so a bad one fails at check-config, not at every
+/// list call.
 pub fn label_selector(s: &str) -> Result<String, ValueError> {
-    let key =
-        r"([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?";
-    let value = r"([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?)?";
-    let term = format!(
-        r"^\s*(!?\s*{key}|{key}\s*(=|==|!=)\s*{value}|{key}\s+(in|notin)\s*\(\s*{value}(\s*,\s*{value})*\s*\))\s*$"
-    );
-    let term = Regex::new(&term).expect("selector grammar is a valid regex");
     if s.trim().is_empty() {
         return Ok(String::new());
     }
+    let bad = |why: String| ValueError::LabelSelector(q(s), why);
     // Commas inside "(a,b)" belong to the set, not the term list.
     let mut terms = Vec::new();
     let (mut depth, mut start) = (0i32, 0usize);
@@ -279,23 +429,42 @@ pub fn label_selector(s: &str) -> Result<String, ValueError> {
             }
             _ => {}
         }
+        if !(0..=1).contains(&depth) {
+            return Err(bad("unbalanced parentheses".into()));
+        }
+    }
+    if depth != 0 {
+        return Err(bad("unbalanced parentheses".into()));
     }
     terms.push(&s[start..]);
-    if depth == 0 && terms.iter().all(|t| term.is_match(t)) {
-        Ok(s.trim().to_string())
-    } else {
-        Err(ValueError::LabelSelector(s.to_string()))
+    for term in terms {
+        selector_term(term).map_err(bad)?;
     }
+    Ok(s.trim().to_string())
 }
 
 pub fn http_url(s: String) -> Result<String, ValueError> {
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(s),
-        _ => Err(ValueError::Url(redact_url(&s))),
+    let bad = |why: &str| ValueError::Url(redact_url(&s), why.to_string());
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it contains whitespace or control characters"));
     }
+    if s.len() > 2048 {
+        return Err(bad("it is longer than 2048 characters"));
+    }
+    // The url crate forgives "https:///x" (host "x"); a person meant a host.
+    if s.split_once("://")
+        .is_none_or(|(_, rest)| rest.is_empty() || rest.starts_with('/'))
+    {
+        return Err(bad("it has no host after \"://\""));
+    }
+    let url = url::Url::parse(&s).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme is not http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    Ok(s)
 }
 
 /// Keeps the scheme and host of a URL that may carry a token in its path,
@@ -304,17 +473,21 @@ pub fn redact_url(s: &str) -> String {
     match s.find("://") {
         Some(i) => {
             let after = &s[i + 3..];
-            let authority = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
-            // `user:token@host`: the user part is a secret too.
-            let host = authority.rsplit('@').next().unwrap_or_default();
-            format!("{}://{host}/...", &s[..i])
+            let host_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            // Credentials before '@' are secret too.
+            let host = &after[..host_end];
+            let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+            q(&format!("{}://{host}/...", &s[..i]))
         }
         None => "<redacted>".to_string(),
     }
 }
 
 pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, ValueError> {
-    s.parse().map_err(|_| ValueError::SocketAddr(s.to_string()))
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(addr),
+        _ => Err(ValueError::SocketAddr(q(s))),
+    }
 }
 
 pub fn bounded_count(value: i64, min: i64, max: i64) -> Result<u32, ValueError> {
@@ -325,12 +498,50 @@ pub fn bounded_count(value: i64, min: i64, max: i64) -> Result<u32, ValueError> 
     }
 }
 
-pub fn argv(argv: Vec<String>) -> Result<Vec<String>, ValueError> {
-    match argv.first() {
-        None => Ok(argv),
-        Some(program) if program.starts_with('/') => Ok(argv),
-        Some(_) => Err(ValueError::Argv),
+/// An absolute path of reasonable length without control characters (a NUL
+/// cannot be opened; a relative path would resolve against whatever
+/// directory apt or systemd happens to run drydock in).
+pub fn abs_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
+    let bad = |why| ValueError::Path(q(s), why);
+    if s.is_empty() {
+        return Err(bad("it is empty; expected an absolute path"));
     }
+    if !s.starts_with('/') {
+        return Err(bad("it is relative; expected an absolute path"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(bad("it contains control characters"));
+    }
+    if s.len() > 4096 {
+        return Err(bad("it is longer than 4096 bytes"));
+    }
+    Ok(s.into())
+}
+
+/// An absolute path that names a file (not a directory like "/" or "x/").
+pub fn file_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
+    let path = abs_path(s)?;
+    if s.ends_with('/') || path.file_name().is_none() {
+        return Err(ValueError::Path(
+            q(s),
+            "it names a directory; expected a file",
+        ));
+    }
+    Ok(path)
+}
+
+/// A command: empty (none), or an absolute program and its arguments; the
+/// error names the element at fault.
+pub fn argv(argv: Vec<String>) -> Result<Vec<String>, (usize, ValueError)> {
+    if let Some(program) = argv.first()
+        && (!program.starts_with('/') || program.chars().any(char::is_control))
+    {
+        return Err((0, ValueError::Argv));
+    }
+    if let Some(i) = argv.iter().position(|a| a.chars().any(char::is_control)) {
+        return Err((i, ValueError::Argument(q(&argv[i]))));
+    }
+    Ok(argv)
 }
 
 #[cfg(test)]
@@ -405,7 +616,23 @@ mod tests {
         ] {
             assert!(label_selector(ok).is_ok(), "{ok}");
         }
-        for bad in ["=b", "a=b,", "k in (a", "a b", "a=b=c", "$x"] {
+        for bad in [
+            "=b",
+            "a=b,",
+            "k in (a",
+            "a b",
+            "a=b=c",
+            "$x",
+            "k in ()",
+            "k in (a,,b)",
+            "k in ((a))",
+            "Upper.Case/x=y",
+            "a=-b",
+            "-a=b",
+            "k=)",
+            "k in (a) x",
+            "k foo (a)",
+        ] {
             assert!(label_selector(bad).is_err(), "{bad}");
         }
     }
@@ -416,7 +643,9 @@ mod tests {
             time_of_day("02:30").unwrap(),
             Time::new(2, 30, 0, 0).unwrap()
         );
-        for bad in ["2:30", "24:00", "02:60", "0230", "ab:cd"] {
+        for bad in [
+            "2:30", "24:00", "02:60", "0230", "ab:cd", "+1:+5", "-1:05", " 1:05",
+        ] {
             assert!(time_of_day(bad).is_err(), "{bad}");
         }
         assert_eq!(weekday("Tue").unwrap(), Weekday::Tuesday);
@@ -427,9 +656,51 @@ mod tests {
     fn urls_redact_tokens() {
         assert_eq!(
             redact_url("https://hooks.slack.com/services/T000/B000/XXXX"),
-            "https://hooks.slack.com/..."
+            "\"https://hooks.slack.com/...\""
         );
-        assert!(http_url("ftp://x".into()).is_err());
+        for bad in [
+            "ftp://x",
+            "http://",
+            "https:///path",
+            "http://exa mple",
+            "http://[::1",
+            "http://x\n",
+            "notaurl",
+            "",
+        ] {
+            assert!(http_url(bad.into()).is_err(), "{bad:?}");
+        }
+        assert!(http_url("http://127.0.0.1:9090".into()).is_ok());
+        assert!(!redact_url("https://user:pw@h/x").contains("pw"));
+    }
+
+    #[test]
+    fn ranges_paths_and_addresses() {
+        let (s, h) = (Duration::from_secs(1), Duration::from_secs(3600));
+        assert_eq!(duration_in("90s", s, h).unwrap(), Duration::from_secs(90));
+        assert!(matches!(
+            duration_in("0s", s, h),
+            Err(ValueError::DurationRange { .. })
+        ));
+        assert!(duration_in("2h", s, h).is_err());
+        assert!(duration_in("9999999999999999999999s", s, h).is_err());
+        assert!(abs_path("/var/lib/x").is_ok());
+        for bad in ["", "x", "./x", "/a\0b", "/a\nb"] {
+            assert!(abs_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(file_path("/var/lib/drydock/").is_err());
+        assert!(file_path("/").is_err());
+        assert!(socket_addr("127.0.0.1:0").is_err());
+        assert!(socket_addr("[::1]:9742").is_ok());
+        assert_eq!(argv(vec!["x".into()]).unwrap_err().0, 0);
+        assert_eq!(
+            argv(vec!["/bin/x".into(), "a\u{1b}".into()]).unwrap_err().0,
+            1
+        );
+        assert!(argv(vec![]).unwrap().is_empty());
+        // A 5 MB value is quoted in a few dozen bytes.
+        let huge = "x".repeat(5 << 20);
+        assert!(dns_label(&huge).unwrap_err().to_string().len() < 300);
     }
 
     #[test]

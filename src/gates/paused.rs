@@ -31,7 +31,7 @@ pub fn pause(store: &Store, reason: &str) -> Result<LocalPause, StoreError> {
         reason: if reason.trim().is_empty() {
             "no reason given".into()
         } else {
-            reason.trim().to_string()
+            crate::text::display(reason.trim(), crate::text::MAX_REASON)
         },
         since: Timestamp::now(),
     };
@@ -54,7 +54,7 @@ pub fn evaluate_local(pause: Option<&LocalPause>) -> Verdict {
         Some(p) => Verdict::Block(format!(
             "paused on this node since {}: {} (drydock resume)",
             p.since.strftime("%Y-%m-%d %H:%M UTC"),
-            p.reason
+            crate::text::display(&p.reason, crate::text::MAX_REASON)
         )),
     }
 }

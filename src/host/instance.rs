@@ -36,15 +36,20 @@ fn open(path: &Path, write: bool) -> std::io::Result<File> {
         .create(write)
         .truncate(false)
         .mode(0o600)
+        // A FIFO at the path must not block `drydock status`.
+        .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
 }
 
 fn pid_in(file: &mut File) -> String {
     let mut pid = String::new();
-    let _ = file.rewind().and_then(|_| file.read_to_string(&mut pid));
+    // Bounded: a pid is a few digits, whatever the file holds.
+    let _ = file
+        .rewind()
+        .and_then(|_| file.take(32).read_to_string(&mut pid));
     match pid.trim() {
-        "" => "unknown".into(),
-        p => p.to_string(),
+        p if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.to_string(),
+        _ => "unknown".into(),
     }
 }
 

@@ -123,7 +123,7 @@ pub fn request_reboot(store: &Store, reason: &str) -> Result<RebootRequest, Stor
         reason: if reason.trim().is_empty() {
             "no reason given".into()
         } else {
-            reason.trim().to_string()
+            crate::text::display(reason.trim(), crate::text::MAX_REASON)
         },
         at: Timestamp::now(),
     };
@@ -186,7 +186,15 @@ pub fn sentinel_file(path: &Path) -> Result<Option<RebootReason>, SentinelError>
     let mut pkgs = path.as_os_str().to_owned();
     pkgs.push(".pkgs");
     let pkgs = PathBuf::from(pkgs);
-    let packages = match std::fs::read_to_string(&pkgs) {
+    // A FIFO or device there must not hang the daemon: regular files only,
+    // bounded.
+    let read = crate::fileread::read_regular(&pkgs, 1 << 20)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|e| match e {
+            crate::fileread::ReadError::Io(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        });
+    let packages = match read {
         Ok(text) => {
             let mut list: Vec<String> = text
                 .lines()

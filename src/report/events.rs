@@ -78,7 +78,8 @@ impl NodeEvents {
                 ..Default::default()
             },
             reason: Some(spec.reason.to_string()),
-            message: Some(spec.note.clone()),
+            // The API refuses a note over 1 KiB; control characters escaped.
+            message: Some(crate::text::display(&spec.note, 900)),
             type_: Some(spec.severity.as_str().to_string()),
             action: Some(spec.action.to_string()),
             // Seconds for kubectl's columns, microseconds for ordering.

@@ -106,6 +106,12 @@ pub fn slack_body(
             format!("{icon}drydock on `{node}`: {}", notice.summary())
         }
     };
+    // Control characters escaped; Slack reads <...> as links and mentions
+    // (`<!channel>`): escaped as its documentation asks.
+    let text = crate::text::display(&text, 2000)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
     json!({ "text": text })
 }
 
@@ -121,7 +127,10 @@ pub fn webhook_body(
         "node": node,
         "event": notice.kind(),
         "severity": notice.severity().as_str(),
-        "message": template.map_or_else(|| notice.summary(), |t| render(t, node, notice, at)),
+        "message": crate::text::display(
+            &template.map_or_else(|| notice.summary(), |t| render(t, node, notice, at)),
+            2000
+        ),
         "time": at.to_string(),
         "details": notice,
     })

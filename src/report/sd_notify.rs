@@ -33,12 +33,15 @@ impl SystemdNotifier {
 
     /// READY=1 together with the current status.
     pub fn ready(&self, status: &str) {
+        // One line: a newline would start another notify assignment.
+        let status = &crate::text::display(status, 400);
         *self.lock() = Some(status.to_string());
         send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
     /// STATUS=line, only if it differs from the last one sent.
     pub fn status(&self, status: &str) -> bool {
+        let status = &crate::text::display(status, 400);
         let mut last = self.lock();
         if last.as_deref() == Some(status) {
             return false;

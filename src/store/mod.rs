@@ -98,6 +98,16 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{} is {kind}, not a regular file; drydock will not touch it. Point node.state-db at a file, or remove it to start with a fresh state",
+        path.display()
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "{} is empty (0 bytes), not a drydock state database; drydock will not touch it. Remove it (`rm {}`) to start with a fresh state",
+        path.display(), path.display()
+    )]
+    Empty { path: PathBuf },
 }
 
 /// One line of history.
@@ -124,49 +134,120 @@ pub struct Store {
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
-/// Refuses anything whose header is not SQLite's, before SQLite touches it.
+/// Checks the file at `path` without SQLite (which would create `-wal` and
+/// `-shm` files, or rewrite the header, before it can tell us anything):
+/// a regular file, not empty, SQLite's magic, and not another program's
+/// database or a newer schema by the header's own account. `Ok(false)`:
+/// nothing there yet.
 fn check_header(path: &Path) -> Result<bool, StoreError> {
-    use std::io::Read;
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => {
+    use crate::fileread::{ReadError, read_prefix};
+    let header = match read_prefix(path, 100) {
+        Ok(h) => h,
+        // A dangling symlink would have SQLite create its target, wherever.
+        Err(e) if e.is_not_found() && std::fs::symlink_metadata(path).is_ok() => {
+            return Err(StoreError::NotRegular {
+                path: path.into(),
+                kind: "a dangling symbolic link",
+            });
+        }
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(ReadError::NotRegular(kind)) => {
+            return Err(StoreError::NotRegular {
+                path: path.into(),
+                kind,
+            });
+        }
+        Err(ReadError::Io(source)) => {
             return Err(StoreError::Io {
                 path: path.into(),
                 source,
             });
         }
-    };
-    let mut header = [0u8; 16];
-    let mut read = 0;
-    while read < header.len() {
-        match file.read(&mut header[read..]) {
-            Ok(0) => break,
-            Ok(n) => read += n,
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: path.into(),
-                    source,
-                });
-            }
+        Err(e @ ReadError::TooLarge { .. }) => {
+            return Err(StoreError::Io {
+                path: path.into(),
+                source: std::io::Error::other(e.to_string()),
+            });
         }
+    };
+    if header.is_empty() {
+        return Err(StoreError::Empty { path: path.into() });
     }
-    if read == 0 {
-        return Ok(false); // empty file: SQLite treats it as a new database
-    }
-    if read < 16 || &header != SQLITE_MAGIC {
+    if header.len() < 100 || &header[..16] != SQLITE_MAGIC {
         return Err(StoreError::NotSqlite { path: path.into() });
+    }
+    let be32 = |at: usize| i64::from(u32::from_be_bytes(header[at..at + 4].try_into().unwrap()));
+    let (user_version, app_id) = (be32(60), be32(68));
+    if app_id != 0 && app_id != APPLICATION_ID {
+        return Err(StoreError::Foreign {
+            path: path.into(),
+            found: app_id,
+        });
+    }
+    let known = MIGRATIONS.len() as i64;
+    if app_id == APPLICATION_ID && user_version > known {
+        return Err(StoreError::TooNew {
+            path: path.into(),
+            found: user_version,
+            known,
+        });
     }
     Ok(true)
 }
 
+/// The `-wal` file SQLite keeps beside a database in WAL mode.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// A read-only connection that writes nothing beside the file. With no
+/// `-wal` file, no process has the database open and the main file is
+/// complete: `immutable=1` then reads it without creating `-wal`/`-shm`.
+/// With a `-wal` file (the daemon runs), a plain read-only connection
+/// shares it.
+fn connect_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if wal_path(path).exists() {
+        return Connection::open_with_flags(path, flags)
+            .map_err(|source| sqlite(path, "opening read-only", source));
+    }
+    let text = path.to_str().ok_or_else(|| StoreError::Io {
+        path: path.into(),
+        source: std::io::Error::other("the path is not UTF-8"),
+    })?;
+    let mut uri = String::from("file:");
+    for c in text.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Connection::open_with_flags(&uri, flags | OpenFlags::SQLITE_OPEN_URI)
+        .map_err(|source| sqlite(path, "opening read-only", source))
+}
+
 impl Store {
     /// Opens (creating if needed) the store for writing, and migrates it.
+    /// An existing file is checked read-only first: a refused file keeps
+    /// its bytes and mode, and gets no side files.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
         let existed = check_header(path)?;
+        if existed {
+            let probe = Store {
+                conn: connect_read_only(path)?,
+                path: path.into(),
+            };
+            probe.verify(true)?;
+            probe.check_schema_version()?;
+        }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -174,38 +255,48 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|source| sqlite(path, "opening", source))?;
-        restrict_permissions(path)?;
         let store = Store {
             conn,
             path: path.into(),
         };
-        store.verify(existed)?;
+        // Checked above (read-only); for a new file: still nobody else's.
+        store.verify(false)?;
+        restrict_permissions(path)?;
         store.configure()?;
         store.migrate()?;
         Ok(store)
     }
 
     /// Opens an existing store read-only (for `drydock status`, the APT hook).
-    /// `Ok(None)` when there is no store yet.
+    /// `Ok(None)` when there is no store yet. Writes nothing, anywhere.
     pub fn open_read_only(path: &Path) -> Result<Option<Store>, StoreError> {
         if !check_header(path)? {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| sqlite(path, "opening read-only", source))?;
         let store = Store {
-            conn,
+            conn: connect_read_only(path)?,
             path: path.into(),
         };
         store.verify(true)?;
+        store.check_schema_version()?;
         store
             .conn
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|source| sqlite(path, "setting busy timeout", source))?;
         Ok(Some(store))
+    }
+
+    fn check_schema_version(&self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+                known,
+            });
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
