@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let target = logging::choose_target(
         std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        logging::stderr_identity(),
         cli.log_format,
     );
     logging::init(target, cli::default_log_level(&cli.command));

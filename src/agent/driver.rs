@@ -16,6 +16,7 @@ use super::ports::{
 };
 use super::state::{AgentState, Cordon, Step};
 use crate::config::Settings;
+use crate::logging::msgid;
 use crate::store::{Store, StoreError};
 
 /// kv keys the CLI writes and the agent reads (and the reverse).
@@ -177,7 +178,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
 
     fn status(&mut self, line: String) -> Result<(), AgentError> {
         if line != self.last_status {
-            info!(node = %self.node, state = self.state.name(), status = %line, "status");
+            info!(message_id = msgid::STATUS, node = %self.node, state = self.state.name(), status = %line, "{line}");
             self.reporter.status(&line);
             self.store.set(
                 keys::LAST_STATUS,
@@ -209,7 +210,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             map.insert("to".into(), to.into());
         }
         self.store.transition(&next, "state", &detail)?;
-        info!(node = %self.node, from, to, "state transition");
+        info!(message_id = msgid::STATE_CHANGED, node = %self.node, from, to, "state {from} -> {to}");
         self.state = next;
         self.event(AgentEvent::StateChanged {
             from: from.into(),
@@ -332,7 +333,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     fn retry_later(&mut self, action: &str, error: PortError) -> Result<Wait, AgentError> {
-        warn!(node = %self.node, state = self.state.name(), action, error = %error, "step failed; will retry");
+        warn!(message_id = msgid::STEP_FAILED, node = %self.node, state = self.state.name(), action, error = %error, "{action} failed, will retry: {error}");
         self.status(format!(
             "{}: retrying, {action} failed: {error}",
             self.state.name()
@@ -346,7 +347,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         match self.cluster.renew(slot).await {
             Ok(()) => Ok(None),
             Err(PortError::LostLease { slot, holder }) => {
-                warn!(node = %self.node, slot = %slot, holder = %holder, state = self.state.name(), "lease lost");
+                warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot = %slot, holder = %holder, state = self.state.name(), "lease slot {slot} lost to {holder}");
                 match self.state {
                     AgentState::Locked { .. } => {
                         let next = self.state.clone().on_released();
@@ -495,7 +496,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 self.after_block(Timestamp::now(), cluster.blocked_until),
             ));
         }
-        info!(node = %self.node, slot = %slot, "lease acquired");
+        info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, "lease slot {slot} acquired");
         self.event(AgentEvent::LeaseAcquired { slot: slot.clone() });
         let next = self
             .state
@@ -563,7 +564,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 Ok(Wait::No)
             }
             Ok(DrainResult::TimedOut { blocking }) => {
-                warn!(node = %self.node, blocking = ?blocking, "drain timed out; restoring the node and releasing the lease");
+                warn!(message_id = msgid::DRAIN_TIMED_OUT, node = %self.node, blocking = ?blocking, "drain timed out (blocking: {}); restoring the node and releasing the lease", blocking.join(", "));
                 if cordon == Cordon::Ours
                     && let Err(e) = self.cluster.set_unschedulable(false).await
                 {
@@ -633,12 +634,12 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.reporter.flush().await;
         match self.host.reboot(&reason).await {
             Ok(()) => {
-                info!(node = %self.node, reason = %reason, "reboot requested from logind");
+                info!(message_id = msgid::REBOOT_REQUESTED, node = %self.node, reason = %reason, "reboot requested from logind: {reason}");
                 self.reboot_requested_at = Some(Timestamp::now());
                 Ok(Wait::For(self.renew_every()))
             }
             Err(e) => {
-                warn!(node = %self.node, error = %e, "reboot refused; node stays cordoned and keeps the lease");
+                warn!(message_id = msgid::REBOOT_REFUSED, node = %self.node, error = %e, "reboot refused ({e}); node stays cordoned and keeps the lease");
                 self.event(AgentEvent::RebootFailed {
                     error: e.to_string(),
                 });
@@ -685,7 +686,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             }
             Err(reason) => {
                 let why = format!("{} failed verification after reboot: {reason}", self.node);
-                warn!(node = %self.node, reason = %reason, "verification failed; halting the fleet, keeping the lease and the cordon");
+                warn!(message_id = msgid::VERIFY_FAILED, node = %self.node, reason = %reason, "verification failed ({reason}); halting the fleet, keeping the lease and the cordon");
                 match self.cluster.halt_fleet(&why).await {
                     Ok(()) => self.event(AgentEvent::Halted {
                         reason: why.clone(),
@@ -714,7 +715,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             .is_some()
         {
             self.store.remove(keys::RESUME_REQUESTED)?;
-            info!(node = %self.node, step = %step, "resume requested; retrying the failed step");
+            info!(message_id = msgid::RESUME_REQUESTED, node = %self.node, step = %step, "resume requested; retrying the failed step {step}");
             self.reboot_requested_at = None;
             let next = self
                 .state
@@ -733,7 +734,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                     return self.retry_later("force-releasing the lease", e);
                 }
                 self.store.remove(keys::FORCE_RELEASE)?;
-                warn!(node = %self.node, slot = %slot, "lease force-released; the node stays as it is");
+                warn!(message_id = msgid::LEASE_FORCE_RELEASED, node = %self.node, slot = %slot, "lease slot {slot} force-released; the node stays as it is");
                 let next = self.state.clone().on_released();
                 self.enter(next, serde_json::json!({"force-released": slot}))?;
                 return Ok(Wait::No);

@@ -15,6 +15,7 @@ pub struct NodeHost {
     rebooter: LogindRebooter,
     boot_id_path: PathBuf,
     proc_stat_path: PathBuf,
+    init_stat_path: PathBuf,
 }
 
 impl NodeHost {
@@ -24,6 +25,7 @@ impl NodeHost {
             rebooter,
             boot_id_path: boot::DEFAULT_BOOT_ID_PATH.into(),
             proc_stat_path: boot::DEFAULT_PROC_STAT_PATH.into(),
+            init_stat_path: boot::DEFAULT_INIT_STAT_PATH.into(),
         }
     }
 }
@@ -35,8 +37,19 @@ impl Host for NodeHost {
             .map_err(|e| PortError::failed("reading boot_id", e))
     }
 
+    /// When init started, not the kernel's btime: in a container btime is
+    /// the host's, long before this boot (phase durations came out wrong).
     fn booted_at(&self) -> Result<Timestamp, PortError> {
-        boot::boot_time(&self.proc_stat_path).map_err(|e| PortError::failed("reading boot time", e))
+        self.boot().map(|b| b.started)
+    }
+
+    fn boot(&self) -> Result<boot::BootSignals, PortError> {
+        boot::read_signals(
+            &self.boot_id_path,
+            &self.proc_stat_path,
+            &self.init_stat_path,
+        )
+        .map_err(|e| PortError::failed("reading the boot signals", e))
     }
 
     async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {

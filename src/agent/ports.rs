@@ -80,8 +80,22 @@ impl PortError {
 /// This machine.
 pub trait Host: Send + Sync {
     fn boot_id(&self) -> Result<String, PortError>;
-    /// When the current boot started (the kernel's btime).
+    /// When the current boot started (this machine's init; see
+    /// [`crate::host::boot::BootSignals::started`]).
     fn booted_at(&self) -> Result<Timestamp, PortError>;
+    /// Both boot signals, to tell a reboot from a boot_id that is not this
+    /// machine's own ([`crate::host::boot::compare`]).
+    fn boot(&self) -> Result<crate::host::boot::BootSignals, PortError> {
+        let id = self.boot_id()?;
+        let boot_id = crate::host::boot::BootId::parse(&id)
+            .ok_or_else(|| PortError::failed("reading boot_id", format!("{id:?} is not a UUID")))?;
+        let started = self.booted_at()?;
+        Ok(crate::host::boot::BootSignals {
+            boot_id,
+            btime: started,
+            started,
+        })
+    }
     /// Why a reboot is needed; empty when it is not. `requested` is an
     /// operator's `drydock reboot` reason, read from the store by the driver.
     fn reboot_need(

@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod history;
 pub mod rbac;
+pub mod reload;
 pub mod sim;
 pub mod simulate;
 pub mod status;
@@ -51,6 +52,8 @@ pub enum Command {
     History(history::Args),
     /// Run the agent (the systemd service).
     Daemon(daemon::Args),
+    /// Ask the running daemon to re-read its configuration; fails with the reason if it refuses.
+    Reload,
     /// Explain what this node is doing and why: reboot need, gates, lease.
     Status(status::Args),
     /// Pause drydock on this node.
@@ -73,8 +76,8 @@ pub enum Command {
     Rbac(rbac::Args),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
-    /// Print the drydock(1) man page (roff).
-    Manpage,
+    /// Print the drydock(1) or drydock.toml(5) man page (roff).
+    Manpage(completions::ManpageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +103,9 @@ impl Cli {
 /// Commands that only print a short answer log at warn level.
 pub fn default_log_level(command: &Command) -> &'static str {
     match command {
-        Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) => "warn",
+        Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) | Command::Reload => {
+            "warn"
+        }
         Command::Sim(_) => "info",
         Command::Simulate(_) => "error",
         Command::Daemon(_) => "info",
@@ -110,7 +115,7 @@ pub fn default_log_level(command: &Command) -> &'static str {
         | Command::Reboot(_)
         | Command::Release(_)
         | Command::Cluster(_) => "error",
-        Command::Rbac(_) | Command::Completions(_) | Command::Manpage => "warn",
+        Command::Rbac(_) | Command::Completions(_) | Command::Manpage(_) => "warn",
     }
 }
 
@@ -119,6 +124,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(args) => check_config::run(&cli, args),
         Command::Simulate(args) => simulate::run(args).await,
         Command::Daemon(args) => daemon::run(&cli, args).await,
+        Command::Reload => reload::run(&cli).await,
         Command::Status(args) => status::run(&cli, args).await,
         Command::Pause(args) => control::pause(&cli, args),
         Command::Resume => control::resume(&cli),
@@ -127,7 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(command) => control::cluster(&cli, command).await,
         Command::Rbac(args) => rbac::run(&cli, args),
         Command::Completions(args) => completions::completions(args),
-        Command::Manpage => completions::manpage(),
+        Command::Manpage(args) => completions::manpage(args),
         Command::AptHook(command) => Ok(apt_hook::run(&cli, command)),
         Command::History(args) => history::run(&cli, args),
         Command::Sim(SimCommand::Serve(args)) => {

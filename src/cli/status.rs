@@ -15,6 +15,7 @@ use crate::agent::driver::{GatesRecord, RebootNeedRecord, StatusRecord, keys};
 use crate::aptgate::holds::HOLDS_MADE_KEY;
 use crate::cluster::lease::{LeaseClient, SlotStatus};
 use crate::gates;
+use crate::host::dpkg::{Dpkg, Selection};
 use crate::host::instance::running_daemon;
 use crate::store::Store;
 
@@ -37,7 +38,27 @@ struct StatusView {
     next_window: Option<String>,
     /// Protected packages drydock keeps on dpkg hold.
     held_packages: Vec<String>,
+    /// Protected packages on hold that drydock did not hold itself (an
+    /// administrator's, or left by an earlier, purged install); read from
+    /// dpkg, so `status` never says "nothing held" while they are held.
+    held_not_by_drydock: Result<Vec<String>, String>,
     lease_slots: Result<Vec<SlotStatus>, String>,
+}
+
+/// Installed protected packages on hold that are not in drydock's record.
+fn held_not_by_drydock(
+    settings: &crate::config::Settings,
+    made: &[String],
+) -> Result<Vec<String>, String> {
+    let packages = Dpkg::new(&settings.packages.dpkg_root)
+        .packages()
+        .map_err(|e| e.to_string())?;
+    Ok(packages
+        .iter()
+        .filter(|p| p.is_installed() && p.want == Selection::Hold)
+        .filter(|p| settings.is_protected(&p.package) && !made.contains(&p.name))
+        .map(|p| p.name.clone())
+        .collect())
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
@@ -77,6 +98,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             )
         })
     };
+    let held_not_by_drydock = held_not_by_drydock(&settings, &held_packages);
     let lease_slots = lease_slots(&settings, &node).await;
     let view = StatusView {
         node,
@@ -88,6 +110,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         local_pause,
         next_window,
         held_packages,
+        held_not_by_drydock,
         lease_slots,
     };
     if args.json {
@@ -172,10 +195,20 @@ fn print_text(v: &StatusView, now: Timestamp) {
         }
         None => println!("gates:        not evaluated yet"),
     }
-    if v.held_packages.is_empty() {
+    let others = v.held_not_by_drydock.as_ref().map(Vec::as_slice).unwrap_or(&[]);
+    if v.held_packages.is_empty() && others.is_empty() {
         println!("held:         nothing (no protected package installed, or not reconciled yet)");
-    } else {
+    } else if !v.held_packages.is_empty() {
         println!("held:         {}", v.held_packages.join(", "));
+    }
+    if !others.is_empty() {
+        println!(
+            "held:         {} (not held by drydock: an administrator's, or left by an earlier install; drydock never releases these)",
+            others.join(", ")
+        );
+    }
+    if let Err(e) = &v.held_not_by_drydock {
+        println!("held:         dpkg holds unknown: {e}");
     }
     match &v.lease_slots {
         Ok(slots) => {

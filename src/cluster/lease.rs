@@ -422,7 +422,7 @@ impl LeaseClient {
                             expired_at = %expired_at, holder_node_exists = ?holder_exists,
                             "took over expired lease");
                     } else {
-                        info!(node = %self.me, slot = %slot, "lease acquired");
+                        debug!(node = %self.me, slot = %slot, "lease slot taken");
                     }
                     return Ok(Some(Held {
                         slot: slot.clone(),

@@ -201,6 +201,27 @@ impl Reporter {
         Ok(reporter)
     }
 
+    /// Starts Kubernetes Events and node annotations for a reporter started
+    /// without a client (the node had not joined yet). No-op if it has one.
+    pub fn attach_kube(&self, client: kube::Client, events_enabled: bool) {
+        let mut queues = lock(&self.queues);
+        let Some(q) = queues.as_mut() else { return };
+        if q.kube.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let sink = NodeEvents::new(client, &self.shared.node);
+        lock(&self.tasks).push(tokio::spawn(kube_worker(
+            self.shared.clone(),
+            sink,
+            rx,
+            events_enabled,
+        )));
+        q.kube = Some(tx);
+        drop(queues);
+        self.kick_kube(None);
+    }
+
     /// The address `/metrics` is served on (resolves port 0), if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
