@@ -14,6 +14,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub enum LogFormat {
     Text,
     Json,
+    /// Straight to journald's native socket, wherever stderr goes.
+    Journal,
 }
 
 /// Where log lines go, decided once at start.
@@ -37,6 +39,7 @@ pub fn choose_target(
         Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
     });
     match (named, stderr) {
+        _ if format == LogFormat::Journal => LogTarget::Journald,
         (Some(named), Some(actual)) if named == actual => LogTarget::Journald,
         _ => LogTarget::Stderr(format),
     }
@@ -95,7 +98,7 @@ pub fn init(target: LogTarget, default_level: &str) {
                 )
                 .try_init();
         }
-        LogTarget::Stderr(LogFormat::Text) => {
+        LogTarget::Stderr(LogFormat::Text | LogFormat::Journal) => {
             let _ = registry.with(text_layer()).try_init();
         }
     }
@@ -171,6 +174,10 @@ mod tests {
         assert_eq!(
             choose_target(Some("8:x"), stderr, LogFormat::Text),
             LogTarget::Stderr(LogFormat::Text)
+        );
+        assert_eq!(
+            choose_target(None, None, LogFormat::Journal),
+            LogTarget::Journald
         );
     }
 

@@ -8,6 +8,12 @@ use drydock::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(fd) = cli.stderr_fd
+        && let Err(e) = cli::adopt_stderr(fd)
+    {
+        eprintln!("drydock: --stderr-fd {fd}: {e}");
+        return ExitCode::FAILURE;
+    }
     let target = logging::choose_target(
         std::env::var("JOURNAL_STREAM").ok().as_deref(),
         logging::stderr_identity(),

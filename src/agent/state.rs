@@ -284,14 +284,20 @@ impl AgentState {
                 boot_id,
                 drained_at,
                 drain_seconds,
-            } if boot_id != current_boot_id => AgentState::Verifying {
-                cycle,
-                cordon,
-                booted_at,
-                deadline: now + verify_timeout,
-                drain_seconds,
-                reboot_seconds: seconds(drained_at, now),
-            },
+            } if boot_id != current_boot_id => {
+                // The reboot ends when this machine's init started, not when
+                // the daemon noticed: reboot and verify must not overlap.
+                // Kept within [drained_at, now] against a clock that moved.
+                let up = booted_at.max(drained_at).min(now);
+                AgentState::Verifying {
+                    cycle,
+                    cordon,
+                    booted_at: up,
+                    deadline: now + verify_timeout,
+                    drain_seconds,
+                    reboot_seconds: seconds(drained_at, up),
+                }
+            }
             other => other,
         }
     }

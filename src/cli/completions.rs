@@ -29,7 +29,7 @@ pub fn completions(args: &CompletionsArgs) -> anyhow::Result<ExitCode> {
 #[derive(Debug, clap::Args)]
 pub struct ManpageArgs {
     /// 1: drydock(1), the commands; 5: drydock.toml(5), the configuration.
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::PossibleValuesParser::new(["1", "5"]).map(|s| s.parse::<u8>().unwrap_or(1)))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub section: u8,
 }
 
@@ -128,8 +128,9 @@ pub fn render_config_manpage() -> Vec<u8> {
 
 pub fn manpage(args: &ManpageArgs) -> anyhow::Result<ExitCode> {
     let page = match args.section {
+        1 => render_manpage().context("rendering the man page")?,
         5 => render_config_manpage(),
-        _ => render_manpage().context("rendering the man page")?,
+        other => anyhow::bail!("no drydock page in section {other} (there are 1 and 5)"),
     };
     std::io::stdout()
         .write_all(&page)

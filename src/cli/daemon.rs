@@ -19,7 +19,7 @@ use crate::agent::kube_cluster::KubeCluster;
 use crate::agent::node_host::NodeHost;
 use crate::agent::ports::{AgentEvent, GateStatus, Reporter as ReporterPort};
 use crate::agent::state::PhaseDurations as AgentDurations;
-use crate::aptgate::record::APT_REFUSED_KIND;
+use crate::aptgate::record::{APT_REFUSED_KIND, APT_RUN_KIND};
 use crate::aptgate::{self, HoldPlan, WakeListener};
 use crate::config::Settings;
 use crate::gates::paused::HALTED;
@@ -239,18 +239,42 @@ impl HoldKeeper {
         }
     }
 
-    /// Metric, journal line and Event for each refusal, once: the last
-    /// reported history id is kept in the store.
-    fn report_refusals(&self, refusals: Vec<crate::store::HistoryRecord>) {
-        let Some(last) = refusals.iter().map(|r| r.id).max() else {
+    /// A journal line for each apt run the hooks recorded, and for each
+    /// refusal also the metric and an Event; once each: the last reported
+    /// history id is kept in the store.
+    fn report_refusals(&self, records: Vec<crate::store::HistoryRecord>) {
+        let Some(last) = records.iter().map(|r| r.id).max() else {
             return;
         };
-        for r in &refusals {
-            let refused: Vec<String> = r.detail["summary"]
-                .as_array()
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-                .unwrap_or_default();
+                .unwrap_or_default()
+        };
+        for r in &records {
             let command = r.detail["command"].as_str().unwrap_or("an apt run");
+            if r.kind == APT_RUN_KIND {
+                let line = crate::cli::history::line(r);
+                info!(
+                    message_id = msgid::APT_RUN_RECORDED,
+                    history_id = r.id,
+                    command,
+                    "apt run recorded: {line}"
+                );
+                let provisioning = strings(&r.detail["provisioning"]);
+                if !provisioning.is_empty() {
+                    info!(
+                        message_id = msgid::APT_PROVISIONING,
+                        history_id = r.id,
+                        packages = ?provisioning,
+                        command,
+                        "protected packages changed as provisioning (first install, or before join): {}",
+                        provisioning.join("; ")
+                    );
+                }
+                continue;
+            }
+            let refused = strings(&r.detail["summary"]);
             warn!(
                 message_id = msgid::APT_REFUSED,
                 history_id = r.id,
@@ -265,8 +289,8 @@ impl HoldKeeper {
             });
         }
         let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = store.set(REFUSALS_SEEN_KEY, &last) {
-            warn!(error = %e, "remembering the reported APT refusals: {e}");
+        if let Err(e) = store.set(APT_REPORTED_KEY, &last) {
+            warn!(error = %e, "remembering the reported apt runs: {e}");
         }
     }
 
@@ -291,13 +315,14 @@ impl HoldKeeper {
     }
 }
 
-/// Store key: the id of the last `apt-refused` history entry reported.
-const REFUSALS_SEEN_KEY: &str = "daemon.apt-refusals-reported";
+/// Store key: the id of the last apt history entry (run or refusal) reported.
+const APT_REPORTED_KEY: &str = "daemon.apt-history-reported";
 
+/// Apt runs and refusals the hooks recorded since the last report.
 fn new_refusals(store: &Store) -> anyhow::Result<Vec<crate::store::HistoryRecord>> {
-    let seen: i64 = store.get(REFUSALS_SEEN_KEY)?.unwrap_or(0);
+    let seen: i64 = store.get(APT_REPORTED_KEY)?.unwrap_or(0);
     Ok(store
-        .history(&[APT_REFUSED_KIND], 100)?
+        .history(&[APT_RUN_KIND, APT_REFUSED_KIND], 200)?
         .into_iter()
         .filter(|r| r.id > seen)
         .collect())

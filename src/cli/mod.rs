@@ -33,7 +33,14 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", env = "DRYDOCK_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Log format on stderr (under systemd, logs go to journald).
+    /// Use this file descriptor as stderr (the APT hooks: apt's own stderr
+    /// arrives as fd 3 while the shell's is /dev/null, so a removed binary's
+    /// "not found" stays quiet).
+    #[arg(long, global = true, hide = true, value_name = "FD")]
+    pub stderr_fd: Option<i32>,
+
+    /// Log format on stderr (under systemd, logs go to journald; `journal`
+    /// sends them there in any case).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
@@ -98,6 +105,26 @@ impl Cli {
         let (path, explicit) = self.config_path();
         config::load(&path, explicit)
     }
+}
+
+/// Makes `fd` this process's stderr and closes it. Only descriptors above
+/// stderr that are open are accepted.
+pub fn adopt_stderr(fd: i32) -> Result<(), String> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    if fd <= 2 {
+        return Err("must be above 2".into());
+    }
+    nix::fcntl::fcntl(
+        // SAFETY: only borrowed for the F_GETFD probe; an fd that is not
+        // open makes fcntl fail with EBADF, nothing else happens.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .map_err(|e| format!("not an open file descriptor: {e}"))?;
+    // SAFETY: the descriptor is open (checked above) and nothing else in
+    // this process owns it: it was inherited from the shell for this use.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::unistd::dup2_stderr(&owned).map_err(|e| e.to_string())
 }
 
 /// Commands that only print a short answer log at warn level.

@@ -646,7 +646,7 @@ impl LeaseClient {
                         }
                         // 410 Gone and the like: re-list to be sure.
                         WatchEvent::Error(status) => {
-                            debug!(code = status.code, message = %status.message, "lease watch error; re-listing");
+                            debug!(code = status.code, api_message = %status.message, "lease watch error; re-listing");
                             return Ok(Some(true));
                         }
                     };
