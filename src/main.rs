@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("drydock: {e:#}");
+            eprintln!("drydock: {}", cli::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -81,7 +81,8 @@ impl Drop for Private {
 fn entries(journal_dir: &Path) -> Vec<Value> {
     let out = Command::new("journalctl")
         .arg("--directory")
-        .arg(journal_dir)
+        // journald writes /run/log/journal/<machine-id>/system.journal.
+        .arg(journal_dir.join("journal"))
         .args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=drydock"])
         .output()
         .expect("journalctl");

@@ -60,7 +60,7 @@ pub enum Command {
     /// Run the agent (the systemd service).
     Daemon(daemon::Args),
     /// Ask the running daemon to re-read its configuration; fails with the reason if it refuses.
-    Reload,
+    Reload(reload::Args),
     /// Explain what this node is doing and why: reboot need, gates, lease.
     Status(status::Args),
     /// Pause drydock on this node.
@@ -107,6 +107,24 @@ impl Cli {
     }
 }
 
+/// An error and its causes on one line, each cause once: many error types
+/// already print their source in their own message, and `{:#}` would
+/// repeat it.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Makes `fd` this process's stderr and closes it. Only descriptors above
 /// stderr that are open are accepted.
 pub fn adopt_stderr(fd: i32) -> Result<(), String> {
@@ -127,10 +145,28 @@ pub fn adopt_stderr(fd: i32) -> Result<(), String> {
     nix::unistd::dup2_stderr(&owned).map_err(|e| e.to_string())
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_text_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading config file /x.toml: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Read { source: io }).context("loading configuration");
+        assert_eq!(
+            super::error_text(&e),
+            "loading configuration: reading config file /x.toml: No such file or directory"
+        );
+    }
+}
+
 /// Commands that only print a short answer log at warn level.
 pub fn default_log_level(command: &Command) -> &'static str {
     match command {
-        Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) | Command::Reload => {
+        Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) | Command::Reload(_) => {
             "warn"
         }
         Command::Sim(_) => "info",
@@ -151,7 +187,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(args) => check_config::run(&cli, args),
         Command::Simulate(args) => simulate::run(args).await,
         Command::Daemon(args) => daemon::run(&cli, args).await,
-        Command::Reload => reload::run(&cli).await,
+        Command::Reload(args) => reload::run(&cli, args).await,
         Command::Status(args) => status::run(&cli, args).await,
         Command::Pause(args) => control::pause(&cli, args),
         Command::Resume => control::resume(&cli),

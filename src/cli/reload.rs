@@ -127,12 +127,42 @@ pub async fn request(run_dir: &Path) -> anyhow::Result<Verdict> {
         .with_context(|| format!("the daemon's answer is not understood: {:?}", answer.trim()))
 }
 
-pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    // The run directory is the daemon's: [node] changes wait for a restart,
-    // so a bad file (the very case to report) still finds the socket.
-    let run_dir = match cli.load_settings() {
-        Ok(s) => s.node.run_dir,
-        Err(_) => Settings::default().node.run_dir,
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The daemon's run directory (default: `[node] run-dir` of the configuration).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// `[node] run-dir` from the files as they are, even when the merged
+/// configuration is invalid (a bad file is the very case to report): the
+/// last `node.run-dir` string in merge order, else the default.
+fn run_dir_leniently(cli: &Cli) -> PathBuf {
+    if let Ok(s) = cli.load_settings() {
+        return s.node.run_dir;
+    }
+    let (path, explicit) = cli.config_path();
+    let mut run_dir = Settings::default().node.run_dir;
+    for file in crate::config::config_files(&path, explicit).unwrap_or_default() {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if let Ok(value) = text.parse::<toml::Table>()
+            && let Some(dir) = value
+                .get("node")
+                .and_then(|n| n.get("run-dir"))
+                .and_then(|d| d.as_str())
+        {
+            run_dir = PathBuf::from(dir);
+        }
+    }
+    run_dir
+}
+
+pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let run_dir = match &args.run_dir {
+        Some(dir) => dir.clone(),
+        None => run_dir_leniently(cli),
     };
     let verdict = request(&run_dir).await?;
     if verdict.ok {
