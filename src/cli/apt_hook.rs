@@ -72,7 +72,8 @@ fn pre_install(cli: &Cli) -> ExitCode {
             .unwrap_or_default(),
         // No kubelet kubeconfig: the node is still being provisioned. A path
         // that cannot be checked counts as joined (protective).
-        before_join: matches!(settings.node.kubeconfig.try_exists(), Ok(false)),
+        // An invalid configuration counts as joined too.
+        before_join: config_ok && matches!(settings.node.kubeconfig.try_exists(), Ok(false)),
         ..Grants::default()
     };
     let touched = policy::protected_changes(&request, is_protected);
