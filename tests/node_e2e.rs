@@ -245,6 +245,9 @@ impl Node {
         // A persistent journal, as on a cloud image, so entries from before
         // the reboot can be read after it.
         std::fs::create_dir_all(dir.join("var/log/journal")).unwrap();
+        // The textfile collector's directory, as prometheus-node-exporter
+        // (only suggested, not in the local repository) would make it.
+        std::fs::create_dir_all(dir.join("var/lib/prometheus/node-exporter")).unwrap();
         run(
             Command::new("cp").arg("-a").arg(repo).arg(dir.join(LOCAL_REPO)),
             "copying the local repository into the root",
@@ -518,6 +521,16 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
         .prefix("drydock-node-e2e-")
         .tempdir_in("/var/tmp")
         .unwrap();
+    // DRYDOCK_E2E_KEEP=1 keeps the roots and console logs for a look after.
+    let (_guard, work) = if std::env::var_os("DRYDOCK_E2E_KEEP").is_some() {
+        let kept = work.keep();
+        println!("keeping {}", kept.display());
+        (None, kept)
+    } else {
+        let path = work.path().to_path_buf();
+        (Some(work), path)
+    };
+    let work = work.as_path();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sim = runtime
         .block_on(Scenario::standard(3, 1).start_on("127.0.0.1:0".parse().unwrap()))
@@ -526,10 +539,10 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
         assert!(sim.get::<KubeNode>(None, name).is_some(), "sim has {name}");
     }
 
-    let deb = build_deb(work.path());
-    let repo = build_repo(work.path(), &deb);
-    let mut n1 = Node::create(work.path(), "worker-1", &repo);
-    let mut n2 = Node::create(work.path(), "worker-2", &repo);
+    let deb = build_deb(work);
+    let repo = build_repo(work, &deb);
+    let mut n1 = Node::create(work, "worker-1", &repo);
+    let mut n2 = Node::create(work, "worker-2", &repo);
 
     // -- worker-1: provisioned by the shipped cloud-init example ----------
     seed_cloud_init(&n1);

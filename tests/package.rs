@@ -295,6 +295,8 @@ fn package_installs_removes_and_purges_with_real_dpkg() {
         "{conffiles}"
     );
 
+    std::fs::write(root.join("etc/drydock/drydock.toml.d/10-site.toml"), "# site\n").unwrap();
+    std::fs::write(root.join("etc/drydock/checks.d/10-check"), "#!/bin/sh\n").unwrap();
     // Remove: binary gone; configuration, the apt wiring and state stay.
     std::fs::write(root.join("var/lib/drydock/state.db"), "kept").unwrap();
     let (log, ok) = dpkg_in(&root, &["-r", "drydock"]);
@@ -305,9 +307,7 @@ fn package_installs_removes_and_purges_with_real_dpkg() {
     assert!(root.join("var/lib/drydock/state.db").is_file());
 
     // Purge: everything of drydock's is gone; the administrator's own
-    // drop-in and check stay.
-    std::fs::write(root.join("etc/drydock/drydock.toml.d/10-site.toml"), "# site\n").unwrap();
-    std::fs::write(root.join("etc/drydock/checks.d/10-check"), "#!/bin/sh\n").unwrap();
+    // drop-in and check (written before the remove) stay.
     let (log, ok) = dpkg_in(&root, &["-P", "drydock"]);
     assert!(ok, "purge:\n{log}");
     assert_eq!(package_status(&root), "not known");
