@@ -144,6 +144,8 @@ pub mod msgid {
         APT_PROVISIONING = "5fe6af49b39f4ecb84971025720717db": "a protected package was installed for the first time or before join (allowed, recorded)";
         RESUME_REQUESTED = "e5b2f218ad2847a999f687b92a9207f4": "an administrator asked to retry a failed step";
         LEASE_FORCE_RELEASED = "f33381a13b1049dfad0d4a7897dbb2ed": "the lease was force-released by an administrator";
+        GATE_BLOCKED = "fc65833227b444c4868bbc0acc974212": "a gate started blocking this node (GATE, REASON)";
+        GATES_PASS = "32f7d92dbda04868bb7899d879be87ec": "every gate passes";
     }
 }
 

@@ -658,8 +658,9 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
 
     // -- a bad drop-in: reload fails with the reason, old settings stay ----
     let pid = n1.unit("MainPID");
+    // Named to sort last: a later drop-in would override the bad value.
     write(
-        &n1.dir.join("etc/drydock/drydock.toml.d/50-bad.toml"),
+        &n1.dir.join("etc/drydock/drydock.toml.d/zz-bad.toml"),
         "[drain]\ntimeout = \"forever\"\n",
     );
     let out = n1.sh("systemctl reload drydock.service");
@@ -674,7 +675,7 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
     );
     assert_eq!(n1.unit("MainPID"), pid);
     assert_eq!(n1.unit("ActiveState"), "active");
-    std::fs::remove_file(n1.dir.join("etc/drydock/drydock.toml.d/50-bad.toml")).unwrap();
+    std::fs::remove_file(n1.dir.join("etc/drydock/drydock.toml.d/zz-bad.toml")).unwrap();
     n1.ok("systemctl reload drydock.service");
 
     // -- both need a reboot; never both out of service ---------------------

@@ -63,6 +63,8 @@ pub fn node_name(configured: Option<&str>) -> anyhow::Result<String> {
 struct DaemonReporter {
     reporter: Reporter,
     node: String,
+    /// The gates that blocked at the last evaluation, to log changes once.
+    blocked: std::sync::Mutex<Vec<BlockedGate>>,
 }
 
 impl DaemonReporter {
@@ -70,7 +72,36 @@ impl DaemonReporter {
         DaemonReporter {
             reporter,
             node: node.to_string(),
+            blocked: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// One journal line per gate that starts blocking (with its reason),
+    /// and one when none blocks any more; the same verdict is not repeated.
+    fn log_gates(&self, blocked: &[BlockedGate]) {
+        let mut last = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_slice() == blocked {
+            return;
+        }
+        for g in blocked.iter().filter(|g| !last.contains(g)) {
+            info!(
+                message_id = msgid::GATE_BLOCKED,
+                node = %self.node,
+                gate = %g.gate,
+                reason = %g.reason,
+                "gate {} blocks: {}",
+                g.gate,
+                g.reason
+            );
+        }
+        if blocked.is_empty() {
+            info!(
+                message_id = msgid::GATES_PASS,
+                node = %self.node,
+                "every gate passes"
+            );
+        }
+        *last = blocked.to_vec();
     }
 
     /// `ours`: this node halted (or un-halted) the fleet and tells people;
@@ -131,6 +162,7 @@ impl ReporterPort for DaemonReporter {
             Some(_) => {}
             None => {}
         }
+        self.log_gates(&blocked);
         // Sent every time: an Idle or LeaseAcquired in between cleared the
         // gate metrics; the reporter itself skips unchanged Events.
         self.reporter.notice(Notice::Waiting { blocked });
