@@ -197,6 +197,39 @@ mod tests {
         }
     }
 
+    /// A log event with a field named `message` besides its text gives
+    /// journald two MESSAGE fields (and `journalctl` an array). None in src/.
+    #[test]
+    fn no_log_event_has_a_second_message_field() {
+        let event = regex::Regex::new(r"(?s)\b(?:info|warn|error|debug|trace)!\((.*?)\);").unwrap();
+        let mut bad = Vec::new();
+        let mut stack = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for m in event.captures_iter(&text) {
+                        // Only the fields: the text before the format string.
+                        let args = &m[1];
+                        let fields = args.split('"').next().unwrap_or("");
+                        let named_message = fields.split(',').any(|item| {
+                            let name = item.trim().trim_start_matches(['%', '?']);
+                            name == "message"
+                                || name.split('=').next().is_some_and(|n| n.trim() == "message")
+                        });
+                        if named_message {
+                            bad.push(format!("{}: {}", path.display(), &m[0]));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "rename these `message` fields:\n{}", bad.join("\n"));
+    }
+
     /// The README lists every id, like systemd's catalog.
     #[test]
     fn readme_lists_every_message_id() {

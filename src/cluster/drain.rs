@@ -682,8 +682,8 @@ impl Ctx<'_> {
                             message: message.clone(),
                         },
                     ) {
-                        warn!(node = self.node, pod = %r, pdbs = ?pdbs, %message,
-                            "eviction blocked by a disruption budget; retrying");
+                        warn!(node = self.node, pod = %r, pdbs = ?pdbs, api_message = %message,
+                            "eviction of {r} blocked by a disruption budget, retrying: {message}");
                     }
                     if let Some(after) = self.opts.delete_pdb_blocked_after
                         && since.elapsed() >= after
@@ -727,7 +727,7 @@ impl Ctx<'_> {
                             message: message.clone(),
                         },
                     ) {
-                        warn!(node = self.node, pod = %r, %message, "eviction failed; retrying");
+                        warn!(node = self.node, pod = %r, api_message = %message, "eviction of {r} failed, retrying: {message}");
                     }
                 }
                 EvictionError::Fatal { code, message } => {

@@ -431,6 +431,11 @@ async fn disk_worker(
 ) {
     let mut saved = lock(&shared.counters).clone();
     let mut warned = false;
+    // One store handle for the worker's life, not one open per save: each
+    // open reads the file's header through a file descriptor of its own,
+    // and closing that descriptor drops every POSIX lock this process holds
+    // on the database (SQLite's other connections in the daemon included).
+    let store: Arc<Mutex<Option<crate::store::Store>>> = Arc::new(Mutex::new(None));
     while let Some((work, flushes)) = batch(&mut rx).await {
         if !work.is_empty() {
             let text = lock(&shared.metrics).prometheus_text();
@@ -438,9 +443,21 @@ async fn disk_worker(
             let save = (counters != saved).then(|| counters.clone());
             let dir = textfile_dir.clone();
             let db = state_db.clone();
+            let store = store.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let text_result = dir.map(|d| textfile::write(&d, &text));
-                let save_result = save.map(|c| c.save(&db));
+                let save_result = save.map(|c| {
+                    let mut handle = lock(&store);
+                    if handle.is_none() {
+                        *handle = Some(crate::store::Store::open(&db)?);
+                    }
+                    let result = c.save_to(handle.as_ref().expect("opened above"));
+                    if result.is_err() {
+                        // Reopened (and checked) on the next save.
+                        *handle = None;
+                    }
+                    result
+                });
                 (text_result, save_result)
             })
             .await;
@@ -456,7 +473,7 @@ async fn disk_worker(
                     }
                     match save_result {
                         Some(Ok(())) => saved = counters,
-                        Some(Err(e)) => warn!(error = %e, "saving report counters"),
+                        Some(Err(e)) => warn!(error = %e, "saving report counters failed: {e}"),
                         None => {}
                     }
                 }
