@@ -189,7 +189,10 @@ mod tests {
         for entry in msgid::CATALOG {
             assert_eq!(entry.id.len(), 32, "{}", entry.name);
             assert!(
-                entry.id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                entry
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
                 "{}",
                 entry.name
             );
@@ -203,7 +206,10 @@ mod tests {
     fn no_log_event_has_a_second_message_field() {
         let event = regex::Regex::new(r"(?s)\b(?:info|warn|error|debug|trace)!\((.*?)\);").unwrap();
         let mut bad = Vec::new();
-        let mut stack = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        let mut stack = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
@@ -218,7 +224,10 @@ mod tests {
                         let named_message = fields.split(',').any(|item| {
                             let name = item.trim().trim_start_matches(['%', '?']);
                             name == "message"
-                                || name.split('=').next().is_some_and(|n| n.trim() == "message")
+                                || name
+                                    .split('=')
+                                    .next()
+                                    .is_some_and(|n| n.trim() == "message")
                         });
                         if named_message {
                             bad.push(format!("{}: {}", path.display(), &m[0]));
@@ -227,7 +236,11 @@ mod tests {
                 }
             }
         }
-        assert!(bad.is_empty(), "rename these `message` fields:\n{}", bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "rename these `message` fields:\n{}",
+            bad.join("\n")
+        );
     }
 
     /// The README lists every id, like systemd's catalog.

@@ -660,7 +660,11 @@ fn provisioning_is_allowed_and_recorded_and_a_refusal_leaves_a_trace() {
     let out = sb.apt_get(&["install", "containerd=1.0-1"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("containerd: install 1.0-1 (allowed: first install"));
-    let out = sb.apt_get(&["install", "--allow-change-held-packages", "containerd=2.0-1"]);
+    let out = sb.apt_get(&[
+        "install",
+        "--allow-change-held-packages",
+        "containerd=2.0-1",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("(allowed: the node has not joined a cluster yet"),
@@ -679,7 +683,11 @@ fn provisioning_is_allowed_and_recorded_and_a_refusal_leaves_a_trace() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(sb.version("kubeadm").as_deref(), Some("1.34.1-1.1"));
     assert!(refusals().is_empty());
-    let out = sb.apt_get(&["install", "--allow-change-held-packages", "kubeadm=1.34.2-1.1"]);
+    let out = sb.apt_get(&[
+        "install",
+        "--allow-change-held-packages",
+        "kubeadm=1.34.2-1.1",
+    ]);
     refused(&out, "kubeadm: upgrade 1.34.1-1.1 -> 1.34.2-1.1");
     assert_eq!(sb.version("kubeadm").as_deref(), Some("1.34.1-1.1"));
     let recorded = refusals();

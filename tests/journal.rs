@@ -194,7 +194,11 @@ async fn journal_entries_read_on_their_own_and_carry_message_ids() {
     assert_eq!(waiting[0]["NODE"], "worker-1");
 
     // A bad file: `drydock reload` fails with the reason; it is in the journal.
-    std::fs::write(&config, format!("{good}\n[verify]\ntimeout = \"forever\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{good}\n[verify]\ntimeout = \"forever\"\n"),
+    )
+    .unwrap();
     let out = Command::new(DRYDOCK)
         .arg("--config")
         .arg(&config)
@@ -213,10 +217,18 @@ async fn journal_entries_read_on_their_own_and_carry_message_ids() {
         .arg("reload")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Joined, then one cycle up to the reboot.
-    std::fs::write(d.join("reboot-required"), "*** System restart required ***\n").unwrap();
+    std::fs::write(
+        d.join("reboot-required"),
+        "*** System restart required ***\n",
+    )
+    .unwrap();
     sim.write_kubeconfig(d.join("kubeconfig")).unwrap();
     wait_for_entry(&journal_dir, msgid::JOINED, "the join");
     let all = wait_for_entry(&journal_dir, msgid::REBOOT_REQUESTED, "the reboot request");
@@ -266,9 +278,7 @@ async fn journal_entries_read_on_their_own_and_carry_message_ids() {
     // STATUS= lines are there in words, each with its id.
     let statuses = with_id(&all, msgid::STATUS);
     assert!(
-        statuses
-            .iter()
-            .any(|e| message(e).starts_with("rebooting")),
+        statuses.iter().any(|e| message(e).starts_with("rebooting")),
         "{:?}",
         statuses.iter().map(|e| message(e)).collect::<Vec<_>>()
     );

@@ -70,7 +70,9 @@ fn missing() -> Option<String> {
         ("tar", "tar"),
     ] {
         if !on_path(tool) {
-            return Some(format!("{tool} is not installed (apt-get install {package})"));
+            return Some(format!(
+                "{tool} is not installed (apt-get install {package})"
+            ));
         }
     }
     let tarball = root_tarball();
@@ -109,7 +111,10 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
         if let Some(v) = probe() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -249,7 +254,10 @@ impl Node {
         // (only suggested, not in the local repository) would make it.
         std::fs::create_dir_all(dir.join("var/lib/prometheus/node-exporter")).unwrap();
         run(
-            Command::new("cp").arg("-a").arg(repo).arg(dir.join(LOCAL_REPO)),
+            Command::new("cp")
+                .arg("-a")
+                .arg(repo)
+                .arg(dir.join(LOCAL_REPO)),
             "copying the local repository into the root",
         );
         // Test-only settings, there before drydock is installed (see the
@@ -304,7 +312,11 @@ impl Node {
         let nspawn = child.id();
         self.nspawn = Some(child);
         self.leader = wait_for(
-            &format!("{}'s init under nspawn (log: {})", self.name, self.log.display()),
+            &format!(
+                "{}'s init under nspawn (log: {})",
+                self.name,
+                self.log.display()
+            ),
             Duration::from_secs(60),
             || {
                 if let Some(status) = self.nspawn.as_mut().unwrap().try_wait().unwrap() {
@@ -318,7 +330,9 @@ impl Node {
                         .ok()?;
                 children.split_whitespace().find_map(|pid| {
                     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-                    (comm.trim() == "systemd").then(|| pid.parse().ok()).flatten()
+                    (comm.trim() == "systemd")
+                        .then(|| pid.parse().ok())
+                        .flatten()
                 })
             },
         );
@@ -453,7 +467,9 @@ fn cloud_init_user_data() -> String {
     ))
     .unwrap();
     doc["apt"] = source;
-    let packages = doc["packages"].as_sequence_mut().expect("example installs packages");
+    let packages = doc["packages"]
+        .as_sequence_mut()
+        .expect("example installs packages");
     assert!(
         packages.iter().any(|p| p.as_str() == Some("drydock")),
         "the example installs drydock"
@@ -589,15 +605,23 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
             "apt-get install -y -q kubelet=1.31.0-1.1 kubeadm containerd hello 2>&1 && systemctl enable --now containerd.service",
         );
         let t = text(&out);
-        assert!(out.status.success(), "{}: provisioning refused:\n{t}", n.name);
+        assert!(
+            out.status.success(),
+            "{}: provisioning refused:\n{t}",
+            n.name
+        );
         assert!(t.contains("(allowed: "), "{t}");
-        let held = wait_for("holds on the runtime packages", Duration::from_secs(20), || {
-            let held = n.ok("apt-mark showhold");
-            ["kubelet", "kubeadm", "containerd"]
-                .iter()
-                .all(|p| held.lines().any(|l| l == *p))
-                .then_some(held)
-        });
+        let held = wait_for(
+            "holds on the runtime packages",
+            Duration::from_secs(20),
+            || {
+                let held = n.ok("apt-mark showhold");
+                ["kubelet", "kubeadm", "containerd"]
+                    .iter()
+                    .all(|p| held.lines().any(|l| l == *p))
+                    .then_some(held)
+            },
+        );
         assert!(!held.contains("hello"), "{held}");
         let history = n.ok("drydock history --json");
         assert!(history.contains("kubelet install 1.31.0-1.1"), "{history}");
@@ -609,19 +633,29 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
         join(n, &sim);
     }
     for (n, pid) in [&n1, &n2].iter().zip(&pid_before) {
-        wait_for("the daemon to notice the join", Duration::from_secs(30), || {
-            let s = n.unit("StatusText");
-            (!s.is_empty() && s != STATUS_WAITING).then_some(())
-        });
+        wait_for(
+            "the daemon to notice the join",
+            Duration::from_secs(30),
+            || {
+                let s = n.unit("StatusText");
+                (!s.is_empty() && s != STATUS_WAITING).then_some(())
+            },
+        );
         assert_eq!(&n.unit("MainPID"), pid, "{}: restarted on join", n.name);
         assert_eq!(n.unit("NRestarts"), "0");
-        assert_eq!(with_id(&n.journal(), drydock::logging::msgid::JOINED).len(), 1);
+        assert_eq!(
+            with_id(&n.journal(), drydock::logging::msgid::JOINED).len(),
+            1
+        );
     }
 
     // -- after join an upgrade of an installed one is refused -------------
     let out = n1.sh("apt-get install -y -q --allow-change-held-packages kubelet=1.31.1-1.1 2>&1");
     let t = text(&out);
-    assert!(!out.status.success(), "upgrade after join went through:\n{t}");
+    assert!(
+        !out.status.success(),
+        "upgrade after join went through:\n{t}"
+    );
     assert!(
         t.contains("kubelet: upgrade 1.31.0-1.1 -> 1.31.1-1.1"),
         "{t}"
@@ -641,7 +675,9 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
             .stdout;
         String::from_utf8_lossy(&prom)
             .lines()
-            .any(|l| l == "drydock_apt_refused_packages_total 1" || l == "drydock_apt_refused_packages 1")
+            .any(|l| {
+                l == "drydock_apt_refused_packages_total 1" || l == "drydock_apt_refused_packages 1"
+            })
             .then_some(())
     });
     let journal = n1.journal();
@@ -714,8 +750,12 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
                     std::fs::read_to_string(&n.log).unwrap_or_default()
                 );
                 n.reboots += 1;
-                assert!(unschedulable(&sim, &n.name), "{} rebooted uncordoned", n.name);
-                assert_eq!(lease_holders(&sim), [n.name.clone()]);
+                assert!(
+                    unschedulable(&sim, &n.name),
+                    "{} rebooted uncordoned",
+                    n.name
+                );
+                assert_eq!(lease_holders(&sim), std::slice::from_ref(&n.name));
                 // The kubelet is gone with the machine, and back with it.
                 sim.set_node_ready(&n.name, false).unwrap();
                 n.boot();
@@ -789,7 +829,10 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
             assert_eq!(field(e, "NODE").as_deref(), Some(n.name.as_str()));
         }
         let readable = n.ok("journalctl -u drydock.service --no-pager -o cat");
-        assert!(readable.contains("reboot requested from logind:"), "{readable}");
+        assert!(
+            readable.contains("reboot requested from logind:"),
+            "{readable}"
+        );
     }
 
     // -- remove, then purge: apt stays quiet; what stays is the admin's ----
@@ -811,7 +854,11 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
         assert!(!n2.dir.join(gone).exists(), "{gone} left after purge");
     }
     // The administrator's own drop-in stays, and so do the holds.
-    assert!(n2.dir.join("etc/drydock/drydock.toml.d/99-e2e.toml").is_file());
+    assert!(
+        n2.dir
+            .join("etc/drydock/drydock.toml.d/99-e2e.toml")
+            .is_file()
+    );
     assert!(n2.ok("apt-mark showhold").contains("kubelet"));
     // Reinstalled: status shows those holds, though they are not drydock's.
     n2.ok("apt-get install -y -q drydock");

@@ -55,7 +55,10 @@ fn check_deb(deb: &Path) {
         assert!(info.contains(script), "{script} missing:\n{info}");
     }
     // The exporter is optional (as a Recommends it pulled 39 packages).
-    assert!(info.contains(" Suggests: prometheus-node-exporter\n"), "{info}");
+    assert!(
+        info.contains(" Suggests: prometheus-node-exporter\n"),
+        "{info}"
+    );
     assert!(!info.contains(" Recommends:"), "{info}");
 
     let contents = run(Command::new("dpkg-deb").arg("--contents").arg(deb));
@@ -123,7 +126,10 @@ fn check_deb(deb: &Path) {
         .arg(root.join("usr/share/man/man5/drydock.toml.5.gz")));
     assert!(man5.starts_with(".TH DRYDOCK.TOML 5"), "{man5}");
     // Reload reports the daemon's verdict, and needs no procps.
-    assert!(unit.contains("\nExecReload=/usr/bin/drydock reload\n"), "{unit}");
+    assert!(
+        unit.contains("\nExecReload=/usr/bin/drydock reload\n"),
+        "{unit}"
+    );
     assert!(!unit.contains("/bin/kill"), "{unit}");
 
     let lintian = Command::new("lintian")
@@ -295,7 +301,11 @@ fn package_installs_removes_and_purges_with_real_dpkg() {
         "{conffiles}"
     );
 
-    std::fs::write(root.join("etc/drydock/drydock.toml.d/10-site.toml"), "# site\n").unwrap();
+    std::fs::write(
+        root.join("etc/drydock/drydock.toml.d/10-site.toml"),
+        "# site\n",
+    )
+    .unwrap();
     std::fs::write(root.join("etc/drydock/checks.d/10-check"), "#!/bin/sh\n").unwrap();
     // Remove: binary gone; configuration, the apt wiring and state stay.
     std::fs::write(root.join("var/lib/drydock/state.db"), "kept").unwrap();
@@ -322,7 +332,10 @@ fn package_installs_removes_and_purges_with_real_dpkg() {
         "etc/drydock/drydock.toml.d/10-site.toml",
         "etc/drydock/checks.d/10-check",
     ] {
-        assert!(root.join(kept).is_file(), "purge deleted the admin's {kept}");
+        assert!(
+            root.join(kept).is_file(),
+            "purge deleted the admin's {kept}"
+        );
     }
     assert_eq!(host_wants.exists(), host_had_it, "the host was not touched");
 }

@@ -334,7 +334,9 @@ mod tests {
         // Joined: only the first install goes through.
         let v = decide(&r, protected, &Grants::default());
         let names = |cs: &[ProtectedChange]| -> Vec<String> {
-            cs.iter().map(|c| format!("{}: {}", c.package, c.change)).collect()
+            cs.iter()
+                .map(|c| format!("{}: {}", c.package, c.change))
+                .collect()
         };
         assert_eq!(names(&v.provisioning), ["kubelet: install 1.31.0-1.1"]);
         assert_eq!(v.refused.len(), 3);
@@ -351,7 +353,8 @@ mod tests {
         assert_eq!(names(&v.refused).len(), 1);
         assert!(matches!(v.refused[0].change, Change::Unreadable { .. }));
 
-        let readable = req("kubeadm 1.31.0-1.1 amd64 none < 1.31.1-1.1 amd64 none /r/kubeadm.deb\n");
+        let readable =
+            req("kubeadm 1.31.0-1.1 amd64 none < 1.31.1-1.1 amd64 none /r/kubeadm.deb\n");
         assert!(decide(&readable, protected, &g).allows());
         assert!(!decide(&readable, protected, &Grants::default()).allows());
     }

@@ -64,7 +64,10 @@ pub fn render_manpage() -> std::io::Result<Vec<u8>> {
             writeln!(out, "{}", roff(&about.to_string()))?;
         }
         for nested in sub.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let about = nested.get_about().map(|a| a.to_string()).unwrap_or_default();
+            let about = nested
+                .get_about()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             writeln!(
                 out,
                 ".br\n\\fBdrydock {} {}\\fR: {}",
@@ -91,12 +94,30 @@ pub fn render_manpage() -> std::io::Result<Vec<u8>> {
 }
 
 const FILES: &[(&str, &str)] = &[
-    ("/etc/drydock/drydock.toml", "the configuration, every key at its default; see drydock.toml(5)"),
-    ("/etc/drydock/drydock.toml.d/*.toml", "drop-ins, merged in lexical order"),
-    ("/etc/drydock/checks.d/", "post-reboot health checks: every executable must exit 0"),
-    ("/etc/apt/apt.conf.d/50drydock", "the APT hooks and unattended-upgrades settings"),
-    ("/var/lib/drydock/state.db", "state and history (SQLite, root only)"),
-    ("/run/drydock/", "the daemon's lock, wake-up and control sockets"),
+    (
+        "/etc/drydock/drydock.toml",
+        "the configuration, every key at its default; see drydock.toml(5)",
+    ),
+    (
+        "/etc/drydock/drydock.toml.d/*.toml",
+        "drop-ins, merged in lexical order",
+    ),
+    (
+        "/etc/drydock/checks.d/",
+        "post-reboot health checks: every executable must exit 0",
+    ),
+    (
+        "/etc/apt/apt.conf.d/50drydock",
+        "the APT hooks and unattended-upgrades settings",
+    ),
+    (
+        "/var/lib/drydock/state.db",
+        "state and history (SQLite, root only)",
+    ),
+    (
+        "/run/drydock/",
+        "the daemon's lock, wake-up and control sockets",
+    ),
 ];
 
 /// The shipped configuration file, the reference for every key.
@@ -145,14 +166,19 @@ mod tests {
     #[test]
     fn man_pages_point_only_at_pages_that_exist() {
         let page = String::from_utf8(render_manpage().unwrap()).unwrap();
-        assert!(page.contains("drydock check\\-config"), "commands are described inline");
+        assert!(
+            page.contains("drydock check\\-config"),
+            "commands are described inline"
+        );
         // No drydock-<subcommand>(1) pages are shipped.
         assert!(!page.contains("drydock\\-check\\-config(1)"), "{page}");
         assert!(page.contains("drydock.toml\\fR(5)"), "{page}");
         for (i, _) in page.match_indices("(1)") {
             let before = &page[..i];
             assert!(
-                ["systemctl\\fR", "journalctl\\fR", " drydock"].iter().any(|p| before.ends_with(p)),
+                ["systemctl\\fR", "journalctl\\fR", " drydock"]
+                    .iter()
+                    .any(|p| before.ends_with(p)),
                 "a section-1 reference to a page not shipped: {}",
                 &before[before.len().saturating_sub(40)..]
             );
@@ -160,9 +186,17 @@ mod tests {
 
         let five = String::from_utf8(render_config_manpage()).unwrap();
         assert!(five.starts_with(".TH DRYDOCK.TOML 5"), "{five}");
-        assert!(five.contains("kubeconfig = \"/etc/kubernetes/kubelet.conf\""), "{five}");
+        assert!(
+            five.contains("kubeconfig = \"/etc/kubernetes/kubelet.conf\""),
+            "{five}"
+        );
         // No line of the embedded file may start a roff request.
-        for line in five.lines().skip_while(|l| *l != ".nf").skip(1).take_while(|l| *l != ".fi") {
+        for line in five
+            .lines()
+            .skip_while(|l| *l != ".nf")
+            .skip(1)
+            .take_while(|l| *l != ".fi")
+        {
             assert!(!line.starts_with('.') && !line.starts_with('\''), "{line}");
         }
     }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::Cli;
+use super::reload;
 use crate::agent::Agent;
 use crate::agent::kube_cluster::KubeCluster;
 use crate::agent::node_host::NodeHost;
@@ -26,10 +27,9 @@ use crate::gates::paused::HALTED;
 use crate::host::dpkg::Dpkg;
 use crate::host::instance::DaemonLock;
 use crate::host::logind::LogindRebooter;
+use crate::logging::msgid;
 use crate::report::{BlockedGate, Notice, PhaseDurations, Reporter};
 use crate::store::Store;
-use crate::logging::msgid;
-use super::reload;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
@@ -267,7 +267,10 @@ impl HoldKeeper {
         }
         match refusals {
             Ok(refusals) => self.report_refusals(refusals),
-            Err(e) => warn!(error = format!("{e:#}"), "reading APT refusals from the history: {e:#}"),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "reading APT refusals from the history: {e:#}"
+            ),
         }
     }
 
@@ -280,7 +283,11 @@ impl HoldKeeper {
         };
         let strings = |v: &serde_json::Value| -> Vec<String> {
             v.as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         for r in &records {
@@ -406,10 +413,7 @@ const JOIN_POLL: Duration = Duration::from_secs(2);
 
 /// The STATUS= line while the node has not joined the cluster.
 pub fn not_joined_status(kubeconfig: &std::path::Path) -> String {
-    format!(
-        "waiting: node not joined (no {})",
-        kubeconfig.display()
-    )
+    format!("waiting: node not joined (no {})", kubeconfig.display())
 }
 
 /// Re-reads the configuration for a reload. `Err` carries the reason it

@@ -145,30 +145,13 @@ pub fn adopt_stderr(fd: i32) -> Result<(), String> {
     nix::unistd::dup2_stderr(&owned).map_err(|e| e.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn error_text_names_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        #[derive(Debug, thiserror::Error)]
-        #[error("reading config file /x.toml: {source}")]
-        struct Read {
-            source: std::io::Error,
-        }
-        let e = anyhow::Error::new(Read { source: io }).context("loading configuration");
-        assert_eq!(
-            super::error_text(&e),
-            "loading configuration: reading config file /x.toml: No such file or directory"
-        );
-    }
-}
-
 /// Commands that only print a short answer log at warn level.
 pub fn default_log_level(command: &Command) -> &'static str {
     match command {
-        Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) | Command::Reload(_) => {
-            "warn"
-        }
+        Command::CheckConfig(_)
+        | Command::AptHook(_)
+        | Command::History(_)
+        | Command::Reload(_) => "warn",
         Command::Sim(_) => "info",
         Command::Simulate(_) => "error",
         Command::Daemon(_) => "info",
@@ -202,5 +185,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(SimCommand::Serve(args)) => {
             sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_text_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading config file /x.toml: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Read { source: io }).context("loading configuration");
+        assert_eq!(
+            super::error_text(&e),
+            "loading configuration: reading config file /x.toml: No such file or directory"
+        );
     }
 }

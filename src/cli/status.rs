@@ -195,7 +195,11 @@ fn print_text(v: &StatusView, now: Timestamp) {
         }
         None => println!("gates:        not evaluated yet"),
     }
-    let others = v.held_not_by_drydock.as_ref().map(Vec::as_slice).unwrap_or(&[]);
+    let others = v
+        .held_not_by_drydock
+        .as_ref()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     if v.held_packages.is_empty() && others.is_empty() {
         println!("held:         nothing (no protected package installed, or not reconciled yet)");
     } else if !v.held_packages.is_empty() {

@@ -221,8 +221,14 @@ mod tests {
         let a = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
         let b = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
         let before = signals(a, 1_700_000_010);
-        assert_eq!(compare(&before, &signals(a, 1_700_000_011)), BootChange::Same);
-        assert_eq!(compare(&before, &signals(b, 1_700_000_500)), BootChange::New);
+        assert_eq!(
+            compare(&before, &signals(a, 1_700_000_011)),
+            BootChange::Same
+        );
+        assert_eq!(
+            compare(&before, &signals(b, 1_700_000_500)),
+            BootChange::New
+        );
         // nspawn + a sandbox showing the host's boot_id: init restarted,
         // boot_id did not.
         let BootChange::Inconsistent(why) = compare(&before, &signals(a, 1_700_000_500)) else {
@@ -252,7 +258,10 @@ mod tests {
             Path::new(DEFAULT_INIT_STAT_PATH),
         )
         .expect("boot signals");
-        assert!(s.started >= s.btime && s.started <= Timestamp::now(), "{s:?}");
+        assert!(
+            s.started >= s.btime && s.started <= Timestamp::now(),
+            "{s:?}"
+        );
         assert_eq!(compare(&s, &s), BootChange::Same);
     }
 
