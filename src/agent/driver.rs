@@ -108,7 +108,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             .current_state::<AgentState>()?
             .map(|(s, _)| s)
             .unwrap_or(AgentState::Idle);
-        info!(node = %node, state = state.name(), "agent starting from persisted state");
+        info!(node = %node, state = state.name(), "agent starting from its persisted state {}", state.name());
         Ok(Agent {
             node,
             settings,
@@ -544,7 +544,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                             let line = format!("draining: {left} pods left");
                             self.reporter.status(&line);
                             self.reporter.event(&self.node, &AgentEvent::DrainProgress { pods_left: left });
-                            info!(node = %self.node, pods_left = left, "drain progress");
+                            info!(node = %self.node, pods_left = left, "draining: {left} pods left");
                         }
                     }
                 }

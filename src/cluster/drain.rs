@@ -462,7 +462,11 @@ pub async fn drain(
         completed = plan.delete_completed.len(),
         terminating = plan.await_termination.len(),
         skipped = plan.skipped.len(),
-        "draining"
+        "draining {node}: {} pods to evict, {} to delete, {} terminating, {} skipped",
+        plan.evict.len(),
+        plan.delete_completed.len(),
+        plan.await_termination.len(),
+        plan.skipped.len()
     );
 
     let ctx = Ctx {
@@ -509,7 +513,7 @@ pub async fn drain(
     t.report.elapsed = started.elapsed();
     match outcome {
         Ok(Ok(())) => {
-            info!(node, evicted = t.report.evicted.len(), elapsed = ?t.report.elapsed, "drain finished");
+            info!(node, evicted = t.report.evicted.len(), elapsed = ?t.report.elapsed, "drain of {node} finished: {} pods evicted in {:?}", t.report.evicted.len(), t.report.elapsed);
             Ok(t.report)
         }
         Ok(Err(e)) => Err(e),
@@ -625,7 +629,7 @@ impl Ctx<'_> {
             }
         });
         let left = self.tracker_mut(|t| t.left.len());
-        info!(node = self.node, pod = %pod, left, "pod gone");
+        info!(node = self.node, pod = %pod, left, "pod {pod} gone, {left} left");
         self.publish();
     }
 
@@ -665,7 +669,7 @@ impl Ctx<'_> {
         loop {
             let err = match self.post_eviction(&r).await {
                 Ok(()) => {
-                    info!(node = self.node, pod = %r, "pod evicted");
+                    info!(node = self.node, pod = %r, "pod {r} evicted");
                     return Ok(Some(Gone::Evicted));
                 }
                 Err(e) => e,

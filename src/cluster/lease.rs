@@ -559,7 +559,7 @@ impl LeaseClient {
                 .await
             {
                 Ok(_) => {
-                    info!(node = %self.me, slot = %held.slot, "lease released");
+                    info!(node = %self.me, slot = %held.slot, "lease slot {} released", held.slot);
                     return Ok(());
                 }
                 Err(e) if is_conflict(&e) => match self.get(&held.slot).await? {
