@@ -13,6 +13,7 @@ pub mod config;
 pub mod gates;
 pub mod host;
 pub mod logging;
+pub mod phase;
 pub mod report;
 pub mod sim;
 pub mod simulate;

@@ -134,9 +134,10 @@ pub mod msgid {
         DRAIN_TIMED_OUT = "412a6269070240b0972610ff2eaa8edd": "the drain timed out; node restored, lease released";
         REBOOT_REQUESTED = "b4cb94e5f4f94d54a764880bd8162db7": "reboot requested from logind";
         REBOOT_REFUSED = "f5a64cf50afa485fa6604deab7169116": "logind refused the reboot; the node stays cordoned with the lease";
-        BOOT_UNCHANGED = "64dba45393c34c859aab3124b01a5c76": "after a requested reboot the boot looks unchanged";
+        BOOT_UNCHANGED = "64dba45393c34c859aab3124b01a5c76": "after a requested reboot the boot signals disagree; the node stops for a person";
         VERIFY_FAILED = "44aa44f968f749b08a874680501ca59b": "post-reboot verification failed; the fleet is halted";
         STEP_FAILED = "ebac5e78b9374cae926a4fe79415dbae": "a step failed and will be retried";
+        STEP_STOPPED = "754baf5f96544279abd737baff0ebbaa": "a step failed for good; the node stops for a person (cordon and lease kept)";
         HOLDS_RECONCILED = "b7bf8597c13444e7a46c4a934d7367a7": "dpkg holds on protected packages were changed";
         HOLDS_FAILED = "bf4f1445e30d441dbb98f4638bf6726d": "dpkg holds could not be reconciled";
         APT_RUN_RECORDED = "760bc71503a8444c8d9432c71167a896": "an apt/dpkg run was recorded in the history";

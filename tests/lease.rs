@@ -397,3 +397,99 @@ async fn compacted_watch_history_wakes_the_waiter_to_re_list() -> TestResult {
     assert!(start.elapsed() < Duration::from_secs(2));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_renews_in_the_background_and_says_at_once_when_the_slot_is_taken() -> TestResult {
+    use drydock::cluster::lease::{Claim, LeaseKeeper};
+    let sim = Scenario::cluster(0, 2).start().await?;
+    let s = settings(Duration::from_secs(3));
+    let lease = Arc::new(client_for(&sim, &s, "worker-1"));
+    let held = lease.acquire(true).await?.expect("free slot");
+    let keeper = LeaseKeeper::spawn(lease.clone(), held, Duration::from_millis(200));
+    let mut claim = keeper.claim();
+    let first = match claim.borrow().clone() {
+        Claim::Held { expires_at, .. } => expires_at,
+        lost => panic!("{lost:?}"),
+    };
+    // Renewed without anyone asking.
+    claim.changed().await?;
+    match claim.borrow_and_update().clone() {
+        Claim::Held { expires_at, .. } => assert!(expires_at > first),
+        lost => panic!("{lost:?}"),
+    }
+    // Another node writes itself in: the keeper says so within one period.
+    let leases: Api<Lease> = Api::namespaced(sim.client()?, "drydock");
+    let mut l = leases.get("drydock-default-0").await?;
+    l.spec.as_mut().unwrap().holder_identity = Some("worker-2".into());
+    leases
+        .replace("drydock-default-0", &PostParams::default(), &l)
+        .await?;
+    let taken = Instant::now();
+    let lost = tokio::time::timeout(
+        Duration::from_secs(2),
+        drydock::cluster::lease::claim_lost(&mut claim),
+    )
+    .await?;
+    assert!(
+        taken.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        taken.elapsed()
+    );
+    assert_eq!(
+        lost,
+        Claim::Lost {
+            slot: "drydock-default-0".into(),
+            holder: Some("worker-2".into()),
+            reason: "taken by worker-2".into()
+        }
+    );
+    // Releasing what is no longer ours leaves the new holder alone.
+    keeper.release(&lease).await?;
+    assert_eq!(
+        holder(&sim, "drydock-default-0").await.as_deref(),
+        Some("worker-2")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_gives_the_slot_up_before_it_expires_when_renewals_fail() -> TestResult {
+    use drydock::cluster::lease::{Claim, LeaseKeeper};
+    let sim = Scenario::cluster(0, 2).start().await?;
+    let s = settings(Duration::from_secs(3));
+    let mut cfg = sim.config();
+    cfg.default_retry = false;
+    let lease = Arc::new(LeaseClient::new(
+        kube::Client::try_from(cfg)?,
+        &s,
+        "worker-1",
+    ));
+    let held = lease.acquire(true).await?.expect("free slot");
+    let keeper = LeaseKeeper::spawn(lease.clone(), held, Duration::from_secs(1));
+    let mut claim = keeper.claim();
+    claim.changed().await?;
+    let Claim::Held { expires_at, .. } = claim.borrow_and_update().clone() else {
+        panic!("lost early")
+    };
+    sim.set_fault(Some(drydock::sim::Fault::Status(503)));
+    let lost = tokio::time::timeout(
+        Duration::from_secs(5),
+        drydock::cluster::lease::claim_lost(&mut claim),
+    )
+    .await?;
+    let gave_up = Timestamp::now();
+    sim.set_fault(None);
+    assert!(
+        gave_up < expires_at,
+        "gave up at {gave_up}, after the expiry {expires_at}"
+    );
+    let Claim::Lost { holder, reason, .. } = lost else {
+        unreachable!()
+    };
+    assert_eq!(holder, None);
+    assert!(reason.contains("not renewed before it expired"), "{reason}");
+    // Final: no more renewals once lost.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(keeper.is_lost());
+    Ok(())
+}

@@ -34,7 +34,7 @@ fn settings(dir: &Path) -> Settings {
 
 fn blocked(gate: &str, reason: &str) -> BlockedGate {
     BlockedGate {
-        gate: gate.into(),
+        gate: gate.parse().expect("a gate name"),
         reason: reason.into(),
     }
 }
@@ -66,7 +66,7 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
         reasons: vec!["newer kernel installed".into()],
     });
     r.notice(Notice::Waiting {
-        blocked: vec![blocked("maintenance-window", "closed until Tue 02:00")],
+        blocked: vec![blocked("window", "closed until Tue 02:00")],
     });
     r.notice(Notice::LeaseAcquired {
         slot: "drydock-default-0".into(),
@@ -102,7 +102,7 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
     assert_eq!(sample(&text, "drydock_lease_held"), Some(1.0));
     assert_eq!(sample(&text, "drydock_reboots_total"), Some(1.0));
     assert_eq!(
-        sample(&text, r#"drydock_gate_blocked{gate="maintenance-window"}"#),
+        sample(&text, r#"drydock_gate_blocked{gate="window"}"#),
         Some(0.0),
         "the lease was taken, so no gate blocks any more"
     );

@@ -1,8 +1,15 @@
 //! The loop that drives one node's [`AgentState`]: observe, decide, act,
 //! persist. Each call to [`Agent::tick`] does one step and says how long to
 //! wait before the next; the step for every state is safe to repeat.
+//!
+//! A shutdown or reload cuts a step short wherever it is (every step is
+//! persisted before it acts, and repeatable): [`Agent::run`] races the
+//! step against the signal and re-reads the persisted state afterwards.
+//! The Lease slot is held by a keeper that renews it in the background;
+//! long steps (the drain) stop the moment the claim is gone.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -12,29 +19,36 @@ use tracing::{info, warn};
 
 use super::pace;
 use super::ports::{
-    AgentEvent, Cluster, DrainResult, GateStatus, Host, LeaseOutlook, PortError, Reporter,
+    AgentEvent, BootChange, BootMark, Claim, ClaimWatch, Cluster, DrainResult, GateStatus, Halt,
+    Host, LeaseOutlook, PortError, Reporter,
 };
-use super::state::{AgentState, Cordon, Step};
+use super::state::{AgentState, Cordon, Cycle, Event, TransitionError};
 use crate::config::Settings;
 use crate::logging::msgid;
 use crate::store::{Store, StoreError};
 
-/// kv keys the CLI writes and the agent reads (and the reverse).
+/// kv keys the CLI writes and the agent reads (and the reverse); the
+/// names live in [`crate::store::keys`].
 pub mod keys {
-    /// Set by `drydock resume`: retry a failed step.
-    pub const RESUME_REQUESTED: &str = "resume-requested";
-    /// Set by `drydock release --force`: give the slot up.
-    pub const FORCE_RELEASE: &str = "force-release-requested";
-    /// Written by the agent for `drydock status`.
-    pub const LAST_STATUS: &str = "agent.status";
-    pub const LAST_GATES: &str = "agent.gates";
-    pub const REBOOT_NEED: &str = "agent.reboot-need";
+    pub use crate::store::keys::{
+        AGENT_GATES as LAST_GATES, AGENT_REBOOT_NEED as REBOOT_NEED, AGENT_STATUS as LAST_STATUS,
+        FORCE_RELEASE, RESUME_REQUESTED,
+    };
 }
+
+/// How long a reboot logind accepted may take to bring this process down
+/// before the request is declared not to have worked.
+pub const REBOOT_GRACE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("persisting agent state: {0}")]
     Store(#[from] StoreError),
+    /// A bug: the driver produced an event the state does not take.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("a store write did not finish: {0}")]
+    Join(String),
     /// A failpoint stopped the agent right after a persisted step (tests).
     #[error("stopped by failpoint after entering {0}")]
     Failpoint(&'static str),
@@ -78,7 +92,9 @@ pub type Failpoint = Arc<dyn Fn(&'static str) -> bool + Send + Sync>;
 pub struct Agent<H, C, R> {
     pub node: String,
     settings: Settings,
-    store: Store,
+    store: Arc<Mutex<Store>>,
+    /// Store writes started and not yet finished (a cut step waits for them).
+    writes: Arc<AtomicUsize>,
     host: H,
     cluster: C,
     reporter: R,
@@ -86,12 +102,20 @@ pub struct Agent<H, C, R> {
     last_status: String,
     wake: Arc<Notify>,
     failpoint: Option<Failpoint>,
-    /// When the last reboot request was accepted in this process.
-    reboot_requested_at: Option<Timestamp>,
+    /// When this process asked for the reboot (the persisted request says
+    /// whether one was asked for at all).
+    reboot_requested_here: Option<Timestamp>,
+    /// The claim on the slot the state holds, from the keeper.
+    claim: Option<ClaimWatch>,
 }
 
 fn signed(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// An operator request read from the store: its time, or why it is unusable.
+fn request_time(value: &serde_json::Value) -> Option<Timestamp> {
+    serde_json::from_value::<Timestamp>(value.clone()).ok()
 }
 
 impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
@@ -112,7 +136,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         Ok(Agent {
             node,
             settings,
-            store,
+            store: Arc::new(Mutex::new(store)),
+            writes: Arc::new(AtomicUsize::new(0)),
             host,
             cluster,
             reporter,
@@ -120,7 +145,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             last_status: String::new(),
             wake: Arc::new(Notify::new()),
             failpoint: None,
-            reboot_requested_at: None,
+            reboot_requested_here: None,
+            claim: None,
         })
     }
 
@@ -136,14 +162,16 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.settings = settings;
         self.host = host;
         self.cluster = cluster;
+        // The new cluster port keeps the slot with a keeper of its own.
+        self.claim = None;
     }
 
     pub fn state(&self) -> &AgentState {
         &self.state
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A handle that wakes the loop early (the APT hook's nudge, CLI requests).
@@ -151,14 +179,27 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.wake.clone()
     }
 
-    /// Runs until `shutdown` resolves or a step returns an error.
+    /// Runs until `shutdown` resolves or a step returns an error. The
+    /// signal takes effect at once, in any state: the running step is cut
+    /// short (it is repeatable), and the persisted state is read back.
     pub async fn run(
         &mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
         loop {
-            let wait = self.tick().await?;
+            let ticked = tokio::select! {
+                biased;
+                _ = &mut shutdown => None,
+                w = self.tick() => Some(w),
+            };
+            let wait = match ticked {
+                Some(w) => w?,
+                None => {
+                    self.after_cut().await?;
+                    return Ok(());
+                }
+            };
             let wake = self.wake.clone();
             match wait {
                 Wait::No => continue,
@@ -176,17 +217,49 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         }
     }
 
-    fn status(&mut self, line: String) -> Result<(), AgentError> {
+    /// After a step was cut short: let store writes in flight land, then
+    /// take the persisted state as the truth.
+    async fn after_cut(&mut self) -> Result<(), AgentError> {
+        while self.writes.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let persisted = self.store().current_state::<AgentState>()?;
+        if let Some((s, _)) = persisted {
+            self.state = s;
+        }
+        info!(node = %self.node, state = self.state.name(), "step cut short by a signal; state as persisted");
+        Ok(())
+    }
+
+    /// Runs a store write off the async threads.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let store = self.store.clone();
+        let writes = self.writes.clone();
+        writes.fetch_add(1, Ordering::SeqCst);
+        let handle = tokio::task::spawn_blocking(move || {
+            let result = f(&mut store.lock().unwrap_or_else(|p| p.into_inner()));
+            writes.fetch_sub(1, Ordering::SeqCst);
+            result
+        });
+        handle
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?
+            .map_err(AgentError::from)
+    }
+
+    async fn status(&mut self, line: String) -> Result<(), AgentError> {
         if line != self.last_status {
             info!(message_id = msgid::STATUS, node = %self.node, state = self.state.name(), status = %line, "{line}");
             self.reporter.status(&line);
-            self.store.set(
-                keys::LAST_STATUS,
-                &StatusRecord {
-                    line: line.clone(),
-                    at: Timestamp::now(),
-                },
-            )?;
+            let record = StatusRecord {
+                line: line.clone(),
+                at: Timestamp::now(),
+            };
+            self.write(move |s| s.set(keys::LAST_STATUS, &record))
+                .await?;
             self.last_status = line;
         }
         Ok(())
@@ -196,11 +269,26 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.reporter.event(&self.node, &event);
     }
 
-    /// Persists a transition (with its history line) and reports it.
-    fn enter(&mut self, next: AgentState, detail: serde_json::Value) -> Result<(), AgentError> {
+    /// Applies `event` to the state, persists the result (with its history
+    /// line) and reports it. An illegal pair is an error, never ignored.
+    async fn transition(
+        &mut self,
+        event: Event,
+        detail: serde_json::Value,
+    ) -> Result<(), AgentError> {
+        let next = self.state.apply(event)?;
+        self.enter(next, detail).await
+    }
+
+    async fn enter(
+        &mut self,
+        next: AgentState,
+        detail: serde_json::Value,
+    ) -> Result<(), AgentError> {
         if next == self.state {
             return Ok(());
         }
+        let before = self.state.phase();
         let from = self.state.name();
         let to = next.name();
         let mut detail = detail;
@@ -209,12 +297,17 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             map.insert("from".into(), from.into());
             map.insert("to".into(), to.into());
         }
-        self.store.transition(&next, "state", &detail)?;
+        let persisted = next.clone();
+        self.write(move |s| s.transition(&persisted, "state", &detail))
+            .await?;
         info!(message_id = msgid::STATE_CHANGED, node = %self.node, from, to, "state {from} -> {to}");
+        if next.held_slot() != self.state.held_slot() {
+            self.claim = None;
+        }
         self.state = next;
         self.event(AgentEvent::StateChanged {
-            from: from.into(),
-            to: to.into(),
+            from: before,
+            to: self.state.phase(),
         });
         if let Some(fp) = &self.failpoint
             && fp(to)
@@ -224,16 +317,13 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         Ok(())
     }
 
-    fn record_gates(&self, gates: &[GateStatus]) -> Result<(), AgentError> {
+    async fn record_gates(&self, gates: &[GateStatus]) -> Result<(), AgentError> {
         self.reporter.gates(gates);
-        self.store.set(
-            keys::LAST_GATES,
-            &GatesRecord {
-                gates: gates.to_vec(),
-                at: Timestamp::now(),
-            },
-        )?;
-        Ok(())
+        let record = GatesRecord {
+            gates: gates.to_vec(),
+            at: Timestamp::now(),
+        };
+        self.write(move |s| s.set(keys::LAST_GATES, &record)).await
     }
 
     fn short_retry(&self) -> Duration {
@@ -243,153 +333,227 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             .min(Duration::from_secs(30))
     }
 
-    /// Renewal interval: well inside the lease duration.
+    /// How often a waiting holder looks again.
     fn renew_every(&self) -> Duration {
         (self.settings.lease.duration / 3).max(Duration::from_millis(200))
     }
 
     /// One step. Errors from the world are handled here (the state says
-    /// what to retry); only store failures and failpoints escape.
+    /// what to retry); only store failures, illegal transitions and
+    /// failpoints escape.
     pub async fn tick(&mut self) -> Result<Wait, AgentError> {
         let now = Timestamp::now();
         match self.state.clone() {
             AgentState::Idle | AgentState::Pending { .. } => self.wait_for_turn(now).await,
-            AgentState::Locked { cycle } => {
-                if let Some(wait) = self.keep_slot(&cycle.slot).await? {
+            AgentState::Locked { .. } => {
+                if let Some(wait) = self.guard_slot(false).await? {
                     return Ok(wait);
                 }
                 match self.cluster.node_unschedulable().await {
                     Ok(already) => {
-                        let next = self.state.clone().on_prior_schedulability(already);
-                        self.enter(next, serde_json::json!({"admin-cordoned": already}))?;
+                        self.transition(
+                            Event::PriorSchedulability {
+                                unschedulable: already,
+                            },
+                            serde_json::json!({"admin-cordoned": already}),
+                        )
+                        .await?;
                         Ok(Wait::No)
                     }
-                    Err(e) => self.retry_later("reading node", e),
+                    Err(e) => self.trouble("reading this node", e).await,
                 }
             }
-            AgentState::Cordoning { cycle, .. } => {
-                if let Some(wait) = self.keep_slot(&cycle.slot).await? {
+            AgentState::Cordoning { .. } => {
+                if let Some(wait) = self.guard_slot(true).await? {
                     return Ok(wait);
                 }
                 match self.cluster.set_unschedulable(true).await {
                     Ok(()) => {
-                        let next = self.state.clone().on_cordoned(Timestamp::now());
-                        self.enter(next, serde_json::json!({}))?;
+                        self.transition(
+                            Event::Cordoned {
+                                now: Timestamp::now(),
+                            },
+                            serde_json::json!({}),
+                        )
+                        .await?;
                         Ok(Wait::No)
                     }
-                    Err(e) => self.retry_later("cordoning", e),
+                    Err(e) => self.trouble("cordoning", e).await,
                 }
             }
             AgentState::Draining { cycle, cordon, .. } => self.drain(&cycle.slot, cordon).await,
-            AgentState::Rebooting { cycle, boot_id, .. } => self.reboot(&cycle, &boot_id).await,
-            AgentState::Verifying {
+            AgentState::Rebooting {
                 cycle,
+                boot_id,
+                booted_at,
+                requested_at,
+                ..
+            } => {
+                let left = BootMark { boot_id, booted_at };
+                self.reboot(&cycle, &left, requested_at).await
+            }
+            AgentState::Verifying {
                 booted_at,
                 deadline,
                 ..
-            } => self.verify(&cycle.slot, booted_at, deadline).await,
+            } => self.verify(booted_at, deadline).await,
             AgentState::Releasing {
-                cycle,
-                cordon,
-                durations,
-            } => {
-                if cordon == Cordon::Ours
-                    && let Err(e) = self.cluster.set_unschedulable(false).await
-                {
-                    return self.retry_later("uncordoning", e);
-                }
-                if let Err(e) = self.cluster.record_reboot_finished(Timestamp::now()).await {
-                    return self.retry_later("recording the finished reboot", e);
-                }
-                match self.cluster.clear_halt().await {
-                    Ok(true) => self.event(AgentEvent::HaltCleared),
-                    Ok(false) => {}
-                    Err(e) => return self.retry_later("clearing the fleet halt", e),
-                }
-                if let Err(e) = self.cluster.release(&cycle.slot).await {
-                    return self.retry_later("releasing the lease", e);
-                }
-                crate::host::sentinel::clear_reboot_request(&self.store)?;
-                self.store.append_history(
-                    "reboot",
-                    &serde_json::json!({
-                        "node": self.node,
-                        "reasons": cycle.reasons,
-                        "durations": durations,
-                    }),
-                )?;
-                self.event(AgentEvent::Verified {
-                    durations: durations.clone(),
-                });
-                self.event(AgentEvent::Released {
-                    slot: cycle.slot.clone(),
-                });
-                let next = self.state.clone().on_released();
-                self.enter(next, serde_json::json!({"durations": durations}))?;
-                Ok(Wait::No)
-            }
-            AgentState::Failed { step, error, .. } => self.failed(step, &error).await,
+                cycle, durations, ..
+            } => self.release_verified(&cycle, durations).await,
+            AgentState::Failed { .. } => self.failed().await,
         }
     }
 
-    fn retry_later(&mut self, action: &str, error: PortError) -> Result<Wait, AgentError> {
+    /// A step's failure: a lost slot stops the node, a permanent failure
+    /// goes to Failed for a person, anything else is retried.
+    async fn trouble(&mut self, action: &str, error: PortError) -> Result<Wait, AgentError> {
+        match error {
+            PortError::LostLease { slot, holder } => {
+                self.lease_lost(&slot, holder).await?;
+                Ok(Wait::No)
+            }
+            // Its text already says what was being done.
+            e @ PortError::Permanent { .. } => {
+                let error = e.to_string();
+                let detail = serde_json::json!({"error": error, "while": action});
+                self.fail(error, detail).await?;
+                Ok(Wait::No)
+            }
+            e => self.retry_later(action, e).await,
+        }
+    }
+
+    async fn fail(&mut self, error: String, detail: serde_json::Value) -> Result<(), AgentError> {
+        warn!(message_id = msgid::STEP_STOPPED, node = %self.node, state = self.state.name(), error = %error, "{error}; stopping for a person (cordon and lease kept)");
+        self.transition(
+            Event::Failed {
+                error,
+                now: Timestamp::now(),
+            },
+            detail,
+        )
+        .await
+    }
+
+    async fn retry_later(&mut self, action: &str, error: PortError) -> Result<Wait, AgentError> {
         warn!(message_id = msgid::STEP_FAILED, node = %self.node, state = self.state.name(), action, error = %error, "{action} failed, will retry: {error}");
         self.status(format!(
             "{}: retrying, {action} failed: {error}",
             self.state.name()
-        ))?;
+        ))
+        .await?;
         Ok(Wait::For(self.short_retry()))
     }
 
-    /// Renews the slot held by the current state. A lost slot before the
-    /// node was touched sends the agent back to waiting.
-    async fn keep_slot(&mut self, slot: &str) -> Result<Option<Wait>, AgentError> {
-        match self.cluster.renew(slot).await {
-            Ok(()) => Ok(None),
-            Err(PortError::LostLease { slot, holder }) => {
-                warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot = %slot, holder = %holder, state = self.state.name(), "lease slot {slot} lost to {holder}");
-                match self.state {
-                    AgentState::Locked { .. } => {
-                        let next = self.state.clone().on_released();
-                        self.enter(next, serde_json::json!({"lost-lease-to": holder}))?;
-                        Ok(Some(Wait::No))
-                    }
-                    _ => {
-                        // Already cordoned: stop for a person rather than race.
-                        let next = self.state.clone().on_failed(
-                            Step::Release,
-                            format!("lease {slot} was taken by {holder} while this node was out of service"),
-                            Timestamp::now(),
-                        );
-                        self.enter(next, serde_json::json!({"lost-lease-to": holder}))?;
+    /// The claim on the slot the state holds (from its keeper).
+    async fn claim(&mut self) -> Result<Option<ClaimWatch>, PortError> {
+        let Some(slot) = self.state.held_slot().map(str::to_string) else {
+            return Ok(None);
+        };
+        if let Some(c) = &self.claim
+            && c.borrow().slot() == slot
+        {
+            return Ok(Some(c.clone()));
+        }
+        let c = self.cluster.hold(&slot).await?;
+        self.claim = Some(c.clone());
+        Ok(Some(c))
+    }
+
+    /// Checks that the slot the state holds is still ours (`fresh`: by
+    /// renewing it now, before a step that cannot be taken back). `Some`:
+    /// it is not (the state moved on) or it could not be told (retry).
+    async fn guard_slot(&mut self, fresh: bool) -> Result<Option<Wait>, AgentError> {
+        match self.claim().await {
+            Ok(Some(c)) => {
+                let claim = c.borrow().clone();
+                match claim {
+                    Claim::Held { slot, .. } if fresh => match self.cluster.confirm(&slot).await {
+                        Ok(()) => Ok(None),
+                        Err(PortError::LostLease { slot, holder }) => {
+                            self.lease_lost(&slot, holder).await?;
+                            Ok(Some(Wait::No))
+                        }
+                        Err(e) => Ok(Some(self.retry_later("renewing the lease", e).await?)),
+                    },
+                    Claim::Held { .. } => Ok(None),
+                    lost @ Claim::Lost { .. } => {
+                        self.lease_lost(lost.slot(), lost.holder()).await?;
                         Ok(Some(Wait::No))
                     }
                 }
             }
-            Err(e) => Ok(Some(self.retry_later("renewing the lease", e)?)),
+            Ok(None) => Ok(None),
+            Err(PortError::LostLease { slot, holder }) => {
+                self.lease_lost(&slot, holder).await?;
+                Ok(Some(Wait::No))
+            }
+            Err(e) => Ok(Some(self.retry_later("holding the lease", e).await?)),
         }
     }
 
+    async fn lease_lost(&mut self, slot: &str, holder: String) -> Result<(), AgentError> {
+        warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
+        self.claim = None;
+        if !matches!(
+            self.state,
+            AgentState::Locked { .. } | AgentState::Failed { .. }
+        ) {
+            self.event(AgentEvent::LeaseLost {
+                slot: slot.to_string(),
+                holder: holder.clone(),
+            });
+        }
+        self.transition(
+            Event::LeaseLost {
+                holder: holder.clone(),
+                now: Timestamp::now(),
+            },
+            serde_json::json!({"lost-lease-to": holder, "slot": slot}),
+        )
+        .await
+    }
+
     async fn wait_for_turn(&mut self, now: Timestamp) -> Result<Wait, AgentError> {
-        let requested = crate::host::sentinel::reboot_request(&self.store)?.map(|r| r.reason);
-        let reasons = match self.host.reboot_need(requested).await {
-            Ok(r) => r,
-            Err(e) => return self.retry_later("checking whether a reboot is needed", e),
-        };
-        let since = match &self.state {
-            AgentState::Pending { since, .. } => Some(*since),
-            _ if reasons.is_empty() => None,
-            _ => Some(now),
-        };
-        self.store.set(
-            keys::REBOOT_NEED,
-            &RebootNeedRecord {
+        let resuming = matches!(
+            self.state,
+            AgentState::Pending {
+                resume: Some(_),
+                ..
+            }
+        );
+        let reasons = if resuming {
+            // A resumed cycle goes on for its own reasons; the need check
+            // (cleared by the reboot already done) does not end it.
+            match &self.state {
+                AgentState::Pending { reasons, .. } => reasons.clone(),
+                _ => Vec::new(),
+            }
+        } else {
+            let requested = crate::host::sentinel::reboot_request(&self.store())?;
+            let reasons = match self.host.reboot_need(requested).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return self
+                        .retry_later("checking whether a reboot is needed", e)
+                        .await;
+                }
+            };
+            let since = match &self.state {
+                AgentState::Pending { since, .. } => Some(*since),
+                _ if reasons.is_empty() => None,
+                _ => Some(now),
+            };
+            let record = RebootNeedRecord {
                 reasons: reasons.clone(),
                 since,
                 checked_at: now,
-            },
-        )?;
-        if reasons.is_empty() {
+            };
+            self.write(move |s| s.set(keys::REBOOT_NEED, &record))
+                .await?;
+            reasons
+        };
+        if reasons.is_empty() && !resuming {
             // Our own slot, if a crash between acquiring and persisting Locked
             // left one, is given back. Only then (Pending): an idle node
             // makes no API request at all.
@@ -398,9 +562,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             {
                 let _ = self.cluster.release(&slot).await;
             }
-            let next = self.state.clone().on_reboot_not_needed();
-            self.enter(next, serde_json::json!({}))?;
-            self.status("idle: no reboot needed".into())?;
+            self.transition(Event::RebootNotNeeded, serde_json::json!({}))
+                .await?;
+            self.status("idle: no reboot needed".into()).await?;
             self.event(AgentEvent::UpToDate);
             return Ok(Wait::For(self.settings.reboot.check_interval));
         }
@@ -409,8 +573,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 reasons: reasons.clone(),
             });
         }
-        let next = self.state.clone().on_reboot_needed(reasons, now);
-        self.enter(next, serde_json::json!({}))?;
+        let detail = serde_json::json!({"reasons": reasons});
+        self.transition(Event::RebootNeeded { reasons, now }, detail)
+            .await?;
         if let AgentState::Pending {
             retry_after: Some(after),
             ..
@@ -419,17 +584,24 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         {
             self.status(format!(
                 "waiting: last drain failed; retrying after {after}"
-            ))?;
+            ))
+            .await?;
             return Ok(Wait::For(
                 until(now, after).min(self.settings.reboot.check_interval),
             ));
         }
+        let waiting = if resuming {
+            "waiting to resume"
+        } else {
+            "waiting"
+        };
 
         // Cheap first: local gates need no API call.
-        let local = self.cluster.local_gates(&self.store, now);
+        let local = self.cluster.local_gates(&self.store(), now);
         if let Some(block) = GateStatus::first_block(&local) {
-            self.record_gates(&local)?;
-            self.status(format!("waiting: {}", block.reason))?;
+            let reason = block.reason.clone();
+            self.record_gates(&local).await?;
+            self.status(format!("{waiting}: {reason}")).await?;
             let wait = self
                 .cluster
                 .next_local_change(now)
@@ -440,7 +612,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         // Then the lease: only a node that could take a slot asks the cluster gates.
         let mut outlook = match self.cluster.lease_outlook().await {
             Ok(o) => o,
-            Err(e) => return self.retry_later("reading the lease", e),
+            Err(e) => return self.retry_later("reading the lease", e).await,
         };
         if outlook == LeaseOutlook::Available {
             // Every waiter woke on the same release: spread them out, and
@@ -450,21 +622,22 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             tokio::time::sleep(jitter).await;
             outlook = match self.cluster.lease_outlook().await {
                 Ok(o) => o,
-                Err(e) => return self.retry_later("reading the lease", e),
+                Err(e) => return self.retry_later("reading the lease", e).await,
             };
         }
         if let LeaseOutlook::Busy { holders } = &outlook {
-            self.record_gates(&local)?;
-            self.status(format!("waiting: lease held by {}", holders.join(", ")))?;
+            let line = format!("{waiting}: lease held by {}", holders.join(", "));
+            self.record_gates(&local).await?;
+            self.status(line).await?;
             return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
         }
         let mut gates = local.clone();
         // Now, not `now`: the jitter above took some time.
         let cluster = self.cluster.cluster_gates(Timestamp::now()).await;
         gates.extend(cluster.gates);
-        self.record_gates(&gates)?;
+        self.record_gates(&gates).await?;
         if let Some(block) = GateStatus::first_block(&gates) {
-            self.status(format!("waiting: {}", block.reason))?;
+            self.status(format!("{waiting}: {}", block.reason)).await?;
             if let LeaseOutlook::Mine(slot) = outlook {
                 // A slot left from before a crash is not sat on while blocked.
                 let _ = self.cluster.release(&slot).await;
@@ -476,34 +649,39 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         let slot = match self.cluster.acquire().await {
             Ok(Some(slot)) => slot,
             Ok(None) => {
-                self.status("waiting: another node took the lease first".into())?;
+                self.status(format!("{waiting}: another node took the lease first"))
+                    .await?;
                 return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
             }
-            Err(e) => return self.retry_later("acquiring the lease", e),
+            Err(e) => return self.retry_later("acquiring the lease", e).await,
         };
         // Gates again, now that we hold the slot: no one sits on it blocked.
-        let mut gates = self.cluster.local_gates(&self.store, Timestamp::now());
+        let mut gates = self.cluster.local_gates(&self.store(), Timestamp::now());
         let cluster = self.cluster.cluster_gates(Timestamp::now()).await;
         gates.extend(cluster.gates);
-        self.record_gates(&gates)?;
+        self.record_gates(&gates).await?;
         if let Some(block) = GateStatus::first_block(&gates) {
             let reason = block.reason.clone();
             if let Err(e) = self.cluster.release(&slot).await {
                 warn!(node = %self.node, slot = %slot, error = %e, "releasing a blocked slot failed");
             }
-            self.status(format!("waiting: {reason}"))?;
+            self.status(format!("{waiting}: {reason}")).await?;
             return Ok(Wait::LeaseChange(
                 self.after_block(Timestamp::now(), cluster.blocked_until),
             ));
         }
         info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, "lease slot {slot} acquired");
         self.event(AgentEvent::LeaseAcquired { slot: slot.clone() });
-        let next = self
-            .state
-            .clone()
-            .on_lease_acquired(slot.clone(), Timestamp::now());
-        self.enter(next, serde_json::json!({"slot": slot}))?;
-        self.status(format!("locked: holding {slot}"))?;
+        self.transition(
+            Event::LeaseAcquired {
+                slot: slot.clone(),
+                now: Timestamp::now(),
+            },
+            serde_json::json!({"slot": slot, "resumed": resuming}),
+        )
+        .await?;
+        self.status(format!("{}: holding {slot}", self.state.name()))
+            .await?;
         Ok(Wait::No)
     }
 
@@ -519,24 +697,27 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     async fn drain(&mut self, slot: &str, cordon: Cordon) -> Result<Wait, AgentError> {
-        if let Some(wait) = self.keep_slot(slot).await? {
+        if let Some(wait) = self.guard_slot(true).await? {
             return Ok(wait);
         }
-        self.status("draining".into())?;
+        let claim = match self.claim().await {
+            Ok(Some(c)) => c,
+            Ok(None) => unreachable!("Draining holds a slot"),
+            Err(e) => return self.trouble("holding the lease", e).await,
+        };
+        self.status("draining".into()).await?;
         let (progress, mut progress_rx) = tokio::sync::watch::channel(usize::MAX);
-        let renew_every = self.renew_every();
         let result = {
-            let drain = self.cluster.drain(progress);
+            let mut watch_claim = claim.clone();
+            let drain = self.cluster.drain(progress, claim);
             tokio::pin!(drain);
-            let mut renew = tokio::time::interval(renew_every);
-            renew.tick().await;
             loop {
                 tokio::select! {
                     r = &mut drain => break r,
-                    _ = renew.tick() => {
-                        if let Err(e) = self.cluster.renew(slot).await {
-                            warn!(node = %self.node, slot, error = %e, "lease renewal during drain failed");
-                        }
+                    // The port stops on a lost claim too; this is the guard
+                    // for a port that would not.
+                    c = crate::cluster::lease::claim_lost(&mut watch_claim) => {
+                        break Err(PortError::LostLease { slot: c.slot().to_string(), holder: c.holder() });
                     }
                     Ok(()) = progress_rx.changed() => {
                         let left = *progress_rx.borrow_and_update();
@@ -551,103 +732,169 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             }
         };
         match result {
-            Ok(DrainResult::Drained) => {
-                let boot_id = match self.host.boot_id() {
+            Ok(DrainResult::Drained(report)) => {
+                let boot = match self.host.boot_mark() {
                     Ok(b) => b,
-                    Err(e) => return self.retry_later("reading boot_id", e),
+                    Err(e) => return self.retry_later("reading the boot identity", e).await,
                 };
-                let next = self
-                    .state
-                    .clone()
-                    .on_drained(boot_id.clone(), Timestamp::now());
-                self.enter(next, serde_json::json!({"boot-id": boot_id}))?;
+                info!(node = %self.node, report = %report, "drained: {report}");
+                let history = serde_json::json!({
+                    "node": self.node, "summary": report.to_string(), "report": report,
+                });
+                self.write(move |s| s.append_history("drain", &history).map(|_| ()))
+                    .await?;
+                self.event(AgentEvent::Drained {
+                    report: report.clone(),
+                });
+                self.transition(
+                    Event::Drained {
+                        boot_id: boot.boot_id.clone(),
+                        booted_at: boot.booted_at,
+                        now: Timestamp::now(),
+                    },
+                    serde_json::json!({"boot-id": boot.boot_id, "drain": report.to_string()}),
+                )
+                .await?;
                 Ok(Wait::No)
             }
-            Ok(DrainResult::TimedOut { blocking }) => {
-                warn!(message_id = msgid::DRAIN_TIMED_OUT, node = %self.node, blocking = ?blocking, "drain timed out (blocking: {}); restoring the node and releasing the lease", blocking.join(", "));
+            Ok(DrainResult::TimedOut(timeout)) => {
+                let blocking: Vec<String> =
+                    timeout.blocked.iter().map(ToString::to_string).collect();
+                warn!(message_id = msgid::DRAIN_TIMED_OUT, node = %self.node, blocking = %blocking.join("; "), "drain timed out (blocking: {}); restoring the node and releasing the lease", blocking.join("; "));
                 if cordon == Cordon::Ours
                     && let Err(e) = self.cluster.set_unschedulable(false).await
                 {
-                    return self.retry_later("uncordoning after a failed drain", e);
+                    return self
+                        .retry_later("uncordoning after a failed drain", e)
+                        .await;
                 }
                 if let Err(e) = self.cluster.release(slot).await {
-                    return self.retry_later("releasing the lease after a failed drain", e);
+                    return self
+                        .retry_later("releasing the lease after a failed drain", e)
+                        .await;
                 }
-                self.store.append_history(
-                    "drain-failed",
-                    &serde_json::json!({"node": self.node, "blocking": blocking}),
-                )?;
+                let history = serde_json::json!({
+                    "node": self.node,
+                    "blocking": blocking,
+                    "summary": format!("timed out; before that: {}", timeout.partial),
+                    "report": timeout.partial,
+                });
+                self.write(move |s| s.append_history("drain-failed", &history).map(|_| ()))
+                    .await?;
                 self.event(AgentEvent::DrainTimedOut {
                     blocking: blocking.clone(),
+                    report: timeout.partial.clone(),
                 });
                 let now = Timestamp::now();
                 let retry_after = self.cluster.next_local_change(now).unwrap_or(
                     now + signed(self.settings.drain.timeout.max(Duration::from_secs(1))),
                 );
-                let next = self.state.clone().on_drain_abandoned(retry_after);
-                self.enter(next, serde_json::json!({"blocking": blocking}))?;
+                self.transition(
+                    Event::DrainAbandoned { retry_after },
+                    serde_json::json!({"blocking": blocking}),
+                )
+                .await?;
                 Ok(Wait::No)
             }
-            Err(e) => self.retry_later("draining", e),
+            Err(e @ PortError::Permanent { .. }) => {
+                self.event(AgentEvent::DrainFailed {
+                    error: e.to_string(),
+                });
+                self.trouble("draining", e).await
+            }
+            Err(e) => self.trouble("draining", e).await,
         }
     }
 
     async fn reboot(
         &mut self,
-        cycle: &super::state::Cycle,
-        left_boot: &str,
+        cycle: &Cycle,
+        left: &BootMark,
+        requested_at: Option<Timestamp>,
     ) -> Result<Wait, AgentError> {
-        let current = match self.host.boot_id() {
-            Ok(b) => b,
-            Err(e) => return self.retry_later("reading boot_id", e),
-        };
-        if current != left_boot {
-            let booted_at = self.host.booted_at().unwrap_or_else(|e| {
-                warn!(node = %self.node, error = %e, "boot time unknown; verifying from now");
-                Timestamp::now()
-            });
-            let next = self.state.clone().on_boot_observed(
-                &current,
-                booted_at,
-                Timestamp::now(),
-                signed(self.settings.verify.timeout),
-            );
-            self.enter(next, serde_json::json!({"boot-id": current}))?;
-            self.status("verifying: back from reboot".into())?;
-            return Ok(Wait::No);
+        match self.host.boot_change(left) {
+            Ok(BootChange::New { booted_at }) => {
+                let now = Timestamp::now();
+                self.transition(
+                    Event::BootObserved {
+                        booted_at,
+                        now,
+                        verify_timeout: signed(self.settings.verify.timeout),
+                    },
+                    serde_json::json!({"left-boot-id": left.boot_id}),
+                )
+                .await?;
+                self.status("verifying: back from reboot".into()).await?;
+                return Ok(Wait::No);
+            }
+            Ok(BootChange::Unclear { reason }) => {
+                warn!(message_id = msgid::BOOT_UNCHANGED, node = %self.node, reason = %reason, "cannot tell whether the machine rebooted: {reason}");
+                self.fail(
+                    format!("cannot tell whether the machine rebooted: {reason}"),
+                    serde_json::json!({"error": reason}),
+                )
+                .await?;
+                return Ok(Wait::No);
+            }
+            Ok(BootChange::Same) => {}
+            Err(e) => return self.retry_later("reading the boot identity", e).await,
         }
-        if let Some(wait) = self.keep_slot(&cycle.slot).await? {
+        // Fresh before asking for the reboot; a request already made only
+        // needs the slot kept.
+        if let Some(wait) = self.guard_slot(requested_at.is_none()).await? {
             return Ok(wait);
         }
-        if let Some(at) = self.reboot_requested_at {
-            // Accepted already in this process: the machine is going down.
-            self.status(format!("rebooting: requested at {at}"))?;
-            return Ok(Wait::For(self.renew_every()));
+        if let Some(asked) = requested_at {
+            let here = self
+                .reboot_requested_here
+                .is_some_and(|at| Timestamp::now() < at + signed(REBOOT_GRACE));
+            if here {
+                // Accepted in this process: the machine is going down.
+                self.status(format!("rebooting: requested at {asked}"))
+                    .await?;
+                return Ok(Wait::For(self.renew_every()));
+            }
+            let error = format!(
+                "a reboot was requested at {asked}, but this is still boot {} (not asking again without a person: check why the machine did not restart, then `drydock resume`)",
+                left.boot_id
+            );
+            self.event(AgentEvent::RebootFailed {
+                error: error.clone(),
+            });
+            self.fail(error, serde_json::json!({"requested-at": asked}))
+                .await?;
+            return Ok(Wait::No);
         }
         let reason = cycle.reasons.join("; ");
-        self.status(format!("rebooting: {reason}"))?;
+        // Written before asking: whatever happens next, this cycle asks once.
+        self.transition(
+            Event::RebootRequested {
+                now: Timestamp::now(),
+            },
+            serde_json::json!({"reason": reason}),
+        )
+        .await?;
+        self.reboot_requested_here = Some(Timestamp::now());
+        self.status(format!("rebooting: {reason}")).await?;
         self.event(AgentEvent::Rebooting {
             reason: reason.clone(),
-            boot_id: left_boot.to_string(),
+            boot_id: left.boot_id.clone(),
         });
         // The reboot may cut the network at any moment after this call.
         self.reporter.flush().await;
         match self.host.reboot(&reason).await {
             Ok(()) => {
                 info!(message_id = msgid::REBOOT_REQUESTED, node = %self.node, reason = %reason, "reboot requested from logind: {reason}");
-                self.reboot_requested_at = Some(Timestamp::now());
                 Ok(Wait::For(self.renew_every()))
             }
             Err(e) => {
+                self.reboot_requested_here = None;
                 warn!(message_id = msgid::REBOOT_REFUSED, node = %self.node, error = %e, "reboot refused ({e}); node stays cordoned and keeps the lease");
                 self.event(AgentEvent::RebootFailed {
                     error: e.to_string(),
                 });
-                let next =
-                    self.state
-                        .clone()
-                        .on_failed(Step::Reboot, e.to_string(), Timestamp::now());
-                self.enter(next, serde_json::json!({"error": e.to_string()}))?;
+                self.fail(e.to_string(), serde_json::json!({"error": e.to_string()}))
+                    .await?;
                 Ok(Wait::No)
             }
         }
@@ -655,16 +902,15 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
 
     async fn verify(
         &mut self,
-        slot: &str,
         booted_at: Timestamp,
         deadline: Timestamp,
     ) -> Result<Wait, AgentError> {
-        if let Some(wait) = self.keep_slot(slot).await? {
+        if let Some(wait) = self.guard_slot(false).await? {
             return Ok(wait);
         }
         let boot_id = match self.host.boot_id() {
             Ok(b) => b,
-            Err(e) => return self.retry_later("reading boot_id", e),
+            Err(e) => return self.retry_later("reading boot_id", e).await,
         };
         let outcome = match self.cluster.verify_node(booted_at, &boot_id).await {
             Ok(()) => self.host.run_checks().await,
@@ -673,23 +919,32 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         let now = Timestamp::now();
         match outcome {
             Ok(()) => {
-                let next = self.state.clone().on_verified(now);
-                self.enter(next, serde_json::json!({}))?;
-                self.status("releasing: node verified healthy".into())?;
+                // Healthy; still ours? Only then is the cycle declared done.
+                if let Some(wait) = self.guard_slot(true).await? {
+                    return Ok(wait);
+                }
+                self.transition(Event::Verified { now }, serde_json::json!({}))
+                    .await?;
+                self.status("releasing: node verified healthy".into())
+                    .await?;
                 Ok(Wait::No)
             }
             Err(reason) if now < deadline => {
-                self.status(format!("verifying: {reason}"))?;
+                self.status(format!("verifying: {reason}")).await?;
                 Ok(Wait::For(
                     Duration::from_millis(500).max(self.short_retry() / 10),
                 ))
             }
             Err(reason) => {
-                let why = format!("{} failed verification after reboot: {reason}", self.node);
                 warn!(message_id = msgid::VERIFY_FAILED, node = %self.node, reason = %reason, "verification failed ({reason}); halting the fleet, keeping the lease and the cordon");
-                match self.cluster.halt_fleet(&why).await {
+                let halt = Halt {
+                    node: self.node.clone(),
+                    reason: format!("failed verification after reboot: {reason}"),
+                    at: now,
+                };
+                match self.cluster.halt_fleet(&halt).await {
                     Ok(()) => self.event(AgentEvent::Halted {
-                        reason: why.clone(),
+                        reason: format!("{} {}", halt.node, halt.reason),
                     }),
                     Err(e) => {
                         warn!(node = %self.node, error = %e, "could not set the fleet halt; the kept lease still stops the fleet")
@@ -698,57 +953,138 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 self.event(AgentEvent::VerifyFailed {
                     reason: reason.clone(),
                 });
-                let next = self
-                    .state
-                    .clone()
-                    .on_failed(Step::Verify, reason.clone(), now);
-                self.enter(next, serde_json::json!({"error": reason}))?;
+                self.transition(
+                    Event::Failed {
+                        error: reason.clone(),
+                        now,
+                    },
+                    serde_json::json!({"error": reason}),
+                )
+                .await?;
                 Ok(Wait::No)
             }
         }
     }
 
-    async fn failed(&mut self, step: Step, error: &str) -> Result<Wait, AgentError> {
-        if self
-            .store
-            .get::<serde_json::Value>(keys::RESUME_REQUESTED)?
-            .is_some()
+    async fn release_verified(
+        &mut self,
+        cycle: &Cycle,
+        durations: super::state::PhaseDurations,
+    ) -> Result<Wait, AgentError> {
+        if self.state.cordon() == Some(Cordon::Ours)
+            && let Err(e) = self.cluster.set_unschedulable(false).await
         {
-            self.store.remove(keys::RESUME_REQUESTED)?;
-            info!(message_id = msgid::RESUME_REQUESTED, node = %self.node, step = %step, "resume requested; retrying the failed step {step}");
-            self.reboot_requested_at = None;
-            let next = self
-                .state
-                .clone()
-                .on_resume(Timestamp::now(), signed(self.settings.verify.timeout));
-            self.enter(next, serde_json::json!({"resumed": step.to_string()}))?;
+            return self.retry_later("uncordoning", e).await;
+        }
+        if let Err(e) = self.cluster.record_reboot_finished(Timestamp::now()).await {
+            return self.retry_later("recording the finished reboot", e).await;
+        }
+        match self.cluster.clear_halt().await {
+            Ok(true) => self.event(AgentEvent::HaltCleared),
+            Ok(false) => {}
+            Err(e) => return self.retry_later("clearing the fleet halt", e).await,
+        }
+        if let Err(e) = self.cluster.release(&cycle.slot).await {
+            return self.retry_later("releasing the lease", e).await;
+        }
+        let history = serde_json::json!({
+            "node": self.node,
+            "reasons": cycle.reasons,
+            "durations": durations,
+        });
+        self.write(move |s| {
+            crate::host::sentinel::clear_reboot_request(s)?;
+            s.append_history("reboot", &history).map(|_| ())
+        })
+        .await?;
+        self.event(AgentEvent::Verified {
+            durations: durations.clone(),
+        });
+        self.event(AgentEvent::Released {
+            slot: cycle.slot.clone(),
+        });
+        self.transition(Event::Released, serde_json::json!({"durations": durations}))
+            .await?;
+        Ok(Wait::No)
+    }
+
+    /// An operator request (resume, force release) that answers this
+    /// failure: issued after it. An older one is dropped, said so.
+    async fn take_request(
+        &mut self,
+        key: &'static str,
+        failed_at: Timestamp,
+    ) -> Result<Option<Timestamp>, AgentError> {
+        let Some(value) = self.store().get::<serde_json::Value>(key)? else {
+            return Ok(None);
+        };
+        self.write(move |s| s.remove(key)).await?;
+        match request_time(&value) {
+            Some(at) if at > failed_at => Ok(Some(at)),
+            Some(at) => {
+                warn!(node = %self.node, request = key, requested_at = %at, failed_at = %failed_at,
+                    "ignored {key}: it was issued at {at}, before this failure at {failed_at}");
+                let detail = serde_json::json!({"node": self.node, "request": key, "requested-at": at, "failed-at": failed_at});
+                self.write(move |s| s.append_history("stale-request", &detail).map(|_| ()))
+                    .await?;
+                Ok(None)
+            }
+            None => {
+                warn!(node = %self.node, request = key, value = %value, "ignored {key}: not a request time");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn failed(&mut self) -> Result<Wait, AgentError> {
+        let AgentState::Failed {
+            step, error, at, ..
+        } = self.state.clone()
+        else {
+            unreachable!("failed() runs in Failed")
+        };
+        if let Some(requested) = self.take_request(keys::RESUME_REQUESTED, at).await? {
+            info!(message_id = msgid::RESUME_REQUESTED, node = %self.node, step = %step, "resume requested; going back to the interrupted step {step}");
+            self.reboot_requested_here = None;
+            self.transition(
+                Event::Resume {
+                    now: Timestamp::now(),
+                    verify_timeout: signed(self.settings.verify.timeout),
+                },
+                serde_json::json!({"resumed": step.to_string(), "requested-at": requested}),
+            )
+            .await?;
             return Ok(Wait::No);
         }
         if let Some(slot) = self.state.held_slot().map(str::to_string) {
-            if self
-                .store
-                .get::<serde_json::Value>(keys::FORCE_RELEASE)?
-                .is_some()
-            {
+            if let Some(requested) = self.take_request(keys::FORCE_RELEASE, at).await? {
                 if let Err(e) = self.cluster.release(&slot).await {
-                    return self.retry_later("force-releasing the lease", e);
+                    // Asked again on the next look.
+                    let value = serde_json::to_value(requested).unwrap_or_default();
+                    self.write(move |s| s.set(keys::FORCE_RELEASE, &value))
+                        .await?;
+                    return self.retry_later("force-releasing the lease", e).await;
                 }
-                self.store.remove(keys::FORCE_RELEASE)?;
                 warn!(message_id = msgid::LEASE_FORCE_RELEASED, node = %self.node, slot = %slot, "lease slot {slot} force-released; the node stays as it is");
-                let next = self.state.clone().on_released();
-                self.enter(next, serde_json::json!({"force-released": slot}))?;
+                self.claim = None;
+                self.transition(
+                    Event::ForceReleased,
+                    serde_json::json!({"force-released": slot, "requested-at": requested}),
+                )
+                .await?;
                 return Ok(Wait::No);
             }
-            // Keep the slot: the fleet stops here until a person acts.
-            if let Err(e) = self.cluster.renew(&slot).await {
-                warn!(node = %self.node, slot = %slot, error = %e, "renewing the kept lease failed");
+            // Keep the slot (its keeper renews it): the fleet stops here.
+            if let Some(wait) = self.guard_slot(false).await? {
+                return Ok(wait);
             }
         } else {
-            self.store.remove(keys::FORCE_RELEASE)?;
+            self.take_request(keys::FORCE_RELEASE, at).await?;
         }
         self.status(format!(
             "failed at {step}: {error}; fix it, then `drydock resume` (or `drydock release --force`)"
-        ))?;
+        ))
+        .await?;
         Ok(Wait::For(self.renew_every()))
     }
 }

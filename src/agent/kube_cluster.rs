@@ -2,15 +2,17 @@
 //! drain, verification and the drydock Namespace annotations.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use tracing::{debug, warn};
 
 use super::pace;
-use super::ports::{Cluster, ClusterGates, DrainResult, GateStatus, LeaseOutlook, PortError};
-use crate::cluster::lease::{Held, LeaseClient, LeaseError};
+use super::ports::{
+    ClaimWatch, Cluster, ClusterGates, DrainResult, GateStatus, Halt, LeaseOutlook, PortError,
+};
+use crate::cluster::lease::{Held, LeaseClient, LeaseError, LeaseKeeper};
 use crate::cluster::{annotations, drain, node::NodeClient, observe};
 use crate::config::Settings;
 use crate::gates::{self, GateReport, LocalObservation};
@@ -22,18 +24,28 @@ pub struct KubeCluster {
     client: kube::Client,
     settings: Settings,
     node: String,
-    lease: LeaseClient,
-    held: Mutex<BTreeMap<String, Held>>,
+    lease: Arc<LeaseClient>,
+    /// One keeper per slot held: renews it in the background.
+    keepers: Mutex<BTreeMap<String, LeaseKeeper>>,
 }
 
 fn status(reports: Vec<GateReport>) -> Vec<GateStatus> {
     reports
         .into_iter()
-        .map(|r| GateStatus {
-            gate: r.gate.to_string(),
-            passed: r.verdict.passes(),
-            skipped: !r.verdict.evaluated(),
-            reason: r.verdict.reason().unwrap_or_default().to_string(),
+        .map(|r| match r.gate.parse::<gates::GateName>() {
+            Ok(gate) => GateStatus {
+                gate,
+                passed: r.verdict.passes(),
+                skipped: !r.verdict.evaluated(),
+                reason: r.verdict.reason().unwrap_or_default().to_string(),
+            },
+            // A gate without a name in the vocabulary is a bug: blocks.
+            Err(e) => GateStatus {
+                gate: gates::GateName::Cluster,
+                passed: false,
+                skipped: false,
+                reason: format!("{e} (a drydock bug): blocking"),
+            },
         })
         .collect()
 }
@@ -48,37 +60,62 @@ fn lease_error(action: &str, e: LeaseError) -> PortError {
     }
 }
 
+/// A node read or write failure: permanent when the API said no (401,
+/// 403, 404, 422: retrying will not change its mind), else transient.
+fn node_error(action: &str, e: crate::cluster::node::NodeError) -> PortError {
+    use crate::cluster::node::NodeError;
+    let permanent = match &e {
+        NodeError::NotFound { .. } => true,
+        NodeError::Get { source, .. } | NodeError::Patch { source, .. } => {
+            drain::kube_class(source) == drain::ErrorClass::Permanent
+        }
+        NodeError::Conflict { .. } => false,
+    };
+    if permanent {
+        PortError::permanent(action, e)
+    } else {
+        PortError::failed(action, e)
+    }
+}
+
 impl KubeCluster {
     pub fn new(client: kube::Client, settings: Settings, node: String) -> Self {
-        let lease = LeaseClient::new(client.clone(), &settings, &node);
+        let lease = Arc::new(LeaseClient::new(client.clone(), &settings, &node));
         KubeCluster {
             client,
             settings,
             node,
             lease,
-            held: Mutex::new(BTreeMap::new()),
+            keepers: Mutex::new(BTreeMap::new()),
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    fn keepers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LeaseKeeper>> {
+        self.keepers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Our claim on `slot`: cached, or found again after a restart.
-    async fn find_held(&self, slot: &str) -> Result<Held, PortError> {
-        if let Some(h) = self.held().get(slot).cloned() {
-            return Ok(h);
-        }
-        match self.lease.mine().await {
-            Ok(Some(h)) if h.slot == slot => {
-                self.held().insert(slot.to_string(), h.clone());
-                Ok(h)
-            }
-            Ok(other) => Err(PortError::LostLease {
-                slot: slot.to_string(),
-                holder: other.map_or("nobody".into(), |h| format!("this node, as {}", h.slot)),
-            }),
-            Err(e) => Err(lease_error("finding our Lease", e)),
+    /// Renewal interval: well inside the lease duration.
+    fn renew_every(&self) -> Duration {
+        (self.settings.lease.duration / 3).max(Duration::from_millis(100))
+    }
+
+    fn keep(&self, held: Held) -> ClaimWatch {
+        let slot = held.slot.clone();
+        let keeper = LeaseKeeper::spawn(self.lease.clone(), held, self.renew_every());
+        let claim = keeper.claim();
+        self.keepers().insert(slot, keeper);
+        claim
+    }
+
+    /// Who holds `slot`, for the message when it is not us.
+    async fn holder_of(&self, slot: &str) -> String {
+        match self.lease.slots().await {
+            Ok(slots) => slots
+                .into_iter()
+                .find(|s| s.name == slot)
+                .and_then(|s| s.holder)
+                .unwrap_or_else(|| "nobody (released or deleted)".into()),
+            Err(e) => format!("unknown ({e})"),
         }
     }
 
@@ -93,7 +130,7 @@ impl Cluster for KubeCluster {
             Ok(p) => p,
             Err(e) => {
                 return vec![GateStatus {
-                    gate: gates::paused::LOCAL.into(),
+                    gate: gates::GateName::Paused,
                     passed: false,
                     reason: format!("cannot read the local pause: {e}"),
                     skipped: false,
@@ -197,7 +234,7 @@ impl Cluster for KubeCluster {
         match self.lease.acquire(true).await {
             Ok(Some(held)) => {
                 let slot = held.slot.clone();
-                self.held().insert(slot.clone(), held);
+                self.keep(held);
                 Ok(Some(slot))
             }
             Ok(None) => Ok(None),
@@ -205,34 +242,56 @@ impl Cluster for KubeCluster {
         }
     }
 
-    async fn renew(&self, slot: &str) -> Result<(), PortError> {
-        let mut held = self.find_held(slot).await?;
-        let result = self.lease.renew(&mut held).await;
-        match result {
-            Ok(()) => {
-                self.held().insert(slot.to_string(), held);
-                Ok(())
-            }
-            Err(e) => {
-                self.held().remove(slot);
-                Err(lease_error("renewing the Lease", e))
-            }
+    async fn hold(&self, slot: &str) -> Result<ClaimWatch, PortError> {
+        if let Some(k) = self.keepers().get(slot)
+            && !k.is_lost()
+        {
+            return Ok(k.claim());
+        }
+        self.keepers().remove(slot);
+        match self.lease.mine().await {
+            Ok(Some(h)) if h.slot == slot => Ok(self.keep(h)),
+            Ok(Some(h)) => Err(PortError::LostLease {
+                slot: slot.to_string(),
+                holder: format!("this node, as {}", h.slot),
+            }),
+            Ok(None) => Err(PortError::LostLease {
+                slot: slot.to_string(),
+                holder: self.holder_of(slot).await,
+            }),
+            Err(e) => Err(lease_error("finding our Lease", e)),
         }
     }
 
-    async fn release(&self, slot: &str) -> Result<(), PortError> {
-        let held = match self.find_held(slot).await {
-            Ok(h) => h,
-            // Not ours any more: nothing to release.
-            Err(PortError::LostLease { .. }) => return Ok(()),
-            Err(e) => return Err(e),
+    async fn confirm(&self, slot: &str) -> Result<(), PortError> {
+        self.hold(slot).await?;
+        // The keeper is taken out for the request (the map's lock is not
+        // held across it) and put back while it is still ours.
+        let Some(keeper) = self.keepers().remove(slot) else {
+            return Err(PortError::LostLease {
+                slot: slot.to_string(),
+                holder: "unknown (released meanwhile)".into(),
+            });
         };
-        self.lease
-            .release(&held)
-            .await
-            .map_err(|e| lease_error("releasing the Lease", e))?;
-        self.held().remove(slot);
-        Ok(())
+        let result = keeper.renew_now(&self.lease).await;
+        if !keeper.is_lost() {
+            self.keepers().insert(slot.to_string(), keeper);
+        }
+        result.map_err(|e| lease_error("renewing the Lease", e))
+    }
+
+    async fn release(&self, slot: &str) -> Result<(), PortError> {
+        let keeper = self.keepers().remove(slot);
+        let result = match keeper {
+            Some(k) => k.release(&self.lease).await,
+            None => match self.lease.mine().await {
+                Ok(Some(h)) if h.slot == slot => self.lease.release(&h).await,
+                // Not ours any more: nothing to release.
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        result.map_err(|e| lease_error("releasing the Lease", e))
     }
 
     async fn wait_for_lease_change(&self, timeout: Duration) {
@@ -247,7 +306,7 @@ impl Cluster for KubeCluster {
             .get()
             .await
             .map(|n| crate::cluster::node::is_unschedulable(&n))
-            .map_err(|e| PortError::failed("reading this node", e))
+            .map_err(|e| node_error("reading this node", e))
     }
 
     async fn set_unschedulable(&self, value: bool) -> Result<(), PortError> {
@@ -257,12 +316,13 @@ impl Cluster for KubeCluster {
         } else {
             node.uncordon().await
         }
-        .map_err(|e| PortError::failed(if value { "cordoning" } else { "uncordoning" }, e))
+        .map_err(|e| node_error(if value { "cordoning" } else { "uncordoning" }, e))
     }
 
     async fn drain(
         &self,
         progress: tokio::sync::watch::Sender<usize>,
+        claim: ClaimWatch,
     ) -> Result<DrainResult, PortError> {
         let opts = drain::DrainOptions::from_settings(&self.settings.drain);
         let (tx, mut rx) = tokio::sync::watch::channel(drain::DrainProgress::default());
@@ -272,21 +332,21 @@ impl Cluster for KubeCluster {
                 let _ = progress.send(left);
             }
         };
-        let run = drain::drain(&self.client, &self.node, &opts, &tx);
+        let run = drain::drain_holding(&self.client, &self.node, &opts, &tx, claim);
         let result = tokio::select! {
             r = run => r,
             _ = forward => unreachable!("the sender outlives the drain"),
         };
         match result {
-            Ok(_) => Ok(DrainResult::Drained),
-            Err(drain::DrainError::TimedOut(timeout)) => Ok(DrainResult::TimedOut {
-                blocking: timeout
-                    .blocked
-                    .iter()
-                    .map(|b| format!("{} ({:?})", b.pod, b.reason))
-                    .collect(),
-            }),
-            Err(e) => Err(PortError::failed("draining", e)),
+            Ok(report) => Ok(DrainResult::Drained(report)),
+            Err(drain::DrainError::TimedOut(timeout)) => Ok(DrainResult::TimedOut(timeout)),
+            Err(drain::DrainError::LeaseLost { slot, holder, .. }) => {
+                Err(PortError::LostLease { slot, holder })
+            }
+            Err(e) => match e.class() {
+                drain::ErrorClass::Permanent => Err(PortError::permanent("draining", e)),
+                _ => Err(PortError::failed("draining", e)),
+            },
         }
     }
 
@@ -314,29 +374,28 @@ impl Cluster for KubeCluster {
         }
     }
 
-    async fn halt_fleet(&self, reason: &str) -> Result<(), PortError> {
-        annotations::halt(&self.client, self.ns(), reason)
+    async fn halt_fleet(&self, halt: &Halt) -> Result<(), PortError> {
+        let by = annotations::HaltedBy {
+            node: halt.node.clone(),
+            reason: halt.reason.clone(),
+            at: halt.at,
+        };
+        annotations::halt_by(&self.client, self.ns(), &by)
             .await
             .map_err(|e| PortError::failed("halting the fleet", e))
     }
 
     async fn clear_halt(&self) -> Result<bool, PortError> {
-        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-            kube::Api::all(self.client.clone());
-        let ns = api
-            .get_opt(self.ns())
+        let by = annotations::halted_by(&self.client, self.ns())
             .await
-            .map_err(|e| PortError::failed("reading the drydock namespace", e))?;
-        let halted_by_us = ns
-            .and_then(|n| n.metadata.annotations)
-            .and_then(|a| a.get(annotations::HALTED).cloned())
-            .is_some_and(|v| v.starts_with(&format!("{} ", self.node)));
-        if halted_by_us {
+            .map_err(|e| PortError::failed("reading the fleet halt", e))?;
+        let ours = by.is_some_and(|b| b.node == self.node);
+        if ours {
             annotations::clear_halt(&self.client, self.ns())
                 .await
                 .map_err(|e| PortError::failed("clearing the fleet halt", e))?;
         }
-        Ok(halted_by_us)
+        Ok(ours)
     }
 
     async fn record_reboot_finished(&self, at: Timestamp) -> Result<(), PortError> {

@@ -12,4 +12,6 @@ pub use driver::{Agent, AgentError, Wait};
 pub use state::AgentState;
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use jiff::Timestamp;
 
-use super::ports::{Host, PortError};
+use super::ports::{BootChange, BootMark, Host, PortError};
 use crate::config::Settings;
+use crate::host::boot::BootId;
 use crate::host::logind::{LogindRebooter, Rebooter};
 use crate::host::{boot, checks, kernel, sentinel};
 
@@ -30,6 +31,17 @@ impl NodeHost {
     }
 }
 
+impl NodeHost {
+    fn signals(&self) -> Result<boot::BootSignals, PortError> {
+        boot::read_signals(
+            &self.boot_id_path,
+            &self.proc_stat_path,
+            &self.init_stat_path,
+        )
+        .map_err(|e| PortError::failed("reading the boot signals", e))
+    }
+}
+
 impl Host for NodeHost {
     fn boot_id(&self) -> Result<String, PortError> {
         boot::read_boot_id(&self.boot_id_path)
@@ -40,26 +52,43 @@ impl Host for NodeHost {
     /// When init started, not the kernel's btime: in a container btime is
     /// the host's, long before this boot (phase durations came out wrong).
     fn booted_at(&self) -> Result<Timestamp, PortError> {
-        self.boot().map(|b| b.started)
+        self.signals().map(|b| b.started)
     }
 
-    fn boot(&self) -> Result<boot::BootSignals, PortError> {
-        boot::read_signals(
-            &self.boot_id_path,
-            &self.proc_stat_path,
-            &self.init_stat_path,
-        )
-        .map_err(|e| PortError::failed("reading the boot signals", e))
+    /// Both signals must agree ([`boot::compare`]): a changed boot_id with
+    /// init started at the same time is as unclear as the reverse.
+    fn boot_change(&self, before: &BootMark) -> Result<BootChange, PortError> {
+        let now = self.signals()?;
+        let (Some(id), Some(started)) = (BootId::parse(&before.boot_id), before.booted_at) else {
+            return Ok(BootChange::judge(
+                before,
+                &BootMark {
+                    boot_id: now.boot_id.to_string(),
+                    booted_at: Some(now.started),
+                },
+            ));
+        };
+        let before = boot::BootSignals {
+            boot_id: id,
+            btime: started,
+            started,
+        };
+        Ok(match boot::compare(&before, &now) {
+            boot::BootChange::Same => BootChange::Same,
+            boot::BootChange::New => BootChange::New {
+                booted_at: now.started,
+            },
+            boot::BootChange::Inconsistent(reason) => BootChange::Unclear { reason },
+        })
     }
 
-    async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
+    async fn reboot_need(
+        &self,
+        requested: Option<sentinel::RebootRequest>,
+    ) -> Result<Vec<String>, PortError> {
         let running = kernel::running_release()
             .map_err(|e| PortError::failed("reading the running kernel", e))?;
-        let request = requested.map(|reason| sentinel::RebootRequest {
-            reason,
-            at: Timestamp::now(),
-        });
-        let need = sentinel::check(&self.settings.reboot, &running, request).await;
+        let need = sentinel::check(&self.settings.reboot, &running, requested).await;
         for problem in &need.problems {
             tracing::warn!(error = %problem, "a reboot-needed source could not be checked");
         }

@@ -9,12 +9,26 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::state::PhaseDurations;
+pub use crate::cluster::drain::{DrainReport, DrainTimeout};
+pub use crate::cluster::lease::Claim;
+use crate::host::sentinel::RebootRequest;
 use crate::store::Store;
+
+/// The claim on a Lease slot, as its keeper publishes it.
+pub type ClaimWatch = tokio::sync::watch::Receiver<Claim>;
+
+/// Who stopped the fleet and why, as data (not parsed back from text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Halt {
+    pub node: String,
+    pub reason: String,
+    pub at: Timestamp,
+}
 
 /// One gate's answer, as shown in `drydock status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateStatus {
-    pub gate: String,
+    pub gate: crate::gates::GateName,
     pub passed: bool,
     /// Why it blocks; empty when it passes.
     pub reason: String,
@@ -50,29 +64,89 @@ pub enum LeaseOutlook {
     Busy { holders: Vec<String> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DrainResult {
-    Drained,
-    /// Gave up after the drain timeout; these pods were still there.
-    TimedOut {
-        blocking: Vec<String>,
-    },
+    /// Every drainable pod is gone; what was done to which pod.
+    Drained(DrainReport),
+    /// Gave up after the drain timeout: the pods still there, and what was
+    /// done before.
+    TimedOut(Box<DrainTimeout>),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
+    /// Worth retrying as it is (API unreachable, 5xx, a conflict).
     #[error("{action}: {reason}")]
-    Failed { action: String, reason: String },
+    Transient { action: String, reason: String },
+    /// Retrying will not help; a person must look (a refused eviction,
+    /// 403, a pod the rules forbid evicting).
+    #[error("{action}: {reason}")]
+    Permanent { action: String, reason: String },
     /// Another node holds the slot we thought was ours.
     #[error("lease {slot} is now held by {holder}")]
     LostLease { slot: String, holder: String },
 }
 
 impl PortError {
+    /// A transient failure.
     pub fn failed(action: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        PortError::Failed {
+        PortError::Transient {
             action: action.into(),
             reason: reason.to_string(),
+        }
+    }
+
+    pub fn permanent(action: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        PortError::Permanent {
+            action: action.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PortError::Permanent { .. })
+    }
+}
+
+/// The boot a reboot leaves, as recorded before asking for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootMark {
+    pub boot_id: String,
+    /// The kernel's boot time of that boot, when it could be read.
+    pub booted_at: Option<Timestamp>,
+}
+
+/// Whether the machine booted since a [`BootMark`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootChange {
+    /// A new boot, started then.
+    New { booted_at: Timestamp },
+    /// Still the same boot.
+    Same,
+    /// The signals disagree; a person must look (never treated as a boot,
+    /// never answered with another reboot).
+    Unclear { reason: String },
+}
+
+impl BootChange {
+    /// The default judgement from two marks: a changed boot_id is a new
+    /// boot; the same boot_id with a different boot time is unclear (the
+    /// boot_id read may not be this machine's).
+    pub fn judge(before: &BootMark, now: &BootMark) -> BootChange {
+        let now_at = now.booted_at.unwrap_or_else(Timestamp::now);
+        if before.boot_id != now.boot_id {
+            return BootChange::New { booted_at: now_at };
+        }
+        match (before.booted_at, now.booted_at) {
+            (Some(a), Some(b)) if (a.as_second() - b.as_second()).abs() > 1 => {
+                BootChange::Unclear {
+                    reason: format!(
+                        "boot_id {} is unchanged but the boot time moved from {a} to {b}",
+                        now.boot_id
+                    ),
+                }
+            }
+            _ => BootChange::Same,
         }
     }
 }
@@ -80,27 +154,26 @@ impl PortError {
 /// This machine.
 pub trait Host: Send + Sync {
     fn boot_id(&self) -> Result<String, PortError>;
-    /// When the current boot started (this machine's init; see
-    /// [`crate::host::boot::BootSignals::started`]).
+    /// When the current boot started (the kernel's btime).
     fn booted_at(&self) -> Result<Timestamp, PortError>;
-    /// Both boot signals, to tell a reboot from a boot_id that is not this
-    /// machine's own ([`crate::host::boot::compare`]).
-    fn boot(&self) -> Result<crate::host::boot::BootSignals, PortError> {
-        let id = self.boot_id()?;
-        let boot_id = crate::host::boot::BootId::parse(&id)
-            .ok_or_else(|| PortError::failed("reading boot_id", format!("{id:?} is not a UUID")))?;
-        let started = self.booted_at()?;
-        Ok(crate::host::boot::BootSignals {
-            boot_id,
-            btime: started,
-            started,
+    /// The current boot, to be compared after the reboot.
+    fn boot_mark(&self) -> Result<BootMark, PortError> {
+        Ok(BootMark {
+            boot_id: self.boot_id()?,
+            booted_at: self.booted_at().ok(),
         })
     }
+    /// Whether the machine booted since `before`. Hosts with better
+    /// evidence (several signals) override this.
+    fn boot_change(&self, before: &BootMark) -> Result<BootChange, PortError> {
+        Ok(BootChange::judge(before, &self.boot_mark()?))
+    }
     /// Why a reboot is needed; empty when it is not. `requested` is an
-    /// operator's `drydock reboot` reason, read from the store by the driver.
+    /// operator's `drydock reboot`, read from the store by the driver (its
+    /// time is the request's own, so the reason stays the same each check).
     fn reboot_need(
         &self,
-        requested: Option<String>,
+        requested: Option<RebootRequest>,
     ) -> impl Future<Output = Result<Vec<String>, PortError>> + Send;
     /// Ask logind to reboot. Returns once the request was accepted.
     fn reboot(&self, reason: &str) -> impl Future<Output = Result<(), PortError>> + Send;
@@ -120,15 +193,24 @@ pub trait Cluster: Send + Sync {
     fn lease_outlook(&self) -> impl Future<Output = Result<LeaseOutlook, PortError>> + Send;
     /// Take a slot; `Ok(None)` when another node won.
     fn acquire(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send;
-    fn renew(&self, slot: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Keep `slot` (renewed in the background) and watch the claim on it.
+    /// `Err(LostLease)` when it is not ours.
+    fn hold(&self, slot: &str) -> impl Future<Output = Result<ClaimWatch, PortError>> + Send;
+    /// Renew `slot` now, before a step that cannot be taken back (cordon,
+    /// drain, reboot, declaring the node verified). `Err(LostLease)` when
+    /// it is not ours.
+    fn confirm(&self, slot: &str) -> impl Future<Output = Result<(), PortError>> + Send;
     fn release(&self, slot: &str) -> impl Future<Output = Result<(), PortError>> + Send;
     /// Returns when a Lease changes or after `timeout`.
     fn wait_for_lease_change(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
     fn node_unschedulable(&self) -> impl Future<Output = Result<bool, PortError>> + Send;
     fn set_unschedulable(&self, value: bool) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Drains this node; stops with `Err(LostLease)` the moment `claim`
+    /// says the slot is gone.
     fn drain(
         &self,
         progress: tokio::sync::watch::Sender<usize>,
+        claim: ClaimWatch,
     ) -> impl Future<Output = Result<DrainResult, PortError>> + Send;
     /// Node Ready since the boot, reporting this boot (`boot_id`, the one the
     /// driver saw change), required DaemonSet pods Ready; `Err` says what is not.
@@ -138,7 +220,7 @@ pub trait Cluster: Send + Sync {
         boot_id: &str,
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Stop the whole fleet: other nodes' gates block on it.
-    fn halt_fleet(&self, reason: &str) -> impl Future<Output = Result<(), PortError>> + Send;
+    fn halt_fleet(&self, halt: &Halt) -> impl Future<Output = Result<(), PortError>> + Send;
     /// Lift a halt this node set, after it recovered; `Ok(true)` when there
     /// was one to lift.
     fn clear_halt(&self) -> impl Future<Output = Result<bool, PortError>> + Send;
@@ -154,8 +236,8 @@ pub trait Cluster: Send + Sync {
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum AgentEvent {
     StateChanged {
-        from: String,
-        to: String,
+        from: crate::phase::Phase,
+        to: crate::phase::Phase,
     },
     /// Checked: no reboot is needed.
     UpToDate,
@@ -168,8 +250,23 @@ pub enum AgentEvent {
     DrainProgress {
         pods_left: usize,
     },
+    /// Drained: what happened to which pod.
+    Drained {
+        report: DrainReport,
+    },
     DrainTimedOut {
         blocking: Vec<String>,
+        /// What the drain did before it gave up.
+        report: DrainReport,
+    },
+    /// The drain cannot succeed without a person (a refused eviction).
+    DrainFailed {
+        error: String,
+    },
+    /// The Lease slot was lost while the node was out of service.
+    LeaseLost {
+        slot: String,
+        holder: String,
     },
     /// About to ask logind; `boot_id` is the boot being left.
     Rebooting {

@@ -1,13 +1,25 @@
 //! The agent's state: one enum whose variants carry what the next step needs,
-//! persisted on every transition. Transitions are pure methods; the driver
-//! does the I/O and calls them with what it found.
+//! persisted on every transition. Transitions are pure: [`AgentState::apply`]
+//! takes an [`Event`] (what the driver found or did) and returns the next
+//! state, or an error naming both when the pair is not a legal one.
 //!
 //! Every state names a step that is safe to repeat after a crash: the step
-//! first checks what is already true (boot_id changed, node cordoned, lease
+//! first checks what is already true (boot changed, node cordoned, lease
 //! ours) and only then acts.
+//!
+//! A failure keeps the state it interrupted; `drydock resume` returns to
+//! exactly that state (after taking a Lease slot again when the failure
+//! cost it the slot). Only a passed verification after a changed boot leads
+//! to [`AgentState::Releasing`].
+
+use std::fmt;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
+
+/// The name of a state: one vocabulary for logs, `drydock status`,
+/// metrics and the node annotation.
+pub use crate::phase::Phase;
 
 /// Where in the cycle a failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +78,10 @@ pub enum AgentState {
         since: Timestamp,
         /// After a failed drain: do not try again before this.
         retry_after: Option<Timestamp>,
+        /// A resumed failure whose slot was lost: once a slot is taken
+        /// again, the cycle goes on from this state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Box<AgentState>>,
     },
     /// Holding a slot; the node's prior schedulability is about to be read.
     Locked { cycle: Cycle },
@@ -78,15 +94,21 @@ pub enum AgentState {
         cordon: Cordon,
         started: Timestamp,
     },
-    /// Reboot requested; `boot_id` is the boot we are leaving.
+    /// Drained; `boot_id` (and `booted_at`) are the boot being left.
     Rebooting {
         cycle: Cycle,
         cordon: Cordon,
         boot_id: String,
+        #[serde(default)]
+        booted_at: Option<Timestamp>,
         drained_at: Timestamp,
         drain_seconds: f64,
+        /// When the reboot was asked for. Written before asking: a reboot
+        /// is requested at most once per cycle without a person.
+        #[serde(default)]
+        requested_at: Option<Timestamp>,
     },
-    /// Back from the reboot (boot_id changed); checking health.
+    /// Back from the reboot (the boot changed); checking health.
     Verifying {
         cycle: Cycle,
         cordon: Cordon,
@@ -95,24 +117,22 @@ pub enum AgentState {
         drain_seconds: f64,
         reboot_seconds: f64,
     },
-    /// Healthy: uncordon (if ours), record, release the slot.
+    /// Verified healthy: uncordon (if ours), record, release the slot.
     Releasing {
         cycle: Cycle,
         cordon: Cordon,
         durations: PhaseDurations,
     },
-    /// Stopped for a person. The lease is kept when `slot` is set, so the
-    /// fleet does not move on.
+    /// Stopped for a person. The fleet stays stopped while `slot_held`.
     Failed {
         step: Step,
         error: String,
         at: Timestamp,
-        cycle: Option<Cycle>,
-        cordon: Option<Cordon>,
-        /// The boot before the failed step, when it is a reboot step.
-        boot_id: Option<String>,
-        drain_seconds: f64,
-        reboot_seconds: f64,
+        /// The state the failure interrupted, as it was: resume returns to it.
+        interrupted: Box<AgentState>,
+        /// The interrupted state's Lease slot is still ours (false once it
+        /// was lost or force-released).
+        slot_held: bool,
     },
 }
 
@@ -125,24 +145,193 @@ pub struct PhaseDurations {
     pub verify_seconds: f64,
 }
 
+/// What the driver found or did; the input of [`AgentState::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A reboot need was observed (or is still there).
+    RebootNeeded {
+        reasons: Vec<String>,
+        now: Timestamp,
+    },
+    /// No reboot is needed (any more).
+    RebootNotNeeded,
+    LeaseAcquired {
+        slot: String,
+        now: Timestamp,
+    },
+    /// The node's schedulability, read while holding the slot.
+    PriorSchedulability {
+        unschedulable: bool,
+    },
+    Cordoned {
+        now: Timestamp,
+    },
+    /// Drained; the boot about to be left.
+    Drained {
+        boot_id: String,
+        booted_at: Option<Timestamp>,
+        now: Timestamp,
+    },
+    /// The drain gave up: the driver restored the node and released the
+    /// slot; try again later.
+    DrainAbandoned {
+        retry_after: Timestamp,
+    },
+    /// About to ask for the reboot (persisted first).
+    RebootRequested {
+        now: Timestamp,
+    },
+    /// The boot changed: the reboot happened.
+    BootObserved {
+        booted_at: Timestamp,
+        now: Timestamp,
+        verify_timeout: SignedDuration,
+    },
+    Verified {
+        now: Timestamp,
+    },
+    /// Uncordoned (if ours), recorded and the slot released.
+    Released,
+    /// A step failed in a way a person must look at; the slot and the
+    /// cordon are kept.
+    Failed {
+        error: String,
+        now: Timestamp,
+    },
+    /// The slot is no longer ours.
+    LeaseLost {
+        holder: String,
+        now: Timestamp,
+    },
+    /// `drydock resume`, issued after the failure.
+    Resume {
+        now: Timestamp,
+        verify_timeout: SignedDuration,
+    },
+    /// `drydock release --force`, issued after the failure.
+    ForceReleased,
+}
+
+/// The kind of an [`Event`], for errors and the transition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    RebootNeeded,
+    RebootNotNeeded,
+    LeaseAcquired,
+    PriorSchedulability,
+    Cordoned,
+    Drained,
+    DrainAbandoned,
+    RebootRequested,
+    BootObserved,
+    Verified,
+    Released,
+    Failed,
+    LeaseLost,
+    Resume,
+    ForceReleased,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 15] = [
+        EventKind::RebootNeeded,
+        EventKind::RebootNotNeeded,
+        EventKind::LeaseAcquired,
+        EventKind::PriorSchedulability,
+        EventKind::Cordoned,
+        EventKind::Drained,
+        EventKind::DrainAbandoned,
+        EventKind::RebootRequested,
+        EventKind::BootObserved,
+        EventKind::Verified,
+        EventKind::Released,
+        EventKind::Failed,
+        EventKind::LeaseLost,
+        EventKind::Resume,
+        EventKind::ForceReleased,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RebootNeeded => "reboot-needed",
+            EventKind::RebootNotNeeded => "reboot-not-needed",
+            EventKind::LeaseAcquired => "lease-acquired",
+            EventKind::PriorSchedulability => "prior-schedulability",
+            EventKind::Cordoned => "cordoned",
+            EventKind::Drained => "drained",
+            EventKind::DrainAbandoned => "drain-abandoned",
+            EventKind::RebootRequested => "reboot-requested",
+            EventKind::BootObserved => "boot-observed",
+            EventKind::Verified => "verified",
+            EventKind::Released => "released",
+            EventKind::Failed => "failed",
+            EventKind::LeaseLost => "lease-lost",
+            EventKind::Resume => "resume",
+            EventKind::ForceReleased => "force-released",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::RebootNeeded { .. } => EventKind::RebootNeeded,
+            Event::RebootNotNeeded => EventKind::RebootNotNeeded,
+            Event::LeaseAcquired { .. } => EventKind::LeaseAcquired,
+            Event::PriorSchedulability { .. } => EventKind::PriorSchedulability,
+            Event::Cordoned { .. } => EventKind::Cordoned,
+            Event::Drained { .. } => EventKind::Drained,
+            Event::DrainAbandoned { .. } => EventKind::DrainAbandoned,
+            Event::RebootRequested { .. } => EventKind::RebootRequested,
+            Event::BootObserved { .. } => EventKind::BootObserved,
+            Event::Verified { .. } => EventKind::Verified,
+            Event::Released => EventKind::Released,
+            Event::Failed { .. } => EventKind::Failed,
+            Event::LeaseLost { .. } => EventKind::LeaseLost,
+            Event::Resume { .. } => EventKind::Resume,
+            Event::ForceReleased => EventKind::ForceReleased,
+        }
+    }
+}
+
+/// An event that has no meaning in the current state: a bug in the driver
+/// (or a corrupted record), never silently ignored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal agent transition: event {event} in state {state}{}", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]
+pub struct TransitionError {
+    pub state: Phase,
+    pub event: EventKind,
+    pub detail: String,
+}
+
 fn seconds(from: Timestamp, to: Timestamp) -> f64 {
     (to.as_millisecond() - from.as_millisecond()).max(0) as f64 / 1000.0
 }
 
 impl AgentState {
+    pub fn phase(&self) -> Phase {
+        match self {
+            AgentState::Idle => Phase::Idle,
+            AgentState::Pending { .. } => Phase::Pending,
+            AgentState::Locked { .. } => Phase::Locked,
+            AgentState::Cordoning { .. } => Phase::Cordoning,
+            AgentState::Draining { .. } => Phase::Draining,
+            AgentState::Rebooting { .. } => Phase::Rebooting,
+            AgentState::Verifying { .. } => Phase::Verifying,
+            AgentState::Releasing { .. } => Phase::Releasing,
+            AgentState::Failed { .. } => Phase::Failed,
+        }
+    }
+
     /// Short name for logs, metrics and the node annotation.
     pub fn name(&self) -> &'static str {
-        match self {
-            AgentState::Idle => "idle",
-            AgentState::Pending { .. } => "pending",
-            AgentState::Locked { .. } => "locked",
-            AgentState::Cordoning { .. } => "cordoning",
-            AgentState::Draining { .. } => "draining",
-            AgentState::Rebooting { .. } => "rebooting",
-            AgentState::Verifying { .. } => "verifying",
-            AgentState::Releasing { .. } => "releasing",
-            AgentState::Failed { .. } => "failed",
-        }
+        self.phase().as_str()
     }
 
     pub const ALL_NAMES: [&'static str; 9] = [
@@ -157,153 +346,390 @@ impl AgentState {
         "failed",
     ];
 
-    /// The slot this state holds, if any.
-    pub fn held_slot(&self) -> Option<&str> {
+    fn cycle(&self) -> Option<&Cycle> {
         match self {
             AgentState::Locked { cycle }
             | AgentState::Cordoning { cycle, .. }
             | AgentState::Draining { cycle, .. }
             | AgentState::Rebooting { cycle, .. }
             | AgentState::Verifying { cycle, .. }
-            | AgentState::Releasing { cycle, .. } => Some(&cycle.slot),
-            AgentState::Failed { cycle, .. } => cycle.as_ref().map(|c| c.slot.as_str()),
-            AgentState::Idle | AgentState::Pending { .. } => None,
+            | AgentState::Releasing { cycle, .. } => Some(cycle),
+            AgentState::Idle | AgentState::Pending { .. } | AgentState::Failed { .. } => None,
         }
     }
 
-    /// A reboot need was observed (or is still there).
-    pub fn on_reboot_needed(self, reasons: Vec<String>, now: Timestamp) -> AgentState {
+    fn cycle_mut(&mut self) -> Option<&mut Cycle> {
         match self {
-            AgentState::Idle => AgentState::Pending {
+            AgentState::Locked { cycle }
+            | AgentState::Cordoning { cycle, .. }
+            | AgentState::Draining { cycle, .. }
+            | AgentState::Rebooting { cycle, .. }
+            | AgentState::Verifying { cycle, .. }
+            | AgentState::Releasing { cycle, .. } => Some(cycle),
+            AgentState::Idle | AgentState::Pending { .. } | AgentState::Failed { .. } => None,
+        }
+    }
+
+    /// The slot this state holds, if any.
+    pub fn held_slot(&self) -> Option<&str> {
+        match self {
+            AgentState::Failed {
+                interrupted,
+                slot_held: true,
+                ..
+            } => interrupted.held_slot(),
+            other => other.cycle().map(|c| c.slot.as_str()),
+        }
+    }
+
+    /// Whether drydock cordoned the node in this state (or the state a
+    /// failure interrupted).
+    pub fn cordon(&self) -> Option<Cordon> {
+        match self {
+            AgentState::Cordoning { cordon, .. }
+            | AgentState::Draining { cordon, .. }
+            | AgentState::Rebooting { cordon, .. }
+            | AgentState::Verifying { cordon, .. }
+            | AgentState::Releasing { cordon, .. } => Some(*cordon),
+            AgentState::Failed { interrupted, .. } => interrupted.cordon(),
+            AgentState::Pending {
+                resume: Some(s), ..
+            } => s.cordon(),
+            _ => None,
+        }
+    }
+
+    /// Where in the cycle a failure in this state happened.
+    pub fn step(&self) -> Step {
+        match self {
+            AgentState::Idle | AgentState::Pending { .. } | AgentState::Locked { .. } => {
+                Step::Cordon
+            }
+            AgentState::Cordoning { .. } => Step::Cordon,
+            AgentState::Draining { .. } => Step::Drain,
+            AgentState::Rebooting { .. } => Step::Reboot,
+            AgentState::Verifying { .. } => Step::Verify,
+            AgentState::Releasing { .. } => Step::Release,
+            AgentState::Failed { step, .. } => *step,
+        }
+    }
+
+    fn illegal(&self, event: EventKind, detail: &str) -> TransitionError {
+        TransitionError {
+            state: self.phase(),
+            event,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The one transition function: the next state for `event`, or an
+    /// error naming both when `event` has no meaning here. `self` is left
+    /// as it was either way.
+    pub fn apply(&self, event: Event) -> Result<AgentState, TransitionError> {
+        let kind = event.kind();
+        let illegal = |detail: &str| Err(self.illegal(kind, detail));
+        match (self.clone(), event) {
+            (AgentState::Idle, Event::RebootNeeded { reasons, now }) => Ok(AgentState::Pending {
                 reasons,
                 since: now,
                 retry_after: None,
-            },
-            AgentState::Pending {
-                since, retry_after, ..
-            } => AgentState::Pending {
+                resume: None,
+            }),
+            (AgentState::Idle, Event::RebootNotNeeded) => Ok(AgentState::Idle),
+
+            (
+                AgentState::Pending {
+                    since,
+                    retry_after,
+                    resume,
+                    ..
+                },
+                Event::RebootNeeded { reasons, .. },
+            ) => Ok(AgentState::Pending {
                 reasons,
                 since,
                 retry_after,
-            },
-            other => other,
-        }
-    }
-
-    /// The need went away before a slot was taken (e.g. sentinel removed).
-    pub fn on_reboot_not_needed(self) -> AgentState {
-        match self {
-            AgentState::Pending { .. } => AgentState::Idle,
-            other => other,
-        }
-    }
-
-    pub fn on_lease_acquired(self, slot: String, now: Timestamp) -> AgentState {
-        match self {
-            AgentState::Pending { reasons, since, .. } => AgentState::Locked {
-                cycle: Cycle {
+                resume,
+            }),
+            (AgentState::Pending { resume: None, .. }, Event::RebootNotNeeded) => {
+                Ok(AgentState::Idle)
+            }
+            (
+                AgentState::Pending {
+                    resume: Some(_), ..
+                },
+                Event::RebootNotNeeded,
+            ) => illegal("a resumed cycle ends only by a verified reboot"),
+            (
+                AgentState::Pending {
                     reasons,
-                    needed_since: since,
-                    slot,
-                    locked_at: now,
+                    since,
+                    resume,
+                    ..
                 },
+                Event::LeaseAcquired { slot, now },
+            ) => match resume {
+                None => Ok(AgentState::Locked {
+                    cycle: Cycle {
+                        reasons,
+                        needed_since: since,
+                        slot,
+                        locked_at: now,
+                    },
+                }),
+                Some(mut interrupted) => {
+                    match interrupted.cycle_mut() {
+                        Some(cycle) => cycle.slot = slot,
+                        None => return illegal("the resumed state has no cycle"),
+                    }
+                    Ok(*interrupted)
+                }
             },
-            other => other,
-        }
-    }
 
-    /// The node's schedulability was read while holding the slot.
-    pub fn on_prior_schedulability(self, already_unschedulable: bool) -> AgentState {
-        match self {
-            AgentState::Locked { cycle } => AgentState::Cordoning {
-                cycle,
-                cordon: if already_unschedulable {
-                    Cordon::Admin
-                } else {
-                    Cordon::Ours
-                },
-            },
-            other => other,
-        }
-    }
-
-    pub fn on_cordoned(self, now: Timestamp) -> AgentState {
-        match self {
-            AgentState::Cordoning { cycle, cordon } => AgentState::Draining {
-                cycle,
-                cordon,
-                started: now,
-            },
-            other => other,
-        }
-    }
-
-    /// Drained; `boot_id` is the current boot, persisted before rebooting.
-    pub fn on_drained(self, boot_id: String, now: Timestamp) -> AgentState {
-        match self {
-            AgentState::Draining {
-                cycle,
-                cordon,
-                started,
-            } => AgentState::Rebooting {
-                cycle,
-                cordon,
-                boot_id,
-                drained_at: now,
-                drain_seconds: seconds(started, now),
-            },
-            other => other,
-        }
-    }
-
-    /// The drain gave up: the node was restored and the slot released by
-    /// the driver; try again later.
-    pub fn on_drain_abandoned(self, retry_after: Timestamp) -> AgentState {
-        match self {
-            AgentState::Draining { cycle, .. } => AgentState::Pending {
+            (AgentState::Locked { cycle }, Event::PriorSchedulability { unschedulable }) => {
+                Ok(AgentState::Cordoning {
+                    cycle,
+                    cordon: if unschedulable {
+                        Cordon::Admin
+                    } else {
+                        Cordon::Ours
+                    },
+                })
+            }
+            // Nothing touched yet: back to waiting, the need kept.
+            (AgentState::Locked { cycle }, Event::LeaseLost { .. }) => Ok(AgentState::Pending {
                 reasons: cycle.reasons,
                 since: cycle.needed_since,
-                retry_after: Some(retry_after),
-            },
-            other => other,
-        }
-    }
+                retry_after: None,
+                resume: None,
+            }),
 
-    /// The boot_id read now differs from the one we left: the reboot happened.
-    pub fn on_boot_observed(
-        self,
-        current_boot_id: &str,
-        booted_at: Timestamp,
-        now: Timestamp,
-        verify_timeout: SignedDuration,
-    ) -> AgentState {
-        match self {
-            AgentState::Rebooting {
+            (AgentState::Cordoning { cycle, cordon }, Event::Cordoned { now }) => {
+                Ok(AgentState::Draining {
+                    cycle,
+                    cordon,
+                    started: now,
+                })
+            }
+
+            (
+                AgentState::Draining {
+                    cycle,
+                    cordon,
+                    started,
+                },
+                Event::Drained {
+                    boot_id,
+                    booted_at,
+                    now,
+                },
+            ) => Ok(AgentState::Rebooting {
                 cycle,
                 cordon,
                 boot_id,
+                booted_at,
+                drained_at: now,
+                drain_seconds: seconds(started, now),
+                requested_at: None,
+            }),
+            (AgentState::Draining { cycle, .. }, Event::DrainAbandoned { retry_after }) => {
+                Ok(AgentState::Pending {
+                    reasons: cycle.reasons,
+                    since: cycle.needed_since,
+                    retry_after: Some(retry_after),
+                    resume: None,
+                })
+            }
+
+            (
+                AgentState::Rebooting {
+                    requested_at: None,
+                    cycle,
+                    cordon,
+                    boot_id,
+                    booted_at,
+                    drained_at,
+                    drain_seconds,
+                },
+                Event::RebootRequested { now },
+            ) => Ok(AgentState::Rebooting {
+                cycle,
+                cordon,
+                boot_id,
+                booted_at,
                 drained_at,
                 drain_seconds,
-            } if boot_id != current_boot_id => {
+                requested_at: Some(now),
+            }),
+            (AgentState::Rebooting { .. }, Event::RebootRequested { .. }) => {
+                illegal("a reboot was already requested in this cycle")
+            }
+            (
+                AgentState::Rebooting {
+                    cycle,
+                    cordon,
+                    drained_at,
+                    drain_seconds,
+                    ..
+                },
+                Event::BootObserved {
+                    booted_at,
+                    now,
+                    verify_timeout,
+                },
+            ) => {
                 // The reboot ends when this machine's init started, not when
                 // the daemon noticed: reboot and verify must not overlap.
                 // Kept within [drained_at, now] against a clock that moved.
                 let up = booted_at.max(drained_at).min(now);
-                AgentState::Verifying {
+                Ok(AgentState::Verifying {
                     cycle,
                     cordon,
                     booted_at: up,
                     deadline: now + verify_timeout,
                     drain_seconds,
                     reboot_seconds: seconds(drained_at, up),
+                })
+            }
+
+            (
+                AgentState::Verifying {
+                    cycle,
+                    cordon,
+                    booted_at,
+                    drain_seconds,
+                    reboot_seconds,
+                    ..
+                },
+                Event::Verified { now },
+            ) => {
+                let durations = PhaseDurations {
+                    wait_seconds: seconds(cycle.needed_since, cycle.locked_at),
+                    drain_seconds,
+                    reboot_seconds,
+                    verify_seconds: seconds(booted_at, now),
+                };
+                Ok(AgentState::Releasing {
+                    cycle,
+                    cordon,
+                    durations,
+                })
+            }
+
+            (AgentState::Releasing { .. }, Event::Released) => Ok(AgentState::Idle),
+
+            // A failure or a lost slot in a step that touched the node: stop
+            // for a person, keeping exactly where it was.
+            (
+                s @ (AgentState::Locked { .. }
+                | AgentState::Cordoning { .. }
+                | AgentState::Draining { .. }
+                | AgentState::Rebooting { .. }
+                | AgentState::Verifying { .. }),
+                Event::Failed { error, now },
+            ) => Ok(AgentState::Failed {
+                step: s.step(),
+                error,
+                at: now,
+                interrupted: Box::new(s),
+                slot_held: true,
+            }),
+            (
+                s @ (AgentState::Cordoning { .. }
+                | AgentState::Draining { .. }
+                | AgentState::Rebooting { .. }
+                | AgentState::Verifying { .. }),
+                Event::LeaseLost { holder, now },
+            ) => {
+                let slot = s.held_slot().unwrap_or_default().to_string();
+                Ok(AgentState::Failed {
+                    step: s.step(),
+                    error: format!(
+                        "lease {slot} lost to {holder} while this node was out of service; stopped before going on without it"
+                    ),
+                    at: now,
+                    interrupted: Box::new(s),
+                    slot_held: false,
+                })
+            }
+
+            (
+                AgentState::Failed {
+                    interrupted,
+                    slot_held,
+                    ..
+                },
+                Event::Resume {
+                    now,
+                    verify_timeout,
+                },
+            ) => {
+                let back = interrupted.resumed(now, verify_timeout);
+                if slot_held {
+                    Ok(back)
+                } else {
+                    // The slot is gone: take one again (gates and all) first.
+                    let (reasons, since) = back
+                        .cycle()
+                        .map(|c| (c.reasons.clone(), c.needed_since))
+                        .unwrap_or((Vec::new(), now));
+                    Ok(AgentState::Pending {
+                        reasons,
+                        since,
+                        retry_after: None,
+                        resume: Some(Box::new(back)),
+                    })
                 }
             }
-            other => other,
+            (
+                AgentState::Failed {
+                    step,
+                    error,
+                    at,
+                    interrupted,
+                    slot_held: true,
+                },
+                Event::ForceReleased | Event::LeaseLost { .. },
+            ) => Ok(AgentState::Failed {
+                step,
+                error,
+                at,
+                interrupted,
+                slot_held: false,
+            }),
+            (
+                AgentState::Failed {
+                    slot_held: false, ..
+                },
+                Event::ForceReleased,
+            ) => illegal("no slot is held"),
+
+            (_, _) => illegal(""),
         }
     }
 
-    pub fn on_verified(self, now: Timestamp) -> AgentState {
+    /// The state a resume returns to: the interrupted one, with what must
+    /// be redone made so.
+    fn resumed(self, now: Timestamp, verify_timeout: SignedDuration) -> AgentState {
         match self {
+            // A person said go: the reboot may be asked for again.
+            AgentState::Rebooting {
+                cycle,
+                cordon,
+                boot_id,
+                booted_at,
+                drained_at,
+                drain_seconds,
+                ..
+            } => AgentState::Rebooting {
+                cycle,
+                cordon,
+                boot_id,
+                booted_at,
+                drained_at,
+                drain_seconds,
+                requested_at: None,
+            },
             AgentState::Verifying {
                 cycle,
                 cordon,
@@ -311,149 +737,15 @@ impl AgentState {
                 drain_seconds,
                 reboot_seconds,
                 ..
-            } => {
-                let durations = PhaseDurations {
-                    wait_seconds: seconds(cycle.needed_since, cycle.locked_at),
-                    drain_seconds,
-                    reboot_seconds,
-                    verify_seconds: seconds(booted_at, now),
-                };
-                AgentState::Releasing {
-                    cycle,
-                    cordon,
-                    durations,
-                }
-            }
-            other => other,
-        }
-    }
-
-    /// A step failed in a way a person must look at. The slot and the
-    /// cordon are kept: the fleet stops here.
-    pub fn on_failed(self, step: Step, error: String, now: Timestamp) -> AgentState {
-        let (cycle, cordon, boot_id, drain_seconds, reboot_seconds) = match self {
-            AgentState::Locked { cycle } => (Some(cycle), None, None, 0.0, 0.0),
-            AgentState::Cordoning { cycle, cordon }
-            | AgentState::Draining { cycle, cordon, .. } => {
-                (Some(cycle), Some(cordon), None, 0.0, 0.0)
-            }
-            AgentState::Rebooting {
+            } => AgentState::Verifying {
                 cycle,
                 cordon,
-                boot_id,
-                drain_seconds,
-                ..
-            } => (Some(cycle), Some(cordon), Some(boot_id), drain_seconds, 0.0),
-            AgentState::Verifying {
-                cycle,
-                cordon,
-                drain_seconds,
-                reboot_seconds,
-                ..
-            } => (
-                Some(cycle),
-                Some(cordon),
-                None,
-                drain_seconds,
-                reboot_seconds,
-            ),
-            AgentState::Releasing {
-                cycle,
-                cordon,
-                durations,
-            } => (
-                Some(cycle),
-                Some(cordon),
-                None,
-                durations.drain_seconds,
-                durations.reboot_seconds,
-            ),
-            AgentState::Failed { .. } | AgentState::Idle | AgentState::Pending { .. } => {
-                (None, None, None, 0.0, 0.0)
-            }
-        };
-        AgentState::Failed {
-            step,
-            error,
-            at: now,
-            cycle,
-            cordon,
-            boot_id,
-            drain_seconds,
-            reboot_seconds,
-        }
-    }
-
-    /// `drydock resume` on a failed node: retry the failed step.
-    pub fn on_resume(self, now: Timestamp, verify_timeout: SignedDuration) -> AgentState {
-        match self {
-            AgentState::Failed {
-                step,
-                cycle: Some(cycle),
-                cordon: Some(cordon),
-                boot_id,
-                drain_seconds,
-                reboot_seconds,
-                at,
-                ..
-            } => match step {
-                Step::Verify => AgentState::Verifying {
-                    cycle,
-                    cordon,
-                    booted_at: now,
-                    deadline: now + verify_timeout,
-                    drain_seconds,
-                    reboot_seconds,
-                },
-                Step::Reboot => AgentState::Rebooting {
-                    cycle,
-                    cordon,
-                    boot_id: boot_id.unwrap_or_default(),
-                    drained_at: at,
-                    drain_seconds,
-                },
-                Step::Cordon | Step::Drain => AgentState::Cordoning { cycle, cordon },
-                Step::Release => AgentState::Releasing {
-                    cycle,
-                    cordon,
-                    durations: PhaseDurations {
-                        drain_seconds,
-                        reboot_seconds,
-                        ..PhaseDurations::default()
-                    },
-                },
-            },
-            AgentState::Failed {
-                cycle: Some(cycle), ..
-            } => AgentState::Locked { cycle },
-            AgentState::Failed { .. } => AgentState::Idle,
-            other => other,
-        }
-    }
-
-    /// The slot is gone (released on purpose, or lost to another holder).
-    pub fn on_released(self) -> AgentState {
-        match self {
-            AgentState::Failed {
-                step,
-                error,
-                at,
-                cordon,
-                boot_id,
-                drain_seconds,
-                reboot_seconds,
-                ..
-            } => AgentState::Failed {
-                step,
-                error,
-                at,
-                cycle: None,
-                cordon,
-                boot_id,
+                booted_at,
+                deadline: now + verify_timeout,
                 drain_seconds,
                 reboot_seconds,
             },
-            _ => AgentState::Idle,
+            other => other,
         }
     }
 }
@@ -466,29 +758,67 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
 
+    const VT: SignedDuration = SignedDuration::from_secs(60);
+
+    fn go(s: AgentState, e: Event) -> AgentState {
+        s.apply(e).unwrap()
+    }
+
     fn through_reboot() -> AgentState {
-        AgentState::Idle
-            .on_reboot_needed(vec!["kernel".into()], t(0))
-            .on_lease_acquired("drydock-default-0".into(), t(10))
-            .on_prior_schedulability(false)
-            .on_cordoned(t(11))
-            .on_drained("boot-a".into(), t(41))
+        let s = go(
+            AgentState::Idle,
+            Event::RebootNeeded {
+                reasons: vec!["kernel".into()],
+                now: t(0),
+            },
+        );
+        let s = go(
+            s,
+            Event::LeaseAcquired {
+                slot: "drydock-default-0".into(),
+                now: t(10),
+            },
+        );
+        let s = go(
+            s,
+            Event::PriorSchedulability {
+                unschedulable: false,
+            },
+        );
+        let s = go(s, Event::Cordoned { now: t(11) });
+        go(
+            s,
+            Event::Drained {
+                boot_id: "boot-a".into(),
+                booted_at: Some(t(-100)),
+                now: t(41),
+            },
+        )
+    }
+
+    fn booted(s: AgentState, at: i64) -> AgentState {
+        go(
+            s,
+            Event::BootObserved {
+                booted_at: t(at),
+                now: t(at),
+                verify_timeout: VT,
+            },
+        )
     }
 
     #[test]
     fn happy_path_carries_the_cycle_and_durations() {
         let s = through_reboot();
-        assert_eq!(s.name(), "rebooting");
+        assert_eq!(s.phase(), Phase::Rebooting);
         assert_eq!(s.held_slot(), Some("drydock-default-0"));
-        // The same boot: still rebooting.
-        let s = s.on_boot_observed("boot-a", t(45), t(50), SignedDuration::from_secs(60));
-        assert_eq!(s.name(), "rebooting");
-        let s = s.on_boot_observed("boot-b", t(101), t(101), SignedDuration::from_secs(60));
+        let s = go(s, Event::RebootRequested { now: t(42) });
+        let s = booted(s, 101);
         let AgentState::Verifying { deadline, .. } = &s else {
             panic!("{s:?}")
         };
         assert_eq!(*deadline, t(161));
-        let s = s.on_verified(t(111));
+        let s = go(s, Event::Verified { now: t(111) });
         let AgentState::Releasing {
             cordon, durations, ..
         } = &s
@@ -505,53 +835,178 @@ mod tests {
                 verify_seconds: 10.0
             }
         );
-        assert_eq!(s.on_released(), AgentState::Idle);
+        assert_eq!(go(s, Event::Released), AgentState::Idle);
     }
 
     #[test]
-    fn admin_cordon_is_remembered() {
-        let s = AgentState::Idle
-            .on_reboot_needed(vec!["x".into()], t(0))
-            .on_lease_acquired("s".into(), t(1))
-            .on_prior_schedulability(true);
-        assert!(matches!(
+    fn a_reboot_is_requested_once_per_cycle() {
+        let s = go(through_reboot(), Event::RebootRequested { now: t(42) });
+        let e = s.apply(Event::RebootRequested { now: t(43) }).unwrap_err();
+        assert_eq!(
+            (e.state, e.event),
+            (Phase::Rebooting, EventKind::RebootRequested)
+        );
+        assert!(e.to_string().contains("already requested"), "{e}");
+        // A person's resume allows one more.
+        let failed = go(
             s,
-            AgentState::Cordoning {
-                cordon: Cordon::Admin,
+            Event::Failed {
+                error: "the boot did not change".into(),
+                now: t(50),
+            },
+        );
+        let back = go(
+            failed,
+            Event::Resume {
+                now: t(60),
+                verify_timeout: VT,
+            },
+        );
+        assert!(matches!(
+            back,
+            AgentState::Rebooting {
+                requested_at: None,
                 ..
             }
         ));
     }
 
     #[test]
-    fn pending_keeps_its_since_and_can_vanish() {
-        let s = AgentState::Idle.on_reboot_needed(vec!["a".into()], t(0));
-        let s = s.on_reboot_needed(vec!["a".into(), "b".into()], t(5));
-        let AgentState::Pending { since, reasons, .. } = &s else {
-            panic!()
-        };
-        assert_eq!((*since, reasons.len()), (t(0), 2));
-        assert_eq!(s.on_reboot_not_needed(), AgentState::Idle);
-        // A need seen mid-cycle does not restart the cycle.
-        let r = through_reboot();
-        assert_eq!(r.clone().on_reboot_needed(vec![], t(9)), r);
-        assert_eq!(r.clone().on_reboot_not_needed(), r);
+    fn admin_cordon_is_remembered() {
+        let s = go(
+            AgentState::Idle,
+            Event::RebootNeeded {
+                reasons: vec!["x".into()],
+                now: t(0),
+            },
+        );
+        let s = go(
+            s,
+            Event::LeaseAcquired {
+                slot: "s".into(),
+                now: t(1),
+            },
+        );
+        let s = go(
+            s,
+            Event::PriorSchedulability {
+                unschedulable: true,
+            },
+        );
+        assert_eq!(s.cordon(), Some(Cordon::Admin));
+    }
+
+    #[test]
+    fn lost_lease_then_resume_returns_to_the_interrupted_step_after_a_new_slot() {
+        for (name, state) in [
+            ("draining", {
+                let s = through_reboot();
+                // Back up: a Draining state.
+                let AgentState::Rebooting { cycle, cordon, .. } = s else {
+                    unreachable!()
+                };
+                AgentState::Draining {
+                    cycle,
+                    cordon,
+                    started: t(11),
+                }
+            }),
+            ("rebooting", through_reboot()),
+            ("verifying", booted(through_reboot(), 100)),
+        ] {
+            let failed = go(
+                state.clone(),
+                Event::LeaseLost {
+                    holder: "n2".into(),
+                    now: t(200),
+                },
+            );
+            assert_eq!(failed.held_slot(), None, "{name}");
+            let AgentState::Failed { error, .. } = &failed else {
+                panic!()
+            };
+            assert!(error.contains("lost to n2"), "{error}");
+            // Never on to Releasing from here: only resume (or a release).
+            for e in [
+                Event::Verified { now: t(201) },
+                Event::Released,
+                Event::RebootNotNeeded,
+            ] {
+                assert!(failed.apply(e).is_err(), "{name}");
+            }
+            let pending = go(
+                failed,
+                Event::Resume {
+                    now: t(300),
+                    verify_timeout: VT,
+                },
+            );
+            assert_eq!(pending.phase(), Phase::Pending, "{name}");
+            assert!(
+                pending.apply(Event::RebootNotNeeded).is_err(),
+                "{name}: a resumed cycle cannot end unverified"
+            );
+            let back = go(
+                pending,
+                Event::LeaseAcquired {
+                    slot: "drydock-default-1".into(),
+                    now: t(301),
+                },
+            );
+            assert_eq!(back.name(), name);
+            assert_eq!(back.held_slot(), Some("drydock-default-1"));
+        }
+    }
+
+    #[test]
+    fn lease_lost_before_touching_the_node_waits_again() {
+        let s = go(
+            AgentState::Idle,
+            Event::RebootNeeded {
+                reasons: vec!["k".into()],
+                now: t(0),
+            },
+        );
+        let s = go(
+            s,
+            Event::LeaseAcquired {
+                slot: "s".into(),
+                now: t(1),
+            },
+        );
+        let s = go(
+            s,
+            Event::LeaseLost {
+                holder: "n2".into(),
+                now: t(2),
+            },
+        );
+        assert!(matches!(s, AgentState::Pending { resume: None, .. }));
     }
 
     #[test]
     fn drain_abandoned_returns_to_pending_with_backoff() {
-        let s = AgentState::Idle
-            .on_reboot_needed(vec!["k".into()], t(0))
-            .on_lease_acquired("s".into(), t(1))
-            .on_prior_schedulability(false)
-            .on_cordoned(t(2))
-            .on_drain_abandoned(t(600));
+        let s = through_reboot();
+        let AgentState::Rebooting { cycle, cordon, .. } = s else {
+            unreachable!()
+        };
+        let s = go(
+            AgentState::Draining {
+                cycle,
+                cordon,
+                started: t(2),
+            },
+            Event::DrainAbandoned {
+                retry_after: t(600),
+            },
+        );
         assert_eq!(
             s,
             AgentState::Pending {
-                reasons: vec!["k".into()],
+                reasons: vec!["kernel".into()],
                 since: t(0),
-                retry_after: Some(t(600))
+                retry_after: Some(t(600)),
+                resume: None,
             }
         );
         assert_eq!(s.held_slot(), None);
@@ -559,48 +1014,73 @@ mod tests {
 
     #[test]
     fn verify_failure_keeps_slot_and_cordon_and_resume_retries() {
-        let s = through_reboot()
-            .on_boot_observed("boot-b", t(100), t(100), SignedDuration::from_secs(60))
-            .on_failed(Step::Verify, "kubelet not Ready".into(), t(160));
+        let s = go(
+            booted(through_reboot(), 100),
+            Event::Failed {
+                error: "kubelet not Ready".into(),
+                now: t(160),
+            },
+        );
         assert_eq!(s.held_slot(), Some("drydock-default-0"));
-        let AgentState::Failed { cordon, .. } = &s else {
-            panic!()
-        };
-        assert_eq!(*cordon, Some(Cordon::Ours));
-        let s = s.on_resume(t(200), SignedDuration::from_secs(60));
+        assert_eq!(s.cordon(), Some(Cordon::Ours));
+        assert_eq!(s.step(), Step::Verify);
+        let s = go(
+            s,
+            Event::Resume {
+                now: t(200),
+                verify_timeout: VT,
+            },
+        );
         let AgentState::Verifying {
             deadline,
-            reboot_seconds,
+            booted_at,
             ..
         } = &s
         else {
             panic!("{s:?}")
         };
-        assert_eq!((*deadline, *reboot_seconds), (t(260), 59.0));
-    }
-
-    #[test]
-    fn failed_reboot_resumes_with_the_old_boot_id() {
-        let s = through_reboot().on_failed(Step::Reboot, "logind absent".into(), t(42));
-        let s = s.on_resume(t(50), SignedDuration::from_secs(60));
-        let AgentState::Rebooting { boot_id, .. } = &s else {
-            panic!("{s:?}")
-        };
-        assert_eq!(boot_id, "boot-a");
+        assert_eq!((*deadline, *booted_at), (t(260), t(100)));
     }
 
     #[test]
     fn force_release_of_a_failed_node_keeps_the_failure() {
-        let s = through_reboot()
-            .on_failed(Step::Reboot, "refused".into(), t(42))
-            .on_released();
-        assert_eq!(s.held_slot(), None);
-        assert_eq!(s.name(), "failed");
-        // Resuming without a slot starts over from Idle.
-        assert_eq!(
-            s.on_resume(t(50), SignedDuration::from_secs(1)),
-            AgentState::Idle
+        let s = go(
+            through_reboot(),
+            Event::Failed {
+                error: "refused".into(),
+                now: t(42),
+            },
         );
+        let s = go(s, Event::ForceReleased);
+        assert_eq!(s.held_slot(), None);
+        assert_eq!(s.phase(), Phase::Failed);
+        assert!(s.apply(Event::ForceReleased).is_err());
+        // Resuming without a slot waits for one, then reboots.
+        let s = go(
+            s,
+            Event::Resume {
+                now: t(50),
+                verify_timeout: VT,
+            },
+        );
+        assert!(matches!(
+            s,
+            AgentState::Pending {
+                resume: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn illegal_pairs_name_both_and_change_nothing() {
+        let s = AgentState::Idle;
+        let e = s.apply(Event::Verified { now: t(0) }).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "illegal agent transition: event verified in state idle"
+        );
+        assert_eq!(s, AgentState::Idle);
     }
 
     #[test]
@@ -608,7 +1088,13 @@ mod tests {
         for s in [
             AgentState::Idle,
             through_reboot(),
-            through_reboot().on_failed(Step::Reboot, "x".into(), t(1)),
+            go(
+                through_reboot(),
+                Event::Failed {
+                    error: "x".into(),
+                    now: t(1),
+                },
+            ),
         ] {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(serde_json::from_str::<AgentState>(&json).unwrap(), s);
@@ -621,14 +1107,187 @@ mod tests {
     }
 
     #[test]
-    fn names_cover_every_state() {
-        let all = [
-            AgentState::Idle,
-            AgentState::Idle.on_reboot_needed(vec![], t(0)),
-            through_reboot(),
-        ];
-        for s in all {
-            assert!(AgentState::ALL_NAMES.contains(&s.name()));
+    fn every_state_name_is_a_phase() {
+        for (_, s) in samples() {
+            assert_eq!(s.name().parse::<Phase>().unwrap(), s.phase());
         }
+        for name in AgentState::ALL_NAMES {
+            assert!(name.parse::<Phase>().is_ok());
+        }
+    }
+
+    /// One state of each phase (and each variant that changes the answer).
+    pub(crate) fn samples() -> Vec<(&'static str, AgentState)> {
+        let rebooting = through_reboot();
+        let requested = go(rebooting.clone(), Event::RebootRequested { now: t(42) });
+        let AgentState::Rebooting { cycle, cordon, .. } = rebooting.clone() else {
+            unreachable!()
+        };
+        let draining = AgentState::Draining {
+            cycle: cycle.clone(),
+            cordon,
+            started: t(11),
+        };
+        let verifying = booted(through_reboot(), 100);
+        let releasing = go(verifying.clone(), Event::Verified { now: t(110) });
+        let failed = go(
+            verifying.clone(),
+            Event::Failed {
+                error: "x".into(),
+                now: t(120),
+            },
+        );
+        let failed_unheld = go(failed.clone(), Event::ForceReleased);
+        vec![
+            ("idle", AgentState::Idle),
+            (
+                "pending",
+                go(
+                    AgentState::Idle,
+                    Event::RebootNeeded {
+                        reasons: vec!["k".into()],
+                        now: t(0),
+                    },
+                ),
+            ),
+            (
+                "pending-resume",
+                go(
+                    failed_unheld.clone(),
+                    Event::Resume {
+                        now: t(130),
+                        verify_timeout: VT,
+                    },
+                ),
+            ),
+            (
+                "locked",
+                AgentState::Locked {
+                    cycle: cycle.clone(),
+                },
+            ),
+            (
+                "cordoning",
+                AgentState::Cordoning {
+                    cycle: cycle.clone(),
+                    cordon,
+                },
+            ),
+            ("draining", draining),
+            ("rebooting", rebooting),
+            ("rebooting-requested", requested),
+            ("verifying", verifying),
+            ("releasing", releasing),
+            ("failed", failed),
+            ("failed-unheld", failed_unheld),
+        ]
+    }
+
+    /// One event of each kind.
+    pub(crate) fn events() -> Vec<Event> {
+        let ev = |k: EventKind| match k {
+            EventKind::RebootNeeded => Event::RebootNeeded {
+                reasons: vec!["k".into()],
+                now: t(500),
+            },
+            EventKind::RebootNotNeeded => Event::RebootNotNeeded,
+            EventKind::LeaseAcquired => Event::LeaseAcquired {
+                slot: "drydock-default-0".into(),
+                now: t(500),
+            },
+            EventKind::PriorSchedulability => Event::PriorSchedulability {
+                unschedulable: false,
+            },
+            EventKind::Cordoned => Event::Cordoned { now: t(500) },
+            EventKind::Drained => Event::Drained {
+                boot_id: "b".into(),
+                booted_at: None,
+                now: t(500),
+            },
+            EventKind::DrainAbandoned => Event::DrainAbandoned {
+                retry_after: t(900),
+            },
+            EventKind::RebootRequested => Event::RebootRequested { now: t(500) },
+            EventKind::BootObserved => Event::BootObserved {
+                booted_at: t(500),
+                now: t(500),
+                verify_timeout: VT,
+            },
+            EventKind::Verified => Event::Verified { now: t(500) },
+            EventKind::Released => Event::Released,
+            EventKind::Failed => Event::Failed {
+                error: "e".into(),
+                now: t(500),
+            },
+            EventKind::LeaseLost => Event::LeaseLost {
+                holder: "n2".into(),
+                now: t(500),
+            },
+            EventKind::Resume => Event::Resume {
+                now: t(500),
+                verify_timeout: VT,
+            },
+            EventKind::ForceReleased => Event::ForceReleased,
+        };
+        EventKind::ALL.into_iter().map(ev).collect()
+    }
+
+    #[test]
+    fn every_state_event_pair_is_legal_or_a_loud_error() {
+        use EventKind as K;
+        let legal: &[(&str, &[K])] = &[
+            ("idle", &[K::RebootNeeded, K::RebootNotNeeded]),
+            (
+                "pending",
+                &[K::RebootNeeded, K::RebootNotNeeded, K::LeaseAcquired],
+            ),
+            ("pending-resume", &[K::RebootNeeded, K::LeaseAcquired]),
+            ("locked", &[K::PriorSchedulability, K::LeaseLost, K::Failed]),
+            ("cordoning", &[K::Cordoned, K::LeaseLost, K::Failed]),
+            (
+                "draining",
+                &[K::Drained, K::DrainAbandoned, K::LeaseLost, K::Failed],
+            ),
+            (
+                "rebooting",
+                &[K::RebootRequested, K::BootObserved, K::LeaseLost, K::Failed],
+            ),
+            (
+                "rebooting-requested",
+                &[K::BootObserved, K::LeaseLost, K::Failed],
+            ),
+            ("verifying", &[K::Verified, K::LeaseLost, K::Failed]),
+            ("releasing", &[K::Released]),
+            ("failed", &[K::Resume, K::ForceReleased, K::LeaseLost]),
+            ("failed-unheld", &[K::Resume]),
+        ];
+        let samples = samples();
+        assert_eq!(samples.len(), legal.len());
+        let mut pairs = 0;
+        for ((name, state), (lname, allowed)) in samples.iter().zip(legal) {
+            assert_eq!(name, lname);
+            for event in events() {
+                pairs += 1;
+                let kind = event.kind();
+                let before = state.clone();
+                match state.apply(event) {
+                    Ok(_) => assert!(
+                        allowed.contains(&kind),
+                        "{name} took {kind}, which it must refuse"
+                    ),
+                    Err(e) => {
+                        assert!(!allowed.contains(&kind), "{name} refused {kind}: {e}");
+                        let text = e.to_string();
+                        assert!(
+                            text.contains(kind.as_str()) && text.contains(state.name()),
+                            "{text}"
+                        );
+                        assert_eq!((e.state, e.event), (state.phase(), kind));
+                    }
+                }
+                assert_eq!(*state, before, "apply never changes the state it is given");
+            }
+        }
+        assert_eq!(pairs, 12 * EventKind::ALL.len());
     }
 }

@@ -9,7 +9,9 @@ use jiff::Timestamp;
 use super::driver::{Agent, AgentError, keys};
 use super::ports::*;
 use super::state::{AgentState, Step};
+use crate::cluster::drain::{BlockReason, BlockedPod, PodRef};
 use crate::config::Settings;
+use crate::host::sentinel::RebootRequest;
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -31,6 +33,14 @@ struct World {
     gate_block_until: Option<Timestamp>,
     gate_evaluations: u32,
     lease_reads: u32,
+    booted_at: Option<Timestamp>,
+    /// The keeper's channel for the slot n1 holds: a test flips it to Lost.
+    claim: Option<tokio::sync::watch::Sender<Claim>>,
+    /// The drain waits until this is set (a long drain).
+    drain_blocked: bool,
+    drain_refused: Option<String>,
+    /// Operator reasons as the host saw them, one per check.
+    requests_seen: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -41,11 +51,20 @@ impl Host for Fake {
         Ok(self.0.lock().unwrap().boot_id.clone())
     }
     fn booted_at(&self) -> Result<Timestamp, PortError> {
-        Ok(Timestamp::now())
+        let mut w = self.0.lock().unwrap();
+        Ok(*w.booted_at.get_or_insert_with(Timestamp::now))
     }
-    async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
-        let mut need = self.0.lock().unwrap().need.clone();
-        need.extend(requested);
+    async fn reboot_need(
+        &self,
+        requested: Option<RebootRequest>,
+    ) -> Result<Vec<String>, PortError> {
+        let mut w = self.0.lock().unwrap();
+        let mut need = w.need.clone();
+        if let Some(r) = requested {
+            let text = format!("requested by operator at {}: {}", r.at, r.reason);
+            w.requests_seen.push(text.clone());
+            need.push(text);
+        }
         Ok(need)
     }
     async fn reboot(&self, _reason: &str) -> Result<(), PortError> {
@@ -65,7 +84,7 @@ impl Host for Fake {
 impl Cluster for Fake {
     fn local_gates(&self, _store: &Store, _now: Timestamp) -> Vec<GateStatus> {
         vec![GateStatus {
-            gate: "window".into(),
+            gate: crate::gates::GateName::Window,
             passed: true,
             reason: String::new(),
             skipped: false,
@@ -80,7 +99,7 @@ impl Cluster for Fake {
         let block = w.gate_block.clone().or(w.halted.clone());
         ClusterGates {
             gates: vec![GateStatus {
-                gate: "cluster".into(),
+                gate: crate::gates::GateName::Cluster,
                 passed: block.is_none(),
                 reason: block.unwrap_or_default(),
                 skipped: false,
@@ -109,13 +128,45 @@ impl Cluster for Fake {
             }
         }
     }
-    async fn renew(&self, slot: &str) -> Result<(), PortError> {
-        match &self.0.lock().unwrap().lease_holder {
-            Some(h) if h == "n1" => Ok(()),
+    async fn hold(&self, slot: &str) -> Result<ClaimWatch, PortError> {
+        let mut w = self.0.lock().unwrap();
+        match &w.lease_holder {
+            Some(h) if h == "n1" => {
+                if let Some(tx) = &w.claim
+                    && !tx.borrow().is_lost()
+                {
+                    return Ok(tx.subscribe());
+                }
+                let (tx, rx) = tokio::sync::watch::channel(Claim::Held {
+                    slot: slot.into(),
+                    expires_at: Timestamp::now(),
+                });
+                w.claim = Some(tx);
+                Ok(rx)
+            }
             other => Err(PortError::LostLease {
                 slot: slot.into(),
-                holder: other.clone().unwrap_or_default(),
+                holder: other.clone().unwrap_or_else(|| "nobody".into()),
             }),
+        }
+    }
+    async fn confirm(&self, slot: &str) -> Result<(), PortError> {
+        let w = self.0.lock().unwrap();
+        match &w.lease_holder {
+            Some(h) if h == "n1" => Ok(()),
+            other => {
+                if let Some(tx) = &w.claim {
+                    tx.send_replace(Claim::Lost {
+                        slot: slot.into(),
+                        holder: other.clone(),
+                        reason: "taken".into(),
+                    });
+                }
+                Err(PortError::LostLease {
+                    slot: slot.into(),
+                    holder: other.clone().unwrap_or_else(|| "nobody".into()),
+                })
+            }
         }
     }
     async fn release(&self, _slot: &str) -> Result<(), PortError> {
@@ -123,6 +174,7 @@ impl Cluster for Fake {
         if w.lease_holder.as_deref() == Some("n1") {
             w.lease_holder = None;
         }
+        w.claim = None;
         Ok(())
     }
     async fn wait_for_lease_change(&self, _timeout: Duration) {}
@@ -136,14 +188,32 @@ impl Cluster for Fake {
     async fn drain(
         &self,
         progress: tokio::sync::watch::Sender<usize>,
+        _claim: ClaimWatch,
     ) -> Result<DrainResult, PortError> {
         let _ = progress.send(0);
+        // A long drain: only the driver's guard (or a shutdown) ends it.
+        while self.0.lock().unwrap().drain_blocked {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(why) = self.0.lock().unwrap().drain_refused.clone() {
+            return Err(PortError::permanent("draining", why));
+        }
         if self.0.lock().unwrap().drain_times_out {
-            Ok(DrainResult::TimedOut {
-                blocking: vec!["default/db-0".into()],
-            })
+            Ok(DrainResult::TimedOut(Box::new(DrainTimeout {
+                node: "n1".into(),
+                timeout: Duration::from_secs(1),
+                blocked: vec![BlockedPod {
+                    pod: PodRef {
+                        namespace: "default".into(),
+                        name: "db-0".into(),
+                        uid: "u".into(),
+                    },
+                    reason: BlockReason::Terminating,
+                }],
+                partial: DrainReport::default(),
+            })))
         } else {
-            Ok(DrainResult::Drained)
+            Ok(DrainResult::Drained(DrainReport::default()))
         }
     }
     async fn verify_node(&self, _booted_at: Timestamp, _boot_id: &str) -> Result<(), String> {
@@ -153,8 +223,8 @@ impl Cluster for Fake {
             Err("node not Ready".into())
         }
     }
-    async fn halt_fleet(&self, reason: &str) -> Result<(), PortError> {
-        self.0.lock().unwrap().halted = Some(reason.into());
+    async fn halt_fleet(&self, halt: &Halt) -> Result<(), PortError> {
+        self.0.lock().unwrap().halted = Some(format!("{} {}", halt.node, halt.reason));
         Ok(())
     }
     async fn clear_halt(&self) -> Result<bool, PortError> {
@@ -206,6 +276,9 @@ fn complete_reboot(w: &Fake) {
     if g.reboot_pending {
         g.reboot_pending = false;
         g.boot_id = format!("boot-{}", g.reboots + 1);
+        g.booted_at = Some(Timestamp::now());
+        // The keeper died with the machine.
+        g.claim = None;
     }
 }
 
@@ -260,6 +333,8 @@ async fn full_cycle_reboots_once_and_restores_the_node() {
             "locked",
             "cordoning",
             "draining",
+            "rebooting",
+            // The reboot request, persisted before it was made.
             "rebooting",
             "verifying",
             "releasing",
@@ -376,7 +451,9 @@ async fn verify_failure_halts_keeps_lease_and_cordon_then_resume_recovers() {
     // A person fixes the node and resumes.
     w.0.lock().unwrap().healthy_after_boot = true;
     let mut a = agent(dir.path(), &w);
-    a.store().set(keys::RESUME_REQUESTED, &true).unwrap();
+    a.store()
+        .set(keys::RESUME_REQUESTED, &Timestamp::now())
+        .unwrap();
     for _ in 0..10 {
         a.tick().await.unwrap();
         if matches!(a.state(), AgentState::Idle) {
@@ -584,4 +661,161 @@ async fn free_slot_is_looked_at_twice_and_taken_gates_checked_before_and_after()
     let g = w.0.lock().unwrap();
     // Before the jitter, after it; the gates before and after acquiring.
     assert_eq!((g.lease_reads, g.gate_evaluations), (2, 2));
+}
+
+/// logind accepted, yet the machine came back to the same boot (the
+/// process restarted without a reboot): never a second request on its own.
+#[tokio::test]
+async fn a_reboot_that_did_not_happen_fails_instead_of_asking_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..20 {
+        a.tick().await.unwrap();
+        if w.0.lock().unwrap().reboot_pending {
+            break;
+        }
+    }
+    assert_eq!(w.0.lock().unwrap().reboots, 1);
+    // The same process waits for the machine to go down.
+    a.tick().await.unwrap();
+    assert_eq!(a.state().name(), "rebooting");
+    // A new process, same boot: the request did not work.
+    w.0.lock().unwrap().reboot_pending = false;
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..3 {
+        a.tick().await.unwrap();
+    }
+    let AgentState::Failed {
+        step,
+        error,
+        slot_held,
+        ..
+    } = a.state().clone()
+    else {
+        panic!("{:?}", a.state())
+    };
+    assert_eq!(step, Step::Reboot);
+    assert!(error.contains("still boot boot-1"), "{error}");
+    assert!(error.contains("not asking again"), "{error}");
+    assert!(slot_held);
+    assert_eq!(w.0.lock().unwrap().reboots, 1, "asked once");
+    // A person says go: one more request.
+    a.store()
+        .set(keys::RESUME_REQUESTED, &Timestamp::now())
+        .unwrap();
+    for _ in 0..3 {
+        a.tick().await.unwrap();
+    }
+    assert_eq!(w.0.lock().unwrap().reboots, 2);
+}
+
+/// The boot_id says "same boot" but the boot time moved: the signals
+/// disagree, so no reboot is assumed and none is requested again.
+#[tokio::test]
+async fn an_unclear_boot_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..20 {
+        a.tick().await.unwrap();
+        if w.0.lock().unwrap().reboot_pending {
+            break;
+        }
+    }
+    {
+        let mut g = w.0.lock().unwrap();
+        g.reboot_pending = false;
+        g.booted_at = Some(Timestamp::now() + jiff::SignedDuration::from_secs(60));
+    }
+    let mut a = agent(dir.path(), &w);
+    a.tick().await.unwrap();
+    let AgentState::Failed { error, .. } = a.state().clone() else {
+        panic!("{:?}", a.state())
+    };
+    assert!(
+        error.contains("cannot tell whether the machine rebooted"),
+        "{error}"
+    );
+    assert!(error.contains("boot_id boot-1 is unchanged"), "{error}");
+    assert_eq!(w.0.lock().unwrap().reboots, 1);
+}
+
+/// A resume written before the failure it would answer is dropped.
+#[tokio::test]
+async fn a_resume_from_before_the_failure_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().refuse_reboot = true;
+    let mut a = agent(dir.path(), &w);
+    a.store()
+        .set(keys::RESUME_REQUESTED, &Timestamp::now())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for _ in 0..10 {
+        a.tick().await.unwrap();
+    }
+    assert_eq!(a.state().name(), "failed");
+    assert!(
+        a.store()
+            .get::<serde_json::Value>(keys::RESUME_REQUESTED)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(a.store().history(&["stale-request"], 10).unwrap().len(), 1);
+}
+
+/// A lost claim stops a drain that is under way, at once.
+#[tokio::test]
+async fn a_lost_claim_stops_a_running_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().drain_blocked = true;
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..10 {
+        a.tick().await.unwrap();
+        if a.state().name() == "draining" {
+            break;
+        }
+    }
+    assert_eq!(a.state().name(), "draining");
+    let w2 = w.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let g = w2.0.lock().unwrap();
+        if let Some(tx) = &g.claim {
+            tx.send_replace(Claim::Lost {
+                slot: "slot-0".into(),
+                holder: Some("n2".into()),
+                reason: "taken".into(),
+            });
+        }
+    });
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), a.tick())
+        .await
+        .expect("the drain stopped")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let AgentState::Failed { interrupted, .. } = a.state() else {
+        panic!("{:?}", a.state())
+    };
+    assert_eq!(interrupted.name(), "draining");
+    assert_eq!(w.0.lock().unwrap().reboots, 0);
+}
+
+/// A permanent drain failure stops for a person; it is not retried forever.
+#[tokio::test]
+async fn a_permanent_drain_failure_goes_to_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().drain_refused = Some("evicting pod default/x: 403 forbidden".into());
+    let end = run_to_rest(dir.path(), &w, 20).await;
+    let AgentState::Failed { step, error, .. } = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(step, Step::Drain);
+    assert!(error.contains("default/x: 403 forbidden"), "{error}");
+    let g = w.0.lock().unwrap();
+    assert!(g.unschedulable && g.lease_holder.as_deref() == Some("n1"));
 }

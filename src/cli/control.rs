@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::Cli;
+use crate::agent::AgentState;
 use crate::agent::driver::keys;
 use crate::cluster::annotations;
 use crate::config::Settings;
@@ -59,21 +60,49 @@ pub fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Lifts a local pause and asks a failed agent to retry its failed step.
+/// The persisted agent state, for the CLI's checks.
+fn agent_state(store: &Store) -> anyhow::Result<AgentState> {
+    Ok(store
+        .current_state::<AgentState>()
+        .context("reading the agent state")?
+        .map_or(AgentState::Idle, |(s, _)| s))
+}
+
+/// Lifts a local pause and asks a failed agent to go back to the step the
+/// failure interrupted. The request carries its time: the agent honours it
+/// only for a failure that happened before it, never a later one.
 pub fn resume(cli: &Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.load_settings()?;
     let store = open(&settings)?;
     let was_paused = paused::resume(&store)?;
+    let state = agent_state(&store)?;
+    let AgentState::Failed {
+        step,
+        error,
+        slot_held,
+        ..
+    } = &state
+    else {
+        if was_paused {
+            nudge(&settings);
+            println!("resumed this node (local pause lifted); nothing had failed");
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!(
+            "drydock: this node is not failed (it is {}); there is nothing to resume",
+            state.name()
+        );
+        return Ok(ExitCode::from(1));
+    };
     store.set(keys::RESUME_REQUESTED, &jiff::Timestamp::now())?;
     nudge(&settings);
-    println!(
-        "{}; a failed step, if any, will be retried",
-        if was_paused {
-            "resumed this node"
-        } else {
-            "this node was not paused"
-        }
-    );
+    if was_paused {
+        println!("local pause lifted");
+    }
+    println!("resume requested: the node failed at {step} ({error}) and goes back to that step");
+    if !*slot_held {
+        println!("it no longer holds a lease slot: it waits for the gates and a slot first");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -93,9 +122,22 @@ pub fn release(cli: &Cli, args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let settings = cli.load_settings()?;
-    open(&settings)?.set(keys::FORCE_RELEASE, &jiff::Timestamp::now())?;
+    let store = open(&settings)?;
+    let state = agent_state(&store)?;
+    if !matches!(state, AgentState::Failed { .. }) {
+        eprintln!(
+            "drydock: this node is not failed (it is {}); the daemon releases its lease itself",
+            state.name()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let Some(slot) = state.held_slot() else {
+        eprintln!("drydock: this failed node holds no lease slot; there is nothing to release");
+        return Ok(ExitCode::from(1));
+    };
+    store.set(keys::FORCE_RELEASE, &jiff::Timestamp::now())?;
     nudge(&settings);
-    println!("lease release requested; the node stays cordoned until you uncordon it");
+    println!("release of lease {slot} requested; the node stays cordoned until you uncordon it");
     Ok(ExitCode::SUCCESS)
 }
 

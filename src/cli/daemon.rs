@@ -23,7 +23,7 @@ use crate::agent::state::PhaseDurations as AgentDurations;
 use crate::aptgate::record::{APT_REFUSED_KIND, APT_RUN_KIND};
 use crate::aptgate::{self, HoldPlan, WakeListener};
 use crate::config::Settings;
-use crate::gates::paused::HALTED;
+use crate::gates::GateName;
 use crate::host::dpkg::Dpkg;
 use crate::host::instance::DaemonLock;
 use crate::host::logind::LogindRebooter;
@@ -146,11 +146,11 @@ impl ReporterPort for DaemonReporter {
             // A gate skipped behind a cheaper block is not itself blocking.
             .filter(|g| !g.passed && !g.skipped)
             .map(|g| BlockedGate {
-                gate: g.gate.clone(),
+                gate: g.gate,
                 reason: g.reason.clone(),
             })
             .collect();
-        match gates.iter().find(|g| g.gate == HALTED) {
+        match gates.iter().find(|g| g.gate == GateName::Halted) {
             Some(g) if !g.passed && !g.skipped => self.set_halted(
                 Notice::Halted {
                     node: "another node".into(),
@@ -178,9 +178,21 @@ impl ReporterPort for DaemonReporter {
                 reasons: reasons.clone(),
             },
             AgentEvent::LeaseAcquired { slot } => Notice::LeaseAcquired { slot: slot.clone() },
-            AgentEvent::DrainTimedOut { blocking } => Notice::DrainFailed {
-                reason: "drain timed out".into(),
+            AgentEvent::DrainTimedOut { blocking, report } => Notice::DrainFailed {
+                reason: format!("drain timed out (before that: {report})"),
                 blocking_pods: blocking.clone(),
+            },
+            AgentEvent::Drained { report } => Notice::Drained {
+                summary: report.to_string(),
+                forced: !report.deleted_pdb_blocked.is_empty(),
+            },
+            AgentEvent::DrainFailed { error } => Notice::Failed {
+                step: "drain".into(),
+                error: error.clone(),
+            },
+            AgentEvent::LeaseLost { slot, holder } => Notice::Failed {
+                step: "lease".into(),
+                error: format!("lease {slot} lost to {holder}; stopped out of service"),
             },
             AgentEvent::Rebooting { boot_id, .. } => Notice::Rebooting {
                 boot_id: boot_id.clone(),
@@ -206,7 +218,10 @@ impl ReporterPort for DaemonReporter {
             }
             AgentEvent::HaltCleared => return self.set_halted(Notice::HaltCleared, true),
             AgentEvent::Released { .. } => Notice::Released,
-            AgentEvent::StateChanged { to, .. } if to == "verifying" => Notice::Verifying,
+            AgentEvent::StateChanged {
+                to: crate::phase::Phase::Verifying,
+                ..
+            } => Notice::Verifying,
             AgentEvent::StateChanged { .. } => return,
         };
         self.reporter.notice(notice);
@@ -634,7 +649,7 @@ mod tests {
 
     fn gate(name: &str, reason: &str) -> GateStatus {
         GateStatus {
-            gate: name.into(),
+            gate: name.parse().expect("a gate name"),
             passed: reason.is_empty(),
             reason: reason.into(),
             skipped: false,
@@ -661,7 +676,7 @@ mod tests {
 
         // Each blocked gate is its own metric label.
         let blocked = [
-            gate("maintenance-window", "window opens Tue 02:00"),
+            gate("window", "window opens Tue 02:00"),
             gate("alerts", "alert NodeDiskPressure firing"),
             gate("paused", ""),
             GateStatus {
@@ -676,7 +691,7 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(
-            value(&t, r#"drydock_gate_blocked{gate="maintenance-window"}"#),
+            value(&t, r#"drydock_gate_blocked{gate="window"}"#),
             Some(1.0)
         );
         assert_ne!(
@@ -690,8 +705,8 @@ mod tests {
         port.event(
             "worker-1",
             &AgentEvent::StateChanged {
-                from: "pending".into(),
-                to: "idle".into(),
+                from: crate::phase::Phase::Pending,
+                to: crate::phase::Phase::Idle,
             },
         );
         port.event("worker-1", &AgentEvent::UpToDate);
@@ -737,9 +752,9 @@ mod tests {
         );
 
         // A halt seen through the gate, then lifted.
-        port.gates(&[gate(HALTED, "fleet halted: worker-3 failed verification")]);
+        port.gates(&[gate("halted", "fleet halted: worker-3 failed verification")]);
         assert_eq!(value(&reporter.metrics_text(), "drydock_halted"), Some(1.0));
-        port.gates(&[gate(HALTED, "")]);
+        port.gates(&[gate("halted", "")]);
         assert_eq!(value(&reporter.metrics_text(), "drydock_halted"), Some(0.0));
 
         // Verified carries the phase durations.
@@ -800,8 +815,8 @@ mod tests {
             .unwrap();
         let port = DaemonReporter::new(reporter.clone(), "worker-1");
 
-        port.gates(&[gate(HALTED, "fleet halted: worker-3 failed verification")]);
-        port.gates(&[gate(HALTED, "")]);
+        port.gates(&[gate("halted", "fleet halted: worker-3 failed verification")]);
+        port.gates(&[gate("halted", "")]);
         reporter.flush(Duration::from_secs(5)).await;
         assert_eq!(
             posts.load(Ordering::SeqCst),

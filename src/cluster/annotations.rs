@@ -14,6 +14,8 @@ pub const PAUSED: &str = "drydock.dev/paused";
 /// Set by a node that failed its post-reboot verification: the fleet stops
 /// until an operator removes it.
 pub const HALTED: &str = "drydock.dev/halted";
+/// Who set [`HALTED`], as JSON ([`HaltedBy`]).
+pub const HALTED_BY: &str = "drydock.dev/halted-by";
 /// `<RFC 3339 time> <node>` of the latest finished drydock reboot; the soak
 /// gate waits this long after it.
 pub const LAST_REBOOT_FINISHED: &str = "drydock.dev/last-reboot-finished";
@@ -196,7 +198,69 @@ pub async fn halt(
 }
 
 pub async fn clear_halt(client: &kube::Client, namespace: &str) -> Result<(), AnnotationError> {
-    set(client, namespace, HALTED, None).await
+    let patch = json!({ "metadata": { "annotations": { HALTED: null, HALTED_BY: null } } });
+    api(client)
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| AnnotationError::Patch {
+            namespace: namespace.to_string(),
+            key: HALTED,
+            source,
+        })?;
+    Ok(())
+}
+
+/// Who halted the fleet, as data: the halting node recognises its own
+/// halt by this, never by parsing the human text in [`HALTED`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HaltedBy {
+    pub node: String,
+    pub reason: String,
+    pub at: jiff::Timestamp,
+}
+
+/// Stops the fleet and records who did it, in one write.
+pub async fn halt_by(
+    client: &kube::Client,
+    namespace: &str,
+    by: &HaltedBy,
+) -> Result<(), AnnotationError> {
+    let text = format!("{}: {}", by.node, by.reason);
+    let who = serde_json::to_string(by).unwrap_or_default();
+    let patch = json!({ "metadata": { "annotations": { HALTED: text, HALTED_BY: who } } });
+    api(client)
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| AnnotationError::Patch {
+            namespace: namespace.to_string(),
+            key: HALTED,
+            source,
+        })?;
+    Ok(())
+}
+
+/// The structured halt, when the halt was set by a drydock node.
+pub async fn halted_by(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Option<HaltedBy>, AnnotationError> {
+    let ns = api(client)
+        .get_opt(namespace)
+        .await
+        .map_err(|source| AnnotationError::Get {
+            namespace: namespace.to_string(),
+            source,
+        })?;
+    let annotations = ns.and_then(|n| n.metadata.annotations).unwrap_or_default();
+    // The record counts only for the halt text it was written with: a halt
+    // set or rewritten by hand belongs to no node.
+    let Some(text) = annotations.get(HALTED) else {
+        return Ok(None);
+    };
+    Ok(annotations
+        .get(HALTED_BY)
+        .and_then(|v| serde_json::from_str::<HaltedBy>(v).ok())
+        .filter(|by| *text == format!("{}: {}", by.node, by.reason)))
 }
 
 /// Shares a blocking verdict with the other waiting nodes. A plain merge

@@ -349,6 +349,163 @@ pub enum DrainError {
         #[source]
         source: kube::Error,
     },
+    /// The Lease slot this drain ran under is gone: stopped at once.
+    #[error("draining node {node}: stopped, lease {slot} lost to {holder}")]
+    LeaseLost {
+        node: String,
+        slot: String,
+        holder: String,
+    },
+}
+
+/// What a drain failure means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// May succeed if tried again (API unreachable, 5xx, throttling).
+    Transient,
+    /// Will not succeed without a person (a refused eviction, 403, a pod
+    /// the drain rules forbid evicting).
+    Permanent,
+    /// The Lease is gone; the node must stop.
+    LeaseLost,
+    /// The drain timeout passed.
+    TimedOut,
+}
+
+/// Whether an API error is worth retrying as it is.
+pub fn kube_class(e: &kube::Error) -> ErrorClass {
+    match e {
+        // Timeout, conflict, throttling, server trouble: worth another try.
+        kube::Error::Api(s) if matches!(s.code, 408 | 409 | 429) || s.code >= 500 => {
+            ErrorClass::Transient
+        }
+        kube::Error::Api(_) => ErrorClass::Permanent,
+        // Transport and decoding trouble: the API server may come back.
+        _ => ErrorClass::Transient,
+    }
+}
+
+impl DrainError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DrainError::ListPods { source, .. } | DrainError::Delete { source, .. } => {
+                kube_class(source)
+            }
+            DrainError::Refused { .. } | DrainError::Evict { .. } => ErrorClass::Permanent,
+            DrainError::TimedOut(_) => ErrorClass::TimedOut,
+            DrainError::LeaseLost { .. } => ErrorClass::LeaseLost,
+        }
+    }
+}
+
+/// [`drain`], stopped the moment `claim` says the Lease slot is gone.
+pub async fn drain_holding(
+    client: &Client,
+    node: &str,
+    opts: &DrainOptions,
+    progress: &watch::Sender<DrainProgress>,
+    mut claim: watch::Receiver<crate::cluster::lease::Claim>,
+) -> Result<DrainReport, DrainError> {
+    if claim.borrow().is_lost() {
+        let c = claim.borrow().clone();
+        return Err(DrainError::LeaseLost {
+            node: node.to_string(),
+            slot: c.slot().to_string(),
+            holder: c.holder(),
+        });
+    }
+    tokio::select! {
+        r = drain(client, node, opts, progress) => r,
+        c = crate::cluster::lease::claim_lost(&mut claim) => {
+            warn!(node, slot = %c.slot(), holder = %c.holder(), "lease lost; drain stopped");
+            Err(DrainError::LeaseLost {
+                node: node.to_string(),
+                slot: c.slot().to_string(),
+                holder: c.holder(),
+            })
+        }
+    }
+}
+
+fn pods(list: &[PodRef]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for ForcedDeletion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (budget {} allowed no disruption for {})",
+            self.pod,
+            self.pdbs.join(", "),
+            humantime::format_duration(Duration::from_secs(self.blocked_for.as_secs()))
+        )
+    }
+}
+
+impl fmt::Display for BlockedPod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.pod, self.reason)
+    }
+}
+
+/// One line a person reads: what happened to which pod.
+impl fmt::Display for DrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = vec![format!(
+            "{} evicted{}",
+            self.evicted.len(),
+            if self.evicted.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", pods(&self.evicted))
+            }
+        )];
+        if !self.deleted_pdb_blocked.is_empty() {
+            let forced: Vec<String> = self
+                .deleted_pdb_blocked
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            parts.push(format!(
+                "{} DELETED despite a disruption budget: {}",
+                forced.len(),
+                forced.join("; ")
+            ));
+        }
+        if !self.deleted_completed.is_empty() {
+            parts.push(format!(
+                "{} completed deleted ({})",
+                self.deleted_completed.len(),
+                pods(&self.deleted_completed)
+            ));
+        }
+        if !self.awaited.is_empty() {
+            parts.push(format!(
+                "{} already terminating ({})",
+                self.awaited.len(),
+                pods(&self.awaited)
+            ));
+        }
+        if !self.vanished.is_empty() {
+            parts.push(format!("{} gone by themselves", self.vanished.len()));
+        }
+        if !self.skipped.is_empty() {
+            parts.push(format!(
+                "{} skipped (DaemonSet or static)",
+                self.skipped.len()
+            ));
+        }
+        write!(
+            f,
+            "{} in {}",
+            parts.join(", "),
+            humantime::format_duration(Duration::from_secs(self.elapsed.as_secs()))
+        )
+    }
 }
 
 fn describe_refused(pods: &[(PodRef, Vec<RefuseReason>)]) -> String {
@@ -361,9 +518,9 @@ fn describe_refused(pods: &[(PodRef, Vec<RefuseReason>)]) -> String {
         .join("; ")
 }
 
-fn describe_blocked(pods: &[BlockedPod]) -> String {
+pub fn describe_blocked(pods: &[BlockedPod]) -> String {
     pods.iter()
-        .map(|b| format!("{} ({})", b.pod, b.reason))
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -1102,6 +1259,69 @@ mod tests {
             classify_status(&status(json!({"code": 503, "message": "etcd"}))),
             EvictionError::Transient(_)
         ));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let refused = DrainError::Refused {
+            node: "n1".into(),
+            pods: vec![],
+        };
+        assert_eq!(refused.class(), ErrorClass::Permanent);
+        let evict = DrainError::Evict {
+            pod: PodRef {
+                namespace: "ns".into(),
+                name: "p".into(),
+                uid: "u".into(),
+            },
+            code: 403,
+            message: "forbidden".into(),
+        };
+        assert_eq!(evict.class(), ErrorClass::Permanent);
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(
+                serde_json::from_value::<Status>(json!({"code": code, "message": "m"})).unwrap(),
+            ))
+        };
+        let list = |code| DrainError::ListPods {
+            node: "n1".into(),
+            source: api(code),
+        };
+        assert_eq!(list(503).class(), ErrorClass::Transient);
+        assert_eq!(list(429).class(), ErrorClass::Transient);
+        assert_eq!(list(403).class(), ErrorClass::Permanent);
+        assert_eq!(list(409).class(), ErrorClass::Transient);
+        let lost = DrainError::LeaseLost {
+            node: "n1".into(),
+            slot: "s".into(),
+            holder: "n2".into(),
+        };
+        assert_eq!(lost.class(), ErrorClass::LeaseLost);
+        assert!(lost.to_string().contains("lease s lost to n2"));
+    }
+
+    #[test]
+    fn report_reads_as_a_sentence() {
+        let p = |n: &str| PodRef {
+            namespace: "default".into(),
+            name: n.into(),
+            uid: "u".into(),
+        };
+        let report = DrainReport {
+            evicted: vec![p("web-1"), p("web-2")],
+            deleted_pdb_blocked: vec![ForcedDeletion {
+                pod: p("db-0"),
+                pdbs: vec!["db".into()],
+                blocked_for: Duration::from_secs(300),
+            }],
+            elapsed: Duration::from_millis(61_500),
+            ..DrainReport::default()
+        };
+        let text = report.to_string();
+        assert_eq!(
+            text,
+            "2 evicted (default/web-1, default/web-2), 1 DELETED despite a disruption budget: default/db-0 (budget db allowed no disruption for 5m) in 1m 1s"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! never acquired anew.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde::Serialize;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::Settings;
@@ -681,6 +682,216 @@ impl LeaseClient {
                 Ok(Ok(None)) => continue,
                 // Deadline or an expiry.
                 Err(_) => return Ok(wake < deadline),
+            }
+        }
+    }
+}
+
+/// Our claim on a slot, as the [`LeaseKeeper`] publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours, renewed; valid until `expires_at` without another renewal.
+    Held { slot: String, expires_at: Timestamp },
+    /// Not ours any more (taken, released, deleted, or not renewed before
+    /// it expired). Final: a keeper never gets it back.
+    Lost {
+        slot: String,
+        /// The new holder, when known.
+        holder: Option<String>,
+        reason: String,
+    },
+}
+
+impl Claim {
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Claim::Lost { .. })
+    }
+
+    pub fn slot(&self) -> &str {
+        match self {
+            Claim::Held { slot, .. } | Claim::Lost { slot, .. } => slot,
+        }
+    }
+
+    /// Who has it now, for messages.
+    pub fn holder(&self) -> String {
+        match self {
+            Claim::Lost {
+                holder: Some(h), ..
+            } => h.clone(),
+            Claim::Lost { reason, .. } => format!("nobody ({reason})"),
+            Claim::Held { .. } => "this node".into(),
+        }
+    }
+}
+
+/// Waits until `claim` says the slot is lost (or its keeper is gone);
+/// returns the final claim.
+pub async fn claim_lost(claim: &mut watch::Receiver<Claim>) -> Claim {
+    let found = claim.wait_for(Claim::is_lost).await.map(|c| c.clone());
+    match found {
+        Ok(c) => c,
+        // The keeper stopped without saying: treat the slot as lost.
+        Err(_) => Claim::Lost {
+            slot: claim.borrow().slot().to_string(),
+            holder: None,
+            reason: "the lease keeper stopped".into(),
+        },
+    }
+}
+
+/// Holds one slot: a background task renews it every `every` and
+/// publishes the claim on a watch channel, so any long step can stop the
+/// moment the slot is gone (kubert's lease shape). A renewal that keeps
+/// failing is given up as lost before the claim could expire: the slot
+/// is then fair game for others, so this node must already have stopped.
+pub struct LeaseKeeper {
+    claim: watch::Receiver<Claim>,
+    tx: Arc<watch::Sender<Claim>>,
+    held: Arc<Mutex<Held>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    pub fn spawn(client: Arc<LeaseClient>, held: Held, every: Duration) -> LeaseKeeper {
+        let expires_at = expires_at(&held.lease, client.duration);
+        let (tx, rx) = watch::channel(Claim::Held {
+            slot: held.slot.clone(),
+            expires_at,
+        });
+        let shared = Arc::new(Mutex::new(held));
+        let tx = Arc::new(tx);
+        let task = tokio::spawn(keep(client, shared.clone(), tx.clone(), every));
+        LeaseKeeper {
+            claim: rx,
+            tx,
+            held: shared,
+            task,
+        }
+    }
+
+    pub fn claim(&self) -> watch::Receiver<Claim> {
+        self.claim.clone()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.claim.borrow().is_lost()
+    }
+
+    /// Renews at once (before a step that cannot be taken back) and
+    /// publishes the result; a loss found here is final, as in the task.
+    pub async fn renew_now(&self, client: &LeaseClient) -> Result<(), LeaseError> {
+        if let Claim::Lost { slot, holder, .. } = self.claim.borrow().clone() {
+            return Err(client.lost(&slot, holder.as_deref()));
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match client.renew(&mut held).await {
+            Ok(()) => {
+                let claim = Claim::Held {
+                    slot: held.slot.clone(),
+                    expires_at: expires_at(&held.lease, client.duration),
+                };
+                *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+                self.tx.send_replace(claim);
+                Ok(())
+            }
+            Err(LeaseError::Lost {
+                slot,
+                holder,
+                namespace,
+            }) => {
+                self.task.abort();
+                self.tx.send_replace(Claim::Lost {
+                    slot: slot.clone(),
+                    holder: holder.clone(),
+                    reason: "found taken when renewing".into(),
+                });
+                Err(LeaseError::Lost {
+                    namespace,
+                    slot,
+                    holder,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops renewing and gives the slot back.
+    pub async fn release(self, client: &LeaseClient) -> Result<(), LeaseError> {
+        self.task.abort();
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        client.release(&held).await
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn keep(
+    client: Arc<LeaseClient>,
+    shared: Arc<Mutex<Held>>,
+    tx: Arc<watch::Sender<Claim>>,
+    every: Duration,
+) {
+    let retry = (every / 4).max(Duration::from_millis(100));
+    let mut wait = every;
+    loop {
+        tokio::time::sleep(wait).await;
+        let mut held = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let slot = held.slot.clone();
+        let expires = expires_at(&held.lease, client.duration);
+        // Give up a renewal period before the expiry others will see, so
+        // this node has stopped well before another may take over.
+        let margin = SignedDuration::try_from(every).unwrap_or(SignedDuration::ZERO);
+        let give_up_at = expires - margin;
+        let left =
+            Duration::try_from(give_up_at.duration_since(Timestamp::now())).unwrap_or_default();
+        let outcome = match tokio::time::timeout(left, client.renew(&mut held)).await {
+            Ok(r) => r,
+            Err(_) => Err(LeaseError::Conflict {
+                action: "renewing (no answer before the claim ran out)",
+                namespace: client.namespace.clone(),
+                slot: slot.clone(),
+                attempts: 1,
+            }),
+        };
+        match outcome {
+            Ok(()) => {
+                let expires_at = expires_at(&held.lease, client.duration);
+                *shared.lock().unwrap_or_else(|p| p.into_inner()) = held;
+                let _ = tx.send(Claim::Held { slot, expires_at });
+                wait = every;
+            }
+            Err(LeaseError::Lost { holder, .. }) => {
+                warn!(node = %client.me, slot = %slot, holder = ?holder, "lease lost to another holder");
+                let _ = tx.send(Claim::Lost {
+                    slot,
+                    reason: match &holder {
+                        Some(h) => format!("taken by {h}"),
+                        None => "released or deleted by someone else".into(),
+                    },
+                    holder,
+                });
+                return;
+            }
+            Err(e)
+                if Timestamp::now() + SignedDuration::try_from(retry).unwrap_or_default()
+                    >= give_up_at =>
+            {
+                warn!(node = %client.me, slot = %slot, error = %e, expires_at = %expires, "lease not renewed before it ran out; giving it up");
+                let _ = tx.send(Claim::Lost {
+                    slot,
+                    holder: None,
+                    reason: format!("not renewed before it expired at {expires}: {e}"),
+                });
+                return;
+            }
+            Err(e) => {
+                warn!(node = %client.me, slot = %slot, error = %e, expires_at = %expires, "lease renewal failed; retrying");
+                wait = retry;
             }
         }
     }

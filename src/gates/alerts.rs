@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::{Verdict, list_names};
 use crate::config::AlertSettings;
 
-pub const NAME: &str = "alerts";
+pub const NAME: &str = super::GateName::Alerts.as_str();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {

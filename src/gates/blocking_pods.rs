@@ -5,7 +5,7 @@
 use super::{Verdict, list_names};
 use crate::cluster::observe::BlockingPods;
 
-pub const NAME: &str = "blocking-pods";
+pub const NAME: &str = super::GateName::BlockingPods.as_str();
 
 pub fn evaluate(found: &[BlockingPods]) -> Verdict {
     let pods: Vec<(String, &str)> = found

@@ -14,7 +14,7 @@
 use super::{Verdict, list_names};
 use crate::cluster::observe::{DaemonSetObservation, DaemonSetState};
 
-pub const NAME: &str = "daemonsets";
+pub const NAME: &str = super::GateName::DaemonSets.as_str();
 
 /// `configured`: the list came from the configuration (missing ones block)
 /// rather than from the default (missing ones pass).

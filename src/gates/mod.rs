@@ -14,6 +14,7 @@
 pub mod alerts;
 pub mod blocking_pods;
 pub mod daemonsets;
+pub mod name;
 pub mod nodes_ready;
 pub mod paused;
 pub mod shared;
@@ -24,6 +25,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 pub use alerts::AlertObservation;
+pub use name::GateName;
 pub use paused::LocalPause;
 
 use crate::cluster::annotations::{self, ClusterControl};
@@ -256,7 +258,7 @@ fn known_end(
 
 /// Name of the report standing for every cluster-wide gate when the
 /// cluster could not be read.
-pub const CLUSTER_UNAVAILABLE: &str = "cluster";
+pub const CLUSTER_UNAVAILABLE: &str = GateName::Cluster.as_str();
 
 /// The cluster-wide gates when [`observe`](crate::cluster::observe::observe)
 /// failed: one blocking report with the error (fail closed).

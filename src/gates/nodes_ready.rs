@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use super::{Verdict, ago, list_names};
 use crate::cluster::observe::{NodeView, ReadyStatus};
 
-pub const NAME: &str = "nodes-ready";
+pub const NAME: &str = super::GateName::NodesReady.as_str();
 
 pub fn evaluate(nodes: &[NodeView], node_selector: &str, now: Timestamp) -> Verdict {
     if nodes.is_empty() {

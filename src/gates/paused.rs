@@ -10,14 +10,14 @@ use crate::cluster::annotations::{self, ClusterControl};
 use crate::store::{Store, StoreError};
 
 /// The local pause gate (a local gate, checked before anything else).
-pub const LOCAL: &str = "paused";
+pub const LOCAL: &str = super::GateName::Paused.as_str();
 /// The cluster-wide pause gate.
-pub const CLUSTER: &str = "cluster-paused";
+pub const CLUSTER: &str = super::GateName::ClusterPaused.as_str();
 /// The halted gate.
-pub const HALTED: &str = "halted";
+pub const HALTED: &str = super::GateName::Halted.as_str();
 
 /// Store key of the local pause.
-pub const PAUSE_KEY: &str = "paused";
+pub const PAUSE_KEY: &str = crate::store::keys::PAUSE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalPause {

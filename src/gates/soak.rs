@@ -10,7 +10,7 @@ use super::{Verdict, ago, human, list_names};
 use crate::cluster::annotations::{ClusterControl, LAST_REBOOT_FINISHED};
 use crate::cluster::observe::NodeView;
 
-pub const NAME: &str = "soak";
+pub const NAME: &str = super::GateName::Soak.as_str();
 
 pub fn evaluate(
     nodes: &[NodeView],

@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp, ToSpan, Zoned};
 use super::Verdict;
 use crate::config::Window;
 
-pub const NAME: &str = "window";
+pub const NAME: &str = super::GateName::Window.as_str();
 
 /// A window wide open from `start` to `end`.
 #[derive(Debug, Clone, PartialEq, Eq)]

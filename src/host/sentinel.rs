@@ -17,7 +17,7 @@ use crate::config::RebootSettings;
 use crate::store::{Store, StoreError};
 
 /// Store key of the operator's reboot request.
-pub const REQUEST_KEY: &str = "reboot-request";
+pub const REQUEST_KEY: &str = crate::store::keys::REBOOT_REQUEST;
 
 /// Why a reboot is needed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

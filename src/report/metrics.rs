@@ -28,7 +28,7 @@ pub struct Metrics {
     state: Family<Labels, Gauge>,
     lease_held: Gauge,
     gate_blocked: Family<Labels, Gauge>,
-    known_gates: BTreeSet<String>,
+    known_gates: BTreeSet<crate::gates::GateName>,
     reboots: Counter,
     drain_failures: Counter,
     apt_refusals: Counter,
@@ -188,9 +188,9 @@ impl Metrics {
             Notice::Waiting { blocked } => {
                 self.clear_gates();
                 for b in blocked {
-                    self.known_gates.insert(b.gate.clone());
+                    self.known_gates.insert(b.gate);
                     self.gate_blocked
-                        .get_or_create(&label("gate", &b.gate))
+                        .get_or_create(&label("gate", b.gate.as_str()))
                         .set(1);
                 }
             }
@@ -220,6 +220,7 @@ impl Metrics {
                 self.halted.set(0);
             }
             Notice::Draining { .. }
+            | Notice::Drained { .. }
             | Notice::Rebooting { .. }
             | Notice::Upgrading { .. }
             | Notice::Verifying
@@ -244,7 +245,9 @@ impl Metrics {
     /// Gates seen before stay listed at 0, so a cleared gate reads "0", not "gone".
     fn clear_gates(&mut self) {
         for g in &self.known_gates {
-            self.gate_blocked.get_or_create(&label("gate", g)).set(0);
+            self.gate_blocked
+                .get_or_create(&label("gate", g.as_str()))
+                .set(0);
         }
     }
 
@@ -314,7 +317,7 @@ mod tests {
         m.apply(
             &Notice::Waiting {
                 blocked: vec![BlockedGate {
-                    gate: "maintenance-window".into(),
+                    gate: crate::gates::GateName::Window,
                     reason: "closed".into(),
                 }],
             },
@@ -325,13 +328,13 @@ mod tests {
         assert_eq!(value(&t, r#"drydock_state{state="pending"}"#), Some(1.0));
         assert_eq!(value(&t, r#"drydock_state{state="idle"}"#), Some(0.0));
         assert_eq!(
-            value(&t, r#"drydock_gate_blocked{gate="maintenance-window"}"#),
+            value(&t, r#"drydock_gate_blocked{gate="window"}"#),
             Some(1.0)
         );
         m.apply(&Notice::Waiting { blocked: vec![] }, now);
         let t = m.prometheus_text();
         assert_eq!(
-            value(&t, r#"drydock_gate_blocked{gate="maintenance-window"}"#),
+            value(&t, r#"drydock_gate_blocked{gate="window"}"#),
             Some(0.0)
         );
         let ones = t

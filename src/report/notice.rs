@@ -29,6 +29,9 @@ pub enum Notice {
         reason: String,
         blocking_pods: Vec<String>,
     },
+    /// Drained: `summary` says what happened to which pod (the drain
+    /// report's text); `forced` when pods were deleted despite their budget.
+    Drained { summary: String, forced: bool },
     /// About to ask logind to reboot; `boot_id` is the current boot's id.
     Rebooting { boot_id: String },
     /// A Kubernetes upgrade step is running on this node.
@@ -61,8 +64,8 @@ pub enum Notice {
 /// One gate that does not pass, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlockedGate {
-    /// Stable gate name, used as a metric label ("maintenance-window", "nodes-ready", ...).
-    pub gate: String,
+    /// Stable gate name, used as a metric label ("window", "nodes-ready", ...).
+    pub gate: crate::gates::GateName,
     pub reason: String,
 }
 
@@ -102,57 +105,8 @@ impl PhaseDurations {
     }
 }
 
-/// Where this node is in its cycle, as shown in metrics and the node annotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    Idle,
-    Pending,
-    Locked,
-    Draining,
-    Rebooting,
-    Upgrading,
-    Verifying,
-    Releasing,
-    Soaking,
-    Failed,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 10] = [
-        Phase::Idle,
-        Phase::Pending,
-        Phase::Locked,
-        Phase::Draining,
-        Phase::Rebooting,
-        Phase::Upgrading,
-        Phase::Verifying,
-        Phase::Releasing,
-        Phase::Soaking,
-        Phase::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Pending => "pending",
-            Phase::Locked => "locked",
-            Phase::Draining => "draining",
-            Phase::Rebooting => "rebooting",
-            Phase::Upgrading => "upgrading",
-            Phase::Verifying => "verifying",
-            Phase::Releasing => "releasing",
-            Phase::Soaking => "soaking",
-            Phase::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where this node is in its cycle (one vocabulary with the agent).
+pub use crate::phase::Phase;
 
 /// Kubernetes Event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -231,6 +185,7 @@ impl Notice {
             Notice::LeaseAcquired { .. } => "lease-acquired",
             Notice::Draining { .. } => "draining",
             Notice::DrainFailed { .. } => "drain-failed",
+            Notice::Drained { .. } => "drained",
             Notice::Rebooting { .. } => "rebooting",
             Notice::Upgrading { .. } => "upgrading",
             Notice::Verifying => "verifying",
@@ -258,6 +213,7 @@ impl Notice {
             Notice::VerifyFailed { .. } | Notice::Failed { .. } => Phase::Failed,
             Notice::Released => Phase::Soaking,
             Notice::Waiting { .. }
+            | Notice::Drained { .. }
             | Notice::Halted { .. }
             | Notice::HaltCleared
             | Notice::AptRun { .. } => return None,
@@ -269,7 +225,8 @@ impl Notice {
             Notice::DrainFailed { .. }
             | Notice::VerifyFailed { .. }
             | Notice::Halted { .. }
-            | Notice::Failed { .. } => Severity::Warning,
+            | Notice::Failed { .. }
+            | Notice::Drained { forced: true, .. } => Severity::Warning,
             Notice::AptRun { refused, .. } if !refused.is_empty() => Severity::Warning,
             _ => Severity::Normal,
         }
@@ -310,6 +267,7 @@ impl Notice {
                 "drain failed: {reason} (blocked by {}); uncordoned, lease released, will retry",
                 list(blocking_pods)
             ),
+            Notice::Drained { summary, .. } => format!("drained: {summary}"),
             Notice::Rebooting { .. } => "rebooting".to_string(),
             Notice::Upgrading { from, to, step } => {
                 format!("upgrading Kubernetes {from} -> {to}: {step}")
@@ -353,6 +311,7 @@ impl Notice {
             // The count changes with every eviction; one event per drain.
             Notice::Draining { .. } => ("Draining", "Drain", "cordoned; evicting pods".into()),
             Notice::DrainFailed { .. } => ("DrainFailed", "Drain", self.summary()),
+            Notice::Drained { .. } => ("Drained", "Drain", self.summary()),
             Notice::Rebooting { .. } => ("Rebooting", "Reboot", self.summary()),
             Notice::Upgrading { .. } => ("Upgrading", "Upgrade", self.summary()),
             Notice::Verified { .. } => ("Verified", "Verify", self.summary()),
@@ -382,6 +341,7 @@ impl Notice {
             | Notice::Halted { .. }
             | Notice::HaltCleared
             | Notice::Failed { .. } => true,
+            Notice::Drained { forced, .. } => *forced,
             Notice::AptRun { refused, .. } => !refused.is_empty(),
             _ => false,
         }
@@ -469,7 +429,7 @@ mod tests {
 
     fn gate(g: &str, r: &str) -> BlockedGate {
         BlockedGate {
-            gate: g.into(),
+            gate: g.parse().unwrap(),
             reason: r.into(),
         }
     }
@@ -486,18 +446,18 @@ mod tests {
         );
         assert!(v.apply(&Notice::Waiting {
             blocked: vec![
-                gate("maintenance-window", "next window Tue 02:00 Europe/Berlin"),
+                gate("window", "next window Tue 02:00 Europe/Berlin"),
                 gate("nodes-ready", "node w2 NotReady")
             ]
         }));
         assert_eq!(
             v.status_line(),
-            "pending: waiting for maintenance-window: next window Tue 02:00 Europe/Berlin (and 1 more gate)"
+            "pending: waiting for window: next window Tue 02:00 Europe/Berlin (and 1 more gate)"
         );
         // Same verdict again: nothing visible changes, so no new STATUS.
         assert!(!v.apply(&Notice::Waiting {
             blocked: vec![
-                gate("maintenance-window", "next window Tue 02:00 Europe/Berlin"),
+                gate("window", "next window Tue 02:00 Europe/Berlin"),
                 gate("nodes-ready", "node w2 NotReady")
             ]
         }));

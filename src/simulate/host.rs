@@ -52,9 +52,12 @@ impl Host for SimHost {
         Ok(self.machine().booted_at)
     }
 
-    async fn reboot_need(&self, requested: Option<String>) -> Result<Vec<String>, PortError> {
+    async fn reboot_need(
+        &self,
+        requested: Option<crate::host::sentinel::RebootRequest>,
+    ) -> Result<Vec<String>, PortError> {
         let mut need = self.machine().need.clone();
-        need.extend(requested.map(|r| format!("requested by an operator: {r}")));
+        need.extend(requested.map(|r| format!("requested by an operator: {}", r.reason)));
         Ok(need)
     }
 

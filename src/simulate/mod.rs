@@ -158,6 +158,7 @@ impl Reporter for FleetReporter {
 
     fn event(&self, node: &str, event: &AgentEvent) {
         if let AgentEvent::StateChanged { to, .. } = event {
+            let to = to.to_string();
             let mut states = self.live.states.lock().unwrap_or_else(|p| p.into_inner());
             states.insert(node.to_string(), to.clone());
             let out = states
