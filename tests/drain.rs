@@ -204,8 +204,12 @@ async fn pdb_blocked_pod_is_retried_reported_and_evicted_once_replacement_is_rea
         seen
     });
     let started = Instant::now();
+    let retries_before = drain::eviction_retries();
     let report = drain::drain(&c, "worker-1", &options(LENIENT), &tx).await?;
     drop(tx);
+    // Counted for drydock_evictions_retried_total (tests run concurrently:
+    // at least this drain's refusals).
+    assert!(drain::eviction_retries() > retries_before);
     assert!(
         started.elapsed() >= Duration::from_millis(1000),
         "{:?}",

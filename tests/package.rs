@@ -75,6 +75,10 @@ fn check_deb(deb: &Path) {
         "./usr/share/fish/vendor_completions.d/drydock.fish",
         "./usr/share/doc/drydock/copyright",
         "./usr/share/doc/drydock/changelog.Debian.gz",
+        "./usr/share/drydock/prometheus/drydock.rules.yml",
+        "./usr/share/drydock/prometheus/drydock.rules.test.yml",
+        "./usr/share/drydock/prometheus/drydock.rules.days.test.yml",
+        "./usr/share/drydock/grafana/drydock-fleet.json",
     ] {
         assert!(
             contents.lines().any(|l| l.ends_with(&format!(" {path}"))),

@@ -16,8 +16,8 @@ use drydock::report::{
     BlockedGate, Notice, PhaseDurations, REASON_ANNOTATION, Reporter, RetryPolicy, STATE_ANNOTATION,
 };
 use drydock::sim::Scenario;
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::Value;
@@ -75,22 +75,16 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
     r.notice(Notice::Rebooting {
         boot_id: "boot-a".into(),
     });
+    // Every kind of series, so promtool sees them all.
+    r.kubernetes_versions(Some("v1.34.1"), Some("v1.35.0"));
+    r.certificate_expiry(Some(jiff::Timestamp::from_second(1_900_000_000).unwrap()));
+    r.heartbeat();
+    r.holds(Some((2, 1)));
     assert!(r.flush(FLUSH).await);
 
     let prom = textfiles.join("drydock.prom");
     let text = std::fs::read_to_string(&prom).unwrap();
-    let check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&prom).unwrap())
-        .output()
-        .expect("promtool (Debian package prometheus) runs");
-    assert!(
-        check.status.success(),
-        "promtool rejected the textfile:\n{}\n{}{}",
-        text,
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    promtool_check_metrics(&text);
     assert_eq!(
         sample(&text, r#"drydock_state{state="rebooting"}"#),
         Some(1.0)
@@ -101,13 +95,44 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
     );
     assert_eq!(sample(&text, "drydock_lease_held"), Some(1.0));
     assert_eq!(sample(&text, "drydock_reboots_total"), Some(1.0));
+    assert_eq!(sample(&text, "drydock_evictions_retried_total"), Some(0.0));
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_kubernetes_version_info{version="v1.34.1"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_kubernetes_target_version_info{version="v1.35.0"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "drydock_identity_certificate_expiry_timestamp_seconds"
+        ),
+        Some(1.9e9)
+    );
+    assert!(sample(&text, "drydock_reboot_required_since_timestamp_seconds").unwrap() > 1.7e9);
+    assert!(sample(&text, "drydock_last_report_timestamp_seconds").unwrap() > 1.7e9);
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_phase_duration_seconds_count{phase="drain"}"#
+        ),
+        Some(0.0)
+    );
     assert_eq!(
         sample(&text, r#"drydock_gate_blocked{gate="window"}"#),
         Some(0.0),
         "the lease was taken, so no gate blocks any more"
     );
     let version = format!(
-        r#"drydock_build_info{{version="{}"}}"#,
+        r#"drydock_build_info{{version="{}",node="worker-1"}}"#,
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(sample(&text, &version), Some(1.0));
@@ -118,7 +143,14 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
     node_exporter_reads(&textfiles).await;
 
     let addr = r.metrics_addr().expect("metrics served");
-    let resp = reqwest::get(format!("http://{addr}/metrics"))
+    // What Prometheus asks for: OpenMetrics.
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -130,6 +162,15 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
         sample(&body, r#"drydock_state{state="rebooting"}"#),
         Some(1.0)
     );
+    // Anyone else (curl, promtool): the classic text format, lint-clean.
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    let body = resp.text().await.unwrap();
+    promtool_check_metrics(&body);
+    assert_eq!(sample(&body, "drydock_reboots_total"), Some(1.0));
     r.shutdown(FLUSH).await;
 
     // After the reboot: the totals continue, and resuming with the same
@@ -156,6 +197,26 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
         ),
         Some(42.0)
     );
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_phase_duration_seconds_bucket{le="60.0",phase="drain"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"drydock_phase_duration_seconds_bucket{le="30.0",phase="drain"}"#
+        ),
+        Some(0.0)
+    );
+    // The reboot is done: no longer needed, and the "since" is gone.
+    assert_eq!(
+        sample(&text, "drydock_reboot_required_since_timestamp_seconds"),
+        Some(0.0)
+    );
     assert_eq!(r.counters().reboots_total, 1);
     r.shutdown(FLUSH).await;
 
@@ -171,6 +232,34 @@ async fn report_metrics_textfile_passes_promtool_and_http_serves_them() {
         err.to_string()
             .starts_with("listening for metrics on 127.0.0.1:"),
         "{err}"
+    );
+}
+
+/// `promtool check metrics` (format and lint) accepts `text` without a word.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}\non:\n{text}"
     );
 }
 
@@ -400,7 +489,7 @@ async fn report_events_and_annotations_on_the_simulated_node() {
 
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let mut list = events.list(&ListParams::default()).await.unwrap().items;
-    list.retain(|e| e.reporting_controller.as_deref() == Some("drydock.dev/drydock"));
+    list.retain(|e| e.reporting_component.as_deref() == Some("drydock.dev/drydock"));
     list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
     let reasons: Vec<_> = list.iter().filter_map(|e| e.reason.as_deref()).collect();
     assert_eq!(
@@ -415,12 +504,12 @@ async fn report_events_and_annotations_on_the_simulated_node() {
     );
     let nodes: Api<Node> = Api::all(client.clone());
     let node = nodes.get("worker-1").await.unwrap();
-    let regarding = list[0].regarding.as_ref().unwrap();
+    let regarding = &list[0].involved_object;
     assert_eq!(regarding.kind.as_deref(), Some("Node"));
     assert_eq!(regarding.name.as_deref(), Some("worker-1"));
     assert_eq!(regarding.uid, node.metadata.uid);
     assert_eq!(
-        list[1].note.as_deref(),
+        list[1].message.as_deref(),
         Some("waiting for nodes-ready: worker-2 is NotReady")
     );
     let ann = node.metadata.annotations.unwrap_or_default();
@@ -457,7 +546,7 @@ async fn report_events_and_annotations_on_the_simulated_node() {
         .unwrap()
         .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("worker-2"))
+        .filter(|e| e.involved_object.name.as_deref() == Some("worker-2"))
         .count();
     assert_eq!(about_w2, 0);
     r.shutdown(FLUSH).await;
@@ -552,4 +641,224 @@ fn report_sd_notify_over_a_real_socket() {
         .position(|m| m.contains("STOPPING=1"))
         .unwrap();
     assert!(stopping > ready);
+}
+
+/// A receiver that accepts connections and never answers.
+async fn dead_receiver() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+// current_thread: the thread-local log subscriber sees every spawned task.
+#[tokio::test(flavor = "current_thread")]
+async fn report_a_dead_receiver_never_stalls_and_no_url_is_ever_shown() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dead = dead_receiver().await;
+    let rx = Received::default();
+    let live = webhook_server(rx.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.report.slack_webhook_url = Some(Secret::new(format!(
+        "http://{dead}/services/T0/B0/SECRETSLACKTOKEN"
+    )));
+    s.report.webhook_url = Some(Secret::new(format!("http://{live}/hooks/SECRETHOOKTOKEN")));
+    s.report.webhook_events = vec!["rebooting".into(), "verify-failed".into()];
+    s.report.templates.insert(
+        "verify-failed".into(),
+        drydock::config::values::message_template("{node} needs you: {message}").unwrap(),
+    );
+    let policy = RetryPolicy {
+        timeout: Duration::from_millis(500),
+        retries: 1,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+    };
+    let r = Reporter::start_with(&s, "worker-1", None, policy)
+        .await
+        .unwrap();
+
+    // 200 notices: the dead receiver's queue fills; the agent never waits.
+    let started = std::time::Instant::now();
+    r.notice(Notice::VerifyFailed {
+        reason: "check 10-dns exited 1".into(),
+    });
+    for i in 0..200 {
+        r.notice(Notice::Rebooting {
+            boot_id: format!("boot-{i}"),
+        });
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "reporting blocked: {:?}",
+        started.elapsed()
+    );
+    // The live receiver is served meanwhile, in order, templated per kind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = rx.posts.lock().unwrap().len();
+        if n >= 40 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let posts = rx.posts.lock().unwrap().clone();
+    assert!(posts.len() >= 40, "{} posts", posts.len());
+    assert!(posts.iter().all(|(k, _)| k == "generic"));
+    assert_eq!(posts[0].1["event"], "verify-failed");
+    assert_eq!(
+        posts[0].1["message"],
+        "worker-1 needs you: verification FAILED: check 10-dns exited 1; node stays cordoned and keeps the lease (fleet halted)"
+    );
+    assert_eq!(posts[1].1["details"]["boot_id"], "boot-0");
+
+    // Flushing before a reboot is bounded, even with a receiver that hangs.
+    let flushing = std::time::Instant::now();
+    assert!(!r.flush(Duration::from_secs(1)).await);
+    assert!(flushing.elapsed() < Duration::from_secs(2));
+    r.shutdown(Duration::from_millis(200)).await;
+
+    // What people see: status, the node's report, the settings' Debug text,
+    // the logs. None carries a token.
+    let shown = [
+        r.status_line(),
+        serde_json::to_string(&r.node_report()).unwrap(),
+        format!("{s:?}"),
+    ];
+    for text in shown {
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("notification queue full"), "{text}");
+    assert!(text.contains(&format!("Slack http://{dead}/...")), "{text}");
+    assert!(text.contains("notification not delivered"), "{text}");
+    assert!(!text.contains("SECRET"), "a webhook token reached the log");
+    assert!(!text.contains("/services/T0"), "{text}");
+}
+
+#[test]
+fn report_a_bad_webhook_url_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("drydock.toml");
+    for url in [
+        "ftp://hooks.example/services/SECRET",
+        "https://hooks example/SECRET",
+        "hooks.example/SECRET",
+    ] {
+        std::fs::write(
+            &config,
+            format!("[report]\nslack-webhook-url = \"{url}\"\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drydock"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{url}: {said}");
+        assert!(said.contains("report.slack-webhook-url"), "{said}");
+        assert!(!said.contains("SECRET"), "{url}: {said}");
+    }
+}
+
+#[tokio::test]
+async fn report_is_republished_as_a_heartbeat() {
+    let sim = Scenario::cluster(0, 1).start().await.unwrap();
+    let client = sim.client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = Reporter::start(&settings(dir.path()), "worker-1", Some(client.clone()))
+        .await
+        .unwrap();
+    r.set_republish_every(Duration::from_millis(100));
+    r.notice(Notice::RebootNeeded {
+        reasons: vec!["newer kernel installed".into()],
+    });
+    assert!(r.flush(FLUSH).await);
+    let nodes: Api<Node> = Api::all(client);
+    let read = |n: &Node| {
+        drydock::cluster::node::NodeReport::from_node(n)
+            .expect("a report")
+            .expect("readable")
+    };
+    let node = nodes.get("worker-1").await.unwrap();
+    let first = read(&node);
+    assert_eq!(first.state, "pending");
+    assert!(first.reboot_needed_since.is_some());
+    let labels = node.metadata.labels.unwrap_or_default();
+    assert_eq!(labels["drydock.dev/state"], "pending");
+    assert_eq!(labels["drydock.dev/reboot-needed"], "true");
+
+    // Nothing changed, but the agent is alive: the report's time moves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.heartbeat();
+    assert!(r.flush(FLUSH).await);
+    let second = read(&nodes.get("worker-1").await.unwrap());
+    assert!(second.reported_at > first.reported_at, "{second:?}");
+    assert_eq!(second.state, "pending");
+    r.shutdown(FLUSH).await;
+}
+
+/// Drain progress (one notice per evicted pod) is not one Node write per
+/// pod, and the last word still arrives without another notice.
+#[tokio::test]
+async fn report_drain_progress_is_published_sparingly_but_surely() {
+    let sim = Scenario::cluster(0, 1).start().await.unwrap();
+    let client = sim.client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.report.kubernetes_events = false;
+    let r = Reporter::start(&s, "worker-1", Some(client.clone()))
+        .await
+        .unwrap();
+    r.notice(Notice::LeaseAcquired {
+        slot: "drydock-default-0".into(),
+    });
+    assert!(r.flush(FLUSH).await);
+    sim.reset_stats();
+    for left in (1..=20).rev() {
+        r.notice(Notice::Draining { pods_left: left });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(r.flush(FLUSH).await);
+    let patches = sim.stats().get("patch", "nodes").requests;
+    assert!(
+        (1..=3).contains(&patches),
+        "{patches} Node patches for 20 progress notices"
+    );
+    let nodes: Api<Node> = Api::all(client);
+    let reason = |n: Node| n.metadata.annotations.unwrap_or_default()[REASON_ANNOTATION].clone();
+    assert_eq!(
+        reason(nodes.get("worker-1").await.unwrap()),
+        "draining: 20 pods left"
+    );
+    // The held-back words go out on their own within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = reason(nodes.get("worker-1").await.unwrap());
+        if now == "draining: 1 pod left" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    r.shutdown(FLUSH).await;
 }

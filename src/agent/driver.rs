@@ -200,6 +200,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                     return Ok(());
                 }
             };
+            self.reporter.heartbeat();
             let wake = self.wake.clone();
             match wait {
                 Wait::No => continue,

@@ -299,6 +299,9 @@ pub trait Reporter: Send + Sync {
     fn event(&self, node: &str, event: &AgentEvent);
     /// Every gate's answer, each time they are evaluated.
     fn gates(&self, _gates: &[GateStatus]) {}
+    /// Once per loop of the agent: it is alive (metrics heartbeat, the node
+    /// report's publication time).
+    fn heartbeat(&self) {}
     /// Waits until what was reported has left the machine; called right
     /// before the reboot request, so the last words are not lost.
     fn flush(&self) -> impl Future<Output = ()> + Send {
@@ -317,6 +320,9 @@ impl<R: Reporter> Reporter for std::sync::Arc<R> {
     }
     fn gates(&self, gates: &[GateStatus]) {
         (**self).gates(gates)
+    }
+    fn heartbeat(&self) {
+        (**self).heartbeat()
     }
     fn flush(&self) -> impl Future<Output = ()> + Send {
         (**self).flush()

@@ -42,6 +42,8 @@ pub enum ClusterCommand {
     Pause(PauseArgs),
     /// Lift a cluster-wide pause and a fleet halt.
     Resume,
+    /// Every node's state, lease, blocking gate and last report (`--json` too).
+    Status(super::cluster_status::Args),
 }
 
 fn open(settings: &Settings) -> anyhow::Result<Store> {
@@ -141,13 +143,35 @@ pub fn release(cli: &Cli, args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `<user> on <host>` for the record of who paused: the sudo user when
+/// run through sudo.
+fn operator() -> String {
+    let user = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown host".into());
+    format!("{user} on {host}")
+}
+
 pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<ExitCode> {
     let settings = cli.load_settings()?;
     let client = super::daemon::kube_client(&settings.node.kubeconfig).await?;
     let ns = &settings.lease.namespace;
     match command {
+        ClusterCommand::Status(args) => {
+            return super::cluster_status::run(&settings, &client, args).await;
+        }
         ClusterCommand::Pause(args) => {
-            annotations::pause_cluster(&client, ns, &args.reason).await?;
+            annotations::pause_cluster_by(&client, ns, &args.reason, Some(&operator())).await?;
             println!("paused drydock cluster-wide: {}", args.reason);
         }
         ClusterCommand::Resume => {

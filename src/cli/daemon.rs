@@ -227,6 +227,10 @@ impl ReporterPort for DaemonReporter {
         self.reporter.notice(notice);
     }
 
+    fn heartbeat(&self) {
+        self.reporter.heartbeat();
+    }
+
     async fn flush(&self) {
         self.reporter.flush(FLUSH_TIMEOUT).await;
     }

@@ -11,6 +11,7 @@ use crate::logging::LogFormat;
 
 pub mod apt_hook;
 pub mod check_config;
+pub mod cluster_status;
 pub mod completions;
 pub mod control;
 pub mod daemon;

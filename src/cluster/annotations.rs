@@ -11,6 +11,8 @@ use serde_json::json;
 
 /// Set (to a reason) to pause every drydock in the cluster.
 pub const PAUSED: &str = "drydock.dev/paused";
+/// Who paused (`drydock cluster pause` writes `<user> on <host>`).
+pub const PAUSED_BY: &str = "drydock.dev/paused-by";
 /// Set by a node that failed its post-reboot verification: the fleet stops
 /// until an operator removes it.
 pub const HALTED: &str = "drydock.dev/halted";
@@ -181,10 +183,31 @@ pub async fn pause_cluster(
     namespace: &str,
     reason: &str,
 ) -> Result<(), AnnotationError> {
-    set(client, namespace, PAUSED, Some(reason)).await
+    pause_cluster_by(client, namespace, reason, None).await
+}
+
+/// Pauses and records who did it, in one patch (`None` clears an older
+/// "by", so it never names the wrong person).
+pub async fn pause_cluster_by(
+    client: &kube::Client,
+    namespace: &str,
+    reason: &str,
+    by: Option<&str>,
+) -> Result<(), AnnotationError> {
+    let patch = json!({ "metadata": { "annotations": { PAUSED: reason, PAUSED_BY: by } } });
+    api(client)
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| AnnotationError::Patch {
+            namespace: namespace.to_string(),
+            key: PAUSED,
+            source,
+        })?;
+    Ok(())
 }
 
 pub async fn resume_cluster(client: &kube::Client, namespace: &str) -> Result<(), AnnotationError> {
+    set(client, namespace, PAUSED_BY, None).await?;
     set(client, namespace, PAUSED, None).await
 }
 

@@ -687,6 +687,15 @@ pub async fn drain(
     }
 }
 
+/// Evictions refused or failed and retried, in this process since it
+/// started (the `drydock_evictions_retried_total` metric; one daemon drains
+/// one node).
+static EVICTION_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn eviction_retries() -> u64 {
+    EVICTION_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 enum Job {
     Evict,
     DeleteCompleted,
@@ -764,6 +773,7 @@ impl Ctx<'_> {
     /// Records why `pod` is stuck; returns whether the reason changed (to
     /// log once per change, not once per retry).
     fn block(&self, pod: &PodRef, reason: BlockReason) -> bool {
+        EVICTION_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let changed =
             self.tracker_mut(|t| t.blocked.insert(pod.clone(), reason.clone()) != Some(reason));
         if changed {

@@ -4,6 +4,7 @@
 
 pub mod annotations;
 pub mod drain;
+pub mod fleet;
 pub mod lease;
 pub mod node;
 pub mod observe;

@@ -120,4 +120,7 @@ pub struct RawReport {
     pub slack_webhook_url: Option<String>,
     pub webhook_url: Option<String>,
     pub kubernetes_events: Option<bool>,
+    pub slack_events: Option<Vec<String>>,
+    pub webhook_events: Option<Vec<String>>,
+    pub templates: Option<std::collections::BTreeMap<String, String>>,
 }

@@ -135,6 +135,11 @@ pub struct ReportSettings {
     pub slack_webhook_url: Option<Secret>,
     pub webhook_url: Option<Secret>,
     pub kubernetes_events: bool,
+    /// Event kinds (`Notice::kind`) posted to Slack and to the webhook.
+    pub slack_events: Vec<String>,
+    pub webhook_events: Vec<String>,
+    /// Message templates by event kind (Slack text, webhook `message`).
+    pub templates: std::collections::BTreeMap<String, Vec<values::TemplatePart>>,
 }
 
 impl std::fmt::Debug for ReportSettings {
@@ -145,6 +150,9 @@ impl std::fmt::Debug for ReportSettings {
             .field("slack_webhook_url", &self.slack_webhook_url)
             .field("webhook_url", &self.webhook_url)
             .field("kubernetes_events", &self.kubernetes_events)
+            .field("slack_events", &self.slack_events)
+            .field("webhook_events", &self.webhook_events)
+            .field("templates", &self.templates)
             .finish()
     }
 }
@@ -298,6 +306,9 @@ impl Default for Settings {
                 slack_webhook_url: None,
                 webhook_url: None,
                 kubernetes_events: true,
+                slack_events: default_events(),
+                webhook_events: default_events(),
+                templates: Default::default(),
             },
         }
     }
@@ -542,6 +553,21 @@ impl Settings {
                 at("report.webhook-url", values::http_url(u)).map(Secret)
             })?,
             kubernetes_events: rp.kubernetes_events.unwrap_or(d.report.kubernetes_events),
+            slack_events: event_kinds("report.slack-events", rp.slack_events)?,
+            webhook_events: event_kinds("report.webhook-events", rp.webhook_events)?,
+            templates: rp
+                .templates
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(kind, template)| {
+                    let key = format!(
+                        "report.templates.{}",
+                        kind.chars().take(64).collect::<String>()
+                    );
+                    let kind = at(&key, values::event_kind(&kind))?;
+                    Ok((kind, at(&key, values::message_template(&template))?))
+                })
+                .collect::<Result<_, KeyError>>()?,
         };
         Ok(Settings {
             node,
@@ -571,6 +597,25 @@ impl Settings {
 }
 
 /// An empty string means "not set" for optional keys.
+fn default_events() -> Vec<String> {
+    values::DEFAULT_NOTIFY_EVENTS
+        .iter()
+        .map(|k| k.to_string())
+        .collect()
+}
+
+/// A list of event kinds; `None`: the defaults.
+fn event_kinds(key: &str, kinds: Option<Vec<String>>) -> Result<Vec<String>, KeyError> {
+    match kinds {
+        None => Ok(default_events()),
+        Some(kinds) => kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| at(&format!("{key}[{i}]"), values::event_kind(k)))
+            .collect(),
+    }
+}
+
 fn optional<T>(
     value: Option<String>,
     convert: impl FnOnce(String) -> Result<T, KeyError>,

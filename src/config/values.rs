@@ -47,6 +47,119 @@ pub enum ValueError {
     Range { value: i64, min: i64, max: i64 },
     #[error("invalid command: expected a non-empty list whose first element is an absolute path")]
     Argv,
+    #[error("unknown event kind {0:?}: expected one of {kinds}", kinds = NOTIFY_EVENT_KINDS.join(", "))]
+    EventKind(String),
+    #[error(
+        "invalid message template: {0}; placeholders are {{node}}, {{event}}, {{severity}}, {{message}}, {{time}} ({{{{ and }}}} for braces)"
+    )]
+    Template(String),
+}
+
+/// Event kinds a notification can be sent for (`Notice::kind`). Gate
+/// re-evaluations and drain progress are left out: too chatty for chat;
+/// `drydock status` and the Events show them.
+pub const NOTIFY_EVENT_KINDS: &[&str] = &[
+    "idle",
+    "reboot-needed",
+    "lease-acquired",
+    "drain-failed",
+    "drained",
+    "rebooting",
+    "upgrading",
+    "verifying",
+    "verified",
+    "verify-failed",
+    "released",
+    "halted",
+    "halt-cleared",
+    "failed",
+    "apt-run",
+];
+
+/// What is sent when nothing is configured: progress and trouble.
+pub const DEFAULT_NOTIFY_EVENTS: &[&str] = &[
+    "drain-failed",
+    "rebooting",
+    "upgrading",
+    "verified",
+    "verify-failed",
+    "halted",
+    "halt-cleared",
+    "failed",
+    "apt-run",
+];
+
+/// Placeholders a message template may use.
+pub const TEMPLATE_FIELDS: &[&str] = &["node", "event", "severity", "message", "time"];
+
+pub fn event_kind(s: &str) -> Result<String, ValueError> {
+    NOTIFY_EVENT_KINDS
+        .iter()
+        .find(|k| **k == s)
+        .map(|k| k.to_string())
+        .ok_or_else(|| ValueError::EventKind(s.chars().take(64).collect()))
+}
+
+/// A template split into literal text and placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Text(String),
+    Field(&'static str),
+}
+
+/// Parses `"{node}: {message}"`; `{{` and `}}` are literal braces.
+pub fn message_template(s: &str) -> Result<Vec<TemplatePart>, ValueError> {
+    if s.len() > 2000 {
+        return Err(ValueError::Template("longer than 2000 bytes".into()));
+    }
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                text.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                text.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        closed = true;
+                        break;
+                    }
+                    name.push(c);
+                }
+                if !closed {
+                    return Err(ValueError::Template("a '{' without its '}'".into()));
+                }
+                let field = TEMPLATE_FIELDS
+                    .iter()
+                    .find(|f| **f == name)
+                    .ok_or_else(|| {
+                        ValueError::Template(format!(
+                            "unknown placeholder {{{}}}",
+                            name.chars().take(40).collect::<String>()
+                        ))
+                    })?;
+                if !text.is_empty() {
+                    parts.push(TemplatePart::Text(std::mem::take(&mut text)));
+                }
+                parts.push(TemplatePart::Field(field));
+            }
+            '}' => return Err(ValueError::Template("a lone '}'".into())),
+            c => text.push(c),
+        }
+    }
+    if !text.is_empty() {
+        parts.push(TemplatePart::Text(text));
+    }
+    Ok(parts)
 }
 
 pub fn duration(text: &str) -> Result<Duration, ValueError> {
@@ -183,13 +296,16 @@ pub fn http_url(s: String) -> Result<String, ValueError> {
     }
 }
 
-/// Keeps the scheme and host of a URL that may carry a token in its path.
+/// Keeps the scheme and host of a URL that may carry a token in its path,
+/// query or user information: `https://hooks.slack.com/...`.
 pub fn redact_url(s: &str) -> String {
     match s.find("://") {
         Some(i) => {
             let after = &s[i + 3..];
-            let host_end = after.find('/').unwrap_or(after.len());
-            format!("{}://{}/...", &s[..i], &after[..host_end])
+            let authority = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
+            // `user:token@host`: the user part is a secret too.
+            let host = authority.rsplit('@').next().unwrap_or_default();
+            format!("{}://{host}/...", &s[..i])
         }
         None => "<redacted>".to_string(),
     }
@@ -218,6 +334,51 @@ pub fn argv(argv: Vec<String>) -> Result<Vec<String>, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_keep_only_scheme_and_host() {
+        for (url, shown) in [
+            (
+                "https://hooks.slack.com/services/T0/B0/SECRET",
+                "https://hooks.slack.com/...",
+            ),
+            (
+                "https://hooks.example?token=SECRET",
+                "https://hooks.example/...",
+            ),
+            (
+                "https://user:SECRET@hooks.example/x",
+                "https://hooks.example/...",
+            ),
+            ("http://[::1]:8080#SECRET", "http://[::1]:8080/..."),
+            ("SECRET", "<redacted>"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let e = http_url("ftp://hooks/SECRET".into())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn message_templates() {
+        assert_eq!(
+            message_template("{{x}} {node}: {message}").unwrap(),
+            [
+                TemplatePart::Text("{x} ".into()),
+                TemplatePart::Field("node"),
+                TemplatePart::Text(": ".into()),
+                TemplatePart::Field("message"),
+            ]
+        );
+        for bad in ["{nod}", "{node", "a } b", "{}", &"x".repeat(3000)] {
+            let e = message_template(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid message template"), "{bad}: {e}");
+        }
+        assert!(event_kind("verify-failed").is_ok());
+        assert!(event_kind("draining").is_err());
+    }
 
     #[test]
     fn durations_are_humane() {

@@ -1,25 +1,25 @@
-//! What `kubectl` shows: Kubernetes Events (events.k8s.io/v1) about this
-//! Node, and the node annotations `drydock.dev/state` and
-//! `drydock.dev/state-reason`. Both are allowed to the kubelet's own
-//! credentials (the Node authorizer grants events; NodeRestriction lets a
-//! node patch annotations of its own Node object).
-
-use std::collections::BTreeMap;
+//! What `kubectl` shows: core Kubernetes Events (v1) about this Node, and
+//! what the node publishes on its own Node object ([`NodeReport`]: the
+//! `drydock.dev/state` and `drydock.dev/reboot-needed` labels, the
+//! `drydock.dev/state` and `drydock.dev/state-reason` annotations, and the
+//! full report for `drydock cluster status`). Both are allowed to the
+//! kubelet's own credentials: the Node authorizer grants core events (a node
+//! identity may not create events.k8s.io Events), and NodeRestriction lets a
+//! node patch labels and annotations of its own Node object.
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use serde_json::json;
 
 use super::notice::EventSpec;
-
-pub const STATE_ANNOTATION: &str = "drydock.dev/state";
-pub const REASON_ANNOTATION: &str = "drydock.dev/state-reason";
-/// `reportingController` of every event drydock writes.
+use crate::cluster::node::NodeReport;
+pub use crate::cluster::node::{REASON_ANNOTATION, STATE_ANNOTATION};
+/// `reportingComponent` of every event drydock writes.
 pub const CONTROLLER: &str = "drydock.dev/drydock";
+/// `source.component`, what `kubectl describe node` shows in "From".
+pub const COMPONENT: &str = "drydock";
 /// Events about cluster-scoped objects (Nodes) live in `default`, as the kubelet's do.
 pub const EVENT_NAMESPACE: &str = "default";
 /// Field manager for the annotation patch.
@@ -33,8 +33,8 @@ pub enum EventsError {
         reason: &'static str,
         source: kube::Error,
     },
-    #[error("annotating node {node} with its drydock state: {source}")]
-    Annotate { node: String, source: kube::Error },
+    #[error("publishing drydock's report on node {node}: {source}")]
+    Publish { node: String, source: kube::Error },
 }
 
 /// Writes events about, and annotations on, one Node.
@@ -70,20 +70,28 @@ impl NodeEvents {
                 namespace: Some(EVENT_NAMESPACE.to_string()),
                 ..Default::default()
             },
-            event_time: Some(MicroTime(at)),
-            action: Some(spec.action.to_string()),
-            reason: Some(spec.reason.to_string()),
-            note: Some(spec.note.clone()),
-            type_: Some(spec.severity.as_str().to_string()),
-            reporting_controller: Some(CONTROLLER.to_string()),
-            reporting_instance: Some(format!("drydock-{}", self.node)),
-            regarding: Some(ObjectReference {
+            involved_object: ObjectReference {
                 api_version: Some("v1".to_string()),
                 kind: Some("Node".to_string()),
                 name: Some(self.node.clone()),
                 uid: self.node_uid.clone(),
                 ..Default::default()
+            },
+            reason: Some(spec.reason.to_string()),
+            message: Some(spec.note.clone()),
+            type_: Some(spec.severity.as_str().to_string()),
+            action: Some(spec.action.to_string()),
+            // Seconds for kubectl's columns, microseconds for ordering.
+            first_timestamp: Some(Time(at)),
+            last_timestamp: Some(Time(at)),
+            event_time: Some(MicroTime(at)),
+            count: Some(1),
+            source: Some(EventSource {
+                component: Some(COMPONENT.to_string()),
+                host: Some(self.node.clone()),
             }),
+            reporting_component: Some(CONTROLLER.to_string()),
+            reporting_instance: Some(format!("drydock-{}", self.node)),
             ..Default::default()
         }
     }
@@ -108,27 +116,28 @@ impl NodeEvents {
         Ok(())
     }
 
-    /// Sets both annotations with one merge patch (touches nothing else).
-    pub async fn annotate(&self, state: &str, reason: &str) -> Result<(), EventsError> {
-        let mut annotations = BTreeMap::new();
-        annotations.insert(STATE_ANNOTATION, state);
-        annotations.insert(REASON_ANNOTATION, reason);
-        let patch = json!({ "metadata": { "annotations": annotations } });
-        self.nodes
+    /// Publishes the report: labels and annotations in one merge patch
+    /// (touches nothing else). Returns the Node as it is now.
+    pub async fn publish(&mut self, report: &NodeReport) -> Result<Node, EventsError> {
+        let node = self
+            .nodes
             .patch(
                 &self.node,
                 &PatchParams {
                     field_manager: Some(MANAGER.to_string()),
                     ..Default::default()
                 },
-                &Patch::Merge(&patch),
+                &Patch::Merge(&report.patch()),
             )
             .await
-            .map_err(|source| EventsError::Annotate {
+            .map_err(|source| EventsError::Publish {
                 node: self.node.clone(),
                 source,
             })?;
-        Ok(())
+        if self.node_uid.is_none() {
+            self.node_uid = node.metadata.uid.clone();
+        }
+        Ok(node)
     }
 }
 
@@ -156,7 +165,7 @@ mod tests {
         .unwrap();
         let at = Timestamp::from_second(1_700_000_000).unwrap();
         let ev = ne.event_object(&spec, at);
-        let r = ev.regarding.unwrap();
+        let r = ev.involved_object;
         assert_eq!(
             (r.kind.as_deref(), r.name.as_deref()),
             (Some("Node"), Some("w1"))
@@ -164,7 +173,9 @@ mod tests {
         assert_eq!(ev.reason.as_deref(), Some("Rebooting"));
         assert_eq!(ev.action.as_deref(), Some("Reboot"));
         assert_eq!(ev.type_.as_deref(), Some("Normal"));
-        assert_eq!(ev.reporting_controller.as_deref(), Some(CONTROLLER));
+        assert_eq!(ev.reporting_component.as_deref(), Some(CONTROLLER));
+        assert_eq!(ev.message.as_deref(), Some("rebooting"));
+        assert_eq!(ev.first_timestamp, Some(Time(at)));
         let name = ev.metadata.name.unwrap();
         assert!(name.starts_with("w1.drydock."), "{name}");
         assert!(

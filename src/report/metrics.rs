@@ -10,6 +10,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::counters::Counters;
@@ -17,6 +18,21 @@ use super::notice::{Notice, Phase};
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// The phases whose durations are histograms.
+pub const TIMED_PHASES: [&str; 4] = ["drain", "reboot", "verify", "upgrade"];
+
+/// 10 s to 4 h: a drain of seconds to a slow upgrade of hours.
+fn phase_histogram() -> Histogram {
+    Histogram::new([
+        10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    ])
+}
+
+fn unix(t: Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
 
 fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_string(), value.to_string())]
@@ -39,6 +55,18 @@ pub struct Metrics {
     last_notice: FloatGauge,
     held_packages: Family<Labels, Gauge>,
     holds_ok: Gauge,
+    phase_hist: Histograms,
+    evictions_retried: Counter,
+    upgrade_in_flight: Gauge,
+    upgrade_started: FloatGauge,
+    kubelet_version: Family<Labels, Gauge>,
+    target_version: Family<Labels, Gauge>,
+    versions: (Option<String>, Option<String>),
+    cert_expiry: FloatGauge,
+    last_report: FloatGauge,
+    reboot_needed_since: FloatGauge,
+    state_since: FloatGauge,
+    build: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -61,6 +89,18 @@ impl Metrics {
             last_notice: FloatGauge::default(),
             held_packages: Family::default(),
             holds_ok: Gauge::default(),
+            phase_hist: Histograms::new_with_constructor(phase_histogram),
+            evictions_retried: Counter::default(),
+            upgrade_in_flight: Gauge::default(),
+            upgrade_started: FloatGauge::default(),
+            kubelet_version: Family::default(),
+            target_version: Family::default(),
+            versions: (None, None),
+            cert_expiry: FloatGauge::default(),
+            last_report: FloatGauge::default(),
+            reboot_needed_since: FloatGauge::default(),
+            state_since: FloatGauge::default(),
+            build: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,11 +173,67 @@ impl Metrics {
             "1 when the last reconciliation of dpkg holds succeeded, 0 when it failed",
             m.holds_ok.clone(),
         );
-        let build: Family<Labels, Gauge> = Family::default();
-        build
+        registry.register(
+            "drydock_phase_duration_seconds",
+            "How long each phase of a maintenance took (drain, reboot, verify, upgrade)",
+            m.phase_hist.clone(),
+        );
+        for phase in TIMED_PHASES {
+            let _series = m.phase_hist.get_or_create(&label("phase", phase));
+        }
+        registry.register(
+            "drydock_evictions_retried",
+            "Pod evictions retried during drains (refused by a disruption budget, throttled, or failing)",
+            m.evictions_retried.clone(),
+        );
+        registry.register(
+            "drydock_upgrade_in_flight",
+            "1 while a Kubernetes upgrade of this node is under way (until its lease is released)",
+            m.upgrade_in_flight.clone(),
+        );
+        registry.register(
+            "drydock_upgrade_started_timestamp_seconds",
+            "Unix time the Kubernetes upgrade in flight started (0: none)",
+            m.upgrade_started.clone(),
+        );
+        registry.register(
+            "drydock_kubernetes_version_info",
+            "The kubelet version of this node, as its Node object reports it (value 1)",
+            m.kubelet_version.clone(),
+        );
+        registry.register(
+            "drydock_kubernetes_target_version_info",
+            "The cluster's target Kubernetes version (drydock.dev/kubernetes-version), as this node last read it (value 1)",
+            m.target_version.clone(),
+        );
+        registry.register(
+            "drydock_identity_certificate_expiry_timestamp_seconds",
+            "Unix time drydock's own client certificate expires (0: none yet, or an administrator's kubeconfig)",
+            m.cert_expiry.clone(),
+        );
+        registry.register(
+            "drydock_last_report_timestamp_seconds",
+            "Unix time the daemon last reported: every loop of the agent, at least every check interval (heartbeat)",
+            m.last_report.clone(),
+        );
+        registry.register(
+            "drydock_reboot_required_since_timestamp_seconds",
+            "Unix time the pending reboot was first noticed (0: none pending)",
+            m.reboot_needed_since.clone(),
+        );
+        registry.register(
+            "drydock_state_since_timestamp_seconds",
+            "Unix time this node entered its current phase (drydock_state)",
+            m.state_since.clone(),
+        );
+        m.build
             .get_or_create(&label("version", env!("CARGO_PKG_VERSION")))
             .set(1);
-        registry.register("drydock_build_info", "drydock's version", build);
+        registry.register(
+            "drydock_build_info",
+            "drydock's version, and the node it runs on",
+            m.build.clone(),
+        );
         let mut m = Metrics { registry, ..m };
         m.set_phase(Phase::Idle);
         m.sync_counters(counters);
@@ -166,12 +262,61 @@ impl Metrics {
         }
         self.last_reboot
             .set(counters.last_reboot_timestamp.unwrap_or(0) as f64);
+        let secs = |t: Option<i64>| t.unwrap_or(0) as f64;
+        self.reboot_needed_since
+            .set(secs(counters.reboot_needed_since));
+        self.state_since.set(secs(counters.phase_since));
+        self.upgrade_started.set(secs(counters.upgrade_started));
+        self.upgrade_in_flight
+            .set(i64::from(counters.upgrade_started.is_some()));
+    }
+
+    /// Names the node in `drydock_build_info{node=...}`, so a dashboard can
+    /// show node names instead of scrape addresses.
+    pub fn set_node(&mut self, node: &str) {
+        self.build.clear();
+        self.build
+            .get_or_create(&vec![
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                ("node".to_string(), node.to_string()),
+            ])
+            .set(1);
+    }
+
+    /// The daemon is alive and looping (the heartbeat).
+    pub fn heartbeat(&mut self, now: Timestamp) {
+        self.last_report.set(unix(now));
+    }
+
+    /// The eviction retries so far (the counter only moves up to it).
+    pub fn set_evictions_retried(&mut self, total: u64) {
+        let now = self.evictions_retried.get();
+        if total > now {
+            self.evictions_retried.inc_by(total - now);
+        }
+    }
+
+    /// The kubelet's version on this node and the cluster's target (`None`:
+    /// unknown / not set; the series is then absent).
+    pub fn set_kubernetes_versions(&mut self, current: Option<&str>, target: Option<&str>) {
+        if let Some(current) = current {
+            set_info(&self.kubelet_version, &mut self.versions.0, current);
+        }
+        if let Some(target) = target {
+            set_info(&self.target_version, &mut self.versions.1, target);
+        }
+    }
+
+    /// When drydock's client certificate expires (`None`: no certificate).
+    pub fn set_certificate_expiry(&mut self, expiry: Option<Timestamp>) {
+        self.cert_expiry.set(expiry.map_or(0.0, unix));
     }
 
     /// Folds a notice into the gauges. Counters come from [`Counters`] via
     /// [`Metrics::sync_counters`], so they survive restarts.
     pub fn apply(&mut self, notice: &Notice, now: Timestamp) {
-        self.last_notice.set(now.as_millisecond() as f64 / 1000.0);
+        self.last_notice.set(unix(now));
+        self.heartbeat(now);
         if let Some(phase) = notice.phase() {
             self.set_phase(phase);
         }
@@ -208,6 +353,19 @@ impl Metrics {
                     self.phase_seconds
                         .get_or_create(&label("phase", phase))
                         .set(d.as_secs_f64());
+                    if TIMED_PHASES.contains(&phase) {
+                        self.phase_hist
+                            .get_or_create(&label("phase", phase))
+                            .observe(d.as_secs_f64());
+                    }
+                }
+                // An upgrade ends with its verification (the start is
+                // persisted, so a reboot in between does not lose it).
+                let started = self.upgrade_started.get();
+                if self.upgrade_in_flight.get() == 1 && started > 0.0 {
+                    self.phase_hist
+                        .get_or_create(&label("phase", "upgrade"))
+                        .observe((unix(now) - started).max(0.0));
                 }
             }
             Notice::VerifyFailed { .. } => {
@@ -219,10 +377,12 @@ impl Metrics {
             Notice::HaltCleared => {
                 self.halted.set(0);
             }
+            Notice::Upgrading { from, to, .. } => {
+                self.set_kubernetes_versions(Some(from), Some(to));
+            }
             Notice::Draining { .. }
             | Notice::Drained { .. }
             | Notice::Rebooting { .. }
-            | Notice::Upgrading { .. }
             | Notice::Verifying
             | Notice::Failed { .. }
             | Notice::AptRun { .. } => {}
@@ -265,6 +425,40 @@ impl Metrics {
     }
 }
 
+/// Every metric name drydock exports, as a query names it: counters with
+/// `_total`, histograms with `_bucket`, `_sum` and `_count`. Read from the
+/// registry itself, so alert rules and dashboards can be checked against it.
+pub fn exported_names() -> BTreeSet<String> {
+    let text = Metrics::new(&Counters::default()).prometheus_text();
+    let mut names = BTreeSet::new();
+    for (name, kind) in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+    {
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        } else {
+            names.insert(name.to_string());
+        }
+    }
+    names
+}
+
+/// Keeps one series in an info family: the old value's series is removed.
+fn set_info(family: &Family<Labels, Gauge>, last: &mut Option<String>, value: &str) {
+    if last.as_deref() == Some(value) {
+        return;
+    }
+    if let Some(old) = last.take() {
+        family.remove(&label("version", &old));
+    }
+    family.get_or_create(&label("version", value)).set(1);
+    *last = Some(value.to_string());
+}
+
 /// OpenMetrics -> classic text format: counters are named with their
 /// `_total` suffix in HELP/TYPE, and OpenMetrics-only lines are dropped.
 pub fn to_prometheus_text(openmetrics: &str) -> String {
@@ -297,7 +491,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::notice::BlockedGate;
+    use crate::report::notice::{BlockedGate, PhaseDurations};
 
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
@@ -342,6 +536,58 @@ mod tests {
             .filter(|l| l.starts_with("drydock_state{") && l.ends_with(" 1"))
             .count();
         assert_eq!(ones, 1);
+    }
+
+    #[test]
+    fn an_upgrade_is_timed_from_its_persisted_start() {
+        let t = |s| Timestamp::from_second(s).unwrap();
+        let mut c = Counters::default();
+        let upgrading = Notice::Upgrading {
+            from: "v1.34.1".into(),
+            to: "v1.35.0".into(),
+            step: "kubeadm upgrade node".into(),
+        };
+        c.apply(&upgrading, t(1_000));
+        // The daemon restarts (the node rebooted) and picks the start up.
+        let mut m = Metrics::new(&c);
+        let text = m.prometheus_text();
+        assert_eq!(value(&text, "drydock_upgrade_in_flight"), Some(1.0));
+        assert_eq!(
+            value(&text, "drydock_upgrade_started_timestamp_seconds"),
+            Some(1000.0)
+        );
+        m.apply(&upgrading, t(1_500));
+        m.set_kubernetes_versions(Some("v1.35.0"), None);
+        let verified = Notice::Verified {
+            durations: PhaseDurations {
+                verify: Some(std::time::Duration::from_secs(20)),
+                ..Default::default()
+            },
+        };
+        c.apply(&verified, t(1_600));
+        m.apply(&verified, t(1_600));
+        m.sync_counters(&c);
+        let text = m.prometheus_text();
+        assert!(
+            text.contains(r#"drydock_phase_duration_seconds_sum{phase="upgrade"} 600.0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"drydock_phase_duration_seconds_count{phase="verify"} 1"#));
+        // One version series: the old one is gone.
+        assert!(!text.contains(r#"drydock_kubernetes_version_info{version="v1.34.1"}"#));
+        assert_eq!(
+            value(
+                &text,
+                r#"drydock_kubernetes_version_info{version="v1.35.0"}"#
+            ),
+            Some(1.0)
+        );
+        c.apply(&Notice::Released, t(1_700));
+        m.sync_counters(&c);
+        assert_eq!(
+            value(&m.prometheus_text(), "drydock_upgrade_in_flight"),
+            Some(0.0)
+        );
     }
 
     #[test]

@@ -15,13 +15,14 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod notice;
 pub mod notify;
+pub mod publish;
 pub mod sd_notify;
 pub mod textfile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
@@ -34,9 +35,10 @@ pub use metrics::Metrics;
 pub use notice::{BlockedGate, EventSpec, Notice, Phase, PhaseDurations, Severity, View};
 pub use notify::RetryPolicy;
 
-use crate::config::Settings;
+use crate::cluster::node::kubelet_version;
+use crate::config::{Settings, Window};
 use events::NodeEvents;
-use notify::Webhooks;
+use notify::Receiver;
 use sd_notify::SystemdNotifier;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,16 @@ pub enum ReportError {
 /// Queue depth for webhook posts and Kubernetes writes; beyond it notices are
 /// dropped (and logged) rather than slowing the agent.
 const QUEUE: usize = 64;
+
+/// How often the node republishes its report although nothing changed, so
+/// `drydock cluster status` can tell a running daemon from a dead one.
+pub const REPUBLISH_EVERY: Duration = Duration::from_secs(300);
+
+/// Drain progress alone is republished at most this often.
+const WORDS_REPUBLISH_MIN: Duration = Duration::from_secs(5);
+
+/// The heartbeat rewrites the metrics textfile at most this often.
+const HEARTBEAT_WRITE_EVERY: Duration = Duration::from_secs(10);
 
 enum Job<T> {
     Do(T),
@@ -79,11 +91,27 @@ struct Shared {
     /// The agent's own one-line summary; once set, it is systemd's STATUS=
     /// (so STATUS= and `drydock status` say the same words).
     agent_line: Mutex<Option<String>>,
+    /// This node's maintenance windows (published: the next one).
+    windows: Vec<Window>,
+    republish_every: Mutex<Duration>,
+    last_beat_write: Mutex<Option<Instant>>,
 }
+
+impl Shared {
+    fn node_report(&self, now: Timestamp) -> crate::cluster::node::NodeReport {
+        let view = lock(&self.view).clone();
+        let counters = lock(&self.counters).clone();
+        let line = lock(&self.agent_line).clone();
+        publish::node_report(&view, line.as_deref(), &counters, &self.windows, now)
+    }
+}
+
+type NotifyQueue = mpsc::Sender<Job<(Notice, Timestamp)>>;
 
 struct Queues {
     disk: mpsc::Sender<Job<()>>,
-    notify: Option<mpsc::Sender<Job<(Notice, Timestamp)>>>,
+    /// One queue per receiver: a dead one fills only its own.
+    notify: Vec<(Receiver, NotifyQueue)>,
     kube: Option<mpsc::Sender<Job<KubeJob>>>,
 }
 
@@ -122,15 +150,20 @@ impl Reporter {
             warn!(error = %e, "reading saved report counters; starting from zero");
             Counters::default()
         });
+        let mut metrics = Metrics::new(&counters);
+        metrics.set_node(node);
         let shared = Arc::new(Shared {
             node: node.to_string(),
             view: Mutex::new(View::default()),
-            metrics: Arc::new(Mutex::new(Metrics::new(&counters))),
+            metrics: Arc::new(Mutex::new(metrics)),
             counters: Mutex::new(counters),
             systemd: SystemdNotifier::new(),
             last_event: Mutex::new(None),
             last_notified: Mutex::new(None),
             agent_line: Mutex::new(None),
+            windows: settings.maintenance.windows.clone(),
+            republish_every: Mutex::new(REPUBLISH_EVERY),
+            last_beat_write: Mutex::new(None),
         });
         let mut tasks = Vec::new();
 
@@ -151,19 +184,14 @@ impl Reporter {
             state_db,
         )));
 
-        let notify = match Webhooks::new(
-            node,
-            report.slack_webhook_url.clone(),
-            report.webhook_url.clone(),
-            retry,
-        )? {
-            Some(hooks) => {
+        let notify = notify::receivers(node, report, retry)?
+            .into_iter()
+            .map(|receiver| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tasks.push(tokio::spawn(notify_worker(hooks, rx)));
-                Some(tx)
-            }
-            None => None,
-        };
+                tasks.push(tokio::spawn(notify_worker(receiver.clone(), rx)));
+                (receiver, tx)
+            })
+            .collect();
 
         let kube = client.map(|client| {
             let (tx, rx) = mpsc::channel(QUEUE);
@@ -251,15 +279,17 @@ impl Reporter {
 
     fn report(&self, notice: Notice, announce: bool) {
         let now = Timestamp::now();
-        let (changed, view) = {
+        let (changed, view, before) = {
             let mut view = lock(&self.shared.view);
+            let before = view.phase;
             let changed = view.apply(&notice);
-            (changed, view.clone())
+            (changed, view.clone(), before)
         };
         let counters_changed = lock(&self.shared.counters).apply(&notice, now);
         {
             let mut m = lock(&self.shared.metrics);
             m.apply(&notice, now);
+            m.set_evictions_retried(crate::cluster::drain::eviction_retries());
             if counters_changed {
                 m.sync_counters(&lock(&self.shared.counters));
             }
@@ -270,30 +300,48 @@ impl Reporter {
         }
         self.kick_disk();
 
-        let event = notice.event().filter(|_| announce).filter(|spec| {
-            let mut last = lock(&self.shared.last_event);
-            let fresh = last.as_ref() != Some(spec);
-            *last = Some(spec.clone());
-            fresh
-        });
+        // "Up to date" is news after a maintenance, not at every start.
+        let repeated_idle = matches!(notice, Notice::Idle) && before == Phase::Idle;
+        let event = notice
+            .event()
+            .filter(|_| announce && !repeated_idle)
+            .filter(|spec| {
+                let mut last = lock(&self.shared.last_event);
+                let fresh = last.as_ref() != Some(spec);
+                *last = Some(spec.clone());
+                fresh
+            });
         if changed || event.is_some() {
             self.kick_kube(event.map(|e| (e, now)));
         }
 
-        if announce && notice.is_notable() {
-            let fresh = {
+        if announce && !repeated_idle {
+            let targets: Vec<_> = self
+                .queue(|q| {
+                    Some(
+                        q.notify
+                            .iter()
+                            .filter(|(r, _)| r.wants(&notice))
+                            .map(|(r, tx)| (r.describe(), tx.clone()))
+                            .collect(),
+                    )
+                })
+                .unwrap_or_default();
+            let fresh = !targets.is_empty() && {
                 let mut last = lock(&self.shared.last_notified);
                 let fresh = last.as_ref() != Some(&notice);
                 *last = Some(notice.clone());
                 fresh
             };
-            if fresh && let Some(q) = self.queue(|q| q.notify.clone()) {
-                let kind = notice.kind();
-                if q.try_send(Job::Do((notice, now))).is_err() {
-                    warn!(
-                        event = kind,
-                        "notification queue full; dropping notification"
-                    );
+            if fresh {
+                for (receiver, q) in targets {
+                    if q.try_send(Job::Do((notice.clone(), now))).is_err() {
+                        warn!(
+                            event = notice.kind(),
+                            receiver = %receiver,
+                            "notification queue full (the receiver is slow or down); dropping notification"
+                        );
+                    }
                 }
             }
         }
@@ -304,8 +352,58 @@ impl Reporter {
     /// from notices.
     pub fn status(&self, line: &str) {
         let line = notice::status_text(line);
-        *lock(&self.shared.agent_line) = Some(line.clone());
+        let changed = lock(&self.shared.agent_line).replace(line.clone()) != Some(line.clone());
         self.shared.systemd.status(&line);
+        if changed {
+            self.kick_kube(None);
+        }
+    }
+
+    /// The agent is alive: called once per loop of the agent. Moves the
+    /// heartbeat metric (textfile rewritten at most every few seconds) and
+    /// republishes the node's report when it is due.
+    pub fn heartbeat(&self) {
+        {
+            let mut m = lock(&self.shared.metrics);
+            m.heartbeat(Timestamp::now());
+            m.set_evictions_retried(crate::cluster::drain::eviction_retries());
+        }
+        let write = {
+            let mut last = lock(&self.shared.last_beat_write);
+            let due = last.is_none_or(|t| t.elapsed() >= HEARTBEAT_WRITE_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if write {
+            self.kick_disk();
+            self.kick_kube(None);
+        }
+    }
+
+    /// How often the node's report is republished unchanged (tests shorten it).
+    pub fn set_republish_every(&self, every: Duration) {
+        *lock(&self.shared.republish_every) = every;
+    }
+
+    /// The kubelet version on this node and the cluster's target, when known
+    /// (the upgrade code sets them; the kubelet version is also read back
+    /// from the Node whenever the report is published).
+    pub fn kubernetes_versions(&self, current: Option<&str>, target: Option<&str>) {
+        lock(&self.shared.metrics).set_kubernetes_versions(current, target);
+        self.kick_disk();
+    }
+
+    /// When drydock's own client certificate expires (`None`: it has none).
+    pub fn certificate_expiry(&self, expiry: Option<Timestamp>) {
+        lock(&self.shared.metrics).set_certificate_expiry(expiry);
+        self.kick_disk();
+    }
+
+    /// The report this node publishes on its Node object, as of now.
+    pub fn node_report(&self) -> crate::cluster::node::NodeReport {
+        self.shared.node_report(Timestamp::now())
     }
 
     /// Publishes the outcome of a dpkg hold reconciliation as metrics:
@@ -341,9 +439,10 @@ impl Reporter {
     /// Waits until everything reported so far was written/posted, at most
     /// `timeout`. Returns false if it gave up. Call right before rebooting.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        let Some((disk, notify, kube)) =
-            self.queue(|q| Some((q.disk.clone(), q.notify.clone(), q.kube.clone())))
-        else {
+        let Some((disk, notify, kube)) = self.queue(|q| {
+            let notify: Vec<_> = q.notify.iter().map(|(_, tx)| tx.clone()).collect();
+            Some((q.disk.clone(), notify, q.kube.clone()))
+        }) else {
             return true;
         };
         let wait = async {
@@ -352,7 +451,7 @@ impl Reporter {
             if disk.send(Job::Flush(tx)).await.is_ok() {
                 acks.push(rx);
             }
-            if let Some(q) = notify {
+            for q in notify {
                 let (tx, rx) = oneshot::channel();
                 if q.send(Job::Flush(tx)).await.is_ok() {
                     acks.push(rx);
@@ -400,8 +499,15 @@ impl Reporter {
     fn kick_kube(&self, event: Option<(EventSpec, Timestamp)>) {
         if let Some(q) = self.queue(|q| q.kube.clone()) {
             let reason = event.as_ref().map(|(e, _)| e.reason);
-            if q.try_send(Job::Do(KubeJob { event })).is_err() {
-                warn!(event = ?reason, "Kubernetes event queue full; dropping event");
+            // A full queue without an event loses nothing: the queued jobs
+            // publish the latest report anyway.
+            if q.try_send(Job::Do(KubeJob { event })).is_err()
+                && let Some(reason) = reason
+            {
+                warn!(
+                    event = reason,
+                    "Kubernetes event queue full; dropping event"
+                );
             }
         }
     }
@@ -486,11 +592,12 @@ async fn disk_worker(
     }
 }
 
-async fn notify_worker(hooks: Webhooks, mut rx: mpsc::Receiver<Job<(Notice, Timestamp)>>) {
+async fn notify_worker(receiver: Receiver, mut rx: mpsc::Receiver<Job<(Notice, Timestamp)>>) {
     while let Some(job) = rx.recv().await {
         match job {
             Job::Do((notice, at)) => {
-                hooks.send(&notice, at).await;
+                // Failures are logged (host only) inside.
+                let _ = receiver.send(&notice, at).await;
             }
             Job::Flush(tx) => {
                 let _ = tx.send(());
@@ -499,16 +606,32 @@ async fn notify_worker(hooks: Webhooks, mut rx: mpsc::Receiver<Job<(Notice, Time
     }
 }
 
-/// Creates events in order; sets the annotations once per batch, from the
-/// view as it is then (the latest state wins).
+/// Creates events in order; publishes the node's report once per batch,
+/// from the view as it is then (the latest state wins), when it changed or
+/// when the last publication is older than the republish period.
 async fn kube_worker(
     shared: Arc<Shared>,
     mut sink: NodeEvents,
     mut rx: mpsc::Receiver<Job<KubeJob>>,
     events_enabled: bool,
 ) {
-    let mut annotated: Option<(String, String)> = None;
-    while let Some((work, flushes)) = batch(&mut rx).await {
+    let mut published: Option<(crate::cluster::node::NodeReport, Instant)> = None;
+    // Drain progress held back: published by this time even if nothing
+    // else comes.
+    let mut deferred: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deferred {
+            Some(deadline) => tokio::select! {
+                b = batch(&mut rx) => b,
+                _ = tokio::time::sleep_until(deadline) => {
+                    Some((vec![KubeJob { event: None }], Vec::new()))
+                }
+            },
+            None => batch(&mut rx).await,
+        };
+        let Some((work, flushes)) = next else {
+            break;
+        };
         if events_enabled {
             for (spec, at) in work.iter().filter_map(|j| j.event.as_ref()) {
                 if let Err(e) = sink.record(spec, at.to_owned()).await {
@@ -517,14 +640,41 @@ async fn kube_worker(
             }
         }
         if !work.is_empty() {
-            let want = {
-                let view = lock(&shared.view);
-                (view.phase.as_str().to_string(), view.reason())
+            let report = shared.node_report(Timestamp::now());
+            // Compared without the publication time.
+            let key = crate::cluster::node::NodeReport {
+                reported_at: Timestamp::UNIX_EPOCH,
+                ..report.clone()
             };
-            if annotated.as_ref() != Some(&want) {
-                match sink.annotate(&want.0, &want.1).await {
-                    Ok(()) => annotated = Some(want),
-                    Err(e) => warn!(node = %shared.node, error = %e, "node annotation not set"),
+            let every = *lock(&shared.republish_every);
+            // Any change goes out at once, except drain progress (one per
+            // evicted pod): at most every few seconds, so a big drain is
+            // not a Node write per pod.
+            let due = published.as_ref().is_none_or(|(last, at)| {
+                let progress_only = last.state == key.state
+                    && key.state == crate::phase::Phase::Draining.as_str()
+                    && (&last.slot, &last.step, &last.blocked_by)
+                        == (&key.slot, &key.step, &key.blocked_by);
+                (*last != key && (!progress_only || at.elapsed() >= WORDS_REPUBLISH_MIN))
+                    || at.elapsed() >= every
+            });
+            deferred = match (&published, due) {
+                (Some((last, at)), false) if *last != key => {
+                    Some(tokio::time::Instant::from_std(*at + WORDS_REPUBLISH_MIN))
+                }
+                _ => None,
+            };
+            if due {
+                match sink.publish(&report).await {
+                    Ok(node) => {
+                        published = Some((key, Instant::now()));
+                        if let Some(v) = kubelet_version(&node) {
+                            lock(&shared.metrics).set_kubernetes_versions(Some(v), None);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(node = %shared.node, error = %e, "node report not published")
+                    }
                 }
             }
         }

@@ -296,11 +296,14 @@ impl Notice {
         one_line(&text)
     }
 
-    /// The Kubernetes Event for this notice, if it deserves one. `Draining`
-    /// progress and `Idle` do not repeat; the caller drops consecutive duplicates.
+    /// The Kubernetes Event for this notice, if it deserves one: one for
+    /// every phase, so `kubectl describe node` tells the story. `Draining`
+    /// progress does not repeat; the caller drops consecutive duplicates
+    /// (and an `Idle` that follows no maintenance).
     pub fn event(&self) -> Option<EventSpec> {
         let (reason, action, note) = match self {
-            Notice::Idle | Notice::Verifying => return None,
+            Notice::Idle => ("UpToDate", "Complete", self.summary()),
+            Notice::Verifying => ("Verifying", "Verify", self.summary()),
             Notice::AptRun { refused, .. } if refused.is_empty() => return None,
             Notice::RebootNeeded { .. } => ("RebootRequired", "Detect", self.summary()),
             Notice::Waiting { blocked } if blocked.is_empty() => {
@@ -355,6 +358,14 @@ pub struct View {
     pub phase: Phase,
     pub detail: String,
     pub halted: Option<(String, String)>,
+    /// The step a failure or an upgrade is at.
+    pub step: Option<String>,
+    /// The gates that blocked the last evaluation.
+    pub blocked: Vec<BlockedGate>,
+    /// The Lease slot held.
+    pub slot: Option<String>,
+    /// A Kubernetes upgrade in flight: (from, to, step).
+    pub upgrade: Option<(String, String, String)>,
 }
 
 impl Default for View {
@@ -363,6 +374,10 @@ impl Default for View {
             phase: Phase::Idle,
             detail: "starting".to_string(),
             halted: None,
+            step: None,
+            blocked: Vec::new(),
+            slot: None,
+            upgrade: None,
         }
     }
 }
@@ -379,7 +394,8 @@ impl View {
             Notice::AptRun { .. } => {}
             // Gate verdicts refine the words while pending; they do not
             // overwrite a later phase (a re-check right before draining).
-            Notice::Waiting { .. } => {
+            Notice::Waiting { blocked } => {
+                self.blocked = blocked.clone();
                 if matches!(self.phase, Phase::Pending | Phase::Idle | Phase::Soaking) {
                     self.detail = notice.summary();
                 }
@@ -389,6 +405,31 @@ impl View {
                     self.phase = phase;
                 }
                 self.detail = notice.summary();
+                self.step = match notice {
+                    Notice::Upgrading { step, .. } | Notice::Failed { step, .. } => {
+                        Some(one_line(step))
+                    }
+                    Notice::VerifyFailed { .. } => Some("verify".to_string()),
+                    Notice::DrainFailed { .. } => Some("drain".to_string()),
+                    _ => None,
+                };
+                match notice {
+                    Notice::LeaseAcquired { slot } => self.slot = Some(slot.clone()),
+                    Notice::Released | Notice::DrainFailed { .. } | Notice::Idle => {
+                        self.slot = None
+                    }
+                    _ => {}
+                }
+                match notice {
+                    Notice::Upgrading { from, to, step } => {
+                        self.upgrade = Some((from.clone(), to.clone(), one_line(step)))
+                    }
+                    Notice::Released | Notice::Idle => self.upgrade = None,
+                    _ => {}
+                }
+                if matches!(notice, Notice::Idle | Notice::LeaseAcquired { .. }) {
+                    self.blocked.clear();
+                }
             }
         }
         *self != before
@@ -495,7 +536,33 @@ mod tests {
 
     #[test]
     fn events_and_webhooks_only_for_what_matters() {
-        assert!(Notice::Idle.event().is_none());
+        assert_eq!(Notice::Idle.event().unwrap().reason, "UpToDate");
+        // Every phase has an event.
+        for n in [
+            Notice::Idle,
+            Notice::RebootNeeded { reasons: vec![] },
+            Notice::LeaseAcquired { slot: "s".into() },
+            Notice::Draining { pods_left: 1 },
+            Notice::Rebooting {
+                boot_id: "b".into(),
+            },
+            Notice::Upgrading {
+                from: "a".into(),
+                to: "b".into(),
+                step: "c".into(),
+            },
+            Notice::Verifying,
+            Notice::Verified {
+                durations: PhaseDurations::default(),
+            },
+            Notice::Released,
+            Notice::Failed {
+                step: "drain".into(),
+                error: "e".into(),
+            },
+        ] {
+            assert!(n.phase().is_some() && n.event().is_some(), "{n:?}");
+        }
         assert!(!Notice::Draining { pods_left: 3 }.is_notable());
         // Every drain progress notice maps to the same event, so it is sent once.
         assert_eq!(

@@ -3,6 +3,8 @@
 //! bounded queue: it never blocks or fails the agent. Webhook URLs carry
 //! tokens: only their host ever reaches a log line or an error.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -11,8 +13,8 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use super::notice::{Notice, Severity};
-use crate::config::Secret;
-use crate::config::values::redact_url;
+use crate::config::values::{TemplatePart, redact_url};
+use crate::config::{ReportSettings, Secret};
 
 /// How hard to try one post.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,96 +70,173 @@ impl NotifyError {
     }
 }
 
-/// The Slack message for a notice.
-pub fn slack_body(node: &str, notice: &Notice) -> Value {
-    let icon = match notice.severity() {
-        Severity::Warning => ":warning: ",
-        Severity::Normal => "",
+type Templates = BTreeMap<String, Vec<TemplatePart>>;
+
+/// Fills a template's placeholders.
+pub fn render(template: &[TemplatePart], node: &str, notice: &Notice, at: Timestamp) -> String {
+    let mut out = String::new();
+    for part in template {
+        match part {
+            TemplatePart::Text(t) => out.push_str(t),
+            TemplatePart::Field("node") => out.push_str(node),
+            TemplatePart::Field("event") => out.push_str(notice.kind()),
+            TemplatePart::Field("severity") => out.push_str(notice.severity().as_str()),
+            TemplatePart::Field("message") => out.push_str(&notice.summary()),
+            TemplatePart::Field("time") => out.push_str(&at.to_string()),
+            TemplatePart::Field(_) => {}
+        }
+    }
+    out
+}
+
+/// The Slack message for a notice (`template`: the configured one for its kind).
+pub fn slack_body(
+    node: &str,
+    notice: &Notice,
+    at: Timestamp,
+    template: Option<&[TemplatePart]>,
+) -> Value {
+    let text = match template {
+        Some(t) => render(t, node, notice, at),
+        None => {
+            let icon = match notice.severity() {
+                Severity::Warning => ":warning: ",
+                Severity::Normal => "",
+            };
+            format!("{icon}drydock on `{node}`: {}", notice.summary())
+        }
     };
-    json!({ "text": format!("{icon}drydock on `{node}`: {}", notice.summary()) })
+    json!({ "text": text })
 }
 
 /// The generic webhook body: stable top-level fields plus the notice itself.
-pub fn webhook_body(node: &str, notice: &Notice, at: Timestamp) -> Value {
+pub fn webhook_body(
+    node: &str,
+    notice: &Notice,
+    at: Timestamp,
+    template: Option<&[TemplatePart]>,
+) -> Value {
     json!({
         "source": "drydock",
         "node": node,
         "event": notice.kind(),
         "severity": notice.severity().as_str(),
-        "message": notice.summary(),
+        "message": template.map_or_else(|| notice.summary(), |t| render(t, node, notice, at)),
         "time": at.to_string(),
         "details": notice,
     })
 }
 
-/// Posts notable notices to the configured webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverKind {
+    Slack,
+    Webhook,
+}
+
+impl ReceiverKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReceiverKind::Slack => "Slack",
+            ReceiverKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// One place notifications go. Each receiver has its own queue and task,
+/// so a dead one delays nobody else.
 #[derive(Debug, Clone)]
-pub struct Webhooks {
+pub struct Receiver {
+    kind: ReceiverKind,
+    url: Secret,
+    events: BTreeSet<String>,
+    templates: Arc<Templates>,
     client: reqwest::Client,
-    slack: Option<Secret>,
-    generic: Option<Secret>,
     node: String,
     policy: RetryPolicy,
 }
 
-impl Webhooks {
-    /// `None` when no webhook is configured.
-    pub fn new(
-        node: &str,
-        slack: Option<Secret>,
-        generic: Option<Secret>,
-        policy: RetryPolicy,
-    ) -> Result<Option<Webhooks>, NotifyError> {
-        if slack.is_none() && generic.is_none() {
-            return Ok(None);
-        }
-        let client = reqwest::Client::builder()
-            .timeout(policy.timeout)
-            .user_agent(concat!("drydock/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| NotifyError::Client(e.without_url()))?;
-        Ok(Some(Webhooks {
-            client,
-            slack,
-            generic,
-            node: node.to_string(),
-            policy,
-        }))
+/// The receivers configured in `[report]` (none when no URL is set).
+pub fn receivers(
+    node: &str,
+    report: &ReportSettings,
+    policy: RetryPolicy,
+) -> Result<Vec<Receiver>, NotifyError> {
+    let configured = [
+        (
+            ReceiverKind::Slack,
+            &report.slack_webhook_url,
+            &report.slack_events,
+        ),
+        (
+            ReceiverKind::Webhook,
+            &report.webhook_url,
+            &report.webhook_events,
+        ),
+    ];
+    if configured.iter().all(|(_, url, _)| url.is_none()) {
+        return Ok(Vec::new());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(policy.timeout)
+        .connect_timeout(policy.timeout)
+        .user_agent(concat!("drydock/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| NotifyError::Client(e.without_url()))?;
+    let templates = Arc::new(report.templates.clone());
+    Ok(configured
+        .into_iter()
+        .filter_map(|(kind, url, events)| {
+            Some(Receiver {
+                kind,
+                url: url.clone()?,
+                events: events.iter().cloned().collect(),
+                templates: templates.clone(),
+                client: client.clone(),
+                node: node.to_string(),
+                policy,
+            })
+        })
+        .collect())
+}
+
+impl Receiver {
+    /// Whether this receiver is told about `notice`.
+    pub fn wants(&self, notice: &Notice) -> bool {
+        // An apt run is news only when it refused something.
+        let news = !matches!(notice, Notice::AptRun { refused, .. } if refused.is_empty());
+        news && self.events.contains(notice.kind())
     }
 
-    /// Sends one notice to every configured webhook; failures are logged
-    /// (host only) and returned for tests, never raised to the agent.
-    pub async fn send(&self, notice: &Notice, at: Timestamp) -> Vec<NotifyError> {
-        let mut errors = Vec::new();
-        if let Some(url) = &self.slack {
-            let body = slack_body(&self.node, notice);
-            if let Err(e) = self.post("Slack", url, &body).await {
-                errors.push(e);
-            }
+    /// The scheme and host only: what logs and errors may show.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.kind.as_str(), redact_url(self.url.expose()))
+    }
+
+    pub fn body(&self, notice: &Notice, at: Timestamp) -> Value {
+        let template = self.templates.get(notice.kind()).map(Vec::as_slice);
+        match self.kind {
+            ReceiverKind::Slack => slack_body(&self.node, notice, at, template),
+            ReceiverKind::Webhook => webhook_body(&self.node, notice, at, template),
         }
-        if let Some(url) = &self.generic {
-            let body = webhook_body(&self.node, notice, at);
-            if let Err(e) = self.post("webhook", url, &body).await {
-                errors.push(e);
-            }
-        }
-        for e in &errors {
+    }
+
+    /// Posts one notice (with retries); a failure is logged (host only)
+    /// and returned for tests, never raised to the agent.
+    pub async fn send(&self, notice: &Notice, at: Timestamp) -> Result<(), NotifyError> {
+        let result = self.post(&self.body(notice, at)).await;
+        if let Err(e) = &result {
             warn!(event = notice.kind(), error = %e, "notification not delivered");
         }
-        errors
+        result
     }
 
-    async fn post(
-        &self,
-        what: &'static str,
-        url: &Secret,
-        body: &Value,
-    ) -> Result<(), NotifyError> {
-        let host = redact_url(url.expose());
+    async fn post(&self, body: &Value) -> Result<(), NotifyError> {
+        let what = self.kind.as_str();
+        let host = redact_url(self.url.expose());
         let attempt = || async {
             let response = self
                 .client
-                .post(url.expose())
+                .post(self.url.expose())
                 .json(body)
                 .send()
                 .await
@@ -201,17 +280,111 @@ mod tests {
         let n = Notice::VerifyFailed {
             reason: "kubelet not Ready".into(),
         };
-        let s = slack_body("w1", &n);
+        let at = Timestamp::from_second(1_700_000_000).unwrap();
+        let s = slack_body("w1", &n, at, None);
         assert_eq!(
             s["text"],
             ":warning: drydock on `w1`: verification FAILED: kubelet not Ready; node stays cordoned and keeps the lease (fleet halted)"
         );
-        let at = Timestamp::from_second(1_700_000_000).unwrap();
-        let w = webhook_body("w1", &n, at);
+        let w = webhook_body("w1", &n, at, None);
         assert_eq!(w["event"], "verify-failed");
         assert_eq!(w["severity"], "Warning");
         assert_eq!(w["details"]["reason"], "kubelet not Ready");
         assert_eq!(w["time"], "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn templates_per_event_kind() {
+        let mut report = crate::config::Settings::default().report;
+        report.slack_webhook_url = Some(Secret::new("https://hooks.example/T/SECRET".into()));
+        report.webhook_url = Some(Secret::new("https://other.example/SECRET".into()));
+        report.webhook_events = vec!["halted".into()];
+        report.templates.insert(
+            "verify-failed".into(),
+            crate::config::values::message_template(
+                ":rotating_light: {node} [{severity}] {message} at {time}",
+            )
+            .unwrap(),
+        );
+        let rs = receivers("w1", &report, RetryPolicy::default()).unwrap();
+        let (slack, hook) = (&rs[0], &rs[1]);
+        let failed = Notice::VerifyFailed {
+            reason: "kubelet not Ready".into(),
+        };
+        let at = Timestamp::from_second(1_700_000_000).unwrap();
+        assert!(slack.wants(&failed) && !hook.wants(&failed));
+        assert_eq!(
+            slack.body(&failed, at)["text"],
+            ":rotating_light: w1 [Warning] verification FAILED: kubelet not Ready; node stays cordoned and keeps the lease (fleet halted) at 2023-11-14T22:13:20Z"
+        );
+        let halted = Notice::Halted {
+            node: "w2".into(),
+            reason: "x".into(),
+        };
+        assert!(hook.wants(&halted));
+        assert_eq!(hook.body(&halted, at)["message"], "cluster HALTED by w2: x");
+        // Defaults: progress and trouble, never chatter.
+        assert!(!slack.wants(&Notice::Draining { pods_left: 1 }));
+        assert!(!slack.wants(&Notice::AptRun {
+            changed: vec!["curl".into()],
+            refused: vec![]
+        }));
+        assert!(slack.wants(&Notice::AptRun {
+            changed: vec![],
+            refused: vec!["kubelet".into()]
+        }));
+        assert_eq!(slack.describe(), "Slack https://hooks.example/...");
+        assert!(!format!("{slack:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn every_notifiable_kind_is_a_notice_kind() {
+        let kinds: BTreeSet<&str> = [
+            Notice::Idle,
+            Notice::RebootNeeded { reasons: vec![] },
+            Notice::LeaseAcquired { slot: "s".into() },
+            Notice::DrainFailed {
+                reason: "r".into(),
+                blocking_pods: vec![],
+            },
+            Notice::Drained {
+                summary: "s".into(),
+                forced: false,
+            },
+            Notice::Rebooting {
+                boot_id: "b".into(),
+            },
+            Notice::Upgrading {
+                from: "a".into(),
+                to: "b".into(),
+                step: "c".into(),
+            },
+            Notice::Verifying,
+            Notice::Verified {
+                durations: Default::default(),
+            },
+            Notice::VerifyFailed { reason: "r".into() },
+            Notice::Released,
+            Notice::Halted {
+                node: "n".into(),
+                reason: "r".into(),
+            },
+            Notice::HaltCleared,
+            Notice::Failed {
+                step: "s".into(),
+                error: "e".into(),
+            },
+            Notice::AptRun {
+                changed: vec![],
+                refused: vec![],
+            },
+        ]
+        .iter()
+        .map(Notice::kind)
+        .collect();
+        for k in crate::config::values::NOTIFY_EVENT_KINDS {
+            assert!(kinds.contains(k), "{k}");
+        }
     }
 
     #[test]

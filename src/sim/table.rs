@@ -27,9 +27,20 @@ fn col(name: &str, ty: &str, priority: i32) -> Value {
 
 /// Go's `duration.HumanDuration`, roughly.
 fn age(obj: &Value) -> String {
-    let Some(ts) =
-        str_at(obj, "metadata.creationTimestamp").and_then(|s| s.parse::<jiff::Timestamp>().ok())
-    else {
+    age_at(obj, "metadata.creationTimestamp")
+}
+
+/// An event's last occurrence: `lastTimestamp`, else `eventTime`.
+fn event_last_seen(obj: &Value) -> String {
+    if str_at(obj, "lastTimestamp").is_some() {
+        age_at(obj, "lastTimestamp")
+    } else {
+        age_at(obj, "eventTime")
+    }
+}
+
+fn age_at(obj: &Value, path: &str) -> String {
+    let Some(ts) = str_at(obj, path).and_then(|s| s.parse::<jiff::Timestamp>().ok()) else {
         return "<unknown>".to_string();
     };
     let secs = jiff::Timestamp::now().duration_since(ts).as_secs().max(0);
@@ -230,6 +241,29 @@ fn row(kind: Kind, o: &Value) -> (Vec<Value>, Vec<Value>) {
                 num("status.updatedNumberScheduled"),
                 num("status.numberAvailable"),
                 json!(age(o)),
+            ],
+        ),
+        // As the real server prints them: `kubectl get events`.
+        Kind::Event => (
+            vec![
+                col("Last Seen", "string", 0),
+                col("Type", "string", 0),
+                col("Reason", "string", 0),
+                col("Object", "string", 0),
+                col("Message", "string", 0),
+            ],
+            vec![
+                json!(event_last_seen(o)),
+                json!(str_at(o, "type").unwrap_or("")),
+                json!(str_at(o, "reason").unwrap_or("")),
+                json!(format!(
+                    "{}/{}",
+                    str_at(o, "involvedObject.kind")
+                        .unwrap_or("")
+                        .to_lowercase(),
+                    str_at(o, "involvedObject.name").unwrap_or("")
+                )),
+                json!(str_at(o, "message").unwrap_or("")),
             ],
         ),
         _ => (
