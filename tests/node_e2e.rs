@@ -686,7 +686,7 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
     let message = field(refusals[0], "MESSAGE").unwrap();
     assert!(message.contains("kubelet: upgrade"), "{message}");
     wait_for("the refusal Event", Duration::from_secs(20), || {
-        sim.list::<k8s_openapi::api::events::v1::Event>(None)
+        sim.list::<k8s_openapi::api::core::v1::Event>(None)
             .iter()
             .any(|e| e.reason.as_deref() == Some("ProtectedPackageRefused"))
             .then_some(())
