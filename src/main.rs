@@ -8,8 +8,15 @@ use drydock::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(fd) = cli.stderr_fd
+        && let Err(e) = cli::adopt_stderr(fd)
+    {
+        eprintln!("drydock: --stderr-fd {fd}: {e}");
+        return ExitCode::FAILURE;
+    }
     let target = logging::choose_target(
         std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        logging::stderr_identity(),
         cli.log_format,
     );
     logging::init(target, cli::default_log_level(&cli.command));

@@ -174,12 +174,13 @@ fn wired_pre_install(sb: &Sandbox) -> (String, String) {
     (command, version.trim().to_string())
 }
 
-/// The hook's own note that it stood aside (apt also quotes the command, so
-/// only a line that starts with it counts).
+/// The hook stood aside quietly: after `apt remove drydock` apt prints
+/// nothing about it (no shell "not found", no note on every run).
 fn skipped(out: &Output) -> bool {
-    text(out)
-        .lines()
-        .any(|l| l.starts_with("drydock: ") && l.contains("is not installed: hook skipped"))
+    let t = text(out);
+    out.status.success()
+        && !t.contains("not found")
+        && !t.lines().any(|l| l.starts_with("drydock: "))
 }
 
 #[test]
@@ -449,7 +450,7 @@ fn unattended_upgrades_upgrades_unprotected_and_leaves_protected_alone() {
 fn daemon_authorization_lets_exactly_that_version_through() {
     require_tools!(false);
     let sb = Sandbox::new();
-    sb.preinstall(&["kubeadm=1.34.1-1.1"]);
+    sb.preinstall(&["kubeadm=1.34.1-1.1", "containerd=1.0-1"]);
     sb.install_hook(false);
     let settings = sb.settings();
     let store = Store::open(&settings.node.state_db).unwrap();
@@ -462,17 +463,19 @@ fn daemon_authorization_lets_exactly_that_version_through() {
     );
 
     let step = UpgradeStep::begin(&settings, &store, std::slice::from_ref(&wanted)).unwrap();
+    // (A first install is provisioning, allowed anyway: see
+    // provisioning_is_allowed_and_recorded_and_a_refusal_leaves_a_trace.)
     refused(
-        &sb.apt_get(&["install", "kubelet=1.34.2-1.1"]),
-        "kubelet: install 1.34.2-1.1",
+        &sb.apt_get(&["install", "containerd=2.0-1"]),
+        "containerd: upgrade 1.0-1 -> 2.0-1",
     );
     refused(
         &sb.apt_get(&["install", "kubeadm=1.34.3-1.1"]),
         "kubeadm: upgrade 1.34.1-1.1 -> 1.34.3-1.1",
     );
     refused(
-        &sb.apt_get(&["install", "kubeadm=1.34.2-1.1", "kubelet=1.34.2-1.1"]),
-        "kubelet: install 1.34.2-1.1",
+        &sb.apt_get(&["install", "kubeadm=1.34.2-1.1", "containerd=2.0-1"]),
+        "containerd: upgrade 1.0-1 -> 2.0-1",
     );
     assert_eq!(sb.version("kubeadm").as_deref(), Some("1.34.1-1.1"));
     let out = sb.apt_get(&["install", "kubeadm=1.34.2-1.1"]);
@@ -606,10 +609,12 @@ fn hook(config: &std::path::Path, input: Vec<u8>) -> (bool, String) {
 fn bad_stdin_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("drydock.toml");
+    // `kubeconfig` names a file that exists: the node has joined, so
+    // protected changes are decided, not let through as provisioning.
     std::fs::write(
         &config,
         format!(
-            "[node]\nstate-db = \"{0}/state.db\"\nrun-dir = \"{0}/run\"\n",
+            "[node]\nkubeconfig = \"{0}/drydock.toml\"\nstate-db = \"{0}/state.db\"\nrun-dir = \"{0}/run\"\n",
             dir.path().display()
         ),
     )
@@ -637,7 +642,7 @@ fn bad_stdin_corpus() {
         ("actions inside config", with(b"kubeadm 1 all none = 1 all none /k.deb\n\n"), false, "kubeadm: unreadable"),
         ("extra config, no actions", with(b"Some::New::Key=x y z\nList::=1\n\n"), true, ""),
         ("unprotected actions", with(b"\nhello 1 all none < 2 all none /h.deb\nhello 1 all none < 2 all none **CONFIGURE**\n"), true, ""),
-        ("protected action", with(b"\nrunc - - none < 1.1 amd64 same /r.deb\n"), false, "runc: install 1.1"),
+        ("protected action", with(b"\nrunc 1.0 amd64 same < 1.1 amd64 same /r.deb\n"), false, "runc: upgrade 1.0 -> 1.1"),
     ];
     for (name, input, ok, message) in cases {
         let (success, stderr) = hook(&config, input);
@@ -653,4 +658,65 @@ fn bad_stdin_corpus() {
             );
         }
     }
+}
+
+/// Provisioning order (issue 11): a protected package's first install, and
+/// anything before the node joined, go through and are recorded; an
+/// upgrade after join is refused and the refusal is in the history.
+#[test]
+fn provisioning_is_allowed_and_recorded_and_a_refusal_leaves_a_trace() {
+    require_tools!(false);
+    let sb = Sandbox::new();
+    sb.install_hook(false);
+    let refusals = || -> Vec<serde_json::Value> {
+        let out = sb
+            .drydock()
+            .args(["history", "--json", "--kind", "apt-refused"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // Not joined: every change is provisioning.
+    sb.set_joined(false);
+    let out = sb.apt_get(&["install", "containerd=1.0-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("containerd: install 1.0-1 (allowed: first install"));
+    let out = sb.apt_get(&[
+        "install",
+        "--allow-change-held-packages",
+        "containerd=2.0-1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("(allowed: the node has not joined a cluster yet"),
+        "{}",
+        text(&out)
+    );
+    let runs = history(&sb);
+    assert_eq!(
+        runs.last().unwrap()["detail"]["provisioning"],
+        serde_json::json!(["containerd upgrade 1.0-1 -> 2.0-1"])
+    );
+
+    // Joined: a first install still goes through; changing it does not.
+    sb.set_joined(true);
+    let out = sb.apt_get(&["install", "kubeadm=1.34.1-1.1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sb.version("kubeadm").as_deref(), Some("1.34.1-1.1"));
+    assert!(refusals().is_empty());
+    let out = sb.apt_get(&[
+        "install",
+        "--allow-change-held-packages",
+        "kubeadm=1.34.2-1.1",
+    ]);
+    refused(&out, "kubeadm: upgrade 1.34.1-1.1 -> 1.34.2-1.1");
+    assert_eq!(sb.version("kubeadm").as_deref(), Some("1.34.1-1.1"));
+    let recorded = refusals();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        recorded[0]["detail"]["summary"],
+        serde_json::json!(["kubeadm: upgrade 1.34.1-1.1 -> 1.34.2-1.1"])
+    );
 }

@@ -54,6 +54,12 @@ fn check_deb(deb: &Path) {
     for script in ["postinst", "prerm", "postrm"] {
         assert!(info.contains(script), "{script} missing:\n{info}");
     }
+    // The exporter is optional (as a Recommends it pulled 39 packages).
+    assert!(
+        info.contains(" Suggests: prometheus-node-exporter\n"),
+        "{info}"
+    );
+    assert!(!info.contains(" Recommends:"), "{info}");
 
     let contents = run(Command::new("dpkg-deb").arg("--contents").arg(deb));
     for path in [
@@ -63,6 +69,7 @@ fn check_deb(deb: &Path) {
         "./etc/drydock/drydock.toml.d/",
         "./etc/drydock/checks.d/",
         "./usr/share/man/man1/drydock.1.gz",
+        "./usr/share/man/man5/drydock.toml.5.gz",
         "./usr/share/bash-completion/completions/drydock",
         "./usr/share/zsh/vendor-completions/_drydock",
         "./usr/share/fish/vendor_completions.d/drydock.fish",
@@ -117,6 +124,17 @@ fn check_deb(deb: &Path) {
         .arg("-dc")
         .arg(root.join("usr/share/man/man1/drydock.1.gz")));
     assert!(man.contains(".TH drydock 1"), "{man}");
+    assert!(man.contains("drydock.toml\\fR(5)"), "{man}");
+    let man5 = run(Command::new("gzip")
+        .arg("-dc")
+        .arg(root.join("usr/share/man/man5/drydock.toml.5.gz")));
+    assert!(man5.starts_with(".TH DRYDOCK.TOML 5"), "{man5}");
+    // Reload reports the daemon's verdict, and needs no procps.
+    assert!(
+        unit.contains("\nExecReload=/usr/bin/drydock reload\n"),
+        "{unit}"
+    );
+    assert!(!unit.contains("/bin/kill"), "{unit}");
 
     let lintian = Command::new("lintian")
         .args(["--tag-display-limit", "0"])
@@ -287,6 +305,12 @@ fn package_installs_removes_and_purges_with_real_dpkg() {
         "{conffiles}"
     );
 
+    std::fs::write(
+        root.join("etc/drydock/drydock.toml.d/10-site.toml"),
+        "# site\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/drydock/checks.d/10-check"), "#!/bin/sh\n").unwrap();
     // Remove: binary gone; configuration, the apt wiring and state stay.
     std::fs::write(root.join("var/lib/drydock/state.db"), "kept").unwrap();
     let (log, ok) = dpkg_in(&root, &["-r", "drydock"]);
@@ -296,16 +320,26 @@ fn package_installs_removes_and_purges_with_real_dpkg() {
     assert!(root.join("etc/apt/apt.conf.d/50drydock").is_file());
     assert!(root.join("var/lib/drydock/state.db").is_file());
 
-    // Purge: everything of drydock's is gone.
+    // Purge: everything of drydock's is gone; the administrator's own
+    // drop-in and check (written before the remove) stay.
     let (log, ok) = dpkg_in(&root, &["-P", "drydock"]);
     assert!(ok, "purge:\n{log}");
     assert_eq!(package_status(&root), "not known");
     for gone in [
         "etc/apt/apt.conf.d/50drydock",
-        "etc/drydock",
+        "etc/drydock/drydock.toml",
         "var/lib/drydock",
     ] {
         assert!(!root.join(gone).exists(), "{gone} left after purge");
+    }
+    for kept in [
+        "etc/drydock/drydock.toml.d/10-site.toml",
+        "etc/drydock/checks.d/10-check",
+    ] {
+        assert!(
+            root.join(kept).is_file(),
+            "purge deleted the admin's {kept}"
+        );
     }
     assert_eq!(host_wants.exists(), host_had_it, "the host was not touched");
 }

@@ -24,6 +24,7 @@ use super::ports::{
 };
 use super::state::{AgentState, Cordon, Cycle, Event, TransitionError};
 use crate::config::Settings;
+use crate::logging::msgid;
 use crate::store::{Store, StoreError};
 
 mod upgrade;
@@ -136,7 +137,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             .current_state::<AgentState>()?
             .map(|(s, _)| s)
             .unwrap_or(AgentState::Idle);
-        info!(node = %node, state = state.name(), "agent starting from persisted state");
+        info!(node = %node, state = state.name(), "agent starting from its persisted state {}", state.name());
         Ok(Agent {
             node,
             settings,
@@ -258,7 +259,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
 
     async fn status(&mut self, line: String) -> Result<(), AgentError> {
         if line != self.last_status {
-            info!(node = %self.node, state = self.state.name(), status = %line, "{line}");
+            info!(message_id = msgid::STATUS, node = %self.node, state = self.state.name(), status = %line, "{line}");
             self.reporter.status(&line);
             let record = StatusRecord {
                 line: line.clone(),
@@ -306,7 +307,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         let persisted = next.clone();
         self.write(move |s| s.transition(&persisted, "state", &detail))
             .await?;
-        info!(node = %self.node, from, to, "state {from} -> {to}");
+        info!(message_id = msgid::STATE_CHANGED, node = %self.node, from, to, "state {from} -> {to}");
         if next.held_slot() != self.state.held_slot() {
             self.claim = None;
         }
@@ -434,7 +435,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     async fn fail(&mut self, error: String, detail: serde_json::Value) -> Result<(), AgentError> {
-        warn!(node = %self.node, state = self.state.name(), error = %error, "step failed; stopping for a person (cordon and lease kept)");
+        warn!(message_id = msgid::STEP_STOPPED, node = %self.node, state = self.state.name(), error = %error, "{error}; stopping for a person (cordon and lease kept)");
         self.transition(
             Event::Failed {
                 error,
@@ -446,7 +447,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     async fn retry_later(&mut self, action: &str, error: PortError) -> Result<Wait, AgentError> {
-        warn!(node = %self.node, state = self.state.name(), action, error = %error, "{action} failed; will retry");
+        warn!(message_id = msgid::STEP_FAILED, node = %self.node, state = self.state.name(), action, error = %error, "{action} failed, will retry: {error}");
         self.status(format!(
             "{}: retrying, {action} failed: {error}",
             self.state.name()
@@ -503,7 +504,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     async fn lease_lost(&mut self, slot: &str, holder: String) -> Result<(), AgentError> {
-        warn!(node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
+        warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
         self.claim = None;
         if !matches!(
             self.state,
@@ -683,6 +684,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 self.after_block(Timestamp::now(), cluster.blocked_until),
             ));
         }
+        info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, "lease slot {slot} acquired");
         self.event(AgentEvent::LeaseAcquired { slot: slot.clone() });
         self.transition(
             Event::LeaseAcquired {
@@ -772,7 +774,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Ok(DrainResult::TimedOut(timeout)) => {
                 let blocking: Vec<String> =
                     timeout.blocked.iter().map(ToString::to_string).collect();
-                warn!(node = %self.node, blocking = %blocking.join("; "), "drain timed out; restoring the node and releasing the lease");
+                warn!(message_id = msgid::DRAIN_TIMED_OUT, node = %self.node, blocking = %blocking.join("; "), "drain timed out (blocking: {}); restoring the node and releasing the lease", blocking.join("; "));
                 if cordon == Cordon::Ours
                     && let Err(e) = self.cluster.set_unschedulable(false).await
                 {
@@ -840,6 +842,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 return Ok(Wait::No);
             }
             Ok(BootChange::Unclear { reason }) => {
+                warn!(message_id = msgid::BOOT_UNCHANGED, node = %self.node, reason = %reason, "cannot tell whether the machine rebooted: {reason}");
                 self.fail(
                     format!("cannot tell whether the machine rebooted: {reason}"),
                     serde_json::json!({"error": reason}),
@@ -895,12 +898,12 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.reporter.flush().await;
         match self.host.reboot(&reason).await {
             Ok(()) => {
-                info!(node = %self.node, reason = %reason, "reboot requested from logind");
+                info!(message_id = msgid::REBOOT_REQUESTED, node = %self.node, reason = %reason, "reboot requested from logind: {reason}");
                 Ok(Wait::For(self.renew_every()))
             }
             Err(e) => {
                 self.reboot_requested_here = None;
-                warn!(node = %self.node, error = %e, "reboot refused; node stays cordoned and keeps the lease");
+                warn!(message_id = msgid::REBOOT_REFUSED, node = %self.node, error = %e, "reboot refused ({e}); node stays cordoned and keeps the lease");
                 self.event(AgentEvent::RebootFailed {
                     error: e.to_string(),
                 });
@@ -951,7 +954,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 ))
             }
             Err(reason) => {
-                warn!(node = %self.node, reason = %reason, "verification failed; halting the fleet, keeping the lease and the cordon");
+                warn!(message_id = msgid::VERIFY_FAILED, node = %self.node, reason = %reason, "verification failed ({reason}); halting the fleet, keeping the lease and the cordon");
                 let halt = Halt {
                     node: self.node.clone(),
                     reason: format!("failed verification after reboot: {reason}"),
@@ -1080,7 +1083,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             unreachable!("failed() runs in Failed")
         };
         if let Some(requested) = self.take_request(keys::RESUME_REQUESTED, at).await? {
-            info!(node = %self.node, step = %step, "resume requested; going back to the interrupted step");
+            info!(message_id = msgid::RESUME_REQUESTED, node = %self.node, step = %step, "resume requested; going back to the interrupted step {step}");
             self.reboot_requested_here = None;
             self.transition(
                 Event::Resume {
@@ -1101,7 +1104,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                         .await?;
                     return self.retry_later("force-releasing the lease", e).await;
                 }
-                warn!(node = %self.node, slot = %slot, "lease force-released; the node stays as it is");
+                warn!(message_id = msgid::LEASE_FORCE_RELEASED, node = %self.node, slot = %slot, "lease slot {slot} force-released; the node stays as it is");
                 self.claim = None;
                 self.transition(
                     Event::ForceReleased,

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use jiff::Timestamp;
 
-use super::ports::{Host, PortError};
+use super::ports::{BootChange, BootMark, Host, PortError};
 use crate::config::Settings;
+use crate::host::boot::BootId;
 use crate::host::logind::{LogindRebooter, Rebooter};
 use crate::host::{boot, checks, kernel, sentinel};
 
@@ -15,6 +16,7 @@ pub struct NodeHost {
     rebooter: LogindRebooter,
     boot_id_path: PathBuf,
     proc_stat_path: PathBuf,
+    init_stat_path: PathBuf,
 }
 
 impl NodeHost {
@@ -24,7 +26,19 @@ impl NodeHost {
             rebooter,
             boot_id_path: boot::DEFAULT_BOOT_ID_PATH.into(),
             proc_stat_path: boot::DEFAULT_PROC_STAT_PATH.into(),
+            init_stat_path: boot::DEFAULT_INIT_STAT_PATH.into(),
         }
+    }
+}
+
+impl NodeHost {
+    fn signals(&self) -> Result<boot::BootSignals, PortError> {
+        boot::read_signals(
+            &self.boot_id_path,
+            &self.proc_stat_path,
+            &self.init_stat_path,
+        )
+        .map_err(|e| PortError::failed("reading the boot signals", e))
     }
 }
 
@@ -35,8 +49,37 @@ impl Host for NodeHost {
             .map_err(|e| PortError::failed("reading boot_id", e))
     }
 
+    /// When init started, not the kernel's btime: in a container btime is
+    /// the host's, long before this boot (phase durations came out wrong).
     fn booted_at(&self) -> Result<Timestamp, PortError> {
-        boot::boot_time(&self.proc_stat_path).map_err(|e| PortError::failed("reading boot time", e))
+        self.signals().map(|b| b.started)
+    }
+
+    /// Both signals must agree ([`boot::compare`]): a changed boot_id with
+    /// init started at the same time is as unclear as the reverse.
+    fn boot_change(&self, before: &BootMark) -> Result<BootChange, PortError> {
+        let now = self.signals()?;
+        let (Some(id), Some(started)) = (BootId::parse(&before.boot_id), before.booted_at) else {
+            return Ok(BootChange::judge(
+                before,
+                &BootMark {
+                    boot_id: now.boot_id.to_string(),
+                    booted_at: Some(now.started),
+                },
+            ));
+        };
+        let before = boot::BootSignals {
+            boot_id: id,
+            btime: started,
+            started,
+        };
+        Ok(match boot::compare(&before, &now) {
+            boot::BootChange::Same => BootChange::Same,
+            boot::BootChange::New => BootChange::New {
+                booted_at: now.started,
+            },
+            boot::BootChange::Inconsistent(reason) => BootChange::Unclear { reason },
+        })
     }
 
     async fn reboot_need(

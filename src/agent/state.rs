@@ -729,14 +729,20 @@ impl AgentState {
                     now,
                     verify_timeout,
                 },
-            ) => Ok(AgentState::Verifying {
-                cycle,
-                cordon,
-                booted_at,
-                deadline: now + verify_timeout,
-                drain_seconds,
-                reboot_seconds: seconds(drained_at, now),
-            }),
+            ) => {
+                // The reboot ends when this machine's init started, not when
+                // the daemon noticed: reboot and verify must not overlap.
+                // Kept within [drained_at, now] against a clock that moved.
+                let up = booted_at.max(drained_at).min(now);
+                Ok(AgentState::Verifying {
+                    cycle,
+                    cordon,
+                    booted_at: up,
+                    deadline: now + verify_timeout,
+                    drain_seconds,
+                    reboot_seconds: seconds(drained_at, up),
+                })
+            }
 
             (
                 AgentState::Verifying {

@@ -5,7 +5,9 @@
 //! - the daemon authorized exactly that package and new version, the
 //!   authorization has not expired, and the daemon's upgrade step is running
 //!   (it holds the step lock, see [`super::step`]); or
-//! - the administrator named the package in `DRYDOCK_APT_ALLOW`.
+//! - the administrator named the package in `DRYDOCK_APT_ALLOW`; or
+//! - it is provisioning (see [`provisioning`]): the package's first install,
+//!   or any change before the node joined the cluster.
 //!
 //! `**CONFIGURE**` changes no version and is always allowed: the unpack that
 //! precedes it is what gets decided. A line the hook cannot read refuses the
@@ -35,6 +37,9 @@ pub struct Grants {
     pub authorizations: Vec<Authorization>,
     /// Package names from `DRYDOCK_APT_ALLOW`.
     pub allow: Vec<String>,
+    /// The node has not joined a cluster yet (no kubelet kubeconfig): it is
+    /// still being provisioned. `false` (joined) is the protective default.
+    pub before_join: bool,
 }
 
 /// How a protected package would change.
@@ -96,6 +101,8 @@ pub struct Verdict {
     pub authorized: Vec<ProtectedChange>,
     /// Let through by `DRYDOCK_APT_ALLOW`.
     pub overridden: Vec<ProtectedChange>,
+    /// Let through as provisioning: a first install, or before join.
+    pub provisioning: Vec<ProtectedChange>,
 }
 
 impl Verdict {
@@ -214,6 +221,20 @@ fn authorized(change: &ProtectedChange, grants: &Grants) -> bool {
         .any(|a| a.package == bare(&change.package) && &a.version == version && a.expires_at > now)
 }
 
+/// Provisioning is not drydock's to refuse: the usual order (cloud-init,
+/// kubeadm's install steps) installs drydock first and the runtime packages
+/// after it, then joins. A protected package that is not installed yet may
+/// be installed at any time (drydock holds it right after); before the node
+/// joined, anything goes. Changing an installed one after join stays
+/// drydock's. An unreadable line is never provisioning.
+pub fn provisioning(change: &ProtectedChange, grants: &Grants) -> bool {
+    match change.change {
+        Change::Unreadable { .. } => false,
+        Change::Install { .. } => true,
+        _ => grants.before_join,
+    }
+}
+
 /// The verdict for a request.
 pub fn decide(request: &Request, is_protected: impl Fn(&str) -> bool, grants: &Grants) -> Verdict {
     let mut verdict = Verdict::default();
@@ -222,6 +243,8 @@ pub fn decide(request: &Request, is_protected: impl Fn(&str) -> bool, grants: &G
             verdict.overridden.push(change);
         } else if authorized(&change, grants) {
             verdict.authorized.push(change);
+        } else if provisioning(&change, grants) {
+            verdict.provisioning.push(change);
         } else {
             verdict.refused.push(change);
         }
@@ -314,6 +337,7 @@ mod tests {
             step_running: true,
             authorizations: auths,
             allow: vec![],
+            before_join: false,
         }
     }
 
@@ -334,7 +358,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_protected_change_is_refused() {
-        let r = req("containerd - - none < 2.0-1 all none /r/c.deb\n\
+        let r = req("containerd 1.0-1 all none < 2.0-1 all none /r/c.deb\n\
                      kubelet 1.0 all none < 2.0 all none /r/k.deb\n\
                      kubeadm 2.0 all none > 1.0 all none /r/a.deb\n\
                      calico-node 1 all none = 1 all none /r/n.deb\n\
@@ -349,7 +373,7 @@ mod tests {
         assert_eq!(
             changes,
             [
-                "containerd: install 2.0-1",
+                "containerd: upgrade 1.0-1 -> 2.0-1",
                 "kubelet: upgrade 1.0 -> 2.0",
                 "kubeadm: downgrade 2.0 -> 1.0",
                 "calico-node: reinstall 1",
@@ -357,6 +381,40 @@ mod tests {
             ]
         );
         assert!(!v.allows());
+    }
+
+    #[test]
+    fn first_installs_and_anything_before_join_are_provisioning() {
+        let r = req("kubelet - - none < 1.31.0-1.1 amd64 none /r/kubelet.deb\n\
+                     kubeadm 1.31.0-1.1 amd64 none < 1.31.1-1.1 amd64 none /r/kubeadm.deb\n\
+                     containerd 1.7 amd64 none > - - none **REMOVE**\n\
+                     garbage /r/pool/calico-node_1_amd64.deb\n");
+        // Joined: only the first install goes through.
+        let v = decide(&r, protected, &Grants::default());
+        let names = |cs: &[ProtectedChange]| -> Vec<String> {
+            cs.iter()
+                .map(|c| format!("{}: {}", c.package, c.change))
+                .collect()
+        };
+        assert_eq!(names(&v.provisioning), ["kubelet: install 1.31.0-1.1"]);
+        assert_eq!(v.refused.len(), 3);
+        assert!(!v.allows());
+
+        // Before join: every readable change is provisioning; an unreadable
+        // line still fails closed.
+        let g = Grants {
+            before_join: true,
+            ..Grants::default()
+        };
+        let v = decide(&r, protected, &g);
+        assert_eq!(v.provisioning.len(), 3, "{v:?}");
+        assert_eq!(names(&v.refused).len(), 1);
+        assert!(matches!(v.refused[0].change, Change::Unreadable { .. }));
+
+        let readable =
+            req("kubeadm 1.31.0-1.1 amd64 none < 1.31.1-1.1 amd64 none /r/kubeadm.deb\n");
+        assert!(decide(&readable, protected, &g).allows());
+        assert!(!decide(&readable, protected, &Grants::default()).allows());
     }
 
     #[test]

@@ -29,6 +29,8 @@ use crate::host::dpkg::PackageState;
 
 /// History kind of an apt run.
 pub const APT_RUN_KIND: &str = "apt-run";
+/// History kind of a dpkg run the pre-install hook refused.
+pub const APT_REFUSED_KIND: &str = "apt-refused";
 
 /// A plan older than this is from another run (a dpkg run of many hours is
 /// not one apt run's plan any more; the dpkg lock serializes runs).
@@ -71,6 +73,10 @@ pub struct PendingRun {
     /// Protected packages let through by `DRYDOCK_APT_ALLOW`.
     #[serde(default)]
     pub overridden: Vec<String>,
+    /// Protected packages let through as provisioning (first install, or
+    /// before the node joined).
+    #[serde(default)]
+    pub provisioning: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,6 +360,7 @@ mod tests {
             actions: req.actions,
             authorized: vec![],
             overridden: vec![],
+            provisioning: vec![],
         };
         let after = [
             state("hello", "2.0-1"),
@@ -390,6 +397,7 @@ mod tests {
             actions: vec![],
             authorized: vec![],
             overridden: vec![],
+            provisioning: vec![],
         }
     }
 

@@ -95,6 +95,12 @@ fn pre_install(cli: &Cli) -> ExitCode {
         allow: std::env::var(ALLOW_ENV)
             .map(|v| policy::parse_allow(&v))
             .unwrap_or_default(),
+        // No kubelet kubeconfig: the node is still being provisioned. A path
+        // that cannot be checked counts as joined (protective).
+        // An invalid configuration counts as joined too.
+        before_join: settings
+            .as_ref()
+            .is_some_and(|s| matches!(s.node.kubeconfig.try_exists(), Ok(false))),
         ..Grants::default()
     };
     let touched = policy::protected_changes(&request, is_protected);
@@ -126,6 +132,13 @@ fn pre_install(cli: &Cli) -> ExitCode {
     }
     if !verdict.allows() {
         eprint!("{}", policy::refusal_message(&verdict.refused));
+        match &settings {
+            Some(settings) => record_refusal(settings, &verdict.refused),
+            // No valid configuration: no known state DB to record in.
+            None => eprintln!(
+                "drydock: warning: the refusal is not recorded in the history (invalid configuration)"
+            ),
+        }
         return ExitCode::FAILURE;
     }
     for c in &verdict.authorized {
@@ -137,6 +150,17 @@ fn pre_install(cli: &Cli) -> ExitCode {
     for c in &verdict.overridden {
         eprintln!(
             "drydock: {}: {} (allowed by {ALLOW_ENV})",
+            c.package, c.change
+        );
+    }
+    for c in &verdict.provisioning {
+        let why = match (&c.change, grants.before_join) {
+            (policy::Change::Install { .. }, _) => "first install",
+            (_, true) => "the node has not joined a cluster yet",
+            _ => "provisioning",
+        };
+        eprintln!(
+            "drydock: {}: {} (allowed: {why}; drydock holds it from now on)",
             c.package, c.change
         );
     }
@@ -154,6 +178,11 @@ fn pre_install(cli: &Cli) -> ExitCode {
             .iter()
             .map(|c| format!("{} {}", c.package, c.change))
             .collect(),
+        provisioning: verdict
+            .provisioning
+            .iter()
+            .map(|c| format!("{} {}", c.package, c.change))
+            .collect(),
     };
     if let Some(settings) = &settings
         && let Err(e) = save_pending(settings, &pending)
@@ -161,6 +190,32 @@ fn pre_install(cli: &Cli) -> ExitCode {
         eprintln!("drydock: warning: saving the run plan for the history: {e}");
     }
     ExitCode::SUCCESS
+}
+
+/// A refusal leaves a trace: a history entry (the daemon, woken, turns it
+/// into the refusal metric, a journal line and a Kubernetes Event). Best
+/// effort: apt fails either way, and says why on the terminal.
+fn record_refusal(settings: &Settings, refused: &[policy::ProtectedChange]) {
+    let argvs: Vec<Vec<String>> = record::read_ancestors(false)
+        .into_iter()
+        .map(|a| a.argv)
+        .collect();
+    let (origin, command) = record::origin(&argvs);
+    let detail = json!({
+        "refused": refused,
+        "summary": refused.iter().map(|c| format!("{}: {}", c.package, c.change)).collect::<Vec<_>>(),
+        "origin": origin,
+        "command": command,
+    });
+    match Store::open(&settings.node.state_db)
+        .and_then(|store| store.append_history(record::APT_REFUSED_KIND, &detail))
+    {
+        Ok(_) => {}
+        Err(e) => eprintln!("drydock: warning: recording the refusal in the history: {e}"),
+    }
+    if let Err(e) = wake::wake_daemon(settings) {
+        eprintln!("drydock: warning: telling the daemon about the refusal: {e}");
+    }
 }
 
 fn save_pending(settings: &Settings, pending: &PendingRun) -> std::io::Result<()> {
@@ -296,6 +351,7 @@ fn post_invoke(cli: &Cli) {
         "incomplete": incomplete,
         "authorized": pending.as_ref().map(|p| p.authorized.clone()).unwrap_or_default(),
         "overridden": pending.as_ref().map(|p| p.overridden.clone()).unwrap_or_default(),
+        "provisioning": pending.as_ref().map(|p| p.provisioning.clone()).unwrap_or_default(),
         "plan_recorded": pending.is_some(),
         "stale_plan_ignored": stale_plan,
         "holds": holds,

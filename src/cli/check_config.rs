@@ -38,6 +38,14 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
                     settings.lease.concurrency
                 );
             }
+            // Consistent with the daemon: not joined yet is a state, not an error.
+            if !settings.node.kubeconfig.exists() && !args.quiet {
+                println!(
+                    "note: {} does not exist yet: until the node joins, the daemon holds packages and waits ({})",
+                    settings.node.kubeconfig.display(),
+                    super::daemon::not_joined_status(&settings.node.kubeconfig)
+                );
+            }
             for warning in crate::aptgate::check_apt_config(&settings) {
                 eprintln!("warning: {warning}");
             }

@@ -14,17 +14,20 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::Cli;
+use super::reload;
 use crate::agent::Agent;
 use crate::agent::kube_cluster::KubeCluster;
 use crate::agent::node_host::NodeHost;
 use crate::agent::ports::{AgentEvent, GateStatus, Reporter as ReporterPort};
 use crate::agent::state::PhaseDurations as AgentDurations;
+use crate::aptgate::record::{APT_REFUSED_KIND, APT_RUN_KIND};
 use crate::aptgate::{self, HoldPlan, WakeListener};
 use crate::config::Settings;
 use crate::gates::GateName;
 use crate::host::dpkg::Dpkg;
 use crate::host::instance::DaemonLock;
 use crate::host::logind::LogindRebooter;
+use crate::logging::msgid;
 use crate::report::{BlockedGate, Notice, PhaseDurations, Reporter};
 use crate::store::Store;
 
@@ -63,6 +66,8 @@ pub fn node_name(configured: Option<&str>) -> anyhow::Result<String> {
 struct DaemonReporter {
     reporter: Reporter,
     node: String,
+    /// The gates that blocked at the last evaluation, to log changes once.
+    blocked: std::sync::Mutex<Vec<BlockedGate>>,
 }
 
 impl DaemonReporter {
@@ -70,7 +75,36 @@ impl DaemonReporter {
         DaemonReporter {
             reporter,
             node: node.to_string(),
+            blocked: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// One journal line per gate that starts blocking (with its reason),
+    /// and one when none blocks any more; the same verdict is not repeated.
+    fn log_gates(&self, blocked: &[BlockedGate]) {
+        let mut last = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_slice() == blocked {
+            return;
+        }
+        for g in blocked.iter().filter(|g| !last.contains(g)) {
+            info!(
+                message_id = msgid::GATE_BLOCKED,
+                node = %self.node,
+                gate = %g.gate,
+                reason = %g.reason,
+                "gate {} blocks: {}",
+                g.gate,
+                g.reason
+            );
+        }
+        if blocked.is_empty() {
+            info!(
+                message_id = msgid::GATES_PASS,
+                node = %self.node,
+                "every gate passes"
+            );
+        }
+        *last = blocked.to_vec();
     }
 
     /// `ours`: this node halted (or un-halted) the fleet and tells people;
@@ -131,6 +165,7 @@ impl ReporterPort for DaemonReporter {
             Some(_) => {}
             None => {}
         }
+        self.log_gates(&blocked);
         // Sent every time: an Idle or LeaseAcquired in between cleared the
         // gate metrics; the reporter itself skips unchanged Events.
         self.reporter.notice(Notice::Waiting { blocked });
@@ -235,26 +270,93 @@ impl HoldKeeper {
 
     /// One reconciliation (dpkg runs off the async threads), reported:
     /// log, history, metrics. A failure is reported and retried later.
+    /// Refusals the APT hook recorded since the last look are reported too.
     async fn reconcile(&self, trigger: &'static str) {
         let settings = self.settings.clone();
         let store = self.store.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let (outcome, refusals) = tokio::task::spawn_blocking(move || {
             let store = store.lock().unwrap_or_else(|p| p.into_inner());
-            reconcile_holds(&settings, &store)
+            (reconcile_holds(&settings, &store), new_refusals(&store))
         })
         .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r);
+        .unwrap_or_else(|e| (Err(anyhow::Error::from(e)), Ok(Vec::new())));
         match outcome {
             Ok(plan) => report_holds(&plan, trigger, &self.reporter),
             Err(e) => {
                 self.reporter.holds(None);
                 warn!(
+                    message_id = msgid::HOLDS_FAILED,
                     trigger,
                     error = format!("{e:#}"),
-                    "dpkg holds not reconciled; will retry"
+                    "dpkg holds not reconciled, will retry: {e:#}"
                 );
             }
+        }
+        match refusals {
+            Ok(refusals) => self.report_refusals(refusals),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "reading APT refusals from the history: {e:#}"
+            ),
+        }
+    }
+
+    /// A journal line for each apt run the hooks recorded, and for each
+    /// refusal also the metric and an Event; once each: the last reported
+    /// history id is kept in the store.
+    fn report_refusals(&self, records: Vec<crate::store::HistoryRecord>) {
+        let Some(last) = records.iter().map(|r| r.id).max() else {
+            return;
+        };
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for r in &records {
+            let command = r.detail["command"].as_str().unwrap_or("an apt run");
+            if r.kind == APT_RUN_KIND {
+                let line = crate::cli::history::line(r);
+                info!(
+                    message_id = msgid::APT_RUN_RECORDED,
+                    history_id = r.id,
+                    command,
+                    "apt run recorded: {line}"
+                );
+                let provisioning = strings(&r.detail["provisioning"]);
+                if !provisioning.is_empty() {
+                    info!(
+                        message_id = msgid::APT_PROVISIONING,
+                        history_id = r.id,
+                        packages = ?provisioning,
+                        command,
+                        "protected packages changed as provisioning (first install, or before join): {}",
+                        provisioning.join("; ")
+                    );
+                }
+                continue;
+            }
+            let refused = strings(&r.detail["summary"]);
+            warn!(
+                message_id = msgid::APT_REFUSED,
+                history_id = r.id,
+                packages = ?refused,
+                command,
+                "APT refused `{command}`: it would change protected packages: {}",
+                refused.join("; ")
+            );
+            self.reporter.notice(Notice::AptRun {
+                changed: Vec::new(),
+                refused,
+            });
+        }
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = store.set(APT_REPORTED_KEY, &last) {
+            warn!(error = %e, "remembering the reported apt runs: {e}");
         }
     }
 
@@ -279,6 +381,19 @@ impl HoldKeeper {
     }
 }
 
+/// Store key: the id of the last apt history entry (run or refusal) reported.
+const APT_REPORTED_KEY: &str = "daemon.apt-history-reported";
+
+/// Apt runs and refusals the hooks recorded since the last report.
+fn new_refusals(store: &Store) -> anyhow::Result<Vec<crate::store::HistoryRecord>> {
+    let seen: i64 = store.get(APT_REPORTED_KEY)?.unwrap_or(0);
+    Ok(store
+        .history(&[APT_RUN_KIND, APT_REFUSED_KIND], 200)?
+        .into_iter()
+        .filter(|r| r.id > seen)
+        .collect())
+}
+
 fn reconcile_holds(settings: &Settings, store: &Store) -> anyhow::Result<HoldPlan> {
     let dpkg = Dpkg::new(&settings.packages.dpkg_root);
     let plan = aptgate::reconcile_holds(settings, store, &dpkg)?;
@@ -300,35 +415,103 @@ fn report_holds(plan: &HoldPlan, trigger: &str, reporter: &Reporter) {
         tracing::debug!(trigger, protected = ?plan.protected, "dpkg holds already in place");
     } else {
         info!(
+            message_id = msgid::HOLDS_RECONCILED,
             trigger,
             held = ?plan.hold,
             released = ?plan.release,
             held_by_admin = ?plan.held_by_admin,
             protected = ?plan.protected,
-            "dpkg holds reconciled"
+            "dpkg holds reconciled ({trigger}): held {:?}, released {:?}",
+            plan.hold,
+            plan.release
         );
     }
 }
 
 /// Why the agent loop stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     Terminate,
-    Reload,
+    /// SIGHUP (no one to answer) or `drydock reload` (answered).
+    Reload(Option<reload::Request>),
     /// The drydock identity's certificate was renewed: new client.
     Renewed,
+}
+
+/// How often a node that has not joined looks for its kubeconfig.
+const JOIN_POLL: Duration = Duration::from_secs(2);
+
+/// The STATUS= line while the node has not joined the cluster.
+pub fn not_joined_status(kubeconfig: &std::path::Path) -> String {
+    format!("waiting: node not joined (no {})", kubeconfig.display())
+}
+
+/// Re-reads the configuration for a reload. `Err` carries the reason it
+/// was refused; the running settings then stay.
+fn reload_settings(cli: &Cli, running: &Settings) -> Result<(Settings, String), String> {
+    let mut new = cli
+        .load_settings()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    let mut message = String::from("configuration reloaded");
+    if new.node != running.node || new.report != running.report {
+        message.push_str("; [node] and [report] changes take effect when drydock restarts");
+    }
+    // What the running daemon is bound to stays until a restart.
+    new.node = running.node.clone();
+    new.report = running.report.clone();
+    Ok((new, message))
+}
+
+/// Logs a reload's outcome and answers whoever asked.
+fn answer_reload(request: Option<reload::Request>, outcome: &Result<(Settings, String), String>) {
+    let verdict = match outcome {
+        Ok((_, message)) => {
+            info!(message_id = msgid::RELOADED, "{message}");
+            reload::Verdict {
+                ok: true,
+                message: message.clone(),
+            }
+        }
+        Err(reason) => {
+            error!(
+                message_id = msgid::RELOAD_REFUSED,
+                reason = %reason,
+                "configuration reload refused, keeping the running settings: {reason}"
+            );
+            reload::Verdict {
+                ok: false,
+                message: format!("{reason}; the running settings stay"),
+            }
+        }
+    };
+    if let Some(request) = request {
+        request.answer(verdict);
+    }
+}
+
+/// Waits for the next stop or reload request.
+async fn next_stop(
+    term: &mut tokio::signal::unix::Signal,
+    hup: &mut tokio::signal::unix::Signal,
+    reloads: &mut mpsc::Receiver<reload::Request>,
+) -> Stop {
+    tokio::select! {
+        _ = term.recv() => Stop::Terminate,
+        _ = tokio::signal::ctrl_c() => Stop::Terminate,
+        _ = hup.recv() => Stop::Reload(None),
+        Some(r) = reloads.recv() => Stop::Reload(Some(r)),
+    }
 }
 
 pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
     let mut settings = cli.load_settings().context("loading configuration")?;
     let _instance = DaemonLock::acquire(&settings.node.run_dir)?;
     let node = node_name(settings.node.name.as_deref())?;
-    let client = kube_client(&settings.node.kubeconfig).await?;
-    let reporter = Reporter::start(&settings, &node, Some(client.clone()))
+    let reporter = Reporter::start(&settings, &node, None)
         .await
         .context("starting reporting")?;
 
-    // Holds first: they protect the node even while the API is unreachable.
+    // Holds first: they protect the node even before it joined and while
+    // the API is unreachable.
     let holds = HoldKeeper::open(settings.clone(), reporter.clone())?;
     holds.reconcile("start").await;
     let (holds_tx, holds_rx) = mpsc::channel(8);
@@ -336,6 +519,12 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut reloads = reload::listen(&settings.node.run_dir).with_context(|| {
+        format!(
+            "listening for reload requests on {}",
+            reload::socket_path(&settings.node.run_dir).display()
+        )
+    })?;
     // The APT hook's post-invoke nudges us: holds again, and a new
     // reboot-required is seen at once.
     let nudge = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -353,14 +542,86 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
         Err(e) => warn!(error = %e, "cannot listen for APT wake-ups; polling only"),
     }
 
+    // Before `kubeadm join` there is no kubeconfig: that is the normal
+    // first-boot order, not a failure. Hold packages, say so, and look again.
+    let mut announced = None;
+    let client = loop {
+        let path = settings.node.kubeconfig.clone();
+        let waiting = if path.exists() {
+            match kube_client(&path).await {
+                Ok(client) => break client,
+                Err(e) => format!("waiting: kubeconfig {} unusable: {e:#}", path.display()),
+            }
+        } else {
+            not_joined_status(&path)
+        };
+        if announced.as_ref() != Some(&waiting) {
+            reporter.status(&waiting);
+            if announced.is_none() {
+                reporter.ready();
+            }
+            info!(
+                message_id = msgid::WAITING_FOR_JOIN,
+                node = %node,
+                kubeconfig = %path.display(),
+                "{waiting}"
+            );
+            announced = Some(waiting);
+        }
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(JOIN_POLL) => None,
+            stop = next_stop(&mut term, &mut hup, &mut reloads) => Some(stop),
+        };
+        match stop {
+            None => {}
+            Some(Stop::Terminate | Stop::Renewed) => {
+                reporter.shutdown(FLUSH_TIMEOUT).await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(Stop::Reload(request)) => {
+                let outcome = reload_settings(cli, &settings);
+                if let Ok((new, _)) = &outcome {
+                    let _ = holds_tx.try_send(HoldsWake::Reload(Box::new(new.clone())));
+                    settings = new.clone();
+                }
+                answer_reload(request, &outcome);
+            }
+        }
+    };
+    if announced.is_some() {
+        info!(
+            message_id = msgid::JOINED,
+            node = %node,
+            kubeconfig = %settings.node.kubeconfig.display(),
+            "node joined: {} appeared; starting the agent",
+            settings.node.kubeconfig.display()
+        );
+    }
+    reporter.attach_kube(client.clone(), settings.report.kubernetes_events);
+
     // Nothing shared before the drydock identity exists (the status line says why).
-    let identity =
-        super::identity::shared_client(&settings, &node, client.clone(), |l| reporter.status(l));
-    let (mut shared, renewed) = tokio::select! {
-        r = identity => r?,
-        _ = term.recv() => {
-            reporter.shutdown(FLUSH_TIMEOUT).await;
-            return Ok(ExitCode::SUCCESS);
+    let identity_settings = settings.clone();
+    let identity = super::identity::shared_client(&identity_settings, &node, client.clone(), |l| {
+        reporter.status(l)
+    });
+    tokio::pin!(identity);
+    let (mut shared, renewed) = loop {
+        tokio::select! {
+            r = &mut identity => break r?,
+            stop = next_stop(&mut term, &mut hup, &mut reloads) => match stop {
+                Stop::Terminate | Stop::Renewed => {
+                    reporter.shutdown(FLUSH_TIMEOUT).await;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Stop::Reload(request) => {
+                    let outcome = reload_settings(cli, &settings);
+                    if let Ok((new, _)) = &outcome {
+                        let _ = holds_tx.try_send(HoldsWake::Reload(Box::new(new.clone())));
+                        settings = new.clone();
+                    }
+                    answer_reload(request, &outcome);
+                }
+            },
         }
     };
     let store = Store::open(&settings.node.state_db).context("opening the state store")?;
@@ -385,74 +646,68 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
         }
     });
     reporter.ready();
-    info!(node = %node, state = agent.state().name(), "drydock daemon running");
+    info!(
+        message_id = msgid::DAEMON_RUNNING,
+        node = %node,
+        state = agent.state().name(),
+        "drydock daemon running on {node} (state {})",
+        agent.state().name()
+    );
     let result = loop {
         let mut stop = Stop::Terminate;
         let stopped = async {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-                _ = hup.recv() => stop = Stop::Reload,
-                _ = renewed.notified() => stop = Stop::Renewed,
-            }
+            stop = tokio::select! {
+                s = next_stop(&mut term, &mut hup, &mut reloads) => s,
+                _ = renewed.notified() => Stop::Renewed,
+            };
         };
         if let Err(e) = agent.run(stopped).await {
             break Err(e);
         }
-        if stop == Stop::Terminate {
-            break Ok(());
-        }
-        if stop == Stop::Renewed {
-            let path = crate::cluster::identity::identity_kubeconfig(&settings);
-            match kube_client(&path).await {
-                Ok(c) => {
-                    shared = c;
-                    agent.reconfigure(
-                        settings.clone(),
-                        NodeHost::new(settings.clone(), LogindRebooter::system()),
-                        KubeCluster::with_identity(
-                            client.clone(),
-                            shared.clone(),
+        let request = match stop {
+            Stop::Terminate => break Ok(()),
+            Stop::Renewed => {
+                let path = crate::cluster::identity::identity_kubeconfig(&settings);
+                match kube_client(&path).await {
+                    Ok(c) => {
+                        shared = c;
+                        agent.reconfigure(
                             settings.clone(),
-                            node.clone(),
-                        ),
-                    );
-                    info!("using the renewed drydock identity");
-                }
-                Err(e) => error!(
-                    error = format!("{e:#}"),
-                    "the renewed drydock identity is unusable; keeping the old one"
-                ),
-            }
-            continue;
-        }
-        match cli.load_settings() {
-            Ok(mut new) => {
-                if new.node != settings.node || new.report != settings.report {
-                    warn!("[node] and [report] changes take effect when drydock restarts");
-                }
-                // What the running daemon is bound to stays until a restart.
-                new.node = settings.node.clone();
-                new.report = settings.report.clone();
-                let _ = holds_tx.try_send(HoldsWake::Reload(Box::new(new.clone())));
-                agent.reconfigure(
-                    new.clone(),
-                    NodeHost::new(new.clone(), LogindRebooter::system()),
-                    KubeCluster::with_identity(
-                        client.clone(),
-                        shared.clone(),
-                        new.clone(),
-                        node.clone(),
+                            NodeHost::new(settings.clone(), LogindRebooter::system()),
+                            KubeCluster::with_identity(
+                                client.clone(),
+                                shared.clone(),
+                                settings.clone(),
+                                node.clone(),
+                            ),
+                        );
+                        info!("using the renewed drydock identity");
+                    }
+                    Err(e) => error!(
+                        error = format!("{e:#}"),
+                        "the renewed drydock identity is unusable; keeping the old one"
                     ),
-                );
-                settings = new;
-                info!("configuration reloaded");
+                }
+                continue;
             }
-            Err(e) => error!(
-                error = format!("{e:#}"),
-                "configuration reload refused; keeping the running settings"
-            ),
+            Stop::Reload(request) => request,
+        };
+        let outcome = reload_settings(cli, &settings);
+        if let Ok((new, _)) = &outcome {
+            let _ = holds_tx.try_send(HoldsWake::Reload(Box::new(new.clone())));
+            agent.reconfigure(
+                new.clone(),
+                NodeHost::new(new.clone(), LogindRebooter::system()),
+                KubeCluster::with_identity(
+                    client.clone(),
+                    shared.clone(),
+                    new.clone(),
+                    node.clone(),
+                ),
+            );
+            settings = new.clone();
         }
+        answer_reload(request, &outcome);
     };
     reporter.shutdown(FLUSH_TIMEOUT).await;
     result?;

@@ -51,6 +51,17 @@ pub fn line(r: &HistoryRecord) -> String {
     let at = r.at.strftime("%Y-%m-%d %H:%M:%S UTC");
     let summary = match r.kind.as_str() {
         "apt-run" => apt_run_summary(&r.detail),
+        "apt-refused" => format!(
+            "refused `{}`: {}",
+            r.detail["command"].as_str().unwrap_or("an apt run"),
+            r.detail["summary"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
         _ => r.detail.to_string(),
     };
     // Stored text (apt command lines, reasons) may hold escape sequences.

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod history;
 pub mod identity;
 pub mod rbac;
+pub mod reload;
 pub mod sim;
 pub mod simulate;
 pub mod status;
@@ -34,7 +35,14 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", env = "DRYDOCK_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Log format on stderr (under systemd, logs go to journald).
+    /// Use this file descriptor as stderr (the APT hooks: apt's own stderr
+    /// arrives as fd 3 while the shell's is /dev/null, so a removed binary's
+    /// "not found" stays quiet).
+    #[arg(long, global = true, hide = true, value_name = "FD")]
+    pub stderr_fd: Option<i32>,
+
+    /// Log format on stderr (under systemd, logs go to journald; `journal`
+    /// sends them there in any case).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
@@ -53,6 +61,8 @@ pub enum Command {
     History(history::Args),
     /// Run the agent (the systemd service).
     Daemon(daemon::Args),
+    /// Ask the running daemon to re-read its configuration; fails with the reason if it refuses.
+    Reload(reload::Args),
     /// Explain what this node is doing and why: reboot need, gates, lease.
     Status(status::Args),
     /// Pause drydock on this node.
@@ -75,8 +85,8 @@ pub enum Command {
     Rbac(rbac::Args),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
-    /// Print the drydock(1) man page (roff).
-    Manpage,
+    /// Print the drydock(1) or drydock.toml(5) man page (roff).
+    Manpage(completions::ManpageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,10 +109,51 @@ impl Cli {
     }
 }
 
+/// An error and its causes on one line, each cause once: many error types
+/// already print their source in their own message, and `{:#}` would
+/// repeat it.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// Makes `fd` this process's stderr and closes it. Only descriptors above
+/// stderr that are open are accepted.
+pub fn adopt_stderr(fd: i32) -> Result<(), String> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    if fd <= 2 {
+        return Err("must be above 2".into());
+    }
+    nix::fcntl::fcntl(
+        // SAFETY: only borrowed for the F_GETFD probe; an fd that is not
+        // open makes fcntl fail with EBADF, nothing else happens.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .map_err(|e| format!("not an open file descriptor: {e}"))?;
+    // SAFETY: the descriptor is open (checked above) and nothing else in
+    // this process owns it: it was inherited from the shell for this use.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::unistd::dup2_stderr(&owned).map_err(|e| e.to_string())
+}
+
 /// Commands that only print a short answer log at warn level.
 pub fn default_log_level(command: &Command) -> &'static str {
     match command {
-        Command::CheckConfig(_) | Command::AptHook(_) | Command::History(_) => "warn",
+        Command::CheckConfig(_)
+        | Command::AptHook(_)
+        | Command::History(_)
+        | Command::Reload(_) => "warn",
         Command::Sim(_) => "info",
         Command::Simulate(_) => "error",
         Command::Daemon(_) => "info",
@@ -112,7 +163,7 @@ pub fn default_log_level(command: &Command) -> &'static str {
         | Command::Reboot(_)
         | Command::Release(_)
         | Command::Cluster(_) => "error",
-        Command::Rbac(_) | Command::Completions(_) | Command::Manpage => "warn",
+        Command::Rbac(_) | Command::Completions(_) | Command::Manpage(_) => "warn",
     }
 }
 
@@ -121,6 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(args) => check_config::run(&cli, args),
         Command::Simulate(args) => simulate::run(args).await,
         Command::Daemon(args) => daemon::run(&cli, args).await,
+        Command::Reload(args) => reload::run(&cli, args).await,
         Command::Status(args) => status::run(&cli, args).await,
         Command::Pause(args) => control::pause(&cli, args),
         Command::Resume => control::resume(&cli),
@@ -129,11 +181,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(command) => control::cluster(&cli, command).await,
         Command::Rbac(args) => rbac::run(&cli, args),
         Command::Completions(args) => completions::completions(args),
-        Command::Manpage => completions::manpage(),
+        Command::Manpage(args) => completions::manpage(args),
         Command::AptHook(command) => Ok(apt_hook::run(&cli, command)),
         Command::History(args) => history::run(&cli, args),
         Command::Sim(SimCommand::Serve(args)) => {
             sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_text_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading config file /x.toml: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Read { source: io }).context("loading configuration");
+        assert_eq!(
+            super::error_text(&e),
+            "loading configuration: reading config file /x.toml: No such file or directory"
+        );
     }
 }

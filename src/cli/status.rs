@@ -15,6 +15,7 @@ use crate::agent::driver::{GatesRecord, RebootNeedRecord, StatusRecord, keys};
 use crate::aptgate::holds::HOLDS_MADE_KEY;
 use crate::cluster::lease::{LeaseClient, SlotStatus};
 use crate::gates;
+use crate::host::dpkg::{Dpkg, Selection};
 use crate::host::instance::running_daemon;
 use crate::store::Store;
 
@@ -40,7 +41,18 @@ struct StatusView {
     next_window: Option<String>,
     /// Protected packages drydock keeps on dpkg hold.
     held_packages: Vec<String>,
+    /// Protected packages on hold that drydock did not hold itself (an
+    /// administrator's, or left by an earlier, purged install); read from
+    /// dpkg, so `status` never says "nothing held" while they are held.
+    held_not_by_drydock: HeldElsewhere,
     lease: LeaseView,
+}
+
+#[derive(Debug, Serialize)]
+struct HeldElsewhere {
+    /// `null` when dpkg could not be read (see `error`).
+    packages: Option<Vec<String>>,
+    error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +65,22 @@ struct LeaseView {
 /// Text from the store, the cluster or an operator, safe for a terminal.
 fn t(s: &str) -> String {
     crate::text::display(s, 500)
+}
+
+/// Installed protected packages on hold that are not in drydock's record.
+fn held_not_by_drydock(
+    settings: &crate::config::Settings,
+    made: &[String],
+) -> Result<Vec<String>, String> {
+    let packages = Dpkg::new(&settings.packages.dpkg_root)
+        .packages()
+        .map_err(|e| e.to_string())?;
+    Ok(packages
+        .iter()
+        .filter(|p| p.is_installed() && p.want == Selection::Hold)
+        .filter(|p| settings.is_protected(&p.package) && !made.contains(&p.name))
+        .map(|p| p.name.clone())
+        .collect())
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
@@ -107,6 +135,16 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             error: Some(e),
         },
     };
+    let held_not_by_drydock = match held_not_by_drydock(&settings, &held_packages) {
+        Ok(packages) => HeldElsewhere {
+            packages: Some(packages),
+            error: None,
+        },
+        Err(e) => HeldElsewhere {
+            packages: None,
+            error: Some(e),
+        },
+    };
     let view = StatusView {
         version: 1,
         node,
@@ -118,6 +156,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         local_pause,
         next_window,
         held_packages,
+        held_not_by_drydock,
         lease,
     };
     if args.json {
@@ -247,10 +286,24 @@ fn print_text(v: &StatusView, now: Timestamp) {
         }
         None => println!("gates:        not evaluated yet"),
     }
-    if v.held_packages.is_empty() {
+    let others = v
+        .held_not_by_drydock
+        .packages
+        .as_deref()
+        .unwrap_or(&[]);
+    if v.held_packages.is_empty() && others.is_empty() {
         println!("held:         nothing (no protected package installed, or not reconciled yet)");
-    } else {
+    } else if !v.held_packages.is_empty() {
         println!("held:         {}", t(&v.held_packages.join(", ")));
+    }
+    if !others.is_empty() {
+        println!(
+            "held:         {} (not held by drydock: an administrator's, or left by an earlier install; drydock never releases these)",
+            t(&others.join(", "))
+        );
+    }
+    if let Some(e) = &v.held_not_by_drydock.error {
+        println!("held:         dpkg holds unknown: {}", t(e));
     }
     match (&v.lease.slots, &v.lease.error) {
         (Some(slots), _) => {

@@ -672,7 +672,11 @@ pub async fn drain_with(
         completed = plan.delete_completed.len(),
         terminating = plan.await_termination.len(),
         skipped = plan.skipped.len(),
-        "draining"
+        "draining {node}: {} pods to evict, {} to delete, {} terminating, {} skipped",
+        plan.evict.len(),
+        plan.delete_completed.len(),
+        plan.await_termination.len(),
+        plan.skipped.len()
     );
 
     let present: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
@@ -744,7 +748,7 @@ pub async fn drain_with(
     t.report.elapsed = started.elapsed();
     match outcome {
         Ok(Ok(())) => {
-            info!(node, evicted = t.report.evicted.len(), elapsed = ?t.report.elapsed, "drain finished");
+            info!(node, evicted = t.report.evicted.len(), elapsed = ?t.report.elapsed, "drain of {node} finished: {} pods evicted in {:?}", t.report.evicted.len(), t.report.elapsed);
             Ok(t.report)
         }
         Ok(Err(e)) => Err(e),
@@ -1279,7 +1283,7 @@ impl Ctx<'_> {
             }
         });
         let left = self.tracker_mut(|t| t.left.len());
-        info!(node = self.node, pod = %pod, left, "pod gone");
+        info!(node = self.node, pod = %pod, left, "pod {pod} gone, {left} left");
         self.publish();
     }
 
@@ -1328,7 +1332,7 @@ impl Ctx<'_> {
             let seen = self.budgets.covering(pod);
             let err = match self.post_eviction(&r).await {
                 Ok(()) => {
-                    info!(node = self.node, pod = %r, "pod evicted");
+                    info!(node = self.node, pod = %r, "pod {r} evicted");
                     return Ok(Some(Gone::Evicted));
                 }
                 Err(e) => e,
@@ -1348,8 +1352,8 @@ impl Ctx<'_> {
                             message: message.clone(),
                         },
                     ) {
-                        warn!(node = self.node, pod = %r, pdbs = ?pdbs, %message,
-                            "eviction blocked by a disruption budget; retrying when it allows");
+                        warn!(node = self.node, pod = %r, pdbs = ?pdbs, api_message = %message,
+                            "eviction of {r} blocked by a disruption budget, retrying: {message}");
                     }
                     let force_at = self
                         .opts
@@ -1404,7 +1408,7 @@ impl Ctx<'_> {
                             message: message.clone(),
                         },
                     ) {
-                        warn!(node = self.node, pod = %r, %message, "eviction failed; retrying");
+                        warn!(node = self.node, pod = %r, api_message = %message, "eviction of {r} failed, retrying: {message}");
                     }
                     Retry::Backoff
                 }

@@ -423,7 +423,7 @@ impl LeaseClient {
                             expired_at = %expired_at, holder_node_exists = ?holder_exists,
                             "took over expired lease");
                     } else {
-                        info!(node = %self.me, slot = %slot, "lease acquired");
+                        debug!(node = %self.me, slot = %slot, "lease slot taken");
                     }
                     return Ok(Some(Held {
                         slot: slot.clone(),
@@ -560,7 +560,7 @@ impl LeaseClient {
                 .await
             {
                 Ok(_) => {
-                    info!(node = %self.me, slot = %held.slot, "lease released");
+                    info!(node = %self.me, slot = %held.slot, "lease slot {} released", held.slot);
                     return Ok(());
                 }
                 Err(e) if is_conflict(&e) => match self.get(&held.slot).await? {
@@ -647,7 +647,7 @@ impl LeaseClient {
                         }
                         // 410 Gone and the like: re-list to be sure.
                         WatchEvent::Error(status) => {
-                            debug!(code = status.code, message = %status.message, "lease watch error; re-listing");
+                            debug!(code = status.code, api_message = %status.message, "lease watch error; re-listing");
                             return Ok(Some(true));
                         }
                     };

@@ -217,7 +217,7 @@ impl NodeClient {
                 .await
             {
                 Ok(_) => {
-                    info!(node = %self.name, "node cordoned");
+                    info!(node = %self.name, "node {} cordoned", self.name);
                     return Ok(Cordon {
                         was_unschedulable: false,
                     });
@@ -245,7 +245,7 @@ impl NodeClient {
     pub async fn uncordon(&self) -> Result<(), NodeError> {
         let patch = json!({ "spec": { "unschedulable": null } });
         self.patch(&patch, "uncordoning").await?;
-        info!(node = %self.name, "node uncordoned");
+        info!(node = %self.name, "node {} uncordoned", self.name);
         Ok(())
     }
 

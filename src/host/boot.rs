@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// Holds `btime`, the boot time in seconds since the epoch.
 pub const DEFAULT_PROC_STAT_PATH: &str = "/proc/stat";
+/// PID 1 of this machine's PID namespace (the node's init, also in a container).
+pub const DEFAULT_INIT_STAT_PATH: &str = "/proc/1/stat";
+
+/// How far two readings of one boot's start may drift apart (btime is
+/// whole seconds and moves when the clock is stepped).
+const SAME_START_SLACK: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -23,6 +29,95 @@ pub enum BootError {
     Malformed { path: PathBuf, content: String },
     #[error("{path} has no valid btime line")]
     NoBootTime { path: PathBuf },
+    #[error("{path} has no valid start time field")]
+    NoStartTime { path: PathBuf },
+}
+
+/// What this machine shows of its current boot: two independent signals.
+/// `boot_id` is the kernel's (or, in a container, the one systemd-nspawn
+/// gives it); `started` is when this machine's init (PID 1) started:
+/// `btime` plus PID 1's start time. `btime` alone is the host kernel's in a
+/// container and does not change when the container reboots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootSignals {
+    pub boot_id: BootId,
+    pub btime: Timestamp,
+    pub started: Timestamp,
+}
+
+/// Whether the machine rebooted between two readings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootChange {
+    /// Same boot_id, same start.
+    Same,
+    /// Both signals changed: a new boot.
+    New,
+    /// The signals disagree: something reads another machine's boot_id
+    /// (e.g. a unit whose sandbox shows the container host's). Never
+    /// treat this as a reboot, nor as "still the same boot".
+    Inconsistent(String),
+}
+
+/// Compares two readings (pure).
+pub fn compare(before: &BootSignals, now: &BootSignals) -> BootChange {
+    let id_changed = before.boot_id != now.boot_id;
+    let drift = now.started.duration_since(before.started).unsigned_abs();
+    let start_changed = drift > SAME_START_SLACK;
+    match (id_changed, start_changed) {
+        (false, false) => BootChange::Same,
+        (true, true) => BootChange::New,
+        (true, false) => BootChange::Inconsistent(format!(
+            "the boot_id changed ({} -> {}) but init started at the same time ({}): \
+             the boot_id read is not this machine's own",
+            before.boot_id, now.boot_id, now.started
+        )),
+        (false, true) => BootChange::Inconsistent(format!(
+            "init restarted ({} -> {}) but the boot_id stayed {}: \
+             the boot_id read is not this machine's own (a container seeing its host's?)",
+            before.started, now.started, now.boot_id
+        )),
+    }
+}
+
+/// Reads both signals from the given files (normally the `DEFAULT_*` paths).
+pub fn read_signals(
+    boot_id_path: &Path,
+    proc_stat_path: &Path,
+    init_stat_path: &Path,
+) -> Result<BootSignals, BootError> {
+    let boot_id = read_boot_id(boot_id_path)?;
+    let btime = boot_time(proc_stat_path)?;
+    let init = std::fs::read_to_string(init_stat_path).map_err(|source| BootError::Read {
+        path: init_stat_path.to_path_buf(),
+        source,
+    })?;
+    let ticks = parse_start_ticks(&init).ok_or_else(|| BootError::NoStartTime {
+        path: init_stat_path.to_path_buf(),
+    })?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100);
+    let since_btime = jiff::SignedDuration::from_secs_f64(ticks as f64 / hz as f64);
+    let started = btime
+        .checked_add(since_btime)
+        .map_err(|_| BootError::NoStartTime {
+            path: init_stat_path.to_path_buf(),
+        })?;
+    Ok(BootSignals {
+        boot_id,
+        btime,
+        started,
+    })
+}
+
+/// Field 22 of /proc/PID/stat (clock ticks after btime). The command name
+/// (field 2) is in parentheses and may itself hold spaces or ')'.
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the name: field 3 (state) is the first; field 22 the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A boot ID, normalised to lower-case hyphenated UUID text.
@@ -111,6 +206,63 @@ mod tests {
         read_boot_id(Path::new(DEFAULT_BOOT_ID_PATH)).expect("boot id");
         let t = boot_time(Path::new(DEFAULT_PROC_STAT_PATH)).expect("btime");
         assert!(t < Timestamp::now());
+    }
+
+    fn signals(id: &str, started: i64) -> BootSignals {
+        BootSignals {
+            boot_id: BootId::parse(id).unwrap(),
+            btime: Timestamp::from_second(1_700_000_000).unwrap(),
+            started: Timestamp::from_second(started).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_boot_is_new_only_when_both_signals_change() {
+        let a = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+        let b = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
+        let before = signals(a, 1_700_000_010);
+        assert_eq!(
+            compare(&before, &signals(a, 1_700_000_011)),
+            BootChange::Same
+        );
+        assert_eq!(
+            compare(&before, &signals(b, 1_700_000_500)),
+            BootChange::New
+        );
+        // nspawn + a sandbox showing the host's boot_id: init restarted,
+        // boot_id did not.
+        let BootChange::Inconsistent(why) = compare(&before, &signals(a, 1_700_000_500)) else {
+            panic!("not inconsistent")
+        };
+        assert!(why.contains("not this machine's own"), "{why}");
+        assert!(matches!(
+            compare(&before, &signals(b, 1_700_000_010)),
+            BootChange::Inconsistent(_)
+        ));
+    }
+
+    #[test]
+    fn init_start_time_parsing() {
+        // A name with spaces and a parenthesis; starttime is 12345.
+        let stat = "1 (sys temd) x) S 0 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 12345 1000 2 18446744073709551615";
+        assert_eq!(parse_start_ticks(stat), Some(12345));
+        assert_eq!(parse_start_ticks("1 (init) S 0"), None);
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn real_signals() {
+        let s = read_signals(
+            Path::new(DEFAULT_BOOT_ID_PATH),
+            Path::new(DEFAULT_PROC_STAT_PATH),
+            Path::new(DEFAULT_INIT_STAT_PATH),
+        )
+        .expect("boot signals");
+        assert!(
+            s.started >= s.btime && s.started <= Timestamp::now(),
+            "{s:?}"
+        );
+        assert_eq!(compare(&s, &s), BootChange::Same);
     }
 
     #[test]

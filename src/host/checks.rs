@@ -253,7 +253,9 @@ pub async fn run_check(path: &Path, timeout: Duration) -> CheckResult {
     };
     let r = result(outcome, output);
     match &r.outcome {
-        CheckOutcome::Passed => info!(check = %r.name, duration = ?r.duration, "check passed"),
+        CheckOutcome::Passed => {
+            info!(check = %r.name, duration = ?r.duration, "check {} passed", r.name)
+        }
         other => warn!(check = %r.name, outcome = ?other, output = %r.output, "check failed"),
     }
     r

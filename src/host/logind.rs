@@ -197,7 +197,7 @@ impl Rebooter for LogindRebooter {
                 warn!(answer = %answer, "logind does not allow a non-interactive reboot");
                 return Err(RebootError::NotPermitted { answer });
             }
-            info!(reason, "asking logind to reboot");
+            info!(reason, "asking logind to reboot: {reason}");
             // interactive = false: never wait for a polkit agent.
             self.call(&conn, "Reboot", &(false,)).await?;
             info!(reason, "logind accepted the reboot");

@@ -110,7 +110,12 @@ impl Counters {
     }
 
     pub fn save(&self, state_db: &Path) -> Result<(), StoreError> {
-        Store::open(state_db)?.set(COUNTERS_KEY, self)
+        self.save_to(&Store::open(state_db)?)
+    }
+
+    /// Saves through a store the caller keeps open.
+    pub fn save_to(&self, store: &Store) -> Result<(), StoreError> {
+        store.set(COUNTERS_KEY, self)
     }
 }
 

@@ -229,6 +229,27 @@ impl Reporter {
         Ok(reporter)
     }
 
+    /// Starts Kubernetes Events and node annotations for a reporter started
+    /// without a client (the node had not joined yet). No-op if it has one.
+    pub fn attach_kube(&self, client: kube::Client, events_enabled: bool) {
+        let mut queues = lock(&self.queues);
+        let Some(q) = queues.as_mut() else { return };
+        if q.kube.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let sink = NodeEvents::new(client, &self.shared.node);
+        lock(&self.tasks).push(tokio::spawn(kube_worker(
+            self.shared.clone(),
+            sink,
+            rx,
+            events_enabled,
+        )));
+        q.kube = Some(tx);
+        drop(queues);
+        self.kick_kube(None);
+    }
+
     /// The address `/metrics` is served on (resolves port 0), if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
@@ -516,6 +537,11 @@ async fn disk_worker(
 ) {
     let mut saved = lock(&shared.counters).clone();
     let mut warned = false;
+    // One store handle for the worker's life, not one open per save: each
+    // open reads the file's header through a file descriptor of its own,
+    // and closing that descriptor drops every POSIX lock this process holds
+    // on the database (SQLite's other connections in the daemon included).
+    let store: Arc<Mutex<Option<crate::store::Store>>> = Arc::new(Mutex::new(None));
     while let Some((work, flushes)) = batch(&mut rx).await {
         if !work.is_empty() {
             let text = lock(&shared.metrics).prometheus_text();
@@ -523,9 +549,21 @@ async fn disk_worker(
             let save = (counters != saved).then(|| counters.clone());
             let dir = textfile_dir.clone();
             let db = state_db.clone();
+            let store = store.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let text_result = dir.map(|d| textfile::write(&d, &text));
-                let save_result = save.map(|c| c.save(&db));
+                let save_result = save.map(|c| {
+                    let mut handle = lock(&store);
+                    if handle.is_none() {
+                        *handle = Some(crate::store::Store::open(&db)?);
+                    }
+                    let result = c.save_to(handle.as_ref().expect("opened above"));
+                    if result.is_err() {
+                        // Reopened (and checked) on the next save.
+                        *handle = None;
+                    }
+                    result
+                });
                 (text_result, save_result)
             })
             .await;
@@ -541,7 +579,7 @@ async fn disk_worker(
                     }
                     match save_result {
                         Some(Ok(())) => saved = counters,
-                        Some(Err(e)) => warn!(error = %e, "saving report counters"),
+                        Some(Err(e)) => warn!(error = %e, "saving report counters failed: {e}"),
                         None => {}
                     }
                 }

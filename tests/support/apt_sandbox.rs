@@ -185,8 +185,15 @@ impl Sandbox {
 
     /// Writes drydock.toml; `protect` empty means the built-in default set.
     pub fn write_config(&self, protect: &[&str]) {
+        // Joined by default (a kubelet kubeconfig exists): the hook then
+        // decides as on a node in service. See [`Sandbox::set_joined`].
+        let kubeconfig = self.base.join("kubelet.conf");
+        if !kubeconfig.exists() {
+            write(&kubeconfig, "# stands for the kubelet's kubeconfig\n");
+        }
         let mut text = format!(
-            "[node]\nstate-db = \"{}\"\nrun-dir = \"{}\"\n[reboot]\nsentinel-file = \"{}\"\n[packages]\ndpkg-root = \"{}\"\n",
+            "[node]\nkubeconfig = \"{}\"\nstate-db = \"{}\"\nrun-dir = \"{}\"\n[reboot]\nsentinel-file = \"{}\"\n[packages]\ndpkg-root = \"{}\"\n",
+            kubeconfig.display(),
             self.state_db.display(),
             self.run_dir.display(),
             self.root.join("var/run/reboot-required").display(),
@@ -197,6 +204,16 @@ impl Sandbox {
             text.push_str(&format!("protect = [{}]\n", list.join(", ")));
         }
         write(&self.config, &text);
+    }
+
+    /// Whether the node has joined a cluster: its kubelet kubeconfig exists.
+    pub fn set_joined(&self, joined: bool) {
+        let kubeconfig = self.base.join("kubelet.conf");
+        if joined {
+            write(&kubeconfig, "# stands for the kubelet's kubeconfig\n");
+        } else {
+            let _ = std::fs::remove_file(kubeconfig);
+        }
     }
 
     pub fn settings(&self) -> drydock::config::Settings {
