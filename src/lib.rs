@@ -19,6 +19,6 @@ pub mod report;
 pub mod sim;
 pub mod simulate;
 pub mod store;
-pub mod upgrade;
 pub mod text;
+pub mod upgrade;
 pub mod verify;

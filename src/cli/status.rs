@@ -286,11 +286,7 @@ fn print_text(v: &StatusView, now: Timestamp) {
         }
         None => println!("gates:        not evaluated yet"),
     }
-    let others = v
-        .held_not_by_drydock
-        .packages
-        .as_deref()
-        .unwrap_or(&[]);
+    let others = v.held_not_by_drydock.packages.as_deref().unwrap_or(&[]);
     if v.held_packages.is_empty() && others.is_empty() {
         println!("held:         nothing (no protected package installed, or not reconciled yet)");
     } else if !v.held_packages.is_empty() {

@@ -97,8 +97,8 @@ mod table;
 mod watch;
 
 pub use auth::User;
-pub use kubelet::node_object;
 pub use faults::Flaky;
+pub use kubelet::node_object;
 pub use scenario::{
     DaemonSetSpec, NodeSpec, PAUSE_IMAGE, PdbSpec, PodSpec, ReplicaSetSpec, Scenario,
 };

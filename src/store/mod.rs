@@ -130,6 +130,62 @@ pub struct Authorization {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// This store's entry in [`OPEN_HERE`] (none for a short-lived probe).
+    registered: Option<FileId>,
+}
+
+/// A file by device and inode: the same database under any path.
+type FileId = (u64, u64);
+
+/// Databases this process has open through a [`Store`], with how many.
+///
+/// POSIX record locks belong to the process, not the descriptor: closing
+/// *any* descriptor of the file drops every lock SQLite holds on it through
+/// other connections, and another process may then delete the WAL under
+/// them (seen as "database disk image is malformed", error 522). So the
+/// header check, which reads the file outside SQLite, runs only while no
+/// Store of this process has the file open; a database already open here
+/// passed it when it was first opened. The lock is held across the check.
+static OPEN_HERE: std::sync::Mutex<std::collections::BTreeMap<FileId, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    // stat, not open: no descriptor to close.
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn open_here() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<FileId, usize>> {
+    OPEN_HERE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a Store of this process has `path` open.
+fn is_open_here(registry: &std::collections::BTreeMap<FileId, usize>, path: &Path) -> bool {
+    file_id(path).is_some_and(|id| registry.contains_key(&id))
+}
+
+/// Counts a new Store on `path` (after it is open, so the file exists).
+fn register(
+    registry: &mut std::collections::BTreeMap<FileId, usize>,
+    path: &Path,
+) -> Option<FileId> {
+    let id = file_id(path)?;
+    *registry.entry(id).or_default() += 1;
+    Some(id)
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(id) = self.registered {
+            let mut registry = open_here();
+            if let Some(n) = registry.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    registry.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -239,11 +295,12 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
-        let existed = check_header(path)?;
-        if existed {
+        let mut registry = open_here();
+        if !is_open_here(&registry, path) && check_header(path)? {
             let probe = Store {
                 conn: connect_read_only(path)?,
                 path: path.into(),
+                registered: None,
             };
             probe.verify(true)?;
             probe.check_schema_version()?;
@@ -255,27 +312,31 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|source| sqlite(path, "opening", source))?;
-        let store = Store {
+        let mut store = Store {
             conn,
             path: path.into(),
+            registered: None,
         };
         // Checked above (read-only); for a new file: still nobody else's.
         store.verify(false)?;
         restrict_permissions(path)?;
         store.configure()?;
         store.migrate()?;
+        store.registered = register(&mut registry, path);
         Ok(store)
     }
 
     /// Opens an existing store read-only (for `drydock status`, the APT hook).
     /// `Ok(None)` when there is no store yet. Writes nothing, anywhere.
     pub fn open_read_only(path: &Path) -> Result<Option<Store>, StoreError> {
-        if !check_header(path)? {
+        let mut registry = open_here();
+        if !is_open_here(&registry, path) && !check_header(path)? {
             return Ok(None);
         }
-        let store = Store {
+        let mut store = Store {
             conn: connect_read_only(path)?,
             path: path.into(),
+            registered: None,
         };
         store.verify(true)?;
         store.check_schema_version()?;
@@ -283,6 +344,7 @@ impl Store {
             .conn
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|source| sqlite(path, "setting busy timeout", source))?;
+        store.registered = register(&mut registry, path);
         Ok(Some(store))
     }
 
@@ -630,4 +692,29 @@ fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
             source,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second Store on an open database must not read the file outside
+    /// SQLite (closing that descriptor would drop the first one's locks):
+    /// the registry tells it the file is open here, under any path to it.
+    #[test]
+    fn a_database_open_here_is_known_under_any_path_until_the_last_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let alias = dir.path().join("alias.db");
+        let first = Store::open(&path).unwrap();
+        std::os::unix::fs::symlink(&path, &alias).unwrap();
+        assert!(is_open_here(&open_here(), &alias));
+        let second = Store::open(&alias).unwrap();
+        let reader = Store::open_read_only(&path).unwrap().unwrap();
+        drop(first);
+        assert!(is_open_here(&open_here(), &path));
+        drop(second);
+        drop(reader);
+        assert!(!is_open_here(&open_here(), &path));
+    }
 }
