@@ -879,7 +879,7 @@ impl PodsOnNode {
                         continue;
                     }
                     Ok(WatchEvent::Error(status)) => {
-                        debug!(node, code = status.code, message = %status.message, "pod watch error; re-listing");
+                        debug!(node, code = status.code, api_message = %status.message, "pod watch error on {node}; re-listing");
                         clean = false;
                         break;
                     }
@@ -1136,7 +1136,7 @@ impl Budgets {
                     }
                     Ok(WatchEvent::Bookmark(b)) => last = b.metadata.resource_version,
                     Ok(WatchEvent::Error(status)) => {
-                        debug!(code = status.code, message = %status.message, "budget watch error; re-listing");
+                        debug!(code = status.code, api_message = %status.message, "disruption budget watch error; re-listing");
                         clean = false;
                         break;
                     }

@@ -444,7 +444,7 @@ pub fn label_selector(s: &str) -> Result<String, ValueError> {
 }
 
 pub fn http_url(s: String) -> Result<String, ValueError> {
-    let bad = |why: &str| ValueError::Url(redact_url(&s), why.to_string());
+    let bad = |why: &str| ValueError::Url(q(&redact_url(&s)), why.to_string());
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("it contains whitespace or control characters"));
     }
@@ -477,7 +477,8 @@ pub fn redact_url(s: &str) -> String {
             // Credentials before '@' are secret too.
             let host = &after[..host_end];
             let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-            q(&format!("{}://{host}/...", &s[..i]))
+            // Escaped: the host part may hold anything a file held.
+            crate::text::display(&format!("{}://{host}/...", &s[..i]), 300)
         }
         None => "<redacted>".to_string(),
     }
@@ -656,7 +657,7 @@ mod tests {
     fn urls_redact_tokens() {
         assert_eq!(
             redact_url("https://hooks.slack.com/services/T000/B000/XXXX"),
-            "\"https://hooks.slack.com/...\""
+            "https://hooks.slack.com/..."
         );
         for bad in [
             "ftp://x",
