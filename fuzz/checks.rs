@@ -43,7 +43,10 @@ pub fn apt_hook(data: &[u8]) {
         }
         for action in &request.actions {
             let bare = action.package.split(':').next().unwrap();
-            if is_protected(bare) && policy::change_of(action).is_some() {
+            // A first install is provisioning (allowed, then held); with
+            // the node joined, every other change needs a grant.
+            let change = policy::change_of(action);
+            if is_protected(bare) && change.is_some_and(|c| !matches!(c, Change::Install { .. })) {
                 assert!(
                     verdict.refused.iter().any(|c| c.package == action.package
                         || matches!(c.change, Change::Unreadable { .. })),
@@ -54,6 +57,13 @@ pub fn apt_hook(data: &[u8]) {
         assert!(
             verdict.authorized.is_empty(),
             "no grants, no authorizations"
+        );
+        assert!(
+            verdict
+                .provisioning
+                .iter()
+                .all(|c| matches!(c.change, Change::Install { .. })),
+            "after join only a first install is provisioning"
         );
         let message = policy::refusal_message(&verdict.refused);
         assert!(

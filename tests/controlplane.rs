@@ -776,7 +776,10 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
     let out = bed.drydock("w-3", &["status", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(status["lease_slots"]["Ok"].is_array(), "{status}");
+    assert!(
+        status["lease"]["slots"].is_array() && status["lease"]["error"].is_null(),
+        "{status}"
+    );
 }
 
 // --- the simulator against the real thing ---------------------------------

@@ -33,6 +33,9 @@ fn write_config(dir: &Path, node: &str, kubeconfig: &Path, extra: &str) -> PathB
             r#"[node]
 name = "{node}"
 kubeconfig = "{kubeconfig}"
+# The simulator's admin stands in for this node's drydock identity.
+identity-kubeconfig = "{kubeconfig}"
+identity-dir = "{d}/identity"
 state-db = "{d}/state.db"
 run-dir = "{d}/run"
 [lease]

@@ -137,7 +137,7 @@ async fn journal_entries_read_on_their_own_and_carry_message_ids() {
 
     let config = d.join("drydock.toml");
     let good = format!(
-        "[node]\nname = \"worker-1\"\nkubeconfig = \"{d}/kubeconfig\"\nstate-db = \"{d}/state.db\"\nrun-dir = \"{d}/run\"\n\
+        "[node]\nname = \"worker-1\"\nkubeconfig = \"{d}/kubeconfig\"\nidentity-kubeconfig = \"{d}/kubeconfig\"\nidentity-dir = \"{d}/identity\"\nstate-db = \"{d}/state.db\"\nrun-dir = \"{d}/run\"\n\
          [lease]\nduration = \"15s\"\n\
          [reboot]\nsentinel-file = \"{d}/reboot-required\"\ncheck-kernel = false\ncheck-interval = \"2s\"\n\
          [gates]\nsoak = \"0s\"\n[drain]\ntimeout = \"60s\"\n\

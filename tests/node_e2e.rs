@@ -264,7 +264,8 @@ impl Node {
         // module comment): nothing leaves the machine, periods are short.
         write(
             &dir.join("etc/drydock/drydock.toml.d/99-e2e.toml"),
-            "[maintenance]\nwindows = []\n\
+            "[node]\nidentity-kubeconfig = \"/etc/kubernetes/kubelet.conf\"\n\
+             [maintenance]\nwindows = []\n\
              [alerts]\nalertmanager-url = \"\"\nprometheus-url = \"\"\n\
              [report]\nslack-webhook-url = \"\"\nwebhook-url = \"\"\nmetrics-listen = \"\"\n\
              textfile-dir = \"/var/lib/prometheus/node-exporter\"\n\

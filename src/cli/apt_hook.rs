@@ -207,11 +207,17 @@ fn record_refusal(settings: &Settings, refused: &[policy::ProtectedChange]) {
         "origin": origin,
         "command": command,
     });
-    match Store::open(&settings.node.state_db)
+    // Into the daemon's store only: a refused run creates nothing (before
+    // the daemon's first start there is no history to add to).
+    if !matches!(settings.node.state_db.try_exists(), Ok(true)) {
+        eprintln!(
+            "drydock: warning: the refusal is not recorded: no state database at {} yet",
+            settings.node.state_db.display()
+        );
+    } else if let Err(e) = Store::open(&settings.node.state_db)
         .and_then(|store| store.append_history(record::APT_REFUSED_KIND, &detail))
     {
-        Ok(_) => {}
-        Err(e) => eprintln!("drydock: warning: recording the refusal in the history: {e}"),
+        eprintln!("drydock: warning: recording the refusal in the history: {e}");
     }
     if let Err(e) = wake::wake_daemon(settings) {
         eprintln!("drydock: warning: telling the daemon about the refusal: {e}");

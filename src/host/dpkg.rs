@@ -152,28 +152,51 @@ impl Dpkg {
             root: self.root.clone(),
             source,
         };
-        let mut child = self
-            .command("dpkg")
-            .arg("--set-selections")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input.as_bytes()).map_err(spawn_err)?;
-        }
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        if !out.status.success() {
+        // Another dpkg or apt run (unattended-upgrades, an admin, the APT
+        // hook's own apt) may hold dpkg's lock for a while: wait for it, as
+        // apt's DPkg::Lock::Timeout does, instead of failing the step.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let mut child = self
+                .command("dpkg")
+                .arg("--set-selections")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(spawn_err)?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(input.as_bytes()).map_err(spawn_err)?;
+            }
+            let out = child.wait_with_output().map_err(spawn_err)?;
+            if out.status.success() {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if is_lock_contention(&stderr) && std::time::Instant::now() < deadline {
+                std::thread::sleep(LOCK_RETRY);
+                continue;
+            }
             return Err(DpkgError::Failed {
                 program: "dpkg --set-selections",
                 root: self.root.clone(),
                 status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                stderr,
             });
         }
         Ok(())
     }
+}
+
+/// How long a selection change waits for another dpkg run's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// dpkg's words when another process holds its frontend or database lock.
+fn is_lock_contention(stderr: &str) -> bool {
+    stderr.contains("frontend lock was locked by another process")
+        || stderr.contains("database is locked by another process")
+        || stderr.contains("frontend lock is locked by another process")
 }
 
 /// A running `dpkg-query` (see [`Dpkg::start_packages`]).
@@ -255,5 +278,21 @@ mod tests {
             parse_query_output("containerd\t1.0\n"),
             Err("containerd\t1.0".to_string())
         );
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::is_lock_contention;
+
+    #[test]
+    fn dpkg_lock_messages_are_waited_for_and_others_are_not() {
+        assert!(is_lock_contention(
+            "dpkg: error: dpkg frontend lock was locked by another process with pid 9257"
+        ));
+        assert!(is_lock_contention(
+            "dpkg: error: dpkg status database is locked by another process"
+        ));
+        assert!(!is_lock_contention("dpkg: error: unknown package 'nope'"));
     }
 }
