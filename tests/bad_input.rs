@@ -322,6 +322,9 @@ fn base_keys(dir: &Path) -> Vec<(&'static str, &'static str, String)> {
     let d = dir.display();
     vec![
         ("node", "kubeconfig", format!("\"{d}/kubeconfig\"")),
+        // The kubelet's kubeconfig stands in for the drydock identity too.
+        ("node", "identity-kubeconfig", format!("\"{d}/kubeconfig\"")),
+        ("node", "identity-dir", format!("\"{d}/identity\"")),
         ("node", "state-db", format!("\"{d}/state/state.db\"")),
         ("node", "run-dir", format!("\"{d}/run\"")),
         (
@@ -1672,6 +1675,8 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
             )
             .setup(move |dir| {
                 valid_config(dir);
+                // A joined node: before join every change is provisioning.
+                write(&dir.join("kubeconfig"), b"apiVersion: v1\n");
                 plant(kind, &dir.join("run/upgrade-step.lock"));
             })
             .stdin(Input::Bytes(hook_input(

@@ -71,7 +71,9 @@ pub async fn shared_client(
 /// A client of the drydock identity as it stands now (CLI commands).
 pub async fn current_client(settings: &Settings) -> anyhow::Result<kube::Client> {
     let path = identity::identity_kubeconfig(settings);
-    if !path.exists() {
+    // Missing, not merely unreadable: a dangling symlink or a loop is read
+    // below and refused with its own reason.
+    if std::fs::symlink_metadata(&path).is_err() {
         anyhow::bail!(
             "this node has no drydock identity yet ({} is missing); `drydock status` on the running daemon says why",
             path.display()

@@ -62,7 +62,7 @@ pub fn cluster_rules(namespace: &str) -> Value {
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
         {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list"]},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [namespace],
          "verbs": ["get", "patch"]},
     ])
