@@ -1330,6 +1330,8 @@ fn audited_requests_match_the_rbac(bed: &Bed, probes: std::ops::Range<usize>) {
         // drain.rs names the PDB that refused an eviction (429): only when
         // an eviction races a replacement that is not Ready yet.
         ("list", "policy", "poddisruptionbudgets"),
+        // ... and then follows those budgets until the drain ends.
+        ("watch", "policy", "poddisruptionbudgets"),
         // drain.rs reads a pod back only when its namespace is terminating
         // (the node itself gets 403 for a pod no longer bound to it).
         ("get", "", "pods"),
