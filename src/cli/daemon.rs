@@ -488,6 +488,22 @@ fn answer_reload(request: Option<reload::Request>, outcome: &Result<(Settings, S
     }
 }
 
+/// A reload while there is no agent yet (before join, before the identity):
+/// the holds follow the new settings at once, the agent starts with them.
+fn reload_before_agent(
+    cli: &Cli,
+    settings: &mut Settings,
+    holds_tx: &mpsc::Sender<HoldsWake>,
+    request: Option<reload::Request>,
+) {
+    let outcome = reload_settings(cli, settings);
+    if let Ok((new, _)) = &outcome {
+        let _ = holds_tx.try_send(HoldsWake::Reload(Box::new(new.clone())));
+        *settings = new.clone();
+    }
+    answer_reload(request, &outcome);
+}
+
 /// Waits for the next stop or reload request.
 async fn next_stop(
     term: &mut tokio::signal::unix::Signal,
@@ -579,12 +595,7 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             Some(Stop::Reload(request)) => {
-                let outcome = reload_settings(cli, &settings);
-                if let Ok((new, _)) = &outcome {
-                    let _ = holds_tx.try_send(HoldsWake::Reload(Box::new(new.clone())));
-                    settings = new.clone();
-                }
-                answer_reload(request, &outcome);
+                reload_before_agent(cli, &mut settings, &holds_tx, request);
             }
         }
     };
@@ -614,12 +625,7 @@ pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 Stop::Reload(request) => {
-                    let outcome = reload_settings(cli, &settings);
-                    if let Ok((new, _)) = &outcome {
-                        let _ = holds_tx.try_send(HoldsWake::Reload(Box::new(new.clone())));
-                        settings = new.clone();
-                    }
-                    answer_reload(request, &outcome);
+                    reload_before_agent(cli, &mut settings, &holds_tx, request);
                 }
             },
         }
