@@ -22,7 +22,7 @@ use super::ports::{
     AgentEvent, BootChange, BootMark, Claim, ClaimWatch, Cluster, DrainResult, GateStatus, Halt,
     Host, LeaseOutlook, PortError, Reporter,
 };
-use super::state::{AgentState, Cordon, Cycle, Event, TransitionError};
+use super::state::{AgentState, Cordon, Cycle, Event, SlotLoss, TransitionError};
 use crate::config::Settings;
 use crate::logging::msgid;
 use crate::store::{Store, StoreError};
@@ -419,10 +419,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     /// goes to Failed for a person, anything else is retried.
     async fn trouble(&mut self, action: &str, error: PortError) -> Result<Wait, AgentError> {
         match error {
-            PortError::LostLease { slot, holder } => {
-                self.lease_lost(&slot, holder).await?;
-                Ok(Wait::No)
-            }
+            PortError::LostLease { slot, holder } => self.lease_lost(&slot, holder).await,
             // Its text already says what was being done.
             e @ PortError::Permanent { .. } => {
                 let error = e.to_string();
@@ -482,47 +479,73 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                     Claim::Held { slot, .. } if fresh => match self.cluster.confirm(&slot).await {
                         Ok(()) => Ok(None),
                         Err(PortError::LostLease { slot, holder }) => {
-                            self.lease_lost(&slot, holder).await?;
-                            Ok(Some(Wait::No))
+                            Ok(Some(self.lease_lost(&slot, holder).await?))
                         }
                         Err(e) => Ok(Some(self.retry_later("renewing the lease", e).await?)),
                     },
                     Claim::Held { .. } => Ok(None),
                     lost @ Claim::Lost { .. } => {
-                        self.lease_lost(lost.slot(), lost.holder()).await?;
-                        Ok(Some(Wait::No))
+                        Ok(Some(self.lease_lost(lost.slot(), lost.holder()).await?))
                     }
                 }
             }
             Ok(None) => Ok(None),
             Err(PortError::LostLease { slot, holder }) => {
-                self.lease_lost(&slot, holder).await?;
-                Ok(Some(Wait::No))
+                Ok(Some(self.lease_lost(&slot, holder).await?))
             }
             Err(e) => Ok(Some(self.retry_later("holding the lease", e).await?)),
         }
     }
 
-    async fn lease_lost(&mut self, slot: &str, holder: String) -> Result<(), AgentError> {
+    /// The slot the state holds is gone. Before the reboot was asked for,
+    /// the node is put back as it was (uncordoned if drydock cordoned it)
+    /// and waits again; after it, it stays cordoned and must win a slot
+    /// back before it goes on (see [`super::state::SlotLoss`]).
+    async fn lease_lost(&mut self, slot: &str, holder: String) -> Result<Wait, AgentError> {
         warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
         self.claim = None;
-        if !matches!(
-            self.state,
-            AgentState::Locked { .. } | AgentState::Failed { .. }
-        ) {
+        let loss = self.state.slot_loss();
+        if let Some(SlotLoss::Restore { uncordon: true }) = loss
+            && let Err(e) = self.cluster.set_unschedulable(false).await
+        {
+            // Still in the old state, slot gone: the next tick finds the
+            // loss again and retries; nothing else runs meanwhile.
+            return self
+                .retry_later("uncordoning after losing the lease", e)
+                .await;
+        }
+        if self.state.phase().out_of_service() {
             self.event(AgentEvent::LeaseLost {
                 slot: slot.to_string(),
                 holder: holder.clone(),
             });
+        }
+        let next = match loss {
+            Some(SlotLoss::Restore { .. }) => "waiting for a lease slot again",
+            Some(SlotLoss::Regain) => "kept cordoned; waiting to win a lease slot back to finish",
+            None => "stays as it is",
+        };
+        if loss.is_some() {
+            let record = serde_json::json!({
+                "node": self.node,
+                "slot": slot,
+                "holder": holder,
+                "state": self.state.name(),
+                "uncordoned": loss == Some(SlotLoss::Restore { uncordon: true }),
+                "next": next,
+            });
+            self.write(move |s| s.append_history("lease-lost", &record).map(|_| ()))
+                .await?;
         }
         self.transition(
             Event::LeaseLost {
                 holder: holder.clone(),
                 now: Timestamp::now(),
             },
-            serde_json::json!({"lost-lease-to": holder, "slot": slot}),
+            serde_json::json!({"lost-lease-to": holder, "slot": slot, "next": next}),
         )
-        .await
+        .await?;
+        Ok(Wait::No)
     }
 
     async fn wait_for_turn(&mut self, now: Timestamp) -> Result<Wait, AgentError> {
@@ -603,6 +626,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             return Ok(Wait::For(
                 until(now, after).min(self.settings.reboot.check_interval),
             ));
+        }
+        if self.state.finishing_only() {
+            return self.regain_slot().await;
         }
         let waiting = if resuming {
             "waiting to resume"
@@ -692,6 +718,51 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 now: Timestamp::now(),
             },
             serde_json::json!({"slot": slot, "resumed": resuming}),
+        )
+        .await?;
+        self.status(format!("{}: holding {slot}", self.state.name()))
+            .await?;
+        Ok(Wait::No)
+    }
+
+    /// A node that lost its slot after asking for the reboot: cordoned,
+    /// it only finishes (verify, uncordon, release), so it asks for the
+    /// slot alone, without gates or jitter, and so takes a freed slot
+    /// before any node that still has to pass its gates.
+    async fn regain_slot(&mut self) -> Result<Wait, AgentError> {
+        let target = match &self.state {
+            AgentState::Pending {
+                resume: Some(s), ..
+            } => s.name(),
+            _ => unreachable!("regain_slot runs in a finishing-only Pending"),
+        };
+        let waiting = format!("out of service, waiting for a lease slot to finish {target}");
+        match self.cluster.lease_outlook().await {
+            Ok(LeaseOutlook::Busy { holders }) => {
+                self.status(format!("{waiting}: held by {}", holders.join(", ")))
+                    .await?;
+                return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
+            }
+            Ok(_) => {}
+            Err(e) => return self.retry_later("reading the lease", e).await,
+        }
+        let slot = match self.cluster.acquire().await {
+            Ok(Some(slot)) => slot,
+            Ok(None) => {
+                self.status(format!("{waiting}: another node took the lease first"))
+                    .await?;
+                return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
+            }
+            Err(e) => return self.retry_later("acquiring the lease", e).await,
+        };
+        info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, resumes = target, "lease slot {slot} won back; going on with {target}");
+        self.event(AgentEvent::LeaseAcquired { slot: slot.clone() });
+        self.transition(
+            Event::LeaseAcquired {
+                slot: slot.clone(),
+                now: Timestamp::now(),
+            },
+            serde_json::json!({"slot": slot, "resumed": true, "finishing": target}),
         )
         .await?;
         self.status(format!("{}: holding {slot}", self.state.name()))
