@@ -112,6 +112,8 @@ pub struct Agent<H, C, R> {
     claim: Option<ClaimWatch>,
     /// The last refused upgrade target's reason (reported once).
     last_refusal: Option<String>,
+    /// The slot whose loss was already told (its uncordon may be retried).
+    loss_told: Option<String>,
 }
 
 fn signed(d: Duration) -> SignedDuration {
@@ -153,6 +155,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             reboot_requested_here: None,
             claim: None,
             last_refusal: None,
+            loss_told: None,
         })
     }
 
@@ -502,8 +505,18 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     /// and waits again; after it, it stays cordoned and must win a slot
     /// back before it goes on (see [`super::state::SlotLoss`]).
     async fn lease_lost(&mut self, slot: &str, holder: String) -> Result<Wait, AgentError> {
-        warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
         self.claim = None;
+        // Told once per loss, however often the uncordon below is retried.
+        if self.loss_told.as_deref() != Some(slot) {
+            warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
+            if self.state.phase().out_of_service() {
+                self.event(AgentEvent::LeaseLost {
+                    slot: slot.to_string(),
+                    holder: holder.clone(),
+                });
+            }
+            self.loss_told = Some(slot.to_string());
+        }
         let loss = self.state.slot_loss();
         if let Some(SlotLoss::Restore { uncordon: true }) = loss
             && let Err(e) = self.cluster.set_unschedulable(false).await
@@ -513,12 +526,6 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             return self
                 .retry_later("uncordoning after losing the lease", e)
                 .await;
-        }
-        if self.state.phase().out_of_service() {
-            self.event(AgentEvent::LeaseLost {
-                slot: slot.to_string(),
-                holder: holder.clone(),
-            });
         }
         let next = match loss {
             Some(SlotLoss::Restore { .. }) => "waiting for a lease slot again",
@@ -545,6 +552,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             serde_json::json!({"lost-lease-to": holder, "slot": slot, "next": next}),
         )
         .await?;
+        self.loss_told = None;
         Ok(Wait::No)
     }
 
