@@ -12,7 +12,7 @@ use drydock::agent::state::{AgentState, Step};
 use drydock::config::Settings;
 use drydock::host::sentinel::{self, RebootRequest};
 use drydock::sim::{PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle};
-use drydock::store::Store;
+use drydock::store::{Store, StoreError};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node as KubeNode;
@@ -885,5 +885,103 @@ async fn a_halt_records_who_and_only_that_node_lifts_it() {
         .await
         .unwrap();
     assert!(!k1.clear_halt().await.unwrap());
+    sim.stop().await;
+}
+
+/// A Failed state as the build before the interrupted-state change stored
+/// it: no longer readable. The agent refuses to start on it, says why and
+/// what to do, and touches nothing: the record, the cordon, the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_stored_by_an_older_build_fails_closed_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = cluster().await;
+    let log = Log::default();
+    let n = node(dir.path(), &sim, "worker-1");
+    sim.set_unschedulable("worker-1", true).unwrap();
+    // The slot the interrupted cycle held.
+    drydock::cluster::lease::LeaseClient::new(client(&sim), &n.settings, "worker-1")
+        .acquire(true)
+        .await
+        .unwrap()
+        .expect("slot taken");
+    steal_lease(&sim, Some("worker-1"));
+    let old = serde_json::json!({
+        "state": "failed",
+        "step": "release",
+        "error": "lease drydock-default-0 lost to worker-2",
+        "at": "2026-11-01T10:00:00Z",
+        "cycle": {
+            "reasons": ["kernel 6.1.0-30 installed"],
+            "needed-since": "2026-11-01T09:00:00Z",
+            "slot": SLOT,
+            "locked-at": "2026-11-01T09:30:00Z"
+        },
+        "cordon": "ours",
+        "boot_id": null,
+        "drain_seconds": 12.0,
+        "reboot_seconds": 0.0
+    });
+    {
+        let mut store = Store::open(&n.settings.node.state_db).unwrap();
+        store
+            .transition(&old, "state", &serde_json::json!({"to": "failed"}))
+            .unwrap();
+    }
+    let records = |n: &Node| {
+        Store::open(&n.settings.node.state_db)
+            .unwrap()
+            .history(&[], 1000)
+            .unwrap()
+            .len()
+    };
+    let before = records(&n);
+    let store = Store::open(&n.settings.node.state_db).unwrap();
+    let cluster = KubeCluster::new(client(&sim), n.settings.clone(), n.name.clone());
+    let refused = Agent::new(
+        n.name.clone(),
+        n.settings.clone(),
+        store,
+        n.host.clone(),
+        cluster,
+        Rec { log: log.clone() },
+    );
+    let Err(AgentError::Store(e @ StoreError::UnreadableState { .. })) = refused else {
+        panic!("an old state must not load");
+    };
+    let text = e.to_string();
+    let path = n.settings.node.state_db.display().to_string();
+    for part in [
+        path.as_str(),
+        "state \"failed\"",
+        "written at 20",
+        "drydock takes no action on this node",
+        "DELETE FROM state",
+        "the history is kept",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    // Nothing changed: the record, the cordon, the slot.
+    let stored = Store::open(&n.settings.node.state_db)
+        .unwrap()
+        .current_state::<serde_json::Value>()
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(stored, old);
+    assert_eq!(records(&n), before);
+    assert!(cordoned(&sim, "worker-1"));
+    assert_eq!(lease_holder(&sim).as_deref(), Some("worker-1"));
+    assert!(log.events("worker-1").is_empty());
+    // The way out it names: undo by hand, forget the state, start again.
+    sim.set_unschedulable("worker-1", false).unwrap();
+    steal_lease(&sim, None);
+    rusqlite::Connection::open(&n.settings.node.state_db)
+        .unwrap()
+        .execute("DELETE FROM state", [])
+        .unwrap();
+    let a = agent(&sim, &n, &log);
+    assert_eq!(*a.state(), AgentState::Idle);
+    drop(a);
+    assert_eq!(records(&n), before, "history kept");
     sim.stop().await;
 }
