@@ -719,18 +719,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             ));
         }
         info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, "lease slot {slot} acquired");
-        self.event(AgentEvent::LeaseAcquired { slot: slot.clone() });
-        self.transition(
-            Event::LeaseAcquired {
-                slot: slot.clone(),
-                now: Timestamp::now(),
-            },
-            serde_json::json!({"slot": slot, "resumed": resuming}),
-        )
-        .await?;
-        self.status(format!("{}: holding {slot}", self.state.name()))
-            .await?;
-        Ok(Wait::No)
+        let detail = serde_json::json!({"slot": slot, "resumed": resuming});
+        self.took_slot(slot, detail).await
     }
 
     /// A node that lost its slot after asking for the reboot: cordoned,
@@ -764,13 +754,23 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Err(e) => return self.retry_later("acquiring the lease", e).await,
         };
         info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, resumes = target, "lease slot {slot} won back; going on with {target}");
+        let detail = serde_json::json!({"slot": slot, "resumed": true, "finishing": target});
+        self.took_slot(slot, detail).await
+    }
+
+    /// A slot was taken: told, persisted, shown.
+    async fn took_slot(
+        &mut self,
+        slot: String,
+        detail: serde_json::Value,
+    ) -> Result<Wait, AgentError> {
         self.event(AgentEvent::LeaseAcquired { slot: slot.clone() });
         self.transition(
             Event::LeaseAcquired {
                 slot: slot.clone(),
                 now: Timestamp::now(),
             },
-            serde_json::json!({"slot": slot, "resumed": true, "finishing": target}),
+            detail,
         )
         .await?;
         self.status(format!("{}: holding {slot}", self.state.name()))

@@ -1006,26 +1006,7 @@ mod tests {
     }
 
     fn through_reboot() -> AgentState {
-        let s = go(
-            AgentState::Idle,
-            Event::RebootNeeded {
-                reasons: vec!["kernel".into()],
-                now: t(0),
-            },
-        );
-        let s = go(
-            s,
-            Event::LeaseAcquired {
-                slot: "drydock-default-0".into(),
-                now: t(10),
-            },
-        );
-        let s = go(
-            s,
-            Event::PriorSchedulability {
-                unschedulable: false,
-            },
-        );
+        let s = cordoning(false);
         let s = go(s, Event::Cordoned { now: t(11) });
         go(
             s,
@@ -1125,7 +1106,7 @@ mod tests {
             s,
             Event::LeaseAcquired {
                 slot: "drydock-default-0".into(),
-                now: t(1),
+                now: t(10),
             },
         );
         go(s, Event::PriorSchedulability { unschedulable })
@@ -1146,7 +1127,7 @@ mod tests {
         let s = cordoning(true);
         assert_eq!(s.cordon(), Some(Cordon::Admin));
         assert_eq!(s.slot_loss(), Some(SlotLoss::Restore { uncordon: false }));
-        let s = go(s, Event::Cordoned { now: t(2) });
+        let s = go(s, Event::Cordoned { now: t(11) });
         assert_eq!(s.slot_loss(), Some(SlotLoss::Restore { uncordon: false }));
         assert_eq!(
             cordoning(false).slot_loss(),
