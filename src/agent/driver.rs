@@ -694,14 +694,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 self.after_block(Timestamp::now(), cluster.blocked_until),
             ));
         }
-        let slot = match self.cluster.acquire().await {
-            Ok(Some(slot)) => slot,
-            Ok(None) => {
-                self.status(format!("{waiting}: another node took the lease first"))
-                    .await?;
-                return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
-            }
-            Err(e) => return self.retry_later("acquiring the lease", e).await,
+        let slot = match self.try_acquire(&waiting).await? {
+            Ok(slot) => slot,
+            Err(wait) => return Ok(wait),
         };
         // Gates again, now that we hold the slot: no one sits on it blocked.
         let mut gates = self.cluster.local_gates(&self.store(), Timestamp::now());
@@ -744,18 +739,26 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Ok(_) => {}
             Err(e) => return self.retry_later("reading the lease", e).await,
         }
-        let slot = match self.cluster.acquire().await {
-            Ok(Some(slot)) => slot,
-            Ok(None) => {
-                self.status(format!("{waiting}: another node took the lease first"))
-                    .await?;
-                return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
-            }
-            Err(e) => return self.retry_later("acquiring the lease", e).await,
+        let slot = match self.try_acquire(&waiting).await? {
+            Ok(slot) => slot,
+            Err(wait) => return Ok(wait),
         };
         info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, resumes = target, "lease slot {slot} won back; going on with {target}");
         let detail = serde_json::json!({"slot": slot, "resumed": true, "finishing": target});
         self.took_slot(slot, detail).await
+    }
+
+    /// Asks for a slot; `Err`: none was had, and how long to wait.
+    async fn try_acquire(&mut self, waiting: &str) -> Result<Result<String, Wait>, AgentError> {
+        match self.cluster.acquire().await {
+            Ok(Some(slot)) => Ok(Ok(slot)),
+            Ok(None) => {
+                self.status(format!("{waiting}: another node took the lease first"))
+                    .await?;
+                Ok(Err(Wait::LeaseChange(self.settings.reboot.check_interval)))
+            }
+            Err(e) => Ok(Err(self.retry_later("acquiring the lease", e).await?)),
+        }
     }
 
     /// A slot was taken: told, persisted, shown.
