@@ -30,13 +30,15 @@ use crate::store::{Store, StoreError};
 mod upgrade;
 pub use upgrade::{UPGRADE_REASON, is_upgrade_reason};
 
-/// kv keys the CLI writes and the agent reads (and the reverse); the
-/// names live in [`crate::store::keys`].
+/// kv keys the CLI writes and the agent reads (and the reverse), each
+/// with its value type; the names live in [`crate::store::keys`].
 pub mod keys {
-    pub use crate::store::keys::{
-        AGENT_GATES as LAST_GATES, AGENT_REBOOT_NEED as REBOOT_NEED, AGENT_STATUS as LAST_STATUS,
-        FORCE_RELEASE, RESUME_REQUESTED,
-    };
+    use crate::store::keys::{AGENT_GATES, AGENT_REBOOT_NEED, AGENT_STATUS, Key};
+    pub use crate::store::keys::{FORCE_RELEASE, RESUME_REQUESTED};
+
+    pub const LAST_STATUS: Key<super::StatusRecord> = Key::new(AGENT_STATUS);
+    pub const LAST_GATES: Key<super::GatesRecord> = Key::new(AGENT_GATES);
+    pub const REBOOT_NEED: Key<super::RebootNeedRecord> = Key::new(AGENT_REBOOT_NEED);
 }
 
 /// How long a reboot logind accepted may take to bring this process down
@@ -268,7 +270,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 line: line.clone(),
                 at: Timestamp::now(),
             };
-            self.write(move |s| s.set(keys::LAST_STATUS, &record))
+            self.write(move |s| s.write(keys::LAST_STATUS, &record))
                 .await?;
             self.last_status = line;
         }
@@ -333,7 +335,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             gates: gates.to_vec(),
             at: Timestamp::now(),
         };
-        self.write(move |s| s.set(keys::LAST_GATES, &record)).await
+        self.write(move |s| s.write(keys::LAST_GATES, &record))
+            .await
     }
 
     fn short_retry(&self) -> Duration {
@@ -594,7 +597,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 since,
                 checked_at: now,
             };
-            self.write(move |s| s.set(keys::REBOOT_NEED, &record))
+            self.write(move |s| s.write(keys::REBOOT_NEED, &record))
                 .await?;
             reasons
         };
@@ -1133,9 +1136,10 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     /// failure: issued after it. An older one is dropped, said so.
     async fn take_request(
         &mut self,
-        key: &'static str,
+        key: crate::store::keys::Key<Timestamp>,
         failed_at: Timestamp,
     ) -> Result<Option<Timestamp>, AgentError> {
+        // Read as any JSON: a value that is not a time is said so, not an error.
         let Some(value) = self.store().get::<serde_json::Value>(key)? else {
             return Ok(None);
         };
@@ -1143,6 +1147,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         match request_time(&value) {
             Some(at) if at > failed_at => Ok(Some(at)),
             Some(at) => {
+                let key = key.name();
                 warn!(node = %self.node, request = key, requested_at = %at, failed_at = %failed_at,
                     "ignored {key}: it was issued at {at}, before this failure at {failed_at}");
                 let detail = serde_json::json!({"node": self.node, "request": key, "requested-at": at, "failed-at": failed_at});
@@ -1151,6 +1156,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 Ok(None)
             }
             None => {
+                let key = key.name();
                 warn!(node = %self.node, request = key, value = %value, "ignored {key}: not a request time");
                 Ok(None)
             }
@@ -1181,8 +1187,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             if let Some(requested) = self.take_request(keys::FORCE_RELEASE, at).await? {
                 if let Err(e) = self.cluster.release(&slot).await {
                     // Asked again on the next look.
-                    let value = serde_json::to_value(requested).unwrap_or_default();
-                    self.write(move |s| s.set(keys::FORCE_RELEASE, &value))
+                    self.write(move |s| s.write(keys::FORCE_RELEASE, &requested))
                         .await?;
                     return self.retry_later("force-releasing the lease", e).await;
                 }

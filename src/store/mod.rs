@@ -580,10 +580,23 @@ impl Store {
         Ok(out)
     }
 
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    /// The value under `key`, of the key's own type.
+    pub fn read<T: DeserializeOwned>(&self, key: keys::Key<T>) -> Result<Option<T>, StoreError> {
+        self.get(key)
+    }
+
+    /// Sets the value under `key`, of the key's own type.
+    pub fn write<T: Serialize>(&self, key: keys::Key<T>, value: &T) -> Result<(), StoreError> {
+        self.set(key, value)
+    }
+
+    /// The value under `key` (a name, or a [`keys::Key`]) as any type.
+    pub fn get<T: DeserializeOwned>(&self, key: impl AsRef<str>) -> Result<Option<T>, StoreError> {
         let json: Option<String> = self
             .conn
-            .query_row("SELECT json FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT json FROM kv WHERE key = ?1", [key.as_ref()], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| sqlite(&self.path, "reading local setting", e))?;
         json.map(|j| {
@@ -596,7 +609,8 @@ impl Store {
         .transpose()
     }
 
-    pub fn set<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+    pub fn set<T: Serialize>(&self, key: impl AsRef<str>, value: &T) -> Result<(), StoreError> {
+        let key = key.as_ref();
         let json = to_json(&self.path, value)?;
         self.conn
             .execute(
@@ -608,10 +622,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
+    pub fn remove(&self, key: impl AsRef<str>) -> Result<bool, StoreError> {
         let n = self
             .conn
-            .execute("DELETE FROM kv WHERE key = ?1", [key])
+            .execute("DELETE FROM kv WHERE key = ?1", [key.as_ref()])
             .map_err(|e| sqlite(&self.path, "removing local setting", e))?;
         Ok(n > 0)
     }
