@@ -697,7 +697,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 self.after_block(Timestamp::now(), cluster.blocked_until),
             ));
         }
-        let slot = match self.try_acquire(&waiting).await? {
+        let slot = match self.try_acquire(waiting).await? {
             Ok(slot) => slot,
             Err(wait) => return Ok(wait),
         };
