@@ -981,9 +981,12 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         });
         // The reboot may cut the network at any moment after this call.
         self.reporter.flush().await;
+        // Logged before asking: once logind accepts, the shutdown's SIGTERM
+        // may cut this step before its answer is read.
+        info!(message_id = msgid::REBOOT_REQUESTED, node = %self.node, reason = %reason, "reboot requested from logind: {reason}");
         match self.host.reboot(&reason).await {
             Ok(()) => {
-                info!(message_id = msgid::REBOOT_REQUESTED, node = %self.node, reason = %reason, "reboot requested from logind: {reason}");
+                info!(node = %self.node, "logind accepted the reboot");
                 Ok(Wait::For(self.renew_every()))
             }
             Err(e) => {
