@@ -1165,6 +1165,101 @@ fn bad_configuration_text_is_refused_with_a_position() {
     run_all("configuration text", cases);
 }
 
+/// The other half of "one validation path": what check-config accepts,
+/// the daemon starts with. Each configuration (the shipped file and the
+/// valid fuzz seeds) gets a drop-in that keeps every path in the case's
+/// directory; the daemon must get as far as waiting for the node to join,
+/// and stop cleanly on SIGTERM.
+#[test]
+fn the_daemon_starts_on_every_configuration_check_config_accepts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mains = [
+        ("shipped", root.join("etc/drydock.toml")),
+        ("urls seed", root.join("fuzz/corpus/config/urls.toml")),
+        (
+            "windows and selectors seed",
+            root.join("fuzz/corpus/config/windows-selectors.toml"),
+        ),
+    ];
+    for (name, main) in mains {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::copy(&main, config(dir)).unwrap();
+        let paths = base_toml(dir, "").replacen(
+            "[node]\n",
+            &format!(
+                "[node]\nadmin-kubeconfig = \"{}/admin.conf\"\n",
+                dir.display()
+            ),
+            1,
+        );
+        write(&dir.join("drydock.toml.d/99-paths.toml"), paths);
+        let args = [format!("--config={}", config(dir).display())];
+        let check = run_binary(dir, &[args[0].clone(), "check-config".into()], &Input::Null)
+            .unwrap_or_else(|e| panic!("{name}: check-config: {e}"));
+        assert_eq!(check.code, Some(0), "{name}: {}", check.stderr);
+
+        let mut daemon = Command::new(BIN)
+            .args([args[0].as_str(), "daemon"])
+            .current_dir(dir)
+            .env("HOME", dir)
+            .env("LC_ALL", "C")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("KUBECONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = daemon.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let waiting = loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    let found = line.contains("waiting: node not joined");
+                    seen.push(line);
+                    if found {
+                        break true;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break false,
+                Err(_) if start.elapsed() > DEADLINE => break false,
+                Err(_) => {}
+            }
+        };
+        let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let status = loop {
+            if let Some(status) = daemon.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > 2 * DEADLINE {
+                let _ = daemon.kill();
+                break daemon.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        seen.extend(rx.try_iter());
+        assert!(
+            waiting && status.success(),
+            "{name}: check-config accepts it, but the daemon (status {status}) said:\n{}",
+            seen.join("\n")
+        );
+    }
+}
+
 // ------------------------------------------------------ files and drop-ins
 
 /// Something in place of a file drydock reads.
