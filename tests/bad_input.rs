@@ -1798,7 +1798,15 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
     // (command, exit, planted path, preparation, stdin, what is said)
     let kubelet_upgrade =
         hook_input(b"kubelet 1.0 amd64 none < 2.0 amd64 none /k/kubelet_2.0_amd64.deb\n");
-    let planted: Vec<(&str, i32, &str, fn(&Path), Input, &str)> = vec![
+    type Planted = (
+        &'static str,
+        i32,
+        &'static str,
+        fn(&Path),
+        Input,
+        &'static str,
+    );
+    let planted: Vec<Planted> = vec![
         // A protected change on a joined node (before join every change
         // is provisioning): refused.
         (
