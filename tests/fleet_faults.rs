@@ -20,7 +20,9 @@ use drydock::agent::ports::{AgentEvent, Reporter};
 use drydock::cluster::annotations::HALTED;
 use drydock::config::Settings;
 use drydock::phase::Phase;
-use drydock::sim::{Fault, Flaky, PdbSpec, ReplicaSetSpec, Scenario, SimHandle};
+use drydock::sim::{
+    Fault, Flaky, PdbSpec, PromMode, ReplicaSetSpec, Scenario, SimHandle, SimPrometheus,
+};
 use drydock::simulate::host::{Machine, SimHost};
 use drydock::store::Store;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -44,6 +46,8 @@ struct Plan {
     pdb_blocked: Option<String>,
     /// Take the Lease away from its holder this long after the start.
     steal_lease_at: Option<Duration>,
+    /// (start, length, what): an alert firing, or Prometheus answering 503.
+    prometheus: Vec<(Duration, Duration, PromMode)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +108,17 @@ fn plan(seed: u64) -> Plan {
     let fails_verify = distinct(&mut rng, if kind == 1 { 1.0 } else { 0.0 });
     let pdb_blocked = distinct(&mut rng, if kind == 2 { 1.0 } else { 0.0 });
     let steal_lease_at = (rng.f64() < 0.3).then(|| ms(&mut rng, 500, 8000));
+    let mut prometheus = Vec::new();
+    for _ in 0..rng.usize(0..=3) {
+        let what = if rng.bool() {
+            PromMode::Firing
+        } else {
+            PromMode::Unavailable
+        };
+        prometheus.push((ms(&mut rng, 0, 8000), ms(&mut rng, 100, 3000), what));
+    }
     Plan {
+        prometheus,
         concurrency: rng.u32(1..=3),
         kills,
         api,
@@ -115,7 +129,7 @@ fn plan(seed: u64) -> Plan {
     }
 }
 
-fn settings(dir: &std::path::Path, node: &str, concurrency: u32) -> Settings {
+fn settings(dir: &std::path::Path, node: &str, concurrency: u32, prometheus: &str) -> Settings {
     let mut s = Settings::default();
     s.node.name = Some(node.to_string());
     s.node.state_db = dir.join(format!("{node}.db"));
@@ -129,6 +143,8 @@ fn settings(dir: &std::path::Path, node: &str, concurrency: u32) -> Settings {
     s.verify.timeout = Duration::from_secs(6);
     s.report.textfile_dir = None;
     s.report.kubernetes_events = false;
+    s.alerts.prometheus_url = Some(prometheus.to_string());
+    s.alerts.timeout = Duration::from_millis(500);
     s
 }
 
@@ -138,6 +154,12 @@ struct Seen {
     violations: Vec<String>,
     verified: Vec<String>,
     states: BTreeMap<String, Phase>,
+    /// Nodes that lost their Lease mid-cycle (taken, or not renewed).
+    lost_lease: std::collections::BTreeSet<String>,
+    /// Since when Prometheus blocks (an alert firing or 503); `None`: quiet.
+    prometheus_blocks_since: Option<Instant>,
+    verify_failed: std::collections::BTreeSet<String>,
+    halted_by: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -155,6 +177,27 @@ impl Reporter for Watcher {
         match event {
             AgentEvent::StateChanged { to, .. } => {
                 seen.states.insert(node.to_string(), *to);
+            }
+            AgentEvent::LeaseLost { .. } => {
+                seen.lost_lease.insert(node.to_string());
+            }
+            AgentEvent::VerifyFailed { .. } => {
+                seen.verify_failed.insert(node.to_string());
+            }
+            AgentEvent::Halted { .. } => {
+                seen.halted_by.insert(node.to_string());
+            }
+            // The gates were evaluated just before (alerts included): a
+            // slot taken long into a Prometheus block means they were not.
+            AgentEvent::LeaseAcquired { slot } => {
+                if let Some(since) = seen.prometheus_blocks_since
+                    && since.elapsed() > Duration::from_secs(2)
+                {
+                    seen.violations.push(format!(
+                        "{node} took {slot} although Prometheus has blocked for {:?}",
+                        since.elapsed()
+                    ));
+                }
             }
             AgentEvent::Verified { .. } => {
                 let m = self.machines[&self.node].lock().unwrap();
@@ -181,11 +224,17 @@ struct Fleet {
     machines: Arc<BTreeMap<String, Arc<Mutex<Machine>>>>,
     reboots: mpsc::UnboundedSender<String>,
     running: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    prometheus: SimPrometheus,
 }
 
 impl Fleet {
     fn start_agent(&mut self, node: &str) {
-        let s = settings(self.dir.path(), node, self.plan.concurrency);
+        let s = settings(
+            self.dir.path(),
+            node,
+            self.plan.concurrency,
+            &self.prometheus.url(),
+        );
         let store = Store::open(&s.node.state_db).expect("store");
         let mut config = self.sim.config();
         config.default_retry = false;
@@ -224,16 +273,17 @@ fn is_ready(n: &Node) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// `lost`: the node whose Lease was taken away; by the agent's design it
-/// stops in `failed`, cordoned, without a slot, so it is left out of the
-/// two cordon checks. KNOWN GAP: such a node is out of service without
+/// `lost`: nodes whose Lease was lost mid-cycle (taken away, or not
+/// renewed in time); by the agent's design such a node stops in `failed`,
+/// cordoned, without a slot, so it is left out of the two cordon checks. KNOWN GAP: such a node is out of service without
 /// a slot, so the fleet may then have one more node out than allowed.
 fn check_now(
     sim: &SimHandle,
     plan: &Plan,
     machines: &BTreeMap<String, Arc<Mutex<Machine>>>,
     cordoned_since: &mut BTreeMap<String, Instant>,
-    lost: Option<&str>,
+    lost: &mut std::collections::BTreeSet<String>,
+    failed: &std::collections::BTreeSet<String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let nodes: Vec<Node> = sim.list(None);
@@ -247,7 +297,12 @@ fn check_now(
         let name = n.metadata.name.clone().unwrap_or_default();
         let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
         let ready = is_ready(n);
-        if lost == Some(name.as_str()) && ready {
+        // A node in `failed` without a slot is the same gap (its Lease
+        // was taken, or not renewed through an outage, while it waited).
+        if failed.contains(&name) && !holders.contains(&name) {
+            lost.insert(name.clone());
+        }
+        if lost.contains(&name) && ready {
             continue;
         }
         if cordoned || !ready {
@@ -329,6 +384,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         machines: machines.clone(),
         reboots: tx,
         running: BTreeMap::new(),
+        prometheus: SimPrometheus::start().await.map_err(|e| e.to_string())?,
     };
     for n in &names {
         fleet.start_agent(n);
@@ -339,6 +395,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         Kill(String),
         Restart(String),
         Api(ApiFault, bool),
+        Prom(PromMode),
         Steal,
     }
     let mut acts: Vec<(Duration, Act)> = Vec::new();
@@ -349,6 +406,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     for (at, len, what) in &plan.api {
         acts.push((*at, Act::Api(*what, true)));
         acts.push((*at + *len, Act::Api(*what, false)));
+    }
+    for (at, len, what) in &plan.prometheus {
+        acts.push((*at, Act::Prom(*what)));
+        acts.push((*at + *len, Act::Prom(PromMode::Quiet)));
     }
     if let Some(at) = plan.steal_lease_at {
         acts.push((at, Act::Steal));
@@ -364,6 +425,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let mut stolen_from: Option<String> = None;
     // When the node that never returns went down.
     let mut lost_machine_at: Option<Instant> = None;
+    let mut halted_at: Option<Instant> = None;
     let halted = |sim: &SimHandle| {
         sim.get::<Namespace>(None, "drydock")
             .and_then(|ns| ns.metadata.annotations)
@@ -416,6 +478,15 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                             if downs == 0 { sim.restart().await.map_err(|e| e.to_string())?; }
                         }
                         Act::Api(ApiFault::CloseWatches, _) => sim.close_watches(),
+                        Act::Prom(mode) => {
+                            fleet.prometheus.set_mode(mode);
+                            let mut seen = fleet.seen.lock().unwrap();
+                            if mode == PromMode::Quiet {
+                                seen.prometheus_blocks_since = None;
+                            } else {
+                                seen.prometheus_blocks_since.get_or_insert_with(Instant::now);
+                            }
+                        }
                         Act::Steal => {
                             let held: Vec<Lease> = sim.list(Some("drydock"));
                             if let Some(l) = held.into_iter().find(|l| l.spec.as_ref().is_some_and(|s| s.holder_identity.is_some())) {
@@ -431,7 +502,19 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                         }
                     }
                 }
-                let problems = check_now(&sim, &plan, &machines, &mut cordoned_since, stolen_from.as_deref());
+                let (mut lost, failed) = {
+                    let seen = fleet.seen.lock().unwrap();
+                    let failed = seen
+                        .states
+                        .iter()
+                        .filter(|(_, p)| **p == Phase::Failed)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    (seen.lost_lease.clone(), failed)
+                };
+                lost.extend(stolen_from.clone());
+                let problems = check_now(&sim, &plan, &machines, &mut cordoned_since, &mut lost, &failed);
+                fleet.seen.lock().unwrap().lost_lease.extend(lost);
                 if !problems.is_empty() {
                     fleet.seen.lock().unwrap().violations.extend(problems);
                     break;
@@ -440,14 +523,20 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                     let seen = fleet.seen.lock().unwrap();
                     names.iter().all(|n| {
                         let blocked = plan.pdb_blocked.as_deref() == Some(n.as_str())
-                            || stolen_from.as_deref() == Some(n.as_str());
+                            || stolen_from.as_deref() == Some(n.as_str())
+                            || seen.lost_lease.contains(n)
+                            || seen.states.get(n) == Some(&Phase::Failed);
                         blocked || (machines[n].lock().unwrap().reboots == 1 && seen.states.get(n) == Some(&Phase::Idle))
                     })
                 };
                 // A halt or a machine gone for good stops the fleet: watch
-                // that nobody moves for a while, then end.
-                let stuck = lost_machine_at.is_some_and(|t| t.elapsed() > Duration::from_secs(8));
-                if all_done || now > BOUND || stuck || (halted(&sim).is_some() && now > Duration::from_secs(12)) {
+                // that nobody moves for a while (longer than a Lease), then end.
+                let stuck = lost_machine_at.is_some_and(|t| t.elapsed() > Duration::from_secs(6));
+                if halted_at.is_none() && halted(&sim).is_some() {
+                    halted_at = Some(Instant::now());
+                }
+                let halted_long = halted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(6));
+                if all_done || now > BOUND || stuck || halted_long {
                     break;
                 }
             }
@@ -465,6 +554,26 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let nodes: Vec<Node> = sim.list(None);
     let not_ready = nodes.iter().any(|n| !is_ready(n));
     let states = fleet.seen.lock().unwrap().states.clone();
+    let lost = fleet.seen.lock().unwrap().lost_lease.clone();
+    // KNOWN GAP (driver, reported): a node failing verification while the
+    // API is down cannot write the halt; the driver goes on to `failed`
+    // keeping its slot, which stops the fleet only at concurrency 1.
+    let unhalted: Vec<String> = {
+        let seen = fleet.seen.lock().unwrap();
+        seen.verify_failed
+            .difference(&seen.halted_by)
+            .cloned()
+            .collect()
+    };
+    let api_faults = plan
+        .api
+        .iter()
+        .any(|(_, _, f)| !matches!(f, ApiFault::CloseWatches));
+    if !unhalted.is_empty() && !api_faults {
+        problems.push(format!(
+            "{unhalted:?} failed verification and did not halt the fleet, with the API up"
+        ));
+    }
     let halt_planned = plan.fails_verify.is_some() || plan.never_returns.is_some();
     if let Some(h) = &halt
         && !halt_planned
@@ -478,6 +587,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             || not_ready
             || plan.pdb_blocked.as_deref() == Some(n.as_str())
             || stolen_from.as_deref() == Some(n.as_str())
+            || lost.contains(n)
             || states.get(n) == Some(&Phase::Failed);
         if !rebooted && !explained {
             unexplained.push(format!("{n} ({:?})", states.get(n)));
@@ -516,18 +626,28 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             .filter(|n| machines[*n].lock().unwrap().reboots == 1)
             .count();
         Ok(format!(
-            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s, halted: {halt:?}{}, plan: {plan:?}",
+            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s, halted: {}, Lease taken from {stolen_from:?}, lost mid-cycle: {lost:?} (final states {:?}; left out of the cordon checks, see KNOWN GAP in check_now){}",
             start.elapsed().as_secs_f64(),
-            match &stolen_from {
-                Some(n) => format!(
-                    "; {n} lost its Lease mid-cycle (final state {:?}; left out of the cordon checks, see KNOWN GAP in check_now)",
-                    states.get(n)
-                ),
-                None => String::new(),
+            halt.is_some(),
+            lost.iter().map(|n| states.get(n)).collect::<Vec<_>>(),
+            if unhalted.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; KNOWN GAP: {unhalted:?} failed verification but could not halt the fleet (API down)"
+                )
             },
         ))
     } else {
-        Err(format!("{}\nplan: {plan:?}", problems.join("\n")))
+        let reboots: BTreeMap<&String, u32> = machines
+            .iter()
+            .map(|(n, m)| (n, m.lock().unwrap().reboots))
+            .collect();
+        Err(format!(
+            "{}\nafter {:.1} s; halt: {halt:?}; states: {states:?}; reboots: {reboots:?}; lost Lease: {lost:?}\nplan: {plan:?}",
+            problems.join("\n"),
+            start.elapsed().as_secs_f64()
+        ))
     }
 }
 
@@ -546,27 +666,56 @@ fn seeds() -> Vec<u64> {
     {
         return vec![one];
     }
-    let n: u64 = std::env::var("DRYDOCK_FAULT_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let n = env_u64("DRYDOCK_FAULT_SEEDS").unwrap_or(24);
     (1..=n).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_survives_random_faults() {
-    let mut failed = Vec::new();
-    for seed in seeds() {
-        match run_seed(seed).await {
-            Ok(line) => eprintln!("{line}"),
-            Err(why) => {
-                eprintln!(
-                    "FAILED seed {seed}: {why}\nreplay: DRYDOCK_FAULT_SEED={seed} cargo test --test fleet_faults"
-                );
-                failed.push(seed);
-            }
-        }
-    }
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn fleet_survives_random_faults() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Seeds at once: each has its own simulator, Prometheus and 20 agents.
+    let parallel = env_u64("DRYDOCK_FAULT_PARALLEL").unwrap_or(4).max(1) as usize;
+    let seeds = seeds();
+    let started = Instant::now();
+    let failed: Vec<u64> = rt.block_on(async {
+        use futures::StreamExt;
+        futures::stream::iter(seeds.clone())
+            .map(|seed| async move {
+                let r = tokio::spawn(run_seed(seed))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the seed's task panicked: {e}")));
+                match r {
+                    Ok(line) => {
+                        eprintln!("{line}");
+                        None
+                    }
+                    Err(why) => {
+                        eprintln!(
+                            "FAILED seed {seed}: {why}\nreplay: DRYDOCK_FAULT_SEED={seed} cargo test --test fleet_faults"
+                        );
+                        Some(seed)
+                    }
+                }
+            })
+            .buffer_unordered(parallel)
+            .filter_map(|f| async move { f })
+            .collect()
+            .await
+    });
+    eprintln!(
+        "{} seeds in {:.1} s ({} at once)",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        parallel
+    );
     assert!(
         failed.is_empty(),
         "failing seeds: {failed:?} (replay commands above)"

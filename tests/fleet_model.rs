@@ -47,16 +47,16 @@ use std::time::{Duration, Instant};
 
 use drydock::agent::Agent;
 use drydock::agent::ports::{
-    AgentEvent, Claim, ClaimWatch, Cluster, ClusterGates, DrainReport, DrainResult,
-    DrainTimeout, GateStatus, Halt, LeaseOutlook, PortError, Reporter,
+    AgentEvent, Claim, ClaimWatch, Cluster, ClusterGates, DrainReport, DrainResult, DrainTimeout,
+    GateStatus, Halt, LeaseOutlook, PortError, Reporter,
 };
 use drydock::cluster::annotations::{ClusterControl, FinishedReboot};
 use drydock::cluster::drain::{BlockReason, BlockedPod, PodRef};
 use drydock::cluster::lease::{self, Decision, SlotClass};
 use drydock::cluster::observe::{ClusterObservation, NodeView, ReadyStatus};
 use drydock::config::Settings;
-use drydock::gates::{self, AlertObservation, GateReport};
 use drydock::gates::alerts::{Alert, AlertSource, SourceKind};
+use drydock::gates::{self, AlertObservation, GateReport};
 use drydock::phase::Phase;
 use drydock::simulate::host::{Machine, SimHost};
 use drydock::store::Store;
@@ -220,8 +220,10 @@ struct World {
     pdb_blocked: Option<String>,
     /// Per node: whether its last cluster-gates look passed.
     last_gates_passed: BTreeMap<String, bool>,
-    /// Per slot: the nodes whose keeper currently publishes `Held` for it.
-    believed: BTreeMap<String, BTreeSet<String>>,
+    /// Per slot: the nodes whose keeper currently publishes `Held` for it,
+    /// with the real time until which that claim is promised (its keeper
+    /// gives up a renewal period before the expiry it stamped).
+    believed: BTreeMap<String, BTreeMap<String, Timestamp>>,
     violations: Vec<String>,
     requests: u64,
 }
@@ -324,15 +326,29 @@ impl ModelCluster {
         }
     }
 
+    /// Records what this node's keeper now says about `slot`. Two nodes
+    /// may never both be promised one slot; a claim past its give-up time
+    /// (its keeper late under load) promises nothing and is dropped.
     fn publish(&self, w: &mut World, slot: &str, claim: &Claim) {
+        let real_now = Timestamp::now();
         let set = w.believed.entry(slot.to_string()).or_default();
-        if claim.is_lost() {
-            set.remove(&self.node);
-        } else {
-            set.insert(self.node.clone());
-            if set.len() > 1 {
-                let v = format!("slot {slot} believed held by {set:?} at once");
-                w.violations.push(v);
+        match claim {
+            Claim::Lost { .. } => {
+                set.remove(&self.node);
+            }
+            Claim::Held { expires_at, .. } => {
+                let promised = *expires_at - self.skew - SignedDuration::try_from(RENEW).unwrap();
+                set.retain(|_, until| *until > real_now);
+                let others: Vec<String> =
+                    set.keys().filter(|n| **n != self.node).cloned().collect();
+                set.insert(self.node.clone(), promised);
+                if !others.is_empty() {
+                    let v = format!(
+                        "slot {slot} promised to {} while still promised to {others:?}",
+                        self.node
+                    );
+                    w.violations.push(v);
+                }
             }
         }
     }
@@ -439,7 +455,9 @@ impl Cluster for ModelCluster {
             blocked_until: None,
         };
         if let Err(e) = self.request("reading the drydock Namespace").await {
-            lock(&self.world).last_gates_passed.insert(self.node.clone(), false);
+            lock(&self.world)
+                .last_gates_passed
+                .insert(self.node.clone(), false);
             return blocked(format!("cannot read the cluster: {e}"));
         }
         let mut w = lock(&self.world);
@@ -531,7 +549,10 @@ impl Cluster for ModelCluster {
         let taken = {
             let mut w = lock(&self.world);
             if w.last_gates_passed.get(&self.node) != Some(&true) {
-                let v = format!("{} took a slot although its last gate look blocked", self.node);
+                let v = format!(
+                    "{} took a slot although its last gate look blocked",
+                    self.node
+                );
                 w.violations.push(v);
             }
             let me = self.node.clone();
@@ -685,7 +706,10 @@ impl Cluster for ModelCluster {
         let w = lock(&self.world);
         let n = &w.nodes[&self.node];
         if n.boot_id != boot_id {
-            return Err(format!("the node reports boot {}, not {boot_id}", n.boot_id));
+            return Err(format!(
+                "the node reports boot {}, not {boot_id}",
+                n.boot_id
+            ));
         }
         if !n.ready {
             return Err("the node is not Ready".into());
@@ -723,6 +747,11 @@ impl Cluster for ModelCluster {
 struct Seen {
     violations: Vec<String>,
     states: BTreeMap<String, Phase>,
+    /// Nodes that lost their Lease while out of service (stolen, or not
+    /// renewed through an API outage).
+    lost_lease: BTreeSet<String>,
+    verify_failed: BTreeSet<String>,
+    halted_by: BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -740,10 +769,20 @@ impl Reporter for Watcher {
             AgentEvent::StateChanged { to, .. } => {
                 seen.states.insert(node.to_string(), *to);
             }
+            AgentEvent::LeaseLost { .. } => {
+                seen.lost_lease.insert(node.to_string());
+            }
+            AgentEvent::VerifyFailed { .. } => {
+                seen.verify_failed.insert(node.to_string());
+            }
+            AgentEvent::Halted { .. } => {
+                seen.halted_by.insert(node.to_string());
+            }
             AgentEvent::Verified { .. } => {
                 let m = self.machine.lock().unwrap();
                 if m.reboots == 0 {
-                    seen.violations.push(format!("{node} verified without a reboot"));
+                    seen.violations
+                        .push(format!("{node} verified without a reboot"));
                 } else if m.checks_fail {
                     seen.violations
                         .push(format!("{node} verified although its checks fail"));
@@ -782,8 +821,8 @@ impl Fleet {
             seen: self.seen.clone(),
             machine: self.machines[node].clone(),
         };
-        let mut agent = Agent::new(node.to_string(), s, store, host, cluster.clone(), reporter)
-            .expect("agent");
+        let mut agent =
+            Agent::new(node.to_string(), s, store, host, cluster.clone(), reporter).expect("agent");
         let task = tokio::spawn(async move {
             let _ = agent.run(std::future::pending()).await;
         });
@@ -805,15 +844,22 @@ fn check_now(
     plan: &Plan,
     machines: &BTreeMap<String, Arc<Mutex<Machine>>>,
     cordoned_since: &mut BTreeMap<String, Instant>,
-    lost: Option<&str>,
+    lost: &mut BTreeSet<String>,
+    failed: &BTreeSet<String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let holders: Vec<String> = w.leases.iter().filter_map(holder).collect();
     let mut out = Vec::new();
     for (name, n) in &w.nodes {
-        // KNOWN GAP (issue 10): the node whose Lease was taken stops in
-        // `failed`, cordoned, without a slot; left out of the cordon checks.
-        if lost == Some(name.as_str()) && n.ready {
+        // KNOWN GAP (issue 10): a node whose Lease was lost mid-cycle stops
+        // in `failed`, cordoned, without a slot; left out of the cordon
+        // checks (so the fleet may then have one more node out).
+        // A node in `failed` without a slot is the same gap (its Lease
+        // was taken, or not renewed through an outage, while it waited).
+        if failed.contains(name) && !holders.contains(name) {
+            lost.insert(name.clone());
+        }
+        if lost.contains(name) && n.ready {
             continue;
         }
         if n.unschedulable || !n.ready {
@@ -858,7 +904,9 @@ fn state_dir() -> tempfile::TempDir {
     // slow for no added truth.
     let shm = std::path::Path::new("/dev/shm");
     if shm.is_dir()
-        && let Ok(d) = tempfile::Builder::new().prefix("drydock-model-").tempdir_in(shm)
+        && let Ok(d) = tempfile::Builder::new()
+            .prefix("drydock-model-")
+            .tempdir_in(shm)
     {
         return d;
     }
@@ -869,7 +917,11 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let plan = plan(seed);
     let names = node_names();
     let boot0 = Timestamp::now() - SignedDuration::from_secs(3600);
-    let mut base = settings(std::path::Path::new("/nonexistent"), "cp-1", plan.concurrency);
+    let mut base = settings(
+        std::path::Path::new("/nonexistent"),
+        "cp-1",
+        plan.concurrency,
+    );
     base.node.name = None;
     let world: Shared = Arc::new(Mutex::new(World {
         settings: base,
@@ -1039,10 +1091,22 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                         }
                     }
                 }
+                let (mut lost, failed) = {
+                    let seen = fleet.seen.lock().unwrap();
+                    let failed = seen
+                        .states
+                        .iter()
+                        .filter(|(_, p)| **p == Phase::Failed)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    (seen.lost_lease.clone(), failed)
+                };
+                lost.extend(stolen_from.clone());
                 let problems = {
                     let w = lock(&world);
-                    check_now(&w, &plan, &machines, &mut cordoned_since, stolen_from.as_deref())
+                    check_now(&w, &plan, &machines, &mut cordoned_since, &mut lost, &failed)
                 };
+                fleet.seen.lock().unwrap().lost_lease.extend(lost);
                 let mut problems = problems;
                 problems.extend(fleet.seen.lock().unwrap().violations.iter().cloned());
                 if !problems.is_empty() {
@@ -1056,7 +1120,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                     let seen = fleet.seen.lock().unwrap();
                     names.iter().all(|n| {
                         let blocked = plan.pdb_blocked.as_deref() == Some(n.as_str())
-                            || stolen_from.as_deref() == Some(n.as_str());
+                            || stolen_from.as_deref() == Some(n.as_str())
+                            || seen.lost_lease.contains(n)
+                            || seen.states.get(n) == Some(&Phase::Failed);
                         blocked || (machines[n].lock().unwrap().reboots == 1 && seen.states.get(n) == Some(&Phase::Idle))
                     })
                 };
@@ -1080,11 +1146,33 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let requests = w.requests;
     drop(w);
     let states = fleet.seen.lock().unwrap().states.clone();
+    let lost = fleet.seen.lock().unwrap().lost_lease.clone();
+    // KNOWN GAP (driver, reported): a node failing verification while the
+    // API is down cannot write the halt; the driver goes on to `failed`
+    // keeping its slot, which stops the fleet only at concurrency 1.
+    let unhalted: Vec<String> = {
+        let seen = fleet.seen.lock().unwrap();
+        seen.verify_failed
+            .difference(&seen.halted_by)
+            .cloned()
+            .collect()
+    };
+    let api_faults = plan
+        .api
+        .iter()
+        .any(|(_, _, f)| *f != ApiFault::WakeWatchers);
+    if !unhalted.is_empty() && !api_faults {
+        problems.push(format!(
+            "{unhalted:?} failed verification and did not halt the fleet, with the API up"
+        ));
+    }
     let halt_planned = plan.fails_verify.is_some() || plan.never_returns.is_some();
     if let Some(h) = &halt
         && !halt_planned
     {
-        problems.push(format!("the fleet halted with no broken node planned: {h:?}"));
+        problems.push(format!(
+            "the fleet halted with no broken node planned: {h:?}"
+        ));
     }
     let mut unexplained = Vec::new();
     for n in &names {
@@ -1093,6 +1181,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             || not_ready
             || plan.pdb_blocked.as_deref() == Some(n.as_str())
             || stolen_from.as_deref() == Some(n.as_str())
+            || lost.contains(n)
             || states.get(n) == Some(&Phase::Failed);
         if !rebooted && !explained {
             unexplained.push(format!("{n} ({:?})", states.get(n)));
@@ -1103,11 +1192,18 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             let history = store.history(&["state"], 1000).map_err(|e| e.to_string())?;
             let tos: Vec<String> = history
                 .iter()
-                .filter_map(|h| h.detail.get("to").and_then(|v| v.as_str()).map(String::from))
+                .filter_map(|h| {
+                    h.detail
+                        .get("to")
+                        .and_then(|v| v.as_str())
+                        .map(String::from)
+                })
                 .collect();
             for want in ["locked", "cordoning", "draining", "rebooting"] {
                 if !tos.iter().any(|t| t == want) {
-                    problems.push(format!("{n} rebooted but its history lacks -> {want}: {tos:?}"));
+                    problems.push(format!(
+                        "{n} rebooted but its history lacks -> {want}: {tos:?}"
+                    ));
                 }
             }
         }
@@ -1127,16 +1223,28 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             .filter(|n| machines[*n].lock().unwrap().reboots == 1)
             .count();
         Ok(format!(
-            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s, {requests} requests, halted: {}{}",
+            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s, {requests} requests, halted: {}, Lease stolen from {stolen_from:?}, lost mid-cycle: {lost:?} (final states {:?}){}",
             elapsed.as_secs_f64(),
             halt.is_some(),
-            match &stolen_from {
-                Some(n) => format!("; {n} lost its Lease mid-cycle (final state {:?})", states.get(n)),
-                None => String::new(),
+            lost.iter().map(|n| states.get(n)).collect::<Vec<_>>(),
+            if unhalted.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; KNOWN GAP: {unhalted:?} failed verification but could not halt the fleet (API down)"
+                )
             },
         ))
     } else {
-        Err(format!("{}\nplan: {plan:?}", problems.join("\n")))
+        let reboots: BTreeMap<&String, u32> = machines
+            .iter()
+            .map(|(n, m)| (n, m.lock().unwrap().reboots))
+            .collect();
+        Err(format!(
+            "{}\nafter {:.1} s; halt: {halt:?}; states: {states:?}; reboots: {reboots:?}; lost Lease: {lost:?}\nplan: {plan:?}",
+            problems.join("\n"),
+            elapsed.as_secs_f64()
+        ))
     }
 }
 
@@ -1161,31 +1269,31 @@ fn fleet_model_survives_random_faults() {
     let parallel = env_u64("DRYDOCK_MODEL_PARALLEL").unwrap_or(24).max(1) as usize;
     let seeds = seeds();
     let started = Instant::now();
-    let results: Vec<(u64, Result<String, String>)> = rt.block_on(async {
+    let failed: Vec<u64> = rt.block_on(async {
         use futures::StreamExt;
         futures::stream::iter(seeds.clone())
             .map(|seed| async move {
                 let r = tokio::spawn(run_seed(seed))
                     .await
                     .unwrap_or_else(|e| Err(format!("the seed's task panicked: {e}")));
-                (seed, r)
+                match r {
+                    Ok(line) => {
+                        eprintln!("{line}");
+                        None
+                    }
+                    Err(why) => {
+                        eprintln!(
+                            "FAILED seed {seed}: {why}\nreplay: DRYDOCK_MODEL_SEED={seed} cargo test --test fleet_model"
+                        );
+                        Some(seed)
+                    }
+                }
             })
             .buffer_unordered(parallel)
+            .filter_map(|f| async move { f })
             .collect()
             .await
     });
-    let mut failed = Vec::new();
-    for (seed, r) in results {
-        match r {
-            Ok(line) => eprintln!("{line}"),
-            Err(why) => {
-                eprintln!(
-                    "FAILED seed {seed}: {why}\nreplay: DRYDOCK_MODEL_SEED={seed} cargo test --test fleet_model"
-                );
-                failed.push(seed);
-            }
-        }
-    }
     eprintln!(
         "{} seeds in {:.1} s ({} at once)",
         seeds.len(),
