@@ -7,10 +7,11 @@
 //! watches for a while, a node that never comes back, a node failing
 //! verification, a disruption budget that never allows, Prometheus flapping
 //! (an alert firing and clearing, Prometheus answering 503 for a while), the
-//! Lease taken away mid-cycle. Invariants are checked every 50 ms while it
-//! runs and once at the end. Clock skew is not injected here (the agents
-//! read the process clock); the fast tier, `tests/fleet_model.rs`, skews
-//! every agent's clock and runs hundreds of seeds.
+//! Lease taken away mid-cycle, every agent's Lease clock skewed (pairwise up
+//! to 0.9 of the renew margin, through `cluster::lease::set_clock_offset`;
+//! the rest of the agent reads the true clock). Invariants are checked every
+//! 50 ms while it runs and once at the end. The fast tier,
+//! `tests/fleet_model.rs`, runs hundreds of seeds.
 //!
 //! `cargo test --test fleet_faults` runs `DRYDOCK_FAULT_SEEDS` seeds
 //! (default 6), `DRYDOCK_FAULT_PARALLEL` at once (default 3);
@@ -37,6 +38,10 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use tokio::sync::mpsc;
 
 const NODES: usize = 20;
+const LEASE: Duration = Duration::from_secs(5);
+/// Held while a node's clock skew is set and its Lease client built: seeds
+/// running at once share node names.
+static SKEW: Mutex<()> = Mutex::new(());
 /// Give up on a seed after this long (then the end checks decide).
 const BOUND: Duration = Duration::from_secs(90);
 
@@ -55,6 +60,8 @@ struct Plan {
     steal_lease_at: Option<Duration>,
     /// (start, length, what): an alert firing, or Prometheus answering 503.
     prometheus: Vec<(Duration, Duration, PromMode)>,
+    /// Per node, in milliseconds: its Lease clock's skew.
+    skew_ms: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,8 +131,16 @@ fn plan(seed: u64) -> Plan {
         };
         prometheus.push((ms(&mut rng, 0, 8000), ms(&mut rng, 100, 3000), what));
     }
+    // Pairwise at most 0.9 of the renew margin: the keeper renews every
+    // third of the Lease and gives up a renewal period before its expiry.
+    let half = (LEASE / 3).as_millis() as i64 * 45 / 100;
+    let skew_ms = names
+        .iter()
+        .map(|n| (n.clone(), rng.i64(-half..=half)))
+        .collect();
     Plan {
         prometheus,
+        skew_ms,
         concurrency: rng.u32(1..=3),
         kills,
         api,
@@ -141,7 +156,7 @@ fn settings(dir: &std::path::Path, node: &str, concurrency: u32, prometheus: &st
     s.node.name = Some(node.to_string());
     s.node.state_db = dir.join(format!("{node}.db"));
     s.lease.concurrency = concurrency;
-    s.lease.duration = Duration::from_secs(5);
+    s.lease.duration = LEASE;
     s.reboot.check_interval = Duration::from_millis(300);
     s.gates.soak = Duration::from_millis(200);
     s.drain.timeout = Duration::from_secs(3);
@@ -247,7 +262,14 @@ impl Fleet {
         config.default_retry = false;
         config.read_timeout = Some(Duration::from_secs(2));
         let client = kube::Client::try_from(config).expect("client");
-        let cluster = KubeCluster::new(client, s.clone(), node.to_string());
+        let cluster = {
+            let _one = SKEW.lock().unwrap_or_else(|p| p.into_inner());
+            let skew = jiff::SignedDuration::from_millis(self.plan.skew_ms[node]);
+            drydock::cluster::lease::set_clock_offset(node, skew);
+            let c = KubeCluster::new(client, s.clone(), node.to_string());
+            drydock::cluster::lease::set_clock_offset(node, jiff::SignedDuration::ZERO);
+            c
+        };
         let host = SimHost::new(node, self.machines[node].clone(), self.reboots.clone());
         let reporter = Watcher {
             node: node.to_string(),
