@@ -43,7 +43,7 @@ const LEASE: Duration = Duration::from_secs(5);
 /// running at once share node names.
 static SKEW: Mutex<()> = Mutex::new(());
 /// Give up on a seed after this long (then the end checks decide).
-const BOUND: Duration = Duration::from_secs(90);
+const BOUND: Duration = Duration::from_secs(120);
 
 /// What one seed does.
 #[derive(Debug, Clone)]
@@ -159,7 +159,9 @@ fn settings(dir: &std::path::Path, node: &str, concurrency: u32, prometheus: &st
     s.lease.duration = LEASE;
     s.reboot.check_interval = Duration::from_millis(300);
     s.gates.soak = Duration::from_millis(200);
-    s.drain.timeout = Duration::from_secs(3);
+    // Short: a node whose budget never allows takes the slot for this long
+    // on each attempt (at concurrency 1 it slows the whole rollout).
+    s.drain.timeout = Duration::from_secs(2);
     s.drain.retry_interval = Duration::from_millis(200);
     // Longer than any API outage here: an outage is not a broken node.
     s.verify.timeout = Duration::from_secs(6);
