@@ -563,7 +563,16 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 // A halt or a machine gone for good stops the fleet: watch
                 // that nobody moves for a while (longer than a Lease), then end.
                 let stuck = lost_machine_at.is_some_and(|t| t.elapsed() > Duration::from_secs(6));
-                if halted_at.is_none() && halted(&sim).is_some() {
+                // A halt, or a node in `failed` keeping the only slot, stops
+                // the fleet.
+                let failed_holds = {
+                    let leases: Vec<Lease> = sim.list(Some("drydock"));
+                    let seen = fleet.seen.lock().unwrap();
+                    plan.concurrency == 1 && leases.iter().any(|l| {
+                        l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_some_and(|h| seen.states.get(h) == Some(&Phase::Failed))
+                    })
+                };
+                if halted_at.is_none() && (halted(&sim).is_some() || failed_holds) {
                     halted_at = Some(Instant::now());
                 }
                 let halted_long = halted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(6));
@@ -614,7 +623,17 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let mut unexplained = Vec::new();
     for n in &names {
         let rebooted = machines[n].lock().unwrap().reboots == 1;
+        let failed_holds = {
+            let leases: Vec<Lease> = sim.list(Some("drydock"));
+            leases.iter().any(|l| {
+                l.spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.as_ref())
+                    .is_some_and(|h| states.get(h) == Some(&Phase::Failed))
+            })
+        };
         let explained = halt.is_some()
+            || failed_holds
             || not_ready
             || plan.pdb_blocked.as_deref() == Some(n.as_str())
             || stolen_from.as_deref() == Some(n.as_str())

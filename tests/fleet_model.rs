@@ -883,10 +883,24 @@ fn check_now(
         }
     }
     if out.len() > plan.concurrency as usize {
+        let leases: Vec<String> = w
+            .leases
+            .iter()
+            .map(|l| {
+                let s = l.spec.clone().unwrap_or_default();
+                format!(
+                    "{}: {:?} renewed {:?}",
+                    slot_name(l),
+                    s.holder_identity,
+                    s.renew_time.map(|t| t.0)
+                )
+            })
+            .collect();
         problems.push(format!(
-            "{} nodes out of service with concurrency {}: {out:?}",
+            "{} nodes out of service with concurrency {}: {out:?}; Leases at {}: {leases:?}",
             out.len(),
-            plan.concurrency
+            plan.concurrency,
+            Timestamp::now()
         ));
     }
     for (name, m) in machines {
@@ -1113,7 +1127,17 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                     violation = problems;
                     break;
                 }
-                if halted_at.is_none() && lock(&world).halt.is_some() {
+                // A halt, or a node in `failed` keeping its slot, stops the
+                // fleet (the second for good at concurrency 1).
+                let stopped = {
+                    let w = lock(&world);
+                    let holders: Vec<String> = w.leases.iter().filter_map(holder).collect();
+                    let seen = fleet.seen.lock().unwrap();
+                    w.halt.is_some()
+                        || (plan.concurrency == 1
+                            && seen.states.iter().any(|(n, p)| *p == Phase::Failed && holders.contains(n)))
+                };
+                if halted_at.is_none() && stopped {
                     halted_at = Some(Instant::now());
                 }
                 let all_done = {
@@ -1143,6 +1167,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let w = lock(&world);
     let halt = w.halt.clone();
     let not_ready = w.nodes.values().any(|n| !n.ready);
+    let holders: Vec<String> = w.leases.iter().filter_map(holder).collect();
     let requests = w.requests;
     drop(w);
     let states = fleet.seen.lock().unwrap().states.clone();
@@ -1177,7 +1202,11 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let mut unexplained = Vec::new();
     for n in &names {
         let rebooted = machines[n].lock().unwrap().reboots == 1;
+        let failed_holds = states
+            .iter()
+            .any(|(n, p)| *p == Phase::Failed && holders.contains(n));
         let explained = halt.is_some()
+            || failed_holds
             || not_ready
             || plan.pdb_blocked.as_deref() == Some(n.as_str())
             || stolen_from.as_deref() == Some(n.as_str())
