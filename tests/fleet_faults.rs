@@ -568,9 +568,8 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 let failed_holds = {
                     let leases: Vec<Lease> = sim.list(Some("drydock"));
                     let seen = fleet.seen.lock().unwrap();
-                    plan.concurrency == 1 && leases.iter().any(|l| {
-                        l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_some_and(|h| seen.states.get(h) == Some(&Phase::Failed))
-                    })
+                    plan.concurrency == 1
+                        && live_holders(&leases).iter().any(|h| seen.states.get(h) == Some(&Phase::Failed))
                 };
                 if halted_at.is_none() && (halted(&sim).is_some() || failed_holds) {
                     halted_at = Some(Instant::now());
@@ -623,15 +622,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let mut unexplained = Vec::new();
     for n in &names {
         let rebooted = machines[n].lock().unwrap().reboots == 1;
-        let failed_holds = {
-            let leases: Vec<Lease> = sim.list(Some("drydock"));
-            leases.iter().any(|l| {
-                l.spec
-                    .as_ref()
-                    .and_then(|s| s.holder_identity.as_ref())
-                    .is_some_and(|h| states.get(h) == Some(&Phase::Failed))
-            })
-        };
+        let failed_holds = live_holders(&sim.list(Some("drydock")))
+            .iter()
+            .any(|h| states.get(h) == Some(&Phase::Failed));
         let explained = halt.is_some()
             || failed_holds
             || not_ready
@@ -706,6 +699,21 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             start.elapsed().as_secs_f64()
         ))
     }
+}
+
+/// Holders whose claim is still renewed (their keeper runs): a node in
+/// `failed` among them keeps its slot on purpose.
+fn live_holders(leases: &[Lease]) -> Vec<String> {
+    let now = jiff::Timestamp::now();
+    leases
+        .iter()
+        .filter_map(|l| {
+            let s = l.spec.as_ref()?;
+            let fresh =
+                s.renew_time.as_ref()?.0 + jiff::SignedDuration::try_from(LEASE).ok()? > now;
+            fresh.then(|| s.holder_identity.clone()).flatten()
+        })
+        .collect()
 }
 
 /// A new bootID and Ready again, as after a reboot.

@@ -241,6 +241,22 @@ fn holder(l: &Lease) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// Holders whose claim is still renewed (their keeper runs): a node in
+/// `failed` among them keeps its slot on purpose.
+fn live_holders(leases: &[Lease]) -> Vec<String> {
+    let now = Timestamp::now();
+    leases
+        .iter()
+        .filter(|l| {
+            l.spec
+                .as_ref()
+                .and_then(|s| s.renew_time.as_ref())
+                .is_some_and(|t| t.0 + SignedDuration::try_from(LEASE).unwrap() > now)
+        })
+        .filter_map(holder)
+        .collect()
+}
+
 fn slot_name(l: &Lease) -> String {
     l.metadata.name.clone().unwrap_or_default()
 }
@@ -1131,7 +1147,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 // fleet (the second for good at concurrency 1).
                 let stopped = {
                     let w = lock(&world);
-                    let holders: Vec<String> = w.leases.iter().filter_map(holder).collect();
+                    let holders = live_holders(&w.leases);
                     let seen = fleet.seen.lock().unwrap();
                     w.halt.is_some()
                         || (plan.concurrency == 1
@@ -1167,7 +1183,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let w = lock(&world);
     let halt = w.halt.clone();
     let not_ready = w.nodes.values().any(|n| !n.ready);
-    let holders: Vec<String> = w.leases.iter().filter_map(holder).collect();
+    let holders = live_holders(&w.leases);
     let requests = w.requests;
     drop(w);
     let states = fleet.seen.lock().unwrap().states.clone();
