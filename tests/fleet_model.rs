@@ -573,6 +573,9 @@ impl Cluster for ModelCluster {
             }
             let me = self.node.clone();
             let mut taken = None;
+            // Ours already first, as `LeaseClient::acquire` does.
+            w.leases
+                .sort_by_key(|l| lease::classify(Some(l), &me, now, LEASE) != SlotClass::Mine);
             for l in w.leases.iter_mut() {
                 let class = lease::classify(Some(l), &me, now, LEASE);
                 match lease::decide(&class, true, None) {
@@ -587,7 +590,10 @@ impl Cluster for ModelCluster {
                         taken = Some(slot_name(l));
                         break;
                     }
+                    // Ours already (as `LeaseClient::acquire`): renewed.
                     Decision::Renew => {
+                        let spec = l.spec.get_or_insert_with(Default::default);
+                        spec.renew_time = Some(MicroTime(now));
                         taken = Some(slot_name(l));
                         break;
                     }
