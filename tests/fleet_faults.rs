@@ -571,7 +571,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                     plan.concurrency == 1
                         && live_holders(&leases).iter().any(|h| seen.states.get(h) == Some(&Phase::Failed))
                 };
-                if halted_at.is_none() && (halted(&sim).is_some() || failed_holds) {
+                if halted(&sim).is_none() && !failed_holds {
+                    halted_at = None;
+                } else if halted_at.is_none() {
                     halted_at = Some(Instant::now());
                 }
                 let halted_long = halted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(6));

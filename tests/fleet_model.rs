@@ -241,19 +241,17 @@ fn holder(l: &Lease) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// Holders whose claim is still renewed (their keeper runs): a node in
-/// `failed` among them keeps its slot on purpose.
-fn live_holders(leases: &[Lease]) -> Vec<String> {
+/// Nodes whose keeper still holds a slot (a promise not yet run out): a
+/// node in `failed` among them keeps its slot on purpose.
+fn kept_slots(w: &World) -> BTreeSet<String> {
     let now = Timestamp::now();
-    leases
-        .iter()
-        .filter(|l| {
-            l.spec
-                .as_ref()
-                .and_then(|s| s.renew_time.as_ref())
-                .is_some_and(|t| t.0 + SignedDuration::try_from(LEASE).unwrap() > now)
+    w.believed
+        .values()
+        .flat_map(|m| {
+            m.iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(n, _)| n.clone())
         })
-        .filter_map(holder)
         .collect()
 }
 
@@ -1153,13 +1151,15 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 // fleet (the second for good at concurrency 1).
                 let stopped = {
                     let w = lock(&world);
-                    let holders = live_holders(&w.leases);
+                    let kept = kept_slots(&w);
                     let seen = fleet.seen.lock().unwrap();
                     w.halt.is_some()
                         || (plan.concurrency == 1
-                            && seen.states.iter().any(|(n, p)| *p == Phase::Failed && holders.contains(n)))
+                            && seen.states.iter().any(|(n, p)| *p == Phase::Failed && kept.contains(n)))
                 };
-                if halted_at.is_none() && stopped {
+                if !stopped {
+                    halted_at = None;
+                } else if halted_at.is_none() {
                     halted_at = Some(Instant::now());
                 }
                 let all_done = {
@@ -1181,6 +1181,8 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         }
     }
     let elapsed = start.elapsed();
+    // Who still keeps a slot, before the agents (and their keepers) stop.
+    let holders = kept_slots(&lock(&world));
     for n in &names {
         fleet.kill(n);
     }
@@ -1189,7 +1191,6 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let w = lock(&world);
     let halt = w.halt.clone();
     let not_ready = w.nodes.values().any(|n| !n.ready);
-    let holders = live_holders(&w.leases);
     let requests = w.requests;
     drop(w);
     let states = fleet.seen.lock().unwrap().states.clone();
