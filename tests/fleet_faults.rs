@@ -280,8 +280,15 @@ impl Fleet {
         };
         let mut agent =
             Agent::new(node.to_string(), s, store, host, cluster, reporter).expect("agent");
+        let seen = self.seen.clone();
+        let who = node.to_string();
         let task = tokio::spawn(async move {
-            let _ = agent.run(std::future::pending()).await;
+            // The agent runs until killed; returning at all is a failure.
+            let end = agent.run(std::future::pending()).await;
+            seen.lock()
+                .unwrap()
+                .violations
+                .push(format!("{who}'s agent stopped: {end:?}"));
         });
         if let Some(old) = self.running.insert(node.to_string(), task) {
             old.abort();

@@ -772,16 +772,25 @@ struct Seen {
     lost_lease: BTreeSet<String>,
     verify_failed: BTreeSet<String>,
     halted_by: BTreeSet<String>,
+    /// Each node's last status line, for a failing seed's report.
+    status: BTreeMap<String, String>,
 }
 
 #[derive(Clone)]
 struct Watcher {
+    node: String,
     seen: Arc<Mutex<Seen>>,
     machine: Arc<Mutex<Machine>>,
 }
 
 impl Reporter for Watcher {
-    fn status(&self, _line: &str) {}
+    fn status(&self, line: &str) {
+        self.seen
+            .lock()
+            .unwrap()
+            .status
+            .insert(self.node.clone(), line.to_string());
+    }
 
     fn event(&self, node: &str, event: &AgentEvent) {
         let mut seen = self.seen.lock().unwrap();
@@ -838,13 +847,21 @@ impl Fleet {
         };
         let host = SimHost::new(node, self.machines[node].clone(), self.reboots.clone());
         let reporter = Watcher {
+            node: node.to_string(),
             seen: self.seen.clone(),
             machine: self.machines[node].clone(),
         };
         let mut agent =
             Agent::new(node.to_string(), s, store, host, cluster.clone(), reporter).expect("agent");
+        let seen = self.seen.clone();
+        let who = node.to_string();
         let task = tokio::spawn(async move {
-            let _ = agent.run(std::future::pending()).await;
+            // The agent runs until killed; returning at all is a failure.
+            let end = agent.run(std::future::pending()).await;
+            seen.lock()
+                .unwrap()
+                .violations
+                .push(format!("{who}'s agent stopped: {end:?}"));
         });
         self.running.insert(node.to_string(), (task, cluster));
     }
@@ -1261,7 +1278,15 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         }
     }
     if elapsed > BOUND && halt.is_none() && !not_ready {
-        problems.push(format!("the rollout did not finish within {BOUND:?}"));
+        let seen = fleet.seen.lock().unwrap();
+        let stuck: BTreeMap<&String, &String> = seen
+            .status
+            .iter()
+            .filter(|(n, _)| seen.states.get(*n) != Some(&Phase::Idle))
+            .collect();
+        problems.push(format!(
+            "the rollout did not finish within {BOUND:?}; last status of the nodes not idle: {stuck:?}"
+        ));
     }
     if !unexplained.is_empty() {
         problems.push(format!(
