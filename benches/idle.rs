@@ -5,7 +5,9 @@
 //!
 //! `cargo bench --bench idle` measures the bench profile's binary (the
 //! release build, as shipped); `cargo bench --profile dev --bench idle` the
-//! debug one. `DRYDOCK_IDLE_SECS` (default 60) sets the idle window.
+//! debug one; `DRYDOCK_BIN=target/release/drydock` measures that binary
+//! whatever the bench's own profile. `DRYDOCK_IDLE_SECS` (default 60) sets
+//! the idle window.
 //!
 //! Hour-equivalent: the daemon's periodic work is one look per check
 //! interval (5 min by default, 12 an hour); here the interval is 5 s, so a
@@ -116,9 +118,10 @@ fn main() {
     std::fs::create_dir(d.join("metrics")).expect("metrics dir");
     let config = d.join("drydock.toml");
     std::fs::write(&config, config_text(d, &sb)).expect("config");
-    let binary = std::fs::metadata(DRYDOCK).map(|m| m.len()).unwrap_or(0);
+    let drydock = std::env::var("DRYDOCK_BIN").unwrap_or_else(|_| DRYDOCK.to_string());
+    let binary = std::fs::metadata(&drydock).map(|m| m.len()).unwrap_or(0);
     let mut daemon = Running(
-        Command::new(DRYDOCK)
+        Command::new(&drydock)
             .arg("--config")
             .arg(&config)
             .arg("daemon")
@@ -159,7 +162,7 @@ fn main() {
     };
     println!(
         "drydock daemon, idle node (no reboot needed), binary {} ({:.1} MB)",
-        DRYDOCK,
+        drydock,
         binary as f64 / 1e6
     );
     println!(
