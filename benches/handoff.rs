@@ -42,6 +42,15 @@ fn handoffs(r: &FleetReport) -> Vec<f64> {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too (without `--bench`):
+    // this one takes minutes, so it runs only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "{}: run it with cargo bench (three 20-node rollouts)",
+            env!("CARGO_CRATE_NAME")
+        );
+        return;
+    }
     let nodes: usize = std::env::var("DRYDOCK_BENCH_NODES")
         .ok()
         .and_then(|v| v.parse().ok())

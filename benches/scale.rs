@@ -39,6 +39,15 @@ fn cases() -> Vec<(usize, u32)> {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too (without `--bench`):
+    // this one takes minutes, so it runs only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "{}: run it with cargo bench (500-node rollouts)",
+            env!("CARGO_CRATE_NAME")
+        );
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
