@@ -215,6 +215,23 @@ fn reboot_cycles(rt: &tokio::runtime::Runtime) {
             })
             .collect(),
     );
+    // Waiters that did a full gate evaluation (a Node list) on a slot that
+    // looked free, then lost the acquire to the node that looked first:
+    // the Node lists above 2 per reboot are these.
+    let lost_races = |r: &FleetReport| {
+        r.moments
+            .iter()
+            .filter(|m| m.what.contains("another node took the lease first"))
+            .count() as f64
+            / reboots(r)
+    };
+    row(
+        "  waiters' lost races per reboot",
+        rollout
+            .iter()
+            .map(|r| format!("{:.1}", lost_races(r)))
+            .collect(),
+    );
     row(
         "rollout wall time",
         rollout

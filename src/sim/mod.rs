@@ -85,6 +85,7 @@ mod kubelet;
 mod model;
 mod objects;
 mod patch;
+mod prometheus;
 mod routes;
 mod scenario;
 mod selectors;
@@ -99,6 +100,7 @@ mod watch;
 pub use auth::User;
 pub use faults::Flaky;
 pub use kubelet::node_object;
+pub use prometheus::{PromMode, SimPrometheus};
 pub use scenario::{
     DaemonSetSpec, NodeSpec, PAUSE_IMAGE, PdbSpec, PodSpec, ReplicaSetSpec, Scenario,
 };
