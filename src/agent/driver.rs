@@ -33,12 +33,15 @@ pub use upgrade::{UPGRADE_REASON, is_upgrade_reason};
 /// kv keys the CLI writes and the agent reads (and the reverse), each
 /// with its value type; the names live in [`crate::store::keys`].
 pub mod keys {
-    use crate::store::keys::{AGENT_GATES, AGENT_REBOOT_NEED, AGENT_STATUS, Key};
+    use crate::store::keys::{
+        AGENT_GATES, AGENT_PENDING_HALT, AGENT_REBOOT_NEED, AGENT_STATUS, Key,
+    };
     pub use crate::store::keys::{FORCE_RELEASE, RESUME_REQUESTED};
 
     pub const LAST_STATUS: Key<super::StatusRecord> = Key::new(AGENT_STATUS);
     pub const LAST_GATES: Key<super::GatesRecord> = Key::new(AGENT_GATES);
     pub const REBOOT_NEED: Key<super::RebootNeedRecord> = Key::new(AGENT_REBOOT_NEED);
+    pub const PENDING_HALT: Key<super::super::ports::Halt> = Key::new(AGENT_PENDING_HALT);
 }
 
 /// How long a reboot logind accepted may take to bring this process down
@@ -1048,14 +1051,12 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                     reason: format!("failed verification after reboot: {reason}"),
                     at: now,
                 };
-                match self.cluster.halt_fleet(&halt).await {
-                    Ok(()) => self.event(AgentEvent::Halted {
-                        reason: format!("{} {}", halt.node, halt.reason),
-                    }),
-                    Err(e) => {
-                        warn!(node = %self.node, error = %e, "could not set the fleet halt; the kept lease still stops the fleet")
-                    }
-                }
+                // Owed until the Namespace carries it: the kept slot alone
+                // stops the fleet only at concurrency 1.
+                let owed = halt.clone();
+                self.write(move |s| s.write(keys::PENDING_HALT, &owed))
+                    .await?;
+                self.set_pending_halt(&halt).await?;
                 self.event(AgentEvent::VerifyFailed {
                     reason: reason.clone(),
                 });
@@ -1166,6 +1167,25 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         }
     }
 
+    /// Sets the fleet halt this node owes; true once the Namespace carries
+    /// it (the owed record is then dropped), false to try again later.
+    async fn set_pending_halt(&mut self, halt: &Halt) -> Result<bool, AgentError> {
+        match self.cluster.halt_fleet(halt).await {
+            Ok(()) => {
+                self.event(AgentEvent::Halted {
+                    reason: format!("{} {}", halt.node, halt.reason),
+                });
+                self.write(move |s| s.remove(keys::PENDING_HALT).map(drop))
+                    .await?;
+                Ok(true)
+            }
+            Err(e) => {
+                warn!(node = %self.node, error = %e, "could not set the fleet halt yet; retrying until the cluster has it");
+                Ok(false)
+            }
+        }
+    }
+
     async fn failed(&mut self) -> Result<Wait, AgentError> {
         let AgentState::Failed {
             step, error, at, ..
@@ -1173,8 +1193,24 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         else {
             unreachable!("failed() runs in Failed")
         };
-        if let Some(requested) = self.take_request(keys::RESUME_REQUESTED, at).await? {
+        let resume = self.take_request(keys::RESUME_REQUESTED, at).await?;
+        if resume.is_none() {
+            let owed = self.write(|s| s.read(keys::PENDING_HALT)).await?;
+            if let Some(halt) = owed {
+                if !self.set_pending_halt(&halt).await? {
+                    self.status(format!(
+                        "failed at {step}: {error}; the fleet halt is not set yet (API unreachable), retrying"
+                    ))
+                    .await?;
+                    return Ok(Wait::For(self.short_retry()));
+                }
+            }
+        }
+        if let Some(requested) = resume {
             info!(message_id = msgid::RESUME_REQUESTED, node = %self.node, step = %step, "resume requested; going back to the interrupted step {step}");
+            // The operator answered the failure: a halt never set is not owed.
+            self.write(|s| s.remove(keys::PENDING_HALT).map(drop))
+                .await?;
             self.reboot_requested_here = None;
             self.transition(
                 Event::Resume {

@@ -39,6 +39,8 @@ struct World {
     /// The drain waits until this is set (a long drain).
     drain_blocked: bool,
     drain_refused: Option<String>,
+    /// The API refuses the halt write (an outage at the wrong moment).
+    halt_fails: bool,
     /// Operator reasons as the host saw them, one per check.
     requests_seen: Vec<String>,
 }
@@ -224,6 +226,9 @@ impl Cluster for Fake {
         }
     }
     async fn halt_fleet(&self, halt: &Halt) -> Result<(), PortError> {
+        if self.0.lock().unwrap().halt_fails {
+            return Err(PortError::failed("patching the drydock Namespace", "503"));
+        }
         self.0.lock().unwrap().halted = Some(format!("{} {}", halt.node, halt.reason));
         Ok(())
     }
@@ -418,6 +423,43 @@ async fn drain_timeout_restores_node_and_releases() {
     assert_eq!(g.lease_holder, None);
     assert_eq!(g.reboots, 0);
     assert_eq!(a.store().history(&["drain-failed"], 10).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_halt_the_api_refused_is_owed_until_the_cluster_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    {
+        let mut g = w.0.lock().unwrap();
+        g.healthy_after_boot = false;
+        g.halt_fails = true;
+    }
+    let end = run_to_rest(dir.path(), &w, 200).await;
+    assert!(matches!(end, AgentState::Failed { .. }), "{end:?}");
+    assert_eq!(w.0.lock().unwrap().halted, None);
+    // Owed across a restart, and retried while the API still refuses.
+    let mut a = agent(dir.path(), &w);
+    assert!(a.store().read(keys::PENDING_HALT).unwrap().is_some());
+    a.tick().await.unwrap();
+    assert_eq!(w.0.lock().unwrap().halted, None);
+    let status = a.store().read(keys::LAST_STATUS).unwrap().unwrap();
+    assert!(
+        status.line.contains("fleet halt is not set yet"),
+        "{}",
+        status.line
+    );
+    // The API is back: the halt lands once, and nothing is owed any more.
+    w.0.lock().unwrap().halt_fails = false;
+    a.tick().await.unwrap();
+    assert!(
+        w.0.lock()
+            .unwrap()
+            .halted
+            .as_deref()
+            .is_some_and(|h| h.contains("n1 failed verification"))
+    );
+    assert_eq!(a.store().read(keys::PENDING_HALT).unwrap(), None);
+    assert!(matches!(a.state(), AgentState::Failed { .. }));
 }
 
 #[tokio::test]
