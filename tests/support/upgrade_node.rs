@@ -17,11 +17,24 @@ use drydock::host::dpkg::Dpkg;
 use drydock::sim::SimHandle;
 use drydock::sim::kubeadm::KubeadmEffects;
 
-/// One simulated machine whose packages are real (its sandbox).
-pub struct UpgradeHost {
+/// Where a restarted kubelet reports its new version: the simulator, or
+/// a kubelet stand-in against a real API server.
+pub trait KubeletVersionSink: Send + Sync {
+    fn kubelet_restarted(&self, node: &str, version: &str) -> Result<(), String>;
+}
+
+impl KubeletVersionSink for SimHandle {
+    fn kubelet_restarted(&self, node: &str, version: &str) -> Result<(), String> {
+        SimHandle::kubelet_restarted(self, node, version).map_err(|e| e.to_string())
+    }
+}
+
+/// One machine whose packages are real (its sandbox).
+pub struct UpgradeHost<R = KubeadmEffects<HostRunner>, K = SimHandle> {
     pub node: String,
-    pub sim: SimHandle,
-    pub runner: KubeadmEffects<HostRunner>,
+    /// Told the kubelet's new version when it restarts.
+    pub sim: K,
+    pub runner: R,
     pub dpkg_root: PathBuf,
     pub boot_id: String,
     pub booted_at: jiff::Timestamp,
@@ -29,7 +42,7 @@ pub struct UpgradeHost {
     pub fail_restart: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Host for UpgradeHost {
+impl<R: CommandRunner, K: KubeletVersionSink> Host for UpgradeHost<R, K> {
     fn boot_id(&self) -> Result<String, PortError> {
         Ok(self.boot_id.clone())
     }
@@ -68,8 +81,7 @@ impl Host for UpgradeHost {
                 PortError::permanent("restarting the kubelet", "kubelet is not installed")
             })?;
         let upstream = drydock::upgrade::apt::upstream_version(&installed.version);
-        self.sim
-            .kubelet_restarted(&self.node, &format!("v{upstream}"))
+        KubeletVersionSink::kubelet_restarted(&self.sim, &self.node, &format!("v{upstream}"))
             .map_err(|e| PortError::failed("restarting the kubelet", e))
     }
 }
@@ -103,9 +115,30 @@ pub struct Machine {
     _dir: tempfile::TempDir,
 }
 
+/// A node running 1.34.2 with the repositories of [`k8s_repo::MINORS`].
 pub fn machine(node: &str, global_log: &Path) -> Machine {
+    machine_at(node, global_log, None, "1.34.2-1.1")
+}
+
+/// A node whose kubeadm/kubelet/kubectl are at `installed` (held), its
+/// apt source at that minor; `minors`: the repositories (default
+/// [`k8s_repo::MINORS`]).
+pub fn machine_at(
+    node: &str,
+    global_log: &Path,
+    minors: Option<&[(String, Vec<String>)]>,
+    installed: &str,
+) -> Machine {
     let sandbox = Sandbox::new();
-    let repo = k8s_repo::build(&sandbox);
+    let repo = match minors {
+        Some(m) => k8s_repo::build_minors(&sandbox, m),
+        None => k8s_repo::build(&sandbox),
+    };
+    let from = drydock::upgrade::KubeVersion::parse_observed(&format!(
+        "v{}",
+        drydock::upgrade::apt::upstream_version(installed)
+    ))
+    .expect("an installed package version like 1.34.2-1.1");
     let dir = tempfile::tempdir().unwrap();
     let stand_ins = standins::StandIns::for_node(dir.path(), node, Some(global_log));
     let mut s = sandbox.settings();
@@ -120,20 +153,17 @@ pub fn machine(node: &str, global_log: &Path) -> Machine {
     s.verify.timeout = Duration::from_secs(20);
     s.report.textfile_dir = None;
     s.report.kubernetes_events = false;
-    // The source for v1.34 and the packages as the node runs them today.
+    // The source for today's minor and the packages as the node runs them.
     std::fs::write(
         &repo.source_file,
-        drydock::upgrade::apt::render_source(
-            &repo.template,
-            drydock::upgrade::KubeVersion::new(1, 34, 2),
-        ),
+        drydock::upgrade::apt::render_source(&repo.template, from),
     )
     .unwrap();
     assert!(sandbox.apt_get(&["update"]).status.success());
     sandbox.preinstall(&[
-        "kubeadm=1.34.2-1.1",
-        "kubelet=1.34.2-1.1",
-        "kubectl=1.34.2-1.1",
+        format!("kubeadm={installed}").as_str(),
+        format!("kubelet={installed}").as_str(),
+        format!("kubectl={installed}").as_str(),
     ]);
     for p in ["kubeadm", "kubelet", "kubectl"] {
         sandbox.set_selection(p, "hold");
