@@ -9,8 +9,9 @@
 //!   (`kubeadm:nodes-kubeadm-config`, bound to the bootstrap-token group
 //!   and `system:nodes`): refused before they exist, granted after;
 //! - the drydock identity (`drydock:node:X`, the RBAC `drydock rbac`
-//!   prints) reads the target annotation, takes the Lease, cordons and
-//!   drains;
+//!   prints) reads the target annotation and the Node list, and takes the
+//!   Lease; the kubelet credential cordons its own Node and evicts its
+//!   own pods;
 //! - `kubeadm upgrade apply` is a recording stand-in whose effect on the
 //!   cluster (kubeadm-config's kubernetesVersion) is written with the admin
 //!   credential, as kubeadm does with admin.conf; apt and dpkg are real (a
@@ -252,15 +253,24 @@ async fn run(
         .unwrap();
     assert!(out.status.success(), "drydock rbac");
     cp.admin_kubectl(&["apply", "-f", "-"], Some(&out.stdout));
-    // A workload on the worker for the drain to move.
+    // A workload on the worker for the drain to move, and the network
+    // DaemonSet the verification requires on every node.
     apply(
         cp,
-        &json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-                     "template": {"metadata": {"labels": {"app": "web"}},
-                                  "spec": {"terminationGracePeriodSeconds": 1,
-                                           "containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10"}]}}}}),
+        &json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+             "metadata": {"name": "web", "namespace": "default"},
+             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                      "template": {"metadata": {"labels": {"app": "web"}},
+                                   "spec": {"terminationGracePeriodSeconds": 1,
+                                            "containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10"}]}}}},
+            {"apiVersion": "apps/v1", "kind": "DaemonSet",
+             "metadata": {"name": "calico-node", "namespace": "kube-system"},
+             "spec": {"selector": {"matchLabels": {"k8s-app": "calico-node"}},
+                      "template": {"metadata": {"labels": {"k8s-app": "calico-node"}},
+                                   "spec": {"tolerations": [{"operator": "Exists"}],
+                                            "containers": [{"name": "calico-node", "image": "docker.io/calico/node:v3.30.0"}]}}}},
+        ]}),
     );
 
     // kubeadm-config as kubeadm init leaves it: readable by a node only
@@ -276,7 +286,21 @@ async fn run(
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
         other => panic!("a node read kubeadm-config without kubeadm's grant: {other:?}"),
     }
-    let versions = drydock::cluster::versions::observe_versions(&client(&kubelets[1].kubeconfig).await).await;
+    // Each node's drydock identity, as its enrolment would leave it.
+    let identities: Vec<PathBuf> = NODES
+        .iter()
+        .map(|node| {
+            cp.kubeconfig(
+                &format!("drydock-{node}"),
+                &format!("drydock:node:{node}"),
+                &["drydock:nodes"],
+            )
+        })
+        .collect();
+    let w1_kubelet = client(&kubelets[1].kubeconfig).await;
+    let w1_drydock = client(&identities[1]).await;
+    let versions =
+        drydock::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock).await;
     assert!(
         versions
             .as_ref()
@@ -295,10 +319,9 @@ async fn run(
         }
     }
     // Everything the upgrade decides on, read with the kubelet's rights.
-    let versions =
-        drydock::cluster::versions::observe_versions(&client(&kubelets[1].kubeconfig).await)
-            .await
-            .unwrap();
+    let versions = drydock::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock)
+        .await
+        .unwrap();
     assert_eq!(versions.api_server, Some(target));
     assert_eq!(versions.kubeadm_config, Some(from));
     assert_eq!(versions.kubelets.len(), 2, "{versions:?}");
@@ -315,12 +338,9 @@ async fn run(
     let mut tasks = Vec::new();
     let mut stops = Vec::new();
     let audit_from = cp.audit().len();
-    for ((node, m), kubelet) in NODES.iter().zip(machines).zip(&kubelets) {
-        let identity = cp.kubeconfig(
-            &format!("drydock-{node}"),
-            &format!("drydock:node:{node}"),
-            &["drydock:nodes"],
-        );
+    for (((node, m), kubelet), identity) in
+        NODES.iter().zip(machines).zip(&kubelets).zip(&identities)
+    {
         let mut settings = m.settings.clone();
         settings.node.kubeconfig = kubelet.kubeconfig.clone();
         settings.lease.namespace = NS.into();
@@ -342,7 +362,7 @@ async fn run(
         let store = Store::open(&settings.node.state_db).unwrap();
         let cluster = KubeCluster::with_identity(
             client(&kubelet.kubeconfig).await,
-            client(&identity).await,
+            client(identity).await,
             settings.clone(),
             node.to_string(),
         );
@@ -514,15 +534,31 @@ async fn run(
         });
         assert!(target_reads > 0, "{node} read the target annotation");
     }
-    let evictions = upgrade_audit
+    let evictions: Vec<(String, Option<u64>)> = upgrade_audit
         .iter()
-        .filter(|e| {
-            user(e) == "drydock:node:w-1"
-                && e["objectRef"]["subresource"] == "eviction"
-                && e["responseStatus"]["code"].as_u64() == Some(201)
-        })
-        .count();
-    assert!(evictions > 0, "the worker's pods were evicted by drydock");
+        .filter(|e| e["objectRef"]["subresource"] == "eviction")
+        .map(|e| (user(e), e["responseStatus"]["code"].as_u64()))
+        .collect();
+    assert!(
+        !evictions.is_empty()
+            && evictions
+                .iter()
+                .all(|(u, code)| u == "system:node:w-1" && *code == Some(201)),
+        "the worker's pods evicted with its own kubelet credential: {evictions:?}"
+    );
+    let cordons: Vec<(String, Option<u64>)> = upgrade_audit
+        .iter()
+        .filter(|e| e["objectRef"]["resource"] == "nodes" && e["verb"] == "patch")
+        .filter(|e| e["objectRef"]["subresource"].is_null())
+        .map(|e| (user(e), e["responseStatus"]["code"].as_u64()))
+        .collect();
+    for node in NODES {
+        let me = format!("system:node:{node}");
+        assert!(
+            cordons.iter().filter(|(u, _)| *u == me).count() >= 2,
+            "{node} cordoned and uncordoned itself: {cordons:?}"
+        );
+    }
     // The history records the upgrade on each node.
     for (n, m) in NODES.iter().zip(machines) {
         let history = Store::open(&m.settings.node.state_db)
