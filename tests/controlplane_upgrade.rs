@@ -45,9 +45,7 @@ use controlplane::{ControlPlane, Kubelet, client, tail};
 use drydock::agent::driver::Agent;
 use drydock::agent::kube_cluster::KubeCluster;
 use drydock::agent::ports::AgentEvent;
-use drydock::host::command::{
-    CommandError, CommandOutput, CommandRunner, CommandSpec, HostRunner,
-};
+use drydock::host::command::{CommandError, CommandOutput, CommandRunner, CommandSpec, HostRunner};
 use drydock::store::Store;
 use drydock::upgrade::KubeVersion;
 use futures::future::BoxFuture;
@@ -184,7 +182,11 @@ fn upgrade_against_a_real_control_plane() {
     if target.patch > 0 {
         target_patches.insert(
             0,
-            package(KubeVersion::new(target.major, target.minor, target.patch - 1)),
+            package(KubeVersion::new(
+                target.major,
+                target.minor,
+                target.patch - 1,
+            )),
         );
     }
     let minors = vec![
@@ -299,8 +301,7 @@ async fn run(
         .collect();
     let w1_kubelet = client(&kubelets[1].kubeconfig).await;
     let w1_drydock = client(&identities[1]).await;
-    let versions =
-        drydock::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock).await;
+    let versions = drydock::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock).await;
     assert!(
         versions
             .as_ref()
@@ -366,8 +367,15 @@ async fn run(
             settings.clone(),
             node.to_string(),
         );
-        let mut agent =
-            Agent::new(node.to_string(), settings, store, host, cluster, rec.clone()).unwrap();
+        let mut agent = Agent::new(
+            node.to_string(),
+            settings,
+            store,
+            host,
+            cluster,
+            rec.clone(),
+        )
+        .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
         tasks.push(tokio::spawn(async move {
@@ -484,11 +492,7 @@ async fn run(
     // Exact packages, held again.
     for (n, m) in NODES.iter().zip(machines) {
         for p in ["kubeadm", "kubelet", "kubectl"] {
-            assert_eq!(
-                m.sandbox.version(p),
-                Some(package(target)),
-                "{n} {p}"
-            );
+            assert_eq!(m.sandbox.version(p), Some(package(target)), "{n} {p}");
             assert_eq!(m.sandbox.selection(p).as_deref(), Some("hold"), "{n} {p}");
         }
     }
@@ -505,7 +509,10 @@ async fn run(
         .filter(|e| e["responseStatus"]["code"].as_u64() == Some(403))
         .map(|e| format!("{} {} {}", user(e), e["verb"], e["requestURI"]))
         .collect();
-    assert!(refused.is_empty(), "refused during the upgrade: {refused:#?}");
+    assert!(
+        refused.is_empty(),
+        "refused during the upgrade: {refused:#?}"
+    );
     for node in NODES {
         let kubelet_user = format!("system:node:{node}");
         let drydock_user = format!("drydock:node:{node}");
@@ -521,7 +528,10 @@ async fn run(
                 && e["verb"] == "get"
                 && e["responseStatus"]["code"] == 200
         });
-        assert!(config_reads > 0, "{node} read kubeadm-config as its kubelet");
+        assert!(
+            config_reads > 0,
+            "{node} read kubeadm-config as its kubelet"
+        );
         let version_reads = by(&kubelet_user, &|e| e["requestURI"] == "/version");
         assert!(version_reads > 0, "{node} read /version");
         let lease_writes = by(&drydock_user, &|e| {

@@ -99,8 +99,15 @@ async fn fleet(nodes: &[&str], concurrency: u32) -> Fleet {
         };
         let store = Store::open(&settings.node.state_db).unwrap();
         let cluster = KubeCluster::new(sim.client().unwrap(), settings.clone(), node.to_string());
-        let mut agent =
-            Agent::new(node.to_string(), settings, store, host, cluster, rec.clone()).unwrap();
+        let mut agent = Agent::new(
+            node.to_string(),
+            settings,
+            store,
+            host,
+            cluster,
+            rec.clone(),
+        )
+        .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
         tasks.push(tokio::spawn(async move {
@@ -150,7 +157,10 @@ impl Fleet {
                     .collect();
                 panic!(
                     "rollout did not finish: kubelets {:?}\n{}",
-                    nodes.iter().map(|n| kubelet(&self.sim, n)).collect::<Vec<_>>(),
+                    nodes
+                        .iter()
+                        .map(|n| kubelet(&self.sim, n))
+                        .collect::<Vec<_>>(),
                     events.join("\n")
                 );
             }
@@ -196,7 +206,8 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
         return;
     }
     let mut f = fleet(&NODES, 1).await;
-    let (sim, machines, rec, global) = (f.sim.clone(), &f.machines, f.rec.clone(), f.global.clone());
+    let (sim, machines, rec, global) =
+        (f.sim.clone(), &f.machines, f.rec.clone(), f.global.clone());
 
     // A refused target first: nothing runs.
     let client = sim.client().unwrap();
@@ -412,10 +423,7 @@ async fn concurrency_two_never_upgrades_two_control_planes_at_once() {
         .filter(|l| l.contains(" kubeadm upgrade ") && !l.contains(" plan"))
         .map(|l| l.split(' ').next().unwrap())
         .collect();
-    assert!(
-        order[..3].iter().all(|n| n.starts_with("cp-")),
-        "{order:?}"
-    );
+    assert!(order[..3].iter().all(|n| n.starts_with("cp-")), "{order:?}");
     for m in &f.machines {
         assert_eq!(m.sandbox.version("kubelet").as_deref(), Some("1.35.2-1.1"));
     }

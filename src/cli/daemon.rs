@@ -887,7 +887,10 @@ mod tests {
         let port = DaemonReporter::new(reporter.clone(), "cp-1");
         let t = reporter.metrics_text();
         assert_eq!(value(&t, "drydock_upgrade_in_flight"), Some(0.0), "{t}");
-        assert!(!t.contains("drydock_kubernetes_target_version_info{"), "{t}");
+        assert!(
+            !t.contains("drydock_kubernetes_target_version_info{"),
+            "{t}"
+        );
         for step in ["apt-source", "resolve-packages", "install-kubeadm"] {
             port.event(
                 "cp-1",

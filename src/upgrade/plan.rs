@@ -425,7 +425,10 @@ mod tests {
     #[test]
     fn control_planes_upgrade_only_under_the_first_slot() {
         let slots: Vec<String> = (0..3).map(|i| format!("drydock-default-{i}")).collect();
-        assert_eq!(control_plane_slot(true, "drydock-default-0", &slots), Ok(()));
+        assert_eq!(
+            control_plane_slot(true, "drydock-default-0", &slots),
+            Ok(())
+        );
         let e = control_plane_slot(true, "drydock-default-1", &slots).unwrap_err();
         assert!(
             e.contains("drydock-default-0") && e.contains("drydock-default-1"),
@@ -433,7 +436,10 @@ mod tests {
         );
         assert!(control_plane_slot(true, "drydock-default-2", &slots).is_err());
         // Workers use any slot; one slot: always the first.
-        assert_eq!(control_plane_slot(false, "drydock-default-2", &slots), Ok(()));
+        assert_eq!(
+            control_plane_slot(false, "drydock-default-2", &slots),
+            Ok(())
+        );
         assert_eq!(
             control_plane_slot(true, "drydock-default-0", &slots[..1]),
             Ok(())

@@ -567,8 +567,7 @@ impl Kubelet {
                 let s = self.state.lock().unwrap();
                 (s.up, s.boot_id.clone(), s.version.clone())
             };
-            if up != was_up || version != reported || last_beat.elapsed() > Duration::from_secs(2)
-            {
+            if up != was_up || version != reported || last_beat.elapsed() > Duration::from_secs(2) {
                 let (status, reason) = if up {
                     ("True", "KubeletReady")
                 } else {

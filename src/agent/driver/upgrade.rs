@@ -110,9 +110,11 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             }
             return Ok(None);
         };
-        if let Err(why) =
-            plan::control_plane_slot(control_plane, &cycle.slot, &self.settings.lease_slot_names())
-        {
+        if let Err(why) = plan::control_plane_slot(
+            control_plane,
+            &cycle.slot,
+            &self.settings.lease_slot_names(),
+        ) {
             info!(node = %self.node, slot = %cycle.slot, reason = %why, "not upgrading in this slot: {why}");
             let wait = Wait::LeaseChange(self.settings.reboot.check_interval);
             return self.give_back(cycle, &why, wait).await.map(Some);
