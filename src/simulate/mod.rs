@@ -323,9 +323,25 @@ pub async fn run(
         if i >= needing {
             break;
         }
+        // An upgrade's verification (no reboot) sees the boot the Node
+        // reports: the simulator's own, a UUID as on a real node.
+        let boot_id = match upgrade_to {
+            Some(_) => sim
+                .get::<k8s_openapi::api::core::v1::Node>(None, node)
+                .and_then(|n| n.status?.node_info)
+                .map(|i| i.boot_id)
+                .unwrap_or_default(),
+            None => format!("boot-{i}-0"),
+        };
+        // Up for a while already (the simulator's heartbeats and pods
+        // are from after this boot).
+        let booted_at = match upgrade_to {
+            Some(_) => jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+            None => jiff::Timestamp::now(),
+        };
         let machine = Arc::new(Mutex::new(Machine {
-            boot_id: format!("boot-{i}-0"),
-            booted_at: jiff::Timestamp::now(),
+            boot_id: boot_id.clone(),
+            booted_at,
             need: match upgrade_to {
                 Some(_) => Vec::new(),
                 None => vec!["simulated kernel update (reboot-required)".into()],
@@ -333,7 +349,7 @@ pub async fn run(
             reboots: 0,
             checks_fail: false,
         }));
-        sim.set_boot_id(node, &format!("boot-{i}-0"))?;
+        sim.set_boot_id(node, &boot_id)?;
         let mut host = SimHost::new(node, machine.clone(), reboot_tx.clone());
         if let Some(to) = upgrade_to {
             let t = Arc::new(machine_tools(&sim, &opts, node, to)?);

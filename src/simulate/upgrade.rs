@@ -72,7 +72,11 @@ impl SimTools {
         let u = &self.settings;
         if spec.program == u.apt_get {
             if args.contains(&"update") {
-                return (0, "Hit:1 simulated pkgs.k8s.io InRelease\n".into(), String::new());
+                return (
+                    0,
+                    "Hit:1 simulated pkgs.k8s.io InRelease\n".into(),
+                    String::new(),
+                );
             }
             if let Some(i) = args.iter().position(|a| *a == "install") {
                 return self.install(&args[i + 1..]);
@@ -95,7 +99,11 @@ impl SimTools {
             {
                 return (1, String::new(), format!("simulated kubeadm: {e}\n"));
             }
-            return (0, format!("[upgrade] simulated: kubeadm {}\n", args.join(" ")), String::new());
+            return (
+                0,
+                format!("[upgrade] simulated: kubeadm {}\n", args.join(" ")),
+                String::new(),
+            );
         } else if spec.program == u.etcdctl {
             let last = args.last().copied().unwrap_or_default();
             if args.contains(&"save") {
@@ -122,11 +130,19 @@ impl SimTools {
     fn install(&self, wanted: &[&str]) -> (i32, String, String) {
         let status_path = self.dpkg_root.join("var/lib/dpkg/status");
         let Ok(mut status) = std::fs::read_to_string(&status_path) else {
-            return (100, String::new(), "E: the dpkg database is unreadable\n".into());
+            return (
+                100,
+                String::new(),
+                "E: the dpkg database is unreadable\n".into(),
+            );
         };
         for w in wanted {
             let Some((package, version)) = w.split_once('=') else {
-                return (100, String::new(), format!("E: not an exact version: {w}\n"));
+                return (
+                    100,
+                    String::new(),
+                    format!("E: not an exact version: {w}\n"),
+                );
             };
             if !PACKAGES.contains(&package) || !self.available.iter().any(|v| v == version) {
                 return (
@@ -154,8 +170,16 @@ impl SimTools {
             status = stanzas.join("\n\n") + "\n\n";
         }
         match std::fs::write(&status_path, status) {
-            Ok(()) => (0, format!("Setting up {}\n", wanted.join(" ")), String::new()),
-            Err(e) => (100, String::new(), format!("E: writing the dpkg database: {e}\n")),
+            Ok(()) => (
+                0,
+                format!("Setting up {}\n", wanted.join(" ")),
+                String::new(),
+            ),
+            Err(e) => (
+                100,
+                String::new(),
+                format!("E: writing the dpkg database: {e}\n"),
+            ),
         }
     }
 
