@@ -42,7 +42,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use controlplane::{ControlPlane, Kubelet, client, tail};
-use drydock::agent::driver::Agent;
 use drydock::agent::kube_cluster::KubeCluster;
 use drydock::agent::ports::AgentEvent;
 use drydock::host::command::{CommandError, CommandOutput, CommandRunner, CommandSpec, HostRunner};
@@ -52,7 +51,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use upgrade_node::{KubeletVersionSink, Machine, Rec, UpgradeHost, machine_at};
+use upgrade_node::{KubeletVersionSink, Machine, Rec, UpgradeHost, machine_at, spawn_agent};
 
 const NODES: [&str; 2] = ["cp-1", "w-1"];
 const NS: &str = "drydock";
@@ -158,12 +157,7 @@ fn upgrade_against_a_real_control_plane() {
     let Some(bin) = controlplane::binaries() else {
         return;
     };
-    if let Some(why) = apt_sandbox::missing_tools(false) {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the apt sandbox must run in CI: {why}"
-        );
-        println!("SKIPPED: {why}");
+    if !k8s_repo::ready() {
         return;
     }
     let _ = tracing_subscriber::fmt()
@@ -198,7 +192,7 @@ fn upgrade_against_a_real_control_plane() {
     let global = top.path().join("fleet-commands.log");
     let machines: Vec<Machine> = NODES
         .iter()
-        .map(|n| machine_at(n, &global, Some(&minors), &package(from)))
+        .map(|n| machine_at(n, Some(&global), Some(&minors), &package(from)))
         .collect();
     println!("apt sandboxes built in {:?}", started.elapsed());
 
@@ -336,8 +330,7 @@ async fn run(
 
     // The agents: the kubelet credential and the drydock identity.
     let rec = Rec::default();
-    let mut tasks = Vec::new();
-    let mut stops = Vec::new();
+    let mut agents = Vec::new();
     let audit_from = cp.audit().len();
     for (((node, m), kubelet), identity) in
         NODES.iter().zip(machines).zip(&kubelets).zip(&identities)
@@ -360,31 +353,13 @@ async fn run(
             booted_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
             fail_restart: Default::default(),
         };
-        let store = Store::open(&settings.node.state_db).unwrap();
         let cluster = KubeCluster::with_identity(
             client(&kubelet.kubeconfig).await,
             client(identity).await,
             settings.clone(),
             node.to_string(),
         );
-        let mut agent = Agent::new(
-            node.to_string(),
-            settings,
-            store,
-            host,
-            cluster,
-            rec.clone(),
-        )
-        .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        stops.push(stop);
-        tasks.push(tokio::spawn(async move {
-            agent
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }));
+        agents.push(spawn_agent(node, settings, host, cluster, rec.clone()));
     }
 
     // The admin sets the target (validated against the real cluster).
@@ -433,11 +408,8 @@ async fn run(
         upgrade_started.elapsed(),
         started.elapsed()
     );
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    for t in tasks {
-        t.await.unwrap().unwrap();
+    for a in agents {
+        a.stop().await;
     }
 
     // kubeadm: apply on the control plane, then node on the worker; the

@@ -17,31 +17,14 @@ mod upgrade_node;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drydock::agent::driver::Agent;
 use drydock::agent::kube_cluster::KubeCluster;
 use drydock::agent::ports::AgentEvent;
-use drydock::host::command::HostRunner;
-use drydock::sim::kubeadm::KubeadmEffects;
 use drydock::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
 use drydock::store::Store;
 use k8s_openapi::api::core::v1::Node;
-use upgrade_node::{Machine, Rec, StopOnDrop, UpgradeHost, machine};
+use upgrade_node::{Machine, Rec, RunningAgent, StopOnDrop, UpgradeHost, machine, spawn_agent};
 
 const NODES: [&str; 6] = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"];
-
-fn ready() -> bool {
-    match apt_sandbox::missing_tools(false) {
-        None => true,
-        Some(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the apt sandbox must run in CI: {why}"
-            );
-            println!("SKIPPED: {why}");
-            false
-        }
-    }
-}
 
 fn kubelet(sim: &SimHandle, node: &str) -> String {
     let n: Node = sim.get(None, node).unwrap();
@@ -55,8 +38,7 @@ struct Fleet {
     machines: Vec<Machine>,
     rec: Rec,
     global: std::path::PathBuf,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), drydock::agent::driver::AgentError>>>,
+    agents: Vec<RunningAgent>,
     _top: tempfile::TempDir,
 }
 
@@ -78,53 +60,20 @@ async fn fleet(nodes: &[&str], concurrency: u32) -> Fleet {
     let machines: Vec<Machine> = nodes.iter().map(|n| machine(n, &global)).collect();
 
     let rec = Rec::default();
-    let mut tasks = Vec::new();
-    let mut stops = Vec::new();
+    let mut agents = Vec::new();
     for (node, m) in nodes.iter().zip(&machines) {
         let mut settings = m.settings.clone();
         settings.lease.concurrency = concurrency;
-        let n: Node = sim.get(None, node).unwrap();
-        let host = UpgradeHost {
-            node: node.to_string(),
-            sim: sim.clone(),
-            runner: KubeadmEffects {
-                inner: HostRunner,
-                sim: sim.clone(),
-                kubeadm: settings.upgrade.kubeadm.clone(),
-            },
-            dpkg_root: settings.packages.dpkg_root.clone(),
-            boot_id: n.status.unwrap().node_info.unwrap().boot_id,
-            booted_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
-            fail_restart: Default::default(),
-        };
-        let store = Store::open(&settings.node.state_db).unwrap();
+        let host = UpgradeHost::on_sim(&sim, node, &settings, Default::default());
         let cluster = KubeCluster::new(sim.client().unwrap(), settings.clone(), node.to_string());
-        let mut agent = Agent::new(
-            node.to_string(),
-            settings,
-            store,
-            host,
-            cluster,
-            rec.clone(),
-        )
-        .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        stops.push(stop);
-        tasks.push(tokio::spawn(async move {
-            agent
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }));
+        agents.push(spawn_agent(node, settings, host, cluster, rec.clone()));
     }
     Fleet {
         sim,
         machines,
         rec,
         global,
-        stops,
-        tasks,
+        agents,
         _top: top,
     }
 }
@@ -169,11 +118,8 @@ impl Fleet {
     }
 
     async fn stop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-        for t in self.tasks.drain(..) {
-            t.await.unwrap().unwrap();
+        for a in self.agents.drain(..) {
+            a.stop().await;
         }
     }
 
@@ -202,7 +148,7 @@ impl Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_control_planes_then_three_workers_one_at_a_time() {
-    if !ready() {
+    if !k8s_repo::ready() {
         return;
     }
     let mut f = fleet(&NODES, 1).await;
@@ -384,7 +330,7 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
 /// the workers then share the two slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_two_never_upgrades_two_control_planes_at_once() {
-    if !ready() {
+    if !k8s_repo::ready() {
         return;
     }
     const FIVE: [&str; 5] = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2"];

@@ -86,6 +86,71 @@ impl<R: CommandRunner, K: KubeletVersionSink> Host for UpgradeHost<R, K> {
     }
 }
 
+impl UpgradeHost {
+    /// A machine of the simulated cluster: its Node's boot, up for an hour,
+    /// the stand-in kubeadm's `upgrade apply` changing the simulator.
+    pub fn on_sim(
+        sim: &SimHandle,
+        node: &str,
+        settings: &Settings,
+        fail_restart: Arc<std::sync::atomic::AtomicBool>,
+    ) -> UpgradeHost {
+        let n: k8s_openapi::api::core::v1::Node = sim.get(None, node).unwrap();
+        UpgradeHost {
+            node: node.to_string(),
+            sim: sim.clone(),
+            runner: KubeadmEffects {
+                inner: HostRunner,
+                sim: sim.clone(),
+                kubeadm: settings.upgrade.kubeadm.clone(),
+            },
+            dpkg_root: settings.packages.dpkg_root.clone(),
+            boot_id: n.status.unwrap().node_info.unwrap().boot_id,
+            booted_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+            fail_restart,
+        }
+    }
+}
+
+/// An agent running in the background until `stop` is sent (or dropped).
+pub struct RunningAgent {
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<Result<(), drydock::agent::AgentError>>,
+}
+
+impl RunningAgent {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Starts the real agent for `node` with its own store.
+pub fn spawn_agent<H, C>(
+    node: &str,
+    settings: Settings,
+    host: H,
+    cluster: C,
+    rec: Rec,
+) -> RunningAgent
+where
+    H: Host + 'static,
+    C: drydock::agent::ports::Cluster + 'static,
+{
+    let store = drydock::store::Store::open(&settings.node.state_db).unwrap();
+    let mut agent =
+        drydock::agent::Agent::new(node.to_string(), settings, store, host, cluster, rec).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    RunningAgent { stop, task }
+}
+
 /// Stops the probe loop however the test ends (a panic included).
 pub struct StopOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
 
@@ -117,7 +182,12 @@ pub struct Machine {
 
 /// A node running 1.34.2 with the repositories of [`k8s_repo::MINORS`].
 pub fn machine(node: &str, global_log: &Path) -> Machine {
-    machine_at(node, global_log, None, "1.34.2-1.1")
+    machine_at(node, Some(global_log), None, "1.34.2-1.1")
+}
+
+/// As [`machine`], its commands logged only in its own stand-ins' log.
+pub fn lone_machine(node: &str) -> Machine {
+    machine_at(node, None, None, "1.34.2-1.1")
 }
 
 /// A node whose kubeadm/kubelet/kubectl are at `installed` (held), its
@@ -125,7 +195,7 @@ pub fn machine(node: &str, global_log: &Path) -> Machine {
 /// [`k8s_repo::MINORS`]).
 pub fn machine_at(
     node: &str,
-    global_log: &Path,
+    global_log: Option<&Path>,
     minors: Option<&[(String, Vec<String>)]>,
     installed: &str,
 ) -> Machine {
@@ -140,7 +210,7 @@ pub fn machine_at(
     ))
     .expect("an installed package version like 1.34.2-1.1");
     let dir = tempfile::tempdir().unwrap();
-    let stand_ins = standins::StandIns::for_node(dir.path(), node, Some(global_log));
+    let stand_ins = standins::StandIns::for_node(dir.path(), node, global_log);
     let mut s = sandbox.settings();
     repo.configure(&mut s);
     stand_ins.configure(&mut s);
