@@ -160,12 +160,7 @@ fn upgrade_against_a_real_control_plane() {
     if !k8s_repo::ready() {
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "drydock=info".into()),
-        ))
-        .with_test_writer()
-        .try_init();
+    controlplane::init_tracing();
     let started = Instant::now();
     let target = served_version(&bin);
     assert!(target.minor > 0, "{target}");
@@ -387,13 +382,7 @@ async fn run(
             break;
         }
         if upgrade_started.elapsed() > Duration::from_secs(180) {
-            let events: Vec<String> = rec
-                .0
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(_, n, e)| format!("{n}: {e:?}"))
-                .collect();
+            let events = rec.lines();
             panic!(
                 "the upgrade did not finish: kubelets {:?}\n{}",
                 list.items.iter().map(kubelet_version).collect::<Vec<_>>(),

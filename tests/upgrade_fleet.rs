@@ -96,14 +96,7 @@ impl Fleet {
                 return;
             }
             if start.elapsed() > Duration::from_secs(240) {
-                let events: Vec<String> = self
-                    .rec
-                    .0
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(_, n, e)| format!("{n}: {e:?}"))
-                    .collect();
+                let events = self.rec.lines();
                 panic!(
                     "rollout did not finish: kubelets {:?}\n{}",
                     nodes

@@ -73,42 +73,30 @@ fn state(store: &Store) -> Option<AgentState> {
 /// the store in this one while the agent has it open would drop the
 /// agent's POSIX locks on the file (a second `open` closes a descriptor).
 fn cli_state(m: &Machine) -> Option<AgentState> {
-    let out = m
-        .sandbox
-        .drydock()
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    serde_json::from_value(v["state"].clone()).unwrap()
+    serde_json::from_value(cli_json(m, &["status", "--json"])["state"].clone()).unwrap()
 }
 
 fn cli_last_command(m: &Machine) -> serde_json::Value {
-    let out = m
-        .sandbox
-        .drydock()
-        .args([
-            "history",
-            "--json",
-            "--kind",
-            "upgrade-command",
-            "--limit",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let args = [
+        "history",
+        "--json",
+        "--kind",
+        "upgrade-command",
+        "--limit",
+        "1",
+    ];
+    cli_json(m, &args)[0]["detail"]["output"].clone()
+}
+
+/// The CLI's JSON answer on this machine.
+fn cli_json(m: &Machine, args: &[&str]) -> serde_json::Value {
+    let out = m.sandbox.drydock().args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["detail"]["output"].clone()
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn kubelet(sim: &SimHandle) -> String {

@@ -58,6 +58,16 @@ pub fn binaries() -> Option<PathBuf> {
     None
 }
 
+/// drydock's logs in the test's output (RUST_LOG, default drydock=info).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "drydock=info".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

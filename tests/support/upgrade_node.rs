@@ -163,6 +163,18 @@ impl Drop for StopOnDrop {
 #[derive(Clone, Default)]
 pub struct Rec(pub Arc<Mutex<Vec<(Instant, String, AgentEvent)>>>);
 
+impl Rec {
+    /// Every event so far, one line each (for failure messages).
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, n, e)| format!("{n}: {e:?}"))
+            .collect()
+    }
+}
+
 impl Reporter for Rec {
     fn status(&self, _line: &str) {}
     fn event(&self, node: &str, event: &AgentEvent) {
