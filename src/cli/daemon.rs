@@ -925,6 +925,16 @@ mod tests {
             Some(1.0),
             "{t}"
         );
+        // One step series: the last one finished.
+        assert_eq!(
+            value(&t, r#"drydock_upgrade_step_info{step="install-kubeadm"}"#),
+            Some(1.0),
+            "{t}"
+        );
+        assert!(
+            !t.contains(r#"drydock_upgrade_step_info{step="apt-source"}"#),
+            "{t}"
+        );
         // The restarted kubelet's version is read back; the release ends it.
         reporter.kubernetes_versions(Some("v1.35.2"), None);
         port.event(
@@ -941,6 +951,7 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains(r#"drydock_kubernetes_version_info{version="v1.34.2"}"#));
+        assert!(!t.contains("drydock_upgrade_step_info{"), "{t}");
         reporter.shutdown(Duration::from_secs(1)).await;
     }
 
