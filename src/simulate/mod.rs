@@ -365,8 +365,12 @@ pub async fn run(
             .map_err(|e| SimulateError::Setup(error_chain(&e)))?;
         live.note("cluster", format!("target set: Kubernetes {to}"));
     }
-    let mut seen = ClusterVersions::read(&sim);
-    live.note("cluster", seen.describe());
+    // The versions are followed only in an upgrade (a reboot rollout of
+    // hundreds of nodes need not list them every poll).
+    let mut seen = upgrade_to.map(|_| ClusterVersions::read(&sim));
+    if let Some(seen) = &seen {
+        live.note("cluster", seen.describe());
+    }
 
     let deadline = tokio::time::sleep(opts.deadline());
     tokio::pin!(deadline);
@@ -409,15 +413,17 @@ pub async fn run(
                 running.insert(node.clone(), start_agent(&sim, &opts, &node, host, &live)?);
             }
             _ = poll.tick() => {
-                let now = ClusterVersions::read(&sim);
-                for change in now.changes_since(&seen) {
-                    live.note("cluster", change);
+                if let Some(before) = &seen {
+                    let now = ClusterVersions::read(&sim);
+                    for change in now.changes_since(before) {
+                        live.note("cluster", change);
+                    }
+                    seen = Some(now);
                 }
-                seen = now;
                 let states = live.states.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let all_rebooted = match upgrade_to {
-                    Some(to) => seen.at(&to.to_string()),
-                    None => machines.values().all(|m| m.lock().unwrap_or_else(|p| p.into_inner()).reboots > 0),
+                let all_rebooted = match (upgrade_to, &seen) {
+                    (Some(to), Some(v)) => v.at(&to.to_string()),
+                    _ => machines.values().all(|m| m.lock().unwrap_or_else(|p| p.into_inner()).reboots > 0),
                 };
                 let all_idle = machines.keys().all(|n| states.get(n).is_some_and(|s| s == "idle"));
                 let failed = states.values().any(|s| s == "failed");
