@@ -100,7 +100,19 @@ pub async fn observe(
     Ok(VersionObservation { target, versions })
 }
 
+/// As [`observe_versions_as`] with one credential for everything (an admin's).
 pub async fn observe_versions(client: &kube::Client) -> Result<ClusterVersions, VersionsError> {
+    observe_versions_as(client, client).await
+}
+
+/// `/version` and kubeadm-config with the kubelet's credential (kubeadm
+/// grants every node `get` on kubeadm-config); the Node list with the
+/// drydock identity: the Node authorizer lets a kubelet read only its own
+/// Node.
+pub async fn observe_versions_as(
+    client: &kube::Client,
+    shared: &kube::Client,
+) -> Result<ClusterVersions, VersionsError> {
     let info = client
         .apiserver_version()
         .await
@@ -115,7 +127,7 @@ pub async fn observe_versions(client: &kube::Client) -> Result<ClusterVersions, 
         None => None,
         Some(cm) => Some(kubeadm_config_version(&cm).map_err(VersionsError::KubeadmConfigContent)?),
     };
-    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(shared.clone());
     let list = nodes
         .list(&ListParams::default())
         .await
