@@ -19,7 +19,9 @@ pub mod history;
 pub mod identity;
 pub mod rbac;
 pub mod reload;
+#[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
 pub mod simulate;
 pub mod status;
 
@@ -77,8 +79,10 @@ pub enum Command {
     #[command(subcommand)]
     Cluster(control::ClusterCommand),
     /// Run a rolling reboot of a simulated cluster, one agent per node, live.
+    #[cfg(feature = "sim")]
     Simulate(simulate::Args),
     /// The Kubernetes API simulator used by tests and demos.
+    #[cfg(feature = "sim")]
     #[command(subcommand)]
     Sim(SimCommand),
     /// Print the RBAC manifests drydock needs beyond the kubelet's own rights.
@@ -89,6 +93,7 @@ pub enum Command {
     Manpage(completions::ManpageArgs),
 }
 
+#[cfg(feature = "sim")]
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Serve a simulated cluster on 127.0.0.1 and write a kubeconfig for it.
@@ -154,7 +159,9 @@ pub fn default_log_level(command: &Command) -> &'static str {
         | Command::AptHook(_)
         | Command::History(_)
         | Command::Reload(_) => "warn",
+        #[cfg(feature = "sim")]
         Command::Sim(_) => "info",
+        #[cfg(feature = "sim")]
         Command::Simulate(_) => "error",
         Command::Daemon(_) => "info",
         Command::Status(_)
@@ -170,6 +177,7 @@ pub fn default_log_level(command: &Command) -> &'static str {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig(args) => check_config::run(&cli, args),
+        #[cfg(feature = "sim")]
         Command::Simulate(args) => simulate::run(args).await,
         Command::Daemon(args) => daemon::run(&cli, args).await,
         Command::Reload(args) => reload::run(&cli, args).await,
@@ -184,6 +192,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manpage(args) => completions::manpage(args),
         Command::AptHook(command) => Ok(apt_hook::run(&cli, command)),
         Command::History(args) => history::run(&cli, args),
+        #[cfg(feature = "sim")]
         Command::Sim(SimCommand::Serve(args)) => {
             sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
         }

@@ -142,7 +142,8 @@ pub async fn set_target(
     Ok(to)
 }
 
-#[cfg(test)]
+// Against the simulator: only with the `sim` feature.
+#[cfg(all(test, feature = "sim"))]
 mod tests {
     use super::*;
     use crate::sim::Scenario;
