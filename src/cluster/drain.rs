@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions, WatchEvent, WatchParams};
-use kube::core::Status;
+use kube::core::{Selector, SelectorExt, Status};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
@@ -196,27 +196,11 @@ pub fn plan(pods: &[Pod], rules: &DrainRules) -> DrainPlan {
     plan
 }
 
-/// Whether a label selector matches a label set, with the API's meaning:
-/// an empty selector matches everything.
+/// Whether a label selector matches a label set, with the API's meaning
+/// (kube-core's `Selector`): an empty selector matches everything; one that
+/// does not parse (an unknown operator) cannot be shown to match.
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            // An operator we do not know cannot be shown to match.
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 /// Whether a PodDisruptionBudget covers a pod (same namespace, selector
@@ -1428,6 +1412,9 @@ impl Ctx<'_> {
         }
     }
 
+    // Not kube's `Api::evict`: kube-core 5 sends `EvictParams` as
+    // `delete_options` (snake case), which the API server ignores, so the
+    // UID precondition would be lost.
     async fn post_eviction(&self, pod: &PodRef) -> Result<(), kube::Error> {
         let body = serde_json::json!({
             "apiVersion": "policy/v1",

@@ -50,12 +50,18 @@ pub fn kubeadm_config_version(cm: &ConfigMap) -> Result<KubeVersion, String> {
         .as_ref()
         .and_then(|d| d.get("ClusterConfiguration"))
         .ok_or("no ClusterConfiguration key")?;
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(yaml).map_err(|e| format!("ClusterConfiguration is not YAML: {e}"))?;
+    // Only the one field; kubeadm's others are not drydock's business.
+    #[derive(serde::Deserialize)]
+    struct ClusterConfiguration {
+        #[serde(rename = "kubernetesVersion")]
+        kubernetes_version: Option<String>,
+    }
+    let doc: ClusterConfiguration = serde_saphyr::from_str(yaml)
+        .map_err(|e| format!("ClusterConfiguration is not YAML: {e}"))?;
     let text = doc
-        .get("kubernetesVersion")
-        .and_then(serde_yaml::Value::as_str)
+        .kubernetes_version
         .ok_or("ClusterConfiguration has no kubernetesVersion")?;
+    let text = text.as_str();
     KubeVersion::parse_observed(text)
         .ok_or_else(|| format!("unreadable kubernetesVersion {text:?}"))
 }
