@@ -134,6 +134,7 @@ pub fn error_text(e: &anyhow::Error) -> String {
 
 /// Makes `fd` this process's stderr and closes it. Only descriptors above
 /// stderr that are open are accepted.
+#[allow(unsafe_code)] // the fd is apt's stderr, inherited for this use
 pub fn adopt_stderr(fd: i32) -> Result<(), String> {
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
     if fd <= 2 {
