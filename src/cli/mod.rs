@@ -114,24 +114,6 @@ impl Cli {
     }
 }
 
-/// An error and its causes on one line, each cause once: many error types
-/// already print their source in their own message, and `{:#}` would
-/// repeat it.
-pub fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
-}
-
 /// Makes `fd` this process's stderr and closes it. Only descriptors above
 /// stderr that are open are accepted.
 #[allow(unsafe_code)] // the fd is apt's stderr, inherited for this use
@@ -197,23 +179,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(SimCommand::Serve(args)) => {
             sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn error_text_names_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        #[derive(Debug, thiserror::Error)]
-        #[error("reading config file /x.toml: {source}")]
-        struct Read {
-            source: std::io::Error,
-        }
-        let e = anyhow::Error::new(Read { source: io }).context("loading configuration");
-        assert_eq!(
-            super::error_text(&e),
-            "loading configuration: reading config file /x.toml: No such file or directory"
-        );
     }
 }

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use crate::config::DrainSettings;
 
 /// The annotation the kubelet puts on the API copy of a static pod.
-pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// Eviction and delete requests in flight at once (kubectl has no limit;
 /// this keeps a node with hundreds of pods from flooding the API server).
@@ -176,7 +176,7 @@ pub struct DrainPlan {
 
 impl DrainPlan {
     /// Pods the drain has to see gone.
-    pub fn to_remove(&self) -> usize {
+    fn to_remove(&self) -> usize {
         self.evict.len() + self.delete_completed.len() + self.await_termination.len()
     }
 }
@@ -199,28 +199,19 @@ pub fn plan(pods: &[Pod], rules: &DrainRules) -> DrainPlan {
 /// Whether a label selector matches a label set, with the API's meaning
 /// (kube-core's `Selector`): an empty selector matches everything; one that
 /// does not parse (an unknown operator) cannot be shown to match.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 /// Whether a PodDisruptionBudget covers a pod (same namespace, selector
 /// matches; a budget without a selector covers nothing).
-pub fn pdb_covers(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
+fn pdb_covers(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
     pdb.namespace() == pod.namespace()
         && pdb
             .spec
             .as_ref()
             .and_then(|s| s.selector.as_ref())
             .is_some_and(|sel| selector_matches(sel, pod.labels()))
-}
-
-/// Budgets covering a pod that allow no disruption right now.
-pub fn exhausted_pdbs<'a>(pdbs: &'a [PodDisruptionBudget], pod: &Pod) -> Vec<&'a str> {
-    pdbs.iter()
-        .filter(|p| pdb_covers(p, pod))
-        .filter(|p| p.status.as_ref().is_none_or(|s| s.disruptions_allowed <= 0))
-        .map(|p| p.metadata.name.as_deref().unwrap_or_default())
-        .collect()
 }
 
 /// Why a pod is not gone yet.
@@ -385,18 +376,8 @@ impl DrainError {
     }
 }
 
-/// [`drain`], stopped the moment `claim` says the Lease slot is gone.
-pub async fn drain_holding(
-    client: &Client,
-    node: &str,
-    opts: &DrainOptions,
-    progress: &watch::Sender<DrainProgress>,
-    claim: watch::Receiver<crate::cluster::lease::Claim>,
-) -> Result<DrainReport, DrainError> {
-    drain_holding_with(client, client, node, opts, progress, claim).await
-}
-
-/// [`drain_holding`] with two credentials, as [`drain_with`].
+/// [`drain`] with two credentials, as [`drain_with`], stopped the moment
+/// `claim` says the Lease slot is gone.
 pub async fn drain_holding_with(
     client: &Client,
     reader: &Client,
@@ -517,7 +498,7 @@ fn describe_refused(pods: &[(PodRef, Vec<RefuseReason>)]) -> String {
         .join("; ")
 }
 
-pub fn describe_blocked(pods: &[BlockedPod]) -> String {
+fn describe_blocked(pods: &[BlockedPod]) -> String {
     pods.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
@@ -624,7 +605,7 @@ pub async fn drain(
 /// deletes this node's pods; `reader` (the drydock identity) reads what
 /// the Node authorizer hides from a node: PDBs, and a pod already gone
 /// (a node gets 403, not 404, for a pod no longer bound to it).
-pub async fn drain_with(
+async fn drain_with(
     client: &Client,
     reader: &Client,
     node: &str,
@@ -1713,7 +1694,12 @@ mod tests {
             pdb("other", "elsewhere", 0),
             no_selector,
         ];
-        assert_eq!(exhausted_pdbs(&pdbs, &p), ["full"]);
+        let covering: Vec<_> = pdbs
+            .iter()
+            .filter(|b| pdb_covers(b, &p))
+            .map(|b| b.metadata.name.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(covering, ["full", "ok"]);
     }
 
     #[test]

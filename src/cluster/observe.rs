@@ -116,7 +116,7 @@ pub struct PodView {
 }
 
 impl PodView {
-    pub fn from_pod(pod: &Pod) -> PodView {
+    fn from_pod(pod: &Pod) -> PodView {
         let status = pod.status.as_ref();
         PodView {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -177,7 +177,7 @@ pub struct ClusterObservation {
 
 /// A DaemonSet's `spec.selector` as a label-selector string for a list call
 /// (kube-core's `Selector`). An unknown operator is an error, not a guess.
-pub fn selector_string(selector: &LabelSelector) -> Result<String, ParseExpressionError> {
+fn selector_string(selector: &LabelSelector) -> Result<String, ParseExpressionError> {
     Selector::try_from(selector.clone()).map(|s| s.to_string())
 }
 

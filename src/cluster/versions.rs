@@ -9,8 +9,8 @@ use kube::api::{Api, ListParams};
 use super::annotations::{self, AnnotationError, KUBERNETES_VERSION};
 use crate::upgrade::version::{ClusterVersions, KubeVersion, NodeVersion, TargetError, check_skew};
 
-pub const KUBEADM_CONFIG_NAMESPACE: &str = "kube-system";
-pub const KUBEADM_CONFIG: &str = "kubeadm-config";
+const KUBEADM_CONFIG_NAMESPACE: &str = "kube-system";
+const KUBEADM_CONFIG: &str = "kubeadm-config";
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ pub fn kubeadm_config_version(cm: &ConfigMap) -> Result<KubeVersion, String> {
         .ok_or_else(|| format!("unreadable kubernetesVersion {text:?}"))
 }
 
-pub fn node_version(node: &Node) -> NodeVersion {
+fn node_version(node: &Node) -> NodeVersion {
     NodeVersion {
         node: node.metadata.name.clone().unwrap_or_default(),
         kubelet: node
