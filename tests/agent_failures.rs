@@ -5,14 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drydock::agent::driver::{Agent, AgentError, Wait, keys};
+use drydock::agent::driver::{Agent, AgentError, Failpoint, Wait, keys};
 use drydock::agent::kube_cluster::KubeCluster;
 use drydock::agent::ports::{AgentEvent, Host, PortError, Reporter};
 use drydock::agent::state::{AgentState, Step};
 use drydock::config::Settings;
 use drydock::host::sentinel::{self, RebootRequest};
 use drydock::sim::{PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle};
-use drydock::store::Store;
+use drydock::store::{Store, StoreError};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node as KubeNode;
@@ -274,83 +274,202 @@ async fn cluster() -> SimHandle {
         .unwrap()
 }
 
+/// Steals the slot for `to` on the `nth` entry (from 1) into `state`.
+fn steal_on(sim: &SimHandle, state: &'static str, nth: u32, to: &'static str) -> Failpoint {
+    let seen = Arc::new(Mutex::new(0u32));
+    let sim = sim.clone();
+    Arc::new(move |entered: &'static str| {
+        if entered == state {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            if *n == nth {
+                steal_lease(&sim, Some(to));
+            }
+        }
+        false
+    })
+}
+
+/// Out-of-service states (by the log) never overlap for two nodes.
+fn never_two_out_of_service(states: &[(Instant, String, String)]) {
+    let mut out = std::collections::BTreeMap::new();
+    for (_, n, s) in states {
+        out.insert(
+            n.clone(),
+            matches!(
+                s.as_str(),
+                "cordoning" | "draining" | "rebooting" | "verifying" | "releasing"
+            ),
+        );
+        assert!(out.values().filter(|v| **v).count() <= 1, "{states:?}");
+    }
+}
+
+/// Before the reboot was asked for, a lost slot puts the node back (our
+/// cordon undone, the loss recorded) and the node waits like any other:
+/// the node the slot went to runs its whole cycle meanwhile, and this one
+/// goes on after it; never both cordoned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_lost_in_each_out_of_service_step_then_resume_never_skips_a_step() {
-    for lost_in in ["cordoning", "draining", "rebooting", "verifying"] {
+async fn a_slot_lost_before_the_reboot_request_uncordons_and_lets_another_node_go() {
+    for lost_in in ["cordoning", "draining", "rebooting"] {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = cluster().await;
+        let log = Log::default();
+        let w1 = node(dir.path(), &sim, "worker-1");
+        let w2 = node(dir.path(), &sim, "worker-2");
+        // "rebooting", first entry: drained, the reboot not yet asked for.
+        let a1 = agent(&sim, &w1, &log).with_failpoint(steal_on(&sim, lost_in, 1, "worker-2"));
+        let start = Instant::now();
+        let mut a1 = a1;
+        let mut was_out = false;
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{lost_in}: {:?}",
+                a1.state()
+            );
+            let wait = a1.tick().await.unwrap();
+            was_out |= a1.state().phase().out_of_service();
+            if was_out && a1.state().name() == "pending" {
+                break;
+            }
+            pause(wait).await;
+        }
+        assert!(
+            matches!(a1.state(), AgentState::Pending { resume: None, .. }),
+            "{lost_in}: {:?}",
+            a1.state()
+        );
+        assert!(!cordoned(&sim, "worker-1"), "{lost_in}: our cordon undone");
+        assert_eq!(w1.host.m().reboots, 0, "{lost_in}");
+        let lost = history(&w1, "lease-lost");
+        assert_eq!(lost.len(), 1, "{lost_in}: {lost:?}");
+        assert_eq!(lost[0]["state"], lost_in);
+        assert_eq!(lost[0]["holder"], "worker-2");
+        assert_eq!(lost[0]["uncordoned"], true);
+        assert_eq!(lease_holder(&sim).as_deref(), Some("worker-2"));
+        // worker-2 (whose the slot now is) goes through its cycle while
+        // worker-1 waits; then worker-1 goes.
+        let monitor_sim = sim.clone();
+        let both = Arc::new(Mutex::new(false));
+        let both2 = both.clone();
+        let monitor = tokio::spawn(async move {
+            loop {
+                if cordoned(&monitor_sim, "worker-1") && cordoned(&monitor_sim, "worker-2") {
+                    *both2.lock().unwrap() = true;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let a2 = agent(&sim, &w2, &log);
+        let (sim1, log1, sim2, log2) = (sim.clone(), log.clone(), sim.clone(), log.clone());
+        let t2 = tokio::spawn(async move {
+            drive(&sim2, &w2, &log2, a2, Duration::from_secs(30), |s| {
+                *s == AgentState::Idle
+            })
+            .await;
+            w2
+        });
+        let t1 = tokio::spawn(async move {
+            drive(&sim1, &w1, &log1, a1, Duration::from_secs(40), |s| {
+                *s == AgentState::Idle
+            })
+            .await;
+            w1
+        });
+        let w2 = t2.await.unwrap();
+        let w1 = t1.await.unwrap();
+        monitor.abort();
+        assert!(
+            !*both.lock().unwrap(),
+            "{lost_in}: both nodes cordoned at once"
+        );
+        assert_eq!(w1.host.m().reboots, 1, "{lost_in}");
+        assert_eq!(w2.host.m().reboots, 1, "{lost_in}");
+        assert!(!cordoned(&sim, "worker-1") && !cordoned(&sim, "worker-2"));
+        assert_eq!(lease_holder(&sim), None, "{lost_in}: released");
+        let states = log.states();
+        never_two_out_of_service(&states);
+        // worker-1 went out again only after worker-2 was back.
+        let w2_done = states
+            .iter()
+            .rposition(|(_, n, s)| n == "worker-2" && s == "idle")
+            .unwrap();
+        let w1_again = states
+            .iter()
+            .rposition(|(_, n, s)| n == "worker-1" && s == "cordoning")
+            .unwrap();
+        assert!(w2_done < w1_again, "{lost_in}: {states:?}");
+        sim.stop().await;
+    }
+}
+
+/// After the reboot was asked for, a lost slot keeps the node cordoned;
+/// it neither verifies nor uncordons until it holds a slot again, takes
+/// one as soon as it is free, and then finishes: one reboot, one verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_lost_after_the_reboot_request_is_won_back_before_verifying() {
+    // (state, its nth entry): the second "rebooting" is the one with the
+    // reboot asked for.
+    for (lost_in, nth) in [("rebooting", 2), ("verifying", 1)] {
         let dir = tempfile::tempdir().unwrap();
         let sim = cluster().await;
         let log = Log::default();
         let n = node(dir.path(), &sim, "worker-1");
-        let stolen = Arc::new(Mutex::new(false));
-        let (flag, sim2) = (stolen.clone(), sim.clone());
-        let failpoint = Arc::new(move |to: &'static str| {
-            let mut done = flag.lock().unwrap();
-            if to == lost_in && !*done {
-                *done = true;
-                steal_lease(&sim2, Some("worker-2"));
-            }
-            false
-        });
-        let mut a = agent(&sim, &n, &log).with_failpoint(failpoint.clone());
+        let fp = steal_on(&sim, lost_in, nth, "worker-2");
+        let mut a = agent(&sim, &n, &log).with_failpoint(fp.clone());
         let start = Instant::now();
-        // Until it stops for a person (restarting after a reboot, with the
-        // failpoint still armed for the post-reboot process).
-        while !matches!(a.state(), AgentState::Failed { .. }) {
+        while !a.state().out_without_slot() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "{lost_in}: {:?}",
                 a.state()
             );
             let wait = a.tick().await.unwrap();
-            if n.host.m().reboot_pending {
+            // Lost while rebooting: the machine goes down only after the
+            // agent noticed (it would otherwise notice after the boot).
+            if n.host.m().reboot_pending
+                && (lost_in != "rebooting" || a.state().name() == "pending")
+            {
                 reboot_machine(&sim, &n).await;
-                a = agent(&sim, &n, &log).with_failpoint(failpoint.clone());
+                a = agent(&sim, &n, &log).with_failpoint(fp.clone());
             }
             pause(wait).await;
         }
-        let AgentState::Failed {
-            error,
-            interrupted,
-            slot_held,
+        let AgentState::Pending {
+            resume: Some(target),
             ..
         } = a.state().clone()
         else {
             unreachable!()
         };
-        assert_eq!(
-            interrupted.name(),
-            lost_in,
-            "stopped where the lease was lost"
-        );
-        assert!(!slot_held, "{lost_in}");
-        assert!(error.contains("lost to worker-2"), "{lost_in}: {error}");
-        let expected_reboots = u32::from(lost_in == "verifying");
-        assert_eq!(
-            n.host.m().reboots,
-            expected_reboots,
-            "{lost_in}: no reboot after the loss"
-        );
-        assert_eq!(
-            lease_holder(&sim).as_deref(),
-            Some("worker-2"),
-            "{lost_in}: the slot left alone"
-        );
+        assert_eq!(target.name(), lost_in);
+        if n.host.m().reboot_pending {
+            reboot_machine(&sim, &n).await;
+            a = agent(&sim, &n, &log);
+        }
+        // Held elsewhere: for a while (several lease periods), nothing.
+        let waited = Instant::now();
+        while waited.elapsed() < Duration::from_secs(3) {
+            let w = a.tick().await.unwrap();
+            assert_eq!(a.state().name(), "pending", "{lost_in}");
+            assert!(a.state().out_without_slot(), "{lost_in}");
+            pause(w).await;
+        }
+        assert!(cordoned(&sim, "worker-1"), "{lost_in}: kept cordoned");
+        assert_eq!(n.host.m().reboots, 1, "{lost_in}");
         let events = log.events("worker-1");
         assert_eq!(
             count(&events, |e| matches!(e, AgentEvent::Verified { .. })),
             0,
-            "{lost_in}"
+            "{lost_in}: no verification without a slot"
         );
         assert!(history(&n, "reboot").is_empty(), "{lost_in}");
-        // A person's resume while the other node still holds the slot: it waits.
-        resume_now(&a);
-        for _ in 0..5 {
-            let w = a.tick().await.unwrap();
-            pause(w).await;
-        }
-        assert_eq!(a.state().name(), "pending", "{lost_in}: waits for a slot");
-        assert_eq!(lease_holder(&sim).as_deref(), Some("worker-2"), "{lost_in}");
-        // The other node is done: the cycle goes on from where it stopped.
+        let lost = history(&n, "lease-lost");
+        assert_eq!(lost.len(), 1, "{lost_in}");
+        assert_eq!(lost[0]["uncordoned"], false);
+        assert_eq!(lease_holder(&sim).as_deref(), Some("worker-2"));
+        // The slot is free: won back at once, then verified and released.
         steal_lease(&sim, None);
         let _a = drive(&sim, &n, &log, a, Duration::from_secs(30), |s| {
             *s == AgentState::Idle
@@ -360,25 +479,25 @@ async fn lease_lost_in_each_out_of_service_step_then_resume_never_skips_a_step()
         assert_eq!(history(&n, "reboot").len(), 1, "{lost_in}");
         assert!(!cordoned(&sim, "worker-1"), "{lost_in}: uncordoned");
         assert_eq!(lease_holder(&sim), None, "{lost_in}: released");
-        // Verified once, and only after the one reboot and a verification.
         let states: Vec<String> = log
             .states()
             .into_iter()
             .filter(|(_, n, _)| n == "worker-1")
             .map(|(_, _, s)| s)
             .collect();
-        let after_failure = states.iter().position(|s| s == "failed").unwrap();
-        assert_eq!(
-            states[after_failure + 1],
-            "pending",
+        let regained = states.iter().rposition(|s| s == "pending").unwrap();
+        assert!(
+            states[regained..].starts_with(&["pending".to_string(), lost_in.to_string()]),
             "{lost_in}: {states:?}"
         );
-        assert_eq!(states[after_failure + 2], lost_in, "{lost_in}: {states:?}");
         let releasing = states.iter().position(|s| s == "releasing").unwrap();
+        assert!(releasing > regained, "{lost_in}: {states:?}");
         assert_eq!(states[releasing - 1], "verifying", "{lost_in}: {states:?}");
-        let events = log.events("worker-1");
         assert_eq!(
-            count(&events, |e| matches!(e, AgentEvent::Verified { .. })),
+            count(&log.events("worker-1"), |e| matches!(
+                e,
+                AgentEvent::Verified { .. }
+            )),
             1
         );
         sim.stop().await;
@@ -635,7 +754,8 @@ async fn crash_after_every_persisted_step_resumes_safely_against_the_simulator()
 
 /// Two nodes, concurrency 1: the holder's API access fails for longer than
 /// the lease; it must have stopped draining before the other can take the
-/// slot, and the other goes on only then.
+/// slot, and the other goes on only then. Once the API answers again the
+/// first undoes its cordon and waits its turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -652,7 +772,7 @@ async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
     let (sim1, log1) = (sim.clone(), log.clone());
     let t1 = tokio::spawn(async move {
         drive(&sim1, &w1, &log1, a1, Duration::from_secs(40), |s| {
-            s.name() == "failed"
+            s.name() == "pending"
         })
         .await;
         w1
@@ -661,7 +781,7 @@ async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
     let (sim2, log2) = (sim.clone(), log.clone());
     let t2 = tokio::spawn(async move {
         drive(&sim2, &w2, &log2, a2, Duration::from_secs(40), |s| {
-            *s == AgentState::Idle
+            s.name() == "draining"
         })
         .await;
         w2
@@ -670,46 +790,46 @@ async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
     // worker-1 cut off from the API for longer than the lease lasts.
     sim.set_fault(Some(drydock::sim::Fault::Status(503)));
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // The claim ran out meanwhile: worker-2 is the one that takes it
+    // (else worker-1 may win its own expired slot back first).
+    steal_lease(&sim, Some("worker-2"));
     sim.set_fault(None);
     let w1 = t1.await.unwrap();
     let _w2 = t2.await.unwrap();
-    let states = log.states();
-    let w1_failed = states
+    // worker-1 told of the loss (and stopped evicting) before worker-2
+    // even cordoned.
+    let w1_lost = log
+        .0
+        .lock()
+        .unwrap()
         .iter()
-        .find(|(_, n, s)| n == "worker-1" && s == "failed")
+        .find(|(_, n, e)| n == "worker-1" && matches!(e, AgentEvent::LeaseLost { .. }))
         .map(|(t, _, _)| *t)
-        .expect("worker-1 stopped");
+        .expect("worker-1 saw the loss");
+    let states = log.states();
     let w2_cordoning = states
         .iter()
         .find(|(_, n, s)| n == "worker-2" && s == "cordoning")
         .map(|(t, _, _)| *t)
         .expect("worker-2 went on");
     assert!(
-        w1_failed < w2_cordoning,
+        w1_lost < w2_cordoning,
         "worker-2 went out while worker-1 still drained"
     );
-    let AgentState::Failed { error, .. } = Store::open(&w1.settings.node.state_db)
+    // Back with the API: worker-1 undid its cordon and waits again.
+    let persisted = Store::open(&w1.settings.node.state_db)
         .unwrap()
         .current_state::<AgentState>()
         .unwrap()
         .unwrap()
-        .0
-    else {
-        panic!()
-    };
-    assert!(error.contains("lost"), "{error}");
-    // Never two out of service at once.
-    let mut out = std::collections::BTreeMap::new();
-    for (_, n, s) in &states {
-        out.insert(
-            n.clone(),
-            matches!(
-                s.as_str(),
-                "cordoning" | "draining" | "rebooting" | "verifying" | "releasing"
-            ),
-        );
-        assert!(out.values().filter(|v| **v).count() <= 1, "{states:?}");
-    }
+        .0;
+    assert!(
+        matches!(persisted, AgentState::Pending { resume: None, .. }),
+        "{persisted:?}"
+    );
+    assert!(!cordoned(&sim, "worker-1"));
+    let lost = history(&w1, "lease-lost");
+    assert_eq!(lost.len(), 1, "{:#?}", history(&w1, "state"));
     sim.stop().await;
 }
 
@@ -765,5 +885,103 @@ async fn a_halt_records_who_and_only_that_node_lifts_it() {
         .await
         .unwrap();
     assert!(!k1.clear_halt().await.unwrap());
+    sim.stop().await;
+}
+
+/// A Failed state as the build before the interrupted-state change stored
+/// it: no longer readable. The agent refuses to start on it, says why and
+/// what to do, and touches nothing: the record, the cordon, the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_stored_by_an_older_build_fails_closed_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = cluster().await;
+    let log = Log::default();
+    let n = node(dir.path(), &sim, "worker-1");
+    sim.set_unschedulable("worker-1", true).unwrap();
+    // The slot the interrupted cycle held.
+    drydock::cluster::lease::LeaseClient::new(client(&sim), &n.settings, "worker-1")
+        .acquire(true)
+        .await
+        .unwrap()
+        .expect("slot taken");
+    steal_lease(&sim, Some("worker-1"));
+    let old = serde_json::json!({
+        "state": "failed",
+        "step": "release",
+        "error": "lease drydock-default-0 lost to worker-2",
+        "at": "2026-11-01T10:00:00Z",
+        "cycle": {
+            "reasons": ["kernel 6.1.0-30 installed"],
+            "needed-since": "2026-11-01T09:00:00Z",
+            "slot": SLOT,
+            "locked-at": "2026-11-01T09:30:00Z"
+        },
+        "cordon": "ours",
+        "boot_id": null,
+        "drain_seconds": 12.0,
+        "reboot_seconds": 0.0
+    });
+    {
+        let mut store = Store::open(&n.settings.node.state_db).unwrap();
+        store
+            .transition(&old, "state", &serde_json::json!({"to": "failed"}))
+            .unwrap();
+    }
+    let records = |n: &Node| {
+        Store::open(&n.settings.node.state_db)
+            .unwrap()
+            .history(&[], 1000)
+            .unwrap()
+            .len()
+    };
+    let before = records(&n);
+    let store = Store::open(&n.settings.node.state_db).unwrap();
+    let cluster = KubeCluster::new(client(&sim), n.settings.clone(), n.name.clone());
+    let refused = Agent::new(
+        n.name.clone(),
+        n.settings.clone(),
+        store,
+        n.host.clone(),
+        cluster,
+        Rec { log: log.clone() },
+    );
+    let Err(AgentError::Store(e @ StoreError::UnreadableState { .. })) = refused else {
+        panic!("an old state must not load");
+    };
+    let text = e.to_string();
+    let path = n.settings.node.state_db.display().to_string();
+    for part in [
+        path.as_str(),
+        "state \"failed\"",
+        "written at 20",
+        "drydock takes no action on this node",
+        "DELETE FROM state",
+        "the history is kept",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    // Nothing changed: the record, the cordon, the slot.
+    let stored = Store::open(&n.settings.node.state_db)
+        .unwrap()
+        .current_state::<serde_json::Value>()
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(stored, old);
+    assert_eq!(records(&n), before);
+    assert!(cordoned(&sim, "worker-1"));
+    assert_eq!(lease_holder(&sim).as_deref(), Some("worker-1"));
+    assert!(log.events("worker-1").is_empty());
+    // The way out it names: undo by hand, forget the state, start again.
+    sim.set_unschedulable("worker-1", false).unwrap();
+    steal_lease(&sim, None);
+    rusqlite::Connection::open(&n.settings.node.state_db)
+        .unwrap()
+        .execute("DELETE FROM state", [])
+        .unwrap();
+    let a = agent(&sim, &n, &log);
+    assert_eq!(*a.state(), AgentState::Idle);
+    drop(a);
+    assert_eq!(records(&n), before, "history kept");
     sim.stop().await;
 }

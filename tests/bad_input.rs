@@ -62,6 +62,16 @@ struct Case {
     forbid: Vec<String>,
     /// Checked against the combined output; for JSON shape and the like.
     check: Option<Check>,
+    twin: Option<Twin>,
+}
+
+/// Another command run after the case in the same directory (the daemon
+/// beside check-config): it must exit the same and say the same thing
+/// after its own context.
+struct Twin {
+    args: Vec<String>,
+    /// The context before the message: (the case's, the twin's).
+    contexts: (&'static str, &'static str),
 }
 
 impl Case {
@@ -75,14 +85,31 @@ impl Case {
             expect: Vec::new(),
             forbid: Vec::new(),
             check: None,
+            twin: None,
         }
     }
     fn setup(mut self, f: impl Fn(&Path) + Send + Sync + 'static) -> Case {
         self.setup = Box::new(f);
         self
     }
+    /// A valid configuration, then `more`.
+    fn setup_valid(self, more: impl Fn(&Path) + Send + Sync + 'static) -> Case {
+        self.setup(move |dir| {
+            valid_config(dir);
+            more(dir);
+        })
+    }
     fn expect(mut self, s: impl Into<String>) -> Case {
         self.expect.push(s.into());
+        self
+    }
+    fn expect_all<S: Into<String>>(mut self, all: impl IntoIterator<Item = S>) -> Case {
+        self.expect.extend(all.into_iter().map(Into::into));
+        self
+    }
+    fn twin(mut self, args: &[&str], contexts: (&'static str, &'static str)) -> Case {
+        let args = args.iter().map(|s| s.to_string()).collect();
+        self.twin = Some(Twin { args, contexts });
         self
     }
     fn forbid(mut self, s: impl Into<String>) -> Case {
@@ -250,18 +277,47 @@ fn run_case(case: &Case) -> Result<(), String> {
     {
         problems.push(e);
     }
+    let mut twin_stderr = String::new();
+    if let Some(twin) = &case.twin {
+        let twin_args: Vec<String> = twin.args.iter().map(|a| fill(a)).collect();
+        let t = run_binary(dir, &twin_args, &case.stdin)
+            .map_err(|e| format!("{}: {e}", twin_args.join(" ")))?;
+        if t.code != out.code {
+            problems.push(format!(
+                "{} exits {:?}, not {:?} like the case",
+                twin_args.join(" "),
+                t.code,
+                out.code
+            ));
+        }
+        let mine = message_after(&out.stderr, twin.contexts.0);
+        let theirs = message_after(&t.stderr, twin.contexts.1);
+        if mine.is_none() || mine != theirs {
+            problems.push(format!(
+                "{} says otherwise:\n      case: {mine:?}\n      twin: {theirs:?}",
+                twin_args.join(" ")
+            ));
+        }
+        twin_stderr = format!("\n    --- twin stderr:\n{}", t.stderr.trim_end());
+    }
     problems.extend(diff(&before, &snapshot(dir)));
     if problems.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "{}\n    (took {:?})\n    --- stderr:\n{}\n    --- stdout:\n{}",
+            "{}\n    (took {:?})\n    --- stderr:\n{}\n    --- stdout:\n{}{twin_stderr}",
             problems.join("\n    "),
             out.elapsed,
             out.stderr.trim_end(),
             out.stdout.trim_end()
         ))
     }
+}
+
+/// The rest of the first line of `out` that has `context` in it.
+fn message_after<'a>(out: &'a str, context: &str) -> Option<&'a str> {
+    out.lines()
+        .find_map(|l| l.split_once(context).map(|(_, rest)| rest))
 }
 
 fn run_all(class: &str, cases: Vec<Case>) {
@@ -983,6 +1039,7 @@ fn config_text_cases() -> Vec<ConfigCase> {
 }
 
 /// Commands that read the configuration, and how each fails on a bad one.
+/// The daemon is check-config's twin (`config_case`).
 fn config_commands() -> Vec<ConfigCommand> {
     vec![
         (
@@ -991,13 +1048,6 @@ fn config_commands() -> Vec<ConfigCommand> {
             Input::Null,
             Exit::Code(1),
             vec!["invalid configuration"],
-        ),
-        (
-            "daemon",
-            vec!["daemon"],
-            Input::Null,
-            Exit::Code(1),
-            vec!["loading configuration"],
         ),
         (
             "status",
@@ -1034,21 +1084,41 @@ fn config_commands() -> Vec<ConfigCommand> {
     ]
 }
 
+/// `args` after the case's `--config`.
+fn with_config<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&[CONFIG_ARG], args].concat()
+}
+
+/// A config command's case on a configuration described by `what`.
+/// check-config has the daemon for its twin: the daemon refuses to start
+/// on every configuration check-config refuses, with the same message.
+fn config_case(what: &str, cmd: &ConfigCommand) -> Case {
+    let (cmd_name, args, stdin, exit, extra) = cmd;
+    let case = Case::new(format!("{cmd_name}: {what}"), &with_config(args), *exit)
+        .stdin(stdin.clone())
+        .expect_all(extra.iter().copied());
+    if *cmd_name == "check-config" {
+        case.twin(
+            &[CONFIG_ARG, "daemon"],
+            ("invalid configuration: ", "loading configuration: "),
+        )
+    } else {
+        case
+    }
+}
+
 fn to_cases(config_cases: Vec<ConfigCase>, all_commands_every: usize) -> Vec<Case> {
     let mut cases = Vec::new();
     for (i, cc) in config_cases.into_iter().enumerate() {
         let files = std::sync::Arc::new(cc.files);
-        for (cmd_name, args, stdin, exit, extra) in config_commands() {
-            // check-config and the daemon see every case: one validation
-            // path means the daemon refuses exactly what check-config does.
-            // The other commands see a sample.
-            if !matches!(cmd_name, "check-config" | "daemon") && i % all_commands_every != 0 {
+        for cmd in config_commands() {
+            // check-config (and the daemon, its twin) sees every case; the
+            // other commands see a sample.
+            if cmd.0 != "check-config" && i % all_commands_every != 0 {
                 continue;
             }
-            let mut full_args = vec![CONFIG_ARG];
-            full_args.extend(args.iter());
             let f = files.clone();
-            let mut case = Case::new(format!("{cmd_name}: {}", cc.name), &full_args, exit)
+            let case = config_case(&cc.name, &cmd)
                 .setup(move |dir| {
                     for (rel, bytes) in f.iter() {
                         let text = String::from_utf8_lossy(bytes)
@@ -1069,20 +1139,12 @@ fn to_cases(config_cases: Vec<ConfigCase>, all_commands_every: usize) -> Vec<Cas
                         );
                     }
                 })
-                .stdin(stdin);
-            for e in cc.expect.iter().chain(
-                extra
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .iter(),
-            ) {
-                case = case.expect(e.clone());
-            }
-            for f in &cc.forbid {
-                case = case.forbid(f.clone());
-            }
-            case = case.forbid("\u{1b}");
+                .expect_all(cc.expect.iter().cloned());
+            let case = cc
+                .forbid
+                .iter()
+                .fold(case, |case, f| case.forbid(f.clone()))
+                .forbid("\u{1b}");
             cases.push(case);
         }
     }
@@ -1101,6 +1163,101 @@ fn bad_configuration_values_are_refused_with_file_line_column_and_key() {
 fn bad_configuration_text_is_refused_with_a_position() {
     let cases = to_cases(config_text_cases(), 1);
     run_all("configuration text", cases);
+}
+
+/// The other half of "one validation path": what check-config accepts,
+/// the daemon starts with. Each configuration (the shipped file and the
+/// valid fuzz seeds) gets a drop-in that keeps every path in the case's
+/// directory; the daemon must get as far as waiting for the node to join,
+/// and stop cleanly on SIGTERM.
+#[test]
+fn the_daemon_starts_on_every_configuration_check_config_accepts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mains = [
+        ("shipped", root.join("etc/drydock.toml")),
+        ("urls seed", root.join("fuzz/corpus/config/urls.toml")),
+        (
+            "windows and selectors seed",
+            root.join("fuzz/corpus/config/windows-selectors.toml"),
+        ),
+    ];
+    for (name, main) in mains {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::copy(&main, config(dir)).unwrap();
+        let paths = base_toml(dir, "").replacen(
+            "[node]\n",
+            &format!(
+                "[node]\nadmin-kubeconfig = \"{}/admin.conf\"\n",
+                dir.display()
+            ),
+            1,
+        );
+        write(&dir.join("drydock.toml.d/99-paths.toml"), paths);
+        let args = [format!("--config={}", config(dir).display())];
+        let check = run_binary(dir, &[args[0].clone(), "check-config".into()], &Input::Null)
+            .unwrap_or_else(|e| panic!("{name}: check-config: {e}"));
+        assert_eq!(check.code, Some(0), "{name}: {}", check.stderr);
+
+        let mut daemon = Command::new(BIN)
+            .args([args[0].as_str(), "daemon"])
+            .current_dir(dir)
+            .env("HOME", dir)
+            .env("LC_ALL", "C")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("KUBECONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = daemon.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let waiting = loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    let found = line.contains("waiting: node not joined");
+                    seen.push(line);
+                    if found {
+                        break true;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break false,
+                Err(_) if start.elapsed() > DEADLINE => break false,
+                Err(_) => {}
+            }
+        };
+        let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let status = loop {
+            if let Some(status) = daemon.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > 2 * DEADLINE {
+                let _ = daemon.kill();
+                break daemon.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        seen.extend(rx.try_iter());
+        assert!(
+            waiting && status.success(),
+            "{name}: check-config accepts it, but the daemon (status {status}) said:\n{}",
+            seen.join("\n")
+        );
+    }
 }
 
 // ------------------------------------------------------ files and drop-ins
@@ -1139,36 +1296,25 @@ fn special_files_and_bad_drop_ins_are_refused_without_hanging() {
             "dangling symlink" | "symlink loop" => "it is a symbolic link that cannot be followed",
             _ => main_msg,
         };
-        for (cmd_name, args, stdin, exit, extra) in config_commands() {
-            let mut full = vec![CONFIG_ARG];
-            full.extend(args.iter());
+        for cmd in config_commands() {
             // The main file itself.
-            let mut case = Case::new(format!("{cmd_name}: main config is a {kind}"), &full, exit)
-                .setup(move |dir| {
-                    plant(kind, &config(dir));
-                    write(&dir.join("drydock.toml.d/00-base.toml"), base_toml(dir, ""));
-                })
-                .stdin(stdin.clone())
-                .expect("reading config file {dir}/drydock.toml")
-                .expect(main_msg);
-            for e in &extra {
-                case = case.expect(*e);
-            }
-            cases.push(case);
+            cases.push(
+                config_case(&format!("main config is a {kind}"), &cmd)
+                    .setup(move |dir| {
+                        plant(kind, &config(dir));
+                        write(&dir.join("drydock.toml.d/00-base.toml"), base_toml(dir, ""));
+                    })
+                    .expect("reading config file {dir}/drydock.toml")
+                    .expect(main_msg),
+            );
             // A drop-in named *.toml.
-            let mut case = Case::new(format!("{cmd_name}: drop-in is a {kind}"), &full, exit)
-                .setup(move |dir| {
-                    valid_config(dir);
-                    plant(kind, &dir.join("drydock.toml.d/50-x.toml"));
-                })
-                .stdin(stdin.clone())
-                .expect("config drop-in {dir}/drydock.toml.d/50-x.toml")
-                .expect(drop_msg)
-                .expect("rename it");
-            for e in &extra {
-                case = case.expect(*e);
-            }
-            cases.push(case);
+            cases.push(
+                config_case(&format!("drop-in is a {kind}"), &cmd)
+                    .setup_valid(move |dir| plant(kind, &dir.join("drydock.toml.d/50-x.toml")))
+                    .expect("config drop-in {dir}/drydock.toml.d/50-x.toml")
+                    .expect(drop_msg)
+                    .expect("rename it"),
+            );
         }
     }
     // The drop-in directory is not a directory.
@@ -1179,8 +1325,7 @@ fn special_files_and_bad_drop_ins_are_refused_without_hanging() {
                 &[CONFIG_ARG, "check-config"],
                 Exit::Code(1),
             )
-            .setup(move |dir| {
-                valid_config(dir);
+            .setup_valid(move |dir| {
                 plant(kind, &dir.join("drydock.toml.d"));
             })
             .expect("listing config drop-ins in {dir}/drydock.toml.d: "),
@@ -1194,8 +1339,7 @@ fn special_files_and_bad_drop_ins_are_refused_without_hanging() {
             &[CONFIG_ARG, "check-config"],
             Exit::Code(0),
         )
-        .setup(|dir| {
-            valid_config(dir);
+        .setup_valid(|dir| {
             plant("dangling symlink", &dir.join("drydock.toml.d/.#50-x.toml"));
         })
         .expect("configuration OK"),
@@ -1206,8 +1350,7 @@ fn special_files_and_bad_drop_ins_are_refused_without_hanging() {
             &[CONFIG_ARG, "check-config"],
             Exit::Code(1),
         )
-        .setup(|dir| {
-            valid_config(dir);
+        .setup_valid(|dir| {
             write(
                 &dir.join("elsewhere/bad.toml"),
                 "[drain]\ntimeout = \"0s\"\n",
@@ -1410,21 +1553,21 @@ fn a_refused_state_db_is_left_byte_identical_with_no_side_files() {
     let mut cases = Vec::new();
     for (fixture, make, message) in db_fixtures() {
         for (cmd_name, args, exit, extra) in &commands {
-            let mut full = vec![CONFIG_ARG];
-            full.extend(args.iter());
-            let mut case = Case::new(format!("{cmd_name}: state db is {fixture}"), &full, *exit)
-                .setup(move |dir| {
-                    valid_config(dir);
-                    make(&state_db(dir));
-                    let p = state_db(dir);
-                    if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
-                        // A mode drydock would change if it touched the file.
-                        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640))
-                            .unwrap();
-                    }
-                })
-                .expect("{dir}/state/state.db")
-                .expect(message);
+            let mut case = Case::new(
+                format!("{cmd_name}: state db is {fixture}"),
+                &with_config(args),
+                *exit,
+            )
+            .setup_valid(move |dir| {
+                make(&state_db(dir));
+                let p = state_db(dir);
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                    // A mode drydock would change if it touched the file.
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+                }
+            })
+            .expect("{dir}/state/state.db")
+            .expect(message);
             if !extra.is_empty() {
                 case = case.expect(*extra);
             }
@@ -1437,6 +1580,18 @@ fn a_refused_state_db_is_left_byte_identical_with_no_side_files() {
 }
 
 // ------------------------------------------------------------- APT hook
+
+/// The pre-install hook on a valid configuration, refusing `input`.
+fn refused_pre_install(name: impl std::fmt::Display, input: Input) -> Case {
+    Case::new(
+        format!("pre-install: {name}"),
+        &[CONFIG_ARG, "apt-hook", "pre-install"],
+        Exit::Code(1),
+    )
+    .setup(valid_config)
+    .stdin(input)
+    .expect("refusing this dpkg run")
+}
 
 fn hook_input(actions: &[u8]) -> Vec<u8> {
     [
@@ -1547,19 +1702,12 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
     for (name, lines, fragment) in unreadable {
         let input = hook_input(&lines);
         cases.push(
-            Case::new(
-                format!("pre-install: {name}"),
-                &[CONFIG_ARG, "apt-hook", "pre-install"],
-                Exit::Code(1),
-            )
-            .setup(valid_config)
-            .stdin(Input::Bytes(input))
-            .expect("unreadable hook input line 5")
-            .expect(fragment)
-            .expect("refusing this dpkg run")
-            .expect("Nothing was installed")
-            .expect("DRYDOCK_APT_ALLOW='*'")
-            .forbid("\u{1b}"),
+            refused_pre_install(name, Input::Bytes(input))
+                .expect("unreadable hook input line 5")
+                .expect(fragment)
+                .expect("Nothing was installed")
+                .expect("DRYDOCK_APT_ALLOW='*'")
+                .forbid("\u{1b}"),
         );
     }
     // Lines inside apt's configuration section.
@@ -1573,15 +1721,7 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
     ] {
         let input = [b"VERSION 3\nA=b\n".as_slice(), line, b"\n"].concat();
         cases.push(
-            Case::new(
-                format!("pre-install: {name}"),
-                &[CONFIG_ARG, "apt-hook", "pre-install"],
-                Exit::Code(1),
-            )
-            .setup(valid_config)
-            .stdin(Input::Bytes(input))
-            .expect("unreadable hook input line 3")
-            .expect("refusing this dpkg run"),
+            refused_pre_install(name, Input::Bytes(input)).expect("unreadable hook input line 3"),
         );
     }
     // A .deb named for a protected package under another name.
@@ -1596,15 +1736,11 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
     ] {
         let line = format!("hello 1.0 amd64 none < 2.0 amd64 none {path}\n");
         cases.push(
-            Case::new(
-                format!("pre-install: deb file renamed ({name})"),
-                &[CONFIG_ARG, "apt-hook", "pre-install"],
-                Exit::Code(1),
+            refused_pre_install(
+                format!("deb file renamed ({name})"),
+                Input::Bytes(hook_input(line.as_bytes())),
             )
-            .setup(valid_config)
-            .stdin(Input::Bytes(hook_input(line.as_bytes())))
-            .expect("suspicious: the line is for package hello but unpacks")
-            .expect("refusing this dpkg run"),
+            .expect("suspicious: the line is for package hello but unpacks"),
         );
     }
     // Framing.
@@ -1653,76 +1789,79 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
     ];
     for (name, input, fragment) in framing {
         cases.push(
-            Case::new(
-                format!("pre-install framing: {name}"),
-                &[CONFIG_ARG, "apt-hook", "pre-install"],
-                Exit::Code(1),
-            )
-            .setup(valid_config)
-            .stdin(input)
-            .expect(fragment)
-            .expect("refusing this dpkg run")
-            .forbid("\u{1b}"),
+            refused_pre_install(format!("framing: {name}"), input)
+                .expect(fragment)
+                .forbid("\u{1b}"),
         );
     }
-    // Protected changes with odd files in the run dir: refused, no hang.
+    // Odd files where the hook and status look: refused or reported, no hang.
+    // (command, exit, planted path, preparation, stdin, what is said)
+    let kubelet_upgrade =
+        hook_input(b"kubelet 1.0 amd64 none < 2.0 amd64 none /k/kubelet_2.0_amd64.deb\n");
+    type Planted = (
+        &'static str,
+        i32,
+        &'static str,
+        fn(&Path),
+        Input,
+        &'static str,
+    );
+    let planted: Vec<Planted> = vec![
+        // A protected change on a joined node (before join every change
+        // is provisioning): refused.
+        (
+            "apt-hook pre-install",
+            1,
+            "run/upgrade-step.lock",
+            |dir| write(&dir.join("kubeconfig"), b"apiVersion: v1\n"),
+            Input::Bytes(kubelet_upgrade),
+            "kubelet: upgrade 1.0 -> 2.0",
+        ),
+        // post-invoke finishes and never fails apt; a refused store keeps
+        // it from writing.
+        (
+            "apt-hook post-invoke",
+            0,
+            "run/apt-pending.json",
+            |dir| write(&state_db(dir), b"not a database"),
+            Input::Null,
+            "apt run not recorded",
+        ),
+        (
+            "status",
+            0,
+            "kubeconfig",
+            |_| {},
+            Input::Null,
+            "lease slots:  unknown: reading kubeconfig {dir}/kubeconfig",
+        ),
+        (
+            "status",
+            0,
+            "run/daemon.lock",
+            |_| {},
+            Input::Null,
+            "daemon:       not running",
+        ),
+    ];
     for &(kind, _) in PLANTS {
-        cases.push(
-            Case::new(
-                format!("pre-install: upgrade-step.lock is a {kind}"),
-                &[CONFIG_ARG, "apt-hook", "pre-install"],
-                Exit::Code(1),
-            )
-            .setup(move |dir| {
-                valid_config(dir);
-                // A joined node: before join every change is provisioning.
-                write(&dir.join("kubeconfig"), b"apiVersion: v1\n");
-                plant(kind, &dir.join("run/upgrade-step.lock"));
-            })
-            .stdin(Input::Bytes(hook_input(
-                b"kubelet 1.0 amd64 none < 2.0 amd64 none /k/kubelet_2.0_amd64.deb\n",
-            )))
-            .expect("kubelet: upgrade 1.0 -> 2.0"),
-        );
-        // post-invoke with a planted plan file: finishes, never fails apt.
-        cases.push(
-            Case::new(
-                format!("post-invoke: apt-pending.json is a {kind}"),
-                &[CONFIG_ARG, "apt-hook", "post-invoke"],
-                Exit::Code(0),
-            )
-            .setup(move |dir| {
-                valid_config(dir);
-                // A refused store keeps post-invoke from writing.
-                write(&state_db(dir), b"not a database");
-                plant(kind, &dir.join("run/apt-pending.json"));
-            })
-            .expect("apt run not recorded"),
-        );
-        cases.push(
-            Case::new(
-                format!("status: kubeconfig is a {kind}"),
-                &[CONFIG_ARG, "status"],
-                Exit::Code(0),
-            )
-            .setup(move |dir| {
-                valid_config(dir);
-                plant(kind, &dir.join("kubeconfig"));
-            })
-            .expect("lease slots:  unknown: reading kubeconfig {dir}/kubeconfig"),
-        );
-        cases.push(
-            Case::new(
-                format!("status: daemon.lock is a {kind}"),
-                &[CONFIG_ARG, "status"],
-                Exit::Code(0),
-            )
-            .setup(move |dir| {
-                valid_config(dir);
-                plant(kind, &dir.join("run/daemon.lock"));
-            })
-            .expect("daemon:       not running"),
-        );
+        for (cmd, code, rel, prepare, stdin, said) in &planted {
+            let args = with_config(&cmd.split(' ').collect::<Vec<_>>());
+            let (prepare, rel) = (*prepare, *rel);
+            cases.push(
+                Case::new(
+                    format!("{}: {rel} is a {kind}", cmd.trim_start_matches("apt-hook ")),
+                    &args,
+                    Exit::Code(*code),
+                )
+                .setup_valid(move |dir| {
+                    prepare(dir);
+                    plant(kind, &dir.join(rel));
+                })
+                .stdin(stdin.clone())
+                .expect(*said),
+            );
+        }
     }
     // An invalid configuration: every package counts as protected.
     cases.push(
@@ -1731,8 +1870,7 @@ fn the_apt_hook_refuses_what_it_cannot_read_and_says_how_to_override() {
             &[CONFIG_ARG, "apt-hook", "pre-install"],
             Exit::Code(1),
         )
-        .setup(|dir| {
-            valid_config(dir);
+        .setup_valid(|dir| {
             write(
                 &dir.join("drydock.toml.d/50-protect.toml"),
                 "[packages]\nprotect = [\"hello\", \"BAD\"]\n",
@@ -1888,8 +2026,7 @@ fn reasons_are_bounded_and_escaped_wherever_they_are_shown() {
                 &[CONFIG_ARG, "history"],
                 Exit::Code(0),
             )
-            .setup(move |dir| {
-                valid_config(dir);
+            .setup_valid(move |dir| {
                 drydock_db(&state_db(dir));
                 let conn = rusqlite::Connection::open(state_db(dir)).unwrap();
                 conn.execute(
@@ -2012,10 +2149,8 @@ fn bad_command_lines_are_refused_by_the_parser() {
         ("history with a bad limit", vec!["history", "--limit", "-5"]),
         ("completions for no shell", vec!["completions", "cmd.exe"]),
     ] {
-        let mut full = vec![CONFIG_ARG];
-        full.extend(args);
         cases.push(
-            Case::new(name, &full, Exit::Code(2))
+            Case::new(name, &with_config(&args), Exit::Code(2))
                 .setup(valid_config)
                 .forbid("panicked"),
         );
@@ -2051,4 +2186,23 @@ fn the_harness_sees_changes_and_hangs() {
         err.contains("exit Some(0)") && err.contains("no such text"),
         "{err}"
     );
+    // ...and a twin that refuses otherwise (another file named) by the
+    // comparison of messages.
+    let other = Case::new(
+        "check-config and a daemon reading another file",
+        &[CONFIG_ARG, "check-config"],
+        Exit::Code(1),
+    )
+    .setup(|dir| {
+        // Every path in the case's directory, should either be accepted.
+        let bad = format!("{}[drain]\ntimeout = \"0s\"\n", base_toml(dir, ""));
+        write(&config(dir), &bad);
+        write(&dir.join("other.toml"), &bad);
+    })
+    .twin(
+        &["--config={dir}/other.toml", "daemon"],
+        ("invalid configuration: ", "loading configuration: "),
+    );
+    let err = run_case(&other).expect_err("the messages name other files");
+    assert!(err.contains("daemon says otherwise"), "{err}");
 }

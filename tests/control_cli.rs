@@ -131,7 +131,7 @@ fn a_failed_node_takes_requests_stamped_after_the_failure() {
     assert!(text(&out.stdout).contains("release of lease drydock-default-0 requested"));
     let store = Store::open(&dir.path().join("state.db")).unwrap();
     for key in [keys::RESUME_REQUESTED, keys::FORCE_RELEASE] {
-        let when: Timestamp = store.get(key).unwrap().expect(key);
+        let when: Timestamp = store.read(key).unwrap().unwrap_or_else(|| panic!("{key}"));
         assert!(when > at, "{key}: {when} is after the failure at {at}");
     }
 }

@@ -336,3 +336,166 @@ async fn daemon_holds_reports_reboots_through_logind_and_reloads() {
         "{text}"
     );
 }
+
+/// Starts `drydock daemon` on `config`; its stderr goes to `log`.
+fn start_daemon(config: &Path, d: &Path, bus: &str, log: &Path) -> Running {
+    Running(
+        Command::new(DRYDOCK)
+            .arg("--config")
+            .arg(config)
+            .arg("daemon")
+            .env("NOTIFY_SOCKET", d.join("notify.sock"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(d.join("daemon.out")).unwrap())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("drydock daemon starts"),
+    )
+}
+
+/// The persisted agent state, read as `drydock status` would.
+fn persisted(d: &Path) -> drydock::agent::state::AgentState {
+    drydock::store::Store::open(&d.join("state.db"))
+        .unwrap()
+        .current_state()
+        .unwrap()
+        .expect("a state")
+        .0
+}
+
+/// SIGTERM while the drain waits on a disruption budget: the real daemon
+/// stops within 5 s, cleanly, with the draining state persisted and the
+/// node left cordoned with its slot; started again (the budget lifted),
+/// it goes on with the drain where it was (no new cordon, no second
+/// reading of the prior schedulability) and asks logind once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_long_drain_stops_within_5s_and_the_restart_resumes_it() {
+    use drydock::agent::state::{AgentState, Cordon};
+    use drydock::sim::{PdbSpec, ReplicaSetSpec};
+    if let Some(why) = missing_tools(false) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI must provide: {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let sb = Sandbox::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sim = Scenario::standard(4, 1)
+        .replica_set(
+            ReplicaSetSpec::new("default", "db", 1)
+                .label("app", "db")
+                .on_nodes(["worker-1"]),
+        )
+        .pdb(
+            PdbSpec::new("default", "db")
+                .selector("app", "db")
+                .min_available(1),
+        )
+        .start()
+        .await
+        .expect("simulator");
+    sim.write_kubeconfig(d.join("kubeconfig")).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logind = Fixture::with_service(&[]);
+    let notify = Notifications::listen(&d.join("notify.sock"));
+    std::fs::create_dir(d.join("metrics")).unwrap();
+    let config = d.join("drydock.toml");
+    std::fs::write(&config, config_text(d, &sb, &[])).unwrap();
+    std::fs::write(
+        d.join("reboot-required"),
+        "*** System restart required ***\n",
+    )
+    .unwrap();
+    let log = d.join("daemon.log");
+    let mut running = start_daemon(&config, d, &logind.address(), &log);
+    wait_until("the drain", Duration::from_secs(60), &log, || {
+        notify.statuses().iter().any(|s| s.starts_with("draining"))
+    });
+    // Stuck on the budget for a while.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(matches!(persisted(d), AgentState::Draining { .. }));
+    signal(&running.0, nix::sys::signal::Signal::SIGTERM);
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "clean stop: {status:?}");
+    assert!(notify.saw("STOPPING=1"));
+    let AgentState::Draining { cordon, .. } = persisted(d) else {
+        panic!("{:?}", persisted(d))
+    };
+    assert_eq!(cordon, Cordon::Ours, "the cordon is remembered as ours");
+    let node: Node = sim.get(None, "worker-1").expect("node");
+    assert_eq!(node.spec.and_then(|s| s.unschedulable), Some(true));
+    let lease: Lease = sim
+        .get(Some("drydock"), "drydock-default-0")
+        .expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("worker-1"),
+        "the slot is kept across the restart"
+    );
+    assert!(!members(&logind.calls()).contains(&"Reboot"));
+    let status = drydock(&config, &["status"]);
+    assert!(status.contains("state:        draining"), "{status}");
+
+    // The budget is lifted; the daemon starts again and goes on.
+    let pdbs: kube::Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        kube::Api::namespaced(kube::Client::try_from(sim.config()).unwrap(), "default");
+    pdbs.delete("db", &Default::default()).await.unwrap();
+    let log2 = d.join("daemon2.log");
+    let mut running = start_daemon(&config, d, &logind.address(), &log2);
+    wait_until(
+        "logind's Reboot call",
+        Duration::from_secs(60),
+        &log2,
+        || members(&logind.calls()).contains(&"Reboot"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        members(&logind.calls()),
+        ["CanReboot", "Reboot"],
+        "asked once"
+    );
+    signal(&running.0, nix::sys::signal::Signal::SIGTERM);
+    assert!(running.0.wait().unwrap().success());
+    assert!(matches!(
+        persisted(d),
+        AgentState::Rebooting {
+            requested_at: Some(_),
+            ..
+        }
+    ));
+    let app_pods_left = sim
+        .pods_on_node("worker-1")
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some("default"))
+        .count();
+    assert_eq!(app_pods_left, 0, "drained before the reboot");
+    // One cycle in the record: cordoned once, drained once.
+    let history = drydock::store::Store::open(&d.join("state.db"))
+        .unwrap()
+        .history(&["state", "drain"], 1000)
+        .unwrap();
+    let entered = |to: &str| {
+        history
+            .iter()
+            .filter(|h| h.kind == "state" && h.detail["to"] == to)
+            .count()
+    };
+    assert_eq!(entered("cordoning"), 1, "{history:#?}");
+    assert_eq!(entered("draining"), 1, "{history:#?}");
+    assert_eq!(history.iter().filter(|h| h.kind == "drain").count(), 1);
+}

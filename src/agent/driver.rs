@@ -22,7 +22,7 @@ use super::ports::{
     AgentEvent, BootChange, BootMark, Claim, ClaimWatch, Cluster, DrainResult, GateStatus, Halt,
     Host, LeaseOutlook, PortError, Reporter,
 };
-use super::state::{AgentState, Cordon, Cycle, Event, TransitionError};
+use super::state::{AgentState, Cordon, Cycle, Event, SlotLoss, TransitionError};
 use crate::config::Settings;
 use crate::logging::msgid;
 use crate::store::{Store, StoreError};
@@ -30,13 +30,15 @@ use crate::store::{Store, StoreError};
 mod upgrade;
 pub use upgrade::{UPGRADE_REASON, is_upgrade_reason};
 
-/// kv keys the CLI writes and the agent reads (and the reverse); the
-/// names live in [`crate::store::keys`].
+/// kv keys the CLI writes and the agent reads (and the reverse), each
+/// with its value type; the names live in [`crate::store::keys`].
 pub mod keys {
-    pub use crate::store::keys::{
-        AGENT_GATES as LAST_GATES, AGENT_REBOOT_NEED as REBOOT_NEED, AGENT_STATUS as LAST_STATUS,
-        FORCE_RELEASE, RESUME_REQUESTED,
-    };
+    use crate::store::keys::{AGENT_GATES, AGENT_REBOOT_NEED, AGENT_STATUS, Key};
+    pub use crate::store::keys::{FORCE_RELEASE, RESUME_REQUESTED};
+
+    pub const LAST_STATUS: Key<super::StatusRecord> = Key::new(AGENT_STATUS);
+    pub const LAST_GATES: Key<super::GatesRecord> = Key::new(AGENT_GATES);
+    pub const REBOOT_NEED: Key<super::RebootNeedRecord> = Key::new(AGENT_REBOOT_NEED);
 }
 
 /// How long a reboot logind accepted may take to bring this process down
@@ -116,6 +118,8 @@ pub struct Agent<H, C, R> {
     claim: Option<ClaimWatch>,
     /// The last refused upgrade target's reason (reported once).
     last_refusal: Option<String>,
+    /// The slot whose loss was already told (its uncordon may be retried).
+    loss_told: Option<String>,
 }
 
 fn signed(d: Duration) -> SignedDuration {
@@ -158,6 +162,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             reboot_requested_here: None,
             claim: None,
             last_refusal: None,
+            loss_told: None,
         })
     }
 
@@ -271,7 +276,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 line: line.clone(),
                 at: Timestamp::now(),
             };
-            self.write(move |s| s.set(keys::LAST_STATUS, &record))
+            self.write(move |s| s.write(keys::LAST_STATUS, &record))
                 .await?;
             self.last_status = line;
         }
@@ -337,7 +342,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             gates: gates.to_vec(),
             at: Timestamp::now(),
         };
-        self.write(move |s| s.set(keys::LAST_GATES, &record)).await
+        self.write(move |s| s.write(keys::LAST_GATES, &record))
+            .await
     }
 
     fn short_retry(&self) -> Duration {
@@ -426,10 +432,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     /// goes to Failed for a person, anything else is retried.
     async fn trouble(&mut self, action: &str, error: PortError) -> Result<Wait, AgentError> {
         match error {
-            PortError::LostLease { slot, holder } => {
-                self.lease_lost(&slot, holder).await?;
-                Ok(Wait::No)
-            }
+            PortError::LostLease { slot, holder } => self.lease_lost(&slot, holder).await,
             // Its text already says what was being done.
             e @ PortError::Permanent { .. } => {
                 let error = e.to_string();
@@ -489,47 +492,78 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                     Claim::Held { slot, .. } if fresh => match self.cluster.confirm(&slot).await {
                         Ok(()) => Ok(None),
                         Err(PortError::LostLease { slot, holder }) => {
-                            self.lease_lost(&slot, holder).await?;
-                            Ok(Some(Wait::No))
+                            Ok(Some(self.lease_lost(&slot, holder).await?))
                         }
                         Err(e) => Ok(Some(self.retry_later("renewing the lease", e).await?)),
                     },
                     Claim::Held { .. } => Ok(None),
                     lost @ Claim::Lost { .. } => {
-                        self.lease_lost(lost.slot(), lost.holder()).await?;
-                        Ok(Some(Wait::No))
+                        Ok(Some(self.lease_lost(lost.slot(), lost.holder()).await?))
                     }
                 }
             }
             Ok(None) => Ok(None),
             Err(PortError::LostLease { slot, holder }) => {
-                self.lease_lost(&slot, holder).await?;
-                Ok(Some(Wait::No))
+                Ok(Some(self.lease_lost(&slot, holder).await?))
             }
             Err(e) => Ok(Some(self.retry_later("holding the lease", e).await?)),
         }
     }
 
-    async fn lease_lost(&mut self, slot: &str, holder: String) -> Result<(), AgentError> {
-        warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
+    /// The slot the state holds is gone. Before the reboot was asked for,
+    /// the node is put back as it was (uncordoned if drydock cordoned it)
+    /// and waits again; after it, it stays cordoned and must win a slot
+    /// back before it goes on (see [`super::state::SlotLoss`]).
+    async fn lease_lost(&mut self, slot: &str, holder: String) -> Result<Wait, AgentError> {
         self.claim = None;
-        if !matches!(
-            self.state,
-            AgentState::Locked { .. } | AgentState::Failed { .. }
-        ) {
-            self.event(AgentEvent::LeaseLost {
-                slot: slot.to_string(),
-                holder: holder.clone(),
+        // Told once per loss, however often the uncordon below is retried.
+        if self.loss_told.as_deref() != Some(slot) {
+            warn!(message_id = msgid::LEASE_LOST, node = %self.node, slot, holder = %holder, state = self.state.name(), "lease {slot} lost to {holder}");
+            if self.state.phase().out_of_service() {
+                self.event(AgentEvent::LeaseLost {
+                    slot: slot.to_string(),
+                    holder: holder.clone(),
+                });
+            }
+            self.loss_told = Some(slot.to_string());
+        }
+        let loss = self.state.slot_loss();
+        if let Some(SlotLoss::Restore { uncordon: true }) = loss
+            && let Err(e) = self.cluster.set_unschedulable(false).await
+        {
+            // Still in the old state, slot gone: the next tick finds the
+            // loss again and retries; nothing else runs meanwhile.
+            return self
+                .retry_later("uncordoning after losing the lease", e)
+                .await;
+        }
+        let next = match loss {
+            Some(SlotLoss::Restore { .. }) => "waiting for a lease slot again",
+            Some(SlotLoss::Regain) => "kept cordoned; waiting to win a lease slot back to finish",
+            None => "stays as it is",
+        };
+        if loss.is_some() {
+            let record = serde_json::json!({
+                "node": self.node,
+                "slot": slot,
+                "holder": holder,
+                "state": self.state.name(),
+                "uncordoned": loss == Some(SlotLoss::Restore { uncordon: true }),
+                "next": next,
             });
+            self.write(move |s| s.append_history("lease-lost", &record).map(|_| ()))
+                .await?;
         }
         self.transition(
             Event::LeaseLost {
                 holder: holder.clone(),
                 now: Timestamp::now(),
             },
-            serde_json::json!({"lost-lease-to": holder, "slot": slot}),
+            serde_json::json!({"lost-lease-to": holder, "slot": slot, "next": next}),
         )
-        .await
+        .await?;
+        self.loss_told = None;
+        Ok(Wait::No)
     }
 
     async fn wait_for_turn(&mut self, now: Timestamp) -> Result<Wait, AgentError> {
@@ -570,7 +604,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 since,
                 checked_at: now,
             };
-            self.write(move |s| s.set(keys::REBOOT_NEED, &record))
+            self.write(move |s| s.write(keys::REBOOT_NEED, &record))
                 .await?;
             reasons
         };
@@ -610,6 +644,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             return Ok(Wait::For(
                 until(now, after).min(self.settings.reboot.check_interval),
             ));
+        }
+        if self.state.finishing_only() {
+            return self.regain_slot().await;
         }
         let waiting = if resuming {
             "waiting to resume"
@@ -667,14 +704,9 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 self.after_block(Timestamp::now(), cluster.blocked_until),
             ));
         }
-        let slot = match self.cluster.acquire().await {
-            Ok(Some(slot)) => slot,
-            Ok(None) => {
-                self.status(format!("{waiting}: another node took the lease first"))
-                    .await?;
-                return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
-            }
-            Err(e) => return self.retry_later("acquiring the lease", e).await,
+        let slot = match self.try_acquire(waiting).await? {
+            Ok(slot) => slot,
+            Err(wait) => return Ok(wait),
         };
         // Gates again, now that we hold the slot: no one sits on it blocked.
         let mut gates = self.cluster.local_gates(&self.store(), Timestamp::now());
@@ -692,13 +724,66 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             ));
         }
         info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, "lease slot {slot} acquired");
+        let detail = serde_json::json!({"slot": slot, "resumed": resuming});
+        self.took_slot(slot, detail).await
+    }
+
+    /// A node that lost its slot after asking for the reboot: cordoned,
+    /// it only finishes (verify, uncordon, release), so it asks for the
+    /// slot alone, without gates or jitter, and so takes a freed slot
+    /// before any node that still has to pass its gates.
+    async fn regain_slot(&mut self) -> Result<Wait, AgentError> {
+        let target = match &self.state {
+            AgentState::Pending {
+                resume: Some(s), ..
+            } => s.name(),
+            _ => unreachable!("regain_slot runs in a finishing-only Pending"),
+        };
+        let waiting = format!("out of service, waiting for a lease slot to finish {target}");
+        match self.cluster.lease_outlook().await {
+            Ok(LeaseOutlook::Busy { holders }) => {
+                self.status(format!("{waiting}: held by {}", holders.join(", ")))
+                    .await?;
+                return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
+            }
+            Ok(_) => {}
+            Err(e) => return self.retry_later("reading the lease", e).await,
+        }
+        let slot = match self.try_acquire(&waiting).await? {
+            Ok(slot) => slot,
+            Err(wait) => return Ok(wait),
+        };
+        info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, resumes = target, "lease slot {slot} won back; going on with {target}");
+        let detail = serde_json::json!({"slot": slot, "resumed": true, "finishing": target});
+        self.took_slot(slot, detail).await
+    }
+
+    /// Asks for a slot; `Err`: none was had, and how long to wait.
+    async fn try_acquire(&mut self, waiting: &str) -> Result<Result<String, Wait>, AgentError> {
+        match self.cluster.acquire().await {
+            Ok(Some(slot)) => Ok(Ok(slot)),
+            Ok(None) => {
+                self.status(format!("{waiting}: another node took the lease first"))
+                    .await?;
+                Ok(Err(Wait::LeaseChange(self.settings.reboot.check_interval)))
+            }
+            Err(e) => Ok(Err(self.retry_later("acquiring the lease", e).await?)),
+        }
+    }
+
+    /// A slot was taken: told, persisted, shown.
+    async fn took_slot(
+        &mut self,
+        slot: String,
+        detail: serde_json::Value,
+    ) -> Result<Wait, AgentError> {
         self.event(AgentEvent::LeaseAcquired { slot: slot.clone() });
         self.transition(
             Event::LeaseAcquired {
                 slot: slot.clone(),
                 now: Timestamp::now(),
             },
-            serde_json::json!({"slot": slot, "resumed": resuming}),
+            detail,
         )
         .await?;
         self.status(format!("{}: holding {slot}", self.state.name()))
@@ -903,9 +988,12 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         });
         // The reboot may cut the network at any moment after this call.
         self.reporter.flush().await;
+        // Logged before asking: once logind accepts, the shutdown's SIGTERM
+        // may cut this step before its answer is read.
+        info!(message_id = msgid::REBOOT_REQUESTED, node = %self.node, reason = %reason, "reboot requested from logind: {reason}");
         match self.host.reboot(&reason).await {
             Ok(()) => {
-                info!(message_id = msgid::REBOOT_REQUESTED, node = %self.node, reason = %reason, "reboot requested from logind: {reason}");
+                info!(node = %self.node, "logind accepted the reboot");
                 Ok(Wait::For(self.renew_every()))
             }
             Err(e) => {
@@ -1058,9 +1146,10 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     /// failure: issued after it. An older one is dropped, said so.
     async fn take_request(
         &mut self,
-        key: &'static str,
+        key: crate::store::keys::Key<Timestamp>,
         failed_at: Timestamp,
     ) -> Result<Option<Timestamp>, AgentError> {
+        // Read as any JSON: a value that is not a time is said so, not an error.
         let Some(value) = self.store().get::<serde_json::Value>(key)? else {
             return Ok(None);
         };
@@ -1068,6 +1157,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         match request_time(&value) {
             Some(at) if at > failed_at => Ok(Some(at)),
             Some(at) => {
+                let key = key.name();
                 warn!(node = %self.node, request = key, requested_at = %at, failed_at = %failed_at,
                     "ignored {key}: it was issued at {at}, before this failure at {failed_at}");
                 let detail = serde_json::json!({"node": self.node, "request": key, "requested-at": at, "failed-at": failed_at});
@@ -1076,6 +1166,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 Ok(None)
             }
             None => {
+                let key = key.name();
                 warn!(node = %self.node, request = key, value = %value, "ignored {key}: not a request time");
                 Ok(None)
             }
@@ -1106,8 +1197,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             if let Some(requested) = self.take_request(keys::FORCE_RELEASE, at).await? {
                 if let Err(e) = self.cluster.release(&slot).await {
                     // Asked again on the next look.
-                    let value = serde_json::to_value(requested).unwrap_or_default();
-                    self.write(move |s| s.set(keys::FORCE_RELEASE, &value))
+                    self.write(move |s| s.write(keys::FORCE_RELEASE, &requested))
                         .await?;
                     return self.retry_later("force-releasing the lease", e).await;
                 }

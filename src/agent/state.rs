@@ -63,6 +63,21 @@ pub struct Cycle {
     pub upgrade: Option<crate::upgrade::steps::Progress>,
 }
 
+/// What losing the Lease slot mid-cycle means for the node.
+///
+/// Before the reboot is asked for, everything done can be undone: the
+/// driver uncordons (only a cordon drydock made) and the node waits again
+/// like any other. From the reboot request on (and during an upgrade,
+/// whose steps cannot be undone) the node stays as it is, cordoned, and
+/// goes on (verify, uncordon, release) only after winning a slot again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotLoss {
+    /// Undo (uncordon when `uncordon`), then wait for a slot.
+    Restore { uncordon: bool },
+    /// Keep the node as it is; take a slot again before the next step.
+    Regain,
+}
+
 /// Whether drydock made the node unschedulable (and so may undo it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -454,6 +469,59 @@ impl AgentState {
         }
     }
 
+    /// What losing the Lease slot in this state asks of the driver;
+    /// `None` when the state holds no slot that could be lost mid-cycle
+    /// (idle, waiting, releasing, failed).
+    pub fn slot_loss(&self) -> Option<SlotLoss> {
+        match self {
+            AgentState::Locked { .. } => Some(SlotLoss::Restore { uncordon: false }),
+            AgentState::Cordoning { cordon, .. }
+            | AgentState::Draining { cordon, .. }
+            | AgentState::Rebooting {
+                cordon,
+                requested_at: None,
+                ..
+            } => Some(SlotLoss::Restore {
+                uncordon: *cordon == Cordon::Ours,
+            }),
+            AgentState::Rebooting { .. }
+            | AgentState::Verifying { .. }
+            | AgentState::Upgrading { .. } => Some(SlotLoss::Regain),
+            _ => None,
+        }
+    }
+
+    /// A node waiting to win a slot back for a state that only finishes a
+    /// reboot already asked for (watch the boot, verify, uncordon,
+    /// release): it takes nothing more out of service, so it waits for the
+    /// slot alone, not the gates, and goes first.
+    pub fn finishing_only(&self) -> bool {
+        match self {
+            AgentState::Pending {
+                resume: Some(s), ..
+            } => matches!(
+                s.as_ref(),
+                AgentState::Verifying { .. }
+                    | AgentState::Rebooting {
+                        requested_at: Some(_),
+                        ..
+                    }
+            ),
+            _ => false,
+        }
+    }
+
+    /// Out of service without holding a slot: waiting to win one back
+    /// after losing it past the point of no return (see [`SlotLoss`]).
+    pub fn out_without_slot(&self) -> bool {
+        match self {
+            AgentState::Pending {
+                resume: Some(s), ..
+            } => s.phase().out_of_service() && s.cordon() == Some(Cordon::Ours),
+            _ => false,
+        }
+    }
+
     /// Where in the cycle a failure in this state happened.
     pub fn step(&self) -> Step {
         match self {
@@ -538,6 +606,17 @@ impl AgentState {
                     match interrupted.cycle_mut() {
                         Some(cycle) => cycle.slot = slot,
                         None => return illegal("the resumed state has no cycle"),
+                    }
+                    // Verification did not run while the slot was away: a
+                    // fresh window, no shorter than the first.
+                    if let AgentState::Verifying {
+                        booted_at,
+                        deadline,
+                        ..
+                    } = interrupted.as_mut()
+                    {
+                        let window = deadline.duration_since(*booted_at);
+                        *deadline = (*deadline).max(now + window.max(SignedDuration::ZERO));
                     }
                     Ok(*interrupted)
                 }
@@ -787,23 +866,31 @@ impl AgentState {
                 interrupted: Box::new(s),
                 slot_held: true,
             }),
+            // The slot lost mid-cycle. Before the reboot was asked for, the
+            // driver has undone its cordon: wait like any other node. After
+            // it, the node stays as it is (cordoned, maybe rebooting) and
+            // goes on only once it holds a slot again.
             (
                 s @ (AgentState::Cordoning { .. }
                 | AgentState::Draining { .. }
                 | AgentState::Rebooting { .. }
                 | AgentState::Verifying { .. }
                 | AgentState::Upgrading { .. }),
-                Event::LeaseLost { holder, now },
+                Event::LeaseLost { .. },
             ) => {
-                let slot = s.held_slot().unwrap_or_default().to_string();
-                Ok(AgentState::Failed {
-                    step: s.step(),
-                    error: format!(
-                        "lease {slot} lost to {holder} while this node was out of service; stopped before going on without it"
-                    ),
-                    at: now,
-                    interrupted: Box::new(s),
-                    slot_held: false,
+                let Some(cycle) = s.cycle() else {
+                    return illegal("no cycle");
+                };
+                let (reasons, since) = (cycle.reasons.clone(), cycle.needed_since);
+                let resume = match s.slot_loss() {
+                    Some(SlotLoss::Restore { .. }) => None,
+                    _ => Some(Box::new(s)),
+                };
+                Ok(AgentState::Pending {
+                    reasons,
+                    since,
+                    retry_after: None,
+                    resume,
                 })
             }
 
@@ -919,26 +1006,7 @@ mod tests {
     }
 
     fn through_reboot() -> AgentState {
-        let s = go(
-            AgentState::Idle,
-            Event::RebootNeeded {
-                reasons: vec!["kernel".into()],
-                now: t(0),
-            },
-        );
-        let s = go(
-            s,
-            Event::LeaseAcquired {
-                slot: "drydock-default-0".into(),
-                now: t(10),
-            },
-        );
-        let s = go(
-            s,
-            Event::PriorSchedulability {
-                unschedulable: false,
-            },
-        );
+        let s = cordoning(false);
         let s = go(s, Event::Cordoned { now: t(11) });
         go(
             s,
@@ -1025,117 +1093,90 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn admin_cordon_is_remembered() {
+    /// Holding a slot, the prior schedulability read.
+    fn cordoning(unschedulable: bool) -> AgentState {
         let s = go(
             AgentState::Idle,
             Event::RebootNeeded {
-                reasons: vec!["x".into()],
+                reasons: vec!["kernel".into()],
                 now: t(0),
             },
         );
         let s = go(
             s,
             Event::LeaseAcquired {
-                slot: "s".into(),
-                now: t(1),
+                slot: "drydock-default-0".into(),
+                now: t(10),
             },
         );
-        let s = go(
-            s,
-            Event::PriorSchedulability {
-                unschedulable: true,
+        go(s, Event::PriorSchedulability { unschedulable })
+    }
+
+    fn lost(s: &AgentState) -> AgentState {
+        go(
+            s.clone(),
+            Event::LeaseLost {
+                holder: "n2".into(),
+                now: t(200),
             },
-        );
-        assert_eq!(s.cordon(), Some(Cordon::Admin));
+        )
     }
 
     #[test]
-    fn lost_lease_then_resume_returns_to_the_interrupted_step_after_a_new_slot() {
+    fn admin_cordon_is_remembered_and_never_undone_on_a_lost_slot() {
+        let s = cordoning(true);
+        assert_eq!(s.cordon(), Some(Cordon::Admin));
+        assert_eq!(s.slot_loss(), Some(SlotLoss::Restore { uncordon: false }));
+        let s = go(s, Event::Cordoned { now: t(11) });
+        assert_eq!(s.slot_loss(), Some(SlotLoss::Restore { uncordon: false }));
+        assert_eq!(
+            cordoning(false).slot_loss(),
+            Some(SlotLoss::Restore { uncordon: true })
+        );
+    }
+
+    #[test]
+    fn a_slot_lost_after_the_reboot_request_is_won_back_before_going_on() {
+        let requested = go(through_reboot(), Event::RebootRequested { now: t(42) });
         for (name, state) in [
-            ("draining", {
-                let s = through_reboot();
-                // Back up: a Draining state.
-                let AgentState::Rebooting { cycle, cordon, .. } = s else {
-                    unreachable!()
-                };
-                AgentState::Draining {
-                    cycle,
-                    cordon,
-                    started: t(11),
-                }
-            }),
-            ("rebooting", through_reboot()),
+            ("rebooting", requested),
             ("verifying", booted(through_reboot(), 100)),
         ] {
-            let failed = go(
-                state.clone(),
-                Event::LeaseLost {
-                    holder: "n2".into(),
-                    now: t(200),
-                },
-            );
-            assert_eq!(failed.held_slot(), None, "{name}");
-            let AgentState::Failed { error, .. } = &failed else {
-                panic!()
-            };
-            assert!(error.contains("lost to n2"), "{error}");
-            // Never on to Releasing from here: only resume (or a release).
+            assert_eq!(state.slot_loss(), Some(SlotLoss::Regain), "{name}");
+            let waiting = lost(&state);
+            assert_eq!(waiting.phase(), Phase::Pending, "{name}");
+            assert_eq!(waiting.held_slot(), None, "{name}");
+            assert_eq!(waiting.cordon(), Some(Cordon::Ours), "{name}: kept");
+            assert!(waiting.out_without_slot(), "{name}");
+            assert!(waiting.finishing_only(), "{name}");
+            // Nothing goes on without a slot: no verification, no release,
+            // and the need check cannot end it.
             for e in [
                 Event::Verified { now: t(201) },
                 Event::Released,
                 Event::RebootNotNeeded,
-            ] {
-                assert!(failed.apply(e).is_err(), "{name}");
-            }
-            let pending = go(
-                failed,
-                Event::Resume {
-                    now: t(300),
+                Event::BootObserved {
+                    booted_at: t(150),
+                    now: t(201),
                     verify_timeout: VT,
                 },
-            );
-            assert_eq!(pending.phase(), Phase::Pending, "{name}");
-            assert!(
-                pending.apply(Event::RebootNotNeeded).is_err(),
-                "{name}: a resumed cycle cannot end unverified"
-            );
+            ] {
+                assert!(waiting.apply(e).is_err(), "{name}");
+            }
             let back = go(
-                pending,
+                waiting,
                 Event::LeaseAcquired {
                     slot: "drydock-default-1".into(),
-                    now: t(301),
+                    now: t(1000),
                 },
             );
             assert_eq!(back.name(), name);
             assert_eq!(back.held_slot(), Some("drydock-default-1"));
+            if let AgentState::Verifying { deadline, .. } = back {
+                // A fresh window (first: 100 -> 160), not one already over.
+                assert_eq!(deadline, t(1060), "{name}");
+            }
         }
-    }
-
-    #[test]
-    fn lease_lost_before_touching_the_node_waits_again() {
-        let s = go(
-            AgentState::Idle,
-            Event::RebootNeeded {
-                reasons: vec!["k".into()],
-                now: t(0),
-            },
-        );
-        let s = go(
-            s,
-            Event::LeaseAcquired {
-                slot: "s".into(),
-                now: t(1),
-            },
-        );
-        let s = go(
-            s,
-            Event::LeaseLost {
-                holder: "n2".into(),
-                now: t(2),
-            },
-        );
-        assert!(matches!(s, AgentState::Pending { resume: None, .. }));
     }
 
     #[test]
@@ -1314,6 +1355,7 @@ mod tests {
                     },
                 ),
             ),
+            ("pending-regain", lost(&verifying)),
             (
                 "locked",
                 AgentState::Locked {
@@ -1409,16 +1451,43 @@ mod tests {
         EventKind::ALL.into_iter().map(ev).collect()
     }
 
+    /// What a lost slot does to each sample (when it may happen at all).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum OnLoss {
+        /// Not an event this state takes.
+        Illegal,
+        /// Undone (uncordoned when `true`), then waiting like any node.
+        Wait { uncordon: bool },
+        /// Kept as it is; waits to win a slot back for this very state.
+        Regain,
+        /// Stays failed, the slot no longer counted as held.
+        StaysFailed,
+    }
+
+    /// The one table of the machine: for each sample state, the events it
+    /// takes and what losing its slot does; every (state, event) pair is
+    /// walked against it.
     #[test]
     fn every_state_event_pair_is_legal_or_a_loud_error() {
         use EventKind as K;
-        let legal: &[(&str, &[K])] = &[
-            ("idle", &[K::RebootNeeded, K::RebootNotNeeded]),
+        use OnLoss::*;
+        let table: &[(&str, &[K], OnLoss)] = &[
+            ("idle", &[K::RebootNeeded, K::RebootNotNeeded], Illegal),
             (
                 "pending",
                 &[K::RebootNeeded, K::RebootNotNeeded, K::LeaseAcquired],
+                Illegal,
             ),
-            ("pending-resume", &[K::RebootNeeded, K::LeaseAcquired]),
+            (
+                "pending-resume",
+                &[K::RebootNeeded, K::LeaseAcquired],
+                Illegal,
+            ),
+            (
+                "pending-regain",
+                &[K::RebootNeeded, K::LeaseAcquired],
+                Illegal,
+            ),
             (
                 "locked",
                 &[
@@ -1427,30 +1496,42 @@ mod tests {
                     K::Failed,
                     K::UpgradePlanned,
                 ],
+                Wait { uncordon: false },
             ),
-            ("cordoning", &[K::Cordoned, K::LeaseLost, K::Failed]),
+            (
+                "cordoning",
+                &[K::Cordoned, K::LeaseLost, K::Failed],
+                Wait { uncordon: true },
+            ),
             (
                 "draining",
                 &[K::Drained, K::DrainAbandoned, K::LeaseLost, K::Failed],
+                Wait { uncordon: true },
             ),
             (
                 "rebooting",
                 &[K::RebootRequested, K::BootObserved, K::LeaseLost, K::Failed],
+                Wait { uncordon: true },
             ),
             (
                 "rebooting-requested",
                 &[K::BootObserved, K::LeaseLost, K::Failed],
+                Regain,
             ),
-            ("verifying", &[K::Verified, K::LeaseLost, K::Failed]),
-            ("releasing", &[K::Released]),
-            ("failed", &[K::Resume, K::ForceReleased, K::LeaseLost]),
-            ("failed-unheld", &[K::Resume]),
+            ("verifying", &[K::Verified, K::LeaseLost, K::Failed], Regain),
+            ("releasing", &[K::Released], Illegal),
+            (
+                "failed",
+                &[K::Resume, K::ForceReleased, K::LeaseLost],
+                StaysFailed,
+            ),
+            ("failed-unheld", &[K::Resume], Illegal),
         ];
         let samples = samples();
-        assert_eq!(samples.len(), legal.len());
+        assert_eq!(samples.len(), table.len());
         let mut pairs = 0;
-        for ((name, state), (lname, allowed)) in samples.iter().zip(legal) {
-            assert_eq!(name, lname);
+        for ((name, state), (tname, allowed, on_loss)) in samples.iter().zip(table) {
+            assert_eq!(name, tname);
             for event in events() {
                 pairs += 1;
                 let kind = event.kind();
@@ -1472,7 +1553,36 @@ mod tests {
                 }
                 assert_eq!(*state, before, "apply never changes the state it is given");
             }
+            // A lost slot, as the table says.
+            let after = state.apply(Event::LeaseLost {
+                holder: "n2".into(),
+                now: t(500),
+            });
+            let found = match (&after, state.slot_loss()) {
+                (Err(_), None) => Illegal,
+                (
+                    Ok(AgentState::Failed {
+                        slot_held: false, ..
+                    }),
+                    None,
+                ) => StaysFailed,
+                (
+                    Ok(AgentState::Pending { resume: None, .. }),
+                    Some(SlotLoss::Restore { uncordon }),
+                ) => Wait { uncordon },
+                (
+                    Ok(AgentState::Pending {
+                        resume: Some(r), ..
+                    }),
+                    Some(SlotLoss::Regain),
+                ) if **r == *state => Regain,
+                other => panic!("{name}: lost slot gave {other:?}"),
+            };
+            assert_eq!(found, *on_loss, "{name}");
+            if let Ok(after) = after {
+                assert_eq!(after.held_slot(), None, "{name}: the lost slot is not held");
+            }
         }
-        assert_eq!(pairs, 12 * EventKind::ALL.len());
+        assert_eq!(pairs, table.len() * EventKind::ALL.len());
     }
 }

@@ -797,11 +797,20 @@ async fn a_lost_claim_stops_a_running_drain() {
         .expect("the drain stopped")
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(1));
-    let AgentState::Failed { interrupted, .. } = a.state() else {
-        panic!("{:?}", a.state())
-    };
-    assert_eq!(interrupted.name(), "draining");
-    assert_eq!(w.0.lock().unwrap().reboots, 0);
+    // Before the reboot: the node is put back and waits like any other.
+    assert!(
+        matches!(a.state(), AgentState::Pending { resume: None, .. }),
+        "{:?}",
+        a.state()
+    );
+    let g = w.0.lock().unwrap();
+    assert!(!g.unschedulable, "uncordoned");
+    assert_eq!(g.reboots, 0);
+    drop(g);
+    let lost = a.store().history(&["lease-lost"], 10).unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].detail["state"], "draining");
+    assert_eq!(lost[0].detail["uncordoned"], true);
 }
 
 /// A permanent drain failure stops for a person; it is not retried forever.

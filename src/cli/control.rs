@@ -109,7 +109,7 @@ pub fn resume(cli: &Cli) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     };
-    store.set(keys::RESUME_REQUESTED, &jiff::Timestamp::now())?;
+    store.write(keys::RESUME_REQUESTED, &jiff::Timestamp::now())?;
     nudge(&settings);
     if was_paused {
         println!("local pause lifted");
@@ -150,7 +150,7 @@ pub fn release(cli: &Cli, args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
         eprintln!("drydock: this failed node holds no lease slot; there is nothing to release");
         return Ok(ExitCode::from(1));
     };
-    store.set(keys::FORCE_RELEASE, &jiff::Timestamp::now())?;
+    store.write(keys::FORCE_RELEASE, &jiff::Timestamp::now())?;
     nudge(&settings);
     println!("release of lease {slot} requested; the node stays cordoned until you uncordon it");
     Ok(ExitCode::SUCCESS)

@@ -92,9 +92,9 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let (state, summary, reboot_need, gates_record, local_pause, held_packages) = match &store {
         Some(s) => (
             s.current_state::<AgentState>()?.map(|(st, _)| st),
-            s.get::<StatusRecord>(keys::LAST_STATUS)?,
-            s.get::<RebootNeedRecord>(keys::REBOOT_NEED)?,
-            s.get::<GatesRecord>(keys::LAST_GATES)?,
+            s.read(keys::LAST_STATUS)?,
+            s.read(keys::REBOOT_NEED)?,
+            s.read(keys::LAST_GATES)?,
             // Stored by an operator: escaped in the JSON too, so `jq -r`
             // prints it as safely as the text view.
             gates::paused::local_pause(s)?.map(|p| gates::paused::LocalPause {

@@ -42,6 +42,10 @@ pub enum AnnotationError {
         source: kube::Error,
     },
     #[error(
+        "Namespace {namespace} does not exist; create it with the manifests `drydock rbac` prints"
+    )]
+    Missing { namespace: String },
+    #[error(
         "setting annotation {key} on Namespace {namespace}: still conflicting after {attempts} attempts"
     )]
     Conflict {
@@ -179,14 +183,14 @@ fn api(client: &kube::Client) -> Api<Namespace> {
     Api::all(client.clone())
 }
 
-/// Sets (`Some`) or removes (`None`) one annotation on the Namespace.
-pub async fn set(
+/// One merge patch of the Namespace's annotations (`null` removes one);
+/// `key` names the write in the error.
+async fn patch(
     client: &kube::Client,
     namespace: &str,
     key: &'static str,
-    value: Option<&str>,
+    patch: serde_json::Value,
 ) -> Result<(), AnnotationError> {
-    let patch = json!({ "metadata": { "annotations": { key: value } } });
     api(client)
         .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -196,6 +200,28 @@ pub async fn set(
             source,
         })?;
     Ok(())
+}
+
+/// The Namespace (`None`: it does not exist).
+async fn get(client: &kube::Client, namespace: &str) -> Result<Option<Namespace>, AnnotationError> {
+    api(client)
+        .get_opt(namespace)
+        .await
+        .map_err(|source| AnnotationError::Get {
+            namespace: namespace.to_string(),
+            source,
+        })
+}
+
+/// Sets (`Some`) or removes (`None`) one annotation on the Namespace.
+pub async fn set(
+    client: &kube::Client,
+    namespace: &str,
+    key: &'static str,
+    value: Option<&str>,
+) -> Result<(), AnnotationError> {
+    let body = json!({ "metadata": { "annotations": { key: value } } });
+    patch(client, namespace, key, body).await
 }
 
 /// `drydock cluster pause --reason`.
@@ -215,16 +241,8 @@ pub async fn pause_cluster_by(
     reason: &str,
     by: Option<&str>,
 ) -> Result<(), AnnotationError> {
-    let patch = json!({ "metadata": { "annotations": { PAUSED: reason, PAUSED_BY: by } } });
-    api(client)
-        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| AnnotationError::Patch {
-            namespace: namespace.to_string(),
-            key: PAUSED,
-            source,
-        })?;
-    Ok(())
+    let body = json!({ "metadata": { "annotations": { PAUSED: reason, PAUSED_BY: by } } });
+    patch(client, namespace, PAUSED, body).await
 }
 
 pub async fn resume_cluster(client: &kube::Client, namespace: &str) -> Result<(), AnnotationError> {
@@ -242,16 +260,8 @@ pub async fn halt(
 }
 
 pub async fn clear_halt(client: &kube::Client, namespace: &str) -> Result<(), AnnotationError> {
-    let patch = json!({ "metadata": { "annotations": { HALTED: null, HALTED_BY: null } } });
-    api(client)
-        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| AnnotationError::Patch {
-            namespace: namespace.to_string(),
-            key: HALTED,
-            source,
-        })?;
-    Ok(())
+    let body = json!({ "metadata": { "annotations": { HALTED: null, HALTED_BY: null } } });
+    patch(client, namespace, HALTED, body).await
 }
 
 /// Who halted the fleet, as data: the halting node recognises its own
@@ -271,16 +281,8 @@ pub async fn halt_by(
 ) -> Result<(), AnnotationError> {
     let text = format!("{}: {}", by.node, by.reason);
     let who = serde_json::to_string(by).unwrap_or_default();
-    let patch = json!({ "metadata": { "annotations": { HALTED: text, HALTED_BY: who } } });
-    api(client)
-        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| AnnotationError::Patch {
-            namespace: namespace.to_string(),
-            key: HALTED,
-            source,
-        })?;
-    Ok(())
+    let body = json!({ "metadata": { "annotations": { HALTED: text, HALTED_BY: who } } });
+    patch(client, namespace, HALTED, body).await
 }
 
 /// The structured halt, when the halt was set by a drydock node.
@@ -288,13 +290,7 @@ pub async fn halted_by(
     client: &kube::Client,
     namespace: &str,
 ) -> Result<Option<HaltedBy>, AnnotationError> {
-    let ns = api(client)
-        .get_opt(namespace)
-        .await
-        .map_err(|source| AnnotationError::Get {
-            namespace: namespace.to_string(),
-            source,
-        })?;
+    let ns = get(client, namespace).await?;
     let annotations = ns.and_then(|n| n.metadata.annotations).unwrap_or_default();
     // The record counts only for the halt text it was written with: a halt
     // set or rewritten by hand belongs to no node.
@@ -341,12 +337,10 @@ pub async fn record_reboot_finished(
     }
     .to_annotation();
     for _ in 0..ATTEMPTS {
-        let ns = api(client)
-            .get(namespace)
-            .await
-            .map_err(|source| AnnotationError::Get {
+        let ns = get(client, namespace)
+            .await?
+            .ok_or_else(|| AnnotationError::Missing {
                 namespace: namespace.to_string(),
-                source,
             })?;
         let current = ns
             .metadata

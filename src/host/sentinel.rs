@@ -17,7 +17,8 @@ use crate::config::RebootSettings;
 use crate::store::{Store, StoreError};
 
 /// Store key of the operator's reboot request.
-const REQUEST_KEY: &str = crate::store::keys::REBOOT_REQUEST;
+const REQUEST_KEY: crate::store::keys::Key<RebootRequest> =
+    crate::store::keys::Key::new(crate::store::keys::REBOOT_REQUEST);
 
 /// Why a reboot is needed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +128,7 @@ pub fn request_reboot(store: &Store, reason: &str) -> Result<RebootRequest, Stor
         },
         at: Timestamp::now(),
     };
-    store.set(REQUEST_KEY, &request)?;
+    store.write(REQUEST_KEY, &request)?;
     Ok(request)
 }
 
@@ -137,7 +138,7 @@ pub fn clear_reboot_request(store: &Store) -> Result<bool, StoreError> {
 }
 
 pub fn reboot_request(store: &Store) -> Result<Option<RebootRequest>, StoreError> {
-    store.get(REQUEST_KEY)
+    store.read(REQUEST_KEY)
 }
 
 /// Checks every source. `running_release` is `uname -r` (see

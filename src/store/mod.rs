@@ -93,6 +93,23 @@ pub enum StoreError {
         action: &'static str,
         source: serde_json::Error,
     },
+    /// The stored current state is not one this build knows (an older or
+    /// newer drydock wrote it, or it was edited). Nothing is acted on.
+    #[error(
+        "{} holds an agent state this drydock cannot read (state \"{found}\", written at {written}, perhaps by another drydock version): {source}. \
+drydock takes no action on this node: its cordon and Lease slot are left exactly as they are. \
+To recover: see what the interrupted cycle left (`drydock history`, `kubectl get node`, the Lease slots in the drydock namespace), undo it by hand \
+(uncordon only what drydock cordoned, free the slot this node holds), then forget the unreadable state with \
+`sqlite3 {} 'DELETE FROM state'` (the history is kept) and restart drydock; or install the drydock version that wrote it",
+        path.display(), path.display()
+    )]
+    UnreadableState {
+        path: PathBuf,
+        /// The state's name as stored (its `state` tag), or "?".
+        found: String,
+        written: String,
+        source: serde_json::Error,
+    },
     #[error("reading {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -461,9 +478,13 @@ impl Store {
         let Some((json, at)) = row else {
             return Ok(None);
         };
-        let state = serde_json::from_str(&json).map_err(|source| StoreError::Json {
+        let state = serde_json::from_str(&json).map_err(|source| StoreError::UnreadableState {
             path: self.path.clone(),
-            action: "decoding current state",
+            found: serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v.get("state")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| "?".into()),
+            written: at.clone(),
             source,
         })?;
         Ok(Some((state, parse_time(&self.path, &at)?)))
@@ -559,10 +580,23 @@ impl Store {
         Ok(out)
     }
 
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    /// The value under `key`, of the key's own type.
+    pub fn read<T: DeserializeOwned>(&self, key: keys::Key<T>) -> Result<Option<T>, StoreError> {
+        self.get(key)
+    }
+
+    /// Sets the value under `key`, of the key's own type.
+    pub fn write<T: Serialize>(&self, key: keys::Key<T>, value: &T) -> Result<(), StoreError> {
+        self.set(key, value)
+    }
+
+    /// The value under `key` (a name, or a [`keys::Key`]) as any type.
+    pub fn get<T: DeserializeOwned>(&self, key: impl AsRef<str>) -> Result<Option<T>, StoreError> {
         let json: Option<String> = self
             .conn
-            .query_row("SELECT json FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT json FROM kv WHERE key = ?1", [key.as_ref()], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| sqlite(&self.path, "reading local setting", e))?;
         json.map(|j| {
@@ -575,7 +609,8 @@ impl Store {
         .transpose()
     }
 
-    pub fn set<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+    pub fn set<T: Serialize>(&self, key: impl AsRef<str>, value: &T) -> Result<(), StoreError> {
+        let key = key.as_ref();
         let json = to_json(&self.path, value)?;
         self.conn
             .execute(
@@ -587,10 +622,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
+    pub fn remove(&self, key: impl AsRef<str>) -> Result<bool, StoreError> {
         let n = self
             .conn
-            .execute("DELETE FROM kv WHERE key = ?1", [key])
+            .execute("DELETE FROM kv WHERE key = ?1", [key.as_ref()])
             .map_err(|e| sqlite(&self.path, "removing local setting", e))?;
         Ok(n > 0)
     }
@@ -716,5 +751,46 @@ mod tests {
         drop(second);
         drop(reader);
         assert!(!is_open_here(&open_here(), &path));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(tag = "state", rename_all = "kebab-case")]
+    enum Known {
+        Idle,
+    }
+
+    /// A state this build does not know is a specific error naming it, and
+    /// reading it changes nothing.
+    #[test]
+    fn an_unknown_stored_state_is_refused_by_name_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut store = Store::open(&path).unwrap();
+        let old = serde_json::json!({"state": "failed", "step": "release"});
+        store
+            .transition(&old, "state", &serde_json::json!({}))
+            .unwrap();
+        let e = store.current_state::<Known>().unwrap_err();
+        let StoreError::UnreadableState { found, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(found, "failed");
+        assert!(e.to_string().contains("takes no action"), "{e}");
+        // Not even a tag: still specific.
+        store
+            .transition(&serde_json::json!([1, 2]), "state", &serde_json::json!({}))
+            .unwrap();
+        let e = store.current_state::<Known>().unwrap_err();
+        assert!(
+            matches!(&e, StoreError::UnreadableState { found, .. } if found == "?"),
+            "{e:?}"
+        );
+        let raw = store
+            .current_state::<serde_json::Value>()
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(raw, serde_json::json!([1, 2]));
+        assert!(store.current_state::<Known>().is_err());
     }
 }
