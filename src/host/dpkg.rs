@@ -238,7 +238,7 @@ impl PackagesQuery {
 }
 
 /// Parses `QUERY_FORMAT` lines; the error is the offending line.
-pub fn parse_query_output(text: &str) -> Result<Vec<PackageState>, String> {
+fn parse_query_output(text: &str) -> Result<Vec<PackageState>, String> {
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|line| {

@@ -21,7 +21,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// The phases whose durations are histograms.
-pub const TIMED_PHASES: [&str; 4] = ["drain", "reboot", "verify", "upgrade"];
+const TIMED_PHASES: [&str; 4] = ["drain", "reboot", "verify", "upgrade"];
 
 /// 10 s to 4 h: a drain of seconds to a slow upgrade of hours.
 fn phase_histogram() -> Histogram {
@@ -489,7 +489,7 @@ fn set_info(family: &Family<Labels, Gauge>, last: &mut Option<String>, value: &s
 
 /// OpenMetrics -> classic text format: counters are named with their
 /// `_total` suffix in HELP/TYPE, and OpenMetrics-only lines are dropped.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
+fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: BTreeSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

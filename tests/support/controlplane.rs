@@ -328,6 +328,7 @@ impl ControlPlane {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         // SAFETY: prctl is async-signal-safe; nothing else runs here.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
