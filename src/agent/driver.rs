@@ -1203,14 +1203,14 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         let resume = self.take_request(keys::RESUME_REQUESTED, at).await?;
         if resume.is_none() {
             let owed = self.write(|s| s.read(keys::PENDING_HALT)).await?;
-            if let Some(halt) = owed {
-                if !self.set_pending_halt(&halt).await? {
-                    self.status(format!(
-                        "failed at {step}: {error}; the fleet halt is not set yet (API unreachable), retrying"
-                    ))
-                    .await?;
-                    return Ok(Wait::For(self.short_retry()));
-                }
+            if let Some(halt) = owed
+                && !self.set_pending_halt(&halt).await?
+            {
+                self.status(format!(
+                    "failed at {step}: {error}; the fleet halt is not set yet (API unreachable), retrying"
+                ))
+                .await?;
+                return Ok(Wait::For(self.short_retry()));
             }
         }
         if let Some(requested) = resume {
