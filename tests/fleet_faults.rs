@@ -239,9 +239,17 @@ impl Reporter for Watcher {
                 // (issue 10: a node never verifies without one).
                 if *from == Phase::Verifying && *to == Phase::Releasing {
                     let leases: Vec<Lease> = self.sim.list(Some("drydock"));
-                    let holds = leases.iter().any(|l| {
-                        l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(node)
-                    });
+                    let holder = |l: &Lease| {
+                        l.spec.as_ref().and_then(|s| s.holder_identity.clone())
+                    };
+                    // The test's intruder takes a live Lease against the
+                    // protocol; its victim learns it at its keeper's next
+                    // renewal (within a Lease of the theft).
+                    let holds = leases.iter().any(|l| holder(l).as_deref() == Some(node))
+                        || leases.iter().any(|l| {
+                            holder(l).as_deref() == Some("intruder")
+                                && !live_holders(std::slice::from_ref(l)).is_empty()
+                        });
                     if !holds {
                         seen.violations
                             .push(format!("{node} verified without holding a slot"));
