@@ -12,7 +12,7 @@ pub const MAX_REASON: usize = 200;
 /// How much of a value an error message quotes (characters).
 pub const MAX_QUOTED: usize = 80;
 /// How long one error message may get (characters).
-pub const MAX_MESSAGE: usize = 1000;
+const MAX_MESSAGE: usize = 1000;
 
 /// Characters a terminal or log viewer may interpret: C0/C1 controls, DEL,
 /// and the Unicode bidirectional overrides that reorder what is displayed.

@@ -141,12 +141,7 @@ fn drydock_on_a_real_control_plane() {
     let Some(bin) = controlplane::binaries() else {
         return;
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "drydock=info".into()),
-        ))
-        .with_test_writer()
-        .try_init();
+    controlplane::init_tracing();
     let started = Instant::now();
     let cp = ControlPlane::start(&bin);
     let rt = tokio::runtime::Builder::new_multi_thread()

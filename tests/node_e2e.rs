@@ -462,21 +462,21 @@ fn with_id<'a>(entries: &'a [serde_json::Value], id: &str) -> Vec<&'a serde_json
 fn cloud_init_user_data() -> String {
     let example = std::fs::read_to_string(Path::new(REPO).join("examples/cloud-init.yaml"))
         .expect("the shipped cloud-init example");
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&example).expect("example is YAML");
-    let source = serde_yaml::from_str::<serde_yaml::Value>(&format!(
+    let mut doc: serde_json::Value = serde_saphyr::from_str(&example).expect("example is YAML");
+    let source = serde_saphyr::from_str::<serde_json::Value>(&format!(
         "{{preserve_sources_list: true, sources: {{drydock: {{source: 'deb [trusted=yes] file:/{LOCAL_REPO} ./'}}}}}}"
     ))
     .unwrap();
     doc["apt"] = source;
     let packages = doc["packages"]
-        .as_sequence_mut()
+        .as_array_mut()
         .expect("example installs packages");
     assert!(
         packages.iter().any(|p| p.as_str() == Some("drydock")),
         "the example installs drydock"
     );
     packages.retain(|p| p.as_str() != Some("prometheus-node-exporter"));
-    format!("#cloud-config\n{}", serde_yaml::to_string(&doc).unwrap())
+    format!("#cloud-config\n{}", serde_saphyr::to_string(&doc).unwrap())
 }
 
 fn seed_cloud_init(node: &Node) {

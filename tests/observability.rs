@@ -195,7 +195,7 @@ fn rule_exprs(rules: &Value) -> Vec<(String, String)> {
 fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
     let rules_path = share().join("prometheus/drydock.rules.yml");
     let rules: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&rules_path).unwrap()).expect("YAML");
+        serde_saphyr::from_str(&std::fs::read_to_string(&rules_path).unwrap()).expect("YAML");
     let exprs = rule_exprs(&rules);
     assert!(exprs.len() >= 9, "{exprs:?}");
     let exported = exported();
@@ -216,7 +216,7 @@ fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
         .iter()
         .flat_map(|f| {
             let text = std::fs::read_to_string(share().join("prometheus").join(f)).unwrap();
-            let tests: Value = serde_yaml::from_str(&text).expect("YAML");
+            let tests: Value = serde_saphyr::from_str(&text).expect("YAML");
             tests["tests"].as_array().unwrap().clone()
         })
         .collect();
@@ -317,7 +317,7 @@ fn dashboard_parses_and_uses_only_exported_metrics() {
         })).collect::<Vec<_>>(),
     }]});
     let file = dir.path().join("dashboard.rules.yml");
-    std::fs::write(&file, serde_yaml::to_string(&rules).unwrap()).unwrap();
+    std::fs::write(&file, serde_saphyr::to_string(&rules).unwrap()).unwrap();
     let (ok, out) = run(Command::new(&promtool).args(["check", "rules"]).arg(&file));
     assert!(ok, "a dashboard query does not parse:\n{out}");
 }

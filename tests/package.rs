@@ -219,6 +219,17 @@ fn package_release_build() {
     let deb = build_deb(&[], &repo().join("target/debian"));
     assert_eq!(deb.parent().unwrap(), repo().join("target/debian"));
     check_deb(&deb);
+    // The production build: no simulator subcommands.
+    let help = run(Command::new(repo().join("target/release/drydock")).arg("--help"));
+    assert!(help.contains("daemon"), "{help}");
+    let subcommands: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+        .collect();
+    assert!(
+        !subcommands.contains(&"sim") && !subcommands.contains(&"simulate"),
+        "{help}"
+    );
 }
 
 /// dpkg on a private root: `(stdout+stderr, success)`. Maintainer scripts

@@ -24,8 +24,44 @@ struct Prometheus {
 
 impl Prometheus {
     fn start() -> Prometheus {
+        Prometheus::start_with(None)
+    }
+
+    /// Serving HTTPS with a certificate for 127.0.0.1 from a private CA;
+    /// the CA's PEM is written to `ca_out`.
+    fn start_tls(ca_out: &std::path::Path) -> Prometheus {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "drydock test company CA");
+        std::fs::write(ca_out, ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        Prometheus::start_with(Some((server.pem(), key.serialize_pem())))
+    }
+
+    fn start_with(tls: Option<(String, String)>) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let mut web = Vec::new();
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.path().join("server.pem"), cert).unwrap();
+            std::fs::write(dir.path().join("server.key"), key).unwrap();
+            let config = dir.path().join("web.yml");
+            std::fs::write(
+                &config,
+                "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n",
+            )
+            .unwrap();
+            web.push(format!("--web.config.file={}", config.display()));
+        }
+        let scheme = if web.is_empty() { "http" } else { "https" };
         std::fs::write(
             dir.path().join("rules.yml"),
             "groups:\n- name: drydock-test\n  interval: 1s\n  rules:\n  - alert: AlwaysFiring\n    expr: vector(1)\n    for: 0s\n    labels:\n      severity: none\n",
@@ -46,6 +82,7 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(&web)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -53,7 +90,7 @@ impl Prometheus {
             .expect("start prometheus (Debian package `prometheus`)");
         Prometheus {
             child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             _dir: dir,
         }
     }
@@ -141,6 +178,77 @@ async fn alert_gate_against_a_real_prometheus() {
     };
     let prefix = format!("alerts: prometheus at {} unreachable: ", prom.url);
     assert!(reason.starts_with(&prefix), "{reason}");
+}
+
+/// Fetches until Prometheus answers (or 30 s pass); the last observation.
+async fn fetch_when_up(s: &Settings) -> AlertObservation {
+    let start = Instant::now();
+    loop {
+        let obs = alerts::fetch(&s.alerts).await;
+        if matches!(obs, AlertObservation::Fetched { .. })
+            || start.elapsed() > Duration::from_secs(30)
+        {
+            return obs;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A Prometheus behind a company CA: trusted once the CA is in the system
+/// store (here SSL_CERT_FILE, which the system store loader honours, in a
+/// child test process), refused without it: no compiled-in bundle decides.
+#[tokio::test]
+async fn alert_gate_trusts_a_private_ca_from_the_system_store() {
+    if !std::path::Path::new(PROMETHEUS).exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{PROMETHEUS} missing (Debian package prometheus)"
+        );
+        eprintln!("SKIPPED: {PROMETHEUS} missing (apt-get install prometheus)");
+        return;
+    }
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("company-ca.pem");
+    let prom = Prometheus::start_tls(&ca);
+    // With the CA in the store: the child test fetches over HTTPS.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "fetch_over_https_with_the_store_given",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SSL_CERT_FILE", &ca)
+        .env("DRYDOCK_TEST_HTTPS_URL", &prom.url)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    // Without it (this process's store lacks the CA): refused, so blocked.
+    let obs = alerts::fetch(&settings_for(&prom.url).alerts).await;
+    let Verdict::Block(reason) = alerts::evaluate(&settings_for(&prom.url).alerts, &obs) else {
+        panic!("an untrusted certificate must block: {obs:?}");
+    };
+    assert!(
+        reason.contains("unreachable") && reason.contains("certificate"),
+        "{reason}"
+    );
+}
+
+/// Run by the test above in a child process with SSL_CERT_FILE set.
+#[tokio::test]
+#[ignore = "a child of alert_gate_trusts_a_private_ca_from_the_system_store"]
+async fn fetch_over_https_with_the_store_given() {
+    let url = std::env::var("DRYDOCK_TEST_HTTPS_URL").expect("run by its parent test");
+    let obs = fetch_when_up(&settings_for(&url)).await;
+    assert!(
+        matches!(obs, AlertObservation::Fetched { .. }),
+        "HTTPS fetch with the CA in the store failed: {obs:?}"
+    );
 }
 
 #[tokio::test]

@@ -194,8 +194,8 @@ fn report_cloud_init_example_config_is_valid() {
     )
     .unwrap();
     assert!(text.starts_with("#cloud-config\n"));
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    let packages = doc["packages"].as_sequence().unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let packages = doc["packages"].as_array().unwrap();
     assert!(packages.iter().any(|p| p.as_str() == Some("drydock")));
     let dir = tempfile::tempdir().unwrap();
     let main = dir.path().join("drydock.toml");
@@ -207,7 +207,7 @@ fn report_cloud_init_example_config_is_valid() {
     let drop_ins = dir.path().join("drydock.toml.d");
     std::fs::create_dir(&drop_ins).unwrap();
     let mut written = 0;
-    for file in doc["write_files"].as_sequence().unwrap() {
+    for file in doc["write_files"].as_array().unwrap() {
         let path = file["path"].as_str().unwrap();
         if let Some(name) = path.strip_prefix("/etc/drydock/drydock.toml.d/") {
             std::fs::write(drop_ins.join(name), file["content"].as_str().unwrap()).unwrap();

@@ -561,6 +561,7 @@ fn report_sd_notify_child() {
         return;
     }
     // SAFETY: this process runs only this test, single-threaded so far.
+    #[allow(unsafe_code)]
     unsafe {
         std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
         std::env::set_var("WATCHDOG_USEC", "100000");

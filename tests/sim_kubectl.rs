@@ -156,7 +156,7 @@ async fn kubectl_get_cordon_annotate_and_lease_yaml() -> TestResult {
             "yaml",
         ])
         .await;
-    let lease: serde_yaml::Value = serde_yaml::from_str(&yaml)?;
+    let lease: serde_json::Value = serde_saphyr::from_str(&yaml)?;
     assert_eq!(lease["kind"].as_str(), Some("Lease"));
     assert_eq!(lease["apiVersion"].as_str(), Some("coordination.k8s.io/v1"));
     assert_eq!(lease["spec"]["holderIdentity"].as_str(), Some("worker-1"));
@@ -360,14 +360,14 @@ fn kubeconfig_is_plain_http_without_credentials() -> TestResult {
     rt.block_on(async {
         let sim = Scenario::new().start().await?;
         let yaml = sim.kubeconfig_yaml();
-        let v: serde_yaml::Value = serde_yaml::from_str(&yaml)?;
+        let v: serde_json::Value = serde_saphyr::from_str(&yaml)?;
         assert_eq!(
             v["clusters"][0]["cluster"]["server"].as_str(),
             Some(sim.url().as_str())
         );
         assert_eq!(v["current-context"].as_str(), Some("drydock-sim"));
         // kube's own kubeconfig loader accepts it too.
-        let kc: kube::config::Kubeconfig = serde_yaml::from_str(&yaml)?;
+        let kc = kube::config::Kubeconfig::from_yaml(&yaml)?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         assert_eq!(cfg.cluster_url.to_string().trim_end_matches('/'), sim.url());
         Ok(())

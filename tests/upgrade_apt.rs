@@ -17,27 +17,13 @@ use drydock::upgrade::apt::{self, AptError};
 const OLD: KubeVersion = KubeVersion::new(1, 34, 2);
 const NEW: KubeVersion = KubeVersion::new(1, 35, 2);
 
-fn ready() -> bool {
-    match apt_sandbox::missing_tools(false) {
-        None => true,
-        Some(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the apt sandbox must run in CI: {why}"
-            );
-            println!("SKIPPED: {why}");
-            false
-        }
-    }
-}
-
 fn refused(out: &std::process::Output) -> bool {
     !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("drydock")
 }
 
 #[tokio::test]
 async fn source_versions_install_and_hold_with_the_hook_wired() {
-    if !ready() {
+    if !k8s_repo::ready() {
         return;
     }
     let sandbox = Sandbox::new();

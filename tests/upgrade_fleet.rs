@@ -17,97 +17,136 @@ mod upgrade_node;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drydock::agent::driver::Agent;
 use drydock::agent::kube_cluster::KubeCluster;
 use drydock::agent::ports::AgentEvent;
-use drydock::host::command::HostRunner;
-use drydock::sim::kubeadm::KubeadmEffects;
 use drydock::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
 use drydock::store::Store;
 use k8s_openapi::api::core::v1::Node;
-use upgrade_node::{Machine, Rec, StopOnDrop, UpgradeHost, machine};
+use upgrade_node::{Machine, Rec, RunningAgent, StopOnDrop, UpgradeHost, machine, spawn_agent};
 
 const NODES: [&str; 6] = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"];
-
-fn ready() -> bool {
-    match apt_sandbox::missing_tools(false) {
-        None => true,
-        Some(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the apt sandbox must run in CI: {why}"
-            );
-            println!("SKIPPED: {why}");
-            false
-        }
-    }
-}
 
 fn kubelet(sim: &SimHandle, node: &str) -> String {
     let n: Node = sim.get(None, node).unwrap();
     n.status.unwrap().node_info.unwrap().kubelet_version
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_control_planes_then_three_workers_one_at_a_time() {
-    if !ready() {
-        return;
-    }
+/// The simulated cluster and one running agent per node, each with its
+/// own apt sandbox.
+struct Fleet {
+    sim: SimHandle,
+    machines: Vec<Machine>,
+    rec: Rec,
+    global: std::path::PathBuf,
+    agents: Vec<RunningAgent>,
+    _top: tempfile::TempDir,
+}
+
+async fn fleet(nodes: &[&str], concurrency: u32) -> Fleet {
     let top = tempfile::tempdir().unwrap();
     let global = top.path().join("fleet-commands.log");
     let mut scenario = Scenario::new()
         .server_version("v1.34.2")
         .daemon_set(DaemonSetSpec::new("kube-system", "calico-node"));
-    for n in NODES {
+    for n in nodes {
         let spec = if n.starts_with("cp-") {
-            NodeSpec::control_plane(n)
+            NodeSpec::control_plane(*n)
         } else {
-            NodeSpec::worker(n)
+            NodeSpec::worker(*n)
         };
         scenario = scenario.node(spec.kubelet_version("v1.34.2"));
     }
     let sim = scenario.start().await.unwrap();
-    let machines: Vec<Machine> = NODES.iter().map(|n| machine(n, &global)).collect();
+    let machines: Vec<Machine> = nodes.iter().map(|n| machine(n, &global)).collect();
 
     let rec = Rec::default();
-    let mut tasks = Vec::new();
-    let mut stops = Vec::new();
-    for (node, m) in NODES.iter().zip(&machines) {
-        let n: Node = sim.get(None, node).unwrap();
-        let host = UpgradeHost {
-            node: node.to_string(),
-            sim: sim.clone(),
-            runner: KubeadmEffects {
-                inner: HostRunner,
-                sim: sim.clone(),
-                kubeadm: m.settings.upgrade.kubeadm.clone(),
-            },
-            dpkg_root: m.settings.packages.dpkg_root.clone(),
-            boot_id: n.status.unwrap().node_info.unwrap().boot_id,
-            booted_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
-            fail_restart: Default::default(),
-        };
-        let store = Store::open(&m.settings.node.state_db).unwrap();
-        let cluster = KubeCluster::new(sim.client().unwrap(), m.settings.clone(), node.to_string());
-        let mut agent = Agent::new(
-            node.to_string(),
-            m.settings.clone(),
-            store,
-            host,
-            cluster,
-            rec.clone(),
-        )
-        .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        stops.push(stop);
-        tasks.push(tokio::spawn(async move {
-            agent
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }));
+    let mut agents = Vec::new();
+    for (node, m) in nodes.iter().zip(&machines) {
+        let mut settings = m.settings.clone();
+        settings.lease.concurrency = concurrency;
+        let host = UpgradeHost::on_sim(&sim, node, &settings, Default::default());
+        let cluster = KubeCluster::new(sim.client().unwrap(), settings.clone(), node.to_string());
+        agents.push(spawn_agent(node, settings, host, cluster, rec.clone()));
     }
+    Fleet {
+        sim,
+        machines,
+        rec,
+        global,
+        agents,
+        _top: top,
+    }
+}
+
+impl Fleet {
+    /// Until every kubelet runs `to` and every node released its slot.
+    async fn wait_rollout(&self, nodes: &[&str], to: &str) {
+        let start = Instant::now();
+        loop {
+            let done = nodes.iter().all(|n| kubelet(&self.sim, n) == to);
+            let released = self
+                .rec
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, _, e)| matches!(e, AgentEvent::Released { .. }))
+                .count();
+            if done && released == nodes.len() {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(240) {
+                let events = self.rec.lines();
+                panic!(
+                    "rollout did not finish: kubelets {:?}\n{}",
+                    nodes
+                        .iter()
+                        .map(|n| kubelet(&self.sim, n))
+                        .collect::<Vec<_>>(),
+                    events.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        for a in self.agents.drain(..) {
+            a.stop().await;
+        }
+    }
+
+    /// Each node's upgrade, from its first finished step to its release.
+    fn upgrade_spans(&self, nodes: &[&str]) -> Vec<(Instant, Instant, String)> {
+        let events = self.rec.0.lock().unwrap().clone();
+        let mut spans: Vec<(Instant, Instant, String)> = nodes
+            .iter()
+            .map(|n| {
+                let first = |f: &dyn Fn(&AgentEvent) -> bool| {
+                    events
+                        .iter()
+                        .find(|(_, node, e)| node == n && f(e))
+                        .map(|(t, _, _)| *t)
+                        .unwrap_or_else(|| panic!("{n}: no upgrade turn"))
+                };
+                let from = first(&|e| matches!(e, AgentEvent::UpgradeStep { .. }));
+                let to = first(&|e| matches!(e, AgentEvent::Released { .. }));
+                (from, to, n.to_string())
+            })
+            .collect();
+        spans.sort();
+        spans
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_control_planes_then_three_workers_one_at_a_time() {
+    if !k8s_repo::ready() {
+        return;
+    }
+    let mut f = fleet(&NODES, 1).await;
+    let (sim, machines, rec, global) =
+        (f.sim.clone(), &f.machines, f.rec.clone(), f.global.clone());
 
     // A refused target first: nothing runs.
     let client = sim.client().unwrap();
@@ -163,44 +202,11 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
         .await
         .unwrap();
     assert_eq!(set.to_string(), "v1.35.2");
-    let start = Instant::now();
-    loop {
-        let done = NODES.iter().all(|n| kubelet(&sim, n) == "v1.35.2");
-        let leases_free = rec
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, _, e)| matches!(e, AgentEvent::Released { .. }))
-            .count()
-            == 6;
-        if done && leases_free {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(240) {
-            let events: Vec<String> = rec
-                .0
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(_, n, e)| format!("{n}: {e:?}"))
-                .collect();
-            panic!(
-                "rollout did not finish: kubelets {:?}\n{}",
-                NODES.iter().map(|n| kubelet(&sim, n)).collect::<Vec<_>>(),
-                events.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    f.wait_rollout(&NODES, "v1.35.2").await;
     probing.store(false, std::sync::atomic::Ordering::SeqCst);
     let outcomes = probe.await.unwrap();
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    for t in tasks {
-        t.await.unwrap().unwrap();
-    }
+    f.stop().await;
+    let machines = &f.machines;
 
     // Exactly one `upgrade apply`, by the first control plane; `upgrade node` on the others.
     let log = std::fs::read_to_string(&global).unwrap();
@@ -275,7 +281,7 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
     );
 
     // Exact versions, held again, on every machine; the cluster reports the target.
-    for (n, m) in NODES.iter().zip(&machines) {
+    for (n, m) in NODES.iter().zip(machines.iter()) {
         for p in ["kubeadm", "kubelet", "kubectl"] {
             assert_eq!(
                 m.sandbox.version(p).as_deref(),
@@ -310,4 +316,55 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
         machines[4].sandbox.version("kubeadm").as_deref(),
         Some("1.35.2-1.1")
     );
+}
+
+/// Two Lease slots: two nodes may be out at once, but never two control
+/// planes in their upgrade (one `apply`, control planes one at a time);
+/// the workers then share the two slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_two_never_upgrades_two_control_planes_at_once() {
+    if !k8s_repo::ready() {
+        return;
+    }
+    const FIVE: [&str; 5] = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2"];
+    let mut f = fleet(&FIVE, 2).await;
+    let client = f.sim.client().unwrap();
+    drydock::cluster::versions::set_target(&client, "drydock", "v1.35.2")
+        .await
+        .unwrap();
+    f.wait_rollout(&FIVE, "v1.35.2").await;
+    f.stop().await;
+
+    let log = std::fs::read_to_string(&f.global).unwrap();
+    let applies = log
+        .lines()
+        .filter(|l| l.contains(" kubeadm upgrade apply "))
+        .count();
+    assert_eq!(applies, 1, "{log}");
+    let nodes = log
+        .lines()
+        .filter(|l| l.contains(" kubeadm upgrade node"))
+        .count();
+    assert_eq!(nodes, 4, "{log}");
+    let spans = f.upgrade_spans(&FIVE);
+    let cps: Vec<_> = spans.iter().filter(|s| s.2.starts_with("cp-")).collect();
+    for pair in cps.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two control planes upgrading at once: {} and {} ({spans:?})",
+            pair[0].2,
+            pair[1].2
+        );
+    }
+    // Workers' kubeadm only after every control plane's.
+    let order: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" kubeadm upgrade ") && !l.contains(" plan"))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert!(order[..3].iter().all(|n| n.starts_with("cp-")), "{order:?}");
+    for m in &f.machines {
+        assert_eq!(m.sandbox.version("kubelet").as_deref(), Some("1.35.2-1.1"));
+    }
+    assert_eq!(f.sim.kubeadm_config_version().as_deref(), Some("v1.35.2"));
 }

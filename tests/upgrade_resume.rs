@@ -20,26 +20,10 @@ use std::time::{Duration, Instant};
 use drydock::agent::driver::{Agent, AgentError};
 use drydock::agent::kube_cluster::KubeCluster;
 use drydock::agent::state::AgentState;
-use drydock::host::command::HostRunner;
-use drydock::sim::kubeadm::KubeadmEffects;
 use drydock::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
 use drydock::store::Store;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use upgrade_node::{Machine, Rec, UpgradeHost, machine};
-
-fn ready() -> bool {
-    match apt_sandbox::missing_tools(false) {
-        None => true,
-        Some(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the apt sandbox must run in CI: {why}"
-            );
-            println!("SKIPPED: {why}");
-            false
-        }
-    }
-}
 
 async fn one_node() -> (SimHandle, Machine, tempfile::TempDir) {
     let sim = Scenario::new()
@@ -54,23 +38,6 @@ async fn one_node() -> (SimHandle, Machine, tempfile::TempDir) {
     (sim, m, top)
 }
 
-fn host(sim: &SimHandle, m: &Machine, fail_restart: Arc<AtomicBool>) -> UpgradeHost {
-    let n: Node = sim.get(None, "cp-1").unwrap();
-    UpgradeHost {
-        node: "cp-1".into(),
-        sim: sim.clone(),
-        runner: KubeadmEffects {
-            inner: HostRunner,
-            sim: sim.clone(),
-            kubeadm: m.settings.upgrade.kubeadm.clone(),
-        },
-        dpkg_root: m.settings.packages.dpkg_root.clone(),
-        boot_id: n.status.unwrap().node_info.unwrap().boot_id,
-        booted_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
-        fail_restart,
-    }
-}
-
 fn agent(
     sim: &SimHandle,
     m: &Machine,
@@ -82,11 +49,20 @@ fn agent(
         "cp-1".into(),
         m.settings.clone(),
         store,
-        host(sim, m, fail_restart),
+        UpgradeHost::on_sim(sim, "cp-1", &m.settings, fail_restart),
         cluster,
         Rec::default(),
     )
     .unwrap()
+}
+
+/// The stand-in kubeadm's calls so far.
+fn kubeadm_calls(m: &Machine) -> Vec<String> {
+    m.stand_ins
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("kubeadm"))
+        .collect()
 }
 
 fn state(store: &Store) -> Option<AgentState> {
@@ -97,42 +73,30 @@ fn state(store: &Store) -> Option<AgentState> {
 /// the store in this one while the agent has it open would drop the
 /// agent's POSIX locks on the file (a second `open` closes a descriptor).
 fn cli_state(m: &Machine) -> Option<AgentState> {
-    let out = m
-        .sandbox
-        .drydock()
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    serde_json::from_value(v["state"].clone()).unwrap()
+    serde_json::from_value(cli_json(m, &["status", "--json"])["state"].clone()).unwrap()
 }
 
 fn cli_last_command(m: &Machine) -> serde_json::Value {
-    let out = m
-        .sandbox
-        .drydock()
-        .args([
-            "history",
-            "--json",
-            "--kind",
-            "upgrade-command",
-            "--limit",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let args = [
+        "history",
+        "--json",
+        "--kind",
+        "upgrade-command",
+        "--limit",
+        "1",
+    ];
+    cli_json(m, &args)[0]["detail"]["output"].clone()
+}
+
+/// The CLI's JSON answer on this machine.
+fn cli_json(m: &Machine, args: &[&str]) -> serde_json::Value {
+    let out = m.sandbox.drydock().args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["detail"]["output"].clone()
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn kubelet(sim: &SimHandle) -> String {
@@ -162,7 +126,7 @@ fn kubeadm_marker(m: &Machine, sub: &str, on: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_at_each_step_halts_keeps_evidence_and_resumes() {
-    if !ready() {
+    if !k8s_repo::ready() {
         return;
     }
     let (sim, m, _top) = one_node().await;
@@ -279,12 +243,7 @@ async fn a_failure_at_each_step_halts_keeps_evidence_and_resumes() {
     );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
-    let calls: Vec<String> = m
-        .stand_ins
-        .calls()
-        .into_iter()
-        .filter(|c| c.starts_with("kubeadm"))
-        .collect();
+    let calls = kubeadm_calls(&m);
     assert_eq!(
         calls,
         [
@@ -303,7 +262,7 @@ async fn a_failure_at_each_step_halts_keeps_evidence_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_each_step_resumes_without_repeating_kubeadm() {
-    if !ready() {
+    if !k8s_repo::ready() {
         return;
     }
     let (sim, m, _top) = one_node().await;
@@ -345,12 +304,7 @@ async fn a_crash_after_each_step_resumes_without_repeating_kubeadm() {
     );
     assert_eq!(kubelet(&sim), "v1.35.2");
     assert!(crashes >= 12, "a crash after every step: {crashes}");
-    let calls: Vec<String> = m
-        .stand_ins
-        .calls()
-        .into_iter()
-        .filter(|c| c.starts_with("kubeadm"))
-        .collect();
+    let calls = kubeadm_calls(&m);
     assert_eq!(
         calls,
         [

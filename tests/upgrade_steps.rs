@@ -9,77 +9,44 @@ mod apt_sandbox;
 mod k8s_repo;
 #[path = "support/standins.rs"]
 mod standins;
+#[path = "support/upgrade_node.rs"]
+mod upgrade_node;
 
-use apt_sandbox::Sandbox;
 use drydock::host::command::HostRunner;
 use drydock::store::Store;
 use drydock::upgrade::KubeVersion;
 use drydock::upgrade::plan::{Facts, KubeadmAction, UpgradeStep};
 use drydock::upgrade::steps::{self, Outcome, Progress};
+use upgrade_node::{Machine, lone_machine};
 
 const OLD: KubeVersion = KubeVersion::new(1, 34, 2);
 const NEW: KubeVersion = KubeVersion::new(1, 35, 2);
 
-fn ready() -> bool {
-    match apt_sandbox::missing_tools(false) {
-        None => true,
-        Some(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the apt sandbox must run in CI: {why}"
-            );
-            println!("SKIPPED: {why}");
-            false
-        }
-    }
+/// A node at 1.34.2 with the repositories of two minors.
+fn node() -> Machine {
+    lone_machine("cp-1")
 }
 
-struct Node {
-    sandbox: Sandbox,
-    stand_ins: standins::StandIns,
-    settings: drydock::config::Settings,
-    _dir: tempfile::TempDir,
-}
-
-async fn node() -> Node {
-    let sandbox = Sandbox::new();
-    let repo = k8s_repo::build(&sandbox);
-    let dir = tempfile::tempdir().unwrap();
-    let stand_ins = standins::StandIns::new(dir.path());
-    let mut settings = sandbox.settings();
-    repo.configure(&mut settings);
-    stand_ins.configure(&mut settings);
-    drydock::upgrade::apt::refresh_source(&HostRunner, &settings.upgrade, OLD)
-        .await
-        .unwrap();
-    sandbox.preinstall(&[
-        "kubeadm=1.34.2-1.1",
-        "kubelet=1.34.2-1.1",
-        "kubectl=1.34.2-1.1",
-    ]);
-    for p in ["kubeadm", "kubelet", "kubectl"] {
-        sandbox.set_selection(p, "hold");
-    }
-    sandbox.install_hook(false);
-    Node {
-        sandbox,
-        stand_ins,
-        settings,
-        _dir: dir,
-    }
+/// Runs `progress`'s current step on the node.
+async fn run(
+    n: &Machine,
+    store: &std::sync::Mutex<Store>,
+    progress: &mut Progress,
+    cluster: &Facts,
+) -> Result<Outcome, steps::StepFailure> {
+    steps::run_step(&HostRunner, &n.settings, store, "cp-1", progress, cluster).await
 }
 
 /// Runs host steps until the agent's first step (drain).
 async fn run_until_agent(
-    n: &Node,
+    n: &Machine,
     store: &std::sync::Mutex<Store>,
     progress: &mut Progress,
     cluster: &Facts,
 ) -> Result<Vec<(UpgradeStep, Outcome)>, steps::StepFailure> {
     let mut log = Vec::new();
     loop {
-        let outcome =
-            steps::run_step(&HostRunner, &n.settings, store, "cp-1", progress, cluster).await?;
+        let outcome = run(n, store, progress, cluster).await?;
         if outcome == Outcome::Agent {
             return Ok(log);
         }
@@ -90,10 +57,10 @@ async fn run_until_agent(
 
 #[tokio::test]
 async fn first_control_plane_steps_in_order_with_history() {
-    if !ready() {
+    if !k8s_repo::ready() {
         return;
     }
-    let n = node().await;
+    let n = node();
     let store = std::sync::Mutex::new(Store::open(&n.settings.node.state_db).unwrap());
     let mut progress = Progress::new(Some(OLD), NEW, KubeadmAction::Apply, false);
     let cluster = Facts {
@@ -169,16 +136,7 @@ async fn first_control_plane_steps_in_order_with_history() {
     // Resumed at the apply step after it was recorded done: not run again.
     let mut again = progress.clone();
     again.step = KubeadmApply;
-    let outcome = steps::run_step(
-        &HostRunner,
-        &n.settings,
-        &store,
-        "cp-1",
-        &mut again,
-        &cluster,
-    )
-    .await
-    .unwrap();
+    let outcome = run(&n, &store, &mut again, &cluster).await.unwrap();
     assert_eq!(outcome, Outcome::AlreadyDone);
     // Resumed at the apply step after a crash before it was recorded, but
     // the cluster shows it applied: not run again either.
@@ -188,56 +146,29 @@ async fn first_control_plane_steps_in_order_with_history() {
         api_server: Some(NEW),
         ..Facts::default()
     };
-    let outcome = steps::run_step(
-        &HostRunner,
-        &n.settings,
-        &store,
-        "cp-1",
-        &mut again,
-        &applied,
-    )
-    .await
-    .unwrap();
+    let outcome = run(&n, &store, &mut again, &applied).await.unwrap();
     assert_eq!(outcome, Outcome::AlreadyDone);
     assert_eq!(n.stand_ins.calls().len(), 4, "no command ran again");
 
     // The kubelet step (after the agent's drain).
     progress.step = InstallKubelet;
-    let outcome = steps::run_step(
-        &HostRunner,
-        &n.settings,
-        &store,
-        "cp-1",
-        &mut progress,
-        &cluster,
-    )
-    .await
-    .unwrap();
+    let outcome = run(&n, &store, &mut progress, &cluster).await.unwrap();
     assert_eq!(outcome, Outcome::Done);
     for p in ["kubeadm", "kubelet", "kubectl"] {
         assert_eq!(n.sandbox.version(p).as_deref(), Some("1.35.2-1.1"), "{p}");
         assert_eq!(n.sandbox.selection(p).as_deref(), Some("hold"), "{p}");
     }
     // Again: already true, nothing runs.
-    let outcome = steps::run_step(
-        &HostRunner,
-        &n.settings,
-        &store,
-        "cp-1",
-        &mut progress,
-        &cluster,
-    )
-    .await
-    .unwrap();
+    let outcome = run(&n, &store, &mut progress, &cluster).await.unwrap();
     assert_eq!(outcome, Outcome::AlreadyDone);
 }
 
 #[tokio::test]
 async fn failures_keep_evidence_and_the_retry_goes_on() {
-    if !ready() {
+    if !k8s_repo::ready() {
         return;
     }
-    let n = node().await;
+    let n = node();
     let store = std::sync::Mutex::new(Store::open(&n.settings.node.state_db).unwrap());
     let cluster = Facts {
         kubeadm_config: Some(OLD),

@@ -58,6 +58,7 @@ pub enum AgentError {
     #[error("a store write did not finish: {0}")]
     Join(String),
     /// A failpoint stopped the agent right after a persisted step (tests).
+    #[cfg(any(test, feature = "failpoints"))]
     #[error("stopped by failpoint after entering {0}")]
     Failpoint(&'static str),
 }
@@ -94,7 +95,9 @@ pub struct RebootNeedRecord {
 }
 
 /// Called after every persisted transition with the new state's name;
-/// returning true stops the agent there, as a crash would.
+/// returning true stops the agent there, as a crash would. Only in test
+/// builds (the `failpoints` feature for integration tests), never the .deb.
+#[cfg(any(test, feature = "failpoints"))]
 pub type Failpoint = Arc<dyn Fn(&'static str) -> bool + Send + Sync>;
 
 pub struct Agent<H, C, R> {
@@ -109,6 +112,7 @@ pub struct Agent<H, C, R> {
     state: AgentState,
     last_status: String,
     wake: Arc<Notify>,
+    #[cfg(any(test, feature = "failpoints"))]
     failpoint: Option<Failpoint>,
     /// When this process asked for the reboot (the persisted request says
     /// whether one was asked for at all).
@@ -156,6 +160,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             state,
             last_status: String::new(),
             wake: Arc::new(Notify::new()),
+            #[cfg(any(test, feature = "failpoints"))]
             failpoint: None,
             reboot_requested_here: None,
             claim: None,
@@ -164,6 +169,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         })
     }
 
+    #[cfg(any(test, feature = "failpoints"))]
     pub fn with_failpoint(mut self, failpoint: Failpoint) -> Self {
         self.failpoint = Some(failpoint);
         self
@@ -324,6 +330,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             from: before,
             to: self.state.phase(),
         });
+        #[cfg(any(test, feature = "failpoints"))]
         if let Some(fp) = &self.failpoint
             && fp(to)
         {
@@ -1196,14 +1203,14 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         let resume = self.take_request(keys::RESUME_REQUESTED, at).await?;
         if resume.is_none() {
             let owed = self.write(|s| s.read(keys::PENDING_HALT)).await?;
-            if let Some(halt) = owed {
-                if !self.set_pending_halt(&halt).await? {
-                    self.status(format!(
-                        "failed at {step}: {error}; the fleet halt is not set yet (API unreachable), retrying"
-                    ))
-                    .await?;
-                    return Ok(Wait::For(self.short_retry()));
-                }
+            if let Some(halt) = owed
+                && !self.set_pending_halt(&halt).await?
+            {
+                self.status(format!(
+                    "failed at {step}: {error}; the fleet halt is not set yet (API unreachable), retrying"
+                ))
+                .await?;
+                return Ok(Wait::For(self.short_retry()));
             }
         }
         if let Some(requested) = resume {

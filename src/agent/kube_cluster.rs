@@ -409,7 +409,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn cluster_versions(&self) -> Result<crate::upgrade::ClusterVersions, PortError> {
-        crate::cluster::versions::observe_versions(&self.client)
+        crate::cluster::versions::observe_versions_as(&self.client, &self.shared)
             .await
             .map_err(|e| PortError::failed("reading the cluster's versions", e))
     }

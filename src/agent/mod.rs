@@ -15,3 +15,5 @@ pub use state::AgentState;
 mod props;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_props;

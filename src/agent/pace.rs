@@ -16,11 +16,10 @@ pub const HERD_JITTER: Duration = Duration::from_secs(1);
 /// Longest spread of the wake-ups at the known end of a block (the soak).
 pub const END_SPREAD: Duration = Duration::from_secs(60);
 
-/// A fraction in [0, 1) from the OS random source.
+/// A fraction in [0, 1): fastrand's per-thread generator, seeded from the
+/// OS (jitter needs spread, not secrecy).
 pub fn random_fraction() -> f64 {
-    // uuid v4 is 122 random bits; 53 of them fill an f64 mantissa.
-    let bits = (uuid::Uuid::new_v4().as_u128() >> 75) as u64;
-    bits as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 /// The pause before re-reading a Lease that looked free: `r` in [0, 1).

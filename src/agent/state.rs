@@ -637,7 +637,7 @@ impl AgentState {
                     drain_seconds,
                 },
                 Event::UpgradeProgressed { progress },
-            ) if cycle.upgrade.is_some() => {
+            ) if cycle.upgrade.as_ref().is_some_and(|p| progress.follows(p)) => {
                 cycle.upgrade = Some(progress);
                 Ok(AgentState::Upgrading {
                     cycle,
@@ -672,14 +672,20 @@ impl AgentState {
                     now,
                     verify_timeout,
                 },
-            ) => Ok(AgentState::Verifying {
-                cycle,
-                cordon,
-                booted_at,
-                deadline: now + verify_timeout,
-                drain_seconds,
-                reboot_seconds: 0.0,
-            }),
+            ) if cycle
+                .upgrade
+                .as_ref()
+                .is_some_and(|p| p.kubelet_restart_recorded()) =>
+            {
+                Ok(AgentState::Verifying {
+                    cycle,
+                    cordon,
+                    booted_at,
+                    deadline: now + verify_timeout,
+                    drain_seconds,
+                    reboot_seconds: 0.0,
+                })
+            }
             (
                 AgentState::Upgrading {
                     cycle,
@@ -691,15 +697,17 @@ impl AgentState {
                     booted_at,
                     now,
                 },
-            ) => Ok(AgentState::Rebooting {
-                cycle,
-                cordon,
-                boot_id,
-                booted_at,
-                drained_at: now,
-                drain_seconds,
-                requested_at: None,
-            }),
+            ) if cycle.upgrade.as_ref().is_some_and(|p| p.at_reboot()) => {
+                Ok(AgentState::Rebooting {
+                    cycle,
+                    cordon,
+                    boot_id,
+                    booted_at,
+                    drained_at: now,
+                    drain_seconds,
+                    requested_at: None,
+                })
+            }
             (AgentState::Locked { cycle }, Event::PriorSchedulability { unschedulable }) => {
                 Ok(AgentState::Cordoning {
                     cycle,

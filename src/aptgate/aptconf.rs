@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use crate::config::Settings;
 
 /// How the shipped hook is spelled in `DPkg::Pre-Install-Pkgs`.
-pub const PRE_INSTALL_COMMAND: &str = "apt-hook pre-install";
+const PRE_INSTALL_COMMAND: &str = "apt-hook pre-install";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AptConfigError {
@@ -21,7 +21,7 @@ pub enum AptConfigError {
 }
 
 /// `(key, value)` pairs of apt's merged configuration; list items end in `::`.
-pub fn read_apt_config() -> Result<Vec<(String, String)>, AptConfigError> {
+fn read_apt_config() -> Result<Vec<(String, String)>, AptConfigError> {
     let out = Command::new("apt-config")
         .args(["dump", "--format", "%f=%v%n"])
         .env("LC_ALL", "C")
@@ -37,7 +37,7 @@ pub fn read_apt_config() -> Result<Vec<(String, String)>, AptConfigError> {
     Ok(parse_dump(&String::from_utf8_lossy(&out.stdout)))
 }
 
-pub fn parse_dump(text: &str) -> Vec<(String, String)> {
+fn parse_dump(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -54,7 +54,7 @@ fn truthy(value: &str) -> bool {
 
 /// The unattended-upgrades blacklist entry for a protection pattern. u-u
 /// applies Python's `re.match` (anchored at the start only) to package names.
-pub fn uu_blacklist_regex(pattern: &str) -> String {
+fn uu_blacklist_regex(pattern: &str) -> String {
     let mut re = String::new();
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
@@ -90,7 +90,7 @@ pub fn uu_blacklist_regex(pattern: &str) -> String {
 
 /// Warnings about apt's configuration: unattended-upgrades rebooting by
 /// itself, the hook missing, protected packages u-u would try to upgrade.
-pub fn warnings(config: &[(String, String)], settings: &Settings) -> Vec<String> {
+fn warnings(config: &[(String, String)], settings: &Settings) -> Vec<String> {
     let get = |key: &str| {
         config
             .iter()

@@ -24,9 +24,9 @@ use crate::store::Authorization;
 /// Environment variable naming packages the administrator lets through.
 pub const ALLOW_ENV: &str = "DRYDOCK_APT_ALLOW";
 /// In `DRYDOCK_APT_ALLOW`: let this run through whatever it changes.
-pub const ALLOW_ALL: &str = "*";
+const ALLOW_ALL: &str = "*";
 /// The package of an unreadable line that names no protected package.
-pub const UNKNOWN_PACKAGE: &str = "(unknown package)";
+const UNKNOWN_PACKAGE: &str = "(unknown package)";
 
 /// What the daemon has granted, as read by the hook.
 #[derive(Debug, Clone, Default)]

@@ -23,11 +23,11 @@ use std::io::Read;
 /// What drydock reads at most; the rest is drained so apt never sees EPIPE.
 pub const MAX_INPUT: usize = 16 << 20;
 /// An action line longer than this is malformed (real ones are < 1 KiB).
-pub const MAX_ACTION_LINE: usize = 4096;
+const MAX_ACTION_LINE: usize = 4096;
 /// What drydock drains past `MAX_INPUT` before it stops reading: apt never
 /// sends this much, and an endless stdin (`/dev/zero`) must not hold the
 /// hook forever.
-pub const MAX_DRAIN: usize = 64 << 20;
+const MAX_DRAIN: usize = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {

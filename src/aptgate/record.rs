@@ -34,7 +34,7 @@ pub const APT_REFUSED_KIND: &str = "apt-refused";
 
 /// A plan older than this is from another run (a dpkg run of many hours is
 /// not one apt run's plan any more; the dpkg lock serializes runs).
-pub const MAX_PENDING_AGE: Duration = Duration::from_secs(6 * 3600);
+const MAX_PENDING_AGE: Duration = Duration::from_secs(6 * 3600);
 /// Clock steps tolerated between the two hooks (NTP slews, not jumps).
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 

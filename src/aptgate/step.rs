@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use crate::config::Settings;
 use crate::store::{Authorization, Store, StoreError};
 
-pub fn step_lock_path(settings: &Settings) -> PathBuf {
+fn step_lock_path(settings: &Settings) -> PathBuf {
     settings.node.run_dir.join("upgrade-step.lock")
 }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::config::Settings;
 
-pub const WAKE_MESSAGE: &[u8] = b"apt-run";
+const WAKE_MESSAGE: &[u8] = b"apt-run";
 
 pub fn wake_path(settings: &Settings) -> PathBuf {
     settings.node.run_dir.join("wake.sock")

@@ -34,7 +34,7 @@ pub enum AptHookCommand {
 
 /// The longest a hook keeps apt waiting: a reader that blocks (a stdin
 /// that never ends, a lock on a stuck file system) must not hang apt.
-pub const HOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+const HOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn run(cli: &Cli, command: &AptHookCommand) -> ExitCode {
     match command {

@@ -45,7 +45,7 @@ fn roff(text: &str) -> String {
 
 /// The drydock(1) man page in roff. Subcommands are described in this page
 /// (the package ships no per-subcommand pages to point at).
-pub fn render_manpage() -> std::io::Result<Vec<u8>> {
+fn render_manpage() -> std::io::Result<Vec<u8>> {
     let cmd = Cli::command();
     let man = clap_mangen::Man::new(cmd.clone())
         .section("1")
@@ -125,7 +125,7 @@ const SHIPPED_CONFIG: &str = include_str!("../../etc/drydock.toml");
 
 /// drydock.toml(5): the configuration format, with the shipped file (every
 /// key at its default, each explained) as its reference.
-pub fn render_config_manpage() -> Vec<u8> {
+fn render_config_manpage() -> Vec<u8> {
     let version = env!("CARGO_PKG_VERSION");
     let mut out = String::new();
     out.push_str(&format!(

@@ -230,7 +230,14 @@ impl ReporterPort for DaemonReporter {
                 step: format!("upgrade {step}"),
                 error: error.clone(),
             },
-            AgentEvent::UpgradeRefused { .. } | AgentEvent::UpgradeStep { .. } => return,
+            // In flight from the first finished step to the release; the
+            // versions and the step go to the metrics and the report.
+            AgentEvent::UpgradeStep { from, to, step } => Notice::Upgrading {
+                from: from.clone(),
+                to: to.clone(),
+                step: step.clone(),
+            },
+            AgentEvent::UpgradeRefused { .. } => return,
         };
         self.reporter.notice(notice);
     }
@@ -863,6 +870,88 @@ mod tests {
             value(&t, r#"drydock_last_phase_duration_seconds{phase="total"}"#),
             Some(100.0)
         );
+        reporter.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// The upgrade's events feed the version and in-flight metrics: the
+    /// target and the kubelet's version while in flight, 0 once released.
+    #[tokio::test]
+    async fn upgrade_events_reach_the_version_and_in_flight_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.node.state_db = dir.path().join("state.db");
+        settings.report.textfile_dir = None;
+        let reporter = Reporter::start_with(&settings, "cp-1", None, RetryPolicy::default())
+            .await
+            .unwrap();
+        let port = DaemonReporter::new(reporter.clone(), "cp-1");
+        let t = reporter.metrics_text();
+        assert_eq!(value(&t, "drydock_upgrade_in_flight"), Some(0.0), "{t}");
+        assert!(
+            !t.contains("drydock_kubernetes_target_version_info{"),
+            "{t}"
+        );
+        for step in ["apt-source", "resolve-packages", "install-kubeadm"] {
+            port.event(
+                "cp-1",
+                &AgentEvent::UpgradeStep {
+                    from: "v1.34.2".into(),
+                    to: "v1.35.2".into(),
+                    step: step.into(),
+                },
+            );
+        }
+        let t = reporter.metrics_text();
+        assert_eq!(value(&t, "drydock_upgrade_in_flight"), Some(1.0), "{t}");
+        assert_eq!(
+            value(
+                &t,
+                r#"drydock_kubernetes_target_version_info{version="v1.35.2"}"#
+            ),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(
+            value(&t, r#"drydock_kubernetes_version_info{version="v1.34.2"}"#),
+            Some(1.0),
+            "{t}"
+        );
+        assert!(
+            value(&t, "drydock_upgrade_started_timestamp_seconds").is_some_and(|v| v > 0.0),
+            "{t}"
+        );
+        assert_eq!(
+            value(&t, r#"drydock_state{state="upgrading"}"#),
+            Some(1.0),
+            "{t}"
+        );
+        // One step series: the last one finished.
+        assert_eq!(
+            value(&t, r#"drydock_upgrade_step_info{step="install-kubeadm"}"#),
+            Some(1.0),
+            "{t}"
+        );
+        assert!(
+            !t.contains(r#"drydock_upgrade_step_info{step="apt-source"}"#),
+            "{t}"
+        );
+        // The restarted kubelet's version is read back; the release ends it.
+        reporter.kubernetes_versions(Some("v1.35.2"), None);
+        port.event(
+            "cp-1",
+            &AgentEvent::Released {
+                slot: "drydock-default-0".into(),
+            },
+        );
+        let t = reporter.metrics_text();
+        assert_eq!(value(&t, "drydock_upgrade_in_flight"), Some(0.0), "{t}");
+        assert_eq!(
+            value(&t, r#"drydock_kubernetes_version_info{version="v1.35.2"}"#),
+            Some(1.0),
+            "{t}"
+        );
+        assert!(!t.contains(r#"drydock_kubernetes_version_info{version="v1.34.2"}"#));
+        assert!(!t.contains("drydock_upgrade_step_info{"), "{t}");
         reporter.shutdown(Duration::from_secs(1)).await;
     }
 

@@ -62,10 +62,69 @@ pub fn line(r: &HistoryRecord) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
-        _ => r.detail.to_string(),
+        kind => detail_summary(kind, &r.detail),
     };
     // Stored text (apt command lines, reasons) may hold escape sequences.
     crate::text::escape(&format!("{at}  {:<10} {summary}", r.kind)).into_owned()
+}
+
+/// Any other record (state changes, drains, reboots, upgrades) for people:
+/// `node: from -> to: summary (key: value, ...)`. `--json` keeps the
+/// stored form for scripts.
+fn detail_summary(kind: &str, d: &serde_json::Value) -> String {
+    let Some(map) = d.as_object() else {
+        return value_text(d);
+    };
+    let mut head = Vec::new();
+    let mut skip = vec!["node"];
+    if let Some(to) = map.get("to").and_then(|v| v.as_str()) {
+        let from = map.get("from").and_then(|v| v.as_str()).unwrap_or("-");
+        head.push(format!("{from} -> {to}"));
+        skip.extend(["from", "to"]);
+    }
+    if let Some(summary) = map.get("summary").and_then(|v| v.as_str()) {
+        head.push(summary.to_string());
+        // The structured report behind the summary is for --json.
+        skip.extend(["summary", "report"]);
+    }
+    let rest: Vec<String> = map
+        .iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}: {}", value_text(v)))
+        .collect();
+    let mut text = match map.get("node").and_then(|v| v.as_str()) {
+        Some(node) => format!("{node}: "),
+        None => String::new(),
+    };
+    if head.is_empty() && rest.is_empty() {
+        text.push_str(kind);
+    }
+    text.push_str(&head.join(": "));
+    if !rest.is_empty() {
+        if head.is_empty() {
+            text.push_str(&rest.join(", "));
+        } else {
+            text.push_str(&format!(" ({})", rest.join(", ")));
+        }
+    }
+    text
+}
+
+/// A detail value without JSON quoting: strings bare, lists joined,
+/// objects as `key=value` pairs.
+fn value_text(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(value_text).collect::<Vec<_>>().join("; "),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", value_text(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
 }
 
 fn apt_run_summary(d: &serde_json::Value) -> String {
@@ -125,6 +184,77 @@ mod tests {
         assert_eq!(
             line(&r),
             "2025-03-01 02:03:04 UTC  apt-run    unattended-upgrades: upgrade hello 1.0-1 -> 2.0-1; install x 3; NOT DONE y (planned 2, now 1)"
+        );
+    }
+
+    fn record(kind: &str, detail: serde_json::Value) -> HistoryRecord {
+        HistoryRecord {
+            id: 1,
+            at: "2025-03-01T02:03:04Z".parse().unwrap(),
+            kind: kind.into(),
+            detail,
+        }
+    }
+
+    #[test]
+    fn state_rows_read_as_transitions_not_json() {
+        let r = record(
+            "state",
+            json!({"node": "w1", "from": "idle", "to": "pending", "reasons": ["kernel 6.1.2", "libc6"]}),
+        );
+        assert_eq!(
+            line(&r),
+            "2025-03-01 02:03:04 UTC  state      w1: idle -> pending (reasons: kernel 6.1.2; libc6)"
+        );
+        let r = record(
+            "state",
+            json!({"node": "w1", "from": "releasing", "to": "idle"}),
+        );
+        assert_eq!(
+            line(&r),
+            "2025-03-01 02:03:04 UTC  state      w1: releasing -> idle"
+        );
+        let r = record(
+            "state",
+            json!({"node": "w1", "from": "rebooting", "to": "failed", "error": "boot id \"x\"\nunchanged"}),
+        );
+        let l = line(&r);
+        assert!(!l.contains('{') && !l.contains('\n'), "{l}");
+        assert!(
+            l.ends_with("w1: rebooting -> failed (error: boot id \"x\"\\nunchanged)"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn other_rows_use_their_summary_and_plain_fields() {
+        let r = record(
+            "drain",
+            json!({"node": "w1", "summary": "evicted 3 pods in 4s", "report": {"evicted": ["a", "b", "c"]}}),
+        );
+        assert_eq!(
+            line(&r),
+            "2025-03-01 02:03:04 UTC  drain      w1: evicted 3 pods in 4s"
+        );
+        let r = record(
+            "reboot",
+            json!({"node": "w1", "reasons": ["kernel"], "durations": {"drain-seconds": 4.5, "reboot-seconds": 60.0}}),
+        );
+        assert_eq!(
+            line(&r),
+            "2025-03-01 02:03:04 UTC  reboot     w1: durations: drain-seconds=4.5 reboot-seconds=60.0, reasons: kernel"
+        );
+        let r = record(
+            "upgrade",
+            json!({"node": "w1", "from": null, "to": "1.34.2"}),
+        );
+        assert_eq!(
+            line(&r),
+            "2025-03-01 02:03:04 UTC  upgrade    w1: - -> 1.34.2"
+        );
+        assert_eq!(
+            line(&record("odd", json!(7))),
+            "2025-03-01 02:03:04 UTC  odd        7"
         );
     }
 }

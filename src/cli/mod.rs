@@ -19,7 +19,9 @@ pub mod history;
 pub mod identity;
 pub mod rbac;
 pub mod reload;
+#[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
 pub mod simulate;
 pub mod status;
 
@@ -77,8 +79,10 @@ pub enum Command {
     #[command(subcommand)]
     Cluster(control::ClusterCommand),
     /// Run a rolling reboot of a simulated cluster, one agent per node, live.
+    #[cfg(feature = "sim")]
     Simulate(simulate::Args),
     /// The Kubernetes API simulator used by tests and demos.
+    #[cfg(feature = "sim")]
     #[command(subcommand)]
     Sim(SimCommand),
     /// Print the RBAC manifests drydock needs beyond the kubelet's own rights.
@@ -89,6 +93,7 @@ pub enum Command {
     Manpage(completions::ManpageArgs),
 }
 
+#[cfg(feature = "sim")]
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Serve a simulated cluster on 127.0.0.1 and write a kubeconfig for it.
@@ -109,26 +114,9 @@ impl Cli {
     }
 }
 
-/// An error and its causes on one line, each cause once: many error types
-/// already print their source in their own message, and `{:#}` would
-/// repeat it.
-pub fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
-}
-
 /// Makes `fd` this process's stderr and closes it. Only descriptors above
 /// stderr that are open are accepted.
+#[allow(unsafe_code)] // the fd is apt's stderr, inherited for this use
 pub fn adopt_stderr(fd: i32) -> Result<(), String> {
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
     if fd <= 2 {
@@ -154,7 +142,9 @@ pub fn default_log_level(command: &Command) -> &'static str {
         | Command::AptHook(_)
         | Command::History(_)
         | Command::Reload(_) => "warn",
+        #[cfg(feature = "sim")]
         Command::Sim(_) => "info",
+        #[cfg(feature = "sim")]
         Command::Simulate(_) => "error",
         Command::Daemon(_) => "info",
         Command::Status(_)
@@ -170,6 +160,7 @@ pub fn default_log_level(command: &Command) -> &'static str {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig(args) => check_config::run(&cli, args),
+        #[cfg(feature = "sim")]
         Command::Simulate(args) => simulate::run(args).await,
         Command::Daemon(args) => daemon::run(&cli, args).await,
         Command::Reload(args) => reload::run(&cli, args).await,
@@ -184,26 +175,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manpage(args) => completions::manpage(args),
         Command::AptHook(command) => Ok(apt_hook::run(&cli, command)),
         Command::History(args) => history::run(&cli, args),
+        #[cfg(feature = "sim")]
         Command::Sim(SimCommand::Serve(args)) => {
             sim::serve(args.clone()).await.map(|()| ExitCode::SUCCESS)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn error_text_names_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        #[derive(Debug, thiserror::Error)]
-        #[error("reading config file /x.toml: {source}")]
-        struct Read {
-            source: std::io::Error,
-        }
-        let e = anyhow::Error::new(Read { source: io }).context("loading configuration");
-        assert_eq!(
-            super::error_text(&e),
-            "loading configuration: reading config file /x.toml: No such file or directory"
-        );
     }
 }

@@ -44,7 +44,7 @@ pub struct Args {
 /// Name of every object printed (cluster-scoped ones share it).
 pub const NAME: &str = "drydock:node";
 /// The admission policy (and its binding).
-pub const POLICY: &str = "drydock-lease-holder";
+const POLICY: &str = "drydock-lease-holder";
 const RBAC_V1: &str = "rbac.authorization.k8s.io/v1";
 const ADMISSION_V1: &str = "admissionregistration.k8s.io/v1";
 

@@ -23,6 +23,10 @@ pub struct Args {
     /// Soak after every reboot (stands in for the default 24h).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub soak: Duration,
+    /// Upgrade Kubernetes to this version (like v1.35.2) instead of
+    /// rebooting: control planes first, one at a time, then the workers.
+    #[arg(long, value_name = "VERSION")]
+    pub upgrade_to: Option<String>,
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -33,11 +37,16 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     opts.concurrency = args.concurrency.max(1);
     opts.fail_verify = args.fail_verify.clone();
     opts.soak = args.soak;
+    opts.upgrade_to = args.upgrade_to.clone();
     println!(
-        "simulating {} nodes, concurrency {}, soak {}; every node needs a reboot",
+        "simulating {} nodes, concurrency {}, soak {}; {}",
         opts.nodes,
         opts.concurrency,
-        humantime::format_duration(opts.soak)
+        humantime::format_duration(opts.soak),
+        match &opts.upgrade_to {
+            Some(t) => format!("upgrading Kubernetes to {t}"),
+            None => "every node needs a reboot".to_string(),
+        }
     );
     let print = Arc::new(|m: &Moment| {
         println!("[{:>6.2}s] {:<10} {}", m.at.as_secs_f64(), m.node, m.what);
@@ -60,6 +69,19 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
             secs(t.locked_at),
             secs(t.released_at),
             t.final_state
+        );
+    }
+    if args.upgrade_to.is_some() {
+        println!(
+            "\n/version {}; kubeadm-config {}; kubelets: {}",
+            report.api_server,
+            report.kubeadm_config.as_deref().unwrap_or("(none)"),
+            report
+                .kubelet_versions
+                .iter()
+                .map(|(n, v)| format!("{n} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     println!(

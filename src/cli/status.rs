@@ -234,11 +234,7 @@ fn print_text(v: &StatusView, now: Timestamp) {
             .map_or("idle (nothing recorded)".into(), |s| s.name().to_string())
     );
     if let Some(AgentState::Failed { step, error, .. }) = &v.state {
-        println!(
-            "  failed at {}: {}",
-            t(&step.to_string()),
-            t(&error.to_string())
-        );
+        println!("  failed at {}: {}", t(&step.to_string()), t(error));
         println!("  fix it, then `drydock resume`; or `drydock release --force`");
     }
     if let Some(line) = v.state.as_ref().and_then(upgrade_line) {

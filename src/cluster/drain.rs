@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions, WatchEvent, WatchParams};
-use kube::core::Status;
+use kube::core::{Selector, SelectorExt, Status};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use crate::config::DrainSettings;
 
 /// The annotation the kubelet puts on the API copy of a static pod.
-pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// Eviction and delete requests in flight at once (kubectl has no limit;
 /// this keeps a node with hundreds of pods from flooding the API server).
@@ -176,7 +176,7 @@ pub struct DrainPlan {
 
 impl DrainPlan {
     /// Pods the drain has to see gone.
-    pub fn to_remove(&self) -> usize {
+    fn to_remove(&self) -> usize {
         self.evict.len() + self.delete_completed.len() + self.await_termination.len()
     }
 }
@@ -196,47 +196,22 @@ pub fn plan(pods: &[Pod], rules: &DrainRules) -> DrainPlan {
     plan
 }
 
-/// Whether a label selector matches a label set, with the API's meaning:
-/// an empty selector matches everything.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            // An operator we do not know cannot be shown to match.
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
+/// Whether a label selector matches a label set, with the API's meaning
+/// (kube-core's `Selector`): an empty selector matches everything; one that
+/// does not parse (an unknown operator) cannot be shown to match.
+fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 /// Whether a PodDisruptionBudget covers a pod (same namespace, selector
 /// matches; a budget without a selector covers nothing).
-pub fn pdb_covers(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
+fn pdb_covers(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
     pdb.namespace() == pod.namespace()
         && pdb
             .spec
             .as_ref()
             .and_then(|s| s.selector.as_ref())
             .is_some_and(|sel| selector_matches(sel, pod.labels()))
-}
-
-/// Budgets covering a pod that allow no disruption right now.
-pub fn exhausted_pdbs<'a>(pdbs: &'a [PodDisruptionBudget], pod: &Pod) -> Vec<&'a str> {
-    pdbs.iter()
-        .filter(|p| pdb_covers(p, pod))
-        .filter(|p| p.status.as_ref().is_none_or(|s| s.disruptions_allowed <= 0))
-        .map(|p| p.metadata.name.as_deref().unwrap_or_default())
-        .collect()
 }
 
 /// Why a pod is not gone yet.
@@ -401,18 +376,8 @@ impl DrainError {
     }
 }
 
-/// [`drain`], stopped the moment `claim` says the Lease slot is gone.
-pub async fn drain_holding(
-    client: &Client,
-    node: &str,
-    opts: &DrainOptions,
-    progress: &watch::Sender<DrainProgress>,
-    claim: watch::Receiver<crate::cluster::lease::Claim>,
-) -> Result<DrainReport, DrainError> {
-    drain_holding_with(client, client, node, opts, progress, claim).await
-}
-
-/// [`drain_holding`] with two credentials, as [`drain_with`].
+/// [`drain`] with two credentials, as [`drain_with`], stopped the moment
+/// `claim` says the Lease slot is gone.
 pub async fn drain_holding_with(
     client: &Client,
     reader: &Client,
@@ -533,7 +498,7 @@ fn describe_refused(pods: &[(PodRef, Vec<RefuseReason>)]) -> String {
         .join("; ")
 }
 
-pub fn describe_blocked(pods: &[BlockedPod]) -> String {
+fn describe_blocked(pods: &[BlockedPod]) -> String {
     pods.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
@@ -640,7 +605,7 @@ pub async fn drain(
 /// deletes this node's pods; `reader` (the drydock identity) reads what
 /// the Node authorizer hides from a node: PDBs, and a pod already gone
 /// (a node gets 403, not 404, for a pod no longer bound to it).
-pub async fn drain_with(
+async fn drain_with(
     client: &Client,
     reader: &Client,
     node: &str,
@@ -1428,6 +1393,9 @@ impl Ctx<'_> {
         }
     }
 
+    // Not kube's `Api::evict`: kube-core 5 sends `EvictParams` as
+    // `delete_options` (snake case), which the API server ignores, so the
+    // UID precondition would be lost.
     async fn post_eviction(&self, pod: &PodRef) -> Result<(), kube::Error> {
         let body = serde_json::json!({
             "apiVersion": "policy/v1",
@@ -1726,7 +1694,12 @@ mod tests {
             pdb("other", "elsewhere", 0),
             no_selector,
         ];
-        assert_eq!(exhausted_pdbs(&pdbs, &p), ["full"]);
+        let covering: Vec<_> = pdbs
+            .iter()
+            .filter(|b| pdb_covers(b, &p))
+            .map(|b| b.metadata.name.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(covering, ["full", "ok"]);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use x509_parser::prelude::{FromDer, X509Certificate, X509CertificationRequest};
 
 /// The signer whose certificates the API server accepts as client credentials.
-pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+const SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 /// The group every drydock identity belongs to (the RBAC subject).
 pub const GROUP: &str = "drydock:nodes";
 /// `drydock:node:<node>`
@@ -42,8 +42,8 @@ pub const USER_PREFIX: &str = "drydock:node:";
 const NODE_USER_PREFIX: &str = "system:node:";
 const NODES_GROUP: &str = "system:nodes";
 /// What the node asks for; the approver accepts up to [`MAX_EXPIRATION`].
-pub const REQUESTED_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 3600);
-pub const MAX_EXPIRATION: Duration = Duration::from_secs(31 * 24 * 3600);
+const REQUESTED_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_EXPIRATION: Duration = Duration::from_secs(31 * 24 * 3600);
 /// The API server's own lower bound for `expirationSeconds`.
 const MIN_EXPIRATION: Duration = Duration::from_secs(600);
 const ALLOWED_USAGES: [&str; 2] = ["digital signature", "client auth"];
@@ -84,7 +84,7 @@ fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> IdentityErr
     move |source| IdentityError::Api { action, source }
 }
 
-pub fn user_name(node: &str) -> String {
+fn user_name(node: &str) -> String {
     format!("{USER_PREFIX}{node}")
 }
 
@@ -423,7 +423,7 @@ pub fn parse_cert(pem: &[u8]) -> Result<CertFacts, String> {
 }
 
 /// When to ask for the next certificate: two thirds into its lifetime.
-pub fn renew_at(facts: &CertFacts) -> Timestamp {
+fn renew_at(facts: &CertFacts) -> Timestamp {
     let life = facts.not_after.as_second() - facts.not_before.as_second();
     Timestamp::from_second(facts.not_before.as_second() + life * 2 / 3).unwrap_or(facts.not_before)
 }
@@ -515,7 +515,7 @@ impl Enroller {
         }
     }
 
-    pub fn kubeconfig_path(&self) -> PathBuf {
+    fn kubeconfig_path(&self) -> PathBuf {
         self.dir.join(KUBECONFIG_FILE)
     }
 

@@ -21,8 +21,8 @@ pub const REASON_ANNOTATION: &str = "drydock.dev/state-reason";
 pub const REPORT_ANNOTATION: &str = "drydock.dev/report";
 /// Labels, so `kubectl get nodes -L drydock.dev/state,drydock.dev/reboot-needed`
 /// shows the fleet: the phase, and `true`/`false`.
-pub const STATE_LABEL: &str = "drydock.dev/state";
-pub const REBOOT_NEEDED_LABEL: &str = "drydock.dev/reboot-needed";
+const STATE_LABEL: &str = "drydock.dev/state";
+const REBOOT_NEEDED_LABEL: &str = "drydock.dev/reboot-needed";
 
 /// What a node's drydock publishes about itself on its own Node object (the
 /// kubelet's credential may patch exactly that Node), so any node can show

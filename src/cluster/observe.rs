@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
+use kube::core::{ParseExpressionError, Selector};
 use serde::Serialize;
 
 use super::annotations::ClusterControl;
@@ -35,6 +36,11 @@ pub enum ObserveError {
     DaemonSet {
         name: NamespacedName,
         source: kube::Error,
+    },
+    #[error("reading the pod selector of DaemonSet {name}: {source}")]
+    DaemonSetSelector {
+        name: NamespacedName,
+        source: ParseExpressionError,
     },
     #[error("listing pods of DaemonSet {name}: {source}")]
     DaemonSetPods {
@@ -110,7 +116,7 @@ pub struct PodView {
 }
 
 impl PodView {
-    pub fn from_pod(pod: &Pod) -> PodView {
+    fn from_pod(pod: &Pod) -> PodView {
         let status = pod.status.as_ref();
         PodView {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -169,22 +175,10 @@ pub struct ClusterObservation {
     pub control: ClusterControl,
 }
 
-/// A DaemonSet's `spec.selector` as a label-selector string for a list call.
-pub fn selector_string(selector: &LabelSelector) -> String {
-    let mut terms = Vec::new();
-    for (k, v) in selector.match_labels.iter().flatten() {
-        terms.push(format!("{k}={v}"));
-    }
-    for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        terms.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    terms.join(",")
+/// A DaemonSet's `spec.selector` as a label-selector string for a list call
+/// (kube-core's `Selector`). An unknown operator is an error, not a guess.
+fn selector_string(selector: &LabelSelector) -> Result<String, ParseExpressionError> {
+    Selector::try_from(selector.clone()).map(|s| s.to_string())
 }
 
 /// Reads the cluster for the gates. Fails on the first request that fails:
@@ -325,6 +319,11 @@ async fn daemonset(
         .spec
         .as_ref()
         .map(|s| selector_string(&s.selector))
+        .transpose()
+        .map_err(|source| ObserveError::DaemonSetSelector {
+            name: name.clone(),
+            source,
+        })?
         .unwrap_or_default();
     let uid = ds.metadata.uid.clone();
     let pods = if selector.is_empty() {
@@ -437,8 +436,14 @@ mod tests {
             ]),
         };
         assert_eq!(
-            selector_string(&sel),
+            selector_string(&sel).unwrap(),
             "k8s-app=calico-node,tier in (a,b),!canary"
+        );
+        let mut odd = sel.clone();
+        odd.match_expressions.as_mut().unwrap()[1].operator = "Gt".into();
+        assert!(
+            selector_string(&odd).is_err(),
+            "an unknown operator is not guessed at"
         );
     }
 }

@@ -9,8 +9,8 @@ use kube::api::{Api, ListParams};
 use super::annotations::{self, AnnotationError, KUBERNETES_VERSION};
 use crate::upgrade::version::{ClusterVersions, KubeVersion, NodeVersion, TargetError, check_skew};
 
-pub const KUBEADM_CONFIG_NAMESPACE: &str = "kube-system";
-pub const KUBEADM_CONFIG: &str = "kubeadm-config";
+const KUBEADM_CONFIG_NAMESPACE: &str = "kube-system";
+const KUBEADM_CONFIG: &str = "kubeadm-config";
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
 #[derive(Debug, thiserror::Error)]
@@ -50,17 +50,23 @@ pub fn kubeadm_config_version(cm: &ConfigMap) -> Result<KubeVersion, String> {
         .as_ref()
         .and_then(|d| d.get("ClusterConfiguration"))
         .ok_or("no ClusterConfiguration key")?;
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(yaml).map_err(|e| format!("ClusterConfiguration is not YAML: {e}"))?;
+    // Only the one field; kubeadm's others are not drydock's business.
+    #[derive(serde::Deserialize)]
+    struct ClusterConfiguration {
+        #[serde(rename = "kubernetesVersion")]
+        kubernetes_version: Option<String>,
+    }
+    let doc: ClusterConfiguration = serde_saphyr::from_str(yaml)
+        .map_err(|e| format!("ClusterConfiguration is not YAML: {e}"))?;
     let text = doc
-        .get("kubernetesVersion")
-        .and_then(serde_yaml::Value::as_str)
+        .kubernetes_version
         .ok_or("ClusterConfiguration has no kubernetesVersion")?;
+    let text = text.as_str();
     KubeVersion::parse_observed(text)
         .ok_or_else(|| format!("unreadable kubernetesVersion {text:?}"))
 }
 
-pub fn node_version(node: &Node) -> NodeVersion {
+fn node_version(node: &Node) -> NodeVersion {
     NodeVersion {
         node: node.metadata.name.clone().unwrap_or_default(),
         kubelet: node
@@ -100,7 +106,19 @@ pub async fn observe(
     Ok(VersionObservation { target, versions })
 }
 
+/// As [`observe_versions_as`] with one credential for everything (an admin's).
 pub async fn observe_versions(client: &kube::Client) -> Result<ClusterVersions, VersionsError> {
+    observe_versions_as(client, client).await
+}
+
+/// `/version` and kubeadm-config with the kubelet's credential (kubeadm
+/// grants every node `get` on kubeadm-config); the Node list with the
+/// drydock identity: the Node authorizer lets a kubelet read only its own
+/// Node.
+pub async fn observe_versions_as(
+    client: &kube::Client,
+    shared: &kube::Client,
+) -> Result<ClusterVersions, VersionsError> {
     let info = client
         .apiserver_version()
         .await
@@ -115,7 +133,7 @@ pub async fn observe_versions(client: &kube::Client) -> Result<ClusterVersions, 
         None => None,
         Some(cm) => Some(kubeadm_config_version(&cm).map_err(VersionsError::KubeadmConfigContent)?),
     };
-    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(shared.clone());
     let list = nodes
         .list(&ListParams::default())
         .await
@@ -142,7 +160,8 @@ pub async fn set_target(
     Ok(to)
 }
 
-#[cfg(test)]
+// Against the simulator: only with the `sim` feature.
+#[cfg(all(test, feature = "sim"))]
 mod tests {
     use super::*;
     use crate::sim::Scenario;

@@ -79,7 +79,9 @@ struct SourceFile {
 
 impl SourceFile {
     fn parse(path: PathBuf, text: String) -> Result<SourceFile, ConfigError> {
-        let doc = toml_edit::ImDocument::parse(text.as_str()).map_err(|e| {
+        // One parse per file: the document gives the key spans, the located
+        // type check and the table to merge.
+        let doc = toml_edit::ImDocument::parse(text.clone()).map_err(|e| {
             let (line, column) = line_col(&text, e.span().map_or(0, |s| s.start));
             ConfigError::Syntax {
                 path: path.clone(),
@@ -91,7 +93,7 @@ impl SourceFile {
         let mut keys = Vec::new();
         collect_keys(doc.as_table(), "", &mut keys);
         // Unknown keys and wrong types, located in this file.
-        if let Err(e) = toml::from_str::<RawConfig>(&text) {
+        if let Err(e) = toml_edit::de::from_document::<RawConfig>(doc.clone()) {
             let span = e.span().unwrap_or(0..0);
             let key = innermost_key(&keys, &span).unwrap_or_else(|| "(top level)".into());
             let (line, column) = line_col(&text, span.start);
@@ -103,12 +105,13 @@ impl SourceFile {
                 message: bounded(e.message()),
             });
         }
-        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            path: path.clone(),
-            line: 1,
-            column: 1,
-            message: bounded(e.message()),
-        })?;
+        let table: toml::Table =
+            toml_edit::de::from_document(doc).map_err(|e| ConfigError::Syntax {
+                path: path.clone(),
+                line: 1,
+                column: 1,
+                message: bounded(e.message()),
+            })?;
         Ok(SourceFile {
             path,
             text,

@@ -382,7 +382,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The range every duration key accepts: what the daemon can run with.
-pub fn duration_range(key: &str) -> (Duration, Duration) {
+fn duration_range(key: &str) -> (Duration, Duration) {
     match key {
         "lease.duration" => (5 * SECOND, HOUR),
         "reboot.sentinel-command-timeout" => (SECOND, HOUR),

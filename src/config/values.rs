@@ -110,7 +110,7 @@ pub const DEFAULT_NOTIFY_EVENTS: &[&str] = &[
 ];
 
 /// Placeholders a message template may use.
-pub const TEMPLATE_FIELDS: &[&str] = &["node", "event", "severity", "message", "time"];
+const TEMPLATE_FIELDS: &[&str] = &["node", "event", "severity", "message", "time"];
 
 pub fn event_kind(s: &str) -> Result<String, ValueError> {
     NOTIFY_EVENT_KINDS

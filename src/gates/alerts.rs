@@ -187,7 +187,7 @@ struct PromAlert {
 }
 
 /// Prometheus `/api/v1/alerts`: the alerts in state "firing".
-pub fn parse_prometheus(body: &[u8]) -> Result<Vec<Alert>, String> {
+fn parse_prometheus(body: &[u8]) -> Result<Vec<Alert>, String> {
     let r: PromResponse = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     if r.status != "success" {
         return Err(format!(
@@ -226,7 +226,7 @@ struct AmStatus {
 /// The query already asks for that; checked again in case a proxy or an
 /// old version ignores the parameters. "unprocessed" alerts count (fail
 /// closed: they are new and not yet routed).
-pub fn parse_alertmanager(body: &[u8]) -> Result<Vec<Alert>, String> {
+fn parse_alertmanager(body: &[u8]) -> Result<Vec<Alert>, String> {
     let alerts: Vec<AmAlert> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     Ok(alerts
         .into_iter()
@@ -250,7 +250,7 @@ fn alert(labels: BTreeMap<String, String>) -> Alert {
 }
 
 /// The alerts that block, by name (sorted, unique).
-pub fn blocking_alerts(settings: &AlertSettings, alerts: &[Alert]) -> Vec<String> {
+fn blocking_alerts(settings: &AlertSettings, alerts: &[Alert]) -> Vec<String> {
     let mut names: Vec<String> = alerts
         .iter()
         .filter(|a| !settings.ignore.is_match(&a.name))

@@ -17,7 +17,7 @@ pub const CLUSTER: &str = super::GateName::ClusterPaused.as_str();
 pub const HALTED: &str = super::GateName::Halted.as_str();
 
 /// Store key of the local pause.
-pub const PAUSE_KEY: &str = crate::store::keys::PAUSE;
+const PAUSE_KEY: &str = crate::store::keys::PAUSE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalPause {

@@ -21,12 +21,12 @@ use crate::cluster::annotations::{ClusterControl, SharedBlock};
 use crate::config::Settings;
 
 /// The longest a shared verdict holds the others back.
-pub const TTL: Duration = Duration::from_secs(180);
+const TTL: Duration = Duration::from_secs(180);
 /// How far in the future a verdict's `at` may be (the writer's clock ahead).
-pub const CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(30);
+const CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(30);
 /// Gates whose answer is the same for every node with the same settings.
 /// Never the blocking pods (this node's own) nor the local gates.
-pub const SHAREABLE: [&str; 4] = [
+const SHAREABLE: [&str; 4] = [
     nodes_ready::NAME,
     daemonsets::NAME,
     soak::NAME,

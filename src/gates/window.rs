@@ -5,7 +5,6 @@
 //! moves forward by the gap; one that happens twice (fall-back) uses the
 //! first. No windows configured means always open.
 
-use jiff::civil::Weekday;
 use jiff::{SignedDuration, Timestamp, ToSpan, Zoned};
 
 use super::Verdict;
@@ -52,7 +51,7 @@ fn occurrences(
 }
 
 /// The open occurrence of `window` at `now`, if any.
-pub fn open_occurrence(window: &Window, now: Timestamp) -> Option<Occurrence> {
+fn open_occurrence(window: &Window, now: Timestamp) -> Option<Occurrence> {
     // Windows last at most 7 days, so 8 days back covers every start.
     occurrences(window, now, 8, 0)
         .into_iter()
@@ -63,16 +62,6 @@ pub fn open_occurrence(window: &Window, now: Timestamp) -> Option<Occurrence> {
 /// Whether any window is open at `now` (always, when none are configured).
 pub fn is_open(windows: &[Window], now: Timestamp) -> bool {
     windows.is_empty() || windows.iter().any(|w| open_occurrence(w, now).is_some())
-}
-
-/// When the currently open window(s) close; `None` when closed or when no
-/// windows are configured.
-pub fn open_until(windows: &[Window], now: Timestamp) -> Option<Zoned> {
-    windows
-        .iter()
-        .filter_map(|w| open_occurrence(w, now))
-        .max_by_key(|o| o.end.timestamp())
-        .map(|o| o.end)
 }
 
 /// The next window start strictly after `now`, in that window's time zone.
@@ -92,30 +81,6 @@ pub fn describe(at: &Zoned) -> String {
     format!("{} {tz}", at.strftime("%a %H:%M"))
 }
 
-fn short_day(d: Weekday) -> &'static str {
-    match d {
-        Weekday::Monday => "Mon",
-        Weekday::Tuesday => "Tue",
-        Weekday::Wednesday => "Wed",
-        Weekday::Thursday => "Thu",
-        Weekday::Friday => "Fri",
-        Weekday::Saturday => "Sat",
-        Weekday::Sunday => "Sun",
-    }
-}
-
-/// `Mon,Tue 02:00 for 2h Europe/London`, for status output.
-pub fn describe_window(w: &Window) -> String {
-    let days: Vec<_> = w.days.iter().map(|d| short_day(*d)).collect();
-    format!(
-        "{} {} for {} {}",
-        days.join(","),
-        w.start.strftime("%H:%M"),
-        humantime::format_duration(w.length),
-        w.time_zone_name
-    )
-}
-
 pub fn evaluate(windows: &[Window], now: Timestamp) -> Verdict {
     if is_open(windows, now) {
         return Verdict::Pass;
@@ -130,6 +95,7 @@ pub fn evaluate(windows: &[Window], now: Timestamp) -> Verdict {
 mod tests {
     use super::*;
     use jiff::civil::Time;
+    use jiff::civil::Weekday;
     use jiff::tz::TimeZone;
     use std::time::Duration;
 
@@ -173,12 +139,6 @@ mod tests {
             evaluate(&w, at("2025-01-06T12:00:00Z")),
             Verdict::Block("window opens Tue 02:00 Europe/London".into())
         );
-        assert_eq!(
-            open_until(&w, at("2025-01-07T03:00:00Z"))
-                .unwrap()
-                .timestamp(),
-            at("2025-01-07T04:00:00Z")
-        );
     }
 
     #[test]
@@ -211,8 +171,6 @@ mod tests {
         assert!(is_open(&w, at("2025-03-30T00:30:00Z")));
         assert!(is_open(&w, at("2025-03-30T02:29:59Z")));
         assert!(!is_open(&w, at("2025-03-30T02:30:00Z")));
-        let end = open_until(&w, at("2025-03-30T01:00:00Z")).unwrap();
-        assert_eq!(end.strftime("%H:%M %Z").to_string(), "03:30 BST");
         // Opening announced in local time.
         assert_eq!(
             describe(&next_opening(&w, at("2025-03-29T12:00:00Z")).unwrap()),
@@ -294,15 +252,6 @@ mod tests {
                 .unwrap()
                 .timestamp(),
             at("2025-01-13T00:00:00Z")
-        );
-    }
-
-    #[test]
-    fn window_is_described_for_status() {
-        let w = window(&[Monday, Thursday], "02:00", 90, "Europe/London");
-        assert_eq!(
-            describe_window(&w),
-            "Mon,Thu 02:00 for 1h 30m Europe/London"
         );
     }
 }

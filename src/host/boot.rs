@@ -159,7 +159,7 @@ pub fn read_boot_id(path: &Path) -> Result<BootId, BootError> {
 
 /// When the running boot started, from `btime` in `path` (normally
 /// [`DEFAULT_PROC_STAT_PATH`]).
-pub fn boot_time(path: &Path) -> Result<Timestamp, BootError> {
+fn boot_time(path: &Path) -> Result<Timestamp, BootError> {
     let content = std::fs::read_to_string(path).map_err(|source| BootError::Read {
         path: path.to_path_buf(),
         source,

@@ -66,7 +66,7 @@ impl CheckResult {
 }
 
 /// Why a file name is not run as a check, if it is not.
-pub fn skip_reason(name: &str) -> Option<&'static str> {
+fn skip_reason(name: &str) -> Option<&'static str> {
     const BACKUP_SUFFIXES: &[&str] = &[
         "~",
         ".bak",

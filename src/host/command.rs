@@ -16,7 +16,7 @@ use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 /// At most this much of each stream is kept (the tail: errors come last).
-pub const MAX_CAPTURE: usize = 64 * 1024;
+const MAX_CAPTURE: usize = 64 * 1024;
 
 /// One command to run.
 #[derive(Debug, Clone, PartialEq, Eq)]

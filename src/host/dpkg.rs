@@ -165,11 +165,17 @@ impl Dpkg {
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(spawn_err)?;
+            // dpkg exits before reading when another run holds its lock:
+            // its exit status and stderr say so below (and it is retried).
+            let mut cut = false;
             if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(input.as_bytes()).map_err(spawn_err)?;
+                match stdin.write_all(input.as_bytes()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => cut = true,
+                    other => other.map_err(spawn_err)?,
+                }
             }
             let out = child.wait_with_output().map_err(spawn_err)?;
-            if out.status.success() {
+            if out.status.success() && !cut {
                 break;
             }
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -232,7 +238,7 @@ impl PackagesQuery {
 }
 
 /// Parses `QUERY_FORMAT` lines; the error is the offending line.
-pub fn parse_query_output(text: &str) -> Result<Vec<PackageState>, String> {
+fn parse_query_output(text: &str) -> Result<Vec<PackageState>, String> {
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|line| {

@@ -20,7 +20,7 @@ pub enum KernelError {
 }
 
 /// Where Linux publishes `uname -r`.
-pub const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
+const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 
 /// The running kernel release (`uname -r`), e.g. `6.1.0-18-amd64`.
 pub fn running_release() -> Result<String, KernelError> {
@@ -35,7 +35,7 @@ pub fn running_release() -> Result<String, KernelError> {
 /// A kernel release split into its version and flavour:
 /// `6.1.0-18-cloud-amd64` -> (`6.1.0-18`, `cloud-amd64`),
 /// `5.15.0-91-generic` -> (`5.15.0-91`, `generic`).
-pub fn split_release(release: &str) -> (&str, &str) {
+fn split_release(release: &str) -> (&str, &str) {
     // The version is the leading parts that start with a digit.
     let mut end = 0;
     for (i, part) in release.split('-').enumerate() {
@@ -54,7 +54,7 @@ pub fn split_release(release: &str) -> (&str, &str) {
 }
 
 /// Compares two kernel releases of the same flavour by their versions.
-pub fn compare_releases(a: &str, b: &str) -> Ordering {
+fn compare_releases(a: &str, b: &str) -> Ordering {
     compare_versions(split_release(a).0, split_release(b).0)
 }
 
@@ -105,7 +105,7 @@ pub fn newer_installed<'a>(running: &str, installed: &'a [String]) -> Option<&'a
 /// dpkg's version ordering (`dpkg --compare-versions`): epoch, then upstream
 /// version, then Debian revision, each compared with `~` before everything,
 /// letters before other characters, and digit runs numerically.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
+fn compare_versions(a: &str, b: &str) -> Ordering {
     let (ea, ua, ra) = parse_version(a);
     let (eb, ub, rb) = parse_version(b);
     ea.cmp(&eb)

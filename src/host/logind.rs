@@ -13,9 +13,9 @@ use futures::future::BoxFuture;
 use tracing::{info, warn};
 use zbus::Connection;
 
-pub const LOGIND_SERVICE: &str = "org.freedesktop.login1";
-pub const LOGIND_PATH: &str = "/org/freedesktop/login1";
-pub const LOGIND_MANAGER: &str = "org.freedesktop.login1.Manager";
+const LOGIND_SERVICE: &str = "org.freedesktop.login1";
+const LOGIND_PATH: &str = "/org/freedesktop/login1";
+const LOGIND_MANAGER: &str = "org.freedesktop.login1.Manager";
 
 /// D-Bus's own default reply timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(25);

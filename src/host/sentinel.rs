@@ -17,7 +17,7 @@ use crate::config::RebootSettings;
 use crate::store::{Store, StoreError};
 
 /// Store key of the operator's reboot request.
-pub const REQUEST_KEY: crate::store::keys::Key<RebootRequest> =
+const REQUEST_KEY: crate::store::keys::Key<RebootRequest> =
     crate::store::keys::Key::new(crate::store::keys::REBOOT_REQUEST);
 
 /// Why a reboot is needed.
@@ -262,7 +262,7 @@ pub async fn sentinel_command(
 }
 
 /// A newer kernel of the running flavour installed in `boot_dir`.
-pub fn newer_kernel(boot_dir: &Path, running: &str) -> Result<Option<RebootReason>, SentinelError> {
+fn newer_kernel(boot_dir: &Path, running: &str) -> Result<Option<RebootReason>, SentinelError> {
     let installed = kernel::installed_releases(boot_dir)?;
     Ok(
         kernel::newer_installed(running, &installed).map(|newest| RebootReason::Kernel {

@@ -10,9 +10,9 @@ use zbus::{Connection, MatchRule, MessageStream};
 
 use super::logind::Bus;
 
-pub const SYSTEMD_SERVICE: &str = "org.freedesktop.systemd1";
-pub const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
-pub const SYSTEMD_MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const SYSTEMD_SERVICE: &str = "org.freedesktop.systemd1";
+const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
+const SYSTEMD_MANAGER: &str = "org.freedesktop.systemd1.Manager";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {

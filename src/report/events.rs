@@ -17,11 +17,11 @@ use super::notice::EventSpec;
 use crate::cluster::node::NodeReport;
 pub use crate::cluster::node::{REASON_ANNOTATION, STATE_ANNOTATION};
 /// `reportingComponent` of every event drydock writes.
-pub const CONTROLLER: &str = "drydock.dev/drydock";
+const CONTROLLER: &str = "drydock.dev/drydock";
 /// `source.component`, what `kubectl describe node` shows in "From".
-pub const COMPONENT: &str = "drydock";
+const COMPONENT: &str = "drydock";
 /// Events about cluster-scoped objects (Nodes) live in `default`, as the kubelet's do.
-pub const EVENT_NAMESPACE: &str = "default";
+const EVENT_NAMESPACE: &str = "default";
 /// Field manager for the annotation patch.
 const MANAGER: &str = "drydock";
 
@@ -57,7 +57,7 @@ impl NodeEvents {
     }
 
     /// The Event object for `spec` at `at` (pure; used by `record`).
-    pub fn event_object(&self, spec: &EventSpec, at: Timestamp) -> Event {
+    fn event_object(&self, spec: &EventSpec, at: Timestamp) -> Event {
         // Unique and sortable, like the kubelet's `<object>.<hex nanos>`.
         let name = format!(
             "{}.drydock.{:x}",

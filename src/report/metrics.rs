@@ -21,7 +21,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// The phases whose durations are histograms.
-pub const TIMED_PHASES: [&str; 4] = ["drain", "reboot", "verify", "upgrade"];
+const TIMED_PHASES: [&str; 4] = ["drain", "reboot", "verify", "upgrade"];
 
 /// 10 s to 4 h: a drain of seconds to a slow upgrade of hours.
 fn phase_histogram() -> Histogram {
@@ -62,6 +62,9 @@ pub struct Metrics {
     kubelet_version: Family<Labels, Gauge>,
     target_version: Family<Labels, Gauge>,
     versions: (Option<String>, Option<String>),
+    /// The upgrade step last finished, while an upgrade is in flight.
+    upgrade_step: Family<Labels, Gauge>,
+    last_step: Option<String>,
     cert_expiry: FloatGauge,
     last_report: FloatGauge,
     reboot_needed_since: FloatGauge,
@@ -96,6 +99,8 @@ impl Metrics {
             kubelet_version: Family::default(),
             target_version: Family::default(),
             versions: (None, None),
+            upgrade_step: Family::default(),
+            last_step: None,
             cert_expiry: FloatGauge::default(),
             last_report: FloatGauge::default(),
             reboot_needed_since: FloatGauge::default(),
@@ -195,6 +200,11 @@ impl Metrics {
             "drydock_upgrade_started_timestamp_seconds",
             "Unix time the Kubernetes upgrade in flight started (0: none)",
             m.upgrade_started.clone(),
+        );
+        registry.register(
+            "drydock_upgrade_step_info",
+            "The Kubernetes upgrade step this node last finished, while its upgrade is in flight (value 1)",
+            m.upgrade_step.clone(),
         );
         registry.register(
             "drydock_kubernetes_version_info",
@@ -343,8 +353,13 @@ impl Metrics {
                 self.lease_held.set(1);
                 self.clear_gates();
             }
-            Notice::DrainFailed { .. } | Notice::Released => {
+            Notice::DrainFailed { .. } => {
                 self.lease_held.set(0);
+            }
+            // The turn (and any upgrade in it) is over.
+            Notice::Released => {
+                self.lease_held.set(0);
+                self.clear_upgrade_step();
             }
             Notice::Verified { durations } => {
                 self.reboot_required.set(0);
@@ -377,8 +392,13 @@ impl Metrics {
             Notice::HaltCleared => {
                 self.halted.set(0);
             }
-            Notice::Upgrading { from, to, .. } => {
+            Notice::Upgrading { from, to, step } => {
                 self.set_kubernetes_versions(Some(from), Some(to));
+                if self.last_step.as_deref() != Some(step.as_str()) {
+                    self.clear_upgrade_step();
+                    self.upgrade_step.get_or_create(&label("step", step)).set(1);
+                    self.last_step = Some(step.clone());
+                }
             }
             Notice::Draining { .. }
             | Notice::Drained { .. }
@@ -448,6 +468,14 @@ pub fn exported_names() -> BTreeSet<String> {
 }
 
 /// Keeps one series in an info family: the old value's series is removed.
+impl Metrics {
+    fn clear_upgrade_step(&mut self) {
+        if let Some(old) = self.last_step.take() {
+            self.upgrade_step.remove(&label("step", &old));
+        }
+    }
+}
+
 fn set_info(family: &Family<Labels, Gauge>, last: &mut Option<String>, value: &str) {
     if last.as_deref() == Some(value) {
         return;
@@ -461,7 +489,7 @@ fn set_info(family: &Family<Labels, Gauge>, last: &mut Option<String>, value: &s
 
 /// OpenMetrics -> classic text format: counters are named with their
 /// `_total` suffix in HELP/TYPE, and OpenMetrics-only lines are dropped.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
+fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: BTreeSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -332,23 +332,6 @@ impl Notice {
             note,
         })
     }
-
-    /// Whether people should be told in chat / webhooks.
-    pub fn is_notable(&self) -> bool {
-        match self {
-            Notice::Rebooting { .. }
-            | Notice::Upgrading { .. }
-            | Notice::Verified { .. }
-            | Notice::VerifyFailed { .. }
-            | Notice::DrainFailed { .. }
-            | Notice::Halted { .. }
-            | Notice::HaltCleared
-            | Notice::Failed { .. } => true,
-            Notice::Drained { forced, .. } => *forced,
-            Notice::AptRun { refused, .. } => !refused.is_empty(),
-            _ => false,
-        }
-    }
 }
 
 /// What the status line and annotation are made from: the current phase,
@@ -563,7 +546,6 @@ mod tests {
         ] {
             assert!(n.phase().is_some() && n.event().is_some(), "{n:?}");
         }
-        assert!(!Notice::Draining { pods_left: 3 }.is_notable());
         // Every drain progress notice maps to the same event, so it is sent once.
         assert_eq!(
             Notice::Draining { pods_left: 3 }.event(),
@@ -576,18 +558,16 @@ mod tests {
         assert_eq!(ev.severity, Severity::Warning);
         assert_eq!((ev.reason, ev.action), ("VerifyFailed", "Verify"));
         assert!(ev.note.contains("kubelet not Ready after 15m"));
-        assert!(failed.is_notable());
         let apt_ok = Notice::AptRun {
             changed: vec!["curl".into()],
             refused: vec![],
         };
-        assert!(apt_ok.event().is_none() && !apt_ok.is_notable());
+        assert!(apt_ok.event().is_none());
         let apt_refused = Notice::AptRun {
             changed: vec![],
             refused: vec!["kubelet".into()],
         };
         assert_eq!(apt_refused.severity(), Severity::Warning);
-        assert!(apt_refused.is_notable());
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn render(template: &[TemplatePart], node: &str, notice: &Notice, at: Timest
 }
 
 /// The Slack message for a notice (`template`: the configured one for its kind).
-pub fn slack_body(
+fn slack_body(
     node: &str,
     notice: &Notice,
     at: Timestamp,
@@ -116,7 +116,7 @@ pub fn slack_body(
 }
 
 /// The generic webhook body: stable top-level fields plus the notice itself.
-pub fn webhook_body(
+fn webhook_body(
     node: &str,
     notice: &Notice,
     at: Timestamp,

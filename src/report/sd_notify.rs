@@ -35,7 +35,7 @@ impl SystemdNotifier {
     pub fn ready(&self, status: &str) {
         // One line: a newline would start another notify assignment.
         let status = &crate::text::display(status, 400);
-        *self.lock() = Some(status.to_string());
+        *self.lock() = Some(status.clone());
         send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
@@ -46,7 +46,7 @@ impl SystemdNotifier {
         if last.as_deref() == Some(status) {
             return false;
         }
-        *last = Some(status.to_string());
+        *last = Some(status.clone());
         drop(last);
         send(&[NotifyState::Status(status)]);
         true

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The file node-exporter's textfile collector picks up.
-pub const TEXTFILE_NAME: &str = "drydock.prom";
+const TEXTFILE_NAME: &str = "drydock.prom";
 
 #[derive(Debug, thiserror::Error)]
 #[error("writing metrics textfile {}: {source}", path.display())]

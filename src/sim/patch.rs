@@ -45,7 +45,7 @@ impl PatchType {
 /// Parses a patch body: JSON, or YAML for server-side apply.
 pub fn parse_body(pt: PatchType, body: &[u8]) -> Result<Value, ApiError> {
     match pt {
-        PatchType::Apply => serde_yaml::from_slice::<Value>(body)
+        PatchType::Apply => serde_saphyr::from_slice::<Value>(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}"))),
         _ => serde_json::from_slice::<Value>(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}"))),

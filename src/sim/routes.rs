@@ -221,7 +221,7 @@ fn decode_body(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
         });
     }
     if content_type.contains("yaml") {
-        serde_yaml::from_slice(bytes)
+        serde_saphyr::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
         serde_json::from_slice(bytes).map_err(|e| {

@@ -537,4 +537,9 @@ impl SimHandle {
     pub fn set_server_version(&self, version: &str) {
         self.shared().lock().opts.server_version = version.to_string();
     }
+
+    /// The `gitVersion` `/version` serves.
+    pub fn server_version(&self) -> String {
+        self.shared().lock().opts.server_version.clone()
+    }
 }

@@ -23,6 +23,8 @@ pub struct SimHost {
     pub node: String,
     pub machine: Arc<Mutex<Machine>>,
     reboots: mpsc::UnboundedSender<String>,
+    /// Its packages and tools, for a simulated Kubernetes upgrade.
+    tools: Option<Arc<super::upgrade::SimTools>>,
 }
 
 impl SimHost {
@@ -35,7 +37,14 @@ impl SimHost {
             node: node.to_string(),
             machine,
             reboots,
+            tools: None,
         }
+    }
+
+    /// The machine can upgrade Kubernetes with these simulated tools.
+    pub fn with_tools(mut self, tools: Arc<super::upgrade::SimTools>) -> Self {
+        self.tools = Some(tools);
+        self
     }
 
     fn machine(&self) -> std::sync::MutexGuard<'_, Machine> {
@@ -66,6 +75,27 @@ impl Host for SimHost {
         self.reboots.send(self.node.clone()).map_err(|_| {
             PortError::failed("requesting a simulated reboot", "the fleet has stopped")
         })
+    }
+
+    fn commands(&self) -> Option<&dyn crate::host::command::CommandRunner> {
+        self.tools
+            .as_deref()
+            .map(|t| t as &dyn crate::host::command::CommandRunner)
+    }
+
+    /// The kubelet comes back running the version its package now has,
+    /// and its Node says so.
+    async fn restart_kubelet(&self) -> Result<(), PortError> {
+        let tools = self.tools.as_ref().ok_or_else(|| {
+            PortError::permanent("restarting the kubelet", "no simulated kubelet here")
+        })?;
+        let version = tools.installed_kubelet().ok_or_else(|| {
+            PortError::permanent("restarting the kubelet", "kubelet is not installed")
+        })?;
+        tools
+            .sim
+            .kubelet_restarted(&self.node, &version)
+            .map_err(|e| PortError::failed("restarting the kubelet", e))
     }
 
     async fn run_checks(&self) -> Result<(), String> {

@@ -5,6 +5,7 @@
 //! from the persisted state.
 
 pub mod host;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ pub struct SimulateOptions {
     /// Count API requests only from this long after the start (a steady
     /// state, without the agents' first look); zero: all of them.
     pub stats_after: Duration,
+    /// Upgrade Kubernetes to this version instead of rebooting (the target
+    /// is set on the simulated cluster, validated as `drydock cluster
+    /// set-version` does).
+    pub upgrade_to: Option<String>,
 }
 
 /// A cluster-wide gate that blocks from the start (API cost measurements).
@@ -74,6 +79,7 @@ impl SimulateOptions {
             check_interval: Duration::from_millis(500),
             block: None,
             stats_after: Duration::ZERO,
+            upgrade_to: None,
         }
     }
 }
@@ -123,6 +129,11 @@ pub struct FleetReport {
     pub api: crate::sim::ApiStats,
     /// How long `api` was counted.
     pub api_window: Duration,
+    /// At the end: what `/version` serves, kubeadm-config's
+    /// kubernetesVersion, each Node's kubeletVersion.
+    pub api_server: String,
+    pub kubeadm_config: Option<String>,
+    pub kubelet_versions: BTreeMap<String, String>,
 }
 
 const OUT_OF_SERVICE: &[&str] = &[
@@ -166,6 +177,7 @@ impl Reporter for FleetReporter {
     fn status(&self, line: &str) {
         if line.starts_with("waiting")
             || line.starts_with("draining:")
+            || line.starts_with("upgrading")
             || line.starts_with("failed")
         {
             self.live.note(&self.node, line.to_string());
@@ -203,6 +215,9 @@ fn node_settings(opts: &SimulateOptions, node: &str) -> Settings {
     s.verify.timeout = opts.verify_timeout;
     s.report.textfile_dir = None;
     s.report.kubernetes_events = false;
+    if opts.upgrade_to.is_some() {
+        upgrade::configure(&mut s, &opts.state_dir.join(node));
+    }
     s
 }
 
@@ -289,25 +304,72 @@ pub async fn run(
         Some(FleetBlock::NodeNotReady(node)) => sim.set_node_ready(node, false)?,
         None => {}
     }
-    let needing = opts.needing_reboot.unwrap_or(node_names.len());
+    let upgrade_to = match &opts.upgrade_to {
+        None => None,
+        Some(t) => Some(
+            crate::upgrade::KubeVersion::parse_target(t)
+                .map_err(|e| SimulateError::Setup(format!("refusing the target {t:?}: {e}")))?,
+        ),
+    };
+    let needing = match upgrade_to {
+        Some(_) => node_names.len(),
+        None => opts.needing_reboot.unwrap_or(node_names.len()),
+    };
     let (reboot_tx, mut reboot_rx) = mpsc::unbounded_channel::<String>();
     let mut machines = BTreeMap::new();
+    let mut tools = BTreeMap::new();
     let mut running = BTreeMap::new();
     for (i, node) in node_names.iter().enumerate() {
         if i >= needing {
             break;
         }
+        // An upgrade's verification (no reboot) sees the boot the Node
+        // reports: the simulator's own, a UUID as on a real node.
+        let boot_id = match upgrade_to {
+            Some(_) => sim
+                .get::<k8s_openapi::api::core::v1::Node>(None, node)
+                .and_then(|n| n.status?.node_info)
+                .map(|i| i.boot_id)
+                .unwrap_or_default(),
+            None => format!("boot-{i}-0"),
+        };
+        // Up for a while already (the simulator's heartbeats and pods
+        // are from after this boot).
+        let booted_at = match upgrade_to {
+            Some(_) => jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+            None => jiff::Timestamp::now(),
+        };
         let machine = Arc::new(Mutex::new(Machine {
-            boot_id: format!("boot-{i}-0"),
-            booted_at: jiff::Timestamp::now(),
-            need: vec!["simulated kernel update (reboot-required)".into()],
+            boot_id: boot_id.clone(),
+            booted_at,
+            need: match upgrade_to {
+                Some(_) => Vec::new(),
+                None => vec!["simulated kernel update (reboot-required)".into()],
+            },
             reboots: 0,
             checks_fail: false,
         }));
-        sim.set_boot_id(node, &format!("boot-{i}-0"))?;
-        let host = SimHost::new(node, machine.clone(), reboot_tx.clone());
+        sim.set_boot_id(node, &boot_id)?;
+        let mut host = SimHost::new(node, machine.clone(), reboot_tx.clone());
+        if let Some(to) = upgrade_to {
+            let t = Arc::new(machine_tools(&sim, &opts, node, to)?);
+            host = host.with_tools(t.clone());
+            tools.insert(node.clone(), t);
+        }
         running.insert(node.clone(), start_agent(&sim, &opts, node, host, &live)?);
         machines.insert(node.clone(), machine);
+    }
+    if let Some(to) = upgrade_to {
+        crate::cluster::versions::set_target(&sim.client()?, "drydock", &to.to_string())
+            .await
+            .map_err(|e| SimulateError::Setup(error_chain(&e)))?;
+        live.note("cluster", format!("target set: Kubernetes {to}"));
+    }
+    // The versions are followed only in an upgrade (a reboot rollout of
+    // hundreds of nodes need not list them every poll).
+    let mut seen = upgrade_to.map(|_| ClusterVersions::read(&sim));
+    if let Some(seen) = &seen {
+        live.note("cluster", seen.describe());
     }
 
     let deadline = tokio::time::sleep(opts.deadline());
@@ -344,12 +406,25 @@ pub async fn run(
                     m.checks_fail = opts.fail_verify.as_deref() == Some(node.as_str());
                 }
                 live.note(&node, "machine up, agent restarting".into());
-                let host = SimHost::new(&node, machine.clone(), reboot_tx.clone());
+                let mut host = SimHost::new(&node, machine.clone(), reboot_tx.clone());
+                if let Some(t) = tools.get(&node) {
+                    host = host.with_tools(t.clone());
+                }
                 running.insert(node.clone(), start_agent(&sim, &opts, &node, host, &live)?);
             }
             _ = poll.tick() => {
+                if let Some(before) = &seen {
+                    let now = ClusterVersions::read(&sim);
+                    for change in now.changes_since(before) {
+                        live.note("cluster", change);
+                    }
+                    seen = Some(now);
+                }
                 let states = live.states.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let all_rebooted = machines.values().all(|m| m.lock().unwrap_or_else(|p| p.into_inner()).reboots > 0);
+                let all_rebooted = match (upgrade_to, &seen) {
+                    (Some(to), Some(v)) => v.at(&to.to_string()),
+                    _ => machines.values().all(|m| m.lock().unwrap_or_else(|p| p.into_inner()).reboots > 0),
+                };
                 let all_idle = machines.keys().all(|n| states.get(n).is_some_and(|s| s == "idle"));
                 let failed = states.values().any(|s| s == "failed");
                 if (all_rebooted && all_idle) || failed {
@@ -408,6 +483,7 @@ pub async fn run(
     }
     let api = sim.stats();
     let api_window = counting_since.map_or(Duration::ZERO, |t| t.elapsed());
+    let versions = ClusterVersions::read(&sim);
     let report = FleetReport {
         moments,
         nodes,
@@ -417,7 +493,128 @@ pub async fn run(
         finished,
         api,
         api_window,
+        api_server: versions.api_server,
+        kubeadm_config: versions.kubeadm_config,
+        kubelet_versions: versions.kubelets,
     };
     sim.stop().await;
     Ok(report)
+}
+
+/// One machine's simulated packages and tools: its dpkg database at the
+/// version its Node's kubelet runs, the repositories offering that and
+/// the target.
+fn machine_tools(
+    sim: &SimHandle,
+    opts: &SimulateOptions,
+    node: &str,
+    to: crate::upgrade::KubeVersion,
+) -> Result<upgrade::SimTools, SimulateError> {
+    let settings = node_settings(opts, node);
+    let setup = |what: &str, e: &dyn std::fmt::Display| {
+        SimulateError::Setup(format!("{what} for simulated node {node}: {e}"))
+    };
+    let n: k8s_openapi::api::core::v1::Node = sim
+        .get(None, node)
+        .ok_or_else(|| setup("reading the Node", &"not found"))?;
+    let kubelet = n
+        .status
+        .and_then(|s| s.node_info)
+        .map(|i| i.kubelet_version)
+        .unwrap_or_default();
+    let from = crate::upgrade::KubeVersion::parse_observed(&kubelet)
+        .ok_or_else(|| setup("reading the kubelet version", &kubelet))?;
+    upgrade::seed(&settings.packages.dpkg_root, &upgrade::debian_version(from))
+        .map_err(|e| setup("writing the dpkg database", &e))?;
+    for dir in [
+        settings.upgrade.apt_source_file.parent(),
+        Some(settings.node.run_dir.as_path()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| setup("creating a directory", &e))?;
+    }
+    Ok(upgrade::SimTools {
+        sim: sim.clone(),
+        settings: settings.upgrade.clone(),
+        dpkg_root: settings.packages.dpkg_root.clone(),
+        available: vec![upgrade::debian_version(from), upgrade::debian_version(to)],
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What the simulated cluster reports about its versions.
+#[derive(Debug, Clone, PartialEq)]
+struct ClusterVersions {
+    api_server: String,
+    kubeadm_config: Option<String>,
+    kubelets: BTreeMap<String, String>,
+}
+
+impl ClusterVersions {
+    fn read(sim: &SimHandle) -> Self {
+        let kubelets = sim
+            .list::<k8s_openapi::api::core::v1::Node>(None)
+            .into_iter()
+            .filter_map(|n| {
+                let version = n.status?.node_info?.kubelet_version;
+                Some((n.metadata.name?, version))
+            })
+            .collect();
+        ClusterVersions {
+            api_server: sim.server_version(),
+            kubeadm_config: sim.kubeadm_config_version(),
+            kubelets,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "/version {}, kubeadm-config {}, kubelets {}",
+            self.api_server,
+            self.kubeadm_config.as_deref().unwrap_or("(none)"),
+            self.kubelets
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
+
+    fn changes_since(&self, before: &ClusterVersions) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.api_server != before.api_server {
+            out.push(format!("/version now {}", self.api_server));
+        }
+        if self.kubeadm_config != before.kubeadm_config {
+            out.push(format!(
+                "kubeadm-config kubernetesVersion now {}",
+                self.kubeadm_config.as_deref().unwrap_or("(none)")
+            ));
+        }
+        for (node, v) in &self.kubelets {
+            if before.kubelets.get(node) != Some(v) {
+                out.push(format!("{node} kubelet now {v}"));
+            }
+        }
+        out
+    }
+
+    /// Everything at `to`: `/version`, kubeadm-config and every kubelet.
+    fn at(&self, to: &str) -> bool {
+        self.api_server == to
+            && self.kubeadm_config.as_deref() == Some(to)
+            && self.kubelets.values().all(|v| v == to)
+    }
 }

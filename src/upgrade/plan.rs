@@ -108,6 +108,23 @@ pub fn kubeadm_action(
     }
 }
 
+/// With more than one Lease slot, two control-plane nodes could hold slots
+/// at once, and both find kubeadm-config below the target (two `apply`s).
+/// A control-plane upgrade therefore runs only under the group's first
+/// slot: the Lease's own exclusivity keeps control planes one at a time,
+/// with no race between nodes reading each other's state. `Err`: why this
+/// node must give its slot back and wait.
+pub fn control_plane_slot(control_plane: bool, slot: &str, slots: &[String]) -> Result<(), String> {
+    match slots.first() {
+        _ if !control_plane => Ok(()),
+        Some(first) if first == slot => Ok(()),
+        Some(first) => Err(format!(
+            "control-plane nodes upgrade one at a time, under Lease slot {first} only (this node holds {slot})"
+        )),
+        None => Err("no Lease slots are configured".to_string()),
+    }
+}
+
 /// One step of a node's upgrade, in order. Each is persisted before it
 /// runs and checked against what is already true when resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,6 +420,49 @@ mod tests {
                 .iter()
                 .all(|n| decide(Some("v1.35.2"), &c, n) == Decision::UpToDate)
         );
+    }
+
+    #[test]
+    fn control_planes_upgrade_only_under_the_first_slot() {
+        let slots: Vec<String> = (0..3).map(|i| format!("drydock-default-{i}")).collect();
+        assert_eq!(
+            control_plane_slot(true, "drydock-default-0", &slots),
+            Ok(())
+        );
+        let e = control_plane_slot(true, "drydock-default-1", &slots).unwrap_err();
+        assert!(
+            e.contains("drydock-default-0") && e.contains("drydock-default-1"),
+            "{e}"
+        );
+        assert!(control_plane_slot(true, "drydock-default-2", &slots).is_err());
+        // Workers use any slot; one slot: always the first.
+        assert_eq!(
+            control_plane_slot(false, "drydock-default-2", &slots),
+            Ok(())
+        );
+        assert_eq!(
+            control_plane_slot(true, "drydock-default-0", &slots[..1]),
+            Ok(())
+        );
+        assert!(control_plane_slot(true, "x", &[]).is_err());
+    }
+
+    /// With two slots, the rule alone keeps control planes apart: whatever
+    /// slots two control planes win, at most one may upgrade, so there is
+    /// never a second `apply`.
+    #[test]
+    fn two_slots_never_two_control_planes() {
+        let slots: Vec<String> = (0..2).map(|i| format!("s-{i}")).collect();
+        for (a, b) in [("s-0", "s-1"), ("s-1", "s-0")] {
+            let go = [a, b]
+                .iter()
+                .filter(|s| control_plane_slot(true, s, &slots).is_ok())
+                .count();
+            assert_eq!(go, 1);
+        }
+        // A worker and a control plane together: both may go.
+        assert!(control_plane_slot(true, "s-0", &slots).is_ok());
+        assert!(control_plane_slot(false, "s-1", &slots).is_ok());
     }
 
     #[test]

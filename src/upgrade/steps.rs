@@ -87,6 +87,31 @@ impl Progress {
     pub fn is_done(&self, step: UpgradeStep) -> bool {
         self.done.contains(&step)
     }
+
+    /// Verification may start after a kubelet restart only once the new
+    /// kubelet is installed and its restart recorded.
+    pub fn kubelet_restart_recorded(&self) -> bool {
+        self.is_done(UpgradeStep::InstallKubelet) && self.is_done(UpgradeStep::RestartKubelet)
+    }
+
+    /// The turn's reboot may be asked for only at its step, the new
+    /// kubelet installed.
+    pub fn at_reboot(&self) -> bool {
+        self.step == UpgradeStep::Reboot && self.is_done(UpgradeStep::InstallKubelet)
+    }
+
+    /// Whether `self` can come after `before` in the same turn: the same
+    /// plan, nothing recorded done forgotten, no step back. Anything else
+    /// (a stale or foreign record) would let a kubeadm step run twice.
+    pub fn follows(&self, before: &Progress) -> bool {
+        let at = |p: &Progress| p.steps.iter().position(|s| *s == p.step);
+        self.from == before.from
+            && self.to == before.to
+            && self.action == before.action
+            && self.steps == before.steps
+            && before.done.iter().all(|s| self.done.contains(s))
+            && matches!((at(before), at(self)), (Some(b), Some(a)) if a >= b)
+    }
 }
 
 /// How a step ended.
@@ -344,6 +369,25 @@ pub async fn run_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_later_record_of_the_same_plan_follows() {
+        let v = |m, p| KubeVersion::new(1, m, p);
+        let p = Progress::new(Some(v(34, 2)), v(35, 2), KubeadmAction::Apply, false);
+        let mut later = p.clone();
+        later.advance();
+        later.advance();
+        assert!(later.follows(&p));
+        assert!(later.follows(&later));
+        assert!(!p.follows(&later), "a step back");
+        let other = Progress::new(Some(v(34, 2)), v(35, 2), KubeadmAction::Node, false);
+        assert!(!other.follows(&p), "another plan");
+        let retarget = Progress::new(Some(v(34, 2)), v(35, 1), KubeadmAction::Apply, false);
+        assert!(!retarget.follows(&p));
+        let mut forgot = later.clone();
+        forgot.done.clear();
+        assert!(!forgot.follows(&later), "a done step forgotten");
+    }
 
     #[test]
     fn progress_walks_the_plan_and_remembers_what_is_done() {

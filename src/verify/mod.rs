@@ -497,7 +497,7 @@ async fn daemonset_state(
 /// Whether a DaemonSet's nodeSelector admits the node. Node affinity and
 /// taints are not evaluated: a DaemonSet excluded that way still counts as
 /// required.
-pub fn targets_node(ds: &DaemonSet, node: &Node) -> bool {
+fn targets_node(ds: &DaemonSet, node: &Node) -> bool {
     let selector = ds
         .spec
         .as_ref()

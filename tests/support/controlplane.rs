@@ -58,6 +58,16 @@ pub fn binaries() -> Option<PathBuf> {
     None
 }
 
+/// drydock's logs in the test's output (RUST_LOG, default drydock=info).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "drydock=info".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -318,6 +328,7 @@ impl ControlPlane {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         // SAFETY: prctl is async-signal-safe; nothing else runs here.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
@@ -492,6 +503,8 @@ struct KubeletState {
     up: bool,
     boot_id: String,
     index: usize,
+    /// What the Node reports as its kubeletVersion.
+    version: String,
 }
 
 fn now() -> String {
@@ -510,6 +523,7 @@ impl Kubelet {
                 up: true,
                 boot_id: uuid::Uuid::new_v4().to_string(),
                 index,
+                version: "v1.34.4".to_string(),
             })),
         }
     }
@@ -522,13 +536,22 @@ impl Kubelet {
         self.state.lock().unwrap().up
     }
 
+    /// The kubelet now runs `version` (set before `register` for the
+    /// version it registers with; afterwards the next heartbeat reports it).
+    pub fn set_version(&self, version: &str) {
+        self.state.lock().unwrap().version = version.to_string();
+    }
+
     /// Registers the Node as the kubelet does (kubeadm labels the control
     /// plane afterwards, with the admin credential: a kubelet may not).
     pub async fn register(&self, control_plane: bool) {
         let client = client(&self.kubeconfig).await;
-        let index = self.state.lock().unwrap().index;
+        let (index, version) = {
+            let s = self.state.lock().unwrap();
+            (s.index, s.version.clone())
+        };
         let spec = drydock::sim::NodeSpec::worker(self.name.clone());
-        let mut node = drydock::sim::node_object(&spec, index, "v1.34.4");
+        let mut node = drydock::sim::node_object(&spec, index, &version);
         node["status"]["nodeInfo"]["bootID"] = json!(self.boot_id());
         if control_plane {
             node["spec"]["taints"] =
@@ -549,12 +572,13 @@ impl Kubelet {
         let nodes: Api<Node> = Api::all(client.clone());
         let mut last_beat = Instant::now() - Duration::from_secs(60);
         let mut was_up = true;
+        let mut reported = String::new();
         loop {
-            let (up, boot_id) = {
+            let (up, boot_id, version) = {
                 let s = self.state.lock().unwrap();
-                (s.up, s.boot_id.clone())
+                (s.up, s.boot_id.clone(), s.version.clone())
             };
-            if up != was_up || last_beat.elapsed() > Duration::from_secs(2) {
+            if up != was_up || version != reported || last_beat.elapsed() > Duration::from_secs(2) {
                 let (status, reason) = if up {
                     ("True", "KubeletReady")
                 } else {
@@ -567,8 +591,8 @@ impl Kubelet {
                     cond["lastTransitionTime"] = json!(t);
                 }
                 let patch = json!({"status": {"conditions": [cond],
-                    "nodeInfo": {"bootID": boot_id}}});
-                let _ = nodes
+                    "nodeInfo": {"bootID": boot_id, "kubeletVersion": version}}});
+                let beat = nodes
                     .patch_status(
                         &self.name,
                         &PatchParams::default(),
@@ -577,6 +601,9 @@ impl Kubelet {
                     .await;
                 last_beat = Instant::now();
                 was_up = up;
+                if beat.is_ok() {
+                    reported = version;
+                }
             }
             self.pods(&client, up).await;
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -30,13 +30,38 @@ fn executable(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// Builds the repositories under the sandbox and the wrappers.
+/// Whether the apt sandbox can run here: under CI=true a missing tool
+/// fails the test, otherwise it is skipped with a message.
+pub fn ready() -> bool {
+    match super::apt_sandbox::missing_tools(false) {
+        None => true,
+        Some(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the apt sandbox must run in CI: {why}"
+            );
+            println!("SKIPPED: {why}");
+            false
+        }
+    }
+}
+
+/// Builds the repositories of [`MINORS`] under the sandbox and the wrappers.
 pub fn build(sandbox: &Sandbox) -> K8sRepo {
+    let minors: Vec<(String, Vec<String>)> = MINORS
+        .iter()
+        .map(|(m, vs)| (m.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+        .collect();
+    build_minors(sandbox, &minors)
+}
+
+/// Builds repositories of the given minors (`("1.34", ["1.34.4-1.1"])`).
+pub fn build_minors(sandbox: &Sandbox, minors: &[(String, Vec<String>)]) -> K8sRepo {
     let top = sandbox.base.join("pkgs.k8s.io");
-    for (minor, versions) in MINORS {
+    for (minor, versions) in minors {
         let packages: Vec<(&str, &str, Option<&str>)> = versions
             .iter()
-            .flat_map(|v| ["kubeadm", "kubelet", "kubectl"].map(|p| (p, *v, None)))
+            .flat_map(|v| ["kubeadm", "kubelet", "kubectl"].map(|p| (p, v.as_str(), None)))
             .collect();
         build_repo(
             &sandbox.base.join(format!("build-{minor}")),

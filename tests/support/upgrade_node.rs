@@ -17,11 +17,24 @@ use drydock::host::dpkg::Dpkg;
 use drydock::sim::SimHandle;
 use drydock::sim::kubeadm::KubeadmEffects;
 
-/// One simulated machine whose packages are real (its sandbox).
-pub struct UpgradeHost {
+/// Where a restarted kubelet reports its new version: the simulator, or
+/// a kubelet stand-in against a real API server.
+pub trait KubeletVersionSink: Send + Sync {
+    fn kubelet_restarted(&self, node: &str, version: &str) -> Result<(), String>;
+}
+
+impl KubeletVersionSink for SimHandle {
+    fn kubelet_restarted(&self, node: &str, version: &str) -> Result<(), String> {
+        SimHandle::kubelet_restarted(self, node, version).map_err(|e| e.to_string())
+    }
+}
+
+/// One machine whose packages are real (its sandbox).
+pub struct UpgradeHost<R = KubeadmEffects<HostRunner>, K = SimHandle> {
     pub node: String,
-    pub sim: SimHandle,
-    pub runner: KubeadmEffects<HostRunner>,
+    /// Told the kubelet's new version when it restarts.
+    pub sim: K,
+    pub runner: R,
     pub dpkg_root: PathBuf,
     pub boot_id: String,
     pub booted_at: jiff::Timestamp,
@@ -29,7 +42,7 @@ pub struct UpgradeHost {
     pub fail_restart: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Host for UpgradeHost {
+impl<R: CommandRunner, K: KubeletVersionSink> Host for UpgradeHost<R, K> {
     fn boot_id(&self) -> Result<String, PortError> {
         Ok(self.boot_id.clone())
     }
@@ -68,10 +81,74 @@ impl Host for UpgradeHost {
                 PortError::permanent("restarting the kubelet", "kubelet is not installed")
             })?;
         let upstream = drydock::upgrade::apt::upstream_version(&installed.version);
-        self.sim
-            .kubelet_restarted(&self.node, &format!("v{upstream}"))
+        KubeletVersionSink::kubelet_restarted(&self.sim, &self.node, &format!("v{upstream}"))
             .map_err(|e| PortError::failed("restarting the kubelet", e))
     }
+}
+
+impl UpgradeHost {
+    /// A machine of the simulated cluster: its Node's boot, up for an hour,
+    /// the stand-in kubeadm's `upgrade apply` changing the simulator.
+    pub fn on_sim(
+        sim: &SimHandle,
+        node: &str,
+        settings: &Settings,
+        fail_restart: Arc<std::sync::atomic::AtomicBool>,
+    ) -> UpgradeHost {
+        let n: k8s_openapi::api::core::v1::Node = sim.get(None, node).unwrap();
+        UpgradeHost {
+            node: node.to_string(),
+            sim: sim.clone(),
+            runner: KubeadmEffects {
+                inner: HostRunner,
+                sim: sim.clone(),
+                kubeadm: settings.upgrade.kubeadm.clone(),
+            },
+            dpkg_root: settings.packages.dpkg_root.clone(),
+            boot_id: n.status.unwrap().node_info.unwrap().boot_id,
+            booted_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+            fail_restart,
+        }
+    }
+}
+
+/// An agent running in the background until `stop` is sent (or dropped).
+pub struct RunningAgent {
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<Result<(), drydock::agent::AgentError>>,
+}
+
+impl RunningAgent {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Starts the real agent for `node` with its own store.
+pub fn spawn_agent<H, C>(
+    node: &str,
+    settings: Settings,
+    host: H,
+    cluster: C,
+    rec: Rec,
+) -> RunningAgent
+where
+    H: Host + 'static,
+    C: drydock::agent::ports::Cluster + 'static,
+{
+    let store = drydock::store::Store::open(&settings.node.state_db).unwrap();
+    let mut agent =
+        drydock::agent::Agent::new(node.to_string(), settings, store, host, cluster, rec).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    RunningAgent { stop, task }
 }
 
 /// Stops the probe loop however the test ends (a panic included).
@@ -85,6 +162,18 @@ impl Drop for StopOnDrop {
 
 #[derive(Clone, Default)]
 pub struct Rec(pub Arc<Mutex<Vec<(Instant, String, AgentEvent)>>>);
+
+impl Rec {
+    /// Every event so far, one line each (for failure messages).
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, n, e)| format!("{n}: {e:?}"))
+            .collect()
+    }
+}
 
 impl Reporter for Rec {
     fn status(&self, _line: &str) {}
@@ -103,11 +192,37 @@ pub struct Machine {
     _dir: tempfile::TempDir,
 }
 
+/// A node running 1.34.2 with the repositories of [`k8s_repo::MINORS`].
 pub fn machine(node: &str, global_log: &Path) -> Machine {
+    machine_at(node, Some(global_log), None, "1.34.2-1.1")
+}
+
+/// As [`machine`], its commands logged only in its own stand-ins' log.
+pub fn lone_machine(node: &str) -> Machine {
+    machine_at(node, None, None, "1.34.2-1.1")
+}
+
+/// A node whose kubeadm/kubelet/kubectl are at `installed` (held), its
+/// apt source at that minor; `minors`: the repositories (default
+/// [`k8s_repo::MINORS`]).
+pub fn machine_at(
+    node: &str,
+    global_log: Option<&Path>,
+    minors: Option<&[(String, Vec<String>)]>,
+    installed: &str,
+) -> Machine {
     let sandbox = Sandbox::new();
-    let repo = k8s_repo::build(&sandbox);
+    let repo = match minors {
+        Some(m) => k8s_repo::build_minors(&sandbox, m),
+        None => k8s_repo::build(&sandbox),
+    };
+    let from = drydock::upgrade::KubeVersion::parse_observed(&format!(
+        "v{}",
+        drydock::upgrade::apt::upstream_version(installed)
+    ))
+    .expect("an installed package version like 1.34.2-1.1");
     let dir = tempfile::tempdir().unwrap();
-    let stand_ins = standins::StandIns::for_node(dir.path(), node, Some(global_log));
+    let stand_ins = standins::StandIns::for_node(dir.path(), node, global_log);
     let mut s = sandbox.settings();
     repo.configure(&mut s);
     stand_ins.configure(&mut s);
@@ -120,20 +235,17 @@ pub fn machine(node: &str, global_log: &Path) -> Machine {
     s.verify.timeout = Duration::from_secs(20);
     s.report.textfile_dir = None;
     s.report.kubernetes_events = false;
-    // The source for v1.34 and the packages as the node runs them today.
+    // The source for today's minor and the packages as the node runs them.
     std::fs::write(
         &repo.source_file,
-        drydock::upgrade::apt::render_source(
-            &repo.template,
-            drydock::upgrade::KubeVersion::new(1, 34, 2),
-        ),
+        drydock::upgrade::apt::render_source(&repo.template, from),
     )
     .unwrap();
     assert!(sandbox.apt_get(&["update"]).status.success());
     sandbox.preinstall(&[
-        "kubeadm=1.34.2-1.1",
-        "kubelet=1.34.2-1.1",
-        "kubectl=1.34.2-1.1",
+        format!("kubeadm={installed}").as_str(),
+        format!("kubelet={installed}").as_str(),
+        format!("kubectl={installed}").as_str(),
     ]);
     for p in ["kubeadm", "kubelet", "kubectl"] {
         sandbox.set_selection(p, "hold");

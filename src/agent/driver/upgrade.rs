@@ -103,21 +103,22 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 // it is no longer this node's turn): give the slot back and
                 // wait again, rather than reboot for no reason.
                 info!(node = %self.node, decision = ?decision, "upgrade no longer due; releasing the slot");
-                if let Err(e) = self.cluster.release(&cycle.slot).await {
-                    return self.retry_later("releasing the lease", e).await.map(Some);
-                }
-                self.transition(
-                    Event::LeaseLost {
-                        holder: "nobody (released: the upgrade is no longer due)".into(),
-                        now: Timestamp::now(),
-                    },
-                    serde_json::json!({"released": cycle.slot, "upgrade-no-longer-due": true}),
-                )
-                .await?;
-                return Ok(Some(Wait::No));
+                return self
+                    .give_back(cycle, "the upgrade is no longer due", Wait::No)
+                    .await
+                    .map(Some);
             }
             return Ok(None);
         };
+        if let Err(why) = plan::control_plane_slot(
+            control_plane,
+            &cycle.slot,
+            &self.settings.lease_slot_names(),
+        ) {
+            info!(node = %self.node, slot = %cycle.slot, reason = %why, "not upgrading in this slot: {why}");
+            let wait = Wait::LeaseChange(self.settings.reboot.check_interval);
+            return self.give_back(cycle, &why, wait).await.map(Some);
+        }
         let action = plan::kubeadm_action(control_plane, to, versions.kubeadm_config);
         let reboot_needed = cycle.reasons.iter().any(|r| !is_upgrade_reason(r));
         let progress = Progress::new(from, to, action, reboot_needed);
@@ -127,6 +128,27 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         self.transition(Event::UpgradePlanned { progress }, detail)
             .await?;
         Ok(Some(Wait::No))
+    }
+
+    /// Releases the slot of a turn that will not run, and waits again.
+    async fn give_back(
+        &mut self,
+        cycle: &Cycle,
+        why: &str,
+        wait: Wait,
+    ) -> Result<Wait, AgentError> {
+        if let Err(e) = self.cluster.release(&cycle.slot).await {
+            return self.retry_later("releasing the lease", e).await;
+        }
+        self.transition(
+            Event::LeaseLost {
+                holder: format!("nobody (released: {why})"),
+                now: Timestamp::now(),
+            },
+            serde_json::json!({"released": cycle.slot, "upgrade-not-run": why}),
+        )
+        .await?;
+        Ok(wait)
     }
 
     /// One step of [`AgentState::Upgrading`].
