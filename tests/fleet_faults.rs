@@ -239,9 +239,8 @@ impl Reporter for Watcher {
                 // (issue 10: a node never verifies without one).
                 if *from == Phase::Verifying && *to == Phase::Releasing {
                     let leases: Vec<Lease> = self.sim.list(Some("drydock"));
-                    let holder = |l: &Lease| {
-                        l.spec.as_ref().and_then(|s| s.holder_identity.clone())
-                    };
+                    let holder =
+                        |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
                     // The test's intruder takes a live Lease against the
                     // protocol; its victim learns it at its keeper's next
                     // renewal (within a Lease of the theft).
@@ -411,10 +410,8 @@ fn check_now(
         // release right after uncordon; a killed agent's lease outlives it;
         // a node that lost its slot before the reboot request uncordons
         // once the API answers). After the request it waits cordoned.
-        let waits_cordoned = matches!(
-            slotless.get(&name),
-            Some(Loss::Regain | Loss::Either)
-        ) || failed.contains(&name);
+        let waits_cordoned = matches!(slotless.get(&name), Some(Loss::Regain | Loss::Either))
+            || failed.contains(&name);
         if cordoned && !held && !waits_cordoned {
             let since = *cordoned_since
                 .entry(name.clone())

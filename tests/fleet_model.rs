@@ -701,8 +701,14 @@ impl Cluster for ModelCluster {
         // learns it at its keeper's next renewal, so until its promise runs
         // out it still counts as holding.
         let rebooted = !n.boot_id.starts_with("boot-");
-        let named = w.leases.iter().any(|l| holder(l).as_deref() == Some(self.node.as_str()));
-        let stolen = w.leases.iter().any(|l| holder(l).as_deref() == Some("intruder"))
+        let named = w
+            .leases
+            .iter()
+            .any(|l| holder(l).as_deref() == Some(self.node.as_str()));
+        let stolen = w
+            .leases
+            .iter()
+            .any(|l| holder(l).as_deref() == Some("intruder"))
             && kept_slots(&w).contains(&self.node);
         if !value && was_cordoned && rebooted && !named && !stolen {
             let leases: Vec<String> = w
@@ -710,7 +716,12 @@ impl Cluster for ModelCluster {
                 .iter()
                 .map(|l| {
                     let s = l.spec.clone().unwrap_or_default();
-                    format!("{}: {:?} renewed {:?}", slot_name(l), s.holder_identity, s.renew_time.map(|t| t.0))
+                    format!(
+                        "{}: {:?} renewed {:?}",
+                        slot_name(l),
+                        s.holder_identity,
+                        s.renew_time.map(|t| t.0)
+                    )
                 })
                 .collect();
             let v = format!(
@@ -1000,10 +1011,8 @@ fn check_now(
         // it (restarted within 1.2 s, Lease 2 s), or until a node that lost
         // its slot before the reboot request has uncordoned (API outages
         // here are at most 1 s each). After the request it waits cordoned.
-        let waits_cordoned = matches!(
-            slotless.get(name),
-            Some(Loss::Regain | Loss::Either)
-        ) || failed.contains(name);
+        let waits_cordoned = matches!(slotless.get(name), Some(Loss::Regain | Loss::Either))
+            || failed.contains(name);
         if n.unschedulable && !held && !waits_cordoned {
             let since = *cordoned_since
                 .entry(name.clone())
