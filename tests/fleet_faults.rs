@@ -46,6 +46,10 @@ static SKEW: Mutex<()> = Mutex::new(());
 const BOUND: Duration = Duration::from_secs(120);
 /// No reboot for this long while nodes still wait: stuck, not slow.
 const STALLED: Duration = Duration::from_secs(30);
+/// An owed fleet halt (or uncordon) is in the cluster this long after the
+/// last planned API fault ends (retries, a restarted simulator, a loaded
+/// machine).
+const HALT_DUE: Duration = Duration::from_secs(8);
 
 /// What one seed does.
 #[derive(Debug, Clone)]
@@ -185,14 +189,35 @@ struct Seen {
     /// Since when Prometheus blocks (an alert firing or 503); `None`: quiet.
     prometheus_blocks_since: Option<Instant>,
     verify_failed: std::collections::BTreeSet<String>,
-    halted_by: std::collections::BTreeSet<String>,
+    /// Nodes that lost their slot and have not won one since, with what
+    /// the loss asks of them.
+    slotless: BTreeMap<String, Loss>,
+    /// When the checks first saw the fleet halt set.
+    halt_seen_at: Option<Instant>,
 }
+
+/// What a lost slot asks of the node (see `agent::state::SlotLoss`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Loss {
+    /// Lost before the reboot request: uncordon, wait again (U).
+    Undo,
+    /// Lost after it: stay cordoned, win a slot back first (R).
+    Regain,
+    /// In `rebooting`, no reboot asked of the host yet: the request may
+    /// already be recorded, so either.
+    Either,
+}
+
+/// A new cycle starting this long after the halt was seen is a violation
+/// (a gate look just before it may still be acted on).
+const HALT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 struct Watcher {
     node: String,
     seen: Arc<Mutex<Seen>>,
     machines: Arc<BTreeMap<String, Arc<Mutex<Machine>>>>,
+    sim: SimHandle,
 }
 
 impl Reporter for Watcher {
@@ -201,21 +226,54 @@ impl Reporter for Watcher {
     fn event(&self, node: &str, event: &AgentEvent) {
         let mut seen = self.seen.lock().unwrap();
         match event {
-            AgentEvent::StateChanged { to, .. } => {
+            AgentEvent::StateChanged { from, to } => {
+                if *to == Phase::Cordoning
+                    && let Some(t) = seen.halt_seen_at.filter(|t| t.elapsed() > HALT_GRACE)
+                {
+                    seen.violations.push(format!(
+                        "{node} started a new cycle (cordoning) {:?} after the fleet halt was seen",
+                        t.elapsed()
+                    ));
+                }
+                // Declared verified: it must hold its slot at this moment
+                // (issue 10: a node never verifies without one).
+                if *from == Phase::Verifying && *to == Phase::Releasing {
+                    let leases: Vec<Lease> = self.sim.list(Some("drydock"));
+                    let holder =
+                        |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
+                    // The test's intruder takes a live Lease against the
+                    // protocol; its victim learns it at its keeper's next
+                    // renewal (within a Lease of the theft).
+                    let holds = leases.iter().any(|l| holder(l).as_deref() == Some(node))
+                        || leases.iter().any(|l| {
+                            holder(l).as_deref() == Some("intruder")
+                                && !live_holders(std::slice::from_ref(l)).is_empty()
+                        });
+                    if !holds {
+                        seen.violations
+                            .push(format!("{node} verified without holding a slot"));
+                    }
+                }
                 seen.states.insert(node.to_string(), *to);
             }
             AgentEvent::LeaseLost { .. } => {
                 seen.lost_lease.insert(node.to_string());
+                let asked = self.machines[node].lock().unwrap().reboots > 0;
+                let loss = match seen.states.get(node) {
+                    _ if asked => Loss::Regain,
+                    Some(Phase::Rebooting) => Loss::Either,
+                    Some(Phase::Verifying | Phase::Upgrading) => Loss::Regain,
+                    _ => Loss::Undo,
+                };
+                seen.slotless.insert(node.to_string(), loss);
             }
             AgentEvent::VerifyFailed { .. } => {
                 seen.verify_failed.insert(node.to_string());
             }
-            AgentEvent::Halted { .. } => {
-                seen.halted_by.insert(node.to_string());
-            }
             // The gates were evaluated just before (alerts included): a
             // slot taken long into a Prometheus block means they were not.
             AgentEvent::LeaseAcquired { slot } => {
+                seen.slotless.remove(node);
                 if let Some(since) = seen.prometheus_blocks_since
                     && since.elapsed() > Duration::from_secs(2)
                 {
@@ -279,6 +337,7 @@ impl Fleet {
             node: node.to_string(),
             seen: self.seen.clone(),
             machines: self.machines.clone(),
+            sim: self.sim.clone(),
         };
         let mut agent =
             Agent::new(node.to_string(), s, store, host, cluster, reporter).expect("agent");
@@ -313,16 +372,17 @@ fn is_ready(n: &Node) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// `lost`: nodes whose Lease was lost mid-cycle (taken away, or not
-/// renewed in time); by the agent's design such a node stops in `failed`,
-/// cordoned, without a slot, so it is left out of the two cordon checks. KNOWN GAP: such a node is out of service without
-/// a slot, so the fleet may then have one more node out than allowed.
+/// A node that lost its slot mid-cycle (issue 10) may stay out of service
+/// without one: before the reboot request only until its uncordon lands
+/// (U), after it until it wins a slot back (R); so at every moment the
+/// nodes out of service are at most concurrency + R + U (+ nodes in
+/// `failed` whose kept slot ran out: the fleet is halted then).
 fn check_now(
     sim: &SimHandle,
     plan: &Plan,
     machines: &BTreeMap<String, Arc<Mutex<Machine>>>,
     cordoned_since: &mut BTreeMap<String, Instant>,
-    lost: &mut std::collections::BTreeSet<String>,
+    slotless: &BTreeMap<String, Loss>,
     failed: &std::collections::BTreeSet<String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
@@ -333,41 +393,43 @@ fn check_now(
         .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
         .collect();
     let mut out = Vec::new();
+    let mut allowed = Vec::new();
     for n in &nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
         let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
         let ready = is_ready(n);
-        // A node in `failed` without a slot is the same gap (its Lease
-        // was taken, or not renewed through an outage, while it waited).
-        if failed.contains(&name) && !holders.contains(&name) {
-            lost.insert(name.clone());
-        }
-        if lost.contains(&name) && ready {
-            continue;
-        }
+        let held = holders.contains(&name);
         if cordoned || !ready {
             out.push(name.clone());
+            if (slotless.contains_key(&name) || failed.contains(&name)) && !held {
+                allowed.push(name.clone());
+            }
         }
         // Cordoned by drydock (nobody else cordons here) without holding a
         // slot: allowed only for a moment (cordon right after acquire,
-        // release right after uncordon; a killed agent's lease outlives it).
-        if cordoned && !holders.contains(&name) {
+        // release right after uncordon; a killed agent's lease outlives it;
+        // a node that lost its slot before the reboot request uncordons
+        // once the API answers). After the request it waits cordoned.
+        let waits_cordoned = matches!(slotless.get(&name), Some(Loss::Regain | Loss::Either))
+            || failed.contains(&name);
+        if cordoned && !held && !waits_cordoned {
             let since = *cordoned_since
                 .entry(name.clone())
                 .or_insert_with(Instant::now);
             if since.elapsed() > Duration::from_secs(8) {
                 problems.push(format!(
-                    "{name} cordoned without holding a Lease for {:?}",
-                    since.elapsed()
+                    "{name} cordoned without holding a Lease for {:?} (slot loss: {:?})",
+                    since.elapsed(),
+                    slotless.get(&name)
                 ));
             }
         } else {
             cordoned_since.remove(&name);
         }
     }
-    if out.len() > plan.concurrency as usize {
+    if out.len() > plan.concurrency as usize + allowed.len() {
         problems.push(format!(
-            "{} nodes out of service with concurrency {}: {out:?}",
+            "{} nodes out of service with concurrency {} (+ R/U/failed without a slot: {allowed:?}): {out:?}",
             out.len(),
             plan.concurrency
         ));
@@ -457,6 +519,13 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     acts.sort_by_key(|(at, _)| *at);
     let mut acts = acts.into_iter().peekable();
 
+    // When the last planned API fault ends.
+    let api_quiet = plan
+        .api
+        .iter()
+        .map(|(at, len, _)| *at + *len)
+        .max()
+        .unwrap_or_default();
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut cordoned_since = BTreeMap::new();
@@ -546,7 +615,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                         }
                     }
                 }
-                let (mut lost, failed) = {
+                let (slotless, failed) = {
                     let seen = fleet.seen.lock().unwrap();
                     let failed = seen
                         .states
@@ -554,11 +623,12 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                         .filter(|(_, p)| **p == Phase::Failed)
                         .map(|(n, _)| n.clone())
                         .collect();
-                    (seen.lost_lease.clone(), failed)
+                    (seen.slotless.clone(), failed)
                 };
-                lost.extend(stolen_from.clone());
-                let problems = check_now(&sim, &plan, &machines, &mut cordoned_since, &mut lost, &failed);
-                fleet.seen.lock().unwrap().lost_lease.extend(lost);
+                if halted(&sim).is_some() {
+                    fleet.seen.lock().unwrap().halt_seen_at.get_or_insert_with(Instant::now);
+                }
+                let problems = check_now(&sim, &plan, &machines, &mut cordoned_since, &slotless, &failed);
                 if !problems.is_empty() {
                     fleet.seen.lock().unwrap().violations.extend(problems);
                     break;
@@ -566,9 +636,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 let all_done = {
                     let seen = fleet.seen.lock().unwrap();
                     names.iter().all(|n| {
+                        // A node that lost its slot waits again (or wins
+                        // one back) and finishes like any other.
                         let blocked = plan.pdb_blocked.as_deref() == Some(n.as_str())
-                            || stolen_from.as_deref() == Some(n.as_str())
-                            || seen.lost_lease.contains(n)
                             || seen.states.get(n) == Some(&Phase::Failed);
                         blocked || (machines[n].lock().unwrap().reboots == 1 && seen.states.get(n) == Some(&Phase::Idle))
                     })
@@ -590,6 +660,25 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                     halted_at = Some(Instant::now());
                 }
                 let halted_long = halted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(6));
+                // A failed verification owes the fleet halt until the API
+                // takes it; a node that lost its slot before the reboot
+                // request owes its uncordon: wait for both (bounded).
+                let owing = {
+                    let seen = fleet.seen.lock().unwrap();
+                    let nodes: Vec<Node> = sim.list(None);
+                    let leases: Vec<Lease> = sim.list(Some("drydock"));
+                    let live = live_holders(&leases);
+                    (!seen.verify_failed.is_empty() && halted(&sim).is_none())
+                        || seen.slotless.iter().any(|(n, l)| {
+                            *l == Loss::Undo
+                                && !live.contains(n)
+                                && nodes.iter().any(|x| x.metadata.name.as_deref() == Some(n.as_str())
+                                    && x.spec.as_ref().and_then(|s| s.unschedulable) == Some(true))
+                        })
+                };
+                if owing && now <= api_quiet + HALT_DUE && now <= BOUND {
+                    continue;
+                }
                 if all_done || now > BOUND || stuck || halted_long {
                     break;
                 }
@@ -609,24 +698,31 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let not_ready = nodes.iter().any(|n| !is_ready(n));
     let states = fleet.seen.lock().unwrap().states.clone();
     let lost = fleet.seen.lock().unwrap().lost_lease.clone();
-    // KNOWN GAP (driver, reported): a node failing verification while the
-    // API is down cannot write the halt; the driver goes on to `failed`
-    // keeping its slot, which stops the fleet only at concurrency 1.
-    let unhalted: Vec<String> = {
-        let seen = fleet.seen.lock().unwrap();
-        seen.verify_failed
-            .difference(&seen.halted_by)
-            .cloned()
-            .collect()
-    };
-    let api_faults = plan
-        .api
-        .iter()
-        .any(|(_, _, f)| !matches!(f, ApiFault::CloseWatches));
-    if !unhalted.is_empty() && !api_faults {
+    // A failed verification halts the fleet, at the latest once the API
+    // takes the owed halt (the loop waited up to HALT_DUE past the last
+    // fault).
+    let verify_failed = fleet.seen.lock().unwrap().verify_failed.clone();
+    if !verify_failed.is_empty() && halt.is_none() {
         problems.push(format!(
-            "{unhalted:?} failed verification and did not halt the fleet, with the API up"
+            "{verify_failed:?} failed verification and the fleet halt is not set {:.1} s after the last API fault",
+            start.elapsed().saturating_sub(api_quiet).as_secs_f64()
         ));
+    }
+    // A node that lost its slot before the reboot request ends uncordoned
+    // (or holding a slot again).
+    {
+        let slotless = fleet.seen.lock().unwrap().slotless.clone();
+        let leases: Vec<Lease> = sim.list(Some("drydock"));
+        let live = live_holders(&leases);
+        for n in &nodes {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+            if slotless.get(&name) == Some(&Loss::Undo) && cordoned && !live.contains(&name) {
+                problems.push(format!(
+                    "{name} lost its slot before the reboot request and is still cordoned at the end"
+                ));
+            }
+        }
     }
     let halt_planned = plan.fails_verify.is_some() || plan.never_returns.is_some();
     if let Some(h) = &halt
@@ -644,8 +740,6 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             || failed_holds
             || not_ready
             || plan.pdb_blocked.as_deref() == Some(n.as_str())
-            || stolen_from.as_deref() == Some(n.as_str())
-            || lost.contains(n)
             || states.get(n) == Some(&Phase::Failed);
         if !rebooted && !explained {
             unexplained.push(format!("{n} ({:?})", states.get(n)));
@@ -686,7 +780,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             .filter(|n| machines[*n].lock().unwrap().reboots == 1)
             .count();
         Ok(format!(
-            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s{}, halted: {}, Lease taken from {stolen_from:?}{}{}",
+            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s{}, halted: {}, Lease taken from {stolen_from:?}{}",
             start.elapsed().as_secs_f64(),
             if slow && !unexplained.is_empty() {
                 format!(
@@ -701,15 +795,8 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 String::new()
             } else {
                 format!(
-                    "; lost their Lease mid-cycle: {lost:?} (final states {:?}; left out of the cordon checks, see KNOWN GAP in check_now)",
+                    "; lost their Lease mid-cycle: {lost:?} (final states {:?})",
                     lost.iter().map(|n| states.get(n)).collect::<Vec<_>>()
-                )
-            },
-            if unhalted.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; KNOWN GAP: {unhalted:?} failed verification but could not halt the fleet (API down)"
                 )
             },
         ))

@@ -28,12 +28,20 @@
 //!
 //! Invariants, checked every 5 ms under the model's lock (so exactly) and
 //! at the end: never more nodes out of service (cordoned or NotReady) than
-//! the concurrency; no node cordoned without holding a Lease for longer
-//! than a killed agent's Lease can outlive it; never two holders believing
-//! they hold one slot at once; no slot taken unless that node's last look at
-//! the cluster gates passed; no second reboot for one need; no `Verified`
-//! without a reboot and passing checks; every node rebooted unless a halt,
-//! a gate or a lost Lease explains why; the history records every step.
+//! the concurrency + R + U (R: nodes that lost their slot after the reboot
+//! request and wait to win one back; U: nodes that lost it before, whose
+//! uncordon has not landed); no node cordoned without holding a Lease for
+//! longer than a killed agent's Lease or an API outage can explain, except
+//! R (a node that lost its slot before the request ends uncordoned); no
+//! uncordon after a reboot without holding a slot at that moment; never two
+//! holders believing they hold one slot at once; no slot taken unless that
+//! node's last look at the cluster gates passed; no second reboot for one
+//! need; no `Verified` without a reboot and passing checks; a failed
+//! verification has the fleet halt set once the API is back (within 3 s of
+//! the last fault), and no other node starts a cycle (cordons) more than
+//! 0.5 s after the halt is set; every node rebooted unless a halt or a gate
+//! explains why (a lost slot does not: the node waits again and finishes);
+//! the history records every step.
 //!
 //! `cargo test --test fleet_model` runs `DRYDOCK_MODEL_SEEDS` seeds
 //! (default 300), `DRYDOCK_MODEL_PARALLEL` at once (default 24);
@@ -226,6 +234,8 @@ struct World {
     believed: BTreeMap<String, BTreeMap<String, Timestamp>>,
     violations: Vec<String>,
     requests: u64,
+    /// When the fleet halt was last written.
+    halt_set_at: Option<Instant>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -680,7 +690,48 @@ impl Cluster for ModelCluster {
         self.request(if value { "cordoning" } else { "uncordoning" })
             .await?;
         let mut w = lock(&self.world);
-        w.nodes.get_mut(&self.node).unwrap().unschedulable = value;
+        let n = w.nodes.get_mut(&self.node).unwrap();
+        // Only a real uncordon counts: an agent killed mid-release repeats
+        // its (idempotent) uncordon after it gave the slot back.
+        let was_cordoned = n.unschedulable;
+        n.unschedulable = value;
+        // Uncordoned after its reboot (a new boot): the cycle ends here, so
+        // the node must hold its slot at this moment (issue 10). The test's
+        // intruder takes a live Lease against the protocol; its victim
+        // learns it at its keeper's next renewal, so until its promise runs
+        // out it still counts as holding.
+        let rebooted = !n.boot_id.starts_with("boot-");
+        let named = w
+            .leases
+            .iter()
+            .any(|l| holder(l).as_deref() == Some(self.node.as_str()));
+        let stolen = w
+            .leases
+            .iter()
+            .any(|l| holder(l).as_deref() == Some("intruder"))
+            && kept_slots(&w).contains(&self.node);
+        if !value && was_cordoned && rebooted && !named && !stolen {
+            let leases: Vec<String> = w
+                .leases
+                .iter()
+                .map(|l| {
+                    let s = l.spec.clone().unwrap_or_default();
+                    format!(
+                        "{}: {:?} renewed {:?}",
+                        slot_name(l),
+                        s.holder_identity,
+                        s.renew_time.map(|t| t.0)
+                    )
+                })
+                .collect();
+            let v = format!(
+                "{} uncordoned after its reboot without holding a slot (Leases at {}: {leases:?}; promised: {:?})",
+                self.node,
+                Timestamp::now(),
+                w.believed
+            );
+            w.violations.push(v);
+        }
         Ok(())
     }
 
@@ -739,7 +790,11 @@ impl Cluster for ModelCluster {
 
     async fn halt_fleet(&self, halt: &Halt) -> Result<(), PortError> {
         self.request("halting the fleet").await?;
-        lock(&self.world).halt = Some(halt.clone());
+        let mut w = lock(&self.world);
+        if w.halt.is_none() {
+            w.halt_set_at = Some(Instant::now());
+        }
+        w.halt = Some(halt.clone());
         Ok(())
     }
 
@@ -768,19 +823,38 @@ struct Seen {
     violations: Vec<String>,
     states: BTreeMap<String, Phase>,
     /// Nodes that lost their Lease while out of service (stolen, or not
-    /// renewed through an API outage).
+    /// renewed through an API outage), ever.
     lost_lease: BTreeSet<String>,
+    /// Nodes that lost their slot and have not won one since, with what
+    /// the loss asks of them.
+    slotless: BTreeMap<String, Loss>,
     verify_failed: BTreeSet<String>,
-    halted_by: BTreeSet<String>,
     /// Each node's last status line, for a failing seed's report.
     status: BTreeMap<String, String>,
 }
+
+/// What a lost slot asks of the node (see `agent::state::SlotLoss`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Loss {
+    /// Lost before the reboot request: uncordon, wait again (U).
+    Undo,
+    /// Lost after it: stay cordoned, win a slot back first (R).
+    Regain,
+    /// In `rebooting`, no reboot asked of the host yet: the request may
+    /// already be recorded, so either.
+    Either,
+}
+
+/// A new cycle starting this long after the halt was written is a
+/// violation (a gate look just before it may still be acted on).
+const HALT_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 struct Watcher {
     node: String,
     seen: Arc<Mutex<Seen>>,
     machine: Arc<Mutex<Machine>>,
+    world: Shared,
 }
 
 impl Reporter for Watcher {
@@ -793,19 +867,45 @@ impl Reporter for Watcher {
     }
 
     fn event(&self, node: &str, event: &AgentEvent) {
+        // The model's lock before the watcher's (the checks take them in
+        // that order).
+        let halted = {
+            let w = lock(&self.world);
+            w.halt
+                .as_ref()
+                .filter(|h| h.node != node)
+                .and_then(|_| w.halt_set_at)
+                .filter(|t| t.elapsed() > HALT_GRACE)
+                .map(|t| t.elapsed())
+        };
         let mut seen = self.seen.lock().unwrap();
         match event {
             AgentEvent::StateChanged { to, .. } => {
+                if *to == Phase::Cordoning
+                    && let Some(ago) = halted
+                {
+                    seen.violations.push(format!(
+                        "{node} started a new cycle (cordoning) {ago:?} after the fleet halt was set"
+                    ));
+                }
                 seen.states.insert(node.to_string(), *to);
+            }
+            AgentEvent::LeaseAcquired { .. } => {
+                seen.slotless.remove(node);
             }
             AgentEvent::LeaseLost { .. } => {
                 seen.lost_lease.insert(node.to_string());
+                let asked = self.machine.lock().unwrap().reboots > 0;
+                let loss = match seen.states.get(node) {
+                    _ if asked => Loss::Regain,
+                    Some(Phase::Rebooting) => Loss::Either,
+                    Some(Phase::Verifying | Phase::Upgrading) => Loss::Regain,
+                    _ => Loss::Undo,
+                };
+                seen.slotless.insert(node.to_string(), loss);
             }
             AgentEvent::VerifyFailed { .. } => {
                 seen.verify_failed.insert(node.to_string());
-            }
-            AgentEvent::Halted { .. } => {
-                seen.halted_by.insert(node.to_string());
             }
             AgentEvent::Verified { .. } => {
                 let m = self.machine.lock().unwrap();
@@ -850,6 +950,7 @@ impl Fleet {
             node: node.to_string(),
             seen: self.seen.clone(),
             machine: self.machines[node].clone(),
+            world: self.world.clone(),
         };
         let mut agent =
             Agent::new(node.to_string(), s, store, host, cluster.clone(), reporter).expect("agent");
@@ -876,50 +977,59 @@ impl Fleet {
 }
 
 /// Invariants at one instant, read under the model's lock.
+///
+/// A node that lost its slot mid-cycle (issue 10) may stay out of service
+/// without one: before the reboot request only until its uncordon lands
+/// (U), after it until it wins a slot back (R); so at every moment the
+/// nodes out of service are at most concurrency + R + U (+ nodes in
+/// `failed` whose kept slot ran out: the fleet is halted then).
 fn check_now(
     w: &World,
     plan: &Plan,
     machines: &BTreeMap<String, Arc<Mutex<Machine>>>,
     cordoned_since: &mut BTreeMap<String, Instant>,
-    lost: &mut BTreeSet<String>,
+    slotless: &BTreeMap<String, Loss>,
     failed: &BTreeSet<String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let holders: Vec<String> = w.leases.iter().filter_map(holder).collect();
     let mut out = Vec::new();
+    let mut allowed = Vec::new();
     for (name, n) in &w.nodes {
-        // KNOWN GAP (issue 10): a node whose Lease was lost mid-cycle stops
-        // in `failed`, cordoned, without a slot; left out of the cordon
-        // checks (so the fleet may then have one more node out).
-        // A node in `failed` without a slot is the same gap (its Lease
-        // was taken, or not renewed through an outage, while it waited).
-        if failed.contains(name) && !holders.contains(name) {
-            lost.insert(name.clone());
-        }
-        if lost.contains(name) && n.ready {
-            continue;
-        }
+        let held = holders.contains(name);
         if n.unschedulable || !n.ready {
             out.push(name.clone());
+            let loss = slotless.get(name).filter(|_| !held);
+            // U: counted while its uncordon has not landed (checked below
+            // to land soon); R: while it waits for a slot.
+            if loss.is_some() || (failed.contains(name) && !held) {
+                allowed.push(name.clone());
+            }
         }
         // Cordoned by drydock (nobody else cordons here) without holding a
-        // slot: only for a moment, or while a killed agent's Lease outlives
-        // it (restarted within 1.2 s, Lease 2 s).
-        if n.unschedulable && !holders.contains(name) {
+        // slot: only for a moment, while a killed agent's Lease outlives
+        // it (restarted within 1.2 s, Lease 2 s), or until a node that lost
+        // its slot before the reboot request has uncordoned (API outages
+        // here are at most 1 s each). After the request it waits cordoned.
+        let waits_cordoned = matches!(slotless.get(name), Some(Loss::Regain | Loss::Either))
+            || failed.contains(name);
+        if n.unschedulable && !held && !waits_cordoned {
             let since = *cordoned_since
                 .entry(name.clone())
                 .or_insert_with(Instant::now);
             if since.elapsed() > Duration::from_secs(4) {
                 problems.push(format!(
-                    "{name} cordoned without holding a Lease for {:?}",
-                    since.elapsed()
+                    "{name} cordoned without holding a Lease for {:?} (slot loss: {:?})",
+                    since.elapsed(),
+                    slotless.get(name)
                 ));
             }
         } else {
             cordoned_since.remove(name);
         }
     }
-    if out.len() > plan.concurrency as usize {
+    let bound = plan.concurrency as usize + allowed.len();
+    if out.len() > bound {
         let leases: Vec<String> = w
             .leases
             .iter()
@@ -934,7 +1044,7 @@ fn check_now(
             })
             .collect();
         problems.push(format!(
-            "{} nodes out of service with concurrency {}: {out:?}; Leases at {}: {leases:?}",
+            "{} nodes out of service with concurrency {} (+ R/U/failed without a slot: {allowed:?}): {out:?}; Leases at {}: {leases:?}",
             out.len(),
             plan.concurrency,
             Timestamp::now()
@@ -1008,6 +1118,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         believed: BTreeMap::new(),
         violations: Vec::new(),
         requests: 0,
+        halt_set_at: None,
     }));
     let machines: BTreeMap<String, Arc<Mutex<Machine>>> = names
         .iter()
@@ -1068,6 +1179,13 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     acts.sort_by_key(|(at, _)| *at);
     let mut acts: std::collections::VecDeque<(Duration, Act)> = acts.into();
 
+    // When the last planned API fault ends.
+    let api_quiet = plan
+        .api
+        .iter()
+        .map(|(at, len, _)| *at + *len)
+        .max()
+        .unwrap_or_default();
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut cordoned_since = BTreeMap::new();
@@ -1142,7 +1260,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                         }
                     }
                 }
-                let (mut lost, failed) = {
+                let (slotless, failed) = {
                     let seen = fleet.seen.lock().unwrap();
                     let failed = seen
                         .states
@@ -1150,14 +1268,12 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                         .filter(|(_, p)| **p == Phase::Failed)
                         .map(|(n, _)| n.clone())
                         .collect();
-                    (seen.lost_lease.clone(), failed)
+                    (seen.slotless.clone(), failed)
                 };
-                lost.extend(stolen_from.clone());
                 let problems = {
                     let w = lock(&world);
-                    check_now(&w, &plan, &machines, &mut cordoned_since, &mut lost, &failed)
+                    check_now(&w, &plan, &machines, &mut cordoned_since, &slotless, &failed)
                 };
-                fleet.seen.lock().unwrap().lost_lease.extend(lost);
                 let mut problems = problems;
                 problems.extend(fleet.seen.lock().unwrap().violations.iter().cloned());
                 if !problems.is_empty() {
@@ -1182,15 +1298,30 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                 let all_done = {
                     let seen = fleet.seen.lock().unwrap();
                     names.iter().all(|n| {
+                        // A node that lost its slot waits again (or wins
+                        // one back) and finishes like any other.
                         let blocked = plan.pdb_blocked.as_deref() == Some(n.as_str())
-                            || stolen_from.as_deref() == Some(n.as_str())
-                            || seen.lost_lease.contains(n)
                             || seen.states.get(n) == Some(&Phase::Failed);
                         blocked || (machines[n].lock().unwrap().reboots == 1 && seen.states.get(n) == Some(&Phase::Idle))
                     })
                 };
                 let stuck = lost_machine_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3));
                 let halted_long = halted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2));
+                // A failed verification owes the fleet halt until the API
+                // takes it; and a node that lost its slot before the
+                // reboot request owes its uncordon: wait for both (bounded).
+                let owing = {
+                    let w = lock(&world);
+                    let seen = fleet.seen.lock().unwrap();
+                    (!seen.verify_failed.is_empty() && w.halt.is_none())
+                        || seen.slotless.iter().any(|(n, l)| {
+                            *l == Loss::Undo && w.nodes[n].unschedulable && !kept_slots(&w).contains(n)
+                        })
+                };
+                let grace_over = now > api_quiet + Duration::from_secs(3);
+                if owing && !grace_over && now <= BOUND {
+                    continue;
+                }
                 if (all_done && acts.iter().all(|(_, a)| !matches!(a, Act::Up(_)))) || now > BOUND || stuck || halted_long {
                     break;
                 }
@@ -1212,24 +1343,27 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     drop(w);
     let states = fleet.seen.lock().unwrap().states.clone();
     let lost = fleet.seen.lock().unwrap().lost_lease.clone();
-    // KNOWN GAP (driver, reported): a node failing verification while the
-    // API is down cannot write the halt; the driver goes on to `failed`
-    // keeping its slot, which stops the fleet only at concurrency 1.
-    let unhalted: Vec<String> = {
-        let seen = fleet.seen.lock().unwrap();
-        seen.verify_failed
-            .difference(&seen.halted_by)
-            .cloned()
-            .collect()
-    };
-    let api_faults = plan
-        .api
-        .iter()
-        .any(|(_, _, f)| *f != ApiFault::WakeWatchers);
-    if !unhalted.is_empty() && !api_faults {
+    // A failed verification halts the fleet, at the latest once the API
+    // takes the owed halt (the loop waited up to 3 s past the last fault).
+    let verify_failed = fleet.seen.lock().unwrap().verify_failed.clone();
+    if !verify_failed.is_empty() && halt.is_none() {
         problems.push(format!(
-            "{unhalted:?} failed verification and did not halt the fleet, with the API up"
+            "{verify_failed:?} failed verification and the fleet halt is not set {:.1} s after the last API fault",
+            (elapsed.saturating_sub(api_quiet)).as_secs_f64()
         ));
+    }
+    // A node that lost its slot before the reboot request ends uncordoned
+    // (or holding a slot again).
+    {
+        let w = lock(&world);
+        let seen = fleet.seen.lock().unwrap();
+        for (n, l) in &seen.slotless {
+            if *l == Loss::Undo && w.nodes[n].unschedulable && !holders.contains(n) {
+                problems.push(format!(
+                    "{n} lost its slot before the reboot request and is still cordoned at the end"
+                ));
+            }
+        }
     }
     let halt_planned = plan.fails_verify.is_some() || plan.never_returns.is_some();
     if let Some(h) = &halt
@@ -1249,8 +1383,6 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             || failed_holds
             || not_ready
             || plan.pdb_blocked.as_deref() == Some(n.as_str())
-            || stolen_from.as_deref() == Some(n.as_str())
-            || lost.contains(n)
             || states.get(n) == Some(&Phase::Failed);
         if !rebooted && !explained {
             unexplained.push(format!("{n} ({:?})", states.get(n)));
@@ -1300,17 +1432,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             .filter(|n| machines[*n].lock().unwrap().reboots == 1)
             .count();
         Ok(format!(
-            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s, {requests} requests, halted: {}, Lease stolen from {stolen_from:?}, lost mid-cycle: {lost:?} (final states {:?}){}",
+            "seed {seed}: {rebooted}/{NODES} rebooted in {:.1} s, {requests} requests, halted: {}, Lease stolen from {stolen_from:?}, lost mid-cycle: {lost:?} (final states {:?})",
             elapsed.as_secs_f64(),
             halt.is_some(),
             lost.iter().map(|n| states.get(n)).collect::<Vec<_>>(),
-            if unhalted.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; KNOWN GAP: {unhalted:?} failed verification but could not halt the fleet (API down)"
-                )
-            },
         ))
     } else {
         let reboots: BTreeMap<&String, u32> = machines
