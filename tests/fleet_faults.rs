@@ -18,6 +18,9 @@
 //! `DRYDOCK_FAULT_SEED=N` replays one. A failing seed prints the command
 //! that replays it.
 
+#[path = "support/seeds.rs"]
+mod seeds;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +38,7 @@ use drydock::simulate::host::{Machine, SimHost};
 use drydock::store::Store;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use seeds::{SeedRun, node_names};
 use tokio::sync::mpsc;
 
 const NODES: usize = 20;
@@ -82,15 +86,9 @@ enum ApiFault {
     CloseWatches,
 }
 
-fn node_names() -> Vec<String> {
-    let mut v = vec!["cp-1".to_string()];
-    v.extend((1..NODES).map(|i| format!("worker-{i}")));
-    v
-}
-
 fn plan(seed: u64) -> Plan {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let names = node_names();
+    let names = node_names(NODES);
     let workers = &names[1..];
     let pick = |rng: &mut fastrand::Rng| workers[rng.usize(..workers.len())].clone();
     let ms = |rng: &mut fastrand::Rng, lo: u64, hi: u64| Duration::from_millis(rng.u64(lo..hi));
@@ -461,7 +459,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let sim = scenario.start().await.map_err(|e| e.to_string())?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (tx, mut reboots) = mpsc::unbounded_channel::<String>();
-    let names = node_names();
+    let names = node_names(NODES);
     let mut machines = BTreeMap::new();
     for (i, node) in names.iter().enumerate() {
         sim.set_boot_id(node, &format!("boot-{i}-0"))
@@ -836,65 +834,14 @@ fn drydock_new_boot(sim: &SimHandle, node: &str) -> Result<String, String> {
     Ok(boot)
 }
 
-fn seeds() -> Vec<u64> {
-    if let Some(one) = std::env::var("DRYDOCK_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return vec![one];
-    }
-    let n = env_u64("DRYDOCK_FAULT_SEEDS").unwrap_or(6);
-    (1..=n).collect()
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn fleet_survives_random_faults() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     // Seeds at once: each has its own simulator, Prometheus and 20 agents.
-    let parallel = env_u64("DRYDOCK_FAULT_PARALLEL").unwrap_or(3).max(1) as usize;
-    let seeds = seeds();
-    let started = Instant::now();
-    let failed: Vec<u64> = rt.block_on(async {
-        use futures::StreamExt;
-        futures::stream::iter(seeds.clone())
-            .map(|seed| async move {
-                let r = tokio::spawn(run_seed(seed))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the seed's task panicked: {e}")));
-                match r {
-                    Ok(line) => {
-                        eprintln!("{line}");
-                        None
-                    }
-                    Err(why) => {
-                        eprintln!(
-                            "FAILED seed {seed}: {why}\nreplay: DRYDOCK_FAULT_SEED={seed} cargo test --test fleet_faults"
-                        );
-                        Some(seed)
-                    }
-                }
-            })
-            .buffer_unordered(parallel)
-            .filter_map(|f| async move { f })
-            .collect()
-            .await
-    });
-    eprintln!(
-        "{} seeds in {:.1} s ({} at once)",
-        seeds.len(),
-        started.elapsed().as_secs_f64(),
-        parallel
-    );
-    assert!(
-        failed.is_empty(),
-        "failing seeds: {failed:?} (replay commands above)"
-    );
+    SeedRun {
+        env_prefix: "DRYDOCK_FAULT",
+        test_name: "fleet_faults",
+        default_seeds: 6,
+        default_parallel: 3,
+    }
+    .run(run_seed);
 }

@@ -49,6 +49,9 @@
 //! interleaving of the agents still varies from run to run (real clock,
 //! real threads), as it would in a cluster.
 
+#[path = "support/seeds.rs"]
+mod seeds;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,6 +74,7 @@ use drydock::store::Store;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use seeds::{SeedRun, node_names};
 use tokio::sync::{Notify, mpsc, watch};
 
 const NODES: usize = 20;
@@ -114,15 +118,9 @@ struct Plan {
     steal_lease_at: Option<Duration>,
 }
 
-fn node_names() -> Vec<String> {
-    let mut v = vec!["cp-1".to_string()];
-    v.extend((1..NODES).map(|i| format!("worker-{i}")));
-    v
-}
-
 fn plan(seed: u64) -> Plan {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let names = node_names();
+    let names = node_names(NODES);
     let workers = &names[1..];
     let pick = |rng: &mut fastrand::Rng| workers[rng.usize(..workers.len())].clone();
     let ms = |rng: &mut fastrand::Rng, lo: u64, hi: u64| Duration::from_millis(rng.u64(lo..hi));
@@ -1076,7 +1074,7 @@ fn state_dir() -> tempfile::TempDir {
 
 async fn run_seed(seed: u64) -> Result<String, String> {
     let plan = plan(seed);
-    let names = node_names();
+    let names = node_names(NODES);
     let boot0 = Timestamp::now() - SignedDuration::from_secs(3600);
     let mut base = settings(
         std::path::Path::new("/nonexistent"),
@@ -1450,60 +1448,13 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-fn seeds() -> Vec<u64> {
-    if let Some(one) = env_u64("DRYDOCK_MODEL_SEED") {
-        return vec![one];
-    }
-    (1..=env_u64("DRYDOCK_MODEL_SEEDS").unwrap_or(300)).collect()
-}
-
 #[test]
 fn fleet_model_survives_random_faults() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let parallel = env_u64("DRYDOCK_MODEL_PARALLEL").unwrap_or(24).max(1) as usize;
-    let seeds = seeds();
-    let started = Instant::now();
-    let failed: Vec<u64> = rt.block_on(async {
-        use futures::StreamExt;
-        futures::stream::iter(seeds.clone())
-            .map(|seed| async move {
-                let r = tokio::spawn(run_seed(seed))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the seed's task panicked: {e}")));
-                match r {
-                    Ok(line) => {
-                        eprintln!("{line}");
-                        None
-                    }
-                    Err(why) => {
-                        eprintln!(
-                            "FAILED seed {seed}: {why}\nreplay: DRYDOCK_MODEL_SEED={seed} cargo test --test fleet_model"
-                        );
-                        Some(seed)
-                    }
-                }
-            })
-            .buffer_unordered(parallel)
-            .filter_map(|f| async move { f })
-            .collect()
-            .await
-    });
-    eprintln!(
-        "{} seeds in {:.1} s ({} at once)",
-        seeds.len(),
-        started.elapsed().as_secs_f64(),
-        parallel
-    );
-    assert!(
-        failed.is_empty(),
-        "failing seeds: {failed:?} (replay commands above)"
-    );
+    SeedRun {
+        env_prefix: "DRYDOCK_MODEL",
+        test_name: "fleet_model",
+        default_seeds: 300,
+        default_parallel: 24,
+    }
+    .run(run_seed);
 }

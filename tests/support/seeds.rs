@@ -1,0 +1,90 @@
+//! Seeded fault runs (tests/fleet_faults.rs, tests/fleet_model.rs): which
+//! seeds to run, several at once, and the command that replays a failing one.
+
+use std::future::Future;
+use std::time::Instant;
+
+/// How a fault test names its knobs: `{prefix}_SEED` replays one seed,
+/// `{prefix}_SEEDS` sets how many, `{prefix}_PARALLEL` how many at once.
+pub struct SeedRun {
+    pub env_prefix: &'static str,
+    pub test_name: &'static str,
+    pub default_seeds: u64,
+    pub default_parallel: usize,
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The first node is the control plane, the rest workers.
+pub fn node_names(nodes: usize) -> Vec<String> {
+    let mut v = vec!["cp-1".to_string()];
+    v.extend((1..nodes).map(|i| format!("worker-{i}")));
+    v
+}
+
+impl SeedRun {
+    fn seeds(&self) -> Vec<u64> {
+        if let Some(one) = env_u64(&format!("{}_SEED", self.env_prefix)) {
+            return vec![one];
+        }
+        let n = env_u64(&format!("{}_SEEDS", self.env_prefix)).unwrap_or(self.default_seeds);
+        (1..=n).collect()
+    }
+
+    /// Runs every seed (`Ok`: its summary line; `Err`: why it failed) and
+    /// fails the test naming the failing seeds, each with its replay command.
+    pub fn run<F, Fut>(&self, run_seed: F)
+    where
+        F: Fn(u64) -> Fut + Copy + Send + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let parallel = env_u64(&format!("{}_PARALLEL", self.env_prefix))
+            .map_or(self.default_parallel, |p| p as usize)
+            .max(1);
+        let seeds = self.seeds();
+        let started = Instant::now();
+        let (prefix, test) = (self.env_prefix, self.test_name);
+        let failed: Vec<u64> = rt.block_on(async {
+            use futures::StreamExt;
+            futures::stream::iter(seeds.clone())
+                .map(|seed| async move {
+                    let r = tokio::spawn(run_seed(seed))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the seed's task panicked: {e}")));
+                    match r {
+                        Ok(line) => {
+                            eprintln!("{line}");
+                            None
+                        }
+                        Err(why) => {
+                            eprintln!(
+                                "FAILED seed {seed}: {why}\nreplay: {prefix}_SEED={seed} cargo test --test {test}"
+                            );
+                            Some(seed)
+                        }
+                    }
+                })
+                .buffer_unordered(parallel)
+                .filter_map(|f| async move { f })
+                .collect()
+                .await
+        });
+        eprintln!(
+            "{} seeds in {:.1} s ({} at once)",
+            seeds.len(),
+            started.elapsed().as_secs_f64(),
+            parallel
+        );
+        assert!(
+            failed.is_empty(),
+            "failing seeds: {failed:?} (replay commands above)"
+        );
+    }
+}
