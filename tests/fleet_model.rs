@@ -74,7 +74,7 @@ use drydock::store::Store;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use seeds::{SeedRun, node_names};
+use seeds::{SeedRun, history_gaps, node_names};
 use tokio::sync::{Notify, mpsc, watch};
 
 const NODES: usize = 20;
@@ -1386,25 +1386,12 @@ async fn run_seed(seed: u64) -> Result<String, String> {
             unexplained.push(format!("{n} ({:?})", states.get(n)));
         }
         if rebooted {
-            let store = Store::open(&fleet.dir.path().join(format!("{n}.db")))
-                .map_err(|e| e.to_string())?;
-            let history = store.history(&["state"], 1000).map_err(|e| e.to_string())?;
-            let tos: Vec<String> = history
-                .iter()
-                .filter_map(|h| {
-                    h.detail
-                        .get("to")
-                        .and_then(|v| v.as_str())
-                        .map(String::from)
-                })
-                .collect();
-            for want in ["locked", "cordoning", "draining", "rebooting"] {
-                if !tos.iter().any(|t| t == want) {
-                    problems.push(format!(
-                        "{n} rebooted but its history lacks -> {want}: {tos:?}"
-                    ));
-                }
-            }
+            let db = fleet.dir.path().join(format!("{n}.db"));
+            problems.extend(history_gaps(
+                &db,
+                n,
+                &["locked", "cordoning", "draining", "rebooting"],
+            )?);
         }
     }
     if elapsed > BOUND && halt.is_none() && !not_ready {

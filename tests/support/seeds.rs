@@ -2,6 +2,7 @@
 //! seeds to run, several at once, and the command that replays a failing one.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Instant;
 
 /// How a fault test names its knobs: `{prefix}_SEED` replays one seed,
@@ -87,4 +88,20 @@ impl SeedRun {
             "failing seeds: {failed:?} (replay commands above)"
         );
     }
+}
+
+/// A rebooted node's history must show every state in `wants`: one problem
+/// line for each that its store at `db` lacks.
+pub fn history_gaps(db: &Path, node: &str, wants: &[&str]) -> Result<Vec<String>, String> {
+    let store = drydock::store::Store::open(db).map_err(|e| e.to_string())?;
+    let history = store.history(&["state"], 1000).map_err(|e| e.to_string())?;
+    let tos: Vec<&str> = history
+        .iter()
+        .filter_map(|h| h.detail.get("to").and_then(|v| v.as_str()))
+        .collect();
+    Ok(wants
+        .iter()
+        .filter(|want| !tos.contains(want))
+        .map(|want| format!("{node} rebooted but its history lacks -> {want}: {tos:?}"))
+        .collect())
 }
