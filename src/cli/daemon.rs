@@ -747,16 +747,23 @@ mod tests {
         }
     }
 
+    /// A reporter with its state DB in `dir` and no textfile, and the
+    /// agent's port onto it.
+    async fn reporter_on(dir: &std::path::Path, node: &str) -> (Reporter, DaemonReporter) {
+        let mut settings = Settings::default();
+        settings.node.state_db = dir.join("state.db");
+        settings.report.textfile_dir = None;
+        let reporter = Reporter::start_with(&settings, node, None, RetryPolicy::default())
+            .await
+            .unwrap();
+        let port = DaemonReporter::new(reporter.clone(), node);
+        (reporter, port)
+    }
+
     #[tokio::test]
     async fn agent_events_reach_the_metrics_and_the_status_line() {
         let dir = tempfile::tempdir().unwrap();
-        let mut settings = Settings::default();
-        settings.node.state_db = dir.path().join("state.db");
-        settings.report.textfile_dir = None;
-        let reporter = Reporter::start_with(&settings, "worker-1", None, RetryPolicy::default())
-            .await
-            .unwrap();
-        let port = DaemonReporter::new(reporter.clone(), "worker-1");
+        let (reporter, port) = reporter_on(dir.path(), "worker-1").await;
 
         // STATUS= is the agent's own line, word for word.
         port.status("waiting: window opens Tue 02:00 Europe/London");
@@ -878,13 +885,7 @@ mod tests {
     #[tokio::test]
     async fn upgrade_events_reach_the_version_and_in_flight_metrics() {
         let dir = tempfile::tempdir().unwrap();
-        let mut settings = Settings::default();
-        settings.node.state_db = dir.path().join("state.db");
-        settings.report.textfile_dir = None;
-        let reporter = Reporter::start_with(&settings, "cp-1", None, RetryPolicy::default())
-            .await
-            .unwrap();
-        let port = DaemonReporter::new(reporter.clone(), "cp-1");
+        let (reporter, port) = reporter_on(dir.path(), "cp-1").await;
         let t = reporter.metrics_text();
         assert_eq!(value(&t, "drydock_upgrade_in_flight"), Some(0.0), "{t}");
         assert!(
