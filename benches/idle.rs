@@ -19,9 +19,13 @@ mod apt_sandbox;
 #[path = "../tests/support/bus.rs"]
 mod bus;
 
+#[path = "../tests/support/procstat.rs"]
+mod procstat;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use procstat::cpu_seconds;
 
 use apt_sandbox::{DRYDOCK, Sandbox, missing_tools};
 use drydock::sim::Scenario;
@@ -72,21 +76,6 @@ fn smaps(pid: u32) -> std::collections::BTreeMap<String, u64> {
             Some((k.trim().to_string(), kb))
         })
         .collect()
-}
-
-/// utime + stime of the process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 / hz
 }
 
 fn main() {
@@ -157,11 +146,11 @@ fn main() {
     }
     let start_requests = sim.stats().total.requests;
     sim.reset_stats();
-    let cpu0 = cpu_seconds(pid);
+    let cpu0 = cpu_seconds(&pid.to_string());
     let t0 = Instant::now();
     let before = smaps(pid);
     std::thread::sleep(idle);
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu = cpu_seconds(&pid.to_string()) - cpu0;
     let wall = t0.elapsed().as_secs_f64();
     let after = smaps(pid);
     let stats = sim.stats();

@@ -9,24 +9,15 @@
 //! 500 nodes at concurrency 1 takes about 500 reboot cycles end to end
 //! (tens of minutes on a 2-core machine).
 
+#[path = "../tests/support/procstat.rs"]
+mod procstat;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drydock::simulate::{self, SimulateOptions};
+use procstat::cpu_seconds;
 
-/// utime + stime of this process, in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 / hz
-}
+use drydock::simulate::{self, SimulateOptions};
 
 fn cases() -> Vec<(usize, u32)> {
     let text = std::env::var("DRYDOCK_SCALE_CASES").unwrap_or_else(|_| "500x5,500x1".into());
@@ -61,13 +52,13 @@ fn main() {
         o.concurrency = concurrency;
         o.soak = Duration::from_millis(200);
         o.check_interval = Duration::from_secs(2);
-        let cpu0 = cpu_seconds();
+        let cpu0 = cpu_seconds("self");
         let t0 = Instant::now();
         let r = rt
             .block_on(simulate::run(o, Arc::new(|_| {})))
             .expect("simulate");
         let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - cpu0;
+        let cpu = cpu_seconds("self") - cpu0;
         let reboots: u32 = r.nodes.values().map(|t| t.reboots).sum();
         let per = f64::from(reboots.max(1));
         let t = r.api.total;
