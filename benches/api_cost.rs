@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drydock::cluster::lease::LeaseClient;
-use drydock::cluster::observe::observe;
-use drydock::config::Settings;
-use drydock::gates::{self, AlertObservation, LocalObservation};
-use drydock::sim::{ApiStats, Scenario, SimHandle};
-use drydock::simulate::{self, FleetBlock, FleetReport, SimulateOptions};
+use drydock::testing::cluster::lease::LeaseClient;
+use drydock::testing::cluster::observe::observe;
+use drydock::testing::config::Settings;
+use drydock::testing::gates::{self, AlertObservation, LocalObservation};
+use drydock::testing::sim::{ApiStats, Scenario, SimHandle};
+use drydock::testing::simulate::{self, FleetBlock, FleetReport, SimulateOptions};
 use jiff::Timestamp;
 
 struct Row {

@@ -17,12 +17,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drydock::agent::kube_cluster::KubeCluster;
-use drydock::agent::ports::Cluster;
-use drydock::cluster::lease::Claim;
-use drydock::config::Settings;
-use drydock::report::{Notice, Reporter};
-use drydock::sim::{ApiStats, PdbSpec, ReplicaSetSpec, Scenario, SimHandle};
+use drydock::testing::agent::kube_cluster::KubeCluster;
+use drydock::testing::agent::ports::Cluster;
+use drydock::testing::cluster::lease::Claim;
+use drydock::testing::config::Settings;
+use drydock::testing::report::{Notice, Reporter};
+use drydock::testing::sim::{ApiStats, PdbSpec, ReplicaSetSpec, Scenario, SimHandle};
 
 const NODE: &str = "worker-1";
 
@@ -101,7 +101,7 @@ async fn drydock_drain(pods: usize, pdb: bool) -> Run {
     let wall = started.elapsed();
     reporter.flush(Duration::from_secs(5)).await;
     match result {
-        Ok(drydock::agent::ports::DrainResult::Drained(_)) => {}
+        Ok(drydock::testing::agent::ports::DrainResult::Drained(_)) => {}
         Ok(other) => eprintln!("drydock drain did not finish: {other:?}"),
         Err(e) => eprintln!("drydock drain failed: {e}"),
     }

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drydock::simulate::{self, FleetReport, SimulateOptions};
+use drydock::testing::simulate::{self, FleetReport, SimulateOptions};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

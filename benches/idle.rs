@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use procstat::cpu_seconds;
 
 use apt_sandbox::{DRYDOCK, Sandbox, missing_tools};
-use drydock::sim::Scenario;
+use drydock::testing::sim::Scenario;
 
 struct Running(Child);
 

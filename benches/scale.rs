@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use procstat::cpu_seconds;
 
-use drydock::simulate::{self, SimulateOptions};
+use drydock::testing::simulate::{self, SimulateOptions};
 
 fn cases() -> Vec<(usize, u32)> {
     let text = std::env::var("DRYDOCK_SCALE_CASES").unwrap_or_else(|_| "500x5,500x1".into());

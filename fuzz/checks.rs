@@ -4,16 +4,16 @@
 //! every kept crash (fuzz/regressions/) through them on stable Rust.
 #![allow(dead_code)]
 
-use drydock::agent::AgentState;
-use drydock::agent::driver::{GatesRecord, RebootNeedRecord, StatusRecord};
-use drydock::aptgate::policy::{self, Change, Grants};
-use drydock::aptgate::protocol;
-use drydock::aptgate::record::PendingRun;
-use drydock::cluster::annotations::{self, ClusterControl, FinishedReboot, SharedBlock};
-use drydock::config;
-use drydock::config::Settings;
-use drydock::gates::paused::LocalPause;
-use drydock::host::sentinel::RebootRequest;
+use drydock::testing::agent::AgentState;
+use drydock::testing::agent::driver::{GatesRecord, RebootNeedRecord, StatusRecord};
+use drydock::testing::aptgate::policy::{self, Change, Grants};
+use drydock::testing::aptgate::protocol;
+use drydock::testing::aptgate::record::PendingRun;
+use drydock::testing::cluster::annotations::{self, ClusterControl, FinishedReboot, SharedBlock};
+use drydock::testing::config;
+use drydock::testing::config::Settings;
+use drydock::testing::gates::paused::LocalPause;
+use drydock::testing::host::sentinel::RebootRequest;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -102,7 +102,7 @@ pub fn config(data: &[u8]) {
 }
 
 fn safe(s: &str, max_chars: usize) {
-    assert!(!s.chars().any(drydock::text::is_unsafe), "unescaped: {s:?}");
+    assert!(!s.chars().any(drydock::testing::text::is_unsafe), "unescaped: {s:?}");
     assert!(
         s.chars().count() <= max_chars + 64,
         "unbounded: {} chars",
@@ -127,7 +127,7 @@ pub fn annotations(data: &[u8]) {
     }
     let control = ClusterControl::from_annotations(&map);
     for reason in [&control.paused, &control.halted].into_iter().flatten() {
-        safe(reason, drydock::text::MAX_REASON);
+        safe(reason, drydock::testing::text::MAX_REASON);
     }
     if let Err(raw) = &control.last_reboot_finished {
         safe(raw, 200);

@@ -5,14 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drydock::agent::driver::{Agent, AgentError, Failpoint, Wait, keys};
-use drydock::agent::kube_cluster::KubeCluster;
-use drydock::agent::ports::{AgentEvent, Host, PortError, Reporter};
-use drydock::agent::state::{AgentState, Step};
-use drydock::config::Settings;
-use drydock::host::sentinel::{self, RebootRequest};
-use drydock::sim::{PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle};
-use drydock::store::{Store, StoreError};
+use drydock::testing::agent::driver::{Agent, AgentError, Failpoint, Wait, keys};
+use drydock::testing::agent::kube_cluster::KubeCluster;
+use drydock::testing::agent::ports::{AgentEvent, Host, PortError, Reporter};
+use drydock::testing::agent::state::{AgentState, Step};
+use drydock::testing::config::Settings;
+use drydock::testing::host::sentinel::{self, RebootRequest};
+use drydock::testing::sim::{PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle};
+use drydock::testing::store::{Store, StoreError};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node as KubeNode;
@@ -562,7 +562,7 @@ async fn refused_eviction_fails_with_pod_and_reason_and_a_stale_resume_is_ignore
 async fn an_operator_reboot_request_appears_once_in_history() {
     let dir = tempfile::tempdir().unwrap();
     let sim = cluster().await;
-    drydock::cluster::annotations::pause_cluster(&client(&sim), "drydock", "change freeze")
+    drydock::testing::cluster::annotations::pause_cluster(&client(&sim), "drydock", "change freeze")
         .await
         .unwrap();
     let log = Log::default();
@@ -788,7 +788,7 @@ async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     // worker-1 cut off from the API for longer than the lease lasts.
-    sim.set_fault(Some(drydock::sim::Fault::Status(503)));
+    sim.set_fault(Some(drydock::testing::sim::Fault::Status(503)));
     tokio::time::sleep(Duration::from_secs(5)).await;
     // The claim ran out meanwhile: worker-2 is the one that takes it
     // (else worker-1 may win its own expired slot back first).
@@ -837,8 +837,8 @@ async fn a_holder_that_cannot_renew_stops_draining_before_another_takes_over() {
 /// and a halt set by hand (text only) belongs to no node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_halt_records_who_and_only_that_node_lifts_it() {
-    use drydock::agent::ports::{Cluster, Halt};
-    use drydock::cluster::annotations;
+    use drydock::testing::agent::ports::{Cluster, Halt};
+    use drydock::testing::cluster::annotations;
     let dir = tempfile::tempdir().unwrap();
     let sim = cluster().await;
     let w1 = node(dir.path(), &sim, "worker-1");
@@ -899,7 +899,7 @@ async fn a_state_stored_by_an_older_build_fails_closed_with_what_to_do() {
     let n = node(dir.path(), &sim, "worker-1");
     sim.set_unschedulable("worker-1", true).unwrap();
     // The slot the interrupted cycle held.
-    drydock::cluster::lease::LeaseClient::new(client(&sim), &n.settings, "worker-1")
+    drydock::testing::cluster::lease::LeaseClient::new(client(&sim), &n.settings, "worker-1")
         .acquire(true)
         .await
         .unwrap()

@@ -11,8 +11,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use apt_sandbox::{Sandbox, missing_tools};
-use drydock::aptgate::{self, UpgradeStep};
-use drydock::store::{Authorization, Store};
+use drydock::testing::aptgate::{self, UpgradeStep};
+use drydock::testing::store::{Authorization, Store};
 use jiff::Timestamp;
 
 macro_rules! require_tools {

@@ -1428,7 +1428,7 @@ fn sqlite(path: &Path, wal: bool, app_id: i64, user_version: i64) {
 }
 
 fn drydock_db(path: &Path) {
-    let store = drydock::store::Store::open(path).unwrap();
+    let store = drydock::testing::store::Store::open(path).unwrap();
     store.set("x", &1).unwrap();
 }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use drydock::config::{self, ConfigError, RawConfig, Settings};
+use drydock::testing::config::{self, ConfigError, RawConfig, Settings};
 
 fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/drydock.toml")

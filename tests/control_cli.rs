@@ -4,9 +4,9 @@
 
 use std::process::{Command, Output};
 
-use drydock::agent::driver::keys;
-use drydock::agent::state::{AgentState, Event};
-use drydock::store::Store;
+use drydock::testing::agent::driver::keys;
+use drydock::testing::agent::state::{AgentState, Event};
+use drydock::testing::store::Store;
 use jiff::{SignedDuration, Timestamp};
 
 fn run(dir: &std::path::Path, args: &[&str]) -> Output {

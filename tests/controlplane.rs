@@ -29,13 +29,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use controlplane::{ControlPlane, Kubelet, client, tail};
-use drydock::agent::Agent;
-use drydock::agent::kube_cluster::KubeCluster;
-use drydock::agent::ports::{AgentEvent, Cluster, Reporter};
-use drydock::cluster::identity::{self, Enroller, Progress};
-use drydock::config::Settings;
-use drydock::simulate::host::{Machine, SimHost};
-use drydock::store::Store;
+use drydock::testing::agent::Agent;
+use drydock::testing::agent::kube_cluster::KubeCluster;
+use drydock::testing::agent::ports::{AgentEvent, Cluster, Reporter};
+use drydock::testing::cluster::identity::{self, Enroller, Progress};
+use drydock::testing::config::Settings;
+use drydock::testing::simulate::host::{Machine, SimHost};
+use drydock::testing::store::Store;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -684,7 +684,7 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
 
     // A halt by one node stops the others; resume lifts it.
     cluster
-        .halt_fleet(&drydock::agent::ports::Halt {
+        .halt_fleet(&drydock::testing::agent::ports::Halt {
             node: "w-3".into(),
             reason: "w-3 failed verification".into(),
             at: jiff::Timestamp::now(),
@@ -711,17 +711,17 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
 
     // Events with the kubelet credential (core/v1), seen by kubectl in
     // both Event APIs.
-    let mut events = drydock::report::events::NodeEvents::new(
+    let mut events = drydock::testing::report::events::NodeEvents::new(
         client(&bed.kubelet("w-3").kubeconfig).await,
         "w-3",
     );
-    let spec = drydock::report::notice::Notice::Rebooting {
+    let spec = drydock::testing::report::notice::Notice::Rebooting {
         boot_id: "b".into(),
     }
     .event()
     .unwrap();
     events.record(&spec, jiff::Timestamp::now()).await.unwrap();
-    let report = drydock::cluster::node::NodeReport {
+    let report = drydock::testing::cluster::node::NodeReport {
         state: "pending".into(),
         detail: "waiting for the window".into(),
         step: None,
@@ -1031,25 +1031,25 @@ async fn differential(bed: &Bed) {
     };
     let (real_steps, real_final) = scenario(&real).await;
 
-    let sim = drydock::sim::Scenario::new()
-        .node(drydock::sim::NodeSpec::control_plane("cp-1"))
-        .node(drydock::sim::NodeSpec::worker("w-1"))
-        .node(drydock::sim::NodeSpec::worker("w-2"))
+    let sim = drydock::testing::sim::Scenario::new()
+        .node(drydock::testing::sim::NodeSpec::control_plane("cp-1"))
+        .node(drydock::testing::sim::NodeSpec::worker("w-1"))
+        .node(drydock::testing::sim::NodeSpec::worker("w-2"))
         .namespace("kube-node-lease")
         .start()
         .await
         .unwrap();
-    sim.apply_manifests(&drydock::cli::rbac::manifests(NS, identity::GROUP))
+    sim.apply_manifests(&drydock::testing::cli::rbac::manifests(NS, identity::GROUP))
         .unwrap();
     let id = |n: &str| {
-        drydock::sim::User::new(
+        drydock::testing::sim::User::new(
             &format!("drydock:node:{n}"),
             &[identity::GROUP, "system:authenticated"],
         )
     };
     let simulated = Who {
         kubelet: sim
-            .client_as(&drydock::sim::User::node("w-1"))
+            .client_as(&drydock::testing::sim::User::node("w-1"))
             .await
             .unwrap(),
         me: sim.client_as(&id("w-1")).await.unwrap(),
@@ -1262,8 +1262,8 @@ fn granted(rules: &serde_json::Value, u: &Use, name: Option<&str>) -> bool {
 }
 
 fn audited_requests_match_the_rbac(bed: &Bed, probes: std::ops::Range<usize>) {
-    let cluster_rules = drydock::cli::rbac::cluster_rules(NS);
-    let ns_rules = drydock::cli::rbac::namespace_rules();
+    let cluster_rules = drydock::testing::cli::rbac::cluster_rules(NS);
+    let ns_rules = drydock::testing::cli::rbac::namespace_rules();
     let mut used_cluster: BTreeSet<Use> = BTreeSet::new();
     let mut used_ns: BTreeSet<Use> = BTreeSet::new();
     let mut refused = vec![];

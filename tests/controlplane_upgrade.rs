@@ -42,11 +42,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use controlplane::{ControlPlane, Kubelet, client, tail};
-use drydock::agent::kube_cluster::KubeCluster;
-use drydock::agent::ports::AgentEvent;
-use drydock::host::command::{CommandError, CommandOutput, CommandRunner, CommandSpec, HostRunner};
-use drydock::store::Store;
-use drydock::upgrade::KubeVersion;
+use drydock::testing::agent::kube_cluster::KubeCluster;
+use drydock::testing::agent::ports::AgentEvent;
+use drydock::testing::host::command::{CommandError, CommandOutput, CommandRunner, CommandSpec, HostRunner};
+use drydock::testing::store::Store;
+use drydock::testing::upgrade::KubeVersion;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -87,7 +87,7 @@ impl CommandRunner for KubeadmWithAdmin {
                 && let Some(version) = rest.iter().find(|a| a.starts_with('v'))
             {
                 let cms: Api<ConfigMap> = Api::namespaced(self.admin.clone(), "kube-system");
-                let data = drydock::sim::kubeadm::config_object(version)["data"].clone();
+                let data = drydock::testing::sim::kubeadm::config_object(version)["data"].clone();
                 cms.patch(
                     "kubeadm-config",
                     &PatchParams::default(),
@@ -269,7 +269,7 @@ async fn run(
     let admin = client(&cp.admin).await;
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "kube-system");
     let cm: ConfigMap =
-        serde_json::from_value(drydock::sim::kubeadm::config_object(&from.to_string())).unwrap();
+        serde_json::from_value(drydock::testing::sim::kubeadm::config_object(&from.to_string())).unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
     let node_cms: Api<ConfigMap> =
         Api::namespaced(client(&kubelets[1].kubeconfig).await, "kube-system");
@@ -290,7 +290,7 @@ async fn run(
         .collect();
     let w1_kubelet = client(&kubelets[1].kubeconfig).await;
     let w1_drydock = client(&identities[1]).await;
-    let versions = drydock::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock).await;
+    let versions = drydock::testing::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock).await;
     assert!(
         versions
             .as_ref()
@@ -309,7 +309,7 @@ async fn run(
         }
     }
     // Everything the upgrade decides on, read with the kubelet's rights.
-    let versions = drydock::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock)
+    let versions = drydock::testing::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock)
         .await
         .unwrap();
     assert_eq!(versions.api_server, Some(target));
@@ -358,7 +358,7 @@ async fn run(
     }
 
     // The admin sets the target (validated against the real cluster).
-    let set = drydock::cluster::versions::set_target(&admin, NS, &target.to_string())
+    let set = drydock::testing::cluster::versions::set_target(&admin, NS, &target.to_string())
         .await
         .unwrap();
     assert_eq!(set, target);
@@ -422,7 +422,7 @@ async fn run(
     // kubeadm-config followed the apply; both Nodes uncordoned.
     let cm = cms.get("kubeadm-config").await.unwrap();
     assert_eq!(
-        drydock::cluster::versions::kubeadm_config_version(&cm),
+        drydock::testing::cluster::versions::kubeadm_config_version(&cm),
         Ok(target)
     );
     for n in nodes.list(&Default::default()).await.unwrap().items {

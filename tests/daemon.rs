@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use apt_sandbox::{DRYDOCK, Sandbox, missing_tools};
 use bus::{Fixture, members};
-use drydock::sim::Scenario;
+use drydock::testing::sim::Scenario;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 
@@ -104,7 +104,7 @@ fn drydock(config: &Path, args: &[&str]) -> String {
 }
 
 fn config_text(dir: &Path, sb: &Sandbox, protect_extra: &[&str]) -> String {
-    let mut protect: Vec<String> = drydock::config::Settings::default()
+    let mut protect: Vec<String> = drydock::testing::config::Settings::default()
         .packages
         .protect
         .iter()
@@ -356,8 +356,8 @@ fn start_daemon(config: &Path, d: &Path, bus: &str, log: &Path) -> Running {
 }
 
 /// The persisted agent state, read as `drydock status` would.
-fn persisted(d: &Path) -> drydock::agent::state::AgentState {
-    drydock::store::Store::open(&d.join("state.db"))
+fn persisted(d: &Path) -> drydock::testing::agent::state::AgentState {
+    drydock::testing::store::Store::open(&d.join("state.db"))
         .unwrap()
         .current_state()
         .unwrap()
@@ -372,8 +372,8 @@ fn persisted(d: &Path) -> drydock::agent::state::AgentState {
 /// reading of the prior schedulability) and asks logind once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_long_drain_stops_within_5s_and_the_restart_resumes_it() {
-    use drydock::agent::state::{AgentState, Cordon};
-    use drydock::sim::{PdbSpec, ReplicaSetSpec};
+    use drydock::testing::agent::state::{AgentState, Cordon};
+    use drydock::testing::sim::{PdbSpec, ReplicaSetSpec};
     if let Some(why) = missing_tools(false) {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("CI must provide: {why}");
@@ -485,7 +485,7 @@ async fn sigterm_during_a_long_drain_stops_within_5s_and_the_restart_resumes_it(
         .count();
     assert_eq!(app_pods_left, 0, "drained before the reboot");
     // One cycle in the record: cordoned once, drained once.
-    let history = drydock::store::Store::open(&d.join("state.db"))
+    let history = drydock::testing::store::Store::open(&d.join("state.db"))
         .unwrap()
         .history(&["state", "drain"], 1000)
         .unwrap();

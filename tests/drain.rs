@@ -3,17 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use drydock::cluster::drain::{
+use drydock::testing::cluster::drain::{
     self, BlockReason, DrainError, DrainOptions, DrainProgress, DrainRules, RefuseReason,
     SkipReason,
 };
-use drydock::cluster::node::{NodeClient, STATE_ANNOTATION};
-use drydock::config::NamespacedName;
-use drydock::host::boot::BootId;
-use drydock::sim::{
+use drydock::testing::cluster::node::{NodeClient, STATE_ANNOTATION};
+use drydock::testing::config::NamespacedName;
+use drydock::testing::host::boot::BootId;
+use drydock::testing::sim::{
     DaemonSetSpec, NodeSpec, PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle,
 };
-use drydock::verify::{self, Problem, VerifyInputs, VerifyOutcome};
+use drydock::testing::verify::{self, Problem, VerifyInputs, VerifyOutcome};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
@@ -445,7 +445,7 @@ async fn verification_after_a_simulated_reboot() -> TestResult {
     let c = client(&sim);
     let reported = |sim: &SimHandle| -> Option<BootId> {
         let node = sim.get::<Node>(None, "worker-1")?;
-        BootId::parse(drydock::cluster::node::boot_id(&node)?)
+        BootId::parse(drydock::testing::cluster::node::boot_id(&node)?)
     };
     let before = reported(&sim).expect("boot id");
     let checks = tempfile::tempdir()?;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use drydock::simulate::{self, SimulateOptions};
+use drydock::testing::simulate::{self, SimulateOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_nodes_reboot_once_each_never_two_at_a_time() {

@@ -25,17 +25,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drydock::agent::Agent;
-use drydock::agent::kube_cluster::KubeCluster;
-use drydock::agent::ports::{AgentEvent, Reporter};
-use drydock::cluster::annotations::HALTED;
-use drydock::config::Settings;
-use drydock::phase::Phase;
-use drydock::sim::{
+use drydock::testing::agent::Agent;
+use drydock::testing::agent::kube_cluster::KubeCluster;
+use drydock::testing::agent::ports::{AgentEvent, Reporter};
+use drydock::testing::cluster::annotations::HALTED;
+use drydock::testing::config::Settings;
+use drydock::testing::phase::Phase;
+use drydock::testing::sim::{
     Fault, Flaky, PdbSpec, PromMode, ReplicaSetSpec, Scenario, SimHandle, SimPrometheus,
 };
-use drydock::simulate::host::{Machine, SimHost};
-use drydock::store::Store;
+use drydock::testing::simulate::host::{Machine, SimHost};
+use drydock::testing::store::Store;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use seeds::{SeedRun, history_gaps, node_names};
@@ -325,9 +325,9 @@ impl Fleet {
         let cluster = {
             let _one = SKEW.lock().unwrap_or_else(|p| p.into_inner());
             let skew = jiff::SignedDuration::from_millis(self.plan.skew_ms[node]);
-            drydock::cluster::lease::set_clock_offset(node, skew);
+            drydock::testing::cluster::lease::set_clock_offset(node, skew);
             let c = KubeCluster::new(client, s.clone(), node.to_string());
-            drydock::cluster::lease::set_clock_offset(node, jiff::SignedDuration::ZERO);
+            drydock::testing::cluster::lease::set_clock_offset(node, jiff::SignedDuration::ZERO);
             c
         };
         let host = SimHost::new(node, self.machines[node].clone(), self.reboots.clone());

@@ -1,6 +1,6 @@
 //! Fleet fault injection, fast tier: hundreds of seeds in seconds.
 //!
-//! What is real here: every node runs the real agent (`drydock::agent::Agent`:
+//! What is real here: every node runs the real agent (`drydock::testing::agent::Agent`:
 //! the driver, the state machine, its SQLite store) and the real host port
 //! of `drydock simulate` (`SimHost`); the cluster-wide gates are the real
 //! gate functions (`gates::evaluate_control`, `evaluate_cluster_verdict`:
@@ -56,21 +56,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drydock::agent::Agent;
-use drydock::agent::ports::{
+use drydock::testing::agent::Agent;
+use drydock::testing::agent::ports::{
     AgentEvent, Claim, ClaimWatch, Cluster, ClusterGates, DrainReport, DrainResult, DrainTimeout,
     GateStatus, Halt, LeaseOutlook, PortError, Reporter,
 };
-use drydock::cluster::annotations::{ClusterControl, FinishedReboot};
-use drydock::cluster::drain::{BlockReason, BlockedPod, PodRef};
-use drydock::cluster::lease::{self, Decision, SlotClass};
-use drydock::cluster::observe::{ClusterObservation, NodeView, ReadyStatus};
-use drydock::config::Settings;
-use drydock::gates::alerts::{Alert, AlertSource, SourceKind};
-use drydock::gates::{self, AlertObservation, GateReport};
-use drydock::phase::Phase;
-use drydock::simulate::host::{Machine, SimHost};
-use drydock::store::Store;
+use drydock::testing::cluster::annotations::{ClusterControl, FinishedReboot};
+use drydock::testing::cluster::drain::{BlockReason, BlockedPod, PodRef};
+use drydock::testing::cluster::lease::{self, Decision, SlotClass};
+use drydock::testing::cluster::observe::{ClusterObservation, NodeView, ReadyStatus};
+use drydock::testing::config::Settings;
+use drydock::testing::gates::alerts::{Alert, AlertSource, SourceKind};
+use drydock::testing::gates::{self, AlertObservation, GateReport};
+use drydock::testing::phase::Phase;
+use drydock::testing::simulate::host::{Machine, SimHost};
+use drydock::testing::store::Store;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;

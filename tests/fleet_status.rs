@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use drydock::cluster::annotations;
-use drydock::cluster::lease::LeaseClient;
-use drydock::cluster::node::NodeReport;
-use drydock::report::{BlockedGate, Notice, Reporter};
-use drydock::sim::{Scenario, SimHandle};
+use drydock::testing::cluster::annotations;
+use drydock::testing::cluster::lease::LeaseClient;
+use drydock::testing::cluster::node::NodeReport;
+use drydock::testing::report::{BlockedGate, Notice, Reporter};
+use drydock::testing::sim::{Scenario, SimHandle};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -90,7 +90,7 @@ struct Fleet {
 impl Fleet {
     async fn node(&mut self, node: &str, extra: &str, notices: Vec<Notice>, line: Option<&str>) {
         let config = write_config(self.dir.path(), node, &self.kubeconfig, extra);
-        let settings = drydock::config::load(&config, true).expect("valid config");
+        let settings = drydock::testing::config::load(&config, true).expect("valid config");
         let r = Reporter::start(&settings, node, Some(self.sim.client().unwrap()))
             .await
             .unwrap();
@@ -106,7 +106,7 @@ impl Fleet {
 
     async fn take_slot(&self, node: &str) -> String {
         let config = write_config(self.dir.path(), node, &self.kubeconfig, "");
-        let settings = drydock::config::load(&config, true).unwrap();
+        let settings = drydock::testing::config::load(&config, true).unwrap();
         let lease = LeaseClient::new(self.sim.client().unwrap(), &settings, node);
         lease
             .acquire(true)

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use drydock::cluster::annotations;
-use drydock::cluster::observe::{ObserveError, observe};
-use drydock::config::{NamespacedName, Settings};
-use drydock::gates::{self, AlertObservation, GateReport};
-use drydock::sim::{NodeSpec, PodSpec, Scenario, SimHandle};
+use drydock::testing::cluster::annotations;
+use drydock::testing::cluster::observe::{ObserveError, observe};
+use drydock::testing::config::{NamespacedName, Settings};
+use drydock::testing::gates::{self, AlertObservation, GateReport};
+use drydock::testing::sim::{NodeSpec, PodSpec, Scenario, SimHandle};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
@@ -285,8 +285,8 @@ async fn missing_namespace_or_unreachable_api_is_an_error_not_a_pass() -> TestRe
 /// and list no Nodes or pods.
 #[tokio::test]
 async fn namespace_block_costs_one_get_and_lists_nothing() -> TestResult {
-    use drydock::agent::kube_cluster::KubeCluster;
-    use drydock::agent::ports::Cluster;
+    use drydock::testing::agent::kube_cluster::KubeCluster;
+    use drydock::testing::agent::ports::Cluster;
     let sim = Scenario::standard(20, 1).start().await?;
     let client = sim.client()?;
     let mut s = settings();
@@ -362,8 +362,8 @@ async fn namespace_block_costs_one_get_and_lists_nothing() -> TestResult {
 /// decides, and an unreadable one is ignored.
 #[tokio::test]
 async fn a_blocked_verdict_is_shared_so_one_waiter_lists_nodes_per_recheck() -> TestResult {
-    use drydock::agent::kube_cluster::KubeCluster;
-    use drydock::agent::ports::{Cluster, ClusterGates, GateStatus};
+    use drydock::testing::agent::kube_cluster::KubeCluster;
+    use drydock::testing::agent::ports::{Cluster, ClusterGates, GateStatus};
     let sim = Scenario::standard(20, 1).start().await?;
     let client = sim.client()?;
     let s = settings();
@@ -512,7 +512,7 @@ async fn a_blocked_verdict_is_shared_so_one_waiter_lists_nodes_per_recheck() -> 
 /// period, not once per waiter per re-check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_agents_share_one_node_list_per_recheck() -> TestResult {
-    use drydock::simulate::{self, FleetBlock, SimulateOptions};
+    use drydock::testing::simulate::{self, FleetBlock, SimulateOptions};
     const AGENTS: usize = 6;
     let dir = tempfile::tempdir()?;
     let mut o = SimulateOptions::new(dir.path().to_path_buf());

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bus::{Fixture, members, wait_for};
 
-use drydock::host::checks::{self, CheckOutcome};
-use drydock::host::logind::{Bus, LogindRebooter, RebootError, Rebooter};
-use drydock::host::systemd::{Systemd, SystemdError};
+use drydock::testing::host::checks::{self, CheckOutcome};
+use drydock::testing::host::logind::{Bus, LogindRebooter, RebootError, Rebooter};
+use drydock::testing::host::systemd::{Systemd, SystemdError};
 
 #[tokio::test]
 async fn reboot_is_requested_once_non_interactively() {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use apt_sandbox::{DRYDOCK, Sandbox};
 use bus::Fixture;
-use drydock::logging::msgid;
-use drydock::sim::Scenario;
+use drydock::testing::logging::msgid;
+use drydock::testing::sim::Scenario;
 use serde_json::Value;
 
 fn ci() -> bool {

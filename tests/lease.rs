@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use drydock::cluster::lease::{LeaseClient, LeaseError};
-use drydock::cluster::observe::observe;
-use drydock::config::Settings;
-use drydock::gates::{self, AlertObservation};
-use drydock::sim::{Scenario, SimHandle};
+use drydock::testing::cluster::lease::{LeaseClient, LeaseError};
+use drydock::testing::cluster::observe::observe;
+use drydock::testing::config::Settings;
+use drydock::testing::gates::{self, AlertObservation};
+use drydock::testing::sim::{Scenario, SimHandle};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -400,7 +400,7 @@ async fn compacted_watch_history_wakes_the_waiter_to_re_list() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeper_renews_in_the_background_and_says_at_once_when_the_slot_is_taken() -> TestResult {
-    use drydock::cluster::lease::{Claim, LeaseKeeper};
+    use drydock::testing::cluster::lease::{Claim, LeaseKeeper};
     let sim = Scenario::cluster(0, 2).start().await?;
     let s = settings(Duration::from_secs(3));
     let lease = Arc::new(client_for(&sim, &s, "worker-1"));
@@ -427,7 +427,7 @@ async fn keeper_renews_in_the_background_and_says_at_once_when_the_slot_is_taken
     let taken = Instant::now();
     let lost = tokio::time::timeout(
         Duration::from_secs(2),
-        drydock::cluster::lease::claim_lost(&mut claim),
+        drydock::testing::cluster::lease::claim_lost(&mut claim),
     )
     .await?;
     assert!(
@@ -454,7 +454,7 @@ async fn keeper_renews_in_the_background_and_says_at_once_when_the_slot_is_taken
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeper_gives_the_slot_up_before_it_expires_when_renewals_fail() -> TestResult {
-    use drydock::cluster::lease::{Claim, LeaseKeeper};
+    use drydock::testing::cluster::lease::{Claim, LeaseKeeper};
     let sim = Scenario::cluster(0, 2).start().await?;
     let s = settings(Duration::from_secs(3));
     let mut cfg = sim.config();
@@ -471,10 +471,10 @@ async fn keeper_gives_the_slot_up_before_it_expires_when_renewals_fail() -> Test
     let Claim::Held { expires_at, .. } = claim.borrow_and_update().clone() else {
         panic!("lost early")
     };
-    sim.set_fault(Some(drydock::sim::Fault::Status(503)));
+    sim.set_fault(Some(drydock::testing::sim::Fault::Status(503)));
     let lost = tokio::time::timeout(
         Duration::from_secs(5),
-        drydock::cluster::lease::claim_lost(&mut claim),
+        drydock::testing::cluster::lease::claim_lost(&mut claim),
     )
     .await?;
     let gave_up = Timestamp::now();

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use drydock::sim::{Scenario, SimHandle};
+use drydock::testing::sim::{Scenario, SimHandle};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 
@@ -645,7 +645,7 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
         assert_eq!(&n.unit("MainPID"), pid, "{}: restarted on join", n.name);
         assert_eq!(n.unit("NRestarts"), "0");
         assert_eq!(
-            with_id(&n.journal(), drydock::logging::msgid::JOINED).len(),
+            with_id(&n.journal(), drydock::testing::logging::msgid::JOINED).len(),
             1
         );
     }
@@ -682,7 +682,7 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
             .then_some(())
     });
     let journal = n1.journal();
-    let refusals = with_id(&journal, drydock::logging::msgid::APT_REFUSED);
+    let refusals = with_id(&journal, drydock::testing::logging::msgid::APT_REFUSED);
     assert_eq!(refusals.len(), 1, "one refusal, one journal entry");
     let message = field(refusals[0], "MESSAGE").unwrap();
     assert!(message.contains("kubelet: upgrade"), "{message}");
@@ -703,7 +703,7 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
     let out = n1.sh("systemctl reload drydock.service");
     assert!(!out.status.success(), "a refused reload must fail");
     let journal = n1.journal();
-    let refused = with_id(&journal, drydock::logging::msgid::RELOAD_REFUSED);
+    let refused = with_id(&journal, drydock::testing::logging::msgid::RELOAD_REFUSED);
     assert_eq!(refused.len(), 1);
     assert!(
         field(refused[0], "MESSAGE").unwrap().contains("forever"),
@@ -811,7 +811,7 @@ fn a_real_debian_node_from_first_boot_to_second_reboot() {
                 n.name
             );
         }
-        use drydock::logging::msgid;
+        use drydock::testing::logging::msgid;
         let lease = with_id(&journal, msgid::LEASE_ACQUIRED);
         assert_eq!(lease.len(), 1, "{}: lease acquired once per cycle", n.name);
         assert_eq!(with_id(&journal, msgid::REBOOT_REQUESTED).len(), 1);

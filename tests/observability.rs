@@ -144,7 +144,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 fn exported() -> BTreeSet<String> {
-    drydock::report::metrics::exported_names()
+    drydock::testing::report::metrics::exported_names()
 }
 
 #[test]

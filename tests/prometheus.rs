@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drydock::config::Settings;
-use drydock::gates::Verdict;
-use drydock::gates::alerts::{self, AlertObservation};
+use drydock::testing::config::Settings;
+use drydock::testing::gates::Verdict;
+use drydock::testing::gates::alerts::{self, AlertObservation};
 use regex::Regex;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";

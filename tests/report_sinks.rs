@@ -11,11 +11,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use drydock::config::{Secret, Settings};
-use drydock::report::{
+use drydock::testing::config::{Secret, Settings};
+use drydock::testing::report::{
     BlockedGate, Notice, PhaseDurations, REASON_ANNOTATION, Reporter, RetryPolicy, STATE_ANNOTATION,
 };
-use drydock::sim::Scenario;
+use drydock::testing::sim::Scenario;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -680,7 +680,7 @@ async fn report_a_dead_receiver_never_stalls_and_no_url_is_ever_shown() {
     s.report.webhook_events = vec!["rebooting".into(), "verify-failed".into()];
     s.report.templates.insert(
         "verify-failed".into(),
-        drydock::config::values::message_template("{node} needs you: {message}").unwrap(),
+        drydock::testing::config::values::message_template("{node} needs you: {message}").unwrap(),
     );
     let policy = RetryPolicy {
         timeout: Duration::from_millis(500),
@@ -796,7 +796,7 @@ async fn report_is_republished_as_a_heartbeat() {
     assert!(r.flush(FLUSH).await);
     let nodes: Api<Node> = Api::all(client);
     let read = |n: &Node| {
-        drydock::cluster::node::NodeReport::from_node(n)
+        drydock::testing::cluster::node::NodeReport::from_node(n)
             .expect("a report")
             .expect("readable")
     };

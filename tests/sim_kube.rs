@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use drydock::sim::{Fault, NodeSpec, PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle};
+use drydock::testing::sim::{Fault, NodeSpec, PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -599,7 +599,7 @@ async fn node_patches_and_updates() -> TestResult {
 #[tokio::test]
 async fn selectors_filter_lists() -> TestResult {
     let sim = Scenario::cluster(1, 2)
-        .daemon_set(drydock::sim::DaemonSetSpec::new(
+        .daemon_set(drydock::testing::sim::DaemonSetSpec::new(
             "kube-system",
             "calico-node",
         ))

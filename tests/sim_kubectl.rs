@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use drydock::sim::{DaemonSetSpec, PdbSpec, ReplicaSetSpec, Scenario, SimHandle};
+use drydock::testing::sim::{DaemonSetSpec, PdbSpec, ReplicaSetSpec, Scenario, SimHandle};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use serde_json::json;

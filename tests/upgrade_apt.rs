@@ -9,10 +9,10 @@ mod apt_sandbox;
 mod k8s_repo;
 
 use apt_sandbox::Sandbox;
-use drydock::host::command::HostRunner;
-use drydock::store::Store;
-use drydock::upgrade::KubeVersion;
-use drydock::upgrade::apt::{self, AptError};
+use drydock::testing::host::command::HostRunner;
+use drydock::testing::store::Store;
+use drydock::testing::upgrade::KubeVersion;
+use drydock::testing::upgrade::apt::{self, AptError};
 
 const OLD: KubeVersion = KubeVersion::new(1, 34, 2);
 const NEW: KubeVersion = KubeVersion::new(1, 35, 2);
@@ -106,7 +106,7 @@ async fn source_versions_install_and_hold_with_the_hook_wired() {
             .is_empty(),
         "revoked after the step"
     );
-    assert!(!drydock::aptgate::step::step_running(&settings));
+    assert!(!drydock::testing::aptgate::step::step_running(&settings));
 
     // The authorization is gone: the next package is refused again.
     let out = sandbox.apt_get(&["install", "kubelet=1.35.2-1.1"]);

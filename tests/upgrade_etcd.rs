@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drydock::config::UpgradeSettings;
-use drydock::host::command::HostRunner;
-use drydock::upgrade::etcd;
+use drydock::testing::config::UpgradeSettings;
+use drydock::testing::host::command::HostRunner;
+use drydock::testing::upgrade::etcd;
 
 fn find(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
@@ -133,11 +133,11 @@ async fn snapshot_of_a_real_etcd_is_saved_and_checked() {
     let etcd = start_etcd(&etcd_bin, &etcdctl);
     let dir = tempfile::tempdir().unwrap();
     let u = settings(&etcdctl, &etcd.endpoint, dir.path());
-    let to = drydock::upgrade::KubeVersion::new(1, 35, 2);
+    let to = drydock::testing::upgrade::KubeVersion::new(1, 35, 2);
     let path = etcd::snapshot_path(
         &u,
         "cp-1",
-        Some(drydock::upgrade::KubeVersion::new(1, 34, 2)),
+        Some(drydock::testing::upgrade::KubeVersion::new(1, 34, 2)),
         to,
         jiff::Timestamp::now(),
     );

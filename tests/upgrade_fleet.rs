@@ -17,10 +17,10 @@ mod upgrade_node;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drydock::agent::kube_cluster::KubeCluster;
-use drydock::agent::ports::AgentEvent;
-use drydock::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
-use drydock::store::Store;
+use drydock::testing::agent::kube_cluster::KubeCluster;
+use drydock::testing::agent::ports::AgentEvent;
+use drydock::testing::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
+use drydock::testing::store::Store;
 use k8s_openapi::api::core::v1::Node;
 use upgrade_node::{Machine, Rec, RunningAgent, StopOnDrop, UpgradeHost, machine, spawn_agent};
 
@@ -150,10 +150,10 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
 
     // A refused target first: nothing runs.
     let client = sim.client().unwrap();
-    drydock::cluster::annotations::set(
+    drydock::testing::cluster::annotations::set(
         &client,
         "drydock",
-        drydock::cluster::annotations::KUBERNETES_VERSION,
+        drydock::testing::cluster::annotations::KUBERNETES_VERSION,
         Some("v1.36.0"),
     )
     .await
@@ -198,7 +198,7 @@ async fn three_control_planes_then_three_workers_one_at_a_time() {
         })
     };
 
-    let set = drydock::cluster::versions::set_target(&client, "drydock", "v1.35.2")
+    let set = drydock::testing::cluster::versions::set_target(&client, "drydock", "v1.35.2")
         .await
         .unwrap();
     assert_eq!(set.to_string(), "v1.35.2");
@@ -329,7 +329,7 @@ async fn concurrency_two_never_upgrades_two_control_planes_at_once() {
     const FIVE: [&str; 5] = ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2"];
     let mut f = fleet(&FIVE, 2).await;
     let client = f.sim.client().unwrap();
-    drydock::cluster::versions::set_target(&client, "drydock", "v1.35.2")
+    drydock::testing::cluster::versions::set_target(&client, "drydock", "v1.35.2")
         .await
         .unwrap();
     f.wait_rollout(&FIVE, "v1.35.2").await;

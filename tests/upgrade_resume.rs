@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use drydock::agent::driver::{Agent, AgentError};
-use drydock::agent::kube_cluster::KubeCluster;
-use drydock::agent::state::AgentState;
-use drydock::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
-use drydock::store::Store;
+use drydock::testing::agent::driver::{Agent, AgentError};
+use drydock::testing::agent::kube_cluster::KubeCluster;
+use drydock::testing::agent::state::AgentState;
+use drydock::testing::sim::{DaemonSetSpec, NodeSpec, Scenario, SimHandle};
+use drydock::testing::store::Store;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use upgrade_node::{Machine, Rec, UpgradeHost, machine};
 
@@ -144,7 +144,7 @@ async fn a_failure_at_each_step_halts_keeps_evidence_and_resumes() {
         })
         .await
     });
-    drydock::cluster::versions::set_target(&sim.client().unwrap(), "drydock", "v1.35.2")
+    drydock::testing::cluster::versions::set_target(&sim.client().unwrap(), "drydock", "v1.35.2")
         .await
         .unwrap();
 
@@ -266,7 +266,7 @@ async fn a_crash_after_each_step_resumes_without_repeating_kubeadm() {
         return;
     }
     let (sim, m, _top) = one_node().await;
-    drydock::cluster::versions::set_target(&sim.client().unwrap(), "drydock", "v1.35.2")
+    drydock::testing::cluster::versions::set_target(&sim.client().unwrap(), "drydock", "v1.35.2")
         .await
         .unwrap();
     let mut crashes = 0;

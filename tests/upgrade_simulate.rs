@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use drydock::simulate::{self, SimulateOptions};
+use drydock::testing::simulate::{self, SimulateOptions};
 
 /// dpkg and dpkg-query read the simulated machines' databases.
 fn ready() -> bool {

@@ -12,11 +12,11 @@ mod standins;
 #[path = "support/upgrade_node.rs"]
 mod upgrade_node;
 
-use drydock::host::command::HostRunner;
-use drydock::store::Store;
-use drydock::upgrade::KubeVersion;
-use drydock::upgrade::plan::{Facts, KubeadmAction, UpgradeStep};
-use drydock::upgrade::steps::{self, Outcome, Progress};
+use drydock::testing::host::command::HostRunner;
+use drydock::testing::store::Store;
+use drydock::testing::upgrade::KubeVersion;
+use drydock::testing::upgrade::plan::{Facts, KubeadmAction, UpgradeStep};
+use drydock::testing::upgrade::steps::{self, Outcome, Progress};
 use upgrade_node::{Machine, lone_machine};
 
 const OLD: KubeVersion = KubeVersion::new(1, 34, 2);

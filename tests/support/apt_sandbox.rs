@@ -216,12 +216,12 @@ impl Sandbox {
         }
     }
 
-    pub fn settings(&self) -> drydock::config::Settings {
-        drydock::config::load(&self.config, true).expect("sandbox config is valid")
+    pub fn settings(&self) -> drydock::testing::config::Settings {
+        drydock::testing::config::load(&self.config, true).expect("sandbox config is valid")
     }
 
-    pub fn dpkg(&self) -> drydock::host::dpkg::Dpkg {
-        drydock::host::dpkg::Dpkg::new(&self.root)
+    pub fn dpkg(&self) -> drydock::testing::host::dpkg::Dpkg {
+        drydock::testing::host::dpkg::Dpkg::new(&self.root)
     }
 
     /// The shipped /etc/apt/apt.conf.d/50drydock, pointed at the built binary

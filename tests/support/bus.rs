@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drydock::host::logind::Bus;
+use drydock::testing::host::logind::Bus;
 use serde_json::Value;
 
 const FAKE: &str = concat!(

@@ -486,7 +486,7 @@ pub fn tail(text: &str, lines: usize) -> String {
 }
 
 pub async fn client(kubeconfig: &Path) -> kube::Client {
-    drydock::cli::daemon::kube_client(kubeconfig).await.unwrap()
+    drydock::testing::cli::daemon::kube_client(kubeconfig).await.unwrap()
 }
 
 // --- kubelets ---------------------------------------------------------------
@@ -550,8 +550,8 @@ impl Kubelet {
             let s = self.state.lock().unwrap();
             (s.index, s.version.clone())
         };
-        let spec = drydock::sim::NodeSpec::worker(self.name.clone());
-        let mut node = drydock::sim::node_object(&spec, index, &version);
+        let spec = drydock::testing::sim::NodeSpec::worker(self.name.clone());
+        let mut node = drydock::testing::sim::node_object(&spec, index, &version);
         node["status"]["nodeInfo"]["bootID"] = json!(self.boot_id());
         if control_plane {
             node["spec"]["taints"] =

@@ -99,7 +99,7 @@ pub fn build_minors(sandbox: &Sandbox, minors: &[(String, Vec<String>)]) -> K8sR
 
 impl K8sRepo {
     /// Points `settings.upgrade` at these repositories and wrappers.
-    pub fn configure(&self, settings: &mut drydock::config::Settings) {
+    pub fn configure(&self, settings: &mut drydock::testing::config::Settings) {
         let u = &mut settings.upgrade;
         u.apt_get = self.apt_get.clone();
         u.apt_cache = self.apt_cache.clone();

@@ -93,7 +93,7 @@ impl SeedRun {
 /// A rebooted node's history must show every state in `wants`: one problem
 /// line for each that its store at `db` lacks.
 pub fn history_gaps(db: &Path, node: &str, wants: &[&str]) -> Result<Vec<String>, String> {
-    let store = drydock::store::Store::open(db).map_err(|e| e.to_string())?;
+    let store = drydock::testing::store::Store::open(db).map_err(|e| e.to_string())?;
     let history = store.history(&["state"], 1000).map_err(|e| e.to_string())?;
     let tos: Vec<&str> = history
         .iter()

@@ -93,7 +93,7 @@ esac
         }
     }
 
-    pub fn configure(&self, settings: &mut drydock::config::Settings) {
+    pub fn configure(&self, settings: &mut drydock::testing::config::Settings) {
         let u = &mut settings.upgrade;
         u.kubeadm = self.kubeadm.clone();
         u.etcdctl = self.etcdctl.clone();

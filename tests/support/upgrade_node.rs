@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use super::apt_sandbox::Sandbox;
 use super::{k8s_repo, standins};
-use drydock::agent::ports::{AgentEvent, Host, PortError, Reporter};
-use drydock::config::Settings;
-use drydock::host::command::{CommandRunner, HostRunner};
-use drydock::host::dpkg::Dpkg;
-use drydock::sim::SimHandle;
-use drydock::sim::kubeadm::KubeadmEffects;
+use drydock::testing::agent::ports::{AgentEvent, Host, PortError, Reporter};
+use drydock::testing::config::Settings;
+use drydock::testing::host::command::{CommandRunner, HostRunner};
+use drydock::testing::host::dpkg::Dpkg;
+use drydock::testing::sim::SimHandle;
+use drydock::testing::sim::kubeadm::KubeadmEffects;
 
 /// Where a restarted kubelet reports its new version: the simulator, or
 /// a kubelet stand-in against a real API server.
@@ -51,7 +51,7 @@ impl<R: CommandRunner, K: KubeletVersionSink> Host for UpgradeHost<R, K> {
     }
     async fn reboot_need(
         &self,
-        _requested: Option<drydock::host::sentinel::RebootRequest>,
+        _requested: Option<drydock::testing::host::sentinel::RebootRequest>,
     ) -> Result<Vec<String>, PortError> {
         Ok(Vec::new())
     }
@@ -80,7 +80,7 @@ impl<R: CommandRunner, K: KubeletVersionSink> Host for UpgradeHost<R, K> {
             .ok_or_else(|| {
                 PortError::permanent("restarting the kubelet", "kubelet is not installed")
             })?;
-        let upstream = drydock::upgrade::apt::upstream_version(&installed.version);
+        let upstream = drydock::testing::upgrade::apt::upstream_version(&installed.version);
         KubeletVersionSink::kubelet_restarted(&self.sim, &self.node, &format!("v{upstream}"))
             .map_err(|e| PortError::failed("restarting the kubelet", e))
     }
@@ -115,7 +115,7 @@ impl UpgradeHost {
 /// An agent running in the background until `stop` is sent (or dropped).
 pub struct RunningAgent {
     pub stop: tokio::sync::oneshot::Sender<()>,
-    pub task: tokio::task::JoinHandle<Result<(), drydock::agent::AgentError>>,
+    pub task: tokio::task::JoinHandle<Result<(), drydock::testing::agent::AgentError>>,
 }
 
 impl RunningAgent {
@@ -135,11 +135,11 @@ pub fn spawn_agent<H, C>(
 ) -> RunningAgent
 where
     H: Host + 'static,
-    C: drydock::agent::ports::Cluster + 'static,
+    C: drydock::testing::agent::ports::Cluster + 'static,
 {
-    let store = drydock::store::Store::open(&settings.node.state_db).unwrap();
+    let store = drydock::testing::store::Store::open(&settings.node.state_db).unwrap();
     let mut agent =
-        drydock::agent::Agent::new(node.to_string(), settings, store, host, cluster, rec).unwrap();
+        drydock::testing::agent::Agent::new(node.to_string(), settings, store, host, cluster, rec).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         agent
@@ -216,9 +216,9 @@ pub fn machine_at(
         Some(m) => k8s_repo::build_minors(&sandbox, m),
         None => k8s_repo::build(&sandbox),
     };
-    let from = drydock::upgrade::KubeVersion::parse_observed(&format!(
+    let from = drydock::testing::upgrade::KubeVersion::parse_observed(&format!(
         "v{}",
-        drydock::upgrade::apt::upstream_version(installed)
+        drydock::testing::upgrade::apt::upstream_version(installed)
     ))
     .expect("an installed package version like 1.34.2-1.1");
     let dir = tempfile::tempdir().unwrap();
@@ -238,7 +238,7 @@ pub fn machine_at(
     // The source for today's minor and the packages as the node runs them.
     std::fs::write(
         &repo.source_file,
-        drydock::upgrade::apt::render_source(&repo.template, from),
+        drydock::testing::upgrade::apt::render_source(&repo.template, from),
     )
     .unwrap();
     assert!(sandbox.apt_get(&["update"]).status.success());
