@@ -22,7 +22,7 @@ use std::time::Duration;
 /// The APT pre-install hook's input and its policy: parsing never panics,
 /// and the verdict fails closed (an unreadable line, or a protected package
 /// changed without a grant, refuses the run).
-pub fn apt_hook(data: &[u8]) {
+pub(crate) fn apt_hook(data: &[u8]) {
     let settings = Settings::default();
     let is_protected = |n: &str| settings.is_protected(n);
     let Ok(request) = protocol::parse(data, false) else {
@@ -75,7 +75,7 @@ pub fn apt_hook(data: &[u8]) {
 
 /// The configuration loader: any text gives settings within their ranges or
 /// an error that names the file, bounded in length; it never panics.
-pub fn config(data: &[u8]) {
+pub(crate) fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -102,7 +102,10 @@ pub fn config(data: &[u8]) {
 }
 
 fn safe(s: &str, max_chars: usize) {
-    assert!(!s.chars().any(drydock::testing::text::is_unsafe), "unescaped: {s:?}");
+    assert!(
+        !s.chars().any(drydock::testing::text::is_unsafe),
+        "unescaped: {s:?}"
+    );
     assert!(
         s.chars().count() <= max_chars + 64,
         "unbounded: {} chars",
@@ -113,7 +116,7 @@ fn safe(s: &str, max_chars: usize) {
 /// The drydock Namespace annotations every node reads (pause, halt, last
 /// reboot, shared gate verdict): anything anyone with Namespace rights can
 /// write parses without panicking, and what is shown is escaped and bounded.
-pub fn annotations(data: &[u8]) {
+pub(crate) fn annotations(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     // One value for every annotation, so each parser sees every input.
     let mut map = BTreeMap::new();
@@ -155,7 +158,7 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(dat
 /// The JSON drydock keeps in its state DB (agent state, local settings, the
 /// apt run plan): decoding any bytes never panics, and what decodes
 /// re-encodes to the same value.
-pub fn state_json(data: &[u8]) {
+pub(crate) fn state_json(data: &[u8]) {
     round_trip::<AgentState>(data);
     round_trip::<LocalPause>(data);
     round_trip::<RebootRequest>(data);

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error("{0}")]
     Io(#[source] std::io::Error),
     #[error("it is {0}, not a regular file")]
@@ -19,13 +19,13 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, ReadError::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
     }
 }
 
 /// What a file type is called in messages.
-pub fn kind_of(t: std::fs::FileType) -> &'static str {
+pub(crate) fn kind_of(t: std::fs::FileType) -> &'static str {
     if t.is_dir() {
         "a directory"
     } else if t.is_fifo() {
@@ -48,7 +48,7 @@ pub fn kind_of(t: std::fs::FileType) -> &'static str {
 /// Opens `path` (following symlinks) for reading if it is a regular file.
 /// `O_NONBLOCK` keeps the open of a FIFO from waiting for a writer; it has
 /// no effect on a regular file's reads.
-pub fn open_regular(path: &Path) -> Result<File, ReadError> {
+pub(crate) fn open_regular(path: &Path) -> Result<File, ReadError> {
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
@@ -71,7 +71,7 @@ pub fn open_regular(path: &Path) -> Result<File, ReadError> {
 }
 
 /// The whole of a regular file of at most `limit` bytes.
-pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     let file = open_regular(path)?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
@@ -84,7 +84,7 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 }
 
 /// At most the first `n` bytes of a regular file.
-pub fn read_prefix(path: &Path, n: u64) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read_prefix(path: &Path, n: u64) -> Result<Vec<u8>, ReadError> {
     let file = open_regular(path)?;
     let mut bytes = Vec::new();
     file.take(n)

@@ -11,7 +11,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
     /// Straight to journald's native socket, wherever stderr goes.
@@ -20,7 +20,7 @@ pub enum LogFormat {
 
 /// Where log lines go, decided once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTarget {
+pub(crate) enum LogTarget {
     Journald,
     Stderr(LogFormat),
 }
@@ -29,7 +29,7 @@ pub enum LogTarget {
 /// the journal. Children inherit the variable (an `apt-get` run by a
 /// service, a `drydock check-config` in a cloud-init runcmd), so it counts
 /// only when it still names this process's stderr, as systemd.exec(5) says.
-pub fn choose_target(
+pub(crate) fn choose_target(
     journal_stream: Option<&str>,
     stderr: Option<(u64, u64)>,
     format: LogFormat,
@@ -46,7 +46,7 @@ pub fn choose_target(
 }
 
 /// The device and inode of this process's stderr.
-pub fn stderr_identity() -> Option<(u64, u64)> {
+pub(crate) fn stderr_identity() -> Option<(u64, u64)> {
     let st = nix::sys::stat::fstat(std::io::stderr()).ok()?;
     #[allow(clippy::unnecessary_cast)]
     Some((st.st_dev as u64, st.st_ino as u64))
@@ -70,7 +70,7 @@ where
 
 /// Installs the global subscriber. Falls back to stderr if journald is
 /// unreachable, so log lines are never silently dropped.
-pub fn init(target: LogTarget, default_level: &str) {
+pub(crate) fn init(target: LogTarget, default_level: &str) {
     let registry = tracing_subscriber::registry().with(filter(default_level));
     match target {
         LogTarget::Journald => match tracing_journald::layer() {

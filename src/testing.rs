@@ -107,7 +107,9 @@ pub mod cluster {
     }
 
     pub mod versions {
-        pub use crate::cluster::versions::{kubeadm_config_version, observe_versions_as, set_target};
+        pub use crate::cluster::versions::{
+            kubeadm_config_version, observe_versions_as, set_target,
+        };
     }
 }
 
@@ -234,8 +236,7 @@ pub mod upgrade {
 
     pub mod apt {
         pub use crate::upgrade::apt::{
-            AptError, find_versions, install_exact, refresh_source, render_source,
-            upstream_version,
+            AptError, find_versions, install_exact, refresh_source, render_source, upstream_version,
         };
     }
 

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 /// The longest reason `drydock pause` / `drydock reboot` accept (characters).
 pub const MAX_REASON: usize = 200;
 /// How much of a value an error message quotes (characters).
-pub const MAX_QUOTED: usize = 80;
+pub(crate) const MAX_QUOTED: usize = 80;
 /// How long one error message may get (characters).
 const MAX_MESSAGE: usize = 1000;
 
@@ -23,7 +23,7 @@ pub fn is_unsafe(c: char) -> bool {
 
 /// `s` with every unsafe character written as a Rust-style escape (`\n`,
 /// `\u{1b}`); borrowed when nothing needed escaping.
-pub fn escape(s: &str) -> Cow<'_, str> {
+pub(crate) fn escape(s: &str) -> Cow<'_, str> {
     if !s.chars().any(is_unsafe) {
         return Cow::Borrowed(s);
     }
@@ -39,7 +39,7 @@ pub fn escape(s: &str) -> Cow<'_, str> {
 }
 
 /// At most `max` characters of `s`; a cut is marked with how long it was.
-pub fn truncate(s: &str, max: usize) -> Cow<'_, str> {
+pub(crate) fn truncate(s: &str, max: usize) -> Cow<'_, str> {
     match s.char_indices().nth(max) {
         None => Cow::Borrowed(s),
         Some((cut, _)) => Cow::Owned(format!("{}... ({} bytes in all)", &s[..cut], s.len())),
@@ -48,7 +48,7 @@ pub fn truncate(s: &str, max: usize) -> Cow<'_, str> {
 
 /// Escaped, then bounded: what to put in a status line, an Event, a chat
 /// message, or a log field.
-pub fn display(s: &str, max: usize) -> String {
+pub(crate) fn display(s: &str, max: usize) -> String {
     // Truncate first so a huge value is not escaped whole; the escape then
     // adds at most a small factor.
     truncate(&escape(&truncate(s, max)), max + 40).into_owned()
@@ -56,13 +56,13 @@ pub fn display(s: &str, max: usize) -> String {
 
 /// A value quoted for an error message: `"..."`, escaped, at most
 /// [`MAX_QUOTED`] characters of it.
-pub fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     format!("\"{}\"", display(s, MAX_QUOTED).replace('"', "\\\""))
 }
 
 /// Checks an operator's reason (`pause`, `reboot`): one line of printable
 /// text, at most [`MAX_REASON`] characters. Used as a clap value parser.
-pub fn reason(s: &str) -> Result<String, String> {
+pub(crate) fn reason(s: &str) -> Result<String, String> {
     let trimmed = s.trim();
     if let Some(c) = trimmed.chars().find(|&c| is_unsafe(c)) {
         return Err(format!(
@@ -82,7 +82,7 @@ pub fn reason(s: &str) -> Result<String, String> {
 /// [`reason`] for clap (`value_parser = ReasonParser`). Its own error text:
 /// clap's default would echo the refused value, escape sequences and all.
 #[derive(Debug, Clone, Copy)]
-pub struct ReasonParser;
+pub(crate) struct ReasonParser;
 
 impl clap::builder::TypedValueParser for ReasonParser {
     type Value = String;
@@ -110,7 +110,7 @@ impl clap::builder::TypedValueParser for ReasonParser {
 /// An error and its causes on one line, each cause once: a cause whose text
 /// the message already contains (thiserror messages often embed their
 /// source) is not repeated. Escaped and bounded.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -125,7 +125,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// As [`error_chain`] for an `anyhow::Error` (its context layers included).
-pub fn anyhow_chain(error: &anyhow::Error) -> String {
+pub(crate) fn anyhow_chain(error: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in error.chain() {
         let text = cause.to_string();

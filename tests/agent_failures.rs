@@ -562,9 +562,13 @@ async fn refused_eviction_fails_with_pod_and_reason_and_a_stale_resume_is_ignore
 async fn an_operator_reboot_request_appears_once_in_history() {
     let dir = tempfile::tempdir().unwrap();
     let sim = cluster().await;
-    drydock::testing::cluster::annotations::pause_cluster(&client(&sim), "drydock", "change freeze")
-        .await
-        .unwrap();
+    drydock::testing::cluster::annotations::pause_cluster(
+        &client(&sim),
+        "drydock",
+        "change freeze",
+    )
+    .await
+    .unwrap();
     let log = Log::default();
     let n = node(dir.path(), &sim, "worker-1");
     n.host.m().need.clear();

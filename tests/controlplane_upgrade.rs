@@ -44,7 +44,9 @@ use std::time::{Duration, Instant};
 use controlplane::{ControlPlane, Kubelet, client, tail};
 use drydock::testing::agent::kube_cluster::KubeCluster;
 use drydock::testing::agent::ports::AgentEvent;
-use drydock::testing::host::command::{CommandError, CommandOutput, CommandRunner, CommandSpec, HostRunner};
+use drydock::testing::host::command::{
+    CommandError, CommandOutput, CommandRunner, CommandSpec, HostRunner,
+};
 use drydock::testing::store::Store;
 use drydock::testing::upgrade::KubeVersion;
 use futures::future::BoxFuture;
@@ -268,8 +270,10 @@ async fn run(
     // once kubeadm's Role and RoleBinding exist.
     let admin = client(&cp.admin).await;
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "kube-system");
-    let cm: ConfigMap =
-        serde_json::from_value(drydock::testing::sim::kubeadm::config_object(&from.to_string())).unwrap();
+    let cm: ConfigMap = serde_json::from_value(drydock::testing::sim::kubeadm::config_object(
+        &from.to_string(),
+    ))
+    .unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
     let node_cms: Api<ConfigMap> =
         Api::namespaced(client(&kubelets[1].kubeconfig).await, "kube-system");
@@ -290,7 +294,8 @@ async fn run(
         .collect();
     let w1_kubelet = client(&kubelets[1].kubeconfig).await;
     let w1_drydock = client(&identities[1]).await;
-    let versions = drydock::testing::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock).await;
+    let versions =
+        drydock::testing::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock).await;
     assert!(
         versions
             .as_ref()
@@ -309,9 +314,10 @@ async fn run(
         }
     }
     // Everything the upgrade decides on, read with the kubelet's rights.
-    let versions = drydock::testing::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock)
-        .await
-        .unwrap();
+    let versions =
+        drydock::testing::cluster::versions::observe_versions_as(&w1_kubelet, &w1_drydock)
+            .await
+            .unwrap();
     assert_eq!(versions.api_server, Some(target));
     assert_eq!(versions.kubeadm_config, Some(from));
     assert_eq!(versions.kubelets.len(), 2, "{versions:?}");

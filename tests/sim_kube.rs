@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use drydock::testing::sim::{Fault, NodeSpec, PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle};
+use drydock::testing::sim::{
+    Fault, NodeSpec, PdbSpec, PodSpec, ReplicaSetSpec, Scenario, SimHandle,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};

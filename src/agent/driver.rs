@@ -28,15 +28,17 @@ use crate::logging::msgid;
 use crate::store::{Store, StoreError};
 
 mod upgrade;
-pub use upgrade::{UPGRADE_REASON, is_upgrade_reason};
+#[cfg(test)]
+pub(crate) use upgrade::UPGRADE_REASON;
 
 /// kv keys the CLI writes and the agent reads (and the reverse), each
 /// with its value type; the names live in [`crate::store::keys`].
 pub mod keys {
+    pub use crate::store::keys::FORCE_RELEASE;
+    pub use crate::store::keys::RESUME_REQUESTED;
     use crate::store::keys::{
         AGENT_GATES, AGENT_PENDING_HALT, AGENT_REBOOT_NEED, AGENT_STATUS, Key,
     };
-    pub use crate::store::keys::{FORCE_RELEASE, RESUME_REQUESTED};
 
     pub const LAST_STATUS: Key<super::StatusRecord> = Key::new(AGENT_STATUS);
     pub const LAST_GATES: Key<super::GatesRecord> = Key::new(AGENT_GATES);
@@ -46,7 +48,7 @@ pub mod keys {
 
 /// How long a reboot logind accepted may take to bring this process down
 /// before the request is declared not to have worked.
-pub const REBOOT_GRACE: Duration = Duration::from_secs(600);
+pub(crate) const REBOOT_GRACE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

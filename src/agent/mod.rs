@@ -1,14 +1,15 @@
 //! The agent: one node's state machine ([`state`]), the loop that drives it
 //! ([`driver`]), and the traits through which it sees the world ([`ports`]).
 
-pub mod driver;
-pub mod kube_cluster;
-pub mod node_host;
+pub(crate) mod driver;
+pub(crate) mod kube_cluster;
+pub(crate) mod node_host;
 mod pace;
-pub mod ports;
-pub mod state;
+pub(crate) mod ports;
+pub(crate) mod state;
 
-pub use driver::{Agent, AgentError, Wait};
+pub use driver::Agent;
+pub use driver::AgentError;
 pub use state::AgentState;
 
 #[cfg(test)]

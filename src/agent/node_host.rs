@@ -11,7 +11,7 @@ use crate::host::boot::BootId;
 use crate::host::logind::{LogindRebooter, Rebooter};
 use crate::host::{boot, checks, kernel, sentinel};
 
-pub struct NodeHost {
+pub(crate) struct NodeHost {
     settings: Settings,
     rebooter: LogindRebooter,
     boot_id_path: PathBuf,
@@ -20,7 +20,7 @@ pub struct NodeHost {
 }
 
 impl NodeHost {
-    pub fn new(settings: Settings, rebooter: LogindRebooter) -> Self {
+    pub(crate) fn new(settings: Settings, rebooter: LogindRebooter) -> Self {
         NodeHost {
             settings,
             rebooter,

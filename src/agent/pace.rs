@@ -9,21 +9,21 @@ use jiff::Timestamp;
 
 /// A blocked cluster gate with no known end (an alert, a NotReady node, a
 /// pause) is asked again after at most this long, spread over its second half.
-pub const BLOCKED_RECHECK: Duration = Duration::from_secs(180);
+pub(super) const BLOCKED_RECHECK: Duration = Duration::from_secs(180);
 /// Longest pause after a Lease-change wake: a waiting node still takes a
 /// freed slot within 2 s of its release.
-pub const HERD_JITTER: Duration = Duration::from_secs(1);
+pub(super) const HERD_JITTER: Duration = Duration::from_secs(1);
 /// Longest spread of the wake-ups at the known end of a block (the soak).
-pub const END_SPREAD: Duration = Duration::from_secs(60);
+pub(super) const END_SPREAD: Duration = Duration::from_secs(60);
 
 /// A fraction in [0, 1): fastrand's per-thread generator, seeded from the
 /// OS (jitter needs spread, not secrecy).
-pub fn random_fraction() -> f64 {
+pub(super) fn random_fraction() -> f64 {
     fastrand::f64()
 }
 
 /// The pause before re-reading a Lease that looked free: `r` in [0, 1).
-pub fn herd_jitter(check_interval: Duration, r: f64) -> Duration {
+pub(super) fn herd_jitter(check_interval: Duration, r: f64) -> Duration {
     HERD_JITTER
         .min(check_interval / 2)
         .mul_f64(r.clamp(0.0, 1.0))
@@ -33,7 +33,7 @@ pub fn herd_jitter(check_interval: Duration, r: f64) -> Duration {
 /// end, spread a little so the waiters do not all return together; with no
 /// known end, a long jittered re-check. Never longer than `check_interval`.
 /// The Lease watch still wakes the node earlier when a slot changes hands.
-pub fn after_block(
+pub(super) fn after_block(
     now: Timestamp,
     blocked_until: Option<Timestamp>,
     check_interval: Duration,

@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::state::PhaseDurations;
-pub use crate::cluster::drain::{DrainReport, DrainTimeout};
+pub use crate::cluster::drain::DrainReport;
+pub use crate::cluster::drain::DrainTimeout;
 pub use crate::cluster::lease::Claim;
 use crate::host::sentinel::RebootRequest;
 use crate::store::Store;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// The name of a state: one vocabulary for logs, `drydock status`,
 /// metrics and the node annotation.
-pub use crate::phase::Phase;
+pub(crate) use crate::phase::Phase;
 
 /// Where in the cycle a failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

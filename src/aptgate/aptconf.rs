@@ -10,7 +10,7 @@ use crate::config::Settings;
 const PRE_INSTALL_COMMAND: &str = "apt-hook pre-install";
 
 #[derive(Debug, thiserror::Error)]
-pub enum AptConfigError {
+pub(crate) enum AptConfigError {
     #[error("running apt-config dump: {0}")]
     Spawn(std::io::Error),
     #[error("apt-config dump failed ({status}): {stderr}")]
@@ -158,7 +158,7 @@ fn warnings(config: &[(String, String)], settings: &Settings) -> Vec<String> {
 }
 
 /// [`warnings`] for this machine; a failure to read apt's config is itself a warning.
-pub fn check_apt_config(settings: &Settings) -> Vec<String> {
+pub(crate) fn check_apt_config(settings: &Settings) -> Vec<String> {
     match read_apt_config() {
         Ok(config) => warnings(&config, settings),
         Err(e) => vec![format!("could not check apt's configuration: {e}")],

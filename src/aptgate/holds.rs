@@ -14,7 +14,7 @@ use crate::host::dpkg::{Dpkg, DpkgError, PackageState, Selection};
 use crate::store::{Store, StoreError};
 
 /// Store key of the set of package names drydock put on hold.
-pub const HOLDS_MADE_KEY: &str = "holds.made";
+pub(crate) const HOLDS_MADE_KEY: &str = "holds.made";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct HoldPlan {
@@ -31,7 +31,7 @@ pub struct HoldPlan {
 }
 
 /// Decides holds; `made` is what drydock held before.
-pub fn plan(
+pub(crate) fn plan(
     packages: &[PackageState],
     is_protected: impl Fn(&str) -> bool,
     made: &BTreeSet<String>,
@@ -74,7 +74,7 @@ pub fn reconcile(settings: &Settings, store: &Store, dpkg: &Dpkg) -> Result<Hold
 }
 
 /// As [`reconcile`], with a dpkg state already read.
-pub fn reconcile_with(
+pub(crate) fn reconcile_with(
     settings: &Settings,
     store: &Store,
     dpkg: &Dpkg,

@@ -10,15 +10,18 @@
 //! - [`wake`]: the datagram the post-invoke hook sends the daemon
 //! - [`aptconf`]: apt / unattended-upgrades configuration checks
 
-pub mod aptconf;
-pub mod holds;
-pub mod policy;
-pub mod protocol;
-pub mod record;
-pub mod step;
-pub mod wake;
+pub(crate) mod aptconf;
+pub(crate) mod holds;
+pub(crate) mod policy;
+pub(crate) mod protocol;
+pub(crate) mod record;
+pub(crate) mod step;
+pub(crate) mod wake;
 
-pub use aptconf::check_apt_config;
-pub use holds::{HoldPlan, reconcile as reconcile_holds};
-pub use step::{UpgradeStep, step_running};
-pub use wake::{WakeListener, wake_daemon, wake_path};
+pub(crate) use aptconf::check_apt_config;
+pub(crate) use holds::HoldPlan;
+pub use holds::reconcile as reconcile_holds;
+pub use step::UpgradeStep;
+pub(crate) use wake::WakeListener;
+pub(crate) use wake::wake_daemon;
+pub use wake::wake_path;

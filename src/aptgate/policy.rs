@@ -22,7 +22,7 @@ use super::protocol::{Action, Direction, Op, Request, deb_file_package};
 use crate::store::Authorization;
 
 /// Environment variable naming packages the administrator lets through.
-pub const ALLOW_ENV: &str = "DRYDOCK_APT_ALLOW";
+pub(crate) const ALLOW_ENV: &str = "DRYDOCK_APT_ALLOW";
 /// In `DRYDOCK_APT_ALLOW`: let this run through whatever it changes.
 const ALLOW_ALL: &str = "*";
 /// The package of an unreadable line that names no protected package.
@@ -135,7 +135,7 @@ pub fn change_of(action: &Action) -> Option<Change> {
 }
 
 /// The changes this request makes to protected packages, before any grant.
-pub fn protected_changes(
+pub(crate) fn protected_changes(
     request: &Request,
     is_protected: impl Fn(&str) -> bool,
 ) -> Vec<ProtectedChange> {
@@ -194,7 +194,7 @@ pub fn protected_changes(
 }
 
 /// Whether `DRYDOCK_APT_ALLOW` lets this change through.
-pub fn allowed_by_admin(change: &ProtectedChange, allow: &[String]) -> bool {
+pub(crate) fn allowed_by_admin(change: &ProtectedChange, allow: &[String]) -> bool {
     allow.iter().any(|a| {
         a == ALLOW_ALL || (a == bare(&change.package) && change.package != UNKNOWN_PACKAGE)
     })
@@ -227,7 +227,7 @@ fn authorized(change: &ProtectedChange, grants: &Grants) -> bool {
 /// be installed at any time (drydock holds it right after); before the node
 /// joined, anything goes. Changing an installed one after join stays
 /// drydock's. An unreadable line is never provisioning.
-pub fn provisioning(change: &ProtectedChange, grants: &Grants) -> bool {
+pub(crate) fn provisioning(change: &ProtectedChange, grants: &Grants) -> bool {
     match change.change {
         Change::Unreadable { .. } => false,
         Change::Install { .. } => true,
@@ -253,7 +253,7 @@ pub fn decide(request: &Request, is_protected: impl Fn(&str) -> bool, grants: &G
 }
 
 /// Parses `DRYDOCK_APT_ALLOW`: package names separated by commas or spaces.
-pub fn parse_allow(value: &str) -> Vec<String> {
+pub(crate) fn parse_allow(value: &str) -> Vec<String> {
     value
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())

@@ -21,7 +21,7 @@
 use std::io::Read;
 
 /// What drydock reads at most; the rest is drained so apt never sees EPIPE.
-pub const MAX_INPUT: usize = 16 << 20;
+pub(crate) const MAX_INPUT: usize = 16 << 20;
 /// An action line longer than this is malformed (real ones are < 1 KiB).
 const MAX_ACTION_LINE: usize = 4096;
 /// What drydock drains past `MAX_INPUT` before it stops reading: apt never
@@ -111,7 +111,7 @@ pub struct Request {
 
 /// Reads all of `input`, keeping at most `MAX_INPUT` bytes; the flag says
 /// whether more was there (it is read and dropped).
-pub fn read_all(mut input: impl Read) -> std::io::Result<(Vec<u8>, bool)> {
+pub(crate) fn read_all(mut input: impl Read) -> std::io::Result<(Vec<u8>, bool)> {
     let mut kept = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     let mut overflow = false;
@@ -317,7 +317,7 @@ fn malformed(line: usize, reason: &str, text: &[u8]) -> Malformed {
 
 /// The package a `.deb` path names by apt's convention
 /// (`.../name_version_arch.deb`), lowercased; `None` when it is not a .deb.
-pub fn deb_file_package(path: &str) -> Option<String> {
+pub(crate) fn deb_file_package(path: &str) -> Option<String> {
     let base = path.rsplit('/').next().unwrap_or(path);
     let stem = base.strip_suffix(".deb")?;
     let name = stem.split('_').next().unwrap_or(stem);

@@ -28,9 +28,9 @@ use crate::config::Settings;
 use crate::host::dpkg::PackageState;
 
 /// History kind of an apt run.
-pub const APT_RUN_KIND: &str = "apt-run";
+pub(crate) const APT_RUN_KIND: &str = "apt-run";
 /// History kind of a dpkg run the pre-install hook refused.
-pub const APT_REFUSED_KIND: &str = "apt-refused";
+pub(crate) const APT_REFUSED_KIND: &str = "apt-refused";
 
 /// A plan older than this is from another run (a dpkg run of many hours is
 /// not one apt run's plan any more; the dpkg lock serializes runs).
@@ -38,7 +38,7 @@ const MAX_PENDING_AGE: Duration = Duration::from_secs(6 * 3600);
 /// Clock steps tolerated between the two hooks (NTP slews, not jumps).
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-pub fn pending_path(settings: &Settings) -> PathBuf {
+pub(crate) fn pending_path(settings: &Settings) -> PathBuf {
     settings.node.run_dir.join("apt-pending.json")
 }
 
@@ -52,7 +52,7 @@ pub struct AptProcess {
 
 /// One ancestor process of the hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ancestor {
+pub(crate) struct Ancestor {
     pub pid: u32,
     pub start_ticks: Option<u64>,
     pub argv: Vec<String>,
@@ -80,7 +80,7 @@ pub struct PendingRun {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PackageChange {
+pub(crate) struct PackageChange {
     pub package: String,
     pub arch: String,
     /// install, upgrade, downgrade, reinstall, remove.
@@ -91,7 +91,7 @@ pub struct PackageChange {
 
 /// A planned change that dpkg did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Incomplete {
+pub(crate) struct Incomplete {
     pub package: String,
     pub planned: Option<String>,
     pub now: Option<String>,
@@ -99,7 +99,7 @@ pub struct Incomplete {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Origin {
+pub(crate) enum Origin {
     UnattendedUpgrades,
     Apt,
 }
@@ -109,7 +109,7 @@ fn bare(name: &str) -> &str {
 }
 
 /// Compares the plan with dpkg's state after the run.
-pub fn outcome(
+pub(crate) fn outcome(
     pending: &PendingRun,
     after: &[PackageState],
 ) -> (Vec<PackageChange>, Vec<Incomplete>) {
@@ -162,7 +162,7 @@ pub fn outcome(
 
 /// Why a saved plan is not this run's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StalePlan {
+pub(crate) enum StalePlan {
     #[error(
         "plan written by apt process {planned} (start {planned_start}), this run is {now} (start {now_start})"
     )]
@@ -181,7 +181,7 @@ pub enum StalePlan {
 /// Whether `plan` belongs to the apt run post-invoke is part of (pure).
 /// Same apt process (pid and start time) when both sides know it; and in
 /// every case no older than [`MAX_PENDING_AGE`] nor dated in the future.
-pub fn check_pending(
+pub(crate) fn check_pending(
     plan: &PendingRun,
     now: Timestamp,
     apt: Option<&AptProcess>,
@@ -220,7 +220,7 @@ fn is_shell_or_us(argv0: &str) -> bool {
 /// shell (apt runs hooks with `/bin/sh -c`) nor drydock itself, or rather
 /// the outermost of its direct ancestors with the same argv (apt forks
 /// without exec to run Post-Invoke scripts).
-pub fn apt_process(ancestors: &[Ancestor]) -> Option<AptProcess> {
+pub(crate) fn apt_process(ancestors: &[Ancestor]) -> Option<AptProcess> {
     let first = ancestors
         .iter()
         .position(|a| a.argv.first().is_none_or(|argv0| !is_shell_or_us(argv0)))?;
@@ -237,7 +237,7 @@ pub fn apt_process(ancestors: &[Ancestor]) -> Option<AptProcess> {
 
 /// Who ran apt, from the argv of our ancestors (nearest first): the origin,
 /// and the command line of the nearest ancestor that is not a shell.
-pub fn origin(ancestors: &[Vec<String>]) -> (Origin, Option<String>) {
+pub(crate) fn origin(ancestors: &[Vec<String>]) -> (Origin, Option<String>) {
     let base = |s: &String| s.rsplit('/').next().unwrap_or(s).to_string();
     let is_uu = |argv: &Vec<String>| {
         argv.iter()
@@ -271,7 +271,7 @@ pub fn origin(ancestors: &[Vec<String>]) -> (Origin, Option<String>) {
 /// Our ancestors, nearest first (at most 16; unreadable ones stop the walk).
 /// `until_apt` stops above the apt process (see [`apt_process`]): all the
 /// pre-install hook needs.
-pub fn read_ancestors(until_apt: bool) -> Vec<Ancestor> {
+pub(crate) fn read_ancestors(until_apt: bool) -> Vec<Ancestor> {
     let mut out: Vec<Ancestor> = Vec::new();
     let mut apt_argv: Option<Vec<String>> = None;
     let mut pid = std::os::unix::process::parent_id();

@@ -17,7 +17,7 @@ pub fn wake_path(settings: &Settings) -> PathBuf {
 }
 
 /// Sends the wake datagram; `Ok(false)` when no daemon listens.
-pub fn wake_daemon(settings: &Settings) -> std::io::Result<bool> {
+pub(crate) fn wake_daemon(settings: &Settings) -> std::io::Result<bool> {
     let sock = UnixDatagram::unbound()?;
     sock.set_nonblocking(true)?;
     match sock.send_to(WAKE_MESSAGE, wake_path(settings)) {
@@ -36,13 +36,13 @@ pub fn wake_daemon(settings: &Settings) -> std::io::Result<bool> {
 }
 
 /// The daemon's end: bind once, then `recv().await` in the loop.
-pub struct WakeListener {
+pub(crate) struct WakeListener {
     socket: tokio::net::UnixDatagram,
 }
 
 impl WakeListener {
     /// Binds [`wake_path`], replacing a stale socket left by a previous run.
-    pub fn bind(settings: &Settings) -> std::io::Result<WakeListener> {
+    pub(crate) fn bind(settings: &Settings) -> std::io::Result<WakeListener> {
         let path = wake_path(settings);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -58,7 +58,7 @@ impl WakeListener {
     }
 
     /// Waits for the next wake-up and drains any others already queued.
-    pub async fn recv(&self) -> std::io::Result<()> {
+    pub(crate) async fn recv(&self) -> std::io::Result<()> {
         let mut buf = [0u8; 64];
         self.socket.recv(&mut buf).await?;
         while self.socket.try_recv(&mut buf).is_ok() {}

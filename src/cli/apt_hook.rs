@@ -25,7 +25,7 @@ use crate::host::dpkg::Dpkg;
 use crate::store::Store;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum AptHookCommand {
+pub(crate) enum AptHookCommand {
     /// DPkg::Pre-Install-Pkgs (protocol version 3 on stdin): refuse changes to protected packages.
     PreInstall,
     /// DPkg::Post-Invoke: record the run, re-apply holds, wake the daemon. Always exits 0.
@@ -36,7 +36,7 @@ pub enum AptHookCommand {
 /// that never ends, a lock on a stuck file system) must not hang apt.
 const HOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
-pub fn run(cli: &Cli, command: &AptHookCommand) -> ExitCode {
+pub(crate) fn run(cli: &Cli, command: &AptHookCommand) -> ExitCode {
     match command {
         AptHookCommand::PreInstall => {
             watchdog("refusing this dpkg run", 1);

@@ -6,13 +6,13 @@ use super::Cli;
 use crate::config;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Print nothing on success.
     #[arg(long, short)]
     pub quiet: bool,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let (path, explicit) = cli.config_path();
     let files = match config::config_files(&path, explicit) {
         Ok(files) => files,

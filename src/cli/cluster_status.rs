@@ -15,7 +15,7 @@ use crate::gates::{ago, human};
 use crate::report::REPUBLISH_EVERY;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -24,11 +24,11 @@ pub struct Args {
 /// A report older than this means drydock is not running on that node: it
 /// republishes every [`REPUBLISH_EVERY`] and loops at least every check
 /// interval.
-pub fn stale_after(settings: &Settings) -> Duration {
+pub(crate) fn stale_after(settings: &Settings) -> Duration {
     REPUBLISH_EVERY * 2 + settings.reboot.check_interval
 }
 
-pub async fn run(
+pub(crate) async fn run(
     settings: &Settings,
     client: &kube::Client,
     args: &Args,
@@ -144,7 +144,7 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// The text view.
-pub fn render(f: &FleetStatus) -> String {
+pub(crate) fn render(f: &FleetStatus) -> String {
     let now = f.at;
     let mut out = String::new();
     let mut line = |s: String| {

@@ -10,13 +10,13 @@ use clap::CommandFactory;
 use super::Cli;
 
 #[derive(Debug, clap::Args)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// Shell to generate the completion script for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
 }
 
-pub fn completions(args: &CompletionsArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn completions(args: &CompletionsArgs) -> anyhow::Result<ExitCode> {
     let mut cmd = Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut cmd, "drydock", &mut out);
@@ -27,7 +27,7 @@ pub fn completions(args: &CompletionsArgs) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ManpageArgs {
+pub(crate) struct ManpageArgs {
     /// 1: drydock(1), the commands; 5: drydock.toml(5), the configuration.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub section: u8,
@@ -147,7 +147,7 @@ fn render_config_manpage() -> Vec<u8> {
     out.into_bytes()
 }
 
-pub fn manpage(args: &ManpageArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn manpage(args: &ManpageArgs) -> anyhow::Result<ExitCode> {
     let page = match args.section {
         1 => render_manpage().context("rendering the man page")?,
         5 => render_config_manpage(),

@@ -16,28 +16,28 @@ use crate::host::sentinel;
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
-pub struct PauseArgs {
+pub(crate) struct PauseArgs {
     /// Why (shown in `drydock status` and the systemd status line).
     #[arg(long, value_parser = crate::text::ReasonParser)]
     pub reason: String,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RebootArgs {
+pub(crate) struct RebootArgs {
     /// Why this node should reboot.
     #[arg(long, default_value = "requested with drydock reboot", value_parser = crate::text::ReasonParser)]
     pub reason: String,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ReleaseArgs {
+pub(crate) struct ReleaseArgs {
     /// Give up the Lease slot even though the node failed (it stays cordoned).
     #[arg(long)]
     pub force: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum ClusterCommand {
+pub(crate) enum ClusterCommand {
     /// Pause drydock on every node (annotation on the drydock Namespace).
     Pause(PauseArgs),
     /// Lift a cluster-wide pause and a fleet halt.
@@ -53,7 +53,7 @@ pub enum ClusterCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct SetVersionArgs {
+pub(crate) struct SetVersionArgs {
     /// The target, like v1.35.2: at most one minor above the control plane, never lower.
     #[arg(value_name = "VERSION")]
     pub target: String,
@@ -67,7 +67,7 @@ fn nudge(settings: &Settings) {
     let _ = crate::aptgate::wake_daemon(settings);
 }
 
-pub fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCode> {
     let settings = cli.load_settings()?;
     paused::pause(&open(&settings)?, &args.reason)?;
     nudge(&settings);
@@ -86,7 +86,7 @@ fn agent_state(store: &Store) -> anyhow::Result<AgentState> {
 /// Lifts a local pause and asks a failed agent to go back to the step the
 /// failure interrupted. The request carries its time: the agent honours it
 /// only for a failure that happened before it, never a later one.
-pub fn resume(cli: &Cli) -> anyhow::Result<ExitCode> {
+pub(crate) fn resume(cli: &Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.load_settings()?;
     let store = open(&settings)?;
     let was_paused = paused::resume(&store)?;
@@ -121,7 +121,7 @@ pub fn resume(cli: &Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn reboot(cli: &Cli, args: &RebootArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn reboot(cli: &Cli, args: &RebootArgs) -> anyhow::Result<ExitCode> {
     let settings = cli.load_settings()?;
     sentinel::request_reboot(&open(&settings)?, &args.reason)?;
     nudge(&settings);
@@ -129,7 +129,7 @@ pub fn reboot(cli: &Cli, args: &RebootArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn release(cli: &Cli, args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn release(cli: &Cli, args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
     if !args.force {
         eprintln!(
             "drydock: the daemon releases the lease itself; use --force to give it up from a failed node"
@@ -175,7 +175,7 @@ fn operator() -> String {
     format!("{user} on {host}")
 }
 
-pub async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<ExitCode> {
     if let ClusterCommand::Approve(args) = command {
         return super::identity::approve(cli, args).await;
     }

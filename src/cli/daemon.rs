@@ -32,7 +32,7 @@ use crate::report::{BlockedGate, Notice, PhaseDurations, Reporter};
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub(crate) struct Args {}
 
 /// How long reporting may take before a reboot or a stop.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,7 +52,7 @@ pub async fn kube_client(path: &std::path::Path) -> anyhow::Result<kube::Client>
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-pub fn node_name(configured: Option<&str>) -> anyhow::Result<String> {
+pub(crate) fn node_name(configured: Option<&str>) -> anyhow::Result<String> {
     match configured {
         Some(n) => Ok(n.to_string()),
         None => Ok(nix::unistd::gethostname()
@@ -448,7 +448,7 @@ enum Stop {
 const JOIN_POLL: Duration = Duration::from_secs(2);
 
 /// The STATUS= line while the node has not joined the cluster.
-pub fn not_joined_status(kubeconfig: &std::path::Path) -> String {
+pub(crate) fn not_joined_status(kubeconfig: &std::path::Path) -> String {
     format!("waiting: node not joined (no {})", kubeconfig.display())
 }
 
@@ -525,7 +525,7 @@ async fn next_stop(
     }
 }
 
-pub async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
     let mut settings = cli.load_settings().context("loading configuration")?;
     let _instance = DaemonLock::acquire(&settings.node.run_dir)?;
     let node = node_name(settings.node.name.as_deref())?;

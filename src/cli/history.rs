@@ -8,7 +8,7 @@ use super::Cli;
 use crate::store::{HistoryRecord, Store};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Print a JSON array instead of text.
     #[arg(long)]
     pub json: bool,
@@ -20,7 +20,7 @@ pub struct Args {
     pub limit: usize,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let settings = cli.load_settings().context("loading configuration")?;
     let path = &settings.node.state_db;
     let records = match Store::open_read_only(path)
@@ -47,7 +47,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 /// One human line per record.
-pub fn line(r: &HistoryRecord) -> String {
+pub(crate) fn line(r: &HistoryRecord) -> String {
     let at = r.at.strftime("%Y-%m-%d %H:%M:%S UTC");
     let summary = match r.kind.as_str() {
         "apt-run" => apt_run_summary(&r.detail),

@@ -22,7 +22,7 @@ use crate::config::Settings;
 const ENROL_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, clap::Args)]
-pub struct ApproveArgs {
+pub(crate) struct ApproveArgs {
     /// The node whose pending drydock identity request to approve.
     pub node: String,
     /// An administrator's kubeconfig (default: node.admin-kubeconfig).
@@ -33,7 +33,7 @@ pub struct ApproveArgs {
 /// The drydock identity's client, once it exists: the node waits here
 /// (saying so on its status line) and does nothing shared before.
 /// `renewed` is notified when a renewed certificate replaced the old one.
-pub async fn shared_client(
+pub(crate) async fn shared_client(
     settings: &Settings,
     node: &str,
     kubelet: kube::Client,
@@ -69,7 +69,7 @@ pub async fn shared_client(
 }
 
 /// A client of the drydock identity as it stands now (CLI commands).
-pub async fn current_client(settings: &Settings) -> anyhow::Result<kube::Client> {
+pub(crate) async fn current_client(settings: &Settings) -> anyhow::Result<kube::Client> {
     let path = identity::identity_kubeconfig(settings);
     // Missing, not merely unreadable: a dangling symlink or a loop is read
     // below and refused with its own reason.
@@ -82,7 +82,7 @@ pub async fn current_client(settings: &Settings) -> anyhow::Result<kube::Client>
     kube_client(&path).await
 }
 
-pub async fn approve(cli: &Cli, args: &ApproveArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn approve(cli: &Cli, args: &ApproveArgs) -> anyhow::Result<ExitCode> {
     crate::config::values::dns_subdomain(&args.node)
         .map_err(|e| anyhow::anyhow!("node name {:?}: {e}", args.node))?;
     let path = match (&args.kubeconfig, cli.load_settings()) {

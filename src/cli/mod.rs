@@ -9,21 +9,21 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Settings};
 use crate::logging::LogFormat;
 
-pub mod apt_hook;
-pub mod check_config;
-pub mod cluster_status;
-pub mod completions;
-pub mod control;
-pub mod daemon;
-pub mod history;
-pub mod identity;
-pub mod rbac;
-pub mod reload;
+pub(crate) mod apt_hook;
+pub(crate) mod check_config;
+pub(crate) mod cluster_status;
+pub(crate) mod completions;
+pub(crate) mod control;
+pub(crate) mod daemon;
+pub(crate) mod history;
+pub(crate) mod identity;
+pub(crate) mod rbac;
+pub(crate) mod reload;
 #[cfg(feature = "sim")]
-pub mod sim;
+pub(crate) mod sim;
 #[cfg(feature = "sim")]
-pub mod simulate;
-pub mod status;
+pub(crate) mod simulate;
+pub(crate) mod status;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +32,7 @@ pub mod status;
     about = "Patches kubeadm cluster nodes one at a time: holds runtime packages, waits for safety gates, takes a Lease, drains, reboots, verifies",
     propagate_version = true
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Main configuration file; drop-ins are read from PATH.d/*.toml.
     #[arg(long, global = true, value_name = "PATH", env = "DRYDOCK_CONFIG")]
     pub config: Option<PathBuf>,
@@ -53,7 +53,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Validate the merged configuration and print what is wrong.
     CheckConfig(check_config::Args),
     /// APT hooks, run by apt (wired in /etc/apt/apt.conf.d/50drydock).
@@ -95,20 +95,20 @@ pub enum Command {
 
 #[cfg(feature = "sim")]
 #[derive(Debug, Subcommand)]
-pub enum SimCommand {
+pub(crate) enum SimCommand {
     /// Serve a simulated cluster on 127.0.0.1 and write a kubeconfig for it.
     Serve(sim::SimServeArgs),
 }
 
 impl Cli {
-    pub fn config_path(&self) -> (PathBuf, bool) {
+    pub(crate) fn config_path(&self) -> (PathBuf, bool) {
         match &self.config {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from(config::DEFAULT_CONFIG), false),
         }
     }
 
-    pub fn load_settings(&self) -> Result<Settings, config::ConfigError> {
+    pub(crate) fn load_settings(&self) -> Result<Settings, config::ConfigError> {
         let (path, explicit) = self.config_path();
         config::load(&path, explicit)
     }
@@ -117,7 +117,7 @@ impl Cli {
 /// Makes `fd` this process's stderr and closes it. Only descriptors above
 /// stderr that are open are accepted.
 #[allow(unsafe_code)] // the fd is apt's stderr, inherited for this use
-pub fn adopt_stderr(fd: i32) -> Result<(), String> {
+pub(crate) fn adopt_stderr(fd: i32) -> Result<(), String> {
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
     if fd <= 2 {
         return Err("must be above 2".into());
@@ -136,7 +136,7 @@ pub fn adopt_stderr(fd: i32) -> Result<(), String> {
 }
 
 /// Commands that only print a short answer log at warn level.
-pub fn default_log_level(command: &Command) -> &'static str {
+pub(crate) fn default_log_level(command: &Command) -> &'static str {
     match command {
         Command::CheckConfig(_)
         | Command::AptHook(_)
@@ -157,7 +157,7 @@ pub fn default_log_level(command: &Command) -> &'static str {
     }
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::CheckConfig(args) => check_config::run(&cli, args),
         #[cfg(feature = "sim")]

@@ -32,7 +32,7 @@ use super::Cli;
 use crate::cluster::identity;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Namespace holding the leases and control annotations (default: lease.namespace from the configuration).
     #[arg(long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
@@ -42,7 +42,7 @@ pub struct Args {
 }
 
 /// Name of every object printed (cluster-scoped ones share it).
-pub const NAME: &str = "drydock:node";
+pub(crate) const NAME: &str = "drydock:node";
 /// The admission policy (and its binding).
 const POLICY: &str = "drydock-lease-holder";
 const RBAC_V1: &str = "rbac.authorization.k8s.io/v1";
@@ -160,7 +160,7 @@ pub fn manifests(namespace: &str, group: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let namespace = match &args.namespace {
         Some(ns) => {
             crate::config::values::dns_label(ns).map_err(|e| anyhow::anyhow!("--namespace: {e}"))?

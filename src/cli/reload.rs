@@ -21,37 +21,37 @@ use super::Cli;
 use crate::config::Settings;
 
 /// The one request the socket understands.
-pub const REQUEST: &str = "reload";
+pub(crate) const REQUEST: &str = "reload";
 
 /// Longest wait for the daemon's answer (systemd's own ExecReload timeout
 /// is 90 s by default; the daemon answers once its current step yields).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(80);
 
-pub fn socket_path(run_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join("control.sock")
 }
 
 /// The daemon's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub ok: bool,
     pub message: String,
 }
 
 /// One reload asked for on the socket; answer it with [`Request::answer`].
-pub struct Request {
+pub(crate) struct Request {
     reply: oneshot::Sender<Verdict>,
 }
 
 impl Request {
-    pub fn answer(self, verdict: Verdict) {
+    pub(crate) fn answer(self, verdict: Verdict) {
         let _ = self.reply.send(verdict);
     }
 }
 
 /// Binds the control socket (replacing a stale one) and forwards each
 /// well-formed request to the returned channel.
-pub fn listen(run_dir: &Path) -> std::io::Result<mpsc::Receiver<Request>> {
+pub(crate) fn listen(run_dir: &Path) -> std::io::Result<mpsc::Receiver<Request>> {
     std::fs::create_dir_all(run_dir)?;
     let path = socket_path(run_dir);
     match std::fs::remove_file(&path) {
@@ -104,7 +104,7 @@ async fn serve(conn: UnixStream, requests: mpsc::Sender<Request>) {
 }
 
 /// Sends one reload request to the daemon listening in `run_dir`.
-pub async fn request(run_dir: &Path) -> anyhow::Result<Verdict> {
+pub(crate) async fn request(run_dir: &Path) -> anyhow::Result<Verdict> {
     let path = socket_path(run_dir);
     let mut conn = UnixStream::connect(&path).await.with_context(|| {
         format!(
@@ -128,7 +128,7 @@ pub async fn request(run_dir: &Path) -> anyhow::Result<Verdict> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The daemon's run directory (default: `[node] run-dir` of the configuration).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
@@ -159,7 +159,7 @@ fn run_dir_leniently(cli: &Cli) -> PathBuf {
     run_dir
 }
 
-pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let run_dir = match &args.run_dir {
         Some(dir) => dir.clone(),
         None => run_dir_leniently(cli),

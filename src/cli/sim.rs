@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use crate::sim::Scenario;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct SimServeArgs {
+pub(crate) struct SimServeArgs {
     /// Number of nodes; the first is the control plane.
     #[arg(long, default_value_t = 5)]
     pub nodes: usize,
@@ -28,7 +28,7 @@ pub struct SimServeArgs {
     pub pods_per_node: usize,
 }
 
-pub async fn serve(args: SimServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn serve(args: SimServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
     let sim = Scenario::standard(args.nodes, args.pods_per_node)
         .start_on(args.listen)

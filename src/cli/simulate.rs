@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::simulate::{self, Moment, SimulateOptions};
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Nodes in the cluster; the first is the control plane.
     #[arg(long, default_value_t = 5)]
     pub nodes: usize,
@@ -29,7 +29,7 @@ pub struct Args {
     pub upgrade_to: Option<String>,
 }
 
-pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let dir = tempfile_dir()?;
     let mut opts = SimulateOptions::new(dir.clone());
     opts.nodes = args.nodes.max(1);

@@ -20,7 +20,7 @@ use crate::host::instance::running_daemon;
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -83,7 +83,7 @@ fn held_not_by_drydock(
         .collect())
 }
 
-pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let settings = cli.load_settings().context("loading configuration")?;
     let node = super::daemon::node_name(settings.node.name.as_deref())?;
     let store =

@@ -12,12 +12,12 @@ use serde_json::json;
 /// Set (to a reason) to pause every drydock in the cluster.
 pub const PAUSED: &str = "drydock.dev/paused";
 /// Who paused (`drydock cluster pause` writes `<user> on <host>`).
-pub const PAUSED_BY: &str = "drydock.dev/paused-by";
+pub(crate) const PAUSED_BY: &str = "drydock.dev/paused-by";
 /// Set by a node that failed its post-reboot verification: the fleet stops
 /// until an operator removes it.
 pub const HALTED: &str = "drydock.dev/halted";
 /// Who set [`HALTED`], as JSON ([`HaltedBy`]).
-pub const HALTED_BY: &str = "drydock.dev/halted-by";
+pub(crate) const HALTED_BY: &str = "drydock.dev/halted-by";
 /// `<RFC 3339 time> <node>` of the latest finished drydock reboot; the soak
 /// gate waits this long after it.
 pub const LAST_REBOOT_FINISHED: &str = "drydock.dev/last-reboot-finished";
@@ -306,7 +306,7 @@ pub async fn halted_by(
 /// Shares a blocking verdict with the other waiting nodes. A plain merge
 /// patch: the latest finding wins, and a failure only means the others
 /// evaluate for themselves.
-pub async fn share_block(
+pub(crate) async fn share_block(
     client: &kube::Client,
     namespace: &str,
     block: &SharedBlock,

@@ -107,7 +107,7 @@ impl fmt::Display for RefuseReason {
 
 /// What the drain does with one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PodAction {
+pub(crate) enum PodAction {
     Skip(SkipReason),
     /// Already being deleted: wait until it is gone.
     AwaitTermination,
@@ -125,7 +125,7 @@ pub struct DrainRules {
 }
 
 /// Decides what to do with one pod (kubectl's filters, in its order).
-pub fn classify(pod: &Pod, rules: &DrainRules) -> PodAction {
+pub(crate) fn classify(pod: &Pod, rules: &DrainRules) -> PodAction {
     let controller = pod
         .owner_references()
         .iter()
@@ -166,7 +166,7 @@ fn has_empty_dir(pod: &Pod) -> bool {
 
 /// Every pod on the node, sorted into what the drain will do.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct DrainPlan {
+pub(crate) struct DrainPlan {
     pub evict: Vec<PodRef>,
     pub delete_completed: Vec<PodRef>,
     pub await_termination: Vec<PodRef>,
@@ -181,7 +181,7 @@ impl DrainPlan {
     }
 }
 
-pub fn plan(pods: &[Pod], rules: &DrainRules) -> DrainPlan {
+pub(crate) fn plan(pods: &[Pod], rules: &DrainRules) -> DrainPlan {
     let mut plan = DrainPlan::default();
     for pod in pods {
         let r = PodRef::of(pod);
@@ -351,7 +351,7 @@ pub enum ErrorClass {
 }
 
 /// Whether an API error is worth retrying as it is.
-pub fn kube_class(e: &kube::Error) -> ErrorClass {
+pub(crate) fn kube_class(e: &kube::Error) -> ErrorClass {
     match e {
         // Timeout, conflict, throttling, server trouble: worth another try.
         kube::Error::Api(s) if matches!(s.code, 408 | 409 | 429) || s.code >= 500 => {
@@ -378,7 +378,7 @@ impl DrainError {
 
 /// [`drain`] with two credentials, as [`drain_with`], stopped the moment
 /// `claim` says the Lease slot is gone.
-pub async fn drain_holding_with(
+pub(crate) async fn drain_holding_with(
     client: &Client,
     reader: &Client,
     node: &str,
@@ -537,7 +537,7 @@ impl DrainOptions {
 }
 
 /// Lists the pods bound to `node` that match `selector`.
-pub async fn pods_on_node(
+pub(crate) async fn pods_on_node(
     client: &Client,
     node: &str,
     selector: &str,

@@ -17,7 +17,7 @@ use super::annotations::{self, ClusterControl, FinishedReboot, SharedBlock};
 use super::node::{self, NodeReport, ReportedGate, UpgradeReport};
 
 #[derive(Debug, thiserror::Error)]
-pub enum FleetError {
+pub(crate) enum FleetError {
     #[error("listing Nodes: {0}")]
     Nodes(#[source] kube::Error),
     #[error("listing Leases in namespace {namespace}: {source}")]
@@ -34,7 +34,7 @@ pub enum FleetError {
 
 /// What the API server said, as read.
 #[derive(Debug, Clone, Default)]
-pub struct FleetReading {
+pub(crate) struct FleetReading {
     pub nodes: Vec<Node>,
     pub leases: Vec<Lease>,
     /// `None`: the drydock Namespace does not exist (no node ever ran).
@@ -47,7 +47,10 @@ pub struct FleetReading {
 
 /// Reads the fleet: three requests whatever its size. Only a failed Node
 /// list is an error; the rest is shown as unknown.
-pub async fn read(client: &kube::Client, namespace: &str) -> Result<FleetReading, FleetError> {
+pub(crate) async fn read(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<FleetReading, FleetError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -96,7 +99,7 @@ pub async fn read(client: &kube::Client, namespace: &str) -> Result<FleetReading
 /// The fleet, ready to print or to serialize (`--json`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct FleetStatus {
+pub(crate) struct FleetStatus {
     pub at: Timestamp,
     pub namespace: String,
     /// `drydock.dev/halted`: the fleet is stopped.
@@ -120,7 +123,7 @@ pub struct FleetStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct Control {
+pub(crate) struct Control {
     pub reason: String,
     /// Who set it, when known.
     pub by: Option<String>,
@@ -130,14 +133,14 @@ pub struct Control {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct FinishedRebootView {
+pub(crate) struct FinishedRebootView {
     pub node: String,
     pub at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct SlotView {
+pub(crate) struct SlotView {
     pub name: String,
     /// `None`: free.
     pub holder: Option<String>,
@@ -151,7 +154,7 @@ pub struct SlotView {
 /// Whether drydock runs on a node, judged by its last report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Presence {
+pub(crate) enum Presence {
     /// Reported within the staleness limit.
     Running,
     /// Reported once, but not lately: stopped, hung, or the node is down.
@@ -164,7 +167,7 @@ pub enum Presence {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct NodeView {
+pub(crate) struct NodeView {
     pub name: String,
     pub ready: bool,
     pub unschedulable: bool,
@@ -252,7 +255,7 @@ fn control(value: Option<String>, by: Option<&String>) -> Option<Control> {
 /// Builds the fleet view. `slot_names`: this node's configured slots (shown
 /// even when their Lease does not exist yet); `stale_after`: a report older
 /// than this means drydock is not running there.
-pub fn assemble(
+pub(crate) fn assemble(
     reading: &FleetReading,
     namespace: &str,
     slot_names: &[String],

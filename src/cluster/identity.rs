@@ -38,7 +38,7 @@ const SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 /// The group every drydock identity belongs to (the RBAC subject).
 pub const GROUP: &str = "drydock:nodes";
 /// `drydock:node:<node>`
-pub const USER_PREFIX: &str = "drydock:node:";
+pub(crate) const USER_PREFIX: &str = "drydock:node:";
 const NODE_USER_PREFIX: &str = "system:node:";
 const NODES_GROUP: &str = "system:nodes";
 /// What the node asks for; the approver accepts up to [`MAX_EXPIRATION`].
@@ -92,7 +92,7 @@ fn user_name(node: &str) -> String {
 
 /// What the approver does with one CertificateSigningRequest.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// A drydock identity request, correct in every respect, by node `node`.
     Approve { node: String },
     /// Not a drydock identity request (another signer or subject), or
@@ -133,7 +133,7 @@ fn subject_parts(req: &X509CertificationRequest<'_>) -> Result<Vec<(String, Stri
 }
 
 /// Decides on one request. Pure: the object in, the verdict out.
-pub fn decide(csr: &CertificateSigningRequest) -> Decision {
+pub(crate) fn decide(csr: &CertificateSigningRequest) -> Decision {
     if is_decided(csr) || csr.spec.signer_name != SIGNER {
         return Decision::NotOurs;
     }
@@ -239,7 +239,7 @@ pub fn decide(csr: &CertificateSigningRequest) -> Decision {
 }
 
 /// `csr` with an Approved condition added (for the `approval` subresource).
-pub fn approved(
+pub(crate) fn approved(
     mut csr: CertificateSigningRequest,
     node: &str,
     now: Timestamp,
@@ -264,7 +264,7 @@ pub fn approved(
 
 /// Approves one request through the `approval` subresource; the
 /// resourceVersion it carries makes a concurrent change a conflict.
-pub async fn approve(
+pub(crate) async fn approve(
     admin: &kube::Client,
     csr: CertificateSigningRequest,
     node: &str,
@@ -833,7 +833,7 @@ pub async fn keep_renewed(enroller: Enroller, renewed: impl Fn(), retry: Duratio
 
 /// The kubeconfig of the drydock identity as configured: the
 /// administrator's own, or the enrolled one.
-pub fn identity_kubeconfig(settings: &crate::config::Settings) -> PathBuf {
+pub(crate) fn identity_kubeconfig(settings: &crate::config::Settings) -> PathBuf {
     settings
         .node
         .identity_kubeconfig

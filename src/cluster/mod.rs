@@ -2,11 +2,11 @@
 //! semaphore, the drydock identity (enrolment, approval), this node (cordon), draining it, and the observations the
 //! gates are evaluated on.
 
-pub mod annotations;
-pub mod drain;
-pub mod fleet;
-pub mod identity;
-pub mod lease;
-pub mod node;
-pub mod observe;
-pub mod versions;
+pub(crate) mod annotations;
+pub(crate) mod drain;
+pub(crate) mod fleet;
+pub(crate) mod identity;
+pub(crate) mod lease;
+pub(crate) mod node;
+pub(crate) mod observe;
+pub(crate) mod versions;

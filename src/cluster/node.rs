@@ -18,7 +18,7 @@ pub const STATE_ANNOTATION: &str = "drydock.dev/state";
 pub const REASON_ANNOTATION: &str = "drydock.dev/state-reason";
 /// Everything `drydock cluster status` shows about a node, as JSON
 /// ([`NodeReport`]), published by the node's own daemon.
-pub const REPORT_ANNOTATION: &str = "drydock.dev/report";
+pub(crate) const REPORT_ANNOTATION: &str = "drydock.dev/report";
 /// Labels, so `kubectl get nodes -L drydock.dev/state,drydock.dev/reboot-needed`
 /// shows the fleet: the phase, and `true`/`false`.
 const STATE_LABEL: &str = "drydock.dev/state";
@@ -116,7 +116,7 @@ impl NodeReport {
 }
 
 /// `status.nodeInfo.kubeletVersion`.
-pub fn kubelet_version(node: &Node) -> Option<&str> {
+pub(crate) fn kubelet_version(node: &Node) -> Option<&str> {
     node.status
         .as_ref()?
         .node_info
@@ -285,7 +285,7 @@ impl NodeClient {
 }
 
 /// `spec.unschedulable` as Kubernetes reads it (absent = schedulable).
-pub fn is_unschedulable(node: &Node) -> bool {
+pub(crate) fn is_unschedulable(node: &Node) -> bool {
     node.spec
         .as_ref()
         .and_then(|s| s.unschedulable)
@@ -293,7 +293,7 @@ pub fn is_unschedulable(node: &Node) -> bool {
 }
 
 /// The node's `Ready` condition, if the kubelet has reported one.
-pub fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+pub(crate) fn ready_condition(node: &Node) -> Option<&NodeCondition> {
     node.status
         .as_ref()?
         .conditions
@@ -303,7 +303,7 @@ pub fn ready_condition(node: &Node) -> Option<&NodeCondition> {
 }
 
 /// Ready=True.
-pub fn is_ready(node: &Node) -> bool {
+pub(crate) fn is_ready(node: &Node) -> bool {
     ready_condition(node).is_some_and(|c| c.status == "True")
 }
 

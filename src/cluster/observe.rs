@@ -195,7 +195,7 @@ pub async fn observe(
 
 /// The drydock Namespace's annotations alone: one small GET, enough for the
 /// halted, paused and (after a finished reboot) soak gates.
-pub async fn observe_control(
+pub(crate) async fn observe_control(
     client: &kube::Client,
     settings: &Settings,
 ) -> Result<ClusterControl, ObserveError> {
@@ -217,7 +217,7 @@ pub async fn observe_control(
 
 /// The rest of [`observe`], once the Namespace was read (and passed) by
 /// [`observe_control`]: the Node list, DaemonSets and blocking pods.
-pub async fn observe_after_control(
+pub(crate) async fn observe_after_control(
     client: &kube::Client,
     settings: &Settings,
     node_name: &str,

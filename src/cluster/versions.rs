@@ -11,7 +11,7 @@ use crate::upgrade::version::{ClusterVersions, KubeVersion, NodeVersion, TargetE
 
 const KUBEADM_CONFIG_NAMESPACE: &str = "kube-system";
 const KUBEADM_CONFIG: &str = "kubeadm-config";
-pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+pub(crate) const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VersionsError {
@@ -38,7 +38,7 @@ pub enum VersionsError {
 
 /// The target as written on the Namespace (unvalidated), and the versions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionObservation {
+pub(crate) struct VersionObservation {
     pub target: Option<String>,
     pub versions: ClusterVersions,
 }
@@ -85,7 +85,7 @@ fn node_version(node: &Node) -> NodeVersion {
 /// Reads everything the skew policy and the rollout order look at. A
 /// missing kubeadm-config (404) is `None`; any other failure is an error
 /// (the caller then waits: fail closed).
-pub async fn observe(
+pub(crate) async fn observe(
     client: &kube::Client,
     namespace: &str,
 ) -> Result<VersionObservation, VersionsError> {
@@ -107,7 +107,9 @@ pub async fn observe(
 }
 
 /// As [`observe_versions_as`] with one credential for everything (an admin's).
-pub async fn observe_versions(client: &kube::Client) -> Result<ClusterVersions, VersionsError> {
+pub(crate) async fn observe_versions(
+    client: &kube::Client,
+) -> Result<ClusterVersions, VersionsError> {
     observe_versions_as(client, client).await
 }
 

@@ -9,10 +9,10 @@ use serde::Deserialize;
 use super::raw::RawConfig;
 use super::settings::Settings;
 
-pub const DEFAULT_CONFIG: &str = "/etc/drydock/drydock.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/drydock/drydock.toml";
 
 /// The largest configuration file drydock reads (the shipped one is ~10 KiB).
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// A path as shown in messages: control characters in file names escaped.
 fn shown(path: &Path) -> String {
@@ -231,7 +231,7 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
 }
 
 /// The drop-in directory that belongs to a main config file.
-pub fn drop_in_dir(main: &Path) -> PathBuf {
+pub(crate) fn drop_in_dir(main: &Path) -> PathBuf {
     let mut dir = main.as_os_str().to_owned();
     dir.push(".d");
     PathBuf::from(dir)
@@ -241,7 +241,7 @@ pub fn drop_in_dir(main: &Path) -> PathBuf {
 /// `*.toml` in the drop-in directory must be a readable regular file (or a
 /// symlink to one): one that is not is an error, never silently skipped.
 /// Hidden files (`.#x.toml`, an editor's lock) are not drop-ins.
-pub fn config_files(main: &Path, main_required: bool) -> Result<Vec<PathBuf>, ConfigError> {
+pub(crate) fn config_files(main: &Path, main_required: bool) -> Result<Vec<PathBuf>, ConfigError> {
     let mut files = Vec::new();
     // symlink_metadata: a dangling symlink at the main path is there, and
     // must fail to read rather than be taken for "no file".

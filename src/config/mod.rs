@@ -4,12 +4,14 @@
 mod load;
 mod raw;
 mod settings;
-pub mod upgrade;
-pub mod values;
+pub(crate) mod upgrade;
+pub(crate) mod values;
 
-pub use load::{
-    ConfigError, DEFAULT_CONFIG, MAX_CONFIG_BYTES, config_files, drop_in_dir, load, load_text,
-};
+pub use load::ConfigError;
+pub(crate) use load::DEFAULT_CONFIG;
+pub(crate) use load::config_files;
+pub use load::load;
+pub use load::load_text;
 pub use raw::RawConfig;
 pub use settings::*;
 pub use upgrade::UpgradeSettings;

@@ -231,7 +231,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-pub const DEFAULT_PROTECTED: &[&str] = &[
+pub(crate) const DEFAULT_PROTECTED: &[&str] = &[
     "kubelet",
     "kubeadm",
     "kubectl",

@@ -32,7 +32,7 @@ pub struct RawUpgrade {
 }
 
 /// The placeholder in `apt-source-template` replaced by `1.35`.
-pub const MINOR_PLACEHOLDER: &str = "{minor}";
+pub(crate) const MINOR_PLACEHOLDER: &str = "{minor}";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpgradeSettings {

@@ -78,7 +78,7 @@ fn q(s: &str) -> String {
 /// Event kinds a notification can be sent for (`Notice::kind`). Gate
 /// re-evaluations and drain progress are left out: too chatty for chat;
 /// `drydock status` and the Events show them.
-pub const NOTIFY_EVENT_KINDS: &[&str] = &[
+pub(crate) const NOTIFY_EVENT_KINDS: &[&str] = &[
     "idle",
     "reboot-needed",
     "lease-acquired",
@@ -97,7 +97,7 @@ pub const NOTIFY_EVENT_KINDS: &[&str] = &[
 ];
 
 /// What is sent when nothing is configured: progress and trouble.
-pub const DEFAULT_NOTIFY_EVENTS: &[&str] = &[
+pub(crate) const DEFAULT_NOTIFY_EVENTS: &[&str] = &[
     "drain-failed",
     "rebooting",
     "upgrading",
@@ -112,7 +112,7 @@ pub const DEFAULT_NOTIFY_EVENTS: &[&str] = &[
 /// Placeholders a message template may use.
 const TEMPLATE_FIELDS: &[&str] = &["node", "event", "severity", "message", "time"];
 
-pub fn event_kind(s: &str) -> Result<String, ValueError> {
+pub(crate) fn event_kind(s: &str) -> Result<String, ValueError> {
     NOTIFY_EVENT_KINDS
         .iter()
         .find(|k| **k == s)
@@ -182,13 +182,17 @@ pub fn message_template(s: &str) -> Result<Vec<TemplatePart>, ValueError> {
     Ok(parts)
 }
 
-pub fn duration(text: &str) -> Result<Duration, ValueError> {
+pub(crate) fn duration(text: &str) -> Result<Duration, ValueError> {
     humantime::parse_duration(text.trim()).map_err(|_| ValueError::Duration(q(text)))
 }
 
 /// A duration within `min..=max` (each key has its own range: zero would
 /// spin a loop or panic a timer, years would overflow a deadline).
-pub fn duration_in(text: &str, min: Duration, max: Duration) -> Result<Duration, ValueError> {
+pub(crate) fn duration_in(
+    text: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ValueError> {
     let d = duration(text)?;
     if d < min || d > max {
         return Err(ValueError::DurationRange {
@@ -200,7 +204,7 @@ pub fn duration_in(text: &str, min: Duration, max: Duration) -> Result<Duration,
     Ok(d)
 }
 
-pub fn time_zone(name: &str) -> Result<TimeZone, ValueError> {
+pub(crate) fn time_zone(name: &str) -> Result<TimeZone, ValueError> {
     let bad = || ValueError::TimeZone(q(name));
     // IANA names are short ASCII words joined by '/'; anything else (a path,
     // a POSIX TZ string, control bytes) is refused before the lookup.
@@ -219,7 +223,7 @@ pub fn time_zone(name: &str) -> Result<TimeZone, ValueError> {
     TimeZone::get(name).map_err(|_| bad())
 }
 
-pub fn time_of_day(text: &str) -> Result<Time, ValueError> {
+pub(crate) fn time_of_day(text: &str) -> Result<Time, ValueError> {
     let bad = || ValueError::TimeOfDay(q(text));
     let (h, m) = text.split_once(':').ok_or_else(bad)?;
     let two_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
@@ -231,7 +235,7 @@ pub fn time_of_day(text: &str) -> Result<Time, ValueError> {
     Time::new(hour, minute, 0, 0).map_err(|_| bad())
 }
 
-pub fn weekday(text: &str) -> Result<Weekday, ValueError> {
+pub(crate) fn weekday(text: &str) -> Result<Weekday, ValueError> {
     Ok(match text.to_ascii_lowercase().as_str() {
         "mon" | "monday" => Weekday::Monday,
         "tue" | "tuesday" => Weekday::Tuesday,
@@ -245,7 +249,7 @@ pub fn weekday(text: &str) -> Result<Weekday, ValueError> {
 }
 
 /// A configured regex: bounded in size so a huge pattern fails fast.
-pub fn regex(pattern: &str) -> Result<Regex, ValueError> {
+pub(crate) fn regex(pattern: &str) -> Result<Regex, ValueError> {
     regex::RegexBuilder::new(pattern)
         .size_limit(1 << 20)
         .build()
@@ -258,7 +262,7 @@ pub fn regex(pattern: &str) -> Result<Regex, ValueError> {
         })
 }
 
-pub fn package_pattern(pattern: &str) -> Result<glob::Pattern, ValueError> {
+pub(crate) fn package_pattern(pattern: &str) -> Result<glob::Pattern, ValueError> {
     let valid_chars = pattern
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.*?[]!".contains(c));
@@ -288,7 +292,7 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-pub fn dns_label(s: &str) -> Result<String, ValueError> {
+pub(crate) fn dns_label(s: &str) -> Result<String, ValueError> {
     if is_dns_label(s) {
         Ok(s.to_string())
     } else {
@@ -296,7 +300,7 @@ pub fn dns_label(s: &str) -> Result<String, ValueError> {
     }
 }
 
-pub fn dns_subdomain(s: &str) -> Result<String, ValueError> {
+pub(crate) fn dns_subdomain(s: &str) -> Result<String, ValueError> {
     if is_dns_subdomain(s) {
         Ok(s.to_string())
     } else {
@@ -304,7 +308,7 @@ pub fn dns_subdomain(s: &str) -> Result<String, ValueError> {
     }
 }
 
-pub fn namespaced_name(s: &str) -> Result<NamespacedName, ValueError> {
+pub(crate) fn namespaced_name(s: &str) -> Result<NamespacedName, ValueError> {
     let bad = || ValueError::NamespacedName(q(s));
     let (ns, name) = s.split_once('/').ok_or_else(bad)?;
     Ok(NamespacedName {
@@ -411,7 +415,7 @@ fn selector_term(term: &str) -> Result<(), String> {
 /// Checks a Kubernetes label selector as the API server would (syntax,
 /// key and value rules), so a bad one fails at check-config, not at every
 /// list call.
-pub fn label_selector(s: &str) -> Result<String, ValueError> {
+pub(crate) fn label_selector(s: &str) -> Result<String, ValueError> {
     if s.trim().is_empty() {
         return Ok(String::new());
     }
@@ -443,7 +447,7 @@ pub fn label_selector(s: &str) -> Result<String, ValueError> {
     Ok(s.trim().to_string())
 }
 
-pub fn http_url(s: String) -> Result<String, ValueError> {
+pub(crate) fn http_url(s: String) -> Result<String, ValueError> {
     let bad = |why: &str| ValueError::Url(q(&redact_url(&s)), why.to_string());
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("it contains whitespace or control characters"));
@@ -469,7 +473,7 @@ pub fn http_url(s: String) -> Result<String, ValueError> {
 
 /// Keeps the scheme and host of a URL that may carry a token in its path,
 /// query or user information: `https://hooks.slack.com/...`.
-pub fn redact_url(s: &str) -> String {
+pub(crate) fn redact_url(s: &str) -> String {
     match s.find("://") {
         Some(i) => {
             let after = &s[i + 3..];
@@ -484,14 +488,14 @@ pub fn redact_url(s: &str) -> String {
     }
 }
 
-pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, ValueError> {
+pub(crate) fn socket_addr(s: &str) -> Result<std::net::SocketAddr, ValueError> {
     match s.parse::<std::net::SocketAddr>() {
         Ok(addr) if addr.port() != 0 => Ok(addr),
         _ => Err(ValueError::SocketAddr(q(s))),
     }
 }
 
-pub fn bounded_count(value: i64, min: i64, max: i64) -> Result<u32, ValueError> {
+pub(crate) fn bounded_count(value: i64, min: i64, max: i64) -> Result<u32, ValueError> {
     if (min..=max).contains(&value) {
         Ok(value as u32)
     } else {
@@ -502,7 +506,7 @@ pub fn bounded_count(value: i64, min: i64, max: i64) -> Result<u32, ValueError> 
 /// An absolute path of reasonable length without control characters (a NUL
 /// cannot be opened; a relative path would resolve against whatever
 /// directory apt or systemd happens to run drydock in).
-pub fn abs_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
+pub(crate) fn abs_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
     let bad = |why| ValueError::Path(q(s), why);
     if s.is_empty() {
         return Err(bad("it is empty; expected an absolute path"));
@@ -520,7 +524,7 @@ pub fn abs_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
 }
 
 /// An absolute path that names a file (not a directory like "/" or "x/").
-pub fn file_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
+pub(crate) fn file_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
     let path = abs_path(s)?;
     if s.ends_with('/') || path.file_name().is_none() {
         return Err(ValueError::Path(
@@ -533,7 +537,7 @@ pub fn file_path(s: &str) -> Result<std::path::PathBuf, ValueError> {
 
 /// A command: empty (none), or an absolute program and its arguments; the
 /// error names the element at fault.
-pub fn argv(argv: Vec<String>) -> Result<Vec<String>, (usize, ValueError)> {
+pub(crate) fn argv(argv: Vec<String>) -> Result<Vec<String>, (usize, ValueError)> {
     if let Some(program) = argv.first()
         && (!program.starts_with('/') || program.chars().any(char::is_control))
     {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::{Verdict, list_names};
 use crate::config::AlertSettings;
 
-pub const NAME: &str = super::GateName::Alerts.as_str();
+pub(crate) const NAME: &str = super::GateName::Alerts.as_str();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -91,7 +91,7 @@ pub enum AlertObservation {
 }
 
 /// The configured source; Alertmanager wins when both are set.
-pub fn source(settings: &AlertSettings) -> Option<AlertSource> {
+pub(crate) fn source(settings: &AlertSettings) -> Option<AlertSource> {
     if let Some(url) = &settings.alertmanager_url {
         return Some(AlertSource {
             kind: SourceKind::Alertmanager,

@@ -5,9 +5,9 @@
 use super::{Verdict, list_names};
 use crate::cluster::observe::BlockingPods;
 
-pub const NAME: &str = super::GateName::BlockingPods.as_str();
+pub(crate) const NAME: &str = super::GateName::BlockingPods.as_str();
 
-pub fn evaluate(found: &[BlockingPods]) -> Verdict {
+pub(crate) fn evaluate(found: &[BlockingPods]) -> Verdict {
     let pods: Vec<(String, &str)> = found
         .iter()
         .flat_map(|b| {

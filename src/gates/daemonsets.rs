@@ -14,11 +14,11 @@
 use super::{Verdict, list_names};
 use crate::cluster::observe::{DaemonSetObservation, DaemonSetState};
 
-pub const NAME: &str = super::GateName::DaemonSets.as_str();
+pub(crate) const NAME: &str = super::GateName::DaemonSets.as_str();
 
 /// `configured`: the list came from the configuration (missing ones block)
 /// rather than from the default (missing ones pass).
-pub fn evaluate(daemonsets: &[DaemonSetObservation], configured: bool) -> Verdict {
+pub(crate) fn evaluate(daemonsets: &[DaemonSetObservation], configured: bool) -> Verdict {
     let problems: Vec<String> = daemonsets
         .iter()
         .filter_map(|ds| problem(ds, configured))

@@ -11,22 +11,22 @@
 //! [`shared`] on the Namespace, so the other waiting nodes stop at the
 //! cheap stage until it runs out.
 
-pub mod alerts;
-pub mod blocking_pods;
-pub mod daemonsets;
-pub mod name;
-pub mod nodes_ready;
-pub mod paused;
-pub mod shared;
-pub mod soak;
-pub mod window;
+pub(crate) mod alerts;
+pub(crate) mod blocking_pods;
+pub(crate) mod daemonsets;
+pub(crate) mod name;
+pub(crate) mod nodes_ready;
+pub(crate) mod paused;
+pub(crate) mod shared;
+pub(crate) mod soak;
+pub(crate) mod window;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 pub use alerts::AlertObservation;
 pub use name::GateName;
-pub use paused::LocalPause;
+pub(crate) use paused::LocalPause;
 
 use crate::cluster::annotations::{self, ClusterControl};
 use crate::cluster::observe::ClusterObservation;
@@ -258,7 +258,7 @@ fn known_end(
 
 /// Name of the report standing for every cluster-wide gate when the
 /// cluster could not be read.
-pub const CLUSTER_UNAVAILABLE: &str = GateName::Cluster.as_str();
+pub(crate) const CLUSTER_UNAVAILABLE: &str = GateName::Cluster.as_str();
 
 /// The cluster-wide gates when [`observe`](crate::cluster::observe::observe)
 /// failed: one blocking report with the error (fail closed).
@@ -270,7 +270,7 @@ pub fn cluster_unavailable(error: &crate::cluster::observe::ObserveError) -> Vec
 }
 
 /// `3h12m`, `21h`, `1d2h`, `45s`: short and rounded down.
-pub fn human(d: SignedDuration) -> String {
+pub(crate) fn human(d: SignedDuration) -> String {
     let s = d.as_secs().max(0);
     let (days, hours, minutes) = (s / 86_400, (s % 86_400) / 3_600, (s % 3_600) / 60);
     match (days, hours, minutes) {
@@ -284,7 +284,7 @@ pub fn human(d: SignedDuration) -> String {
 }
 
 /// How long ago `then` was, as [`human`] (0s for the future).
-pub fn ago(now: Timestamp, then: Timestamp) -> String {
+pub(crate) fn ago(now: Timestamp, then: Timestamp) -> String {
     human(now.duration_since(then))
 }
 

@@ -6,9 +6,9 @@ use jiff::Timestamp;
 use super::{Verdict, ago, list_names};
 use crate::cluster::observe::{NodeView, ReadyStatus};
 
-pub const NAME: &str = super::GateName::NodesReady.as_str();
+pub(crate) const NAME: &str = super::GateName::NodesReady.as_str();
 
-pub fn evaluate(nodes: &[NodeView], node_selector: &str, now: Timestamp) -> Verdict {
+pub(crate) fn evaluate(nodes: &[NodeView], node_selector: &str, now: Timestamp) -> Verdict {
     if nodes.is_empty() {
         // Fail closed: a selector that matches nothing is a mistake.
         return Verdict::Block(if node_selector.is_empty() {

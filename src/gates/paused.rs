@@ -10,11 +10,11 @@ use crate::cluster::annotations::{self, ClusterControl};
 use crate::store::{Store, StoreError};
 
 /// The local pause gate (a local gate, checked before anything else).
-pub const LOCAL: &str = super::GateName::Paused.as_str();
+pub(crate) const LOCAL: &str = super::GateName::Paused.as_str();
 /// The cluster-wide pause gate.
-pub const CLUSTER: &str = super::GateName::ClusterPaused.as_str();
+pub(crate) const CLUSTER: &str = super::GateName::ClusterPaused.as_str();
 /// The halted gate.
-pub const HALTED: &str = super::GateName::Halted.as_str();
+pub(crate) const HALTED: &str = super::GateName::Halted.as_str();
 
 /// Store key of the local pause.
 const PAUSE_KEY: &str = crate::store::keys::PAUSE;
@@ -26,7 +26,7 @@ pub struct LocalPause {
 }
 
 /// `drydock pause --reason`. Pausing again replaces the reason.
-pub fn pause(store: &Store, reason: &str) -> Result<LocalPause, StoreError> {
+pub(crate) fn pause(store: &Store, reason: &str) -> Result<LocalPause, StoreError> {
     let pause = LocalPause {
         reason: if reason.trim().is_empty() {
             "no reason given".into()
@@ -40,15 +40,15 @@ pub fn pause(store: &Store, reason: &str) -> Result<LocalPause, StoreError> {
 }
 
 /// `drydock resume`; true if it was paused.
-pub fn resume(store: &Store) -> Result<bool, StoreError> {
+pub(crate) fn resume(store: &Store) -> Result<bool, StoreError> {
     store.remove(PAUSE_KEY)
 }
 
-pub fn local_pause(store: &Store) -> Result<Option<LocalPause>, StoreError> {
+pub(crate) fn local_pause(store: &Store) -> Result<Option<LocalPause>, StoreError> {
     store.get(PAUSE_KEY)
 }
 
-pub fn evaluate_local(pause: Option<&LocalPause>) -> Verdict {
+pub(crate) fn evaluate_local(pause: Option<&LocalPause>) -> Verdict {
     match pause {
         None => Verdict::Pass,
         Some(p) => Verdict::Block(format!(
@@ -59,7 +59,7 @@ pub fn evaluate_local(pause: Option<&LocalPause>) -> Verdict {
     }
 }
 
-pub fn evaluate_cluster(control: &ClusterControl, namespace: &str) -> Verdict {
+pub(crate) fn evaluate_cluster(control: &ClusterControl, namespace: &str) -> Verdict {
     match &control.paused {
         None => Verdict::Pass,
         Some(reason) => Verdict::Block(format!(
@@ -69,7 +69,7 @@ pub fn evaluate_cluster(control: &ClusterControl, namespace: &str) -> Verdict {
     }
 }
 
-pub fn evaluate_halted(control: &ClusterControl, namespace: &str) -> Verdict {
+pub(crate) fn evaluate_halted(control: &ClusterControl, namespace: &str) -> Verdict {
     match &control.halted {
         None => Verdict::Pass,
         Some(reason) => Verdict::Block(format!(

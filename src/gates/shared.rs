@@ -39,7 +39,7 @@ const REASON_MAX: usize = 200;
 /// only verdicts reached under the same ones. No URL goes in (it may carry
 /// credentials), only which alert source is used. FNV-1a: stable across
 /// builds, unlike std's hasher.
-pub fn scope(settings: &Settings) -> String {
+pub(crate) fn scope(settings: &Settings) -> String {
     let g = &settings.gates;
     let a = &settings.alerts;
     let daemonsets: Vec<String> = g
@@ -68,7 +68,7 @@ pub fn scope(settings: &Settings) -> String {
 
 /// The shared verdict on the Namespace, when it still holds for this node:
 /// its gate (as one of [`SHAREABLE`]) and the verdict.
-pub fn in_force<'a>(
+pub(crate) fn in_force<'a>(
     settings: &Settings,
     control: &'a ClusterControl,
     now: Timestamp,
@@ -84,7 +84,7 @@ pub fn in_force<'a>(
 }
 
 /// The shared verdict as this node shows it: `<reason> (seen by <node> 40s ago)`.
-pub fn describe(b: &SharedBlock, now: Timestamp) -> String {
+pub(crate) fn describe(b: &SharedBlock, now: Timestamp) -> String {
     let reason: String = b
         .reason
         .chars()
@@ -105,7 +105,7 @@ pub fn describe(b: &SharedBlock, now: Timestamp) -> String {
 /// when the gates pass or only this node's own gates block, and not an
 /// alert gate that could not ask Prometheus (maybe only this node cannot
 /// reach it).
-pub fn to_share(
+pub(crate) fn to_share(
     settings: &Settings,
     reports: &[GateReport],
     alert_observation: &AlertObservation,

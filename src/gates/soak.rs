@@ -10,9 +10,9 @@ use super::{Verdict, ago, human, list_names};
 use crate::cluster::annotations::{ClusterControl, LAST_REBOOT_FINISHED};
 use crate::cluster::observe::NodeView;
 
-pub const NAME: &str = super::GateName::Soak.as_str();
+pub(crate) const NAME: &str = super::GateName::Soak.as_str();
 
-pub fn evaluate(
+pub(crate) fn evaluate(
     nodes: &[NodeView],
     control: &ClusterControl,
     soak: Duration,
@@ -77,7 +77,7 @@ pub fn evaluate(
 /// When the soak ends by itself: the latest finished reboot or Ready
 /// change plus the soak period. `None` when it does not block, or when the
 /// end is unknown (an unreadable annotation).
-pub fn ends_at(
+pub(crate) fn ends_at(
     nodes: &[NodeView],
     control: &ClusterControl,
     soak: Duration,

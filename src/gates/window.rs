@@ -10,11 +10,11 @@ use jiff::{SignedDuration, Timestamp, ToSpan, Zoned};
 use super::Verdict;
 use crate::config::Window;
 
-pub const NAME: &str = super::GateName::Window.as_str();
+pub(crate) const NAME: &str = super::GateName::Window.as_str();
 
 /// A window wide open from `start` to `end`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Occurrence {
+pub(crate) struct Occurrence {
     pub start: Zoned,
     pub end: Zoned,
 }
@@ -60,13 +60,13 @@ fn open_occurrence(window: &Window, now: Timestamp) -> Option<Occurrence> {
 }
 
 /// Whether any window is open at `now` (always, when none are configured).
-pub fn is_open(windows: &[Window], now: Timestamp) -> bool {
+pub(crate) fn is_open(windows: &[Window], now: Timestamp) -> bool {
     windows.is_empty() || windows.iter().any(|w| open_occurrence(w, now).is_some())
 }
 
 /// The next window start strictly after `now`, in that window's time zone.
 /// `None` when no windows are configured.
-pub fn next_opening(windows: &[Window], now: Timestamp) -> Option<Zoned> {
+pub(crate) fn next_opening(windows: &[Window], now: Timestamp) -> Option<Zoned> {
     windows
         .iter()
         .flat_map(|w| occurrences(w, now, 0, 8))
@@ -76,12 +76,12 @@ pub fn next_opening(windows: &[Window], now: Timestamp) -> Option<Zoned> {
 }
 
 /// `Tue 02:00 Europe/London`.
-pub fn describe(at: &Zoned) -> String {
+pub(crate) fn describe(at: &Zoned) -> String {
     let tz = at.time_zone().iana_name().unwrap_or("UTC").to_string();
     format!("{} {tz}", at.strftime("%a %H:%M"))
 }
 
-pub fn evaluate(windows: &[Window], now: Timestamp) -> Verdict {
+pub(crate) fn evaluate(windows: &[Window], now: Timestamp) -> Verdict {
     if is_open(windows, now) {
         return Verdict::Pass;
     }

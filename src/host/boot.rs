@@ -7,18 +7,18 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// The kernel's random ID of the running boot.
-pub const DEFAULT_BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+pub(crate) const DEFAULT_BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// Holds `btime`, the boot time in seconds since the epoch.
-pub const DEFAULT_PROC_STAT_PATH: &str = "/proc/stat";
+pub(crate) const DEFAULT_PROC_STAT_PATH: &str = "/proc/stat";
 /// PID 1 of this machine's PID namespace (the node's init, also in a container).
-pub const DEFAULT_INIT_STAT_PATH: &str = "/proc/1/stat";
+pub(crate) const DEFAULT_INIT_STAT_PATH: &str = "/proc/1/stat";
 
 /// How far two readings of one boot's start may drift apart (btime is
 /// whole seconds and moves when the clock is stepped).
 const SAME_START_SLACK: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
-pub enum BootError {
+pub(crate) enum BootError {
     #[error("reading the boot ID from {path}: {source}")]
     Read {
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum BootError {
 /// `btime` plus PID 1's start time. `btime` alone is the host kernel's in a
 /// container and does not change when the container reboots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BootSignals {
+pub(crate) struct BootSignals {
     pub boot_id: BootId,
     pub btime: Timestamp,
     pub started: Timestamp,
@@ -47,7 +47,7 @@ pub struct BootSignals {
 
 /// Whether the machine rebooted between two readings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BootChange {
+pub(crate) enum BootChange {
     /// Same boot_id, same start.
     Same,
     /// Both signals changed: a new boot.
@@ -59,7 +59,7 @@ pub enum BootChange {
 }
 
 /// Compares two readings (pure).
-pub fn compare(before: &BootSignals, now: &BootSignals) -> BootChange {
+pub(crate) fn compare(before: &BootSignals, now: &BootSignals) -> BootChange {
     let id_changed = before.boot_id != now.boot_id;
     let drift = now.started.duration_since(before.started).unsigned_abs();
     let start_changed = drift > SAME_START_SLACK;
@@ -80,7 +80,7 @@ pub fn compare(before: &BootSignals, now: &BootSignals) -> BootChange {
 }
 
 /// Reads both signals from the given files (normally the `DEFAULT_*` paths).
-pub fn read_signals(
+pub(crate) fn read_signals(
     boot_id_path: &Path,
     proc_stat_path: &Path,
     init_stat_path: &Path,
@@ -146,7 +146,7 @@ impl fmt::Display for BootId {
 }
 
 /// Reads the boot ID from `path` (normally [`DEFAULT_BOOT_ID_PATH`]).
-pub fn read_boot_id(path: &Path) -> Result<BootId, BootError> {
+pub(crate) fn read_boot_id(path: &Path) -> Result<BootId, BootError> {
     let content = std::fs::read_to_string(path).map_err(|source| BootError::Read {
         path: path.to_path_buf(),
         source,

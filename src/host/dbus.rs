@@ -4,7 +4,7 @@ use zbus::DBusError;
 
 /// The D-Bus error name and message of a method error; `None` for a
 /// transport failure (no reply at all).
-pub fn error_parts(e: &zbus::Error) -> Option<(String, String)> {
+pub(crate) fn error_parts(e: &zbus::Error) -> Option<(String, String)> {
     match e {
         zbus::Error::MethodError(name, detail, _) => {
             Some((name.to_string(), detail.clone().unwrap_or_default()))

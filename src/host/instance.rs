@@ -8,12 +8,12 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub fn lock_path(run_dir: &Path) -> PathBuf {
+pub(crate) fn lock_path(run_dir: &Path) -> PathBuf {
     run_dir.join("daemon.lock")
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum InstanceError {
+pub(crate) enum InstanceError {
     #[error("another drydock daemon is running (pid {pid}, lock {path})")]
     AlreadyRunning { pid: String, path: PathBuf },
     #[error("taking the daemon lock {path}: {source}")]
@@ -25,7 +25,7 @@ pub enum InstanceError {
 
 /// Held while the daemon runs; the lock goes with the process.
 #[derive(Debug)]
-pub struct DaemonLock {
+pub(crate) struct DaemonLock {
     _file: File,
 }
 
@@ -54,7 +54,7 @@ fn pid_in(file: &mut File) -> String {
 }
 
 impl DaemonLock {
-    pub fn acquire(run_dir: &Path) -> Result<DaemonLock, InstanceError> {
+    pub(crate) fn acquire(run_dir: &Path) -> Result<DaemonLock, InstanceError> {
         let path = lock_path(run_dir);
         let io = |source| InstanceError::Io {
             path: path.clone(),
@@ -80,7 +80,7 @@ impl DaemonLock {
 }
 
 /// The pid of the running daemon, or `None` when none holds the lock.
-pub fn running_daemon(run_dir: &Path) -> Option<String> {
+pub(crate) fn running_daemon(run_dir: &Path) -> Option<String> {
     let mut file = open(&lock_path(run_dir), false).ok()?;
     match file.try_lock_shared() {
         Ok(()) => None,

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum KernelError {
+pub(crate) enum KernelError {
     #[error("reading the running kernel release from {}: {source}", path.display())]
     Running {
         path: PathBuf,
@@ -23,7 +23,7 @@ pub enum KernelError {
 const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 
 /// The running kernel release (`uname -r`), e.g. `6.1.0-18-amd64`.
-pub fn running_release() -> Result<String, KernelError> {
+pub(crate) fn running_release() -> Result<String, KernelError> {
     std::fs::read_to_string(OSRELEASE)
         .map(|s| s.trim().to_string())
         .map_err(|source| KernelError::Running {
@@ -59,7 +59,7 @@ fn compare_releases(a: &str, b: &str) -> Ordering {
 }
 
 /// Release names of the kernels installed in `boot_dir` (`vmlinuz-<release>`).
-pub fn installed_releases(boot_dir: &Path) -> Result<Vec<String>, KernelError> {
+pub(crate) fn installed_releases(boot_dir: &Path) -> Result<Vec<String>, KernelError> {
     let err = |source| KernelError::BootDir {
         dir: boot_dir.into(),
         source,
@@ -92,7 +92,7 @@ pub fn installed_releases(boot_dir: &Path) -> Result<Vec<String>, KernelError> {
 /// The newest installed release of the running kernel's flavour, if it is
 /// newer than the running one. Kernels of other flavours (an `-rt` kernel
 /// beside `-amd64`) are not what this machine boots, so they are ignored.
-pub fn newer_installed<'a>(running: &str, installed: &'a [String]) -> Option<&'a str> {
+pub(crate) fn newer_installed<'a>(running: &str, installed: &'a [String]) -> Option<&'a str> {
     let flavour = split_release(running).1;
     installed
         .iter()

@@ -1,13 +1,13 @@
 //! This machine: reboot sentinels, installed kernels, boot_id, apt/dpkg,
 //! systemd and logind, post-boot checks.
 
-pub mod boot;
-pub mod checks;
-pub mod command;
-pub mod dbus;
-pub mod dpkg;
-pub mod instance;
-pub mod kernel;
-pub mod logind;
-pub mod sentinel;
-pub mod systemd;
+pub(crate) mod boot;
+pub(crate) mod checks;
+pub(crate) mod command;
+pub(crate) mod dbus;
+pub(crate) mod dpkg;
+pub(crate) mod instance;
+pub(crate) mod kernel;
+pub(crate) mod logind;
+pub(crate) mod sentinel;
+pub(crate) mod systemd;

@@ -23,7 +23,7 @@ const REQUEST_KEY: crate::store::keys::Key<RebootRequest> =
 /// Why a reboot is needed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "kebab-case")]
-pub enum RebootReason {
+pub(crate) enum RebootReason {
     /// The sentinel file exists; `packages` from its `.pkgs` companion.
     SentinelFile {
         path: PathBuf,
@@ -61,7 +61,7 @@ impl fmt::Display for RebootReason {
 
 /// A source that could not be checked. Reported (status, logs), not acted on.
 #[derive(Debug, thiserror::Error)]
-pub enum SentinelError {
+pub(crate) enum SentinelError {
     #[error("reading reboot sentinel {}: {source}", path.display())]
     File {
         path: PathBuf,
@@ -89,19 +89,19 @@ pub enum SentinelError {
 
 /// The answer: reboot needed when `reasons` is not empty.
 #[derive(Debug, Default)]
-pub struct RebootNeed {
+pub(crate) struct RebootNeed {
     pub reasons: Vec<RebootReason>,
     /// Sources that could not be checked (they did not count as "needed").
     pub problems: Vec<SentinelError>,
 }
 
 impl RebootNeed {
-    pub fn needed(&self) -> bool {
+    pub(crate) fn needed(&self) -> bool {
         !self.reasons.is_empty()
     }
 
     /// One line, e.g. for the systemd STATUS.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         self.reasons
             .iter()
             .map(ToString::to_string)
@@ -133,18 +133,18 @@ pub fn request_reboot(store: &Store, reason: &str) -> Result<RebootRequest, Stor
 }
 
 /// Drops the operator's request; true if there was one.
-pub fn clear_reboot_request(store: &Store) -> Result<bool, StoreError> {
+pub(crate) fn clear_reboot_request(store: &Store) -> Result<bool, StoreError> {
     store.remove(REQUEST_KEY)
 }
 
-pub fn reboot_request(store: &Store) -> Result<Option<RebootRequest>, StoreError> {
+pub(crate) fn reboot_request(store: &Store) -> Result<Option<RebootRequest>, StoreError> {
     store.read(REQUEST_KEY)
 }
 
 /// Checks every source. `running_release` is `uname -r` (see
 /// [`kernel::running_release`]); `request` comes from [`reboot_request`]
 /// (read by the caller, because the store cannot cross an await).
-pub async fn check(
+pub(crate) async fn check(
     settings: &RebootSettings,
     running_release: &str,
     request: Option<RebootRequest>,
@@ -173,7 +173,7 @@ pub async fn check(
 }
 
 /// The sentinel file and the packages listed in `<file>.pkgs`.
-pub fn sentinel_file(path: &Path) -> Result<Option<RebootReason>, SentinelError> {
+pub(crate) fn sentinel_file(path: &Path) -> Result<Option<RebootReason>, SentinelError> {
     match std::fs::symlink_metadata(path) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -218,7 +218,7 @@ pub fn sentinel_file(path: &Path) -> Result<Option<RebootReason>, SentinelError>
 
 /// Runs the sentinel command (argv, no shell): exit 0 means a reboot is
 /// needed, any other exit code means not. Killed when it overruns `timeout`.
-pub async fn sentinel_command(
+pub(crate) async fn sentinel_command(
     argv: &[String],
     timeout: Duration,
 ) -> Result<Option<RebootReason>, SentinelError> {

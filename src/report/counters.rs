@@ -12,7 +12,7 @@ use super::notice::{Notice, Phase};
 use crate::store::{Store, StoreError};
 
 /// The store key holding [`Counters`].
-pub const COUNTERS_KEY: &str = "report.counters";
+pub(crate) const COUNTERS_KEY: &str = "report.counters";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -15,7 +15,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 
 use super::notice::EventSpec;
 use crate::cluster::node::NodeReport;
-pub use crate::cluster::node::{REASON_ANNOTATION, STATE_ANNOTATION};
+pub use crate::cluster::node::REASON_ANNOTATION;
+pub use crate::cluster::node::STATE_ANNOTATION;
 /// `reportingComponent` of every event drydock writes.
 const CONTROLLER: &str = "drydock.dev/drydock";
 /// `source.component`, what `kubectl describe node` shows in "From".

@@ -38,7 +38,7 @@ fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_string(), value.to_string())]
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     reboot_required: Gauge,
     state: Family<Labels, Gauge>,
@@ -74,7 +74,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// A fresh model whose counters continue from `counters`.
-    pub fn new(counters: &Counters) -> Metrics {
+    pub(crate) fn new(counters: &Counters) -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             reboot_required: Gauge::default(),
@@ -259,7 +259,7 @@ impl Metrics {
     }
 
     /// Moves the counters up to the persisted totals (they only grow).
-    pub fn sync_counters(&mut self, counters: &Counters) {
+    pub(crate) fn sync_counters(&mut self, counters: &Counters) {
         for (metric, total) in [
             (&self.reboots, counters.reboots_total),
             (&self.drain_failures, counters.drain_failures_total),
@@ -283,7 +283,7 @@ impl Metrics {
 
     /// Names the node in `drydock_build_info{node=...}`, so a dashboard can
     /// show node names instead of scrape addresses.
-    pub fn set_node(&mut self, node: &str) {
+    pub(crate) fn set_node(&mut self, node: &str) {
         self.build.clear();
         self.build
             .get_or_create(&vec![
@@ -294,12 +294,12 @@ impl Metrics {
     }
 
     /// The daemon is alive and looping (the heartbeat).
-    pub fn heartbeat(&mut self, now: Timestamp) {
+    pub(crate) fn heartbeat(&mut self, now: Timestamp) {
         self.last_report.set(unix(now));
     }
 
     /// The eviction retries so far (the counter only moves up to it).
-    pub fn set_evictions_retried(&mut self, total: u64) {
+    pub(crate) fn set_evictions_retried(&mut self, total: u64) {
         let now = self.evictions_retried.get();
         if total > now {
             self.evictions_retried.inc_by(total - now);
@@ -308,7 +308,7 @@ impl Metrics {
 
     /// The kubelet's version on this node and the cluster's target (`None`:
     /// unknown / not set; the series is then absent).
-    pub fn set_kubernetes_versions(&mut self, current: Option<&str>, target: Option<&str>) {
+    pub(crate) fn set_kubernetes_versions(&mut self, current: Option<&str>, target: Option<&str>) {
         if let Some(current) = current {
             set_info(&self.kubelet_version, &mut self.versions.0, current);
         }
@@ -318,13 +318,13 @@ impl Metrics {
     }
 
     /// When drydock's client certificate expires (`None`: no certificate).
-    pub fn set_certificate_expiry(&mut self, expiry: Option<Timestamp>) {
+    pub(crate) fn set_certificate_expiry(&mut self, expiry: Option<Timestamp>) {
         self.cert_expiry.set(expiry.map_or(0.0, unix));
     }
 
     /// Folds a notice into the gauges. Counters come from [`Counters`] via
     /// [`Metrics::sync_counters`], so they survive restarts.
-    pub fn apply(&mut self, notice: &Notice, now: Timestamp) {
+    pub(crate) fn apply(&mut self, notice: &Notice, now: Timestamp) {
         self.last_notice.set(unix(now));
         self.heartbeat(now);
         if let Some(phase) = notice.phase() {
@@ -411,7 +411,7 @@ impl Metrics {
 
     /// The outcome of a dpkg hold reconciliation: `None` when it failed
     /// (the counts keep their last known values).
-    pub fn set_holds(&mut self, held: Option<(usize, usize)>) {
+    pub(crate) fn set_holds(&mut self, held: Option<(usize, usize)>) {
         self.holds_ok.set(i64::from(held.is_some()));
         if let Some((by_drydock, by_admin)) = held {
             for (holder, n) in [("drydock", by_drydock), ("admin", by_admin)] {
@@ -432,7 +432,7 @@ impl Metrics {
     }
 
     /// OpenMetrics text, for the HTTP endpoint.
-    pub fn openmetrics(&self) -> String {
+    pub(crate) fn openmetrics(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -440,7 +440,7 @@ impl Metrics {
     }
 
     /// Classic Prometheus text (what node-exporter's textfile collector parses).
-    pub fn prometheus_text(&self) -> String {
+    pub(crate) fn prometheus_text(&self) -> String {
         to_prometheus_text(&self.openmetrics())
     }
 }

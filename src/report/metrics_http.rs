@@ -35,7 +35,7 @@ async fn metrics(State(m): State<Arc<Mutex<Metrics>>>, headers: HeaderMap) -> im
 }
 
 /// Serves `/metrics` on an already bound listener until the task is aborted.
-pub fn serve(listener: TcpListener, metrics_model: Arc<Mutex<Metrics>>) -> JoinHandle<()> {
+pub(crate) fn serve(listener: TcpListener, metrics_model: Arc<Mutex<Metrics>>) -> JoinHandle<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/", get(|| async { "drydock: metrics at /metrics\n" }))

@@ -9,15 +9,15 @@
 //! bounded queues. Call [`Reporter::flush`] before rebooting so the last
 //! words leave the machine.
 
-pub mod counters;
-pub mod events;
-pub mod metrics;
-pub mod metrics_http;
-pub mod notice;
-pub mod notify;
-pub mod publish;
-pub mod sd_notify;
-pub mod textfile;
+pub(crate) mod counters;
+pub(crate) mod events;
+pub(crate) mod metrics;
+pub(crate) mod metrics_http;
+pub(crate) mod notice;
+pub(crate) mod notify;
+pub(crate) mod publish;
+pub(crate) mod sd_notify;
+pub(crate) mod textfile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,10 +29,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-pub use counters::{COUNTERS_KEY, Counters};
-pub use events::{REASON_ANNOTATION, STATE_ANNOTATION};
-pub use metrics::Metrics;
-pub use notice::{BlockedGate, EventSpec, Notice, Phase, PhaseDurations, Severity, View};
+pub(crate) use counters::Counters;
+pub use events::REASON_ANNOTATION;
+pub use events::STATE_ANNOTATION;
+pub(crate) use metrics::Metrics;
+pub use notice::BlockedGate;
+pub(crate) use notice::EventSpec;
+pub use notice::Notice;
+pub(crate) use notice::Phase;
+pub use notice::PhaseDurations;
+pub(crate) use notice::View;
 pub use notify::RetryPolicy;
 
 use crate::cluster::node::kubelet_version;
@@ -58,7 +64,7 @@ const QUEUE: usize = 64;
 
 /// How often the node republishes its report although nothing changed, so
 /// `drydock cluster status` can tell a running daemon from a dead one.
-pub const REPUBLISH_EVERY: Duration = Duration::from_secs(300);
+pub(crate) const REPUBLISH_EVERY: Duration = Duration::from_secs(300);
 
 /// Drain progress alone is republished at most this often.
 const WORDS_REPUBLISH_MIN: Duration = Duration::from_secs(5);

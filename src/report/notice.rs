@@ -106,7 +106,7 @@ impl PhaseDurations {
 }
 
 /// Where this node is in its cycle (one vocabulary with the agent).
-pub use crate::phase::Phase;
+pub(crate) use crate::phase::Phase;
 
 /// Kubernetes Event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -139,7 +139,7 @@ pub struct EventSpec {
 const MAX_TEXT: usize = 1000;
 
 /// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
-pub fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
@@ -443,7 +443,7 @@ impl View {
 }
 
 /// STATUS= must stay one line and should stay short.
-pub fn status_text(line: &str) -> String {
+pub(crate) fn status_text(line: &str) -> String {
     truncate(&line.replace('\n', " "), 200)
 }
 

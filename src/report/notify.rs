@@ -73,7 +73,12 @@ impl NotifyError {
 type Templates = BTreeMap<String, Vec<TemplatePart>>;
 
 /// Fills a template's placeholders.
-pub fn render(template: &[TemplatePart], node: &str, notice: &Notice, at: Timestamp) -> String {
+pub(crate) fn render(
+    template: &[TemplatePart],
+    node: &str,
+    notice: &Notice,
+    at: Timestamp,
+) -> String {
     let mut out = String::new();
     for part in template {
         match part {
@@ -137,7 +142,7 @@ fn webhook_body(
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReceiverKind {
+pub(crate) enum ReceiverKind {
     Slack,
     Webhook,
 }
@@ -154,7 +159,7 @@ impl ReceiverKind {
 /// One place notifications go. Each receiver has its own queue and task,
 /// so a dead one delays nobody else.
 #[derive(Debug, Clone)]
-pub struct Receiver {
+pub(crate) struct Receiver {
     kind: ReceiverKind,
     url: Secret,
     events: BTreeSet<String>,
@@ -165,7 +170,7 @@ pub struct Receiver {
 }
 
 /// The receivers configured in `[report]` (none when no URL is set).
-pub fn receivers(
+pub(crate) fn receivers(
     node: &str,
     report: &ReportSettings,
     policy: RetryPolicy,
@@ -210,18 +215,18 @@ pub fn receivers(
 
 impl Receiver {
     /// Whether this receiver is told about `notice`.
-    pub fn wants(&self, notice: &Notice) -> bool {
+    pub(crate) fn wants(&self, notice: &Notice) -> bool {
         // An apt run is news only when it refused something.
         let news = !matches!(notice, Notice::AptRun { refused, .. } if refused.is_empty());
         news && self.events.contains(notice.kind())
     }
 
     /// The scheme and host only: what logs and errors may show.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("{} {}", self.kind.as_str(), redact_url(self.url.expose()))
     }
 
-    pub fn body(&self, notice: &Notice, at: Timestamp) -> Value {
+    pub(crate) fn body(&self, notice: &Notice, at: Timestamp) -> Value {
         let template = self.templates.get(notice.kind()).map(Vec::as_slice);
         match self.kind {
             ReceiverKind::Slack => slack_body(&self.node, notice, at, template),
@@ -231,7 +236,7 @@ impl Receiver {
 
     /// Posts one notice (with retries); a failure is logged (host only)
     /// and returned for tests, never raised to the agent.
-    pub async fn send(&self, notice: &Notice, at: Timestamp) -> Result<(), NotifyError> {
+    pub(crate) async fn send(&self, notice: &Notice, at: Timestamp) -> Result<(), NotifyError> {
         let result = self.post(&self.body(notice, at)).await;
         if let Err(e) = &result {
             warn!(event = notice.kind(), error = %e, "notification not delivered");

@@ -16,7 +16,7 @@ fn at(secs: Option<i64>) -> Option<Timestamp> {
 
 /// `agent_line`: the agent's own status line, when it has one (it says more
 /// than the view: "waiting: lease held by worker-3").
-pub fn node_report(
+pub(crate) fn node_report(
     view: &View,
     agent_line: Option<&str>,
     counters: &Counters,

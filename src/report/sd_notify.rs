@@ -10,7 +10,7 @@ use tracing::debug;
 /// Sends to the service manager; remembers the last STATUS so an unchanged
 /// line is not sent again.
 #[derive(Debug, Default)]
-pub struct SystemdNotifier {
+pub(crate) struct SystemdNotifier {
     last_status: Mutex<Option<String>>,
 }
 
@@ -22,17 +22,17 @@ fn send(states: &[NotifyState]) {
 }
 
 impl SystemdNotifier {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         SystemdNotifier::default()
     }
 
     /// Whether systemd is listening (NOTIFY_SOCKET is set).
-    pub fn enabled() -> bool {
+    pub(crate) fn enabled() -> bool {
         std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
     }
 
     /// READY=1 together with the current status.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         // One line: a newline would start another notify assignment.
         let status = &crate::text::display(status, 400);
         *self.lock() = Some(status.clone());
@@ -40,7 +40,7 @@ impl SystemdNotifier {
     }
 
     /// STATUS=line, only if it differs from the last one sent.
-    pub fn status(&self, status: &str) -> bool {
+    pub(crate) fn status(&self, status: &str) -> bool {
         let status = &crate::text::display(status, 400);
         let mut last = self.lock();
         if last.as_deref() == Some(status) {
@@ -52,17 +52,17 @@ impl SystemdNotifier {
         true
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
-    pub fn watchdog() {
+    pub(crate) fn watchdog() {
         send(&[NotifyState::Watchdog]);
     }
 
     /// How often to send WATCHDOG=1: half of WatchdogSec, when systemd asked
     /// for keep-alives from this process.
-    pub fn watchdog_interval() -> Option<Duration> {
+    pub(crate) fn watchdog_interval() -> Option<Duration> {
         let mut usec = 0u64;
         if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
             Some(Duration::from_micros(usec / 2))

@@ -10,14 +10,14 @@ const TEXTFILE_NAME: &str = "drydock.prom";
 
 #[derive(Debug, thiserror::Error)]
 #[error("writing metrics textfile {}: {source}", path.display())]
-pub struct TextfileError {
+pub(crate) struct TextfileError {
     pub path: PathBuf,
     pub source: std::io::Error,
 }
 
 /// Writes `contents` to `dir/drydock.prom` via a temp file (not ending in
 /// `.prom`, so the collector ignores it), fsync and rename.
-pub fn write(dir: &Path, contents: &str) -> Result<PathBuf, TextfileError> {
+pub(crate) fn write(dir: &Path, contents: &str) -> Result<PathBuf, TextfileError> {
     let target = dir.join(TEXTFILE_NAME);
     let temp = dir.join(format!(".{TEXTFILE_NAME}.{}.tmp", std::process::id()));
     let err = |path: &Path| {

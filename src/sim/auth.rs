@@ -104,7 +104,7 @@ impl User {
 
 /// One request, as the authorizers see it.
 #[derive(Debug, Clone)]
-pub struct Attributes<'a> {
+pub(super) struct Attributes<'a> {
     pub verb: &'a str,
     pub kind: Kind,
     pub sub: Option<&'a str>,
@@ -141,7 +141,7 @@ struct Binding {
 
 /// RBAC rules bound to users and groups.
 #[derive(Debug, Clone, Default)]
-pub struct Rbac {
+pub(super) struct Rbac {
     bindings: Vec<Binding>,
 }
 
@@ -158,7 +158,7 @@ fn strings(v: &Value) -> Vec<String> {
 impl Rbac {
     /// From a `List` (or an array) of Roles, ClusterRoles and their
     /// bindings, as `drydock rbac` prints them; other kinds are ignored.
-    pub fn from_manifests(list: &Value) -> Rbac {
+    pub(super) fn from_manifests(list: &Value) -> Rbac {
         let items = list["items"]
             .as_array()
             .or(list.as_array())
@@ -284,7 +284,7 @@ fn admission_denied(a: &Attributes<'_>, message: String) -> ApiError {
 }
 
 /// Where a pod (namespace, name) is bound, if it exists.
-pub type PodNode<'a> = &'a dyn Fn(&str, &str) -> Option<String>;
+pub(super) type PodNode<'a> = &'a dyn Fn(&str, &str) -> Option<String>;
 
 /// The Node authorizer (1.34, AuthorizeNodeWithSelectors) for node X.
 fn node_authorizer(node: &str, a: &Attributes<'_>, pod_node: PodNode<'_>) -> bool {
@@ -311,7 +311,7 @@ fn node_authorizer(node: &str, a: &Attributes<'_>, pod_node: PodNode<'_>) -> boo
 }
 
 /// Authorization: `Ok` or 403.
-pub fn authorize(
+pub(super) fn authorize(
     rbac: &Rbac,
     user: &User,
     a: &Attributes<'_>,
@@ -341,7 +341,7 @@ fn holder(obj: Option<&Value>) -> String {
 /// for drydock identities. `old`/`new`: the object before and after the
 /// write (`None` for create / delete); `policy_ns`: where the drydock
 /// policy applies (the drydock namespace), when installed.
-pub fn admit(
+pub(super) fn admit(
     user: &User,
     a: &Attributes<'_>,
     old: Option<&Value>,

@@ -55,7 +55,7 @@ fn relevant(c: &Change) -> bool {
 }
 
 /// Runs every controller until nothing changes; returns the next timer.
-pub fn reconcile(state: &mut State, now: Instant) -> Option<Instant> {
+pub(super) fn reconcile(state: &mut State, now: Instant) -> Option<Instant> {
     let timers_due = state
         .deletions
         .values()

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::kinds::Kind;
 
-pub fn version(git_version: &str) -> Value {
+pub(super) fn version(git_version: &str) -> Value {
     let v = git_version.trim_start_matches('v');
     let mut parts = v.split('.');
     let major = parts.next().unwrap_or("1");
@@ -33,7 +33,7 @@ pub fn version(git_version: &str) -> Value {
     })
 }
 
-pub fn api_versions(server_address: &str) -> Value {
+pub(super) fn api_versions(server_address: &str) -> Value {
     json!({
         "kind": "APIVersions",
         "versions": ["v1"],
@@ -61,12 +61,12 @@ fn group_doc(group: &str) -> Value {
     })
 }
 
-pub fn api_group_list() -> Value {
+pub(super) fn api_group_list() -> Value {
     let groups: Vec<Value> = groups().into_iter().map(group_doc).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-pub fn api_group(group: &str) -> Option<Value> {
+pub(super) fn api_group(group: &str) -> Option<Value> {
     groups().contains(&group).then(|| {
         let mut d = group_doc(group);
         d["kind"] = json!("APIGroup");
@@ -79,7 +79,7 @@ const VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
-pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+pub(super) fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| k.info().group == group && k.info().version == version)
@@ -143,7 +143,7 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
 /// kubectl to see that the server validates fields itself
 /// (`fieldValidation` on every create), so `kubectl create -f` needs no
 /// client-side schema (which this simulator does not have).
-pub fn openapi_v3_index() -> Value {
+pub(super) fn openapi_v3_index() -> Value {
     let mut paths = serde_json::Map::new();
     paths.insert(
         "api/v1".into(),
@@ -162,7 +162,7 @@ pub fn openapi_v3_index() -> Value {
 /// create and patch operations with its kind and the `fieldValidation`
 /// parameter. (A `List` is always validated client-side from
 /// `/openapi/v2`, which is not served: create its items one by one.)
-pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
+pub(super) fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| k.info().group == group && k.info().version == version)

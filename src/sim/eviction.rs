@@ -26,7 +26,7 @@ use super::status::{ApiError, success_status};
 
 /// The numbers in `PodDisruptionBudgetStatus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
+pub(super) struct Budget {
     pub expected: i64,
     pub desired: i64,
     pub current: i64,
@@ -58,13 +58,13 @@ fn scaled(v: &IntOrPercent, total: i64) -> i64 {
 }
 
 /// The PDB's selector; an empty or invalid one selects nothing.
-pub fn pdb_selector(pdb: &Value) -> Option<LabelSelector> {
+pub(super) fn pdb_selector(pdb: &Value) -> Option<LabelSelector> {
     let sel = LabelSelector::from_object(value_at(pdb, "spec.selector")?)?;
     (!sel.is_empty()).then_some(sel)
 }
 
 /// Computes a budget from the pods that exist now.
-pub fn budget(state: &State, pdb: &Value) -> Budget {
+pub(super) fn budget(state: &State, pdb: &Value) -> Budget {
     let ns = str_at(pdb, "metadata.namespace").unwrap_or("");
     let pods: Vec<&Value> = match pdb_selector(pdb) {
         Some(sel) => state
@@ -130,7 +130,7 @@ fn controller_scale(state: &State, ns: &str, kind: &str, name: &str) -> i64 {
 }
 
 /// The status object a PDB should carry for `b`.
-pub fn budget_status(pdb: &Value, b: Budget) -> Value {
+pub(super) fn budget_status(pdb: &Value, b: Budget) -> Value {
     let generation = value_at(pdb, "metadata.generation")
         .and_then(Value::as_i64)
         .unwrap_or(1);
@@ -164,7 +164,7 @@ pub fn budget_status(pdb: &Value, b: Budget) -> Value {
 }
 
 /// POST .../pods/{name}/eviction. Returns the success `Status` (201).
-pub fn evict(
+pub(super) fn evict(
     state: &mut State,
     ns: &str,
     name: &str,

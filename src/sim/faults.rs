@@ -16,7 +16,7 @@ pub struct Flaky {
     pub fault: Fault,
 }
 
-pub struct Faults {
+pub(super) struct Faults {
     flaky: Mutex<Option<(fastrand::Rng, f64, Fault)>>,
     /// Bumped to end every open watch.
     watches: tokio::sync::watch::Sender<u64>,
@@ -32,7 +32,7 @@ impl Default for Faults {
 }
 
 impl Faults {
-    pub fn set_flaky(&self, flaky: Option<Flaky>) {
+    pub(super) fn set_flaky(&self, flaky: Option<Flaky>) {
         *lock(&self.flaky) = flaky.map(|f| {
             (
                 fastrand::Rng::with_seed(f.seed),
@@ -43,18 +43,18 @@ impl Faults {
     }
 
     /// The fault for this request, if it is one of the unlucky share.
-    pub fn roll(&self) -> Option<Fault> {
+    pub(super) fn roll(&self) -> Option<Fault> {
         let mut flaky = lock(&self.flaky);
         let (rng, share, fault) = flaky.as_mut()?;
         (rng.f64() < *share).then_some(*fault)
     }
 
-    pub fn close_watches(&self) {
+    pub(super) fn close_watches(&self) {
         self.watches.send_modify(|n| *n += 1);
     }
 
     /// Resolves at the next [`Faults::close_watches`] after the call.
-    pub fn watches_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(super) fn watches_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.watches.subscribe();
         async move {
             if rx.changed().await.is_err() {

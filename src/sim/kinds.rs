@@ -305,29 +305,29 @@ fn roundtrip<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String>
 }
 
 /// A JSON string at a dotted path, or None.
-pub fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
+pub(super) fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
     value_at(v, path).and_then(Value::as_str)
 }
 
-pub fn value_at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+pub(super) fn value_at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |cur, seg| cur.get(seg))
 }
 
-pub fn name_of(v: &Value) -> &str {
+pub(super) fn name_of(v: &Value) -> &str {
     str_at(v, "metadata.name").unwrap_or_default()
 }
 
-pub fn namespace_of(v: &Value) -> &str {
+pub(super) fn namespace_of(v: &Value) -> &str {
     str_at(v, "metadata.namespace").unwrap_or_default()
 }
 
-pub fn uid_of(v: &Value) -> &str {
+pub(super) fn uid_of(v: &Value) -> &str {
     str_at(v, "metadata.uid").unwrap_or_default()
 }
 
 /// The value a field selector compares against; missing fields read as
 /// their Go zero value, like the apiserver's field sets.
-pub fn field_value(kind: Kind, obj: &Value, field: &str) -> String {
+pub(super) fn field_value(kind: Kind, obj: &Value, field: &str) -> String {
     match (kind, field) {
         (Kind::Event, "source") => str_at(obj, "source.component").unwrap_or("").to_string(),
         (_, "spec.hostNetwork" | "spec.unschedulable") => value_at(obj, field)

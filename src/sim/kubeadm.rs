@@ -15,8 +15,8 @@ use super::server::SimHandle;
 use super::state::State;
 use crate::host::command::{CommandError, CommandOutput, CommandRunner, CommandSpec};
 
-pub const NAMESPACE: &str = "kube-system";
-pub const NAME: &str = "kubeadm-config";
+pub(crate) const NAMESPACE: &str = "kube-system";
+pub(crate) const NAME: &str = "kubeadm-config";
 
 /// The ConfigMap as kubeadm writes it (ClusterConfiguration, YAML).
 pub fn config_object(version: &str) -> Value {

@@ -10,13 +10,13 @@ use super::scenario::NodeSpec;
 use super::state::State;
 use super::status::ApiError;
 
-pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+pub(super) const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
 /// How a node reports itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeHealth {
+pub(super) enum NodeHealth {
     /// kubelet posts Ready.
     Ready,
     /// kubelet posts NotReady (Ready=False), e.g. runtime down.
@@ -227,7 +227,11 @@ fn apply_health(node: &mut Value, health: NodeHealth) {
 
 /// Flips a node's health; its pods turn unready when it goes down and
 /// Ready again (after the start delay) when it comes back.
-pub fn set_node_health(state: &mut State, name: &str, health: NodeHealth) -> Result<(), ApiError> {
+pub(super) fn set_node_health(
+    state: &mut State,
+    name: &str,
+    health: NodeHealth,
+) -> Result<(), ApiError> {
     let mut node = state
         .store
         .get(Kind::Node, "", name)
@@ -258,7 +262,7 @@ pub fn set_node_health(state: &mut State, name: &str, health: NodeHealth) -> Res
 }
 
 /// Moves every node condition's `lastHeartbeatTime` (kubelet status report).
-pub fn heartbeat(node: &mut Value, at: &str) {
+pub(super) fn heartbeat(node: &mut Value, at: &str) {
     if let Some(conds) = node["status"]["conditions"].as_array_mut() {
         for c in conds {
             c["lastHeartbeatTime"] = json!(at);
@@ -283,7 +287,7 @@ fn container_names(pod: &Value) -> Vec<(String, String)> {
 }
 
 /// Running + Ready with container statuses, as the kubelet reports it.
-pub fn mark_pod_running(state: &mut State, pod: &mut Value) {
+pub(super) fn mark_pod_running(state: &mut State, pod: &mut Value) {
     let node_ip = state
         .store
         .get(Kind::Node, "", node_name_of(pod))
@@ -320,7 +324,7 @@ pub fn mark_pod_running(state: &mut State, pod: &mut Value) {
 }
 
 /// Sets Ready/ContainersReady and the containers' `ready` flags.
-pub fn set_pod_ready(pod: &mut Value, ready: bool) {
+pub(super) fn set_pod_ready(pod: &mut Value, ready: bool) {
     let containers = container_names(pod);
     let (status, reason, msg) = if ready {
         ("True", String::new(), String::new())
@@ -368,7 +372,7 @@ pub fn set_pod_ready(pod: &mut Value, ready: bool) {
 
 /// Reports pods whose start time has come as Running and Ready, if their
 /// node is Ready (otherwise `set_node_health(Ready)` re-arms them).
-pub fn start_due_pods(state: &mut State, now: Instant) {
+pub(super) fn start_due_pods(state: &mut State, now: Instant) {
     if !state.starts.values().any(|at| *at <= now) {
         return;
     }

@@ -80,7 +80,7 @@ mod discovery;
 mod eviction;
 mod faults;
 mod kinds;
-pub mod kubeadm;
+pub(crate) mod kubeadm;
 mod kubelet;
 mod model;
 mod objects;
@@ -100,14 +100,18 @@ mod watch;
 pub use auth::User;
 pub use faults::Flaky;
 pub use kubelet::node_object;
-pub use prometheus::{PromMode, SimPrometheus};
-pub use scenario::{
-    DaemonSetSpec, NodeSpec, PAUSE_IMAGE, PdbSpec, PodSpec, ReplicaSetSpec, Scenario,
-};
+pub use prometheus::PromMode;
+pub use prometheus::SimPrometheus;
+pub use scenario::DaemonSetSpec;
+pub use scenario::NodeSpec;
+pub use scenario::PdbSpec;
+pub use scenario::PodSpec;
+pub use scenario::ReplicaSetSpec;
+pub use scenario::Scenario;
 pub use server::SimHandle;
-pub use state::{Fault, SimOptions};
-pub use stats::{ApiStats, EndpointStats};
-pub use status::ApiError;
+pub use state::Fault;
+pub use stats::ApiStats;
+pub(crate) use status::ApiError;
 
 /// Errors of the simulator's Rust API (HTTP clients get `Status` bodies).
 #[derive(Debug, thiserror::Error)]

@@ -6,15 +6,15 @@ use serde_json::{Value, json};
 use super::kinds::{str_at, value_at};
 
 /// `metav1.Time`: RFC 3339, whole seconds, UTC.
-pub fn format_time(ts: jiff::Timestamp) -> String {
+pub(super) fn format_time(ts: jiff::Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-pub fn now_time() -> String {
+pub(super) fn now_time() -> String {
     format_time(jiff::Timestamp::now())
 }
 
-pub fn time_in(secs: i64) -> String {
+pub(super) fn time_in(secs: i64) -> String {
     let ts = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_secs(secs))
         .unwrap_or_else(|_| jiff::Timestamp::now());
@@ -22,7 +22,7 @@ pub fn time_in(secs: i64) -> String {
 }
 
 /// Random suffix from the alphabet Kubernetes uses for generated names.
-pub fn random_suffix(n: usize) -> String {
+pub(super) fn random_suffix(n: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut out = String::with_capacity(n);
     while out.len() < n {
@@ -36,11 +36,11 @@ pub fn random_suffix(n: usize) -> String {
     out
 }
 
-pub fn new_uid() -> String {
+pub(super) fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-pub fn condition_status<'a>(obj: &'a Value, ctype: &str) -> Option<&'a str> {
+pub(super) fn condition_status<'a>(obj: &'a Value, ctype: &str) -> Option<&'a str> {
     value_at(obj, "status.conditions")?
         .as_array()?
         .iter()
@@ -51,7 +51,7 @@ pub fn condition_status<'a>(obj: &'a Value, ctype: &str) -> Option<&'a str> {
 
 /// Sets a condition in `status.conditions`, moving `lastTransitionTime`
 /// only when the status changes. `heartbeat` is for node conditions.
-pub fn set_condition(
+pub(super) fn set_condition(
     obj: &mut Value,
     ctype: &str,
     status: &str,
@@ -105,38 +105,38 @@ pub fn set_condition(
     }
 }
 
-pub fn pod_phase(pod: &Value) -> &str {
+pub(super) fn pod_phase(pod: &Value) -> &str {
     str_at(pod, "status.phase").unwrap_or("Pending")
 }
 
-pub fn is_terminating(obj: &Value) -> bool {
+pub(super) fn is_terminating(obj: &Value) -> bool {
     value_at(obj, "metadata.deletionTimestamp").is_some_and(|v| !v.is_null())
 }
 
-pub fn is_pod_ready(pod: &Value) -> bool {
+pub(super) fn is_pod_ready(pod: &Value) -> bool {
     condition_status(pod, "Ready") == Some("True")
 }
 
 /// What a PDB counts as healthy: Running, Ready and not being deleted.
-pub fn is_pod_healthy(pod: &Value) -> bool {
+pub(super) fn is_pod_healthy(pod: &Value) -> bool {
     pod_phase(pod) == "Running" && is_pod_ready(pod) && !is_terminating(pod)
 }
 
 /// Counts toward a controller's replicas: not terminal, not being deleted.
-pub fn is_pod_active(pod: &Value) -> bool {
+pub(super) fn is_pod_active(pod: &Value) -> bool {
     !matches!(pod_phase(pod), "Succeeded" | "Failed") && !is_terminating(pod)
 }
 
-pub fn is_node_ready(node: &Value) -> bool {
+pub(super) fn is_node_ready(node: &Value) -> bool {
     condition_status(node, "Ready") == Some("True")
 }
 
-pub fn node_name_of(pod: &Value) -> &str {
+pub(super) fn node_name_of(pod: &Value) -> &str {
     str_at(pod, "spec.nodeName").unwrap_or("")
 }
 
 /// `(kind, name, uid)` of the controller owner reference.
-pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
+pub(super) fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
     value_at(obj, "metadata.ownerReferences")?
         .as_array()?
         .iter()
@@ -180,11 +180,11 @@ fn tolerates(tol: &Value, taint: &Value) -> bool {
 
 /// Can a pod with these tolerations be placed on the node (NoSchedule and
 /// NoExecute taints)? `extra` adds implicit tolerations (DaemonSet pods).
-pub fn tolerates_node(tolerations: &[Value], extra: &[Value], node: &Value) -> bool {
+pub(super) fn tolerates_node(tolerations: &[Value], extra: &[Value], node: &Value) -> bool {
     tolerates_taints(tolerations, extra, node_taints(node), false)
 }
 
-pub fn node_taints(node: &Value) -> &[Value] {
+pub(super) fn node_taints(node: &Value) -> &[Value] {
     value_at(node, "spec.taints")
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
@@ -192,7 +192,7 @@ pub fn node_taints(node: &Value) -> &[Value] {
 
 /// Taint check; `no_execute_only` looks at NoExecute taints alone (may a
 /// running pod stay?).
-pub fn tolerates_taints(
+pub(super) fn tolerates_taints(
     tolerations: &[Value],
     extra: &[Value],
     taints: &[Value],
@@ -209,7 +209,7 @@ pub fn tolerates_taints(
     })
 }
 
-pub fn tolerations_of(spec: &Value) -> Vec<Value> {
+pub(super) fn tolerations_of(spec: &Value) -> Vec<Value> {
     spec.get("tolerations")
         .and_then(Value::as_array)
         .cloned()

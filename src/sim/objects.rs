@@ -29,7 +29,7 @@ const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case a
 
 /// Options of a DELETE (query string and/or `DeleteOptions` body).
 #[derive(Debug, Clone, Default)]
-pub struct DeleteOptions {
+pub(super) struct DeleteOptions {
     pub grace_period: Option<i64>,
     pub uid: Option<String>,
     pub resource_version: Option<String>,
@@ -38,7 +38,7 @@ pub struct DeleteOptions {
 
 impl DeleteOptions {
     /// Reads a `DeleteOptions` JSON object (also the one inside an Eviction).
-    pub fn merge_body(&mut self, body: &Value) -> Result<(), ApiError> {
+    pub(super) fn merge_body(&mut self, body: &Value) -> Result<(), ApiError> {
         if body.is_null() {
             return Ok(());
         }
@@ -68,7 +68,7 @@ impl DeleteOptions {
 
 /// What a DELETE answers: the object (pods, namespaces, or anything still
 /// terminating) or a success `Status`.
-pub enum Deleted {
+pub(super) enum Deleted {
     Object(Value),
     Status(Value),
 }
@@ -173,7 +173,7 @@ fn apply_create_defaults(kind: Kind, obj: &mut Value) {
 
 impl State {
     /// POST: validates, fills metadata and stores a new object.
-    pub fn create(
+    pub(super) fn create(
         &mut self,
         kind: Kind,
         url_ns: Option<&str>,
@@ -268,7 +268,7 @@ impl State {
     }
 
     /// PUT on the object (`status: false`) or its `/status` subresource.
-    pub fn update(
+    pub(super) fn update(
         &mut self,
         kind: Kind,
         ns: &str,
@@ -304,7 +304,7 @@ impl State {
 
     /// PATCH; with server-side apply a missing object is created.
     #[allow(clippy::too_many_arguments)]
-    pub fn patch(
+    pub(super) fn patch(
         &mut self,
         kind: Kind,
         ns: &str,
@@ -436,7 +436,7 @@ impl State {
     }
 
     /// DELETE with preconditions; pods go through graceful deletion.
-    pub fn delete(
+    pub(super) fn delete(
         &mut self,
         kind: Kind,
         ns: &str,
@@ -509,7 +509,7 @@ impl State {
     /// Graceful pod deletion: the pod gets `deletionTimestamp` and is removed
     /// when the grace period ends (by the controller loop), at once for 0,
     /// for pods never scheduled, and for terminal pods.
-    pub fn delete_pod(
+    pub(super) fn delete_pod(
         &mut self,
         ns: &str,
         name: &str,
@@ -550,7 +550,7 @@ impl State {
     }
 
     /// Internal write (controllers, test handle): stores only if changed.
-    pub fn write(&mut self, kind: Kind, obj: Value) -> Value {
+    pub(super) fn write(&mut self, kind: Kind, obj: Value) -> Value {
         let obj = kind.normalize(obj.clone()).unwrap_or(obj);
         let (ns, name) = (namespace_of(&obj).to_string(), name_of(&obj).to_string());
         match self.store.get(kind, &ns, &name) {
@@ -561,7 +561,7 @@ impl State {
 
     /// Internal create of a fully formed object (scenario seeding, controllers):
     /// fills uid and creationTimestamp when missing, keeps the given status.
-    pub fn insert(&mut self, kind: Kind, mut obj: Value) -> Value {
+    pub(super) fn insert(&mut self, kind: Kind, mut obj: Value) -> Value {
         if !obj.get("metadata").is_some_and(Value::is_object) {
             obj["metadata"] = json!({});
         }

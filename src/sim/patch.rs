@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use super::status::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchType {
+pub(super) enum PatchType {
     Json,
     Merge,
     Strategic,
@@ -30,7 +30,7 @@ pub enum PatchType {
 }
 
 impl PatchType {
-    pub fn from_content_type(ct: &str) -> Option<Self> {
+    pub(super) fn from_content_type(ct: &str) -> Option<Self> {
         let base = ct.split(';').next().unwrap_or("").trim();
         match base {
             "application/json-patch+json" => Some(Self::Json),
@@ -43,7 +43,7 @@ impl PatchType {
 }
 
 /// Parses a patch body: JSON, or YAML for server-side apply.
-pub fn parse_body(pt: PatchType, body: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn parse_body(pt: PatchType, body: &[u8]) -> Result<Value, ApiError> {
     match pt {
         PatchType::Apply => serde_saphyr::from_slice::<Value>(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}"))),
@@ -53,7 +53,7 @@ pub fn parse_body(pt: PatchType, body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Applies `patch` (already parsed) to `target`.
-pub fn apply(pt: PatchType, target: &Value, patch: &Value) -> Result<Value, ApiError> {
+pub(super) fn apply(pt: PatchType, target: &Value, patch: &Value) -> Result<Value, ApiError> {
     let mut doc = target.clone();
     match pt {
         PatchType::Json => {
@@ -113,7 +113,7 @@ fn directive(v: &Value) -> Option<&str> {
 }
 
 /// Strategic merge of `patch` into `target` (see module docs).
-pub fn strategic_merge(target: &mut Value, patch: &Value) {
+pub(super) fn strategic_merge(target: &mut Value, patch: &Value) {
     let Some(pm) = patch.as_object() else {
         *target = patch.clone();
         return;

@@ -28,7 +28,7 @@ use super::watch::{self, WatchRequest};
 const MAX_BODY: usize = 32 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(super) struct Target {
     pub kind: Kind,
     pub namespace: Option<String>,
     pub name: Option<String>,
@@ -38,7 +38,7 @@ pub struct Target {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(super) enum Route {
     Version,
     Health,
     OpenApi,
@@ -92,7 +92,7 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, Ap
     }))
 }
 
-pub fn parse_path(path: &str) -> Result<Route, ApiError> {
+pub(super) fn parse_path(path: &str) -> Result<Route, ApiError> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
         ["version"] => Ok(Route::Version),
@@ -118,7 +118,7 @@ fn truthy(v: &str) -> bool {
     matches!(v, "true" | "1" | "True")
 }
 
-pub fn is_watch_query(query: &str) -> bool {
+pub(super) fn is_watch_query(query: &str) -> bool {
     query.split('&').any(|kv| match kv.split_once('=') {
         Some(("watch", v)) => truthy(v),
         _ => false,
@@ -165,7 +165,7 @@ fn ok_json(v: &Value) -> Response {
 }
 
 /// The fallback handler: every request lands here.
-pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     match serve(&shared, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

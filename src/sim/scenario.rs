@@ -16,7 +16,7 @@ use super::model::{new_uid, set_condition};
 use super::server::SimHandle;
 use super::state::{SimOptions, State};
 
-pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
+pub(crate) const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
 /// One node. The kubelet version defaults to the scenario's.
 #[derive(Debug, Clone)]

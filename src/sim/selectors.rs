@@ -31,7 +31,7 @@ struct Requirement {
 
 /// A parsed label selector; empty matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LabelSelector {
+pub(super) struct LabelSelector {
     reqs: Vec<Requirement>,
 }
 
@@ -181,7 +181,7 @@ fn parse_term(term: &str) -> Result<Requirement, ApiError> {
 }
 
 impl LabelSelector {
-    pub fn parse(s: &str) -> Result<Self, ApiError> {
+    pub(super) fn parse(s: &str) -> Result<Self, ApiError> {
         if s.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -193,7 +193,7 @@ impl LabelSelector {
     }
 
     /// From a `metav1.LabelSelector` object. `None` for an invalid one.
-    pub fn from_object(sel: &Value) -> Option<Self> {
+    pub(super) fn from_object(sel: &Value) -> Option<Self> {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
@@ -233,7 +233,7 @@ impl LabelSelector {
         Some(Self { reqs })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.reqs.is_empty()
     }
 
@@ -262,7 +262,7 @@ impl LabelSelector {
         })
     }
 
-    pub fn matches_object(&self, obj: &Value) -> bool {
+    pub(super) fn matches_object(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
         self.is_empty()
             || self.matches_with(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
@@ -271,7 +271,7 @@ impl LabelSelector {
 
 /// A parsed field selector: terms ANDed, `=`/`==`/`!=` only.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldSelector {
+pub(super) struct FieldSelector {
     terms: Vec<(String, bool, String)>,
 }
 
@@ -316,7 +316,7 @@ fn unescape(s: &str) -> String {
 }
 
 impl FieldSelector {
-    pub fn parse(s: &str, kind: Kind) -> Result<Self, ApiError> {
+    pub(super) fn parse(s: &str, kind: Kind) -> Result<Self, ApiError> {
         let mut terms = Vec::new();
         if s.trim().is_empty() {
             return Ok(Self { terms });
@@ -347,14 +347,14 @@ impl FieldSelector {
         Ok(Self { terms })
     }
 
-    pub fn matches(&self, kind: Kind, obj: &Value) -> bool {
+    pub(super) fn matches(&self, kind: Kind, obj: &Value) -> bool {
         self.terms
             .iter()
             .all(|(k, eq, v)| (field_value(kind, obj, k) == *v) == *eq)
     }
 
     /// The `metadata.name=X` term, if the selector pins one name.
-    pub fn pinned_name(&self) -> Option<&str> {
+    pub(super) fn pinned_name(&self) -> Option<&str> {
         self.terms
             .iter()
             .find(|(k, eq, _)| k == "metadata.name" && *eq)

@@ -46,7 +46,7 @@ pub enum Fault {
     Delay(Duration),
 }
 
-pub struct State {
+pub(super) struct State {
     pub store: Store,
     pub opts: SimOptions,
     /// Pod uid -> when its graceful deletion completes.
@@ -63,7 +63,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(opts: SimOptions) -> Self {
+    pub(super) fn new(opts: SimOptions) -> Self {
         Self {
             store: Store::new(opts.history_limit),
             opts,
@@ -77,7 +77,7 @@ impl State {
     }
 }
 
-pub struct Shared {
+pub(super) struct Shared {
     pub state: Mutex<State>,
     /// Wakes the controller loop after a write or a new timer.
     pub wake: Notify,
@@ -90,12 +90,12 @@ pub struct Shared {
 }
 
 /// Locks ignoring poison: a panicking test thread must not wedge the server.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
-    pub fn new(opts: SimOptions) -> Self {
+    pub(super) fn new(opts: SimOptions) -> Self {
         Self {
             state: Mutex::new(State::new(opts)),
             wake: Notify::new(),
@@ -106,7 +106,7 @@ impl Shared {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
 }

@@ -56,7 +56,7 @@ pub struct ApiStats {
     pub by_endpoint: BTreeMap<(String, String), EndpointStats>,
 }
 
-pub type StatsState = ApiStats;
+pub(super) type StatsState = ApiStats;
 
 impl ApiStats {
     pub fn get(&self, verb: &str, resource: &str) -> EndpointStats {
@@ -119,7 +119,7 @@ impl fmt::Display for ApiStats {
 }
 
 /// (verb, resource) of a request, as the audit log would name it.
-pub fn classify(method: &str, path: &str, query: &str) -> (String, String) {
+pub(super) fn classify(method: &str, path: &str, query: &str) -> (String, String) {
     let watch = is_watch_query(query);
     match parse_path(path) {
         Ok(Route::Resource(t)) => {
@@ -157,7 +157,11 @@ fn record(shared: &Shared, verb: &str, resource: &str, f: impl Fn(&mut EndpointS
 }
 
 /// Counts the request, applies any injected fault, counts the response.
-pub async fn middleware(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+pub(super) async fn middleware(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let (verb, resource) = classify(
         req.method().as_str(),
         req.uri().path(),

@@ -220,7 +220,7 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON response with the content type the apiserver uses.
-pub fn json_response(code: StatusCode, body: &Value) -> Response {
+pub(super) fn json_response(code: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     (
         code,
@@ -231,7 +231,7 @@ pub fn json_response(code: StatusCode, body: &Value) -> Response {
 }
 
 /// The `Status` a successful eviction or delete returns.
-pub fn success_status(code: u16, details: Option<Value>) -> Value {
+pub(super) fn success_status(code: u16, details: Option<Value>) -> Value {
     let mut s = json!({
         "kind": "Status",
         "apiVersion": "v1",

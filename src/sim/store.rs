@@ -15,14 +15,14 @@ use tokio::sync::broadcast;
 use super::kinds::{Kind, name_of, namespace_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
+pub(super) enum EventType {
     Added,
     Modified,
     Deleted,
 }
 
 impl EventType {
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             EventType::Added => "ADDED",
             EventType::Modified => "MODIFIED",
@@ -34,7 +34,7 @@ impl EventType {
 /// One write, as watches see it. `prev` lets a filtered watch turn a
 /// MODIFIED that leaves (enters) its selector into DELETED (ADDED).
 #[derive(Debug)]
-pub struct Change {
+pub(super) struct Change {
     pub rv: u64,
     pub kind: Kind,
     pub ty: EventType,
@@ -44,7 +44,7 @@ pub struct Change {
 
 type Key = (String, String);
 
-pub struct Store {
+pub(super) struct Store {
     rv: u64,
     objects: BTreeMap<Kind, BTreeMap<Key, Value>>,
     history: VecDeque<Arc<Change>>,
@@ -58,7 +58,7 @@ pub struct Store {
 const CHANNEL_CAPACITY: usize = 16_384;
 
 impl Store {
-    pub fn new(history_limit: usize) -> Self {
+    pub(super) fn new(history_limit: usize) -> Self {
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
         Self {
             rv: 0,
@@ -70,18 +70,18 @@ impl Store {
         }
     }
 
-    pub fn rv(&self) -> u64 {
+    pub(super) fn rv(&self) -> u64 {
         self.rv
     }
 
-    pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<&Value> {
+    pub(super) fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<&Value> {
         self.objects
             .get(&kind)?
             .get(&(ns.to_string(), name.to_string()))
     }
 
     /// Objects of a kind in key order (namespace, name), optionally in one namespace.
-    pub fn list(&self, kind: Kind, ns: Option<&str>) -> Vec<&Value> {
+    pub(super) fn list(&self, kind: Kind, ns: Option<&str>) -> Vec<&Value> {
         let Some(m) = self.objects.get(&kind) else {
             return vec![];
         };
@@ -96,7 +96,7 @@ impl Store {
     }
 
     /// Clones of a kind's objects (for callers that mutate while iterating).
-    pub fn list_owned(&self, kind: Kind, ns: Option<&str>) -> Vec<Value> {
+    pub(super) fn list_owned(&self, kind: Kind, ns: Option<&str>) -> Vec<Value> {
         self.list(kind, ns).into_iter().cloned().collect()
     }
 
@@ -127,7 +127,7 @@ impl Store {
     /// Stores a new or changed object; returns it with its new resourceVersion.
     /// core/v1 and events.k8s.io/v1 Events are one store, as in the API
     /// server: a write through either API is seen through both.
-    pub fn put(&mut self, kind: Kind, obj: Value) -> Value {
+    pub(super) fn put(&mut self, kind: Kind, obj: Value) -> Value {
         let rv = self.next_rv();
         if let Some((other, converted)) = event_view(kind, &obj) {
             self.put_at(other, converted, rv);
@@ -159,7 +159,7 @@ impl Store {
     }
 
     /// Removes an object; the DELETED event carries the deletion's resourceVersion.
-    pub fn remove(&mut self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+    pub(super) fn remove(&mut self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
         match kind {
             Kind::Event => {
                 self.remove_one(Kind::EventV1, ns, name);
@@ -190,12 +190,12 @@ impl Store {
         Some(obj)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.tx.subscribe()
     }
 
     /// Retained changes after `rv`, or `Err(compacted)` when some were dropped.
-    pub fn since(&self, rv: u64) -> Result<Vec<Arc<Change>>, u64> {
+    pub(super) fn since(&self, rv: u64) -> Result<Vec<Arc<Change>>, u64> {
         if rv < self.compacted {
             return Err(self.compacted);
         }

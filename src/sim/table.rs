@@ -9,7 +9,7 @@ use super::kinds::{Kind, name_of, str_at, value_at};
 use super::model::{condition_status, is_pod_ready, is_terminating};
 
 /// Does the Accept header ask for a Table?
-pub fn wants_table(accept: &str) -> bool {
+pub(super) fn wants_table(accept: &str) -> bool {
     accept
         .split(',')
         .next()
@@ -278,7 +278,7 @@ fn row(kind: Kind, o: &Value) -> (Vec<Value>, Vec<Value>) {
 
 /// A `meta.k8s.io/v1` Table for the objects; `include` is the
 /// `includeObject` parameter (None, Metadata (default) or Object).
-pub fn table(kind: Kind, objects: &[Value], list_meta: Value, include: &str) -> Value {
+pub(super) fn table(kind: Kind, objects: &[Value], list_meta: Value, include: &str) -> Value {
     let mut columns = row(kind, &json!({})).0;
     let rows: Vec<Value> = objects
         .iter()

@@ -27,7 +27,7 @@ use super::state::Shared;
 use super::status::ApiError;
 use super::store::{Change, EventType};
 
-pub struct WatchRequest {
+pub(super) struct WatchRequest {
     pub kind: Kind,
     pub namespace: Option<String>,
     pub name: Option<String>,
@@ -82,7 +82,7 @@ fn error_line(e: &ApiError) -> Bytes {
 
 /// Starts a watch; everything before the first live change is computed
 /// under the state lock, so nothing is missed or repeated.
-pub fn start(shared: &Arc<Shared>, req: WatchRequest) -> Response {
+pub(super) fn start(shared: &Arc<Shared>, req: WatchRequest) -> Response {
     let mut first: Vec<Bytes> = Vec::new();
     let (mut rx, start_rv) = {
         let st = shared.lock();

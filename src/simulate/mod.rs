@@ -4,8 +4,8 @@
 //! reboot takes the node NotReady, changes its boot_id and restarts its agent
 //! from the persisted state.
 
-pub mod host;
-pub mod upgrade;
+pub(crate) mod host;
+pub(crate) mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

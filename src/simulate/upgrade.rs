@@ -16,10 +16,10 @@ use crate::host::command::{CommandError, CommandOutput, CommandRunner, CommandSp
 use crate::sim::SimHandle;
 use crate::upgrade::KubeVersion;
 
-pub const PACKAGES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
+pub(crate) const PACKAGES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
 /// pkgs.k8s.io's Debian version of `v`: `1.35.2-1.1`.
-pub fn debian_version(v: KubeVersion) -> String {
+pub(crate) fn debian_version(v: KubeVersion) -> String {
     format!("{}.{}.{}-1.1", v.major, v.minor, v.patch)
 }
 
@@ -33,7 +33,7 @@ fn stanza(package: &str, version: &str) -> String {
 
 /// A machine's dpkg database under `root`: the three packages at `version`
 /// (Debian form), held, as on a node before its upgrade.
-pub fn seed(root: &Path, version: &str) -> std::io::Result<()> {
+pub(crate) fn seed(root: &Path, version: &str) -> std::io::Result<()> {
     let admin = root.join("var/lib/dpkg");
     std::fs::create_dir_all(admin.join("updates"))?;
     std::fs::create_dir_all(admin.join("info"))?;
@@ -44,7 +44,7 @@ pub fn seed(root: &Path, version: &str) -> std::io::Result<()> {
 
 /// Points a node's settings at its simulated tools and files under `dir`.
 /// The tool paths are names the runner answers to; none is executed.
-pub fn configure(settings: &mut Settings, dir: &Path) {
+pub(crate) fn configure(settings: &mut Settings, dir: &Path) {
     let u = &mut settings.upgrade;
     let bin = dir.join("bin");
     u.apt_get = bin.join("apt-get");

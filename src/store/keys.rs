@@ -60,22 +60,22 @@ pub const RESUME_REQUESTED: Key<Timestamp> = Key::new("resume-requested");
 /// `drydock release --force` (the CLI): the request time, as above.
 pub const FORCE_RELEASE: Key<Timestamp> = Key::new("force-release-requested");
 /// The agent's last status line (`agent::driver::StatusRecord`), for `drydock status`.
-pub const AGENT_STATUS: &str = "agent.status";
+pub(crate) const AGENT_STATUS: &str = "agent.status";
 /// The agent's last gate answers (`agent::driver::GatesRecord`).
-pub const AGENT_GATES: &str = "agent.gates";
+pub(crate) const AGENT_GATES: &str = "agent.gates";
 /// The agent's last reboot-need check (`agent::driver::RebootNeedRecord`).
-pub const AGENT_REBOOT_NEED: &str = "agent.reboot-need";
+pub(crate) const AGENT_REBOOT_NEED: &str = "agent.reboot-need";
 /// A fleet halt the agent owes the cluster (`agent::ports::Halt`): written
 /// before the halt is set, removed once the Namespace carries it, so a
 /// verification failure during an API outage still stops the fleet.
-pub const AGENT_PENDING_HALT: &str = "agent.pending-halt";
+pub(crate) const AGENT_PENDING_HALT: &str = "agent.pending-halt";
 /// `drydock pause` (the CLI): the local pause (`gates::paused::LocalPause`).
-pub const PAUSE: &str = "paused";
+pub(crate) const PAUSE: &str = "paused";
 /// `drydock reboot` (the CLI): the operator's request (`host::sentinel::RebootRequest`).
-pub const REBOOT_REQUEST: &str = "reboot-request";
+pub(crate) const REBOOT_REQUEST: &str = "reboot-request";
 
 /// Every key, for tests and tools that list them.
-pub const ALL: [&str; 8] = [
+pub(crate) const ALL: [&str; 8] = [
     RESUME_REQUESTED.name(),
     FORCE_RELEASE.name(),
     AGENT_STATUS,

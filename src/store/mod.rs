@@ -6,7 +6,7 @@
 //! the caller. A file that is not ours, or is damaged, is never replaced or
 //! repaired: opening fails and says how to recover.
 
-pub mod keys;
+pub(crate) mod keys;
 
 use std::path::{Path, PathBuf};
 

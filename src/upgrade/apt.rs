@@ -19,7 +19,7 @@ use crate::store::Store;
 
 /// The store, even after a panic elsewhere poisoned its lock (it holds no
 /// invariant a panic could break: every write is one transaction).
-pub fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+pub(crate) fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -28,7 +28,7 @@ pub fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
 const LOCK_WAIT: &str = "DPkg::Lock::Timeout=120";
 
 /// The packages an upgrade installs, in the order they are resolved.
-pub const PACKAGES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
+pub(crate) const PACKAGES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum AptError {
@@ -97,7 +97,7 @@ pub fn render_source(template: &str, to: KubeVersion) -> String {
 
 /// Writes `content` to `path` unless it is there already (atomically: a
 /// temporary file beside it, fsync, rename). Returns whether it changed.
-pub fn ensure_source(path: &Path, content: &str) -> Result<bool, AptError> {
+pub(crate) fn ensure_source(path: &Path, content: &str) -> Result<bool, AptError> {
     let err = |source| AptError::WriteSource {
         path: path.to_path_buf(),
         source,
@@ -135,7 +135,7 @@ fn apt_env(spec: CommandSpec) -> CommandSpec {
 
 /// `apt-get update` of drydock's source file alone (the other sources are
 /// neither fetched nor have their lists cleaned).
-pub fn update_spec(u: &UpgradeSettings) -> CommandSpec {
+pub(crate) fn update_spec(u: &UpgradeSettings) -> CommandSpec {
     apt_env(CommandSpec::new(
         &u.apt_get,
         [
@@ -155,7 +155,7 @@ pub fn update_spec(u: &UpgradeSettings) -> CommandSpec {
 }
 
 /// `apt-cache madison kubeadm kubelet kubectl`.
-pub fn madison_spec(u: &UpgradeSettings) -> CommandSpec {
+pub(crate) fn madison_spec(u: &UpgradeSettings) -> CommandSpec {
     apt_env(CommandSpec::new(
         &u.apt_cache,
         std::iter::once("madison").chain(PACKAGES),
@@ -166,7 +166,7 @@ pub fn madison_spec(u: &UpgradeSettings) -> CommandSpec {
 /// `apt-get install` of exact versions. Held packages need
 /// `--allow-change-held-packages`; the APT hook still checks each one
 /// against drydock's authorization.
-pub fn install_spec(u: &UpgradeSettings, packages: &[(String, String)]) -> CommandSpec {
+pub(crate) fn install_spec(u: &UpgradeSettings, packages: &[(String, String)]) -> CommandSpec {
     let mut args: Vec<String> = [
         "-q",
         "-y",
@@ -188,7 +188,7 @@ pub fn install_spec(u: &UpgradeSettings, packages: &[(String, String)]) -> Comma
 
 /// One `apt-cache madison` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MadisonEntry {
+pub(crate) struct MadisonEntry {
     pub package: String,
     pub version: String,
     pub source: String,
@@ -196,7 +196,7 @@ pub struct MadisonEntry {
 
 /// Parses `apt-cache madison` output: `pkg | version | source`. Lines that
 /// do not have that shape are skipped.
-pub fn parse_madison(text: &str) -> Vec<MadisonEntry> {
+pub(crate) fn parse_madison(text: &str) -> Vec<MadisonEntry> {
     text.lines()
         .filter_map(|line| {
             let mut parts = line.splitn(3, '|').map(str::trim);
@@ -248,7 +248,10 @@ impl PackageVersions {
 /// apt-cache lists a package's versions newest first, so the first match is
 /// the newest Debian revision. Any package missing: an error, before
 /// anything was changed.
-pub fn resolve(entries: &[MadisonEntry], to: KubeVersion) -> Result<PackageVersions, AptError> {
+pub(crate) fn resolve(
+    entries: &[MadisonEntry],
+    to: KubeVersion,
+) -> Result<PackageVersions, AptError> {
     let want = to.bare();
     let pick = |package: &str| {
         entries
@@ -280,7 +283,7 @@ pub fn resolve(entries: &[MadisonEntry], to: KubeVersion) -> Result<PackageVersi
 }
 
 /// Runs a command; a failure carries its output.
-pub async fn run_checked(
+pub(crate) async fn run_checked(
     runner: &dyn CommandRunner,
     spec: &CommandSpec,
     what: &str,
@@ -337,7 +340,7 @@ pub async fn find_versions(
 }
 
 /// Installed `(version, held)` of a package, `None` when not installed.
-pub fn installed(dpkg: &Dpkg, package: &str) -> Result<Option<(String, bool)>, DpkgError> {
+pub(crate) fn installed(dpkg: &Dpkg, package: &str) -> Result<Option<(String, bool)>, DpkgError> {
     Ok(dpkg
         .packages()?
         .into_iter()

@@ -77,13 +77,13 @@ fn connection_args(u: &UpgradeSettings) -> Vec<String> {
     args
 }
 
-pub fn save_spec(u: &UpgradeSettings, path: &Path) -> CommandSpec {
+pub(crate) fn save_spec(u: &UpgradeSettings, path: &Path) -> CommandSpec {
     let mut args = connection_args(u);
     args.extend(["snapshot".into(), "save".into(), path.display().to_string()]);
     CommandSpec::new(&u.etcdctl, args, u.etcd_timeout).env("ETCDCTL_API", "3")
 }
 
-pub fn status_spec(u: &UpgradeSettings, path: &Path) -> CommandSpec {
+pub(crate) fn status_spec(u: &UpgradeSettings, path: &Path) -> CommandSpec {
     CommandSpec::new(
         &u.etcdctl,
         [

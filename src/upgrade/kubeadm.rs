@@ -6,7 +6,7 @@ use crate::config::UpgradeSettings;
 use crate::host::command::CommandSpec;
 
 /// `kubeadm upgrade plan vX.Y.Z` (read-only: checks the cluster can go there).
-pub fn plan_spec(u: &UpgradeSettings, to: KubeVersion) -> CommandSpec {
+pub(crate) fn plan_spec(u: &UpgradeSettings, to: KubeVersion) -> CommandSpec {
     CommandSpec::new(
         &u.kubeadm,
         ["upgrade".to_string(), "plan".into(), to.to_string()],
@@ -15,7 +15,11 @@ pub fn plan_spec(u: &UpgradeSettings, to: KubeVersion) -> CommandSpec {
 }
 
 /// `kubeadm upgrade apply -y vX.Y.Z [extra args]` or `kubeadm upgrade node`.
-pub fn upgrade_spec(u: &UpgradeSettings, action: KubeadmAction, to: KubeVersion) -> CommandSpec {
+pub(crate) fn upgrade_spec(
+    u: &UpgradeSettings,
+    action: KubeadmAction,
+    to: KubeVersion,
+) -> CommandSpec {
     let args: Vec<String> = match action {
         KubeadmAction::Apply => ["upgrade", "apply", "-y"]
             .into_iter()

@@ -3,12 +3,14 @@
 //! (the apt source and packages, kubeadm, the etcd snapshot), all commands
 //! behind [`crate::host::command::CommandRunner`].
 
-pub mod apt;
-pub mod etcd;
-pub mod kubeadm;
-pub mod plan;
-pub mod steps;
-pub mod version;
+pub(crate) mod apt;
+pub(crate) mod etcd;
+pub(crate) mod kubeadm;
+pub(crate) mod plan;
+pub(crate) mod steps;
+pub(crate) mod version;
 
-pub use plan::{Decision, KubeadmAction, UpgradeStep};
-pub use version::{ClusterVersions, KubeVersion, NodeVersion, TargetError};
+pub(crate) use plan::KubeadmAction;
+pub(crate) use plan::UpgradeStep;
+pub(crate) use version::ClusterVersions;
+pub use version::KubeVersion;

@@ -23,7 +23,7 @@ pub enum KubeadmAction {
 
 /// What this node should do about the cluster's target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// No target set.
     NoTarget,
     /// The target is refused (syntax or skew): nothing runs.
@@ -43,7 +43,7 @@ pub enum Decision {
 /// Whether this node needs an upgrade and may start one now. The choice
 /// between `apply` and `node` is made later, while holding the Lease
 /// ([`kubeadm_action`]).
-pub fn decide(target: Option<&str>, cluster: &ClusterVersions, node: &str) -> Decision {
+pub(crate) fn decide(target: Option<&str>, cluster: &ClusterVersions, node: &str) -> Decision {
     let Some(text) = target else {
         return Decision::NoTarget;
     };
@@ -73,7 +73,7 @@ pub fn decide(target: Option<&str>, cluster: &ClusterVersions, node: &str) -> De
 }
 
 /// Why workers must still wait for the control plane, if they must.
-pub fn control_plane_pending(to: KubeVersion, cluster: &ClusterVersions) -> Option<String> {
+pub(crate) fn control_plane_pending(to: KubeVersion, cluster: &ClusterVersions) -> Option<String> {
     match cluster.api_server {
         Some(v) if v == to => {}
         Some(v) => return Some(format!("waiting for the API server ({v}) to reach {to}")),
@@ -97,7 +97,7 @@ pub fn control_plane_pending(to: KubeVersion, cluster: &ClusterVersions) -> Opti
 
 /// Decided while holding the Lease: the first control-plane node is the one
 /// that finds kubeadm-config still below the target.
-pub fn kubeadm_action(
+pub(crate) fn kubeadm_action(
     control_plane: bool,
     to: KubeVersion,
     kubeadm_config: Option<KubeVersion>,
@@ -114,7 +114,11 @@ pub fn kubeadm_action(
 /// slot: the Lease's own exclusivity keeps control planes one at a time,
 /// with no race between nodes reading each other's state. `Err`: why this
 /// node must give its slot back and wait.
-pub fn control_plane_slot(control_plane: bool, slot: &str, slots: &[String]) -> Result<(), String> {
+pub(crate) fn control_plane_slot(
+    control_plane: bool,
+    slot: &str,
+    slots: &[String],
+) -> Result<(), String> {
     match slots.first() {
         _ if !control_plane => Ok(()),
         Some(first) if first == slot => Ok(()),
@@ -192,7 +196,7 @@ impl std::fmt::Display for UpgradeStep {
 /// The steps of one node's turn. A node that also needs a reboot does the
 /// upgrade, then the reboot, in the same turn (the reboot restarts the
 /// kubelet; one drain serves both).
-pub fn steps(action: KubeadmAction, reboot_needed: bool) -> Vec<UpgradeStep> {
+pub(crate) fn steps(action: KubeadmAction, reboot_needed: bool) -> Vec<UpgradeStep> {
     use UpgradeStep::*;
     let mut out = vec![AptSource, ResolvePackages, InstallKubeadm];
     match action {
@@ -210,7 +214,7 @@ pub fn steps(action: KubeadmAction, reboot_needed: bool) -> Vec<UpgradeStep> {
 }
 
 /// The step after `step` in `steps`, `None` when it was the last.
-pub fn next_step(steps: &[UpgradeStep], step: UpgradeStep) -> Option<UpgradeStep> {
+pub(crate) fn next_step(steps: &[UpgradeStep], step: UpgradeStep) -> Option<UpgradeStep> {
     let i = steps.iter().position(|s| *s == step)?;
     steps.get(i + 1).copied()
 }
@@ -237,7 +241,7 @@ pub struct Facts {
 /// repeating it). Steps whose effect cannot be observed (`kubeadm upgrade
 /// node`, the snapshot, the plan) rely on the persisted record instead and
 /// answer `false` here.
-pub fn already_done(step: UpgradeStep, to: KubeVersion, facts: &Facts) -> bool {
+pub(crate) fn already_done(step: UpgradeStep, to: KubeVersion, facts: &Facts) -> bool {
     let at = |p: &Option<(String, bool)>| match (p, &facts.package_version) {
         (Some((v, held)), Some(want)) => v == want && *held,
         _ => false,

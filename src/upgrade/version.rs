@@ -10,11 +10,11 @@
 use std::fmt;
 
 /// Longer input is refused before parsing (and never echoed whole).
-pub const MAX_TARGET_LEN: usize = 32;
+pub(crate) const MAX_TARGET_LEN: usize = 32;
 
 /// Kubernetes' supported kubelet skew: a kubelet may be up to this many
 /// minors older than the API server (since v1.28).
-pub const KUBELET_MAX_MINOR_SKEW: u64 = 3;
+pub(crate) const KUBELET_MAX_MINOR_SKEW: u64 = 3;
 
 /// A Kubernetes release version, `vMAJOR.MINOR.PATCH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -223,7 +223,7 @@ pub enum TargetError {
 /// target (that node would be downgraded), no kubelet left beyond the
 /// supported skew. An equal version is accepted (nothing to do, or the
 /// rest of a rollout).
-pub fn check_skew(target: KubeVersion, cluster: &ClusterVersions) -> Result<(), SkewError> {
+pub(crate) fn check_skew(target: KubeVersion, cluster: &ClusterVersions) -> Result<(), SkewError> {
     let Some(current) = cluster.control_plane() else {
         return Err(SkewError::UnknownControlPlane { target });
     };
@@ -261,7 +261,10 @@ pub fn check_skew(target: KubeVersion, cluster: &ClusterVersions) -> Result<(), 
 }
 
 /// Parses and checks an operator's target in one go.
-pub fn validate_target(text: &str, cluster: &ClusterVersions) -> Result<KubeVersion, TargetError> {
+pub(crate) fn validate_target(
+    text: &str,
+    cluster: &ClusterVersions,
+) -> Result<KubeVersion, TargetError> {
     let target = KubeVersion::parse_target(text)?;
     check_skew(target, cluster)?;
     Ok(target)

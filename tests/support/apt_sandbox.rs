@@ -20,11 +20,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-pub const DRYDOCK: &str = env!("CARGO_BIN_EXE_drydock");
-pub const SHIPPED_APT_CONF: &str = include_str!("../../etc/apt/50drydock");
+pub(crate) const DRYDOCK: &str = env!("CARGO_BIN_EXE_drydock");
+pub(crate) const SHIPPED_APT_CONF: &str = include_str!("../../etc/apt/50drydock");
 
 /// `(package, version, file shipped at this sandbox path)`.
-pub const PACKAGES: &[(&str, &str, Option<&str>)] = &[
+pub(crate) const PACKAGES: &[(&str, &str, Option<&str>)] = &[
     ("containerd", "1.0-1", None),
     ("containerd", "2.0-1", None),
     ("kubeadm", "1.34.1-1.1", None),
@@ -41,7 +41,7 @@ pub const PACKAGES: &[(&str, &str, Option<&str>)] = &[
 ];
 
 /// Why the sandbox cannot run here, if it cannot.
-pub fn missing_tools(need_uu: bool) -> Option<String> {
+pub(crate) fn missing_tools(need_uu: bool) -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("not running as root (apt and dpkg --root need it)".into());
     }
@@ -70,7 +70,7 @@ pub fn missing_tools(need_uu: bool) -> Option<String> {
     None
 }
 
-pub struct Sandbox {
+pub(crate) struct Sandbox {
     _dir: tempfile::TempDir,
     pub base: PathBuf,
     pub root: PathBuf,
@@ -108,7 +108,7 @@ fn check(out: Output, what: &str) -> Output {
 impl Sandbox {
     /// A sandbox with the repository indexed (`apt-get update` done), no
     /// package installed, the hook not wired.
-    pub fn new() -> Sandbox {
+    pub(crate) fn new() -> Sandbox {
         let dir = tempfile::Builder::new()
             .prefix("drydock-apt-")
             .tempdir()
@@ -184,7 +184,7 @@ impl Sandbox {
     }
 
     /// Writes drydock.toml; `protect` empty means the built-in default set.
-    pub fn write_config(&self, protect: &[&str]) {
+    pub(crate) fn write_config(&self, protect: &[&str]) {
         // Joined by default (a kubelet kubeconfig exists): the hook then
         // decides as on a node in service. See [`Sandbox::set_joined`].
         let kubeconfig = self.base.join("kubelet.conf");
@@ -207,7 +207,7 @@ impl Sandbox {
     }
 
     /// Whether the node has joined a cluster: its kubelet kubeconfig exists.
-    pub fn set_joined(&self, joined: bool) {
+    pub(crate) fn set_joined(&self, joined: bool) {
         let kubeconfig = self.base.join("kubelet.conf");
         if joined {
             write(&kubeconfig, "# stands for the kubelet's kubeconfig\n");
@@ -216,22 +216,22 @@ impl Sandbox {
         }
     }
 
-    pub fn settings(&self) -> drydock::testing::config::Settings {
+    pub(crate) fn settings(&self) -> drydock::testing::config::Settings {
         drydock::testing::config::load(&self.config, true).expect("sandbox config is valid")
     }
 
-    pub fn dpkg(&self) -> drydock::testing::host::dpkg::Dpkg {
+    pub(crate) fn dpkg(&self) -> drydock::testing::host::dpkg::Dpkg {
         drydock::testing::host::dpkg::Dpkg::new(&self.root)
     }
 
     /// The shipped /etc/apt/apt.conf.d/50drydock, pointed at the built binary
     /// and the sandbox's drydock.toml. `pre_install_only` drops Post-Invoke.
-    pub fn install_hook(&self, pre_install_only: bool) {
+    pub(crate) fn install_hook(&self, pre_install_only: bool) {
         self.install_hook_at(Path::new(DRYDOCK), pre_install_only);
     }
 
     /// As [`Sandbox::install_hook`], with `binary` in place of /usr/bin/drydock.
-    pub fn install_hook_at(&self, binary: &Path, pre_install_only: bool) {
+    pub(crate) fn install_hook_at(&self, binary: &Path, pre_install_only: bool) {
         let binary = binary.to_str().expect("UTF-8 binary path");
         assert!(
             !binary.contains(' '),
@@ -251,11 +251,11 @@ impl Sandbox {
         write(&self.root.join("etc/apt/apt.conf.d/50drydock"), &text);
     }
 
-    pub fn remove_hook(&self) {
+    pub(crate) fn remove_hook(&self) {
         let _ = std::fs::remove_file(self.root.join("etc/apt/apt.conf.d/50drydock"));
     }
 
-    pub fn apt_command(&self, program: &str) -> Command {
+    pub(crate) fn apt_command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.env("APT_CONFIG", &self.apt_conf)
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -266,7 +266,7 @@ impl Sandbox {
         cmd
     }
 
-    pub fn apt_get(&self, args: &[&str]) -> Output {
+    pub(crate) fn apt_get(&self, args: &[&str]) -> Output {
         self.apt_command("apt-get")
             .args([
                 "-y",
@@ -280,19 +280,19 @@ impl Sandbox {
     }
 
     /// Installs without any hook (test setup).
-    pub fn preinstall(&self, specs: &[&str]) {
+    pub(crate) fn preinstall(&self, specs: &[&str]) {
         let mut args = vec!["install"];
         args.extend_from_slice(specs);
         check(self.apt_get(&args), "apt-get install (setup)");
     }
 
     /// Raw bytes of the dpkg status file.
-    pub fn status_file(&self) -> Vec<u8> {
+    pub(crate) fn status_file(&self) -> Vec<u8> {
         std::fs::read(self.root.join("var/lib/dpkg/status")).unwrap()
     }
 
     /// Installed packages: name -> (version, selection).
-    pub fn installed(&self) -> BTreeMap<String, (String, String)> {
+    pub(crate) fn installed(&self) -> BTreeMap<String, (String, String)> {
         self.dpkg()
             .packages()
             .expect("dpkg-query in sandbox")
@@ -302,15 +302,15 @@ impl Sandbox {
             .collect()
     }
 
-    pub fn version(&self, package: &str) -> Option<String> {
+    pub(crate) fn version(&self, package: &str) -> Option<String> {
         self.installed().remove(package).map(|(v, _)| v)
     }
 
-    pub fn selection(&self, package: &str) -> Option<String> {
+    pub(crate) fn selection(&self, package: &str) -> Option<String> {
         self.installed().remove(package).map(|(_, s)| s)
     }
 
-    pub fn set_selection(&self, package: &str, selection: &str) {
+    pub(crate) fn set_selection(&self, package: &str, selection: &str) {
         let mut child = Command::new("dpkg")
             .arg(format!("--root={}", self.root.display()))
             .arg("--set-selections")
@@ -322,7 +322,7 @@ impl Sandbox {
         assert!(child.wait().unwrap().success());
     }
 
-    pub fn drydock(&self) -> Command {
+    pub(crate) fn drydock(&self) -> Command {
         let mut cmd = Command::new(DRYDOCK);
         cmd.arg("--config")
             .arg(&self.config)
@@ -331,7 +331,7 @@ impl Sandbox {
     }
 
     /// Runs unattended-upgrades (the system's script) against the sandbox.
-    pub fn unattended_upgrade(&self, extra_conf: &str) -> Output {
+    pub(crate) fn unattended_upgrade(&self, extra_conf: &str) -> Output {
         write(
             &self
                 .root
@@ -375,7 +375,7 @@ sys.exit(uu.main(opts, root))
 "#;
 
 /// Builds `packages` into a flat repository at `repo` (Packages, Release).
-pub fn build_repo(build: &Path, repo: &Path, packages: &[(&str, &str, Option<&str>)]) {
+pub(crate) fn build_repo(build: &Path, repo: &Path, packages: &[(&str, &str, Option<&str>)]) {
     std::fs::create_dir_all(repo).unwrap();
     for (name, version, file) in packages {
         let dir = build.join(format!("{name}_{version}"));

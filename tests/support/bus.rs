@@ -16,7 +16,7 @@ const FAKE: &str = concat!(
 );
 
 /// A private bus, optionally with the stand-in services; both die on drop.
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub dir: tempfile::TempDir,
     daemon: Child,
     service: Option<Child>,
@@ -35,7 +35,7 @@ impl Drop for Fixture {
     }
 }
 
-pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(
@@ -47,7 +47,7 @@ pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 }
 
 impl Fixture {
-    pub fn bus_only() -> Fixture {
+    pub(crate) fn bus_only() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("bus");
         let config = dir.path().join("bus.conf");
@@ -87,7 +87,7 @@ impl Fixture {
         }
     }
 
-    pub fn with_service(args: &[&str]) -> Fixture {
+    pub(crate) fn with_service(args: &[&str]) -> Fixture {
         let mut f = Fixture::bus_only();
         let ready = f.dir.path().join("ready");
         let service = Command::new("/usr/bin/python3")
@@ -107,24 +107,24 @@ impl Fixture {
         f
     }
 
-    pub fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("unix:path={}", self.dir.path().join("bus").display())
     }
 
-    pub fn bus(&self) -> Bus {
+    pub(crate) fn bus(&self) -> Bus {
         Bus::Address(self.address())
     }
 
-    pub fn log_path(&self) -> PathBuf {
+    pub(crate) fn log_path(&self) -> PathBuf {
         self.dir.path().join("calls.jsonl")
     }
 
-    pub fn calls(&self) -> Vec<Value> {
+    pub(crate) fn calls(&self) -> Vec<Value> {
         read_calls(&self.log_path())
     }
 }
 
-pub fn read_calls(path: &Path) -> Vec<Value> {
+pub(crate) fn read_calls(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -132,7 +132,7 @@ pub fn read_calls(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-pub fn members(calls: &[Value]) -> Vec<&str> {
+pub(crate) fn members(calls: &[Value]) -> Vec<&str> {
     calls
         .iter()
         .map(|c| c["member"].as_str().unwrap_or("?"))

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 /// The binaries, or why the tests cannot run. Under CI=true a missing
 /// binary fails the test; otherwise it is skipped with a message.
-pub fn binaries() -> Option<PathBuf> {
+pub(crate) fn binaries() -> Option<PathBuf> {
     let dir = std::env::var_os("DRYDOCK_CONTROLPLANE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/bin"));
@@ -59,7 +59,7 @@ pub fn binaries() -> Option<PathBuf> {
 }
 
 /// drydock's logs in the test's output (RUST_LOG, default drydock=info).
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             std::env::var("RUST_LOG").unwrap_or_else(|_| "drydock=info".into()),
@@ -77,7 +77,7 @@ fn free_port() -> u16 {
 }
 
 /// A certificate authority of our own (the cluster CA).
-pub struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub cert_pem: String,
     pub key_pem: String,
@@ -107,7 +107,7 @@ impl Ca {
     }
 
     /// (cert, key) PEM of a client certificate for `cn` in `groups`.
-    pub fn client(&self, cn: &str, groups: &[&str]) -> (String, String) {
+    pub(crate) fn client(&self, cn: &str, groups: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -123,7 +123,7 @@ impl Ca {
 
     /// A client certificate for `cn` with an existing key and a validity
     /// of our choosing (PEM).
-    pub fn client_for_key(
+    pub(crate) fn client_for_key(
         &self,
         key_pem: &str,
         cn: &str,
@@ -166,7 +166,7 @@ impl Ca {
     }
 }
 
-pub struct ControlPlane {
+pub(crate) struct ControlPlane {
     pub dir: PathBuf,
     _tmp: tempfile::TempDir,
     pub bin: PathBuf,
@@ -197,7 +197,7 @@ const AUDIT_POLICY: &str = r#"{"apiVersion":"audit.k8s.io/v1","kind":"Policy",
 impl ControlPlane {
     /// Starts everything and waits until the API answers and the
     /// controllers run. Blocking (spawns processes, polls).
-    pub fn start(bin: &Path) -> ControlPlane {
+    pub(crate) fn start(bin: &Path) -> ControlPlane {
         let tmp = tempfile::Builder::new()
             .prefix("drydock-controlplane.")
             .tempdir()
@@ -341,12 +341,12 @@ impl ControlPlane {
         self.children.lock().unwrap().push(child);
     }
 
-    pub fn log(&self, name: &str) -> String {
+    pub(crate) fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
 
     /// Writes a kubeconfig with a client certificate for `cn` in `groups`.
-    pub fn kubeconfig(&self, name: &str, cn: &str, groups: &[&str]) -> PathBuf {
+    pub(crate) fn kubeconfig(&self, name: &str, cn: &str, groups: &[&str]) -> PathBuf {
         let (cert, key) = self.ca.client(cn, groups);
         let crt = self.dir.join(format!("{name}.crt"));
         let keyf = self.dir.join(format!("{name}.key"));
@@ -367,7 +367,7 @@ impl ControlPlane {
     }
 
     /// A kubelet's kubeconfig (kubeadm's kubelet.conf).
-    pub fn node_kubeconfig(&self, node: &str) -> PathBuf {
+    pub(crate) fn node_kubeconfig(&self, node: &str) -> PathBuf {
         self.kubeconfig(
             &format!("kubelet-{node}"),
             &format!("system:node:{node}"),
@@ -375,11 +375,11 @@ impl ControlPlane {
         )
     }
 
-    pub fn kubectl(&self, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    pub(crate) fn kubectl(&self, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         self.kubectl_stdin(kubeconfig, args, None)
     }
 
-    pub fn kubectl_stdin(
+    pub(crate) fn kubectl_stdin(
         &self,
         kubeconfig: &Path,
         args: &[&str],
@@ -405,7 +405,7 @@ impl ControlPlane {
     }
 
     /// kubectl as the super admin; panics with its output on failure.
-    pub fn admin_kubectl(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+    pub(crate) fn admin_kubectl(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
         let out = self.kubectl_stdin(&self.super_admin, args, stdin);
         assert!(
             out.status.success(),
@@ -471,7 +471,7 @@ impl ControlPlane {
     }
 
     /// Audit entries (JSON lines) written so far.
-    pub fn audit(&self) -> Vec<Value> {
+    pub(crate) fn audit(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.audit_log)
             .unwrap_or_default()
             .lines()
@@ -480,20 +480,22 @@ impl ControlPlane {
     }
 }
 
-pub fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub async fn client(kubeconfig: &Path) -> kube::Client {
-    drydock::testing::cli::daemon::kube_client(kubeconfig).await.unwrap()
+pub(crate) async fn client(kubeconfig: &Path) -> kube::Client {
+    drydock::testing::cli::daemon::kube_client(kubeconfig)
+        .await
+        .unwrap()
 }
 
 // --- kubelets ---------------------------------------------------------------
 
 /// One simulated kubelet, talking to the API server as `system:node:<name>`.
 #[derive(Clone)]
-pub struct Kubelet {
+pub(crate) struct Kubelet {
     pub name: String,
     pub kubeconfig: PathBuf,
     state: Arc<Mutex<KubeletState>>,
@@ -515,7 +517,7 @@ fn now() -> String {
 }
 
 impl Kubelet {
-    pub fn new(cp: &ControlPlane, name: &str, index: usize) -> Kubelet {
+    pub(crate) fn new(cp: &ControlPlane, name: &str, index: usize) -> Kubelet {
         Kubelet {
             name: name.to_string(),
             kubeconfig: cp.node_kubeconfig(name),
@@ -528,23 +530,23 @@ impl Kubelet {
         }
     }
 
-    pub fn boot_id(&self) -> String {
+    pub(crate) fn boot_id(&self) -> String {
         self.state.lock().unwrap().boot_id.clone()
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.state.lock().unwrap().up
     }
 
     /// The kubelet now runs `version` (set before `register` for the
     /// version it registers with; afterwards the next heartbeat reports it).
-    pub fn set_version(&self, version: &str) {
+    pub(crate) fn set_version(&self, version: &str) {
         self.state.lock().unwrap().version = version.to_string();
     }
 
     /// Registers the Node as the kubelet does (kubeadm labels the control
     /// plane afterwards, with the admin credential: a kubelet may not).
-    pub async fn register(&self, control_plane: bool) {
+    pub(crate) async fn register(&self, control_plane: bool) {
         let client = client(&self.kubeconfig).await;
         let (index, version) = {
             let s = self.state.lock().unwrap();
@@ -567,7 +569,7 @@ impl Kubelet {
     }
 
     /// Heartbeats and pods, forever (spawn it).
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let client = client(&self.kubeconfig).await;
         let nodes: Api<Node> = Api::all(client.clone());
         let mut last_beat = Instant::now() - Duration::from_secs(60);
@@ -676,7 +678,7 @@ impl Kubelet {
     }
 
     /// The machine goes down (NotReady), then up with a new boot_id.
-    pub async fn reboot(&self, downtime: Duration) -> String {
+    pub(crate) async fn reboot(&self, downtime: Duration) -> String {
         self.state.lock().unwrap().up = false;
         tokio::time::sleep(downtime).await;
         let boot = uuid::Uuid::new_v4().to_string();

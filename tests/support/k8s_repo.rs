@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use super::apt_sandbox::{Sandbox, build_repo};
 
 /// Two minors, two patches each, of the three packages.
-pub const MINORS: &[(&str, &[&str])] = &[
+pub(crate) const MINORS: &[(&str, &[&str])] = &[
     ("1.34", &["1.34.2-1.1", "1.34.3-1.1"]),
     ("1.35", &["1.35.1-1.1", "1.35.2-1.1"]),
 ];
 
-pub struct K8sRepo {
+pub(crate) struct K8sRepo {
     /// The `[upgrade] apt-source-template` for these repositories.
     pub template: String,
     pub apt_get: PathBuf,
@@ -32,7 +32,7 @@ fn executable(path: &Path, text: &str) {
 
 /// Whether the apt sandbox can run here: under CI=true a missing tool
 /// fails the test, otherwise it is skipped with a message.
-pub fn ready() -> bool {
+pub(crate) fn ready() -> bool {
     match super::apt_sandbox::missing_tools(false) {
         None => true,
         Some(why) => {
@@ -47,7 +47,7 @@ pub fn ready() -> bool {
 }
 
 /// Builds the repositories of [`MINORS`] under the sandbox and the wrappers.
-pub fn build(sandbox: &Sandbox) -> K8sRepo {
+pub(crate) fn build(sandbox: &Sandbox) -> K8sRepo {
     let minors: Vec<(String, Vec<String>)> = MINORS
         .iter()
         .map(|(m, vs)| (m.to_string(), vs.iter().map(|v| v.to_string()).collect()))
@@ -56,7 +56,7 @@ pub fn build(sandbox: &Sandbox) -> K8sRepo {
 }
 
 /// Builds repositories of the given minors (`("1.34", ["1.34.4-1.1"])`).
-pub fn build_minors(sandbox: &Sandbox, minors: &[(String, Vec<String>)]) -> K8sRepo {
+pub(crate) fn build_minors(sandbox: &Sandbox, minors: &[(String, Vec<String>)]) -> K8sRepo {
     let top = sandbox.base.join("pkgs.k8s.io");
     for (minor, versions) in minors {
         let packages: Vec<(&str, &str, Option<&str>)> = versions
@@ -99,7 +99,7 @@ pub fn build_minors(sandbox: &Sandbox, minors: &[(String, Vec<String>)]) -> K8sR
 
 impl K8sRepo {
     /// Points `settings.upgrade` at these repositories and wrappers.
-    pub fn configure(&self, settings: &mut drydock::testing::config::Settings) {
+    pub(crate) fn configure(&self, settings: &mut drydock::testing::config::Settings) {
         let u = &mut settings.upgrade;
         u.apt_get = self.apt_get.clone();
         u.apt_cache = self.apt_cache.clone();

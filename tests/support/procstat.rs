@@ -1,7 +1,7 @@
 //! CPU time of a process from `/proc/<pid>/stat`, for the benches.
 
 /// utime + stime of `/proc/<proc_entry>` (a pid, or `self`), in seconds.
-pub fn cpu_seconds(proc_entry: &str) -> f64 {
+pub(crate) fn cpu_seconds(proc_entry: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{proc_entry}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);

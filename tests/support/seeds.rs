@@ -7,7 +7,7 @@ use std::time::Instant;
 
 /// How a fault test names its knobs: `{prefix}_SEED` replays one seed,
 /// `{prefix}_SEEDS` sets how many, `{prefix}_PARALLEL` how many at once.
-pub struct SeedRun {
+pub(crate) struct SeedRun {
     pub env_prefix: &'static str,
     pub test_name: &'static str,
     pub default_seeds: u64,
@@ -19,7 +19,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// The first node is the control plane, the rest workers.
-pub fn node_names(nodes: usize) -> Vec<String> {
+pub(crate) fn node_names(nodes: usize) -> Vec<String> {
     let mut v = vec!["cp-1".to_string()];
     v.extend((1..nodes).map(|i| format!("worker-{i}")));
     v
@@ -36,7 +36,7 @@ impl SeedRun {
 
     /// Runs every seed (`Ok`: its summary line; `Err`: why it failed) and
     /// fails the test naming the failing seeds, each with its replay command.
-    pub fn run<F, Fut>(&self, run_seed: F)
+    pub(crate) fn run<F, Fut>(&self, run_seed: F)
     where
         F: Fn(u64) -> Fut + Copy + Send + 'static,
         Fut: Future<Output = Result<String, String>> + Send + 'static,
@@ -92,7 +92,7 @@ impl SeedRun {
 
 /// A rebooted node's history must show every state in `wants`: one problem
 /// line for each that its store at `db` lacks.
-pub fn history_gaps(db: &Path, node: &str, wants: &[&str]) -> Result<Vec<String>, String> {
+pub(crate) fn history_gaps(db: &Path, node: &str, wants: &[&str]) -> Result<Vec<String>, String> {
     let store = drydock::testing::store::Store::open(db).map_err(|e| e.to_string())?;
     let history = store.history(&["state"], 1000).map_err(|e| e.to_string())?;
     let tos: Vec<&str> = history

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub struct StandIns {
+pub(crate) struct StandIns {
     pub kubeadm: PathBuf,
     pub etcdctl: PathBuf,
     pub log: PathBuf,
@@ -22,12 +22,12 @@ fn executable(path: &Path, text: &str) {
 }
 
 impl StandIns {
-    pub fn new(dir: &Path) -> StandIns {
+    pub(crate) fn new(dir: &Path) -> StandIns {
         Self::for_node(dir, "", None)
     }
 
     /// Also appends `<node> <tool> <args>` to `global` (one log for a fleet).
-    pub fn for_node(dir: &Path, node: &str, global: Option<&Path>) -> StandIns {
+    pub(crate) fn for_node(dir: &Path, node: &str, global: Option<&Path>) -> StandIns {
         let global = global.map_or(String::new(), |g| {
             format!("echo \"{node} $(basename $0) $*\" >> {}\n", g.display())
         });
@@ -76,7 +76,7 @@ esac
     }
 
     /// Every recorded call, one line each (`kubeadm upgrade node`, ...).
-    pub fn calls(&self) -> Vec<String> {
+    pub(crate) fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -84,7 +84,7 @@ esac
             .collect()
     }
 
-    pub fn fail(&self, tool: &str, on: bool) {
+    pub(crate) fn fail(&self, tool: &str, on: bool) {
         let marker = self.dir.join(format!("fail-{tool}"));
         if on {
             std::fs::write(marker, "").unwrap();
@@ -93,7 +93,7 @@ esac
         }
     }
 
-    pub fn configure(&self, settings: &mut drydock::testing::config::Settings) {
+    pub(crate) fn configure(&self, settings: &mut drydock::testing::config::Settings) {
         let u = &mut settings.upgrade;
         u.kubeadm = self.kubeadm.clone();
         u.etcdctl = self.etcdctl.clone();

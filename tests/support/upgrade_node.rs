@@ -19,7 +19,7 @@ use drydock::testing::sim::kubeadm::KubeadmEffects;
 
 /// Where a restarted kubelet reports its new version: the simulator, or
 /// a kubelet stand-in against a real API server.
-pub trait KubeletVersionSink: Send + Sync {
+pub(crate) trait KubeletVersionSink: Send + Sync {
     fn kubelet_restarted(&self, node: &str, version: &str) -> Result<(), String>;
 }
 
@@ -30,7 +30,7 @@ impl KubeletVersionSink for SimHandle {
 }
 
 /// One machine whose packages are real (its sandbox).
-pub struct UpgradeHost<R = KubeadmEffects<HostRunner>, K = SimHandle> {
+pub(crate) struct UpgradeHost<R = KubeadmEffects<HostRunner>, K = SimHandle> {
     pub node: String,
     /// Told the kubelet's new version when it restarts.
     pub sim: K,
@@ -89,7 +89,7 @@ impl<R: CommandRunner, K: KubeletVersionSink> Host for UpgradeHost<R, K> {
 impl UpgradeHost {
     /// A machine of the simulated cluster: its Node's boot, up for an hour,
     /// the stand-in kubeadm's `upgrade apply` changing the simulator.
-    pub fn on_sim(
+    pub(crate) fn on_sim(
         sim: &SimHandle,
         node: &str,
         settings: &Settings,
@@ -113,20 +113,20 @@ impl UpgradeHost {
 }
 
 /// An agent running in the background until `stop` is sent (or dropped).
-pub struct RunningAgent {
+pub(crate) struct RunningAgent {
     pub stop: tokio::sync::oneshot::Sender<()>,
     pub task: tokio::task::JoinHandle<Result<(), drydock::testing::agent::AgentError>>,
 }
 
 impl RunningAgent {
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap().unwrap();
     }
 }
 
 /// Starts the real agent for `node` with its own store.
-pub fn spawn_agent<H, C>(
+pub(crate) fn spawn_agent<H, C>(
     node: &str,
     settings: Settings,
     host: H,
@@ -139,7 +139,8 @@ where
 {
     let store = drydock::testing::store::Store::open(&settings.node.state_db).unwrap();
     let mut agent =
-        drydock::testing::agent::Agent::new(node.to_string(), settings, store, host, cluster, rec).unwrap();
+        drydock::testing::agent::Agent::new(node.to_string(), settings, store, host, cluster, rec)
+            .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         agent
@@ -152,7 +153,7 @@ where
 }
 
 /// Stops the probe loop however the test ends (a panic included).
-pub struct StopOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
+pub(crate) struct StopOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
@@ -161,11 +162,11 @@ impl Drop for StopOnDrop {
 }
 
 #[derive(Clone, Default)]
-pub struct Rec(pub Arc<Mutex<Vec<(Instant, String, AgentEvent)>>>);
+pub(crate) struct Rec(pub Arc<Mutex<Vec<(Instant, String, AgentEvent)>>>);
 
 impl Rec {
     /// Every event so far, one line each (for failure messages).
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         self.0
             .lock()
             .unwrap()
@@ -185,7 +186,7 @@ impl Reporter for Rec {
     }
 }
 
-pub struct Machine {
+pub(crate) struct Machine {
     pub sandbox: Sandbox,
     pub settings: Settings,
     pub stand_ins: standins::StandIns,
@@ -193,19 +194,19 @@ pub struct Machine {
 }
 
 /// A node running 1.34.2 with the repositories of [`k8s_repo::MINORS`].
-pub fn machine(node: &str, global_log: &Path) -> Machine {
+pub(crate) fn machine(node: &str, global_log: &Path) -> Machine {
     machine_at(node, Some(global_log), None, "1.34.2-1.1")
 }
 
 /// As [`machine`], its commands logged only in its own stand-ins' log.
-pub fn lone_machine(node: &str) -> Machine {
+pub(crate) fn lone_machine(node: &str) -> Machine {
     machine_at(node, None, None, "1.34.2-1.1")
 }
 
 /// A node whose kubeadm/kubelet/kubectl are at `installed` (held), its
 /// apt source at that minor; `minors`: the repositories (default
 /// [`k8s_repo::MINORS`]).
-pub fn machine_at(
+pub(crate) fn machine_at(
     node: &str,
     global_log: Option<&Path>,
     minors: Option<&[(String, Vec<String>)]>,

@@ -8,9 +8,9 @@ use crate::upgrade::plan::{self, Decision, Facts, UpgradeStep};
 use crate::upgrade::steps::{self, Outcome, Progress};
 
 /// Reasons starting with this are the upgrade's (shown with the others).
-pub const UPGRADE_REASON: &str = "Kubernetes upgrade";
+pub(crate) const UPGRADE_REASON: &str = "Kubernetes upgrade";
 
-pub fn is_upgrade_reason(reason: &str) -> bool {
+pub(crate) fn is_upgrade_reason(reason: &str) -> bool {
     reason.starts_with(UPGRADE_REASON)
 }
 
