@@ -536,15 +536,6 @@ impl DrainOptions {
     }
 }
 
-/// Lists the pods bound to `node` that match `selector`.
-pub(crate) async fn pods_on_node(
-    client: &Client,
-    node: &str,
-    selector: &str,
-) -> Result<Vec<Pod>, DrainError> {
-    Ok(list_pods_on_node(client, node, selector).await?.0)
-}
-
 /// The pods on `node` matching `selector`, and the list's resourceVersion
 /// (where the watch for their deletion starts).
 async fn list_pods_on_node(

@@ -3,7 +3,7 @@
 //! `kubernetesVersion` (kubeadm lets every node read it), every Node's
 //! kubelet version and role. And `drydock cluster set-version`'s writer.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, ListParams};
 
 use super::annotations::{self, AnnotationError, KUBERNETES_VERSION};
@@ -34,13 +34,6 @@ pub enum VersionsError {
     Refused(#[from] TargetError),
     #[error(transparent)]
     Annotation(#[from] AnnotationError),
-}
-
-/// The target as written on the Namespace (unvalidated), and the versions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct VersionObservation {
-    pub target: Option<String>,
-    pub versions: ClusterVersions,
 }
 
 /// `kubernetesVersion` out of kubeadm's ClusterConfiguration YAML.
@@ -80,30 +73,6 @@ fn node_version(node: &Node) -> NodeVersion {
             .as_ref()
             .is_some_and(|l| l.contains_key(CONTROL_PLANE_LABEL)),
     }
-}
-
-/// Reads everything the skew policy and the rollout order look at. A
-/// missing kubeadm-config (404) is `None`; any other failure is an error
-/// (the caller then waits: fail closed).
-pub(crate) async fn observe(
-    client: &kube::Client,
-    namespace: &str,
-) -> Result<VersionObservation, VersionsError> {
-    let ns: Namespace = Api::all(client.clone())
-        .get(namespace)
-        .await
-        .map_err(|source| VersionsError::Namespace {
-            namespace: namespace.to_string(),
-            source,
-        })?;
-    let target = ns
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(KUBERNETES_VERSION))
-        .cloned();
-    let versions = observe_versions(client).await?;
-    Ok(VersionObservation { target, versions })
 }
 
 /// As [`observe_versions_as`] with one credential for everything (an admin's).

@@ -95,6 +95,8 @@ pub(crate) struct RebootNeed {
     pub problems: Vec<SentinelError>,
 }
 
+// The unit tests' view of the answer.
+#[cfg(test)]
 impl RebootNeed {
     pub(crate) fn needed(&self) -> bool {
         !self.reasons.is_empty()

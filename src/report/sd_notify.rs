@@ -26,11 +26,6 @@ impl SystemdNotifier {
         SystemdNotifier::default()
     }
 
-    /// Whether systemd is listening (NOTIFY_SOCKET is set).
-    pub(crate) fn enabled() -> bool {
-        std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
-    }
-
     /// READY=1 together with the current status.
     pub(crate) fn ready(&self, status: &str) {
         // One line: a newline would start another notify assignment.

@@ -74,8 +74,9 @@ pub(crate) const PAUSE: &str = "paused";
 /// `drydock reboot` (the CLI): the operator's request (`host::sentinel::RebootRequest`).
 pub(crate) const REBOOT_REQUEST: &str = "reboot-request";
 
-/// Every key, for tests and tools that list them.
-pub(crate) const ALL: [&str; 8] = [
+/// Every key, for the test that they are distinct.
+#[cfg(test)]
+const ALL: [&str; 8] = [
     RESUME_REQUESTED.name(),
     FORCE_RELEASE.name(),
     AGENT_STATUS,

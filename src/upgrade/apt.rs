@@ -340,6 +340,8 @@ pub async fn find_versions(
 }
 
 /// Installed `(version, held)` of a package, `None` when not installed.
+/// (The simulated fleet's machines read it back.)
+#[cfg(feature = "sim")]
 pub(crate) fn installed(dpkg: &Dpkg, package: &str) -> Result<Option<(String, bool)>, DpkgError> {
     Ok(dpkg
         .packages()?

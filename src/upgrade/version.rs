@@ -260,11 +260,10 @@ pub(crate) fn check_skew(target: KubeVersion, cluster: &ClusterVersions) -> Resu
     Ok(())
 }
 
-/// Parses and checks an operator's target in one go.
-pub(crate) fn validate_target(
-    text: &str,
-    cluster: &ClusterVersions,
-) -> Result<KubeVersion, TargetError> {
+/// Parses and checks an operator's target in one go (the tests' way in to
+/// both).
+#[cfg(test)]
+fn validate_target(text: &str, cluster: &ClusterVersions) -> Result<KubeVersion, TargetError> {
     let target = KubeVersion::parse_target(text)?;
     check_skew(target, cluster)?;
     Ok(target)
