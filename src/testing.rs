@@ -13,7 +13,7 @@ pub mod agent {
     pub use crate::agent::{Agent, AgentError, AgentState};
 
     pub mod driver {
-        #[cfg(feature = "failpoints")]
+        #[cfg(any(test, feature = "failpoints"))]
         pub use crate::agent::driver::Failpoint;
         pub use crate::agent::driver::{
             Agent, AgentError, GatesRecord, RebootNeedRecord, StatusRecord, Wait, keys,

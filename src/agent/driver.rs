@@ -100,7 +100,7 @@ pub struct RebootNeedRecord {
 /// returning true stops the agent there, as a crash would. Only in test
 /// builds (the `failpoints` feature for integration tests), never the .deb.
 #[cfg(any(test, feature = "failpoints"))]
-pub(crate) type Failpoint = Arc<dyn Fn(&'static str) -> bool + Send + Sync>;
+pub type Failpoint = Arc<dyn Fn(&'static str) -> bool + Send + Sync>;
 
 pub struct Agent<H, C, R> {
     pub node: String,

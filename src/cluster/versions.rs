@@ -36,6 +36,14 @@ pub enum VersionsError {
     Annotation(#[from] AnnotationError),
 }
 
+/// The target as written on the Namespace (unvalidated), and the versions.
+#[cfg(all(test, feature = "sim"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VersionObservation {
+    pub target: Option<String>,
+    pub versions: ClusterVersions,
+}
+
 /// `kubernetesVersion` out of kubeadm's ClusterConfiguration YAML.
 pub fn kubeadm_config_version(cm: &ConfigMap) -> Result<KubeVersion, String> {
     let yaml = cm
@@ -73,6 +81,33 @@ fn node_version(node: &Node) -> NodeVersion {
             .as_ref()
             .is_some_and(|l| l.contains_key(CONTROL_PLANE_LABEL)),
     }
+}
+
+/// Reads everything the skew policy and the rollout order look at. A
+/// missing kubeadm-config (404) is `None`; any other failure is an error
+/// (the caller then waits: fail closed). Only the tests read the target
+/// back; the agent reads what it needs through `observe_versions_as`.
+#[cfg(all(test, feature = "sim"))]
+pub(crate) async fn observe(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<VersionObservation, VersionsError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let ns: Namespace = Api::all(client.clone())
+        .get(namespace)
+        .await
+        .map_err(|source| VersionsError::Namespace {
+            namespace: namespace.to_string(),
+            source,
+        })?;
+    let target = ns
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(KUBERNETES_VERSION))
+        .cloned();
+    let versions = observe_versions(client).await?;
+    Ok(VersionObservation { target, versions })
 }
 
 /// As [`observe_versions_as`] with one credential for everything (an admin's).
