@@ -25,7 +25,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 11] = [
+    pub(crate) const ALL: [Phase; 11] = [
         Phase::Idle,
         Phase::Pending,
         Phase::Locked,
@@ -39,7 +39,7 @@ impl Phase {
         Phase::Failed,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Phase::Idle => "idle",
             Phase::Pending => "pending",

@@ -180,7 +180,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     /// New settings (a configuration reload) and the ports built from them.
     /// The state, and whether a reboot was already requested in this
     /// process, carry over: a reload never repeats a step.
-    pub fn reconfigure(&mut self, settings: Settings, host: H, cluster: C) {
+    pub(crate) fn reconfigure(&mut self, settings: Settings, host: H, cluster: C) {
         self.settings = settings;
         self.host = host;
         self.cluster = cluster;
@@ -197,7 +197,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     /// A handle that wakes the loop early (the APT hook's nudge, CLI requests).
-    pub fn waker(&self) -> Arc<Notify> {
+    pub(crate) fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
     }
 

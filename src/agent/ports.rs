@@ -104,7 +104,7 @@ impl PortError {
         }
     }
 
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, PortError::Permanent { .. })
     }
 }

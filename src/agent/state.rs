@@ -71,7 +71,7 @@ pub struct Cycle {
 /// whose steps cannot be undone) the node stays as it is, cordoned, and
 /// goes on (verify, uncordon, release) only after winning a slot again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotLoss {
+pub(crate) enum SlotLoss {
     /// Undo (uncordon when `uncordon`), then wait for a slot.
     Restore { uncordon: bool },
     /// Keep the node as it is; take a slot again before the next step.
@@ -340,7 +340,7 @@ impl fmt::Display for EventKind {
 }
 
 impl Event {
-    pub fn kind(&self) -> EventKind {
+    pub(crate) fn kind(&self) -> EventKind {
         match self {
             Event::RebootNeeded { .. } => EventKind::RebootNeeded,
             Event::RebootNotNeeded => EventKind::RebootNotNeeded,
@@ -400,7 +400,8 @@ impl AgentState {
         self.phase().as_str()
     }
 
-    pub const ALL_NAMES: [&'static str; 10] = [
+    #[cfg(test)]
+    pub(crate) const ALL_NAMES: [&'static str; 10] = [
         "idle",
         "pending",
         "locked",
@@ -440,7 +441,7 @@ impl AgentState {
     }
 
     /// The slot this state holds, if any.
-    pub fn held_slot(&self) -> Option<&str> {
+    pub(crate) fn held_slot(&self) -> Option<&str> {
         match self {
             AgentState::Failed {
                 interrupted,
@@ -453,7 +454,7 @@ impl AgentState {
 
     /// Whether drydock cordoned the node in this state (or the state a
     /// failure interrupted).
-    pub fn cordon(&self) -> Option<Cordon> {
+    pub(crate) fn cordon(&self) -> Option<Cordon> {
         match self {
             AgentState::Cordoning { cordon, .. }
             | AgentState::Draining { cordon, .. }
@@ -472,7 +473,7 @@ impl AgentState {
     /// What losing the Lease slot in this state asks of the driver;
     /// `None` when the state holds no slot that could be lost mid-cycle
     /// (idle, waiting, releasing, failed).
-    pub fn slot_loss(&self) -> Option<SlotLoss> {
+    pub(crate) fn slot_loss(&self) -> Option<SlotLoss> {
         match self {
             AgentState::Locked { .. } => Some(SlotLoss::Restore { uncordon: false }),
             AgentState::Cordoning { cordon, .. }
@@ -495,7 +496,7 @@ impl AgentState {
     /// reboot already asked for (watch the boot, verify, uncordon,
     /// release): it takes nothing more out of service, so it waits for the
     /// slot alone, not the gates, and goes first.
-    pub fn finishing_only(&self) -> bool {
+    pub(crate) fn finishing_only(&self) -> bool {
         match self {
             AgentState::Pending {
                 resume: Some(s), ..
@@ -523,7 +524,7 @@ impl AgentState {
     }
 
     /// Where in the cycle a failure in this state happened.
-    pub fn step(&self) -> Step {
+    pub(crate) fn step(&self) -> Step {
         match self {
             AgentState::Idle | AgentState::Pending { .. } | AgentState::Locked { .. } => {
                 Step::Cordon

@@ -43,7 +43,6 @@ pub enum StepError {
 #[derive(Debug)]
 pub struct UpgradeStep {
     lock: File,
-    path: PathBuf,
 }
 
 impl UpgradeStep {
@@ -74,11 +73,7 @@ impl UpgradeStep {
                 expires_at,
             })?;
         }
-        Ok(UpgradeStep { lock, path })
-    }
-
-    pub fn lock_path(&self) -> &Path {
-        &self.path
+        Ok(UpgradeStep { lock })
     }
 
     /// Revokes the authorizations, then releases the lock.

@@ -57,7 +57,7 @@ pub struct PodRef {
 }
 
 impl PodRef {
-    pub fn of(pod: &Pod) -> Self {
+    pub(crate) fn of(pod: &Pod) -> Self {
         PodRef {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
@@ -338,7 +338,7 @@ pub enum DrainError {
 
 /// What a drain failure means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(crate) enum ErrorClass {
     /// May succeed if tried again (API unreachable, 5xx, throttling).
     Transient,
     /// Will not succeed without a person (a refused eviction, 403, a pod
@@ -364,7 +364,7 @@ pub(crate) fn kube_class(e: &kube::Error) -> ErrorClass {
 }
 
 impl DrainError {
-    pub fn class(&self) -> ErrorClass {
+    pub(crate) fn class(&self) -> ErrorClass {
         match self {
             DrainError::ListPods { source, .. } | DrainError::Delete { source, .. } => {
                 kube_class(source)
@@ -520,7 +520,7 @@ pub struct DrainOptions {
 }
 
 impl DrainOptions {
-    pub fn from_settings(s: &DrainSettings) -> Self {
+    pub(crate) fn from_settings(s: &DrainSettings) -> Self {
         DrainOptions {
             rules: DrainRules {
                 delete_emptydir_data: s.delete_emptydir_data,

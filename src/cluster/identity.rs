@@ -383,7 +383,7 @@ pub enum Progress {
 
 impl Progress {
     /// The status line while the node has no identity yet.
-    pub fn status_line(&self) -> Option<String> {
+    pub(crate) fn status_line(&self) -> Option<String> {
         match self {
             Progress::Waiting { csr } => Some(format!(
                 "waiting: drydock identity not approved yet (CSR {csr})"

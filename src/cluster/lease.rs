@@ -292,10 +292,6 @@ impl LeaseClient {
         Timestamp::now() + self.clock_offset
     }
 
-    pub fn slot_names(&self) -> &[String] {
-        &self.slots
-    }
-
     /// One list of the namespace's Leases (our slots among them).
     async fn list(&self) -> Result<BTreeMap<String, Lease>, LeaseError> {
         let list = self
@@ -813,7 +809,7 @@ impl LeaseKeeper {
 
     /// Renews at once (before a step that cannot be taken back) and
     /// publishes the result; a loss found here is final, as in the task.
-    pub async fn renew_now(&self, client: &LeaseClient) -> Result<(), LeaseError> {
+    pub(crate) async fn renew_now(&self, client: &LeaseClient) -> Result<(), LeaseError> {
         if let Claim::Lost { slot, holder, .. } = self.claim.borrow().clone() {
             return Err(client.lost(&slot, holder.as_deref()));
         }

@@ -87,7 +87,7 @@ pub struct UpgradeReport {
 }
 
 impl NodeReport {
-    pub fn to_annotation(&self) -> String {
+    pub(crate) fn to_annotation(&self) -> String {
         serde_json::to_string(self).expect("plain strings and timestamps serialize")
     }
 
@@ -171,10 +171,6 @@ impl NodeClient {
             api: Api::all(client),
             name: name.into(),
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// The Node, or `None` when it does not exist.

@@ -83,7 +83,7 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    pub fn from_node(node: &Node) -> NodeView {
+    pub(crate) fn from_node(node: &Node) -> NodeView {
         let ready = node
             .status
             .as_ref()

@@ -357,7 +357,7 @@ impl PartialEq for Settings {
 
 /// A validation failure, with the dotted key it concerns.
 #[derive(Debug)]
-pub struct KeyError {
+pub(crate) struct KeyError {
     pub key: String,
     pub error: ValueError,
 }
@@ -414,7 +414,7 @@ fn list<T>(
 
 impl Settings {
     /// Checks and converts the merged raw configuration.
-    pub fn from_raw(raw: RawConfig) -> Result<Settings, KeyError> {
+    pub(crate) fn from_raw(raw: RawConfig) -> Result<Settings, KeyError> {
         let d = Settings::default();
         let dur = |key: &str, v: Option<String>, default: Duration| match v {
             Some(text) => {

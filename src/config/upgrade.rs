@@ -147,7 +147,7 @@ fn unit(text: &str) -> Result<String, ValueError> {
 }
 
 impl UpgradeSettings {
-    pub fn from_raw(raw: RawUpgrade) -> Result<UpgradeSettings, KeyError> {
+    pub(crate) fn from_raw(raw: RawUpgrade) -> Result<UpgradeSettings, KeyError> {
         let d = UpgradeSettings::default();
         let dur = |key: &str, v: Option<String>, default: Duration| match v {
             Some(text) => at(key, values::duration(&text)),

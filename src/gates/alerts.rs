@@ -35,7 +35,7 @@ pub struct AlertSource {
 
 impl AlertSource {
     /// The alerts endpoint, with the query parameters the API defines.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         let base = self.url.trim_end_matches('/');
         match self.kind {
             SourceKind::Prometheus => format!("{base}/api/v1/alerts"),

@@ -34,7 +34,7 @@ pub enum GateName {
 }
 
 impl GateName {
-    pub const ALL: [GateName; 10] = [
+    pub(crate) const ALL: [GateName; 10] = [
         GateName::Paused,
         GateName::Window,
         GateName::ClusterPaused,
@@ -47,7 +47,7 @@ impl GateName {
         GateName::Cluster,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             GateName::Paused => "paused",
             GateName::Window => "window",

@@ -134,7 +134,7 @@ impl BootId {
             .map(|u| BootId(u.hyphenated().to_string()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

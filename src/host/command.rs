@@ -29,7 +29,7 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
-    pub fn new(
+    pub(crate) fn new(
         program: impl Into<PathBuf>,
         args: impl IntoIterator<Item = impl Into<String>>,
         timeout: Duration,
@@ -42,13 +42,13 @@ impl CommandSpec {
         }
     }
 
-    pub fn env(mut self, key: &str, value: &str) -> Self {
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
         self.env.insert(key.to_string(), value.to_string());
         self
     }
 
     /// The whole argument vector, program first.
-    pub fn argv(&self) -> Vec<String> {
+    pub(crate) fn argv(&self) -> Vec<String> {
         std::iter::once(self.program.display().to_string())
             .chain(self.args.iter().cloned())
             .collect()
@@ -56,7 +56,7 @@ impl CommandSpec {
 
     /// The argument vector as one readable line (for messages only: each
     /// argument is quoted when it has a space or a quote).
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         self.argv()
             .iter()
             .map(|a| {
@@ -91,7 +91,7 @@ impl CommandOutput {
     }
 
     /// The last non-empty lines of stderr (else stdout), for a one-line reason.
-    pub fn tail(&self, lines: usize) -> String {
+    pub(crate) fn tail(&self, lines: usize) -> String {
         let text = if self.stderr.trim().is_empty() {
             &self.stdout
         } else {
@@ -102,7 +102,7 @@ impl CommandOutput {
     }
 
     /// Why it did not succeed, in one line; `None` when it did.
-    pub fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         if self.success() {
             return None;
         }

@@ -3,7 +3,7 @@
 //! configurable (`packages.dpkg-root`) so tests use a sandbox database.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 /// What the administrator (or drydock) wants for a package.
@@ -92,11 +92,7 @@ impl Dpkg {
         Dpkg { root: root.into() }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    pub fn admindir(&self) -> PathBuf {
+    pub(crate) fn admindir(&self) -> PathBuf {
         self.root.join("var/lib/dpkg")
     }
 
@@ -116,7 +112,7 @@ impl Dpkg {
 
     /// Starts [`Dpkg::packages`]' `dpkg-query` and returns at once, so the
     /// caller can do other work (open the store) while it runs.
-    pub fn start_packages(&self) -> Result<PackagesQuery, DpkgError> {
+    pub(crate) fn start_packages(&self) -> Result<PackagesQuery, DpkgError> {
         let child = self
             .command("dpkg-query")
             .arg("-W")
@@ -136,7 +132,7 @@ impl Dpkg {
     }
 
     /// Sets the selection of each named package in one dpkg call.
-    pub fn set_selections(&self, changes: &[(String, Selection)]) -> Result<(), DpkgError> {
+    pub(crate) fn set_selections(&self, changes: &[(String, Selection)]) -> Result<(), DpkgError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -207,14 +203,14 @@ fn is_lock_contention(stderr: &str) -> bool {
 
 /// A running `dpkg-query` (see [`Dpkg::start_packages`]).
 #[derive(Debug)]
-pub struct PackagesQuery {
+pub(crate) struct PackagesQuery {
     child: Child,
     root: PathBuf,
 }
 
 impl PackagesQuery {
     /// Waits for dpkg-query and parses its answer.
-    pub fn wait(self) -> Result<Vec<PackageState>, DpkgError> {
+    pub(crate) fn wait(self) -> Result<Vec<PackageState>, DpkgError> {
         let root = self.root;
         let out = self
             .child

@@ -39,7 +39,7 @@ impl fmt::Display for Bus {
 }
 
 impl Bus {
-    pub async fn connect(&self) -> Result<Connection, zbus::Error> {
+    pub(crate) async fn connect(&self) -> Result<Connection, zbus::Error> {
         match self {
             Bus::System => Connection::system().await,
             Bus::Address(a) => {
@@ -109,11 +109,11 @@ impl LogindRebooter {
     }
 
     /// The bus it talks to (systemd's manager is on the same one).
-    pub fn bus(&self) -> &Bus {
+    pub(crate) fn bus(&self) -> &Bus {
         &self.bus
     }
 
-    pub fn system() -> Self {
+    pub(crate) fn system() -> Self {
         LogindRebooter { bus: Bus::System }
     }
 

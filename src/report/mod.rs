@@ -237,7 +237,7 @@ impl Reporter {
 
     /// Starts Kubernetes Events and node annotations for a reporter started
     /// without a client (the node had not joined yet). No-op if it has one.
-    pub fn attach_kube(&self, client: kube::Client, events_enabled: bool) {
+    pub(crate) fn attach_kube(&self, client: kube::Client, events_enabled: bool) {
         let mut queues = lock(&self.queues);
         let Some(q) = queues.as_mut() else { return };
         if q.kube.is_some() {
@@ -279,7 +279,7 @@ impl Reporter {
     /// Reports something this node only saw, not did (another node's fleet
     /// halt): state, metrics and STATUS, but no Event and no webhook, so a
     /// 200-node fleet does not post the same news 200 times.
-    pub fn observed(&self, notice: Notice) {
+    pub(crate) fn observed(&self, notice: Notice) {
         self.report(notice, false);
     }
 
@@ -428,7 +428,7 @@ impl Reporter {
     }
 
     /// The current phase and words.
-    pub fn view(&self) -> View {
+    pub(crate) fn view(&self) -> View {
         lock(&self.shared.view).clone()
     }
 
@@ -438,7 +438,8 @@ impl Reporter {
     }
 
     /// Classic Prometheus text of the current metrics.
-    pub fn metrics_text(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn metrics_text(&self) -> String {
         lock(&self.shared.metrics).prometheus_text()
     }
 

@@ -92,7 +92,7 @@ fn secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Er
 
 impl PhaseDurations {
     /// (phase label, duration) for the phases that were measured.
-    pub fn measured(&self) -> Vec<(&'static str, Duration)> {
+    pub(crate) fn measured(&self) -> Vec<(&'static str, Duration)> {
         [
             ("drain", self.drain),
             ("reboot", self.reboot),
@@ -177,7 +177,7 @@ fn human(d: Duration) -> String {
 
 impl Notice {
     /// Short kebab-case name, used as the webhook `event` field.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Notice::Idle => "idle",
             Notice::RebootNeeded { .. } => "reboot-needed",
@@ -200,7 +200,7 @@ impl Notice {
     }
 
     /// The phase this notice puts the node in; `None` leaves it unchanged.
-    pub fn phase(&self) -> Option<Phase> {
+    pub(crate) fn phase(&self) -> Option<Phase> {
         Some(match self {
             Notice::Idle => Phase::Idle,
             Notice::RebootNeeded { .. } | Notice::DrainFailed { .. } => Phase::Pending,
@@ -220,7 +220,7 @@ impl Notice {
         })
     }
 
-    pub fn severity(&self) -> Severity {
+    pub(crate) fn severity(&self) -> Severity {
         match self {
             Notice::DrainFailed { .. }
             | Notice::VerifyFailed { .. }
@@ -233,7 +233,7 @@ impl Notice {
     }
 
     /// One human sentence about this notice (status line, annotation, chat).
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let text = match self {
             Notice::Idle => "up to date; nothing to do".to_string(),
             Notice::RebootNeeded { reasons } if reasons.is_empty() => "reboot needed".into(),
@@ -337,7 +337,7 @@ impl Notice {
 /// What the status line and annotation are made from: the current phase,
 /// the latest words about it, and whether the cluster is halted.
 #[derive(Debug, Clone, PartialEq)]
-pub struct View {
+pub(crate) struct View {
     pub phase: Phase,
     pub detail: String,
     pub halted: Option<(String, String)>,
@@ -367,7 +367,7 @@ impl Default for View {
 
 impl View {
     /// Folds a notice in. Returns whether anything visible changed.
-    pub fn apply(&mut self, notice: &Notice) -> bool {
+    pub(crate) fn apply(&mut self, notice: &Notice) -> bool {
         let before = self.clone();
         match notice {
             Notice::Halted { node, reason } => {
@@ -419,7 +419,7 @@ impl View {
     }
 
     /// The one line systemd shows in `systemctl status`.
-    pub fn status_line(&self) -> String {
+    pub(crate) fn status_line(&self) -> String {
         let line = match &self.halted {
             Some((node, reason)) => format!(
                 "{}: {} | cluster HALTED by {node}: {reason}",
@@ -431,7 +431,7 @@ impl View {
     }
 
     /// The node annotation `drydock.dev/state-reason`.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match &self.halted {
             Some((node, reason)) => truncate(
                 &format!("{} (cluster halted by {node}: {reason})", self.detail),

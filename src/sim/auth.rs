@@ -32,7 +32,7 @@ pub struct User {
 }
 
 impl User {
-    pub fn admin() -> User {
+    pub(crate) fn admin() -> User {
         User {
             name: "kubernetes-admin".into(),
             groups: vec![MASTERS.into()],
@@ -52,7 +52,7 @@ impl User {
     }
 
     /// The bearer token the simulator maps back to this user.
-    pub fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         format!("user={};groups={}", self.name, self.groups.join(","))
     }
 
@@ -70,7 +70,7 @@ impl User {
         })
     }
 
-    pub fn from_headers(headers: &HeaderMap) -> Result<User, ApiError> {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Result<User, ApiError> {
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Ok(User::admin());
         };
@@ -87,7 +87,7 @@ impl User {
             })
     }
 
-    pub fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         self.groups.iter().any(|g| g == MASTERS)
     }
 

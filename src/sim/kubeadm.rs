@@ -52,7 +52,7 @@ impl SimHandle {
     /// What a successful `kubeadm upgrade apply vX` leaves behind: the API
     /// server serves vX and kubeadm-config says vX. Kubelets are unchanged
     /// until they are restarted with a new package.
-    pub fn kubeadm_upgrade_applied(&self, version: &str) -> Result<(), SimError> {
+    pub(crate) fn kubeadm_upgrade_applied(&self, version: &str) -> Result<(), SimError> {
         self.put(config_object(version))?;
         self.set_server_version(version);
         Ok(())

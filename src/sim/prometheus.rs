@@ -66,14 +66,6 @@ impl SimPrometheus {
     pub fn set_mode(&self, mode: PromMode) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).mode = mode;
     }
-
-    /// Alert queries answered so far.
-    pub fn requests(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .requests
-    }
 }
 
 impl Drop for SimPrometheus {

@@ -56,16 +56,6 @@ impl NodeSpec {
         self
     }
 
-    pub fn boot_id(mut self, id: impl Into<String>) -> Self {
-        self.boot_id = Some(id.into());
-        self
-    }
-
-    pub fn not_ready(mut self) -> Self {
-        self.ready = false;
-        self
-    }
-
     /// Already cordoned (e.g. by an admin).
     pub fn unschedulable(mut self) -> Self {
         self.unschedulable = true;
@@ -120,11 +110,6 @@ impl ReplicaSetSpec {
         self.empty_dir = true;
         self
     }
-
-    pub fn grace_period(mut self, secs: i64) -> Self {
-        self.grace_period = Some(secs);
-        self
-    }
 }
 
 /// A DaemonSet with one pod per eligible node.
@@ -146,17 +131,6 @@ impl DaemonSetSpec {
             labels: BTreeMap::new(),
             tolerate_all: true,
         }
-    }
-
-    pub fn label(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
-        self.labels.insert(k.into(), v.into());
-        self
-    }
-
-    /// Only the DaemonSet controller's implicit tolerations (no control-plane pods).
-    pub fn no_tolerations(mut self) -> Self {
-        self.tolerate_all = false;
-        self
     }
 }
 
@@ -201,16 +175,6 @@ impl PodSpec {
 
     pub fn mirror(mut self) -> Self {
         self.mirror = true;
-        self
-    }
-
-    pub fn empty_dir(mut self) -> Self {
-        self.empty_dir = true;
-        self
-    }
-
-    pub fn not_ready(mut self) -> Self {
-        self.ready = false;
         self
     }
 
@@ -260,11 +224,6 @@ impl PdbSpec {
 
     pub fn max_unavailable(mut self, n: i32) -> Self {
         self.max_unavailable = Some(json!(n));
-        self
-    }
-
-    pub fn min_available_percent(mut self, p: u32) -> Self {
-        self.min_available = Some(json!(format!("{p}%")));
         self
     }
 
@@ -402,19 +361,6 @@ impl Scenario {
         self
     }
 
-    /// Any supported object (Node, Namespace, Pod, Lease, ...), stored as
-    /// given including status; uid and creationTimestamp are filled in.
-    pub fn object(mut self, v: Value) -> Self {
-        self.objects.push(v);
-        self
-    }
-
-    /// Default kubelet version of nodes (default v1.34.1).
-    pub fn kubelet_version(mut self, v: impl Into<String>) -> Self {
-        self.kubelet_version = v.into();
-        self
-    }
-
     /// `/version` gitVersion (default v1.34.1).
     pub fn server_version(mut self, v: impl Into<String>) -> Self {
         self.opts.server_version = v.into();
@@ -437,10 +383,6 @@ impl Scenario {
     pub fn default_grace_period(mut self, secs: i64) -> Self {
         self.opts.default_grace_period = secs;
         self
-    }
-
-    pub fn options(&self) -> &SimOptions {
-        &self.opts
     }
 
     /// Seeds the cluster and serves it on 127.0.0.1 (random port).

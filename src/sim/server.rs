@@ -124,10 +124,6 @@ impl SimHandle {
 
     // --- connecting -------------------------------------------------------
 
-    pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
-    }
-
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.inner.addr)
@@ -167,7 +163,7 @@ impl SimHandle {
 
     /// A kubeconfig (JSON) that authenticates as `user` (a bearer token
     /// the simulator maps back to the user and its groups).
-    pub fn kubeconfig_as(&self, user: &super::User) -> String {
+    pub(crate) fn kubeconfig_as(&self, user: &super::User) -> String {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Config",
             "clusters": [{"name": "drydock-sim", "cluster": {"server": self.url()}}],
@@ -534,12 +530,12 @@ impl SimHandle {
     }
 
     /// `/version` gitVersion (the control plane's version).
-    pub fn set_server_version(&self, version: &str) {
+    pub(crate) fn set_server_version(&self, version: &str) {
         self.shared().lock().opts.server_version = version.to_string();
     }
 
     /// The `gitVersion` `/version` serves.
-    pub fn server_version(&self) -> String {
+    pub(crate) fn server_version(&self) -> String {
         self.shared().lock().opts.server_version.clone()
     }
 }

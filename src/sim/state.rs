@@ -13,7 +13,7 @@ use super::store::Store;
 
 /// Tunables of a simulated cluster.
 #[derive(Debug, Clone)]
-pub struct SimOptions {
+pub(crate) struct SimOptions {
     /// How long a new pod stays Pending before it is Running and Ready
     /// (also how long a node's pods take to become Ready after the node does).
     pub pod_start_delay: Duration,

@@ -42,7 +42,7 @@ impl SimHost {
     }
 
     /// The machine can upgrade Kubernetes with these simulated tools.
-    pub fn with_tools(mut self, tools: Arc<super::upgrade::SimTools>) -> Self {
+    pub(crate) fn with_tools(mut self, tools: Arc<super::upgrade::SimTools>) -> Self {
         self.tools = Some(tools);
         self
     }

@@ -88,7 +88,7 @@ impl SimulateOptions {
     /// The time the rollout gets: as given, or a generous estimate from the
     /// fleet's size (a cycle takes about 1.7 s plus downtime and soak on a
     /// 2-core machine; four times that per node in turn, plus a minute).
-    pub fn deadline(&self) -> Duration {
+    pub(crate) fn deadline(&self) -> Duration {
         self.deadline.unwrap_or_else(|| {
             let per_cycle =
                 Duration::from_secs(2) + self.downtime + self.soak + self.check_interval;

@@ -58,7 +58,7 @@ pub(crate) fn configure(settings: &mut Settings, dir: &Path) {
 }
 
 /// The simulated tools of one machine.
-pub struct SimTools {
+pub(crate) struct SimTools {
     pub sim: SimHandle,
     pub settings: crate::config::UpgradeSettings,
     pub dpkg_root: PathBuf,
@@ -184,7 +184,7 @@ impl SimTools {
     }
 
     /// The kubelet version the machine's package now has (`v1.35.2`).
-    pub fn installed_kubelet(&self) -> Option<String> {
+    pub(crate) fn installed_kubelet(&self) -> Option<String> {
         let dpkg = crate::host::dpkg::Dpkg::new(&self.dpkg_root);
         let (version, _) = crate::upgrade::apt::installed(&dpkg, "kubelet").ok()??;
         Some(format!(

@@ -378,10 +378,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Checks identity and integrity without writing anything.
     fn verify(&self, existed: bool) -> Result<(), StoreError> {
         let corrupt = |e: rusqlite::Error| match e {
@@ -586,7 +582,11 @@ impl Store {
     }
 
     /// Sets the value under `key`, of the key's own type.
-    pub fn write<T: Serialize>(&self, key: keys::Key<T>, value: &T) -> Result<(), StoreError> {
+    pub(crate) fn write<T: Serialize>(
+        &self,
+        key: keys::Key<T>,
+        value: &T,
+    ) -> Result<(), StoreError> {
         self.set(key, value)
     }
 

@@ -179,7 +179,7 @@ impl UpgradeStep {
     }
 
     /// Whether the step runs kubeadm (never repeated once recorded done).
-    pub fn is_kubeadm(self) -> bool {
+    pub(crate) fn is_kubeadm(self) -> bool {
         matches!(
             self,
             UpgradeStep::KubeadmPlan | UpgradeStep::KubeadmApply | UpgradeStep::KubeadmNode

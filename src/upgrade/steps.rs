@@ -84,26 +84,26 @@ impl Progress {
         }
     }
 
-    pub fn is_done(&self, step: UpgradeStep) -> bool {
+    pub(crate) fn is_done(&self, step: UpgradeStep) -> bool {
         self.done.contains(&step)
     }
 
     /// Verification may start after a kubelet restart only once the new
     /// kubelet is installed and its restart recorded.
-    pub fn kubelet_restart_recorded(&self) -> bool {
+    pub(crate) fn kubelet_restart_recorded(&self) -> bool {
         self.is_done(UpgradeStep::InstallKubelet) && self.is_done(UpgradeStep::RestartKubelet)
     }
 
     /// The turn's reboot may be asked for only at its step, the new
     /// kubelet installed.
-    pub fn at_reboot(&self) -> bool {
+    pub(crate) fn at_reboot(&self) -> bool {
         self.step == UpgradeStep::Reboot && self.is_done(UpgradeStep::InstallKubelet)
     }
 
     /// Whether `self` can come after `before` in the same turn: the same
     /// plan, nothing recorded done forgotten, no step back. Anything else
     /// (a stale or foreign record) would let a kubeadm step run twice.
-    pub fn follows(&self, before: &Progress) -> bool {
+    pub(crate) fn follows(&self, before: &Progress) -> bool {
         let at = |p: &Progress| p.steps.iter().position(|s| *s == p.step);
         self.from == before.from
             && self.to == before.to

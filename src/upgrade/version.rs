@@ -53,22 +53,18 @@ impl KubeVersion {
     }
 
     /// `1.35` for the apt source path of this minor.
-    pub fn minor_string(&self) -> String {
+    pub(crate) fn minor_string(&self) -> String {
         format!("{}.{}", self.major, self.minor)
     }
 
     /// `1.35.2`: the upstream part of the Debian package version.
-    pub fn bare(&self) -> String {
+    pub(crate) fn bare(&self) -> String {
         format!("{}.{}.{}", self.major, self.minor, self.patch)
-    }
-
-    pub fn same_minor(&self, other: &KubeVersion) -> bool {
-        self.major == other.major && self.minor == other.minor
     }
 
     /// Strictly parses an operator's target: `v1.35.2` (the `v` is
     /// required, as kubeadm and the Kubernetes release names write it).
-    pub fn parse_target(text: &str) -> Result<KubeVersion, TargetSyntaxError> {
+    pub(crate) fn parse_target(text: &str) -> Result<KubeVersion, TargetSyntaxError> {
         if text.is_empty() {
             return Err(TargetSyntaxError::Empty);
         }
