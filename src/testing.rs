@@ -205,7 +205,7 @@ pub mod report {
 pub mod sim {
     pub use crate::sim::{
         ApiStats, DaemonSetSpec, Fault, Flaky, NodeSpec, PdbSpec, PodSpec, PromMode,
-        ReplicaSetSpec, Scenario, SimHandle, SimPrometheus, User, node_object,
+        ReplicaSetSpec, Scenario, SimError, SimHandle, SimPrometheus, User, node_object,
     };
 
     pub mod kubeadm {

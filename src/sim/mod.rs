@@ -4,8 +4,8 @@
 //! real `kubectl` works against it too.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), drydock::sim::SimError> {
-//! use drydock::sim::{Scenario, ReplicaSetSpec, PdbSpec};
+//! # async fn demo() -> Result<(), drydock::testing::sim::SimError> {
+//! use drydock::testing::sim::{Scenario, ReplicaSetSpec, PdbSpec};
 //! let sim = Scenario::cluster(1, 3)
 //!     .replica_set(ReplicaSetSpec::new("default", "web", 2).on_nodes(["worker-1", "worker-2"]))
 //!     .pdb(PdbSpec::new("default", "web").selector("app", "web").min_available(2))
