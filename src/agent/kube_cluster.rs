@@ -227,6 +227,22 @@ impl Cluster for KubeCluster {
         }
     }
 
+    async fn control_gates(&self, now: Timestamp) -> Option<ClusterGates> {
+        let verdict = match observe::observe_control(&self.shared, &self.settings).await {
+            Ok(control) => gates::evaluate_control(&self.settings, &control, now)?,
+            Err(e) => {
+                return Some(ClusterGates {
+                    gates: status(gates::cluster_unavailable(&e)),
+                    blocked_until: None,
+                });
+            }
+        };
+        Some(ClusterGates {
+            gates: status(verdict.reports),
+            blocked_until: verdict.blocked_until,
+        })
+    }
+
     async fn lease_outlook(&self) -> Result<LeaseOutlook, PortError> {
         let slots = self
             .lease
@@ -247,9 +263,8 @@ impl Cluster for KubeCluster {
         })
     }
 
-    async fn acquire(&self) -> Result<Option<String>, PortError> {
-        // The driver only calls this after the cluster gates passed.
-        match self.lease.acquire(true).await {
+    async fn acquire(&self, gates_passed: bool) -> Result<Option<String>, PortError> {
+        match self.lease.acquire(gates_passed).await {
             Ok(Some(held)) => {
                 let slot = held.slot.clone();
                 self.keep(held);

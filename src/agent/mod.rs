@@ -7,6 +7,7 @@ pub mod node_host;
 mod pace;
 pub mod ports;
 pub mod state;
+mod turn;
 
 pub use driver::{Agent, AgentError, Wait};
 pub use state::AgentState;
