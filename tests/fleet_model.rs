@@ -559,7 +559,8 @@ impl Cluster for ModelCluster {
         };
         let passed = gates::all_pass(&verdict.reports);
         w.last_gates_passed.insert(self.node.clone(), passed);
-        w.passed_holding.insert(self.node.clone(), passed && holding);
+        w.passed_holding
+            .insert(self.node.clone(), passed && holding);
         ClusterGates {
             gates: to_status(verdict.reports),
             blocked_until: verdict.blocked_until.map(|t| t - self.skew),
@@ -626,7 +627,11 @@ impl Cluster for ModelCluster {
                 &w.last_control_passed
             };
             if looked.get(&self.node) != Some(&true) {
-                let which = if gates_passed { "gate" } else { "Namespace gate" };
+                let which = if gates_passed {
+                    "gate"
+                } else {
+                    "Namespace gate"
+                };
                 let v = format!(
                     "{} took a slot although its last {which} look blocked",
                     self.node

@@ -751,7 +751,10 @@ async fn free_slot_is_taken_after_the_namespace_gates_and_every_gate_asked_holdi
     let g = w.0.lock().unwrap();
     // The Lease before the jitter and after it; the Namespace's gates;
     // a free slot taken (not an expired one); every gate once, holding it.
-    assert_eq!((g.lease_reads, g.control_looks, g.gate_evaluations), (2, 1, 1));
+    assert_eq!(
+        (g.lease_reads, g.control_looks, g.gate_evaluations),
+        (2, 1, 1)
+    );
     assert_eq!(g.acquires, [false]);
     assert_eq!(g.looked_holding, [true]);
 }

@@ -481,6 +481,9 @@ fn list(
             o
         })
         .collect();
+    // Encoding a big list (1 MiB of Nodes at 500) is most of the work:
+    // done after the lock, so other requests and the controllers go on.
+    drop(st);
     if table::wants_table(accept) {
         let include = params.get("includeObject").unwrap_or("Metadata");
         return Ok(ok_json(&table::table(kind, &items, meta, include)));

@@ -54,6 +54,9 @@ impl EndpointStats {
 pub struct ApiStats {
     pub total: EndpointStats,
     pub by_endpoint: BTreeMap<(String, String), EndpointStats>,
+    /// How long the simulator's state was locked (requests and its own
+    /// controllers, one at a time), in microseconds.
+    pub state_held_micros: u64,
 }
 
 pub type StatsState = ApiStats;
