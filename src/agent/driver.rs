@@ -697,8 +697,12 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                         _ => String::new(),
                     };
                     self.record_gates(&local).await?;
-                    self.status(format!("{waiting}: lease held by {holders}"))
-                        .await?;
+                    let line = if lost_race {
+                        format!("{waiting}: another node took the lease first (held by {holders})")
+                    } else {
+                        format!("{waiting}: lease held by {holders}")
+                    };
+                    self.status(line).await?;
                     return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
                 }
                 Approach::LookHolding(_) | Approach::TakeThenLook => {
