@@ -17,6 +17,16 @@
 //! would make it the bottleneck). Encoding a response happens outside it
 //! and is in the per-request handling times.
 
+#[path = "../tests/support/procstat.rs"]
+mod procstat;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use procstat::cpu_seconds;
+
+use drydock::simulate::{self, SimulateOptions};
+
 fn cases() -> Vec<(usize, u32)> {
     let text = std::env::var("DRYDOCK_SCALE_CASES").unwrap_or_else(|_| "500x5,500x1".into());
     text.split(',')
