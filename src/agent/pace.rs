@@ -49,10 +49,11 @@ pub fn after_block(
     let wait = match blocked_until {
         Some(end) => {
             let left = Duration::try_from(end.duration_since(now)).unwrap_or_default();
+            let spread = END_SPREAD.min(check_interval / 5);
             let spread = if left <= HERD_JITTER {
-                HERD_JITTER.min(check_interval / 2)
+                spread.min(HERD_JITTER)
             } else {
-                END_SPREAD.min(check_interval / 5)
+                spread
             };
             left + spread.mul_f64(r)
         }
@@ -127,6 +128,11 @@ mod tests {
             Duration::from_millis(900)
         );
         assert!(after_block(now, Some(soon), FIVE_MIN, 0.999) < Duration::from_millis(1400));
+        // Never wider than the spread a short check interval gives.
+        assert_eq!(
+            after_block(now, Some(soon), Duration::from_secs(2), 1.0),
+            Duration::from_millis(800)
+        );
         // Just over the jitter away: the long soak's spread again.
         let later = t("2025-01-01T12:00:01.001Z");
         assert_eq!(
