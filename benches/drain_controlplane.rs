@@ -219,7 +219,7 @@ impl StandIn {
                         "binding",
                         &name,
                         &PostParams::default(),
-                        serde_json::to_vec(&binding).unwrap(),
+                        &binding,
                     )
                     .await;
                 if r.is_err() {
@@ -303,7 +303,8 @@ where
     loop {
         let list = match api.list(&ListParams::default()).await {
             Ok(l) => l,
-            Err(_) => {
+            Err(e) => {
+                eprintln!("stand-in: list failed: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -312,15 +313,26 @@ where
         for o in list.items {
             on(WatchEvent::Added(o));
         }
-        let Ok(stream) = api.watch(&WatchParams::default().timeout(290), &rv).await else {
-            continue;
+        let stream = match api.watch(&WatchParams::default().timeout(290), &rv).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("stand-in: watch failed: {e}");
+                continue;
+            }
         };
         let mut stream = stream.boxed();
-        while let Some(Ok(e)) = stream.next().await {
-            if matches!(e, WatchEvent::Error(_)) {
-                break;
+        while let Some(e) = stream.next().await {
+            match e {
+                Ok(WatchEvent::Error(e)) => {
+                    eprintln!("stand-in: watch ended: {e:?}");
+                    break;
+                }
+                Ok(e) => on(e),
+                Err(e) => {
+                    eprintln!("stand-in: watch ended: {e}");
+                    break;
+                }
             }
-            on(e);
         }
     }
 }
@@ -333,12 +345,19 @@ async fn create_node(admin: &kube::Client, name: &str, index: usize, control_pla
     } else {
         NodeSpec::worker(name)
     };
-    let node: Node =
-        serde_json::from_value(drydock::sim::node_object(&spec, index, "v1.34.4")).unwrap();
-    Api::<Node>::all(admin.clone())
+    let object = drydock::sim::node_object(&spec, index, "v1.34.4");
+    let node: Node = serde_json::from_value(object.clone()).unwrap();
+    let nodes = Api::<Node>::all(admin.clone());
+    nodes
         .create(&PostParams::default(), &node)
         .await
         .unwrap_or_else(|e| panic!("creating node {name}: {e}"));
+    // The status as the kubelet's first heartbeat writes it.
+    let status = json!({"status": object["status"]});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("node {name}'s status: {e}"));
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -704,7 +723,7 @@ fn main() {
     let cp = ControlPlane::start_with(
         &bin,
         &Options {
-            controllers: "replicaset,disruption,serviceaccount".into(),
+            controllers: "replicaset-controller,disruption-controller,serviceaccount-controller".into(),
             scheduler: false,
             audited_users: vec![KUBECTL_USER.into()],
         },
