@@ -358,6 +358,13 @@ async fn create_node(admin: &kube::Client, name: &str, index: usize, control_pla
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap_or_else(|e| panic!("node {name}'s status: {e}"));
+    // The API server taints a new Node not-ready (TaintNodesByCondition);
+    // the node lifecycle controller, not running here, lifts it once Ready.
+    let taints = json!({"spec": {"taints": object["spec"]["taints"]}});
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&taints))
+        .await
+        .unwrap_or_else(|e| panic!("node {name}'s taints: {e}"));
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -459,12 +466,21 @@ async fn tear_down(admin: &kube::Client, stand_in: &StandIn) {
     for n in [NODE, "worker-2", "worker-3"] {
         let _ = nodes.delete(n, &DeleteParams::default()).await;
     }
+    let started = Instant::now();
     wait_for("pods and workers gone", Duration::from_secs(60), async || {
-        let none = pods
+        let left = pods
             .list(&ListParams::default())
             .await
-            .is_ok_and(|l| l.items.is_empty());
-        none && stand_in.schedulable_nodes().is_empty() && stand_in.healthy() == 0
+            .map(|l| l.items.len())
+            .unwrap_or(usize::MAX);
+        let (nodes, healthy) = (stand_in.schedulable_nodes(), stand_in.healthy());
+        if left > 0 {
+            let _ = pods.delete_collection(&now, &ListParams::default()).await;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            eprintln!("tear-down: {left} pods left, nodes {nodes:?}, {healthy} healthy");
+        }
+        left == 0 && nodes.is_empty() && healthy == 0
     })
     .await;
 }
