@@ -87,6 +87,8 @@ struct StandInState {
 struct StandIn {
     client: kube::Client,
     state: Arc<Mutex<StandInState>>,
+    /// The two list-and-watch loops.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -117,14 +119,23 @@ impl StandIn {
         let s = StandIn {
             client,
             state: Arc::default(),
+            tasks: Arc::default(),
         };
         let nodes: Api<Node> = Api::all(s.client.clone());
         let me = s.clone();
-        tokio::spawn(list_watch(nodes, move |e| me.on_node(e)));
+        let n = tokio::spawn(list_watch(nodes, move |e| me.on_node(e)));
         let pods: Api<Pod> = Api::all(s.client.clone());
         let me = s.clone();
-        tokio::spawn(list_watch(pods, move |e| me.on_pod(e)));
+        let p = tokio::spawn(list_watch(pods, move |e| me.on_pod(e)));
+        *s.tasks.lock().unwrap() = vec![n.abort_handle(), p.abort_handle()];
         s
+    }
+
+    /// Stops watching (before the control plane goes away).
+    fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
     }
 
     fn on_node(&self, e: WatchEvent<Node>) {
@@ -161,7 +172,8 @@ impl StandIn {
         let terminating = pod.metadata.deletion_timestamp.is_some();
         let mut st = self.state.lock().unwrap();
         if ns == NS && pod.labels().get("app").map(String::as_str) == Some("web") {
-            st.healthy.insert(uid.clone(), is_ready(&pod) && !terminating);
+            st.healthy
+                .insert(uid.clone(), is_ready(&pod) && !terminating);
             st.observe();
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
@@ -215,12 +227,7 @@ impl StandIn {
                     "metadata": {"name": name, "uid": uid},
                     "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
                 let r: Result<Value, _> = api
-                    .create_subresource(
-                        "binding",
-                        &name,
-                        &PostParams::default(),
-                        &binding,
-                    )
+                    .create_subresource("binding", &name, &PostParams::default(), &binding)
                     .await;
                 if r.is_err() {
                     // Gone or already bound: look again on its next event.
@@ -383,9 +390,11 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> 
 /// replacements.
 async fn set_up(admin: &kube::Client, stand_in: &StandIn, pods: usize, pdb: bool) {
     create_node(admin, NODE, 1, false).await;
-    wait_for("worker-1 schedulable", Duration::from_secs(10), async || {
-        stand_in.schedulable_nodes() == [NODE]
-    })
+    wait_for(
+        "worker-1 schedulable",
+        Duration::from_secs(10),
+        async || stand_in.schedulable_nodes() == [NODE],
+    )
     .await;
     let rs: ReplicaSet = serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -441,9 +450,11 @@ async fn set_up(admin: &kube::Client, stand_in: &StandIn, pods: usize, pdb: bool
     }
     create_node(admin, "worker-2", 2, false).await;
     create_node(admin, "worker-3", 3, false).await;
-    wait_for("worker-2 and worker-3 schedulable", Duration::from_secs(10), async || {
-        stand_in.schedulable_nodes().len() == 3
-    })
+    wait_for(
+        "worker-2 and worker-3 schedulable",
+        Duration::from_secs(10),
+        async || stand_in.schedulable_nodes().len() == 3,
+    )
     .await;
 }
 
@@ -467,21 +478,25 @@ async fn tear_down(admin: &kube::Client, stand_in: &StandIn) {
         let _ = nodes.delete(n, &DeleteParams::default()).await;
     }
     let started = Instant::now();
-    wait_for("pods and workers gone", Duration::from_secs(60), async || {
-        let left = pods
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items.len())
-            .unwrap_or(usize::MAX);
-        let (nodes, healthy) = (stand_in.schedulable_nodes(), stand_in.healthy());
-        if left > 0 {
-            let _ = pods.delete_collection(&now, &ListParams::default()).await;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            eprintln!("tear-down: {left} pods left, nodes {nodes:?}, {healthy} healthy");
-        }
-        left == 0 && nodes.is_empty() && healthy == 0
-    })
+    wait_for(
+        "pods and workers gone",
+        Duration::from_secs(60),
+        async || {
+            let left = pods
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(usize::MAX);
+            let (nodes, healthy) = (stand_in.schedulable_nodes(), stand_in.healthy());
+            if left > 0 {
+                let _ = pods.delete_collection(&now, &ListParams::default()).await;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                eprintln!("tear-down: {left} pods left, nodes {nodes:?}, {healthy} healthy");
+            }
+            left == 0 && nodes.is_empty() && healthy == 0
+        },
+    )
     .await;
 }
 
@@ -497,7 +512,9 @@ struct Run {
 }
 
 fn audit_len(cp: &ControlPlane) -> u64 {
-    std::fs::metadata(&cp.audit_log).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(&cp.audit_log)
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 /// Audit entries written after byte `from` by `users`, one per audit ID.
@@ -739,7 +756,8 @@ fn main() {
     let cp = ControlPlane::start_with(
         &bin,
         &Options {
-            controllers: "replicaset-controller,disruption-controller,serviceaccount-controller".into(),
+            controllers: "replicaset-controller,disruption-controller,serviceaccount-controller"
+                .into(),
             scheduler: false,
             audited_users: vec![KUBECTL_USER.into()],
         },
@@ -819,5 +837,6 @@ fn main() {
             println!("  drydock per run: {}", breakdown(&ours));
             println!("  kubectl per run: {}", breakdown(&theirs));
         }
+        bed.stand_in.stop();
     });
 }
