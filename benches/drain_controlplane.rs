@@ -3,7 +3,8 @@
 //! budget, drained by drydock and by real `kubectl drain`, side by side in
 //! one run: wall time and API requests. Prints numbers, asserts nothing.
 //!
-//! `cargo bench --bench drain_controlplane` (env `DRYDOCK_BENCH_RUNS`,
+//! `cargo bench --profile dev --bench drain_controlplane` (the README's
+//! figures; the bench profile works too) (env `DRYDOCK_BENCH_RUNS`,
 //! default 3; `DRYDOCK_BENCH_PODS`, default 110). Needs target/controlplane
 //! (`scripts/build-control-plane`): etcd, kube-apiserver (Node,RBAC,
 //! NodeRestriction, audit log), kube-controller-manager running only the
