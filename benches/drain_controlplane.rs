@@ -740,7 +740,9 @@ fn min_healthy(runs: &[Run]) -> String {
 fn main() {
     // `cargo test --all-targets` runs bench binaries too, without `--bench`.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("drain bench on a real control plane: `cargo bench --bench drain_controlplane`");
+        println!(
+            "drain bench on a real control plane: `cargo bench --profile dev --bench drain_controlplane`"
+        );
         return;
     }
     let Some(bin) = controlplane::binaries() else {
