@@ -125,7 +125,7 @@ fn smaps_by_mapping(pid: u32) -> Vec<(String, String, u64, u64, u64)> {
         .filter(|(_, (_, rss, _))| *rss > 0)
         .map(|((name, perms), (size, rss, anon))| (name, perms, size, rss, anon))
         .collect();
-    rows.sort_by(|a, b| b.3.cmp(&a.3));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.3));
     rows
 }
 
