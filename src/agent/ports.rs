@@ -255,9 +255,16 @@ pub trait Cluster: Send + Sync {
         at: Timestamp,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
     /// The Kubernetes upgrade target on the drydock Namespace (as written,
-    /// unvalidated); `None` when unset. One small GET.
+    /// unvalidated); `None` when unset. What a watch of the Namespace last
+    /// saw while it is open, else one small GET: for the check of whether
+    /// to ask for a turn.
     fn upgrade_target(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send {
         async { Ok(None) }
+    }
+    /// The same, read from the API server now: an upgrade is only planned
+    /// from this (never from a watch's value).
+    fn upgrade_target_now(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send {
+        self.upgrade_target()
     }
     /// What the skew policy and the rollout order look at: `/version`,
     /// kubeadm-config, every Node's kubelet version and role.

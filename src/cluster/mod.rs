@@ -7,6 +7,7 @@ pub mod drain;
 pub mod fleet;
 pub mod identity;
 pub mod lease;
+pub mod namespace_watch;
 pub mod node;
 pub mod observe;
 pub mod versions;
