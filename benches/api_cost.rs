@@ -215,9 +215,9 @@ fn reboot_cycles(rt: &tokio::runtime::Runtime) {
             })
             .collect(),
     );
-    // Waiters that did a full gate evaluation (a Node list) on a slot that
-    // looked free, then lost the acquire to the node that looked first:
-    // the Node lists above 2 per reboot are these.
+    // Waiters that found a slot free, then lost it to another node taking
+    // it first (a Lease list and a Namespace GET each, no Node list: only
+    // a node holding a slot asks the expensive gates).
     let lost_races = |r: &FleetReport| {
         r.moments
             .iter()

@@ -101,5 +101,30 @@ fn main() {
             gaps.len(),
             if r.finished { "" } else { "  (did not finish)" }
         );
+        if std::env::var_os("DRYDOCK_HANDOFF_SHOW").is_some() {
+            show_slowest(&r);
+        }
+    }
+}
+
+/// `DRYDOCK_HANDOFF_SHOW=1`: what happened during the slowest hand-off.
+fn show_slowest(r: &FleetReport) {
+    let mut spans: Vec<(Duration, Duration)> = r
+        .nodes
+        .values()
+        .filter_map(|t| Some((t.locked_at?, t.released_at?)))
+        .collect();
+    spans.sort();
+    let Some((from, to)) = spans
+        .windows(2)
+        .map(|w| (w[0].1, w[1].0))
+        .max_by_key(|(a, b)| b.saturating_sub(*a))
+    else {
+        return;
+    };
+    for m in &r.moments {
+        if m.at + Duration::from_secs(2) >= from && m.at <= to {
+            println!("    {:>8.3} {} {}", m.at.as_secs_f64(), m.node, m.what);
+        }
     }
 }

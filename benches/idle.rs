@@ -4,15 +4,17 @@
 //! numbers; asserts nothing.
 //!
 //! `cargo bench --bench idle` measures the bench profile's binary (the
-//! release build, as shipped); `cargo bench --profile dev --bench idle` the
-//! debug one; `DRYDOCK_BIN=target/release/drydock` measures that binary
-//! whatever the bench's own profile. `DRYDOCK_IDLE_SECS` (default 60) sets
+//! release build with the simulator); `cargo bench --profile dev --bench
+//! idle` the debug one; `DRYDOCK_BIN=target/production/drydock` measures
+//! that binary (the .deb's build) whatever the bench's own profile. `DRYDOCK_IDLE_SECS` (default 60) sets
 //! the idle window.
 //!
 //! Hour-equivalent: the daemon's periodic work is one look per check
 //! interval (5 min by default, 12 an hour); here the interval is 5 s, so a
 //! 60 s window holds the same 12 looks as an hour in production. Needs root
 //! (the daemon holds packages in a sandboxed dpkg root) and dbus-daemon.
+//! The upgrade target comes from a watch of the drydock Namespace opened
+//! at start-up: one long request, not counted in the idle window.
 
 #[path = "../tests/support/apt_sandbox.rs"]
 mod apt_sandbox;
@@ -76,6 +78,55 @@ fn smaps(pid: u32) -> std::collections::BTreeMap<String, u64> {
             Some((k.trim().to_string(), kb))
         })
         .collect()
+}
+
+/// Per mapping of /proc/PID/smaps, grouped by (file or kind, permissions):
+/// size, RSS, anonymous, in kB. What of the binary is resident, and where.
+fn smaps_by_mapping(pid: u32) -> Vec<(String, String, u64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut groups: std::collections::BTreeMap<(String, String), (u64, u64, u64)> =
+        Default::default();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // A mapping header: "start-end perms offset dev inode [path]".
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            let perms = fields.get(1).copied().unwrap_or("").to_string();
+            let name = match fields.get(5) {
+                Some(p) if p.starts_with('/') => std::path::Path::new(p)
+                    .file_name()
+                    .map_or(p.to_string(), |f| f.to_string_lossy().into_owned()),
+                Some(p) => p.to_string(),
+                None => "[anon]".to_string(),
+            };
+            current = Some((name, perms));
+            continue;
+        }
+        let (Some(key), Some(kb)) = (fields.first(), fields.get(1)) else {
+            continue;
+        };
+        let Ok(kb) = kb.parse::<u64>() else { continue };
+        let Some(group) = current.clone() else {
+            continue;
+        };
+        let entry = groups.entry(group).or_default();
+        match *key {
+            "Size:" => entry.0 += kb,
+            "Rss:" => entry.1 += kb,
+            "Anonymous:" => entry.2 += kb,
+            _ => {}
+        }
+    }
+    let mut rows: Vec<_> = groups
+        .into_iter()
+        .filter(|(_, (_, rss, _))| *rss > 0)
+        .map(|((name, perms), (size, rss, anon))| (name, perms, size, rss, anon))
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.3));
+    rows
 }
 
 fn main() {
@@ -144,7 +195,9 @@ fn main() {
         );
         return;
     }
-    let start_requests = sim.stats().total.requests;
+    let start_stats = sim.stats();
+    let start_requests = start_stats.total.requests;
+    let watches = start_stats.get("watch", "namespaces").requests;
     sim.reset_stats();
     let cpu0 = cpu_seconds(&pid.to_string());
     let t0 = Instant::now();
@@ -176,13 +229,17 @@ fn main() {
     for k in ["Rss", "Pss", "Anonymous", "Pss_Anon", "Pss_File"] {
         println!("{:<12} {:>12} {:>12}", k, kb(&before, k), kb(&after, k));
     }
+    println!("resident, per mapping (kB): size, RSS, anonymous");
+    for (name, perms, size, rss, anon) in smaps_by_mapping(pid) {
+        println!("  {name:<24} {perms} {size:>8} {rss:>8} {anon:>8}");
+    }
     println!(
         "CPU over the idle window: {cpu:.3} s in {wall:.0} s ({:.3} % of one core); scaled to an hour at the 5 min interval: {cpu:.3} s",
         100.0 * cpu / wall
     );
     println!(
-        "API requests during the idle window: {} ({} response bytes)",
-        stats.total.requests, stats.total.response_bytes
+        "API requests during the idle window: {} ({} response bytes); the Namespace watch opened at start-up: {} (one long request, re-opened every 30-60 min)",
+        stats.total.requests, stats.total.response_bytes, watches
     );
     if stats.total.requests > 0 {
         print!("{stats}");

@@ -172,6 +172,7 @@ fn drydock_on_a_real_control_plane() {
             differential(&bed).await;
             let probes = probes_from..bed.cp.audit().len();
             pause_halt_resume_and_kubectl(&bed).await;
+            target_through_the_watch(&bed).await;
             rolling_reboot(&bed).await;
             audited_requests_match_the_rbac(&bed, probes);
         })
@@ -777,6 +778,168 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
     );
 }
 
+/// An idle node reads the upgrade target from its watch of the drydock
+/// Namespace, with its own drydock identity (RBAC: watch by name): a new
+/// target reaches its checks with no GET of the Namespace, proved by the
+/// API server's audit log.
+async fn target_through_the_watch(bed: &Bed) {
+    use k8s_openapi::api::core::v1::Namespace;
+    const NODE: &str = "w-2";
+    let target = drydock::testing::cluster::annotations::KUBERNETES_VERSION;
+    let identity = client(&bed.identity_kubeconfig(NODE)).await;
+    let cluster = KubeCluster::with_identity(
+        client(&bed.kubelet(NODE).kubeconfig).await,
+        identity,
+        bed.settings(NODE),
+        NODE.into(),
+    );
+    assert_eq!(
+        cluster.upgrade_target_seen(),
+        None,
+        "no watch before a read"
+    );
+    assert_eq!(cluster.upgrade_target().await.unwrap(), None);
+    eventually(
+        "the Namespace watch opens",
+        Duration::from_secs(10),
+        || async {
+            match cluster.upgrade_target_seen() {
+                Some(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let admin: Api<Namespace> = Api::all(client(&bed.cp.super_admin).await);
+    let annotate = |v: Option<&str>| json!({"metadata": {"annotations": {target: v}}});
+    admin
+        .patch(
+            NS,
+            &PatchParams::default(),
+            &Patch::Merge(&annotate(Some("v1.34.9"))),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the watch sees the target",
+        Duration::from_secs(10),
+        || async {
+            match cluster.upgrade_target_seen() {
+                Some(Some(v)) if v == "v1.34.9" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    admin
+        .patch(NS, &PatchParams::default(), &Patch::Merge(&annotate(None)))
+        .await
+        .unwrap();
+    eventually(
+        "the watch sees it removed",
+        Duration::from_secs(10),
+        || async {
+            match cluster.upgrade_target_seen() {
+                Some(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    drop(cluster);
+
+    // The agent itself, idle (nothing to do), on its own state: its checks
+    // (every second here) see a new target through the watch.
+    let mut settings = bed.settings(NODE);
+    let dir = bed.state.join("w-2-watch");
+    std::fs::create_dir_all(&dir).unwrap();
+    settings.node.state_db = dir.join("state.db");
+    settings.node.run_dir = dir.join("run");
+    let machine = Arc::new(Mutex::new(Machine {
+        boot_id: bed.kubelet(NODE).boot_id(),
+        booted_at: jiff::Timestamp::now() - Duration::from_secs(3600),
+        need: vec![],
+        reboots: 0,
+        checks_fail: false,
+    }));
+    let (reboot_tx, _reboot_rx) = mpsc::unbounded_channel::<String>();
+    let host = SimHost::new(NODE, machine, reboot_tx);
+    let cluster = KubeCluster::with_identity(
+        client(&bed.kubelet(NODE).kubeconfig).await,
+        client(&bed.identity_kubeconfig(NODE)).await,
+        settings.clone(),
+        NODE.into(),
+    );
+    let rec = Recorder {
+        node: NODE.into(),
+        states: Arc::default(),
+        max_out: Arc::default(),
+    };
+    let store = Store::open(&settings.node.state_db).unwrap();
+    let mut agent = Agent::new(NODE.into(), settings, store, host, cluster, rec).unwrap();
+    let running = tokio::spawn(async move { agent.run(std::future::pending::<()>()).await });
+    let user = format!("drydock:node:{NODE}");
+    let kubelet_user = format!("system:node:{NODE}");
+    let requests = |from: usize, user: &str, verb: &str, resource: &str| {
+        bed.cp.audit()[from..]
+            .iter()
+            .filter(|e| {
+                e["user"]["username"] == user
+                    && e["verb"] == verb
+                    && e["objectRef"]["resource"] == resource
+                    && e["stage"] != "RequestReceived"
+            })
+            .count()
+    };
+    let from = bed.cp.audit().len();
+    eventually(
+        "the agent's watch opens",
+        Duration::from_secs(10),
+        || async {
+            match requests(from, &user, "watch", "namespaces") {
+                0 => Err("no watch yet".into()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    // Several checks (1 s apart), then a target: no GET of the Namespace.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let window = bed.cp.audit().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    admin
+        .patch(
+            NS,
+            &PatchParams::default(),
+            &Patch::Merge(&annotate(Some("v1.34.9"))),
+        )
+        .await
+        .unwrap();
+    // A check that sees a target reads the cluster's versions (kubeadm's
+    // ConfigMap with the kubelet credential): the sign that it saw it.
+    eventually(
+        "the agent's check sees the target",
+        Duration::from_secs(10),
+        || async {
+            match requests(window, &kubelet_user, "get", "configmaps") {
+                0 => Err("no versions read yet".into()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    running.abort();
+    admin
+        .patch(NS, &PatchParams::default(), &Patch::Merge(&annotate(None)))
+        .await
+        .unwrap();
+    assert_eq!(
+        requests(window, &user, "get", "namespaces"),
+        0,
+        "the idle agent read the Namespace instead of using its watch"
+    );
+}
+
 // --- the simulator against the real thing ---------------------------------
 
 struct Who {
@@ -933,6 +1096,46 @@ async fn scenario(c: &Who) -> (Vec<(&'static str, u16)>, serde_json::Value) {
     step(
         "kubelet gets the drydock namespace",
         api_code(namespaces(&c.kubelet).get(NS).await),
+    );
+    // The idle node's watch of the upgrade target: by name (the
+    // fieldSelector names it for RBAC's resourceNames), never all of them.
+    let by_name = kube::api::WatchParams::default()
+        .fields(&format!("metadata.name={NS}"))
+        .timeout(1);
+    step(
+        "identity watches the drydock namespace by name",
+        api_code(namespaces(&c.me).watch(&by_name, "0").await.map(|_| ())),
+    );
+    step(
+        "identity watches every namespace",
+        api_code(
+            namespaces(&c.me)
+                .watch(&kube::api::WatchParams::default().timeout(1), "0")
+                .await
+                .map(|_| ()),
+        ),
+    );
+    step(
+        "identity watches another namespace by name",
+        api_code(
+            namespaces(&c.me)
+                .watch(
+                    &kube::api::WatchParams::default()
+                        .fields("metadata.name=default")
+                        .timeout(1),
+                    "0",
+                )
+                .await
+                .map(|_| ()),
+        ),
+    );
+    step(
+        "identity lists the drydock namespace by name",
+        api_code(
+            namespaces(&c.me)
+                .list(&ListParams::default().fields(&format!("metadata.name={NS}")))
+                .await,
+        ),
     );
 
     let core_event: Event = serde_json::from_value(json!({

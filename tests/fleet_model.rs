@@ -35,7 +35,9 @@
 //! R (a node that lost its slot before the request ends uncordoned); no
 //! uncordon after a reboot without holding a slot at that moment; never two
 //! holders believing they hold one slot at once; no slot taken unless that
-//! node's last look at the cluster gates passed; no second reboot for one
+//! node's last look at the cluster gates passed (at the Namespace's gates,
+//! for a free slot taken to look at the rest holding it); no cordon unless
+//! its last look at every gate, holding the slot, passed; no second reboot for one
 //! need; no `Verified` without a reboot and passing checks; a failed
 //! verification has the fleet halt set once the API is back (within 3 s of
 //! the last fault), and no other node starts a cycle (cordons) more than
@@ -224,8 +226,14 @@ struct World {
     prometheus: Option<PromFault>,
     rng: fastrand::Rng,
     pdb_blocked: Option<String>,
-    /// Per node: whether its last cluster-gates look passed.
+    /// Per node: whether its last look at every cluster gate passed.
     last_gates_passed: BTreeMap<String, bool>,
+    /// Per node: whether its last look at the Namespace's gates alone
+    /// (before taking a free slot to look at the rest) passed.
+    last_control_passed: BTreeMap<String, bool>,
+    /// Per node: whether its last look at every cluster gate passed while
+    /// it held a slot (a cycle starts only after one).
+    passed_holding: BTreeMap<String, bool>,
     /// Per slot: the nodes whose keeper currently publishes `Held` for it,
     /// with the real time until which that claim is promised (its keeper
     /// gives up a renewal period before the expiry it stamped).
@@ -444,6 +452,15 @@ impl ModelCluster {
     }
 }
 
+/// The drydock Namespace's annotations, as the gates read them.
+fn control_of(w: &World) -> ClusterControl {
+    ClusterControl {
+        halted: w.halt.as_ref().map(|h| format!("{}: {}", h.node, h.reason)),
+        last_reboot_finished: Ok(w.last_finished.clone()),
+        ..ClusterControl::default()
+    }
+}
+
 fn to_status(reports: Vec<GateReport>) -> Vec<GateStatus> {
     reports
         .into_iter()
@@ -482,12 +499,15 @@ impl Cluster for ModelCluster {
                 .insert(self.node.clone(), false);
             return blocked(format!("cannot read the cluster: {e}"));
         }
+        // Read before the world's lock (`drop_keeper` takes them the other way round).
+        let holding = self
+            .keeper
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|k| !k.claim.borrow().is_lost());
         let mut w = lock(&self.world);
-        let control = ClusterControl {
-            halted: w.halt.as_ref().map(|h| format!("{}: {}", h.node, h.reason)),
-            last_reboot_finished: Ok(w.last_finished.clone()),
-            ..ClusterControl::default()
-        };
+        let control = control_of(&w);
         let verdict = match gates::evaluate_control(&w.settings, &control, now) {
             Some(early) => early,
             None => {
@@ -539,10 +559,39 @@ impl Cluster for ModelCluster {
         };
         let passed = gates::all_pass(&verdict.reports);
         w.last_gates_passed.insert(self.node.clone(), passed);
+        w.passed_holding
+            .insert(self.node.clone(), passed && holding);
         ClusterGates {
             gates: to_status(verdict.reports),
             blocked_until: verdict.blocked_until.map(|t| t - self.skew),
         }
+    }
+
+    async fn control_gates(&self, now: Timestamp) -> Option<ClusterGates> {
+        let now = now + self.skew;
+        if let Err(e) = self.request("reading the drydock Namespace").await {
+            lock(&self.world)
+                .last_control_passed
+                .insert(self.node.clone(), false);
+            return Some(ClusterGates {
+                gates: vec![GateStatus {
+                    gate: gates::GateName::Cluster,
+                    passed: false,
+                    reason: format!("cannot read the cluster: {e}"),
+                    skipped: false,
+                }],
+                blocked_until: None,
+            });
+        }
+        let mut w = lock(&self.world);
+        let control = control_of(&w);
+        let early = gates::evaluate_control(&w.settings, &control, now);
+        w.last_control_passed
+            .insert(self.node.clone(), early.is_none());
+        early.map(|v| ClusterGates {
+            gates: to_status(v.reports),
+            blocked_until: v.blocked_until.map(|t| t - self.skew),
+        })
     }
 
     async fn lease_outlook(&self) -> Result<LeaseOutlook, PortError> {
@@ -565,14 +614,26 @@ impl Cluster for ModelCluster {
         })
     }
 
-    async fn acquire(&self) -> Result<Option<String>, PortError> {
+    async fn acquire(&self, gates_passed: bool) -> Result<Option<String>, PortError> {
         self.request("acquiring a Lease slot").await?;
         let now = self.now();
         let taken = {
             let mut w = lock(&self.world);
-            if w.last_gates_passed.get(&self.node) != Some(&true) {
+            // Every gate passed, or (a free slot, to look at the rest
+            // holding it) the Namespace's gates did.
+            let looked = if gates_passed {
+                &w.last_gates_passed
+            } else {
+                &w.last_control_passed
+            };
+            if looked.get(&self.node) != Some(&true) {
+                let which = if gates_passed {
+                    "gate"
+                } else {
+                    "Namespace gate"
+                };
                 let v = format!(
-                    "{} took a slot although its last gate look blocked",
+                    "{} took a slot although its last {which} look blocked",
                     self.node
                 );
                 w.violations.push(v);
@@ -582,9 +643,18 @@ impl Cluster for ModelCluster {
             // Ours already first, as `LeaseClient::acquire` does.
             w.leases
                 .sort_by_key(|l| lease::classify(Some(l), &me, now, LEASE) != SlotClass::Mine);
+            let nodes: BTreeSet<String> = w.nodes.keys().cloned().collect();
             for l in w.leases.iter_mut() {
                 let class = lease::classify(Some(l), &me, now, LEASE);
-                match lease::decide(&class, true, None) {
+                // As `LeaseClient::acquire`: an expired holder's Node is
+                // looked up only when the gates did not all pass.
+                let holder_exists = match &class {
+                    SlotClass::Expired { holder, .. } if !gates_passed => {
+                        Some(nodes.contains(holder))
+                    }
+                    _ => None,
+                };
+                match lease::decide(&class, gates_passed, holder_exists) {
                     Decision::Create | Decision::Take => {
                         l.spec = Some(LeaseSpec {
                             holder_identity: Some(me.clone()),
@@ -688,6 +758,18 @@ impl Cluster for ModelCluster {
         self.request(if value { "cordoning" } else { "uncordoning" })
             .await?;
         let mut w = lock(&self.world);
+        // A cycle starts (cordons) only after every gate passed with the
+        // slot held: a slot taken to look is given back untouched.
+        if value
+            && !w.nodes[&self.node].unschedulable
+            && w.passed_holding.get(&self.node) != Some(&true)
+        {
+            let v = format!(
+                "{} cordoned although its last look at every gate, holding a slot, did not pass",
+                self.node
+            );
+            w.violations.push(v);
+        }
         let n = w.nodes.get_mut(&self.node).unwrap();
         // Only a real uncordon counts: an agent killed mid-release repeats
         // its (idempotent) uncordon after it gave the slot back.
@@ -1113,6 +1195,8 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         rng: fastrand::Rng::with_seed(seed),
         pdb_blocked: plan.pdb_blocked.clone(),
         last_gates_passed: BTreeMap::new(),
+        last_control_passed: BTreeMap::new(),
+        passed_holding: BTreeMap::new(),
         believed: BTreeMap::new(),
         violations: Vec::new(),
         requests: 0,

@@ -3,8 +3,9 @@
 //! dpkg in a private root.
 //!
 //! `package_from_test_binary` packages the binary cargo built for the tests
-//! (fast, runs with `cargo test --test package`). The release build is
-//! `#[ignore]`d because it takes minutes:
+//! (fast, runs with `cargo test --test package`). The production build
+//! (`cargo build --profile production`) is `#[ignore]`d because it takes
+//! many minutes:
 //!     cargo test --test package -- --ignored
 
 use std::path::{Path, PathBuf};
@@ -214,13 +215,13 @@ fn package_from_test_binary() {
 }
 
 #[test]
-#[ignore = "cargo build --release takes minutes: cargo test --test package -- --ignored"]
+#[ignore = "cargo build --profile production takes many minutes: cargo test --test package -- --ignored"]
 fn package_release_build() {
     let deb = build_deb(&[], &repo().join("target/debian"));
     assert_eq!(deb.parent().unwrap(), repo().join("target/debian"));
     check_deb(&deb);
     // The production build: no simulator subcommands.
-    let help = run(Command::new(repo().join("target/release/drydock")).arg("--help"));
+    let help = run(Command::new(repo().join("target/production/drydock")).arg("--help"));
     assert!(help.contains("daemon"), "{help}");
     let subcommands: Vec<&str> = help
         .lines()

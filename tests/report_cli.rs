@@ -95,7 +95,8 @@ fn report_rbac_is_least_privilege_for_the_drydock_identity() {
         ns_rule.resource_names.as_deref(),
         Some(&["patching".to_string()][..])
     );
-    assert_eq!(ns_rule.verbs, ["get", "patch"]);
+    // watch: the upgrade target without polling, by name only.
+    assert_eq!(ns_rule.verbs, ["get", "patch", "watch"]);
 
     let crb: ClusterRoleBinding = serde_json::from_value(docs[2].clone()).unwrap();
     assert_eq!(crb.role_ref.name, "drydock:node");

@@ -23,6 +23,7 @@ use super::ports::{
     Host, LeaseOutlook, PortError, Reporter,
 };
 use super::state::{AgentState, Cordon, Cycle, Event, SlotLoss, TransitionError};
+use super::turn::{self, Approach, BlockedWait};
 use crate::config::Settings;
 use crate::logging::msgid;
 use crate::store::{Store, StoreError};
@@ -672,7 +673,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 .unwrap_or(self.settings.reboot.check_interval);
             return Ok(Wait::For(wait.min(self.settings.reboot.check_interval)));
         }
-        // Then the lease: only a node that could take a slot asks the cluster gates.
+        // Then the lease: only a node that could take a slot looks further,
+        // and only one holding a slot asks the expensive gates (see `turn`).
         let mut outlook = match self.cluster.lease_outlook().await {
             Ok(o) => o,
             Err(e) => return self.retry_later("reading the lease", e).await,
@@ -688,32 +690,82 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 Err(e) => return self.retry_later("reading the lease", e).await,
             };
         }
-        if let LeaseOutlook::Busy { holders } = &outlook {
-            let line = format!("{waiting}: lease held by {}", holders.join(", "));
-            self.record_gates(&local).await?;
-            self.status(line).await?;
-            return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
-        }
-        let mut gates = local.clone();
-        // Now, not `now`: the jitter above took some time.
-        let cluster = self.cluster.cluster_gates(Timestamp::now()).await;
-        gates.extend(cluster.gates);
-        self.record_gates(&gates).await?;
-        if let Some(block) = GateStatus::first_block(&gates) {
-            self.status(format!("{waiting}: {}", block.reason)).await?;
-            if let LeaseOutlook::Mine(slot) = outlook {
-                // A slot left from before a crash is not sat on while blocked.
-                let _ = self.cluster.release(&slot).await;
+        let mut lost_race = false;
+        loop {
+            match turn::approach(&outlook, lost_race) {
+                Approach::Wait => {
+                    let holders = match &outlook {
+                        LeaseOutlook::Busy { holders } => holders.join(", "),
+                        _ => String::new(),
+                    };
+                    self.record_gates(&local).await?;
+                    let line = if lost_race {
+                        format!("{waiting}: another node took the lease first (held by {holders})")
+                    } else {
+                        format!("{waiting}: lease held by {holders}")
+                    };
+                    self.status(line).await?;
+                    return Ok(Wait::LeaseChange(self.settings.reboot.check_interval));
+                }
+                Approach::LookHolding(_) | Approach::TakeThenLook => {
+                    // The Namespace's gates first (one small GET): a halt, a
+                    // pause, the soak or a shared verdict stops every waiter
+                    // here without touching the Lease.
+                    if let Some(control) = self.cluster.control_gates(Timestamp::now()).await {
+                        let mut gates = local.clone();
+                        gates.extend(control.gates);
+                        self.record_gates(&gates).await?;
+                        let reason = GateStatus::first_block(&gates)
+                            .map(|b| b.reason.clone())
+                            .unwrap_or_default();
+                        self.status(format!("{waiting}: {reason}")).await?;
+                        let mut gave_back = false;
+                        if let LeaseOutlook::Mine(slot) = &outlook {
+                            // A slot left from before a crash is not sat on while blocked.
+                            let _ = self.cluster.release(slot).await;
+                            gave_back = true;
+                        }
+                        return Ok(self.blocked(gave_back, control.blocked_until));
+                    }
+                    // Ours already: renewed (and kept) before the look.
+                    match self.cluster.acquire(false).await {
+                        Ok(Some(slot)) => return self.look_holding(slot, waiting, resuming).await,
+                        Ok(None) => {}
+                        Err(e) => return self.retry_later("acquiring the lease", e).await,
+                    }
+                    lost_race = true;
+                    outlook = match self.cluster.lease_outlook().await {
+                        Ok(o) => o,
+                        Err(e) => return self.retry_later("reading the lease", e).await,
+                    };
+                }
+                Approach::LookThenTake => {
+                    let mut gates = local.clone();
+                    let cluster = self.cluster.cluster_gates(Timestamp::now()).await;
+                    gates.extend(cluster.gates);
+                    self.record_gates(&gates).await?;
+                    if let Some(block) = GateStatus::first_block(&gates) {
+                        self.status(format!("{waiting}: {}", block.reason)).await?;
+                        return Ok(self.blocked(false, cluster.blocked_until));
+                    }
+                    let slot = match self.try_acquire(waiting, true).await? {
+                        Ok(slot) => slot,
+                        Err(wait) => return Ok(wait),
+                    };
+                    return self.look_holding(slot, waiting, resuming).await;
+                }
             }
-            return Ok(Wait::LeaseChange(
-                self.after_block(Timestamp::now(), cluster.blocked_until),
-            ));
         }
-        let slot = match self.try_acquire(waiting).await? {
-            Ok(slot) => slot,
-            Err(wait) => return Ok(wait),
-        };
-        // Gates again, now that we hold the slot: no one sits on it blocked.
+    }
+
+    /// Every gate, holding `slot`: the cycle starts only if they pass;
+    /// otherwise the slot goes back before anything was touched.
+    async fn look_holding(
+        &mut self,
+        slot: String,
+        waiting: &str,
+        resuming: bool,
+    ) -> Result<Wait, AgentError> {
         let mut gates = self.cluster.local_gates(&self.store(), Timestamp::now());
         let cluster = self.cluster.cluster_gates(Timestamp::now()).await;
         gates.extend(cluster.gates);
@@ -724,13 +776,20 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 warn!(node = %self.node, slot = %slot, error = %e, "releasing a blocked slot failed");
             }
             self.status(format!("{waiting}: {reason}")).await?;
-            return Ok(Wait::LeaseChange(
-                self.after_block(Timestamp::now(), cluster.blocked_until),
-            ));
+            return Ok(self.blocked(true, cluster.blocked_until));
         }
         info!(message_id = msgid::LEASE_ACQUIRED, node = %self.node, slot = %slot, "lease slot {slot} acquired");
         let detail = serde_json::json!({"slot": slot, "resumed": resuming});
         self.took_slot(slot, detail).await
+    }
+
+    /// The wait after a blocking gate (see [`turn::blocked_wait`]).
+    fn blocked(&self, gave_back_slot: bool, blocked_until: Option<Timestamp>) -> Wait {
+        let wait = self.after_block(Timestamp::now(), blocked_until);
+        match turn::blocked_wait(gave_back_slot) {
+            BlockedWait::UntilBlockEnd => Wait::For(wait),
+            BlockedWait::UntilBlockEndOrLeaseChange => Wait::LeaseChange(wait),
+        }
     }
 
     /// A node that lost its slot after asking for the reboot: cordoned,
@@ -754,7 +813,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Ok(_) => {}
             Err(e) => return self.retry_later("reading the lease", e).await,
         }
-        let slot = match self.try_acquire(&waiting).await? {
+        let slot = match self.try_acquire(&waiting, true).await? {
             Ok(slot) => slot,
             Err(wait) => return Ok(wait),
         };
@@ -764,8 +823,12 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
     }
 
     /// Asks for a slot; `Err`: none was had, and how long to wait.
-    async fn try_acquire(&mut self, waiting: &str) -> Result<Result<String, Wait>, AgentError> {
-        match self.cluster.acquire().await {
+    async fn try_acquire(
+        &mut self,
+        waiting: &str,
+        gates_passed: bool,
+    ) -> Result<Result<String, Wait>, AgentError> {
+        match self.cluster.acquire(gates_passed).await {
             Ok(Some(slot)) => Ok(Ok(slot)),
             Ok(None) => {
                 self.status(format!("{waiting}: another node took the lease first"))

@@ -13,6 +13,7 @@ use super::ports::{
     ClaimWatch, Cluster, ClusterGates, DrainResult, GateStatus, Halt, LeaseOutlook, PortError,
 };
 use crate::cluster::lease::{Held, LeaseClient, LeaseError, LeaseKeeper};
+use crate::cluster::namespace_watch::NamespaceWatch;
 use crate::cluster::{annotations, drain, node::NodeClient, observe};
 use crate::config::Settings;
 use crate::gates::{self, GateReport, LocalObservation};
@@ -34,6 +35,9 @@ pub struct KubeCluster {
     lease: Arc<LeaseClient>,
     /// One keeper per slot held: renews it in the background.
     keepers: Mutex<BTreeMap<String, LeaseKeeper>>,
+    /// The drydock Namespace, watched: the upgrade target without a
+    /// request per check.
+    namespace: NamespaceWatch,
 }
 
 fn status(reports: Vec<GateReport>) -> Vec<GateStatus> {
@@ -98,7 +102,9 @@ impl KubeCluster {
         node: String,
     ) -> Self {
         let lease = Arc::new(LeaseClient::new(shared.clone(), &settings, &node));
+        let namespace = NamespaceWatch::new(shared.clone(), &settings.lease.namespace);
         KubeCluster {
+            namespace,
             client: kubelet,
             shared,
             settings,
@@ -139,6 +145,13 @@ impl KubeCluster {
 
     fn ns(&self) -> &str {
         &self.settings.lease.namespace
+    }
+
+    /// The upgrade target as the Namespace watch last saw it, without a
+    /// request; `None` while the watch is not open (for tests and benches:
+    /// proof that a change arrived through the watch).
+    pub fn upgrade_target_seen(&self) -> Option<Option<String>> {
+        self.namespace.seen(annotations::KUBERNETES_VERSION)
     }
 }
 
@@ -227,6 +240,22 @@ impl Cluster for KubeCluster {
         }
     }
 
+    async fn control_gates(&self, now: Timestamp) -> Option<ClusterGates> {
+        let verdict = match observe::observe_control(&self.shared, &self.settings).await {
+            Ok(control) => gates::evaluate_control(&self.settings, &control, now)?,
+            Err(e) => {
+                return Some(ClusterGates {
+                    gates: status(gates::cluster_unavailable(&e)),
+                    blocked_until: None,
+                });
+            }
+        };
+        Some(ClusterGates {
+            gates: status(verdict.reports),
+            blocked_until: verdict.blocked_until,
+        })
+    }
+
     async fn lease_outlook(&self) -> Result<LeaseOutlook, PortError> {
         let slots = self
             .lease
@@ -247,9 +276,8 @@ impl Cluster for KubeCluster {
         })
     }
 
-    async fn acquire(&self) -> Result<Option<String>, PortError> {
-        // The driver only calls this after the cluster gates passed.
-        match self.lease.acquire(true).await {
+    async fn acquire(&self, gates_passed: bool) -> Result<Option<String>, PortError> {
+        match self.lease.acquire(gates_passed).await {
             Ok(Some(held)) => {
                 let slot = held.slot.clone();
                 self.keep(held);
@@ -398,14 +426,17 @@ impl Cluster for KubeCluster {
     }
 
     async fn upgrade_target(&self) -> Result<Option<String>, PortError> {
-        let ns: k8s_openapi::api::core::v1::Namespace = kube::Api::all(self.shared.clone())
-            .get(self.ns())
+        self.namespace
+            .annotation(annotations::KUBERNETES_VERSION)
             .await
-            .map_err(|e| PortError::failed("reading the upgrade target", e))?;
-        Ok(ns
-            .metadata
-            .annotations
-            .and_then(|mut a| a.remove(annotations::KUBERNETES_VERSION)))
+            .map_err(|e| PortError::failed("reading the upgrade target", e))
+    }
+
+    async fn upgrade_target_now(&self) -> Result<Option<String>, PortError> {
+        self.namespace
+            .read(annotations::KUBERNETES_VERSION)
+            .await
+            .map_err(|e| PortError::failed("reading the upgrade target", e))
     }
 
     async fn cluster_versions(&self) -> Result<crate::upgrade::ClusterVersions, PortError> {

@@ -7,6 +7,7 @@ pub(crate) mod node_host;
 mod pace;
 pub(crate) mod ports;
 pub(crate) mod state;
+mod turn;
 
 pub use driver::Agent;
 pub use driver::AgentError;

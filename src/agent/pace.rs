@@ -33,6 +33,12 @@ pub(super) fn herd_jitter(check_interval: Duration, r: f64) -> Duration {
 /// end, spread a little so the waiters do not all return together; with no
 /// known end, a long jittered re-check. Never longer than `check_interval`.
 /// The Lease watch still wakes the node earlier when a slot changes hands.
+///
+/// A known end at most the herd jitter away (the soak after the reboot
+/// whose release woke this node) is spread like that wake-up, not over a
+/// minute: these waiters are already spread by the herd jitter, and a minute
+/// would leave the slot unused until the first of them comes back (half a
+/// minute on average with one waiter left).
 pub(super) fn after_block(
     now: Timestamp,
     blocked_until: Option<Timestamp>,
@@ -43,7 +49,13 @@ pub(super) fn after_block(
     let wait = match blocked_until {
         Some(end) => {
             let left = Duration::try_from(end.duration_since(now)).unwrap_or_default();
-            left + END_SPREAD.min(check_interval / 5).mul_f64(r)
+            let spread = END_SPREAD.min(check_interval / 5);
+            let spread = if left <= HERD_JITTER {
+                spread.min(HERD_JITTER)
+            } else {
+                spread
+            };
+            left + spread.mul_f64(r)
         }
         None => {
             let base = BLOCKED_RECHECK.min(check_interval);
@@ -100,10 +112,32 @@ mod tests {
             after_block(now, Some(t("2025-01-02T12:00:00Z")), FIVE_MIN, 0.3),
             FIVE_MIN
         );
-        // Already over (clock moved on): only the spread.
+        // Already over (clock moved on): only the herd jitter's spread.
         assert_eq!(
             after_block(now, Some(t("2025-01-01T11:00:00Z")), FIVE_MIN, 0.5),
-            Duration::from_secs(30)
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn a_soak_ending_within_the_herd_jitter_is_not_spread_over_a_minute() {
+        let now = t("2025-01-01T12:00:00Z");
+        let soon = t("2025-01-01T12:00:00.400Z");
+        assert_eq!(
+            after_block(now, Some(soon), FIVE_MIN, 0.5),
+            Duration::from_millis(900)
+        );
+        assert!(after_block(now, Some(soon), FIVE_MIN, 0.999) < Duration::from_millis(1400));
+        // Never wider than the spread a short check interval gives.
+        assert_eq!(
+            after_block(now, Some(soon), Duration::from_secs(2), 1.0),
+            Duration::from_millis(800)
+        );
+        // Just over the jitter away: the long soak's spread again.
+        let later = t("2025-01-01T12:00:01.001Z");
+        assert_eq!(
+            after_block(now, Some(later), FIVE_MIN, 0.5),
+            Duration::from_millis(31_001)
         );
     }
 

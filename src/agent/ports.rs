@@ -205,9 +205,20 @@ pub trait Cluster: Send + Sync {
     /// Cheap first: when the drydock Namespace alone blocks (halted, paused,
     /// soak), no Node list, pod list or alert query is made.
     fn cluster_gates(&self, now: Timestamp) -> impl Future<Output = ClusterGates> + Send;
+    /// The cluster-wide gates the drydock Namespace alone decides (halted,
+    /// paused, the soak, a verdict another node shared): one small GET.
+    /// `Some` when they block (or the Namespace cannot be read), `None`
+    /// when the rest of [`Cluster::cluster_gates`] must be asked.
+    fn control_gates(&self, now: Timestamp) -> impl Future<Output = Option<ClusterGates>> + Send;
     fn lease_outlook(&self) -> impl Future<Output = Result<LeaseOutlook, PortError>> + Send;
-    /// Take a slot; `Ok(None)` when another node won.
-    fn acquire(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send;
+    /// Take a slot; `Ok(None)` when another node won. `gates_passed`:
+    /// every gate passed just before; without it an expired slot whose
+    /// holder's Node still exists is not taken over (that holder may be
+    /// down and broken), only a free one or a gone node's.
+    fn acquire(
+        &self,
+        gates_passed: bool,
+    ) -> impl Future<Output = Result<Option<String>, PortError>> + Send;
     /// Keep `slot` (renewed in the background) and watch the claim on it.
     /// `Err(LostLease)` when it is not ours.
     fn hold(&self, slot: &str) -> impl Future<Output = Result<ClaimWatch, PortError>> + Send;
@@ -245,9 +256,16 @@ pub trait Cluster: Send + Sync {
         at: Timestamp,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
     /// The Kubernetes upgrade target on the drydock Namespace (as written,
-    /// unvalidated); `None` when unset. One small GET.
+    /// unvalidated); `None` when unset. What a watch of the Namespace last
+    /// saw while it is open, else one small GET: for the check of whether
+    /// to ask for a turn.
     fn upgrade_target(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send {
         async { Ok(None) }
+    }
+    /// The same, read from the API server now: an upgrade is only planned
+    /// from this (never from a watch's value).
+    fn upgrade_target_now(&self) -> impl Future<Output = Result<Option<String>, PortError>> + Send {
+        self.upgrade_target()
     }
     /// What the skew policy and the rollout order look at: `/version`,
     /// kubeadm-config, every Node's kubelet version and role.

@@ -33,6 +33,19 @@ struct World {
     gate_block_until: Option<Timestamp>,
     gate_evaluations: u32,
     lease_reads: u32,
+    /// A block the drydock Namespace alone shows (pause, soak, a shared
+    /// verdict): the control look sees it, as does the full look.
+    control_block: Option<String>,
+    control_looks: u32,
+    /// Taking a slot, and whether every gate passed just before.
+    acquires: Vec<bool>,
+    /// Whether n1 held a slot at each full gate look.
+    looked_holding: Vec<bool>,
+    /// The slot other nodes hold has expired (its holder's Node exists):
+    /// taken over only after the gates passed.
+    lease_expired: bool,
+    /// The next try for a free slot is lost to this node.
+    race_lost_to: Option<String>,
     booted_at: Option<Timestamp>,
     /// The keeper's channel for the slot n1 holds: a test flips it to Lost.
     claim: Option<tokio::sync::watch::Sender<Claim>>,
@@ -98,7 +111,13 @@ impl Cluster for Fake {
     async fn cluster_gates(&self, _now: Timestamp) -> ClusterGates {
         let mut w = self.0.lock().unwrap();
         w.gate_evaluations += 1;
-        let block = w.gate_block.clone().or(w.halted.clone());
+        let holding = w.lease_holder.as_deref() == Some("n1");
+        w.looked_holding.push(holding);
+        let block = w
+            .halted
+            .clone()
+            .or(w.control_block.clone())
+            .or(w.gate_block.clone());
         ClusterGates {
             gates: vec![GateStatus {
                 gate: crate::gates::GateName::Cluster,
@@ -109,23 +128,44 @@ impl Cluster for Fake {
             blocked_until: w.gate_block_until,
         }
     }
+    async fn control_gates(&self, _now: Timestamp) -> Option<ClusterGates> {
+        let mut w = self.0.lock().unwrap();
+        w.control_looks += 1;
+        let block = w.halted.clone().or(w.control_block.clone())?;
+        Some(ClusterGates {
+            gates: vec![GateStatus {
+                gate: crate::gates::GateName::Cluster,
+                passed: false,
+                reason: block,
+                skipped: false,
+            }],
+            blocked_until: w.gate_block_until,
+        })
+    }
     async fn lease_outlook(&self) -> Result<LeaseOutlook, PortError> {
         let mut w = self.0.lock().unwrap();
         w.lease_reads += 1;
         Ok(match &w.lease_holder {
             Some(h) if h == "n1" => LeaseOutlook::Mine("slot-0".into()),
+            Some(_) if w.lease_expired => LeaseOutlook::Available,
             Some(h) => LeaseOutlook::Busy {
                 holders: vec![h.clone()],
             },
             None => LeaseOutlook::Available,
         })
     }
-    async fn acquire(&self) -> Result<Option<String>, PortError> {
+    async fn acquire(&self, gates_passed: bool) -> Result<Option<String>, PortError> {
         let mut w = self.0.lock().unwrap();
+        w.acquires.push(gates_passed);
         match &w.lease_holder {
-            Some(h) if h != "n1" => Ok(None),
+            Some(h) if h != "n1" && !(w.lease_expired && gates_passed) => Ok(None),
+            _ if w.race_lost_to.is_some() => {
+                w.lease_holder = w.race_lost_to.take();
+                Ok(None)
+            }
             _ => {
                 w.lease_holder = Some("n1".into());
+                w.lease_expired = false;
                 Ok(Some("slot-0".into()))
             }
         }
@@ -364,12 +404,18 @@ async fn blocked_gate_means_no_lease_and_no_cordon() {
     w.0.lock().unwrap().gate_block = Some("alert NodeDiskPressure firing".into());
     let mut a = agent(dir.path(), &w);
     for _ in 0..5 {
-        a.tick().await.unwrap();
+        // Having given a slot back, it does not wake on Lease changes.
+        assert!(matches!(
+            a.tick().await.unwrap(),
+            super::driver::Wait::For(_)
+        ));
     }
     assert_eq!(a.state().name(), "pending");
     let g = w.0.lock().unwrap();
     assert_eq!(g.lease_holder, None);
     assert!(!g.unschedulable);
+    // Asked holding the slot, given back each time before anything.
+    assert_eq!(g.looked_holding, [true; 5]);
     let status = a
         .store()
         .get::<super::driver::StatusRecord>(keys::LAST_STATUS)
@@ -666,7 +712,7 @@ async fn soak_with_a_known_end_waits_until_it_not_thirty_seconds() {
     s.reboot.check_interval = Duration::from_secs(10);
     {
         let mut g = w.0.lock().unwrap();
-        g.gate_block = Some("soak ends in 3s".into());
+        g.control_block = Some("soak ends in 3s".into());
         g.gate_block_until = Some(Timestamp::now() + jiff::SignedDuration::from_secs(3));
     }
     let mut a = agent_with(&w, s);
@@ -689,20 +735,97 @@ async fn soak_with_a_known_end_waits_until_it_not_thirty_seconds() {
         other => panic!("{other:?}"),
     }
     let g = w.0.lock().unwrap();
+    // The Namespace alone said so: no slot taken, no expensive look.
     assert_eq!(g.lease_holder, None);
-    assert_eq!(g.gate_evaluations, 2);
+    assert!(g.acquires.is_empty());
+    assert_eq!((g.control_looks, g.gate_evaluations), (2, 0));
 }
 
 #[tokio::test]
-async fn free_slot_is_looked_at_twice_and_taken_gates_checked_before_and_after() {
+async fn free_slot_is_taken_after_the_namespace_gates_and_every_gate_asked_holding_it() {
     let dir = tempfile::tempdir().unwrap();
     let w = world();
     let mut a = agent(dir.path(), &w);
     assert_eq!(a.tick().await.unwrap(), super::driver::Wait::No);
     assert_eq!(a.state().name(), "locked");
     let g = w.0.lock().unwrap();
-    // Before the jitter, after it; the gates before and after acquiring.
-    assert_eq!((g.lease_reads, g.gate_evaluations), (2, 2));
+    // The Lease before the jitter and after it; the Namespace's gates;
+    // a free slot taken (not an expired one); every gate once, holding it.
+    assert_eq!(
+        (g.lease_reads, g.control_looks, g.gate_evaluations),
+        (2, 1, 1)
+    );
+    assert_eq!(g.acquires, [false]);
+    assert_eq!(g.looked_holding, [true]);
+}
+
+/// The start-up herd: every daemon finds the slot free at once. Those that
+/// lose the race for it stop at the Lease, without the expensive look.
+#[tokio::test]
+async fn losing_the_race_for_a_free_slot_costs_no_expensive_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().race_lost_to = Some("n2".into());
+    let mut a = agent(dir.path(), &w);
+    assert!(matches!(
+        a.tick().await.unwrap(),
+        super::driver::Wait::LeaseChange(_)
+    ));
+    assert_eq!(a.state().name(), "pending");
+    let g = w.0.lock().unwrap();
+    assert_eq!(g.gate_evaluations, 0);
+    assert_eq!(g.acquires, [false]);
+    assert_eq!(g.lease_holder.as_deref(), Some("n2"));
+    assert!(!g.unschedulable);
+}
+
+#[tokio::test]
+async fn a_halted_fleet_never_touches_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    w.0.lock().unwrap().halted = Some("n7 failed verification".into());
+    let mut a = agent(dir.path(), &w);
+    for _ in 0..3 {
+        assert!(matches!(
+            a.tick().await.unwrap(),
+            super::driver::Wait::LeaseChange(_)
+        ));
+    }
+    let g = w.0.lock().unwrap();
+    assert!(g.acquires.is_empty());
+    assert_eq!((g.control_looks, g.gate_evaluations), (3, 0));
+    assert_eq!(g.lease_holder, None);
+}
+
+/// An expired slot whose holder's Node still exists (it may be down and
+/// broken) is taken over only after every gate passed, then they are
+/// asked again holding it; while they block it stays as it is.
+#[tokio::test]
+async fn an_expired_slot_is_taken_over_only_after_every_gate_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world();
+    {
+        let mut g = w.0.lock().unwrap();
+        g.lease_holder = Some("n2".into());
+        g.lease_expired = true;
+        g.gate_block = Some("node n2 NotReady for 10m".into());
+    }
+    let mut a = agent(dir.path(), &w);
+    a.tick().await.unwrap();
+    {
+        let g = w.0.lock().unwrap();
+        assert_eq!(a.state().name(), "pending");
+        assert_eq!(g.lease_holder.as_deref(), Some("n2"), "not taken over");
+        assert_eq!(g.acquires, [false]);
+        assert_eq!(g.looked_holding, [false]);
+    }
+    w.0.lock().unwrap().gate_block = None;
+    assert_eq!(a.tick().await.unwrap(), super::driver::Wait::No);
+    assert_eq!(a.state().name(), "locked");
+    let g = w.0.lock().unwrap();
+    assert_eq!(g.lease_holder.as_deref(), Some("n1"));
+    assert_eq!(g.acquires, [false, false, true]);
+    assert_eq!(g.looked_holding, [false, false, true]);
 }
 
 /// logind accepted, yet the machine came back to the same boot (the

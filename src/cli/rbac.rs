@@ -63,8 +63,10 @@ pub fn cluster_rules(namespace: &str) -> Value {
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
         {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list", "watch"]},
+        // watch: by name only (a fieldSelector metadata.name=<namespace>),
+        // so an idle node reads the upgrade target without polling.
         {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [namespace],
-         "verbs": ["get", "patch"]},
+         "verbs": ["get", "patch", "watch"]},
     ])
 }
 

@@ -7,6 +7,7 @@ pub(crate) mod drain;
 pub(crate) mod fleet;
 pub(crate) mod identity;
 pub(crate) mod lease;
+pub(crate) mod namespace_watch;
 pub(crate) mod node;
 pub(crate) mod observe;
 pub(crate) mod versions;

@@ -530,6 +530,11 @@ mod tests {
         )));
         assert!(ok(attrs("patch", Kind::Namespace, None, Some("drydock"))));
         assert!(!ok(attrs("patch", Kind::Namespace, None, Some("default"))));
+        // A watch of the drydock Namespace by name (fieldSelector
+        // metadata.name=drydock names it); never of every Namespace.
+        assert!(ok(attrs("watch", Kind::Namespace, None, Some("drydock"))));
+        assert!(!ok(attrs("watch", Kind::Namespace, None, None)));
+        assert!(!ok(attrs("list", Kind::Namespace, None, Some("drydock"))));
         assert!(!ok(attrs("patch", Kind::Node, None, Some("w-1"))));
         assert!(!ok(attrs("create", Kind::EventV1, Some("default"), None)));
     }

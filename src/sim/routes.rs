@@ -262,12 +262,23 @@ async fn resource(
         (&Method::DELETE, _) => "delete",
         _ => return Err(ApiError::method_not_allowed()),
     };
+    // As the apiserver's request info: a list or watch pinned to one name
+    // by fieldSelector metadata.name=X is authorized as a request for X
+    // (RBAC resourceNames then apply).
+    let pinned = match (verb, &name) {
+        ("list" | "watch", None) => {
+            FieldSelector::parse(params.get("fieldSelector").unwrap_or(""), kind)
+                .ok()
+                .and_then(|f| f.pinned_name().map(str::to_string))
+        }
+        _ => None,
+    };
     let attrs = auth::Attributes {
         verb,
         kind,
         sub: t.sub.as_deref(),
         namespace: t.namespace.as_deref(),
-        name: t.name.as_deref(),
+        name: t.name.as_deref().or(pinned.as_deref()),
         field_selector: params.get("fieldSelector").unwrap_or(""),
     };
     {
@@ -481,6 +492,9 @@ fn list(
             o
         })
         .collect();
+    // Encoding a big list (1 MiB of Nodes at 500) is most of the work:
+    // done after the lock, so other requests and the controllers go on.
+    drop(st);
     if table::wants_table(accept) {
         let include = params.get("includeObject").unwrap_or("Metadata");
         return Ok(ok_json(&table::table(kind, &items, meta, include)));

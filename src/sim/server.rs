@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -213,11 +214,14 @@ impl SimHandle {
     // --- accounting and faults -------------------------------------------
 
     pub fn stats(&self) -> ApiStats {
-        lock(&self.shared().stats).clone()
+        let mut s = lock(&self.shared().stats).clone();
+        s.state_held_micros = self.shared().held_micros.load(Ordering::Relaxed);
+        s
     }
 
     pub fn reset_stats(&self) {
         *lock(&self.shared().stats) = ApiStats::default();
+        self.shared().held_micros.store(0, Ordering::Relaxed);
     }
 
     /// Injects a fault into every request (None clears it).

@@ -2,6 +2,8 @@
 //! simulated kubelets/controllers, options, request statistics and faults.
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -87,6 +89,37 @@ pub(super) struct Shared {
     pub faults: super::faults::Faults,
     /// `true` while the HTTP server is stopped; ends open watches.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// How long the state was locked, in microseconds: every request and
+    /// controller step runs one at a time under that lock, so this over
+    /// the wall time is how busy the simulator's serial part was.
+    pub held_micros: AtomicU64,
+}
+
+/// The state, locked; counts how long on drop (see [`Shared::held_micros`]).
+pub(super) struct StateGuard<'a> {
+    guard: MutexGuard<'a, State>,
+    since: std::time::Instant,
+    held: &'a AtomicU64,
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        let micros = self.since.elapsed().as_micros() as u64;
+        self.held.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 /// Locks ignoring poison: a panicking test thread must not wedge the server.
@@ -103,10 +136,16 @@ impl Shared {
             fault: Mutex::new(None),
             faults: super::faults::Faults::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
+            held_micros: AtomicU64::new(0),
         }
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+    pub(super) fn lock(&self) -> StateGuard<'_> {
+        let guard = lock(&self.state);
+        StateGuard {
+            guard,
+            since: std::time::Instant::now(),
+            held: &self.held_micros,
+        }
     }
 }

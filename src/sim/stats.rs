@@ -33,6 +33,17 @@ pub struct EndpointStats {
     pub max_handling_micros: u64,
 }
 
+impl EndpointStats {
+    fn add(&mut self, o: &EndpointStats) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.request_bytes += o.request_bytes;
+        self.response_bytes += o.response_bytes;
+        self.handling_micros += o.handling_micros;
+        self.max_handling_micros = self.max_handling_micros.max(o.max_handling_micros);
+    }
+}
+
 /// A snapshot of the API traffic since start or the last reset.
 ///
 /// Verbs follow the apiserver's audit verbs (`get`, `list`, `watch`,
@@ -43,6 +54,9 @@ pub struct EndpointStats {
 pub struct ApiStats {
     pub total: EndpointStats,
     pub by_endpoint: BTreeMap<(String, String), EndpointStats>,
+    /// How long the simulator's state was locked (requests and its own
+    /// controllers, one at a time), in microseconds.
+    pub state_held_micros: u64,
 }
 
 pub(super) type StatsState = ApiStats;
@@ -53,6 +67,17 @@ impl ApiStats {
             .get(&(verb.to_string(), resource.to_string()))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// Requests for this resource (subresources excluded), any verb.
+    pub fn resource(&self, resource: &str) -> EndpointStats {
+        let mut s = EndpointStats::default();
+        for ((_, r), e) in &self.by_endpoint {
+            if r == resource {
+                s.add(e);
+            }
+        }
+        s
     }
 
     fn entry(&mut self, verb: &str, resource: &str) -> &mut EndpointStats {

@@ -52,6 +52,10 @@ pub struct SimulateOptions {
     /// is set on the simulated cluster, validated as `drydock cluster
     /// set-version` does).
     pub upgrade_to: Option<String>,
+    /// How long a Lease claim lasts without renewal (production: 120 s).
+    /// Short for quick runs; a large fleet in one process wants longer, or
+    /// starved keepers miss renewals and slots expire under their holders.
+    pub lease_duration: Duration,
 }
 
 /// A cluster-wide gate that blocks from the start (API cost measurements).
@@ -80,6 +84,7 @@ impl SimulateOptions {
             block: None,
             stats_after: Duration::ZERO,
             upgrade_to: None,
+            lease_duration: Duration::from_secs(5),
         }
     }
 }
@@ -207,7 +212,7 @@ fn node_settings(opts: &SimulateOptions, node: &str) -> Settings {
     s.node.name = Some(node.to_string());
     s.node.state_db = opts.state_dir.join(format!("{node}.db"));
     s.lease.concurrency = opts.concurrency;
-    s.lease.duration = Duration::from_secs(5);
+    s.lease.duration = opts.lease_duration;
     s.reboot.check_interval = opts.check_interval;
     s.gates.soak = opts.soak;
     s.drain.timeout = Duration::from_secs(20);

@@ -73,7 +73,8 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
         if !cycle.reasons.iter().any(|r| is_upgrade_reason(r)) {
             return Ok(None);
         }
-        let target = match self.cluster.upgrade_target().await {
+        // Read now, not the watch's value: the upgrade starts from this.
+        let target = match self.cluster.upgrade_target_now().await {
             Ok(t) => t,
             Err(e) => {
                 return self
