@@ -43,7 +43,7 @@ impl Bus {
         match self {
             Bus::System => Connection::system().await,
             Bus::Address(a) => {
-                zbus::connection::Builder::address(a.as_str())?
+                zbus::connection::Builder::address(a.as_str())
                     .build()
                     .await
             }
