@@ -190,14 +190,53 @@ impl Drop for ControlPlane {
     }
 }
 
-const AUDIT_POLICY: &str = r#"{"apiVersion":"audit.k8s.io/v1","kind":"Policy",
-"omitStages":["RequestReceived"],
-"rules":[{"level":"Metadata","userGroups":["drydock:nodes","system:nodes"]},{"level":"None"}]}"#;
+/// What a control plane runs beyond etcd and kube-apiserver, and whom the
+/// audit log records.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// kube-controller-manager's `--controllers`.
+    pub controllers: String,
+    /// Whether kube-scheduler runs.
+    pub scheduler: bool,
+    /// Users recorded in the audit log besides the groups drydock:nodes and
+    /// system:nodes (always recorded).
+    pub audited_users: Vec<String>,
+}
+
+impl Default for Options {
+    /// Everything kubeadm runs; the audit log records drydock and kubelets.
+    fn default() -> Self {
+        Options {
+            controllers: "*,bootstrapsigner,tokencleaner".into(),
+            scheduler: true,
+            audited_users: vec![],
+        }
+    }
+}
+
+impl Options {
+    fn audit_policy(&self) -> String {
+        let mut rules =
+            vec![json!({"level": "Metadata", "userGroups": ["drydock:nodes", "system:nodes"]})];
+        if !self.audited_users.is_empty() {
+            rules.push(json!({"level": "Metadata", "users": self.audited_users}));
+        }
+        rules.push(json!({"level": "None"}));
+        json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+               "omitStages": ["RequestReceived"], "rules": rules})
+        .to_string()
+    }
+}
 
 impl ControlPlane {
     /// Starts everything and waits until the API answers and the
     /// controllers run. Blocking (spawns processes, polls).
     pub fn start(bin: &Path) -> ControlPlane {
+        Self::start_with(bin, &Options::default())
+    }
+
+    /// As [`ControlPlane::start`], running what `opts` says.
+    pub fn start_with(bin: &Path, opts: &Options) -> ControlPlane {
         let tmp = tempfile::Builder::new()
             .prefix("drydock-controlplane.")
             .tempdir()
@@ -217,7 +256,7 @@ impl ControlPlane {
         let sa = KeyPair::generate().unwrap();
         let sa_key = w("sa.key", &sa.serialize_pem());
         let sa_pub = w("sa.pub", &sa.public_key_pem());
-        let audit_policy = w("audit-policy.json", AUDIT_POLICY);
+        let audit_policy = w("audit-policy.json", &opts.audit_policy());
         let audit_log = dir.join("audit.log");
 
         let etcd_port = free_port();
@@ -297,7 +336,7 @@ impl ControlPlane {
                 "--cluster-name=kubernetes".into(),
                 format!("--cluster-signing-cert-file={}", s(&ca_file)),
                 format!("--cluster-signing-key-file={}", s(&ca_key)),
-                "--controllers=*,bootstrapsigner,tokencleaner".into(),
+                format!("--controllers={}", opts.controllers),
                 "--leader-elect=false".into(),
                 format!("--root-ca-file={}", s(&ca_file)),
                 format!("--service-account-private-key-file={}", s(&sa_key)),
@@ -305,6 +344,9 @@ impl ControlPlane {
                 "--node-monitor-grace-period=20s".into(),
             ],
         );
+        if !opts.scheduler {
+            return cp;
+        }
         cp.spawn(
             "kube-scheduler",
             &[
