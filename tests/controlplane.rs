@@ -15,7 +15,9 @@
 //! 5. a 5-node rolling reboot with real drains (PDB status from the
 //!    disruption controller, replacements from the ReplicaSet controller),
 //!    never two nodes out at once;
-//! 6. every request drydock's identity made (the audit log) is granted by
+//! 6. an eviction of a pod whose name a replacement took is refused
+//!    (drain.rs's UID precondition), where kube's `Api::evict` loses it;
+//! 7. every request drydock's identity made (the audit log) is granted by
 //!    the printed RBAC, and every grant is used.
 //!
 //! Needs target/controlplane/bin (`scripts/build-control-plane`).
@@ -171,6 +173,7 @@ fn drydock_on_a_real_control_plane() {
             cross_node_writes_are_refused(&bed).await;
             differential(&bed).await;
             let probes = probes_from..bed.cp.audit().len();
+            stale_evictions(&bed).await;
             pause_halt_resume_and_kubectl(&bed).await;
             target_through_the_watch(&bed).await;
             rolling_reboot(&bed).await;
@@ -188,6 +191,114 @@ fn drydock_on_a_real_control_plane() {
         std::panic::resume_unwind(panic);
     }
     println!("whole run: {:?}", started.elapsed());
+}
+
+/// drain.rs evicts a pod by name with its UID as a precondition: after the
+/// pod was deleted and recreated under the same name, the eviction of the
+/// old one is refused (409) and the replacement stays. kube-core 5's
+/// `Api::evict` with the same `EvictParams` precondition evicts the
+/// replacement: why drain.rs builds the request itself. When that
+/// assertion fails, kube has been fixed and drain.rs can use it.
+async fn stale_evictions(bed: &Bed) {
+    use drydock::cluster::drain::{PodRef, eviction_request};
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{DeleteParams, EvictParams, Preconditions};
+    let admin = client(&bed.cp.super_admin).await;
+    let ns = "evictions";
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(namespace).unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    // Never scheduled, so a delete or eviction removes it at once.
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": ns},
+        "spec": {"schedulerName": "none",
+                 "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}
+    }))
+    .unwrap();
+    let gone = async |what: &str| {
+        eventually(what, Duration::from_secs(30), || {
+            let pods = pods.clone();
+            async move {
+                match pods.get_opt("p").await {
+                    Ok(None) => Ok(()),
+                    Ok(Some(_)) => Err("still there".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+    };
+    // Creates `p` afresh (the previous one gone) and returns its UID.
+    let recreate = async || {
+        gone("the previous pod p gone").await;
+        let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+        created.metadata.uid.unwrap()
+    };
+    let uid_of = |p: Option<Pod>| p.and_then(|p| p.metadata.uid);
+    let stale = recreate().await;
+    pods.delete("p", &DeleteParams::default()).await.unwrap();
+    let current = recreate().await;
+    assert_ne!(stale, current);
+    let as_planned = |uid: &str| PodRef {
+        namespace: ns.into(),
+        name: "p".into(),
+        uid: uid.into(),
+    };
+
+    let refused = admin
+        .request_text(eviction_request(&as_planned(&stale)).unwrap())
+        .await;
+    assert_eq!(
+        api_code(refused),
+        409,
+        "drydock's eviction with a stale UID must be refused"
+    );
+    assert_eq!(
+        uid_of(pods.get_opt("p").await.unwrap()).as_deref(),
+        Some(current.as_str()),
+        "the replacement must survive drydock's stale eviction"
+    );
+
+    let kube_params = EvictParams {
+        delete_options: Some(DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(stale.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        }),
+        ..EvictParams::default()
+    };
+    let kube_result = pods.evict("p", &kube_params).await;
+    assert!(
+        kube_result.is_ok(),
+        "kube's Api::evict with a stale UID was refused ({kube_result:?}): kube-core now \
+         sends the precondition; drain.rs can use Api::evict"
+    );
+    assert_ne!(
+        uid_of(pods.get_opt("p").await.unwrap()).as_deref(),
+        Some(current.as_str()),
+        "kube's Api::evict answered OK yet the replacement is still there"
+    );
+
+    // The same request with the right UID evicts.
+    let current = recreate().await;
+    admin
+        .request_text(eviction_request(&as_planned(&current)).unwrap())
+        .await
+        .expect("drydock's eviction with the pod's own UID");
+    gone("pod p evicted").await;
+    namespaces
+        .delete(ns, &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 /// Kubelets register and run; kubeadm labels the control plane; a

@@ -1384,24 +1384,9 @@ impl Ctx<'_> {
         }
     }
 
-    // Not kube's `Api::evict`: kube-core 5 sends `EvictParams` as
-    // `delete_options` (snake case), which the API server ignores, so the
-    // UID precondition would be lost.
     async fn post_eviction(&self, pod: &PodRef) -> Result<(), kube::Error> {
-        let body = serde_json::json!({
-            "apiVersion": "policy/v1",
-            "kind": "Eviction",
-            "metadata": { "name": pod.name, "namespace": pod.namespace },
-            // Never evict a replacement that took the same name.
-            "deleteOptions": { "preconditions": { "uid": pod.uid } },
-        });
-        let request = http::Request::post(format!(
-            "/api/v1/namespaces/{}/pods/{}/eviction",
-            pod.namespace, pod.name
-        ))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(serde_json::to_vec(&body).unwrap_or_default())
-        .map_err(|e| kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e)))?;
+        let request = eviction_request(pod)
+            .map_err(|e| kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e)))?;
         let _slot = self.posts.acquire().await;
         self.client.request_text(request).await.map(|_| ())
     }
@@ -1432,6 +1417,30 @@ impl Ctx<'_> {
             }),
         }
     }
+}
+
+/// The policy/v1 Eviction POST for `pod`, refused (409) if the pod with that
+/// name is no longer the one we planned for (a replacement took the name).
+///
+/// Not kube's `Api::evict`: kube-core 5's `Request::evict` posts the body
+/// `{"delete_options": .., "metadata": ..}`, a snake-case key the
+/// Eviction type does not have (`deleteOptions`). The API server drops the
+/// unknown field, so the UID precondition is silently lost and the eviction
+/// goes to whichever pod has the name. tests/controlplane.rs proves both
+/// against a real kube-apiserver (`stale_evictions`).
+pub fn eviction_request(pod: &PodRef) -> Result<http::Request<Vec<u8>>, http::Error> {
+    let body = serde_json::json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": { "name": pod.name, "namespace": pod.namespace },
+        "deleteOptions": { "preconditions": { "uid": pod.uid } },
+    });
+    http::Request::post(format!(
+        "/api/v1/namespaces/{}/pods/{}/eviction",
+        pod.namespace, pod.name
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// What an eviction failure means for the loop.

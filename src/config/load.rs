@@ -81,7 +81,7 @@ impl SourceFile {
     fn parse(path: PathBuf, text: String) -> Result<SourceFile, ConfigError> {
         // One parse per file: the document gives the key spans, the located
         // type check and the table to merge.
-        let doc = toml_edit::ImDocument::parse(text.clone()).map_err(|e| {
+        let doc = toml_edit::Document::parse(text.clone()).map_err(|e| {
             let (line, column) = line_col(&text, e.span().map_or(0, |s| s.start));
             ConfigError::Syntax {
                 path: path.clone(),
@@ -308,7 +308,7 @@ fn read_source(path: &Path) -> Result<String, ConfigError> {
         // The bytes before the bad one are intact, so the position (and,
         // when the rest parses, the key) is the same in the lossy text.
         let (line, column) = line_col(&lossy, offset);
-        let key = toml_edit::ImDocument::parse(lossy.as_ref())
+        let key = toml_edit::Document::parse(lossy.as_ref())
             .ok()
             .and_then(|doc| {
                 let mut keys = Vec::new();

@@ -42,11 +42,7 @@ impl Bus {
     pub(crate) async fn connect(&self) -> Result<Connection, zbus::Error> {
         match self {
             Bus::System => Connection::system().await,
-            Bus::Address(a) => {
-                zbus::connection::Builder::address(a.as_str())?
-                    .build()
-                    .await
-            }
+            Bus::Address(a) => zbus::connection::Builder::address(a.as_str()).build().await,
         }
     }
 }

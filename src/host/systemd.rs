@@ -1,12 +1,12 @@
 //! systemd's manager over D-Bus: `daemon-reload` and restarting a unit
 //! (the kubelet, after its package was upgraded), waiting for the job.
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tracing::info;
-use zbus::zvariant::OwnedObjectPath;
-use zbus::{Connection, MatchRule, MessageStream};
+use zbus::{Connection, MatchRule, MessageStream, OwnedObjectPath};
 
 use super::logind::Bus;
 
@@ -83,11 +83,11 @@ impl Systemd {
             let rule = MatchRule::builder()
                 .msg_type(zbus::message::Type::Signal)
                 .path(SYSTEMD_PATH)
-                .and_then(|b| b.interface(SYSTEMD_MANAGER))
-                .and_then(|b| b.member("JobRemoved"))
-                .map(|b| b.build())
+                .interface(SYSTEMD_MANAGER)
+                .member("JobRemoved")
+                .build()
                 .map_err(|e| call_error(&action, "AddMatch", e))?;
-            let mut signals = MessageStream::for_match_rule(rule, &conn, Some(64))
+            let mut signals = MessageStream::for_match_rule(rule, &conn, NonZeroUsize::new(64))
                 .await
                 .map_err(|e| call_error(&action, "AddMatch", e))?;
             let reply = call(&conn, &action, "RestartUnit", &(unit, "replace")).await?;

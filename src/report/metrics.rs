@@ -449,7 +449,24 @@ impl Metrics {
 /// `_total`, histograms with `_bucket`, `_sum` and `_count`. Read from the
 /// registry itself, so alert rules and dashboards can be checked against it.
 pub fn exported_names() -> BTreeSet<String> {
-    let text = Metrics::new(&Counters::default()).prometheus_text();
+    let m = Metrics::new(&Counters::default());
+    // prometheus-client leaves a family without series out of the text (as
+    // the Go client does): one series each so every name shows.
+    let any = label("name", "any");
+    for family in [
+        &m.state,
+        &m.gate_blocked,
+        &m.held_packages,
+        &m.kubelet_version,
+        &m.target_version,
+        &m.upgrade_step,
+        &m.build,
+    ] {
+        drop(family.get_or_create(&any));
+    }
+    drop(m.phase_seconds.get_or_create(&any));
+    drop(m.phase_hist.get_or_create(&any));
+    let text = m.prometheus_text();
     let mut names = BTreeSet::new();
     for (name, kind) in text
         .lines()
