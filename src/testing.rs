@@ -78,7 +78,7 @@ pub mod cluster {
     pub mod drain {
         pub use crate::cluster::drain::{
             BlockReason, BlockedPod, DrainError, DrainOptions, DrainProgress, DrainRules, PodRef,
-            RefuseReason, SkipReason, drain, eviction_retries,
+            RefuseReason, SkipReason, drain, eviction_request, eviction_retries,
         };
     }
 

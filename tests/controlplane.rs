@@ -200,7 +200,7 @@ fn drydock_on_a_real_control_plane() {
 /// replacement: why drain.rs builds the request itself. When that
 /// assertion fails, kube has been fixed and drain.rs can use it.
 async fn stale_evictions(bed: &Bed) {
-    use drydock::cluster::drain::{PodRef, eviction_request};
+    use drydock::testing::cluster::drain::{PodRef, eviction_request};
     use k8s_openapi::api::core::v1::Namespace;
     use kube::api::{DeleteParams, EvictParams, Preconditions};
     let admin = client(&bed.cp.super_admin).await;
