@@ -12,16 +12,19 @@
 //! is `kubectl drain --ignore-daemonsets --delete-emptydir-data` with a
 //! discovery cache already warm (as on an admin's machine; the cold first
 //! run is not counted).
+#[path = "support/daemon_drain.rs"]
+mod daemon_drain;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use daemon_drain::drain_as_the_daemon;
+
 use drydock::testing::agent::kube_cluster::KubeCluster;
-use drydock::testing::agent::ports::Cluster;
-use drydock::testing::cluster::lease::Claim;
+use drydock::testing::agent::ports::DrainResult;
 use drydock::testing::config::Settings;
-use drydock::testing::report::{Notice, Reporter};
+use drydock::testing::report::Reporter;
 use drydock::testing::sim::{ApiStats, PdbSpec, ReplicaSetSpec, Scenario, SimHandle};
 
 const NODE: &str = "worker-1";
@@ -76,32 +79,10 @@ async fn drydock_drain(pods: usize, pdb: bool) -> Run {
         .await
         .expect("reporter");
     let cluster = KubeCluster::new(client, settings, NODE.to_string());
-    let (_claim_tx, claim) = tokio::sync::watch::channel(Claim::Held {
-        slot: "drydock-default-0".into(),
-        expires_at: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
-    });
-    let (progress, mut rx) = tokio::sync::watch::channel(usize::MAX);
     sim.reset_stats();
-    let started = Instant::now();
-    cluster.set_unschedulable(true).await.expect("cordon");
-    reporter.notice(Notice::Draining { pods_left: pods });
-    let drain = cluster.drain(progress, claim);
-    tokio::pin!(drain);
-    let result = loop {
-        tokio::select! {
-            r = &mut drain => break r,
-            Ok(()) = rx.changed() => {
-                let left = *rx.borrow_and_update();
-                if left != usize::MAX {
-                    reporter.notice(Notice::Draining { pods_left: left });
-                }
-            }
-        }
-    };
-    let wall = started.elapsed();
-    reporter.flush(Duration::from_secs(5)).await;
+    let (wall, result) = drain_as_the_daemon(&cluster, &reporter, pods).await;
     match result {
-        Ok(drydock::testing::agent::ports::DrainResult::Drained(_)) => {}
+        Ok(DrainResult::Drained(_)) => {}
         Ok(other) => eprintln!("drydock drain did not finish: {other:?}"),
         Err(e) => eprintln!("drydock drain failed: {e}"),
     }

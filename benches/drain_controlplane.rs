@@ -31,6 +31,8 @@
 
 #[path = "../tests/support/controlplane.rs"]
 mod controlplane;
+#[path = "support/daemon_drain.rs"]
+mod daemon_drain;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -39,11 +41,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use controlplane::{ControlPlane, Options, client};
+use daemon_drain::drain_as_the_daemon;
 use drydock::testing::agent::kube_cluster::KubeCluster;
-use drydock::testing::agent::ports::{Cluster, DrainResult};
-use drydock::testing::cluster::lease::Claim;
+use drydock::testing::agent::ports::DrainResult;
 use drydock::testing::config::Settings;
-use drydock::testing::report::{Notice, Reporter};
+use drydock::testing::report::Reporter;
 use drydock::testing::sim::NodeSpec;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -563,32 +565,10 @@ async fn drydock_drain(bed: &Bed, pods: usize, pdb: bool) -> Run {
         .await
         .expect("reporter");
     let cluster = KubeCluster::with_identity(kubelet, shared, settings, NODE.to_string());
-    let (_claim_tx, claim) = tokio::sync::watch::channel(Claim::Held {
-        slot: "drydock-default-0".into(),
-        expires_at: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
-    });
-    let (progress, mut rx) = tokio::sync::watch::channel(usize::MAX);
     let from = audit_len(&bed.cp);
     bed.stand_in.track();
-    let started = Instant::now();
-    cluster.set_unschedulable(true).await.expect("cordon");
-    reporter.notice(Notice::Draining { pods_left: pods });
-    let drain = cluster.drain(progress, claim);
-    tokio::pin!(drain);
-    let result = loop {
-        tokio::select! {
-            r = &mut drain => break r,
-            Ok(()) = rx.changed() => {
-                let left = *rx.borrow_and_update();
-                if left != usize::MAX {
-                    reporter.notice(Notice::Draining { pods_left: left });
-                }
-            }
-        }
-    };
-    let wall = started.elapsed();
+    let (wall, result) = drain_as_the_daemon(&cluster, &reporter, pods).await;
     let min_healthy = bed.stand_in.min_healthy();
-    reporter.flush(Duration::from_secs(5)).await;
     let finished = match result {
         Ok(DrainResult::Drained(_)) => true,
         Ok(other) => {
