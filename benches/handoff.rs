@@ -25,14 +25,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Gaps between one node's release and the next node's lock, in seconds.
-fn handoffs(r: &FleetReport) -> Vec<f64> {
+/// Each node's (locked, released) moments, in order of locking.
+fn lock_spans(r: &FleetReport) -> Vec<(Duration, Duration)> {
     let mut spans: Vec<(Duration, Duration)> = r
         .nodes
         .values()
         .filter_map(|t| Some((t.locked_at?, t.released_at?)))
         .collect();
     spans.sort();
+    spans
+}
+
+/// Gaps between one node's release and the next node's lock, in seconds.
+fn handoffs(r: &FleetReport) -> Vec<f64> {
+    let spans = lock_spans(r);
     let mut gaps: Vec<f64> = spans
         .windows(2)
         .map(|w| w[1].0.saturating_sub(w[0].1).as_secs_f64())
@@ -109,12 +115,7 @@ fn main() {
 
 /// `DRYDOCK_HANDOFF_SHOW=1`: what happened during the slowest hand-off.
 fn show_slowest(r: &FleetReport) {
-    let mut spans: Vec<(Duration, Duration)> = r
-        .nodes
-        .values()
-        .filter_map(|t| Some((t.locked_at?, t.released_at?)))
-        .collect();
-    spans.sort();
+    let spans = lock_spans(r);
     let Some((from, to)) = spans
         .windows(2)
         .map(|w| (w[0].1, w[1].0))

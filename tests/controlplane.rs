@@ -889,6 +889,18 @@ async fn pause_halt_resume_and_kubectl(bed: &Bed) {
     );
 }
 
+/// Waits until `cluster`'s Namespace watch has seen `target` (`None`: no
+/// target set).
+async fn watch_sees(cluster: &KubeCluster, what: &str, target: Option<&str>) {
+    eventually(what, Duration::from_secs(10), || async {
+        match cluster.upgrade_target_seen() {
+            Some(seen) if seen.as_deref() == target => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
 /// An idle node reads the upgrade target from its watch of the drydock
 /// Namespace, with its own drydock identity (RBAC: watch by name): a new
 /// target reaches its checks with no GET of the Namespace, proved by the
@@ -910,17 +922,7 @@ async fn target_through_the_watch(bed: &Bed) {
         "no watch before a read"
     );
     assert_eq!(cluster.upgrade_target().await.unwrap(), None);
-    eventually(
-        "the Namespace watch opens",
-        Duration::from_secs(10),
-        || async {
-            match cluster.upgrade_target_seen() {
-                Some(None) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    watch_sees(&cluster, "the Namespace watch opens", None).await;
     let admin: Api<Namespace> = Api::all(client(&bed.cp.super_admin).await);
     let annotate = |v: Option<&str>| json!({"metadata": {"annotations": {target: v}}});
     admin
@@ -931,32 +933,12 @@ async fn target_through_the_watch(bed: &Bed) {
         )
         .await
         .unwrap();
-    eventually(
-        "the watch sees the target",
-        Duration::from_secs(10),
-        || async {
-            match cluster.upgrade_target_seen() {
-                Some(Some(v)) if v == "v1.34.9" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    watch_sees(&cluster, "the watch sees the target", Some("v1.34.9")).await;
     admin
         .patch(NS, &PatchParams::default(), &Patch::Merge(&annotate(None)))
         .await
         .unwrap();
-    eventually(
-        "the watch sees it removed",
-        Duration::from_secs(10),
-        || async {
-            match cluster.upgrade_target_seen() {
-                Some(None) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    watch_sees(&cluster, "the watch sees it removed", None).await;
     drop(cluster);
 
     // The agent itself, idle (nothing to do), on its own state: its checks
