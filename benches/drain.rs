@@ -12,14 +12,14 @@
 //! is `kubectl drain --ignore-daemonsets --delete-emptydir-data` with a
 //! discovery cache already warm (as on an admin's machine; the cold first
 //! run is not counted).
-#[path = "support/daemon_drain.rs"]
-mod daemon_drain;
+#[path = "support/drain_bench.rs"]
+mod drain_bench;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon_drain::drain_as_the_daemon;
+use drain_bench::{drain_as_the_daemon, mean_by_endpoint, median};
 
 use drydock::testing::agent::kube_cluster::KubeCluster;
 use drydock::testing::agent::ports::DrainResult;
@@ -152,33 +152,19 @@ async fn kubectl_drain(bin: &std::path::Path, pods: usize, pdb: bool) -> Run {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 fn requests(r: &Run) -> u64 {
     r.stats.total.requests
 }
 
 /// Counts by (verb, resource) as "verb resource: n", largest first.
 fn breakdown(runs: &[Run]) -> String {
-    let mut sum: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut sum = std::collections::BTreeMap::new();
     for r in runs {
-        for (k, e) in &r.stats.by_endpoint {
-            *sum.entry(k.clone()).or_default() += e.requests;
+        for ((verb, res), e) in &r.stats.by_endpoint {
+            *sum.entry(format!("{verb} {res}")).or_default() += e.requests;
         }
     }
-    let mut v: Vec<_> = sum.into_iter().collect();
-    v.sort_by_key(|e| std::cmp::Reverse(e.1));
-    let n = runs.len().max(1) as f64;
-    v.iter()
-        .map(|((verb, res), c)| format!("{verb} {res}: {:.0}", *c as f64 / n))
-        .collect::<Vec<_>>()
-        .join(", ")
+    mean_by_endpoint(sum, runs.len())
 }
 
 fn main() {

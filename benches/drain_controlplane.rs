@@ -31,8 +31,8 @@
 
 #[path = "../tests/support/controlplane.rs"]
 mod controlplane;
-#[path = "support/daemon_drain.rs"]
-mod daemon_drain;
+#[path = "support/drain_bench.rs"]
+mod drain_bench;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use controlplane::{ControlPlane, Options, client};
-use daemon_drain::drain_as_the_daemon;
+use drain_bench::{drain_as_the_daemon, mean_by_endpoint, median};
 use drydock::testing::agent::kube_cluster::KubeCluster;
 use drydock::testing::agent::ports::DrainResult;
 use drydock::testing::config::Settings;
@@ -651,14 +651,6 @@ async fn kubectl_drain(bed: &Bed, pods: usize, pdb: bool) -> Run {
 
 // --- numbers ----------------------------------------------------------------------
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 /// "verb resource[/subresource]" of an audit entry; non-resource requests
 /// by path.
 fn endpoint(e: &Value) -> String {
@@ -684,7 +676,7 @@ fn endpoint(e: &Value) -> String {
 /// Mean requests per run by endpoint, largest first, with refusals (429)
 /// of evictions apart.
 fn breakdown(runs: &[Run]) -> String {
-    let mut sum: BTreeMap<String, usize> = BTreeMap::new();
+    let mut sum: BTreeMap<String, u64> = BTreeMap::new();
     for r in runs {
         for e in &r.audit {
             let mut k = endpoint(e);
@@ -694,13 +686,7 @@ fn breakdown(runs: &[Run]) -> String {
             *sum.entry(k).or_default() += 1;
         }
     }
-    let mut v: Vec<_> = sum.into_iter().collect();
-    v.sort_by_key(|e| std::cmp::Reverse(e.1));
-    let n = runs.len().max(1) as f64;
-    v.iter()
-        .map(|(k, c)| format!("{k}: {:.0}", *c as f64 / n))
-        .collect::<Vec<_>>()
-        .join(", ")
+    mean_by_endpoint(sum, runs.len())
 }
 
 fn summary(runs: &[Run]) -> (f64, f64) {

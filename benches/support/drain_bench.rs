@@ -1,8 +1,10 @@
-//! The drain as the daemon runs it: cordon through the agent's cluster
-//! port, drain with a held slot, "pods left" forwarded to the real
-//! reporter (Node annotation, Events). Shared by the drain benches on the
-//! simulator and on the real control plane, so both time the same thing.
+//! What the drain benches on the simulator and on the real control plane
+//! share, so both time and count the same thing: the drain as the daemon
+//! runs it (cordon through the agent's cluster port, drain with a held
+//! slot, "pods left" forwarded to the real reporter: Node annotation,
+//! Events), and how runs are summarised.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drydock::testing::agent::kube_cluster::KubeCluster;
@@ -41,4 +43,23 @@ pub(crate) async fn drain_as_the_daemon(
     let wall = started.elapsed();
     reporter.flush(Duration::from_secs(5)).await;
     (wall, result.map_err(|e| e.to_string()))
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Requests per run by endpoint ("verb resource: n"), largest first.
+pub(crate) fn mean_by_endpoint(sum: BTreeMap<String, u64>, runs: usize) -> String {
+    let mut v: Vec<_> = sum.into_iter().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    let n = runs.max(1) as f64;
+    v.iter()
+        .map(|(k, c)| format!("{k}: {:.0}", *c as f64 / n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
