@@ -599,16 +599,19 @@ impl Cluster for ModelCluster {
         let now = self.now();
         let w = lock(&self.world);
         let mut holders = Vec::new();
-        let mut available = false;
+        let (mut free, mut expired) = (false, false);
         for l in &w.leases {
             match lease::classify(Some(l), &self.node, now, LEASE) {
                 SlotClass::Mine => return Ok(LeaseOutlook::Mine(slot_name(l))),
                 SlotClass::Held { holder, .. } => holders.push(holder),
-                _ => available = true,
+                SlotClass::Expired { .. } => expired = true,
+                SlotClass::Missing | SlotClass::Free => free = true,
             }
         }
-        Ok(if available {
+        Ok(if free {
             LeaseOutlook::Available
+        } else if expired {
+            LeaseOutlook::Expired
         } else {
             LeaseOutlook::Busy { holders }
         })

@@ -679,7 +679,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
             Ok(o) => o,
             Err(e) => return self.retry_later("reading the lease", e).await,
         };
-        if outlook == LeaseOutlook::Available {
+        if matches!(outlook, LeaseOutlook::Available | LeaseOutlook::Expired) {
             // Every waiter woke on the same release: spread them out, and
             // look again (cheap) so those after the winner stop here.
             let jitter =
@@ -690,16 +690,16 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                 Err(e) => return self.retry_later("reading the lease", e).await,
             };
         }
-        let mut lost_race = false;
+        let mut lost_races = 0;
         loop {
-            match turn::approach(&outlook, lost_race) {
+            match turn::approach(&outlook, lost_races) {
                 Approach::Wait => {
                     let holders = match &outlook {
                         LeaseOutlook::Busy { holders } => holders.join(", "),
                         _ => String::new(),
                     };
                     self.record_gates(&local).await?;
-                    let line = if lost_race {
+                    let line = if lost_races > 0 {
                         format!("{waiting}: another node took the lease first (held by {holders})")
                     } else {
                         format!("{waiting}: lease held by {holders}")
@@ -733,7 +733,7 @@ impl<H: Host, C: Cluster, R: Reporter> Agent<H, C, R> {
                         Ok(None) => {}
                         Err(e) => return self.retry_later("acquiring the lease", e).await,
                     }
-                    lost_race = true;
+                    lost_races += 1;
                     outlook = match self.cluster.lease_outlook().await {
                         Ok(o) => o,
                         Err(e) => return self.retry_later("reading the lease", e).await,

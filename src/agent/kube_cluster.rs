@@ -268,8 +268,11 @@ impl Cluster for KubeCluster {
         {
             return Ok(LeaseOutlook::Mine(mine.name.clone()));
         }
-        if slots.iter().any(|s| s.holder.is_none() || s.expired) {
+        if slots.iter().any(|s| s.holder.is_none()) {
             return Ok(LeaseOutlook::Available);
+        }
+        if slots.iter().any(|s| s.expired) {
+            return Ok(LeaseOutlook::Expired);
         }
         Ok(LeaseOutlook::Busy {
             holders: slots.into_iter().filter_map(|s| s.holder).collect(),

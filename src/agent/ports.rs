@@ -59,8 +59,12 @@ pub struct ClusterGates {
 pub enum LeaseOutlook {
     /// This node already holds this slot (e.g. after its own reboot).
     Mine(String),
-    /// A slot is free, or expired and possibly reclaimable.
+    /// A slot is free: nobody holds it.
     Available,
+    /// None is free, but one expired under its holder: the holder may be
+    /// down, or only slow. Taken over only after every gate passed, unless
+    /// the holder's Node is gone.
+    Expired,
     /// Every slot is held by a live holder.
     Busy { holders: Vec<String> },
 }

@@ -147,7 +147,7 @@ impl Cluster for Fake {
         w.lease_reads += 1;
         Ok(match &w.lease_holder {
             Some(h) if h == "n1" => LeaseOutlook::Mine("slot-0".into()),
-            Some(_) if w.lease_expired => LeaseOutlook::Available,
+            Some(_) if w.lease_expired => LeaseOutlook::Expired,
             Some(h) => LeaseOutlook::Busy {
                 holders: vec![h.clone()],
             },

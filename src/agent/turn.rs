@@ -23,21 +23,31 @@ pub(super) enum Approach {
     /// A slot looks free: the Namespace's gates (one small GET), then take
     /// a free slot, then every gate holding it.
     TakeThenLook,
-    /// The race for a free slot was lost and one still looks available:
-    /// it may be an expired slot whose holder's Node still exists, which
-    /// is taken over only after every gate passed (the holder may be down
-    /// and broken). Every gate first, then take it, then look again.
+    /// An expired slot that could not be taken as free (its holder's Node
+    /// still exists: it may be down and broken), or free slots lost to
+    /// others too often in one look: every gate first, then take it, then
+    /// look again.
     LookThenTake,
 }
 
-/// The next step from the Lease outlook; `lost_race`: a free slot was
-/// already tried for in this look and another node won it.
-pub(super) fn approach(outlook: &LeaseOutlook, lost_race: bool) -> Approach {
+/// Races for free slots lost in one look before the node looks at every
+/// gate first. With concurrency above 1 a waiter that lost one free slot
+/// often finds another; going for it costs a Lease write and a Namespace
+/// GET, where looking first costs a Node list. The bound keeps a slot that
+/// reads free but cannot be taken from looping.
+const FREE_SLOT_RACES: u32 = 3;
+
+/// The next step from the Lease outlook; `lost_races`: how many times in
+/// this look a slot was tried for and another node won it.
+pub(super) fn approach(outlook: &LeaseOutlook, lost_races: u32) -> Approach {
     match outlook {
         LeaseOutlook::Busy { .. } => Approach::Wait,
         LeaseOutlook::Mine(slot) => Approach::LookHolding(slot.clone()),
-        LeaseOutlook::Available if lost_race => Approach::LookThenTake,
-        LeaseOutlook::Available => Approach::TakeThenLook,
+        LeaseOutlook::Available if lost_races < FREE_SLOT_RACES => Approach::TakeThenLook,
+        LeaseOutlook::Available => Approach::LookThenTake,
+        // The first try takes it if the holder's Node is gone.
+        LeaseOutlook::Expired if lost_races == 0 => Approach::TakeThenLook,
+        LeaseOutlook::Expired => Approach::LookThenTake,
     }
 }
 
@@ -70,7 +80,7 @@ mod tests {
     #[test]
     fn a_free_slot_is_taken_before_the_expensive_gates() {
         assert_eq!(
-            approach(&LeaseOutlook::Available, false),
+            approach(&LeaseOutlook::Available, 0),
             Approach::TakeThenLook
         );
     }
@@ -80,28 +90,44 @@ mod tests {
         let busy = LeaseOutlook::Busy {
             holders: vec!["n2".into()],
         };
-        assert_eq!(approach(&busy, false), Approach::Wait);
-        assert_eq!(approach(&busy, true), Approach::Wait);
+        assert_eq!(approach(&busy, 0), Approach::Wait);
+        assert_eq!(approach(&busy, 1), Approach::Wait);
     }
 
     #[test]
     fn our_own_slot_is_looked_at_holding_it() {
         let mine = LeaseOutlook::Mine("drydock-reboot-0".into());
         assert_eq!(
-            approach(&mine, false),
+            approach(&mine, 0),
             Approach::LookHolding("drydock-reboot-0".into())
         );
         assert_eq!(
-            approach(&mine, true),
+            approach(&mine, 1),
             Approach::LookHolding("drydock-reboot-0".into())
         );
     }
 
     #[test]
-    fn a_slot_still_available_after_a_lost_race_is_looked_at_first() {
-        // An expired slot whose holder still exists: gates decide takeover.
+    fn an_expired_slot_not_taken_as_free_is_looked_at_first() {
+        // Its holder's Node still exists: every gate decides the takeover.
+        assert_eq!(approach(&LeaseOutlook::Expired, 0), Approach::TakeThenLook);
+        assert_eq!(approach(&LeaseOutlook::Expired, 1), Approach::LookThenTake);
+    }
+
+    #[test]
+    fn another_free_slot_after_a_lost_race_is_gone_for_without_the_expensive_look() {
+        // Concurrency above 1: the herd's losers of one slot try the next.
         assert_eq!(
-            approach(&LeaseOutlook::Available, true),
+            approach(&LeaseOutlook::Available, 1),
+            Approach::TakeThenLook
+        );
+        assert_eq!(
+            approach(&LeaseOutlook::Available, 2),
+            Approach::TakeThenLook
+        );
+        // A slot that reads free but keeps being lost: look first.
+        assert_eq!(
+            approach(&LeaseOutlook::Available, FREE_SLOT_RACES),
             Approach::LookThenTake
         );
     }
