@@ -38,7 +38,7 @@ use drydock::testing::simulate::host::{Machine, SimHost};
 use drydock::testing::store::Store;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use seeds::{SeedRun, history_gaps, node_names};
+use seeds::{Loss, SeedRun, history_gaps, node_names};
 use tokio::sync::mpsc;
 
 const NODES: usize = 20;
@@ -194,18 +194,6 @@ struct Seen {
     halt_seen_at: Option<Instant>,
 }
 
-/// What a lost slot asks of the node (see `agent::state::SlotLoss`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Loss {
-    /// Lost before the reboot request: uncordon, wait again (U).
-    Undo,
-    /// Lost after it: stay cordoned, win a slot back first (R).
-    Regain,
-    /// In `rebooting`, no reboot asked of the host yet: the request may
-    /// already be recorded, so either.
-    Either,
-}
-
 /// A new cycle starting this long after the halt was seen is a violation
 /// (a gate look just before it may still be acted on).
 const HALT_GRACE: Duration = Duration::from_secs(1);
@@ -257,12 +245,7 @@ impl Reporter for Watcher {
             AgentEvent::LeaseLost { .. } => {
                 seen.lost_lease.insert(node.to_string());
                 let asked = self.machines[node].lock().unwrap().reboots > 0;
-                let loss = match seen.states.get(node) {
-                    _ if asked => Loss::Regain,
-                    Some(Phase::Rebooting) => Loss::Either,
-                    Some(Phase::Verifying | Phase::Upgrading) => Loss::Regain,
-                    _ => Loss::Undo,
-                };
+                let loss = Loss::on_lease_lost(asked, seen.states.get(node));
                 seen.slotless.insert(node.to_string(), loss);
             }
             AgentEvent::VerifyFailed { .. } => {

@@ -76,7 +76,7 @@ use drydock::testing::store::Store;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use seeds::{SeedRun, history_gaps, node_names};
+use seeds::{Loss, SeedRun, history_gaps, node_names};
 use tokio::sync::{Notify, mpsc, watch};
 
 const NODES: usize = 20;
@@ -794,19 +794,7 @@ impl Cluster for ModelCluster {
             .any(|l| holder(l).as_deref() == Some("intruder"))
             && kept_slots(&w).contains(&self.node);
         if !value && was_cordoned && rebooted && !named && !stolen {
-            let leases: Vec<String> = w
-                .leases
-                .iter()
-                .map(|l| {
-                    let s = l.spec.clone().unwrap_or_default();
-                    format!(
-                        "{}: {:?} renewed {:?}",
-                        slot_name(l),
-                        s.holder_identity,
-                        s.renew_time.map(|t| t.0)
-                    )
-                })
-                .collect();
+            let leases = describe_leases(&w.leases);
             let v = format!(
                 "{} uncordoned after its reboot without holding a slot (Leases at {}: {leases:?}; promised: {:?})",
                 self.node,
@@ -916,16 +904,20 @@ struct Seen {
     status: BTreeMap<String, String>,
 }
 
-/// What a lost slot asks of the node (see `agent::state::SlotLoss`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Loss {
-    /// Lost before the reboot request: uncordon, wait again (U).
-    Undo,
-    /// Lost after it: stay cordoned, win a slot back first (R).
-    Regain,
-    /// In `rebooting`, no reboot asked of the host yet: the request may
-    /// already be recorded, so either.
-    Either,
+/// Each Lease slot's holder and last renewal, for a violation's report.
+fn describe_leases(leases: &[Lease]) -> Vec<String> {
+    leases
+        .iter()
+        .map(|l| {
+            let s = l.spec.clone().unwrap_or_default();
+            format!(
+                "{}: {:?} renewed {:?}",
+                slot_name(l),
+                s.holder_identity,
+                s.renew_time.map(|t| t.0)
+            )
+        })
+        .collect()
 }
 
 /// A new cycle starting this long after the halt was written is a
@@ -979,12 +971,7 @@ impl Reporter for Watcher {
             AgentEvent::LeaseLost { .. } => {
                 seen.lost_lease.insert(node.to_string());
                 let asked = self.machine.lock().unwrap().reboots > 0;
-                let loss = match seen.states.get(node) {
-                    _ if asked => Loss::Regain,
-                    Some(Phase::Rebooting) => Loss::Either,
-                    Some(Phase::Verifying | Phase::Upgrading) => Loss::Regain,
-                    _ => Loss::Undo,
-                };
+                let loss = Loss::on_lease_lost(asked, seen.states.get(node));
                 seen.slotless.insert(node.to_string(), loss);
             }
             AgentEvent::VerifyFailed { .. } => {
@@ -1113,19 +1100,7 @@ fn check_now(
     }
     let bound = plan.concurrency as usize + allowed.len();
     if out.len() > bound {
-        let leases: Vec<String> = w
-            .leases
-            .iter()
-            .map(|l| {
-                let s = l.spec.clone().unwrap_or_default();
-                format!(
-                    "{}: {:?} renewed {:?}",
-                    slot_name(l),
-                    s.holder_identity,
-                    s.renew_time.map(|t| t.0)
-                )
-            })
-            .collect();
+        let leases = describe_leases(&w.leases);
         problems.push(format!(
             "{} nodes out of service with concurrency {} (+ R/U/failed without a slot: {allowed:?}): {out:?}; Leases at {}: {leases:?}",
             out.len(),

@@ -5,8 +5,35 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Instant;
 
+use drydock::testing::phase::Phase;
+
 /// How a fault test names its knobs: `{prefix}_SEED` replays one seed,
 /// `{prefix}_SEEDS` sets how many, `{prefix}_PARALLEL` how many at once.
+/// What a lost slot asks of the node (see `agent::state::SlotLoss`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Loss {
+    /// Lost before the reboot request: uncordon, wait again (U).
+    Undo,
+    /// Lost after it: stay cordoned, win a slot back first (R).
+    Regain,
+    /// In `rebooting`, no reboot asked of the host yet: the request may
+    /// already be recorded, so either.
+    Either,
+}
+
+impl Loss {
+    /// The loss of a node in `state` whose host was (`reboot_asked`) or
+    /// was not yet asked to reboot.
+    pub(crate) fn on_lease_lost(reboot_asked: bool, state: Option<&Phase>) -> Loss {
+        match state {
+            _ if reboot_asked => Loss::Regain,
+            Some(Phase::Rebooting) => Loss::Either,
+            Some(Phase::Verifying | Phase::Upgrading) => Loss::Regain,
+            _ => Loss::Undo,
+        }
+    }
+}
+
 pub(crate) struct SeedRun {
     pub env_prefix: &'static str,
     pub test_name: &'static str,
