@@ -213,6 +213,18 @@ async fn get(client: &kube::Client, namespace: &str) -> Result<Option<Namespace>
         })
 }
 
+/// The Namespace, which must exist.
+pub(crate) async fn get_existing(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Namespace, AnnotationError> {
+    get(client, namespace)
+        .await?
+        .ok_or_else(|| AnnotationError::Missing {
+            namespace: namespace.to_string(),
+        })
+}
+
 /// Sets (`Some`) or removes (`None`) one annotation on the Namespace.
 pub async fn set(
     client: &kube::Client,
@@ -337,11 +349,7 @@ pub async fn record_reboot_finished(
     }
     .to_annotation();
     for _ in 0..ATTEMPTS {
-        let ns = get(client, namespace)
-            .await?
-            .ok_or_else(|| AnnotationError::Missing {
-                namespace: namespace.to_string(),
-            })?;
+        let ns = get_existing(client, namespace).await?;
         let current = ns
             .metadata
             .annotations

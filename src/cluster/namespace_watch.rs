@@ -22,7 +22,7 @@ use kube::api::{Api, WatchEvent, WatchParams};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use super::annotations::AnnotationError;
+use super::annotations::{self, AnnotationError};
 
 /// A watch's length: the API server's own default range (from its
 /// `--min-request-timeout`, 30 min, to twice that), random so that a
@@ -51,7 +51,7 @@ impl Seen {
 
 /// One Namespace, read once and then watched.
 pub(crate) struct NamespaceWatch {
-    api: Api<Namespace>,
+    client: kube::Client,
     namespace: String,
     seen: Arc<Mutex<Seen>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -64,7 +64,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl NamespaceWatch {
     pub(crate) fn new(client: kube::Client, namespace: &str) -> Self {
         NamespaceWatch {
-            api: Api::all(client),
+            client,
             namespace: namespace.to_string(),
             seen: Arc::default(),
             task: Mutex::new(None),
@@ -90,17 +90,7 @@ impl NamespaceWatch {
     /// Annotation `key` from one GET, whatever the watch says. Starts the
     /// watch from this read when it is not running.
     pub(crate) async fn read(&self, key: &str) -> Result<Option<String>, AnnotationError> {
-        let ns = self
-            .api
-            .get_opt(&self.namespace)
-            .await
-            .map_err(|source| AnnotationError::Get {
-                namespace: self.namespace.clone(),
-                source,
-            })?
-            .ok_or_else(|| AnnotationError::Missing {
-                namespace: self.namespace.clone(),
-            })?;
+        let ns = annotations::get_existing(&self.client, &self.namespace).await?;
         let value = ns
             .metadata
             .annotations
@@ -112,7 +102,7 @@ impl NamespaceWatch {
         if task.as_ref().is_none_or(|t| t.is_finished()) {
             lock(&self.seen).take(ns);
             *task = Some(tokio::spawn(watch(
-                self.api.clone(),
+                Api::all(self.client.clone()),
                 self.namespace.clone(),
                 self.seen.clone(),
             )));
